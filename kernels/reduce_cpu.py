@@ -1,0 +1,201 @@
+"""CPU (Numba) fused pass: stored pixels -> SUV in registers -> per-code partial statistics.
+
+One pass over the raw stored pixels and the code volume. Each voxel's value is
+``stored * scale[z] + offset[z]`` in float64, where ``scale``/``offset`` fold the per-slice
+RescaleSlope/Intercept and the SUV factor. Code 0 means "in no region" and is skipped.
+
+Work is split into contiguous chunks of image rows, one partial per chunk and code. Inside a
+row, runs of equal codes accumulate in registers and are flushed at a code change, so the
+store-to-load chain through the partial arrays is paid once per run, not once per voxel. Sums of
+squares are shifted by the first value seen for the code in the chunk, then converted to
+(mean, M2) and merged with Chan's formula (:mod:`petfeat.kernels.partials`).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from .config import CPU_CHUNKS_PER_THREAD
+from .partials import INDEX_NONE, Partials, merge_stack
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _fused_chunks(stored, codes, scale, offset, n_codes, n_chunks):  # pragma: no cover - compiled
+    nz, ny, nx = stored.shape
+    n_rows = nz * ny
+    cnt = np.zeros((n_chunks, n_codes), np.int64)
+    s1 = np.zeros((n_chunks, n_codes), np.float64)
+    s2 = np.zeros((n_chunks, n_codes), np.float64)
+    shift = np.zeros((n_chunks, n_codes), np.float64)
+    vmin = np.full((n_chunks, n_codes), np.inf)
+    vmax = np.full((n_chunks, n_codes), -np.inf)
+    amin = np.full((n_chunks, n_codes), INDEX_NONE)
+    amax = np.full((n_chunks, n_codes), INDEX_NONE)
+    nans = np.zeros((n_chunks, n_codes), np.int64)
+    for ch in prange(n_chunks):
+        r0 = ch * n_rows // n_chunks
+        r1 = (ch + 1) * n_rows // n_chunks
+        for r in range(r0, r1):
+            z = r // ny
+            y = r - z * ny
+            a = scale[z]
+            b = offset[z]
+            base = r * nx
+            cur = 0
+            rn = 0
+            rs1 = 0.0
+            rs2 = 0.0
+            rk = 0.0
+            rmin = np.inf
+            rmax = -np.inf
+            ramin = INDEX_NONE
+            ramax = INDEX_NONE
+            for x in range(nx + 1):
+                c = 0
+                v = 0.0
+                if x < nx:
+                    c = np.int64(codes[z, y, x])
+                    if c != 0:
+                        v = stored[z, y, x] * a + b
+                        if v != v:  # NaN: counted, never reduced
+                            nans[ch, c] += 1
+                            c = -1
+                if c != cur:
+                    if cur > 0 and rn > 0:  # flush the run of code `cur`
+                        cnt[ch, cur] += rn
+                        s1[ch, cur] += rs1
+                        s2[ch, cur] += rs2
+                        if rmin < vmin[ch, cur]:
+                            vmin[ch, cur] = rmin
+                            amin[ch, cur] = ramin
+                        if rmax > vmax[ch, cur]:
+                            vmax[ch, cur] = rmax
+                            amax[ch, cur] = ramax
+                    cur = c
+                    rn = 0
+                    rs1 = 0.0
+                    rs2 = 0.0
+                    rmin = np.inf
+                    rmax = -np.inf
+                    if c > 0:
+                        if cnt[ch, c] == 0:
+                            shift[ch, c] = v
+                        rk = shift[ch, c]
+                if c > 0:
+                    d = v - rk
+                    rn += 1
+                    rs1 += d
+                    rs2 += d * d
+                    if v < rmin:
+                        rmin = v
+                        ramin = base + x
+                    if v > rmax:
+                        rmax = v
+                        ramax = base + x
+    return cnt, s1, s2, shift, vmin, vmax, amin, amax, nans
+
+
+def fused_reduce_cpu(stored: np.ndarray, codes: np.ndarray, scale: np.ndarray, offset: np.ndarray,
+                     n_codes: int) -> Partials:
+    """Reduce ``stored * scale[z] + offset[z]`` over each code of ``codes`` in one pass.
+
+    Parameters
+    ----------
+    stored : (Z, Y, X) ndarray
+        Raw stored pixels (int16, uint16, int32, float32, float64...).
+    codes : (Z, Y, X) ndarray of unsigned int
+        Code per voxel, ``0 <= code < n_codes``; code 0 is not reduced.
+    scale, offset : (Z,) ndarray of float64
+        Per-slice factors: value = stored x scale + offset.
+    n_codes : int
+        Number of codes (one more than the largest code).
+
+    Returns
+    -------
+    Partials
+        ``(n_codes,)`` partial statistics; argmin/argmax are flat C-order voxel indices.
+    """
+    n_chunks = max(1, min(stored.shape[0] * stored.shape[1],
+                          numba.get_num_threads() * CPU_CHUNKS_PER_THREAD))
+    cnt, s1, s2, shift, vmin, vmax, amin, amax, nans = _fused_chunks(
+        stored, codes, np.ascontiguousarray(scale, np.float64), np.ascontiguousarray(offset, np.float64),
+        int(n_codes), int(n_chunks))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        safe = np.maximum(cnt, 1)
+        mean = np.where(cnt > 0, shift + s1 / safe, 0.0)
+        m2 = np.where(cnt > 0, np.maximum(s2 - s1 * s1 / safe, 0.0), 0.0)
+    return merge_stack(cnt, mean, m2, vmin, vmax, amin, amax, nans)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _peak_chunks(stored, codes, scale, offset, offs, code_ptr, code_regions, region_max, n_regions,
+                 n_chunks):  # pragma: no cover - compiled
+    nz, ny, nx = stored.shape
+    n_rows = nz * ny
+    glob = np.full((n_chunks, n_regions), -np.inf)
+    loc = np.full((n_chunks, n_regions), -np.inf)
+    n_off = offs.shape[0]
+    for ch in prange(n_chunks):
+        r0 = ch * n_rows // n_chunks
+        r1 = (ch + 1) * n_rows // n_chunks
+        for r in range(r0, r1):
+            z = r // ny
+            y = r - z * ny
+            for x in range(nx):
+                c = np.int64(codes[z, y, x])
+                if c == 0 or code_ptr[c] == code_ptr[c + 1]:
+                    continue
+                v = stored[z, y, x] * scale[z] + offset[z]
+                if v != v:
+                    continue
+                total = 0.0
+                n_in = 0
+                for k in range(n_off):
+                    zz = z + offs[k, 0]
+                    yy = y + offs[k, 1]
+                    xx = x + offs[k, 2]
+                    if 0 <= zz < nz and 0 <= yy < ny and 0 <= xx < nx:
+                        w = stored[zz, yy, xx] * scale[zz] + offset[zz]
+                        if w == w:
+                            total += w
+                            n_in += 1
+                m = total / n_in
+                for j in range(code_ptr[c], code_ptr[c + 1]):
+                    reg = code_regions[j]
+                    if m > glob[ch, reg]:
+                        glob[ch, reg] = m
+                    if v == region_max[reg] and m > loc[ch, reg]:
+                        loc[ch, reg] = m
+    return glob, loc
+
+
+def suv_peak_cpu(stored, codes, scale, offset, offsets, code_ptr, code_regions, region_max, n_regions):
+    """IBSI local and global intensity peaks for several regions in one pass over ROI voxels.
+
+    Parameters
+    ----------
+    stored, codes, scale, offset
+        As in :func:`fused_reduce_cpu`.
+    offsets : (K, 3) ndarray of int64
+        ``(dz, dy, dx)`` offsets of the voxel centres inside the peak sphere.
+    code_ptr, code_regions : ndarray of int64
+        CSR map code -> regions: the regions of code ``c`` are
+        ``code_regions[code_ptr[c]:code_ptr[c + 1]]``.
+    region_max : (R,) ndarray of float64
+        Maximum value of each region (from the fused pass), for the local peak.
+    n_regions : int
+        Number of regions ``R``.
+
+    Returns
+    -------
+    global_peak, local_peak : (R,) ndarray of float64
+        ``-inf`` where a region has no voxel.
+    """
+    n_chunks = max(1, min(stored.shape[0] * stored.shape[1], numba.get_num_threads() * CPU_CHUNKS_PER_THREAD))
+    glob, loc = _peak_chunks(stored, codes, np.ascontiguousarray(scale, np.float64),
+                             np.ascontiguousarray(offset, np.float64), np.ascontiguousarray(offsets, np.int64),
+                             np.ascontiguousarray(code_ptr, np.int64), np.ascontiguousarray(code_regions, np.int64),
+                             np.ascontiguousarray(region_max, np.float64), int(n_regions), int(n_chunks))
+    return glob.max(axis=0), loc.max(axis=0)

@@ -1,0 +1,178 @@
+"""Named regions over label layers, and the code volume that serves all of them in one pass.
+
+A *label layer* is an unsigned integer volume on the PET grid with a map from label id to
+name (an organ map, a lesion mask...). Each voxel's *code* identifies the combination of labels
+that cover it across all layers, so one reduction pass serves overlapping regions: "bone" is
+every code whose organ label is a bone, "healthy_bone" the same minus codes with a lesion.
+
+A region spec maps a region name to label-name patterns (``fnmatch`` globs)::
+
+    {"bone": {"include": ["vertebrae_*", "rib_*", "sacrum"], "exclude": ["costal_cartilages"]},
+     "healthy_bone": {"include": ["vertebrae_*", "rib_*"], "exclude": ["lesion*"]},
+     "liver": ["liver"]}
+
+A code belongs to a region when one of its labels matches an include pattern and none of its
+labels matches an exclude pattern.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from petfeat.errors import LabelError
+
+#: Above this many label combinations the code builder sorts instead of using a lookup table.
+_LUT_LIMIT = 1 << 24
+
+
+@dataclass
+class LabelLayer:
+    """An unsigned integer label volume ``(Z, Y, X)`` with a name for each label id."""
+
+    array: np.ndarray
+    names: dict[int, str]
+    source: str = "<array>"
+
+    def __post_init__(self):
+        a = np.asarray(self.array)
+        if a.dtype == bool:
+            a = a.view(np.uint8)
+        if not np.issubdtype(a.dtype, np.unsignedinteger):
+            kind = "floating-point" if np.issubdtype(a.dtype, np.floating) else "signed"
+            raise LabelError(f"{self.source}: labels have {kind} dtype {a.dtype}; label maps must hold "
+                             "unsigned integers. Cast a clean map with labels.astype(np.uint16), or fix the "
+                             "writer that produced it.")
+        self.array = a
+        self.names = {int(k): str(v) for k, v in self.names.items() if int(k) != 0}
+
+
+@dataclass
+class CodeMap:
+    """Codes of a set of layers: ``codes[z, y, x]`` indexes ``combos[code]`` (label id per layer)."""
+
+    codes: np.ndarray
+    combos: np.ndarray
+    layers: list[LabelLayer]
+
+    @property
+    def n_codes(self) -> int:
+        """Number of codes, code 0 (no label in any layer) included."""
+        return int(self.combos.shape[0])
+
+    def code_names(self, code: int) -> list[str]:
+        """Names of the labels that make up ``code``."""
+        out = []
+        for layer, lab in zip(self.layers, self.combos[code]):
+            if lab:
+                out.append(layer.names.get(int(lab), f"label_{int(lab)}"))
+        return out
+
+
+def _code_dtype(n: int) -> np.dtype:
+    return np.dtype(np.uint8 if n <= 0xFF else np.uint16 if n <= 0xFFFF else np.uint32)
+
+
+def build_codes(layers: Sequence[LabelLayer], shape: tuple[int, ...]) -> CodeMap:
+    """Combine label layers into one code volume (vectorised, O(voxels))."""
+    if not layers:
+        raise LabelError("no label layers were given; pass at least one label map.")
+    for layer in layers:
+        if layer.array.shape != tuple(shape):
+            raise LabelError(f"{layer.source}: label map shape {layer.array.shape} differs from the PET grid "
+                             f"{tuple(shape)} (Z, Y, X). Resample it onto the PET grid first "
+                             "(petfeat.io.labels.resample_to_grid).")
+    sizes = [int(layer.array.max()) + 1 for layer in layers]
+    total = int(np.prod(sizes, dtype=np.float64))
+    key = np.zeros(shape, np.int64) if len(layers) > 1 or total > _LUT_LIMIT else None
+    if key is None:
+        key = layers[0].array
+    else:
+        mult = 1
+        for layer, size in zip(layers, sizes):
+            key += layer.array.astype(np.int64) * mult
+            mult *= size
+    if total <= _LUT_LIMIT:
+        present = np.flatnonzero(np.bincount(key.ravel(), minlength=1))
+        present = present[present != 0]
+        keys = np.concatenate([[0], present])
+        lut = np.zeros(total, dtype=_code_dtype(len(keys)))
+        lut[keys] = np.arange(len(keys))
+        codes = lut[key]
+    else:
+        keys, inv = np.unique(key.ravel(), return_inverse=True)
+        if keys[0] != 0:
+            keys = np.concatenate([[0], keys])
+            inv = inv + 1
+        codes = inv.astype(_code_dtype(len(keys))).reshape(shape)
+    combos = np.zeros((len(keys), len(layers)), np.int64)
+    rem = keys.astype(np.int64)
+    for j, size in enumerate(sizes):
+        combos[:, j] = rem % size
+        rem //= size
+    return CodeMap(np.ascontiguousarray(codes), combos, list(layers))
+
+
+def normalise_spec(spec) -> dict[str, dict[str, list[str]]]:
+    """Normalise a region spec: a name -> str | list | {"include": [...], "exclude": [...]} mapping."""
+    if not isinstance(spec, Mapping):
+        raise LabelError(f"regions must be a mapping of region name to label names, got {type(spec).__name__}.")
+    out = {}
+    for name, value in spec.items():
+        if isinstance(value, str):
+            value = {"include": [value]}
+        elif isinstance(value, (list, tuple)):
+            value = {"include": list(value)}
+        if not isinstance(value, Mapping) or "include" not in value:
+            raise LabelError(f"region {name!r}: give a list of label names or a mapping with 'include' "
+                             f"(and optionally 'exclude'), got {value!r}.")
+        unknown = set(value) - {"include", "exclude"}
+        if unknown:
+            raise LabelError(f"region {name!r}: unknown keys {sorted(unknown)}; allowed: include, exclude.")
+        inc = [str(v) for v in _as_list(value["include"])]
+        exc = [str(v) for v in _as_list(value.get("exclude", []))]
+        if not inc:
+            raise LabelError(f"region {name!r}: 'include' is empty; name at least one label or glob.")
+        out[str(name)] = {"include": inc, "exclude": exc}
+    return out
+
+
+def _as_list(v):
+    return [v] if isinstance(v, str) else list(v)
+
+
+def region_codes(spec, codemap: CodeMap) -> dict[str, np.ndarray]:
+    """Codes of each region of ``spec`` (see module docstring for the matching rule)."""
+    spec = normalise_spec(spec)
+    names_per_code = [codemap.code_names(c) for c in range(codemap.n_codes)]
+    out = {}
+    for region, rule in spec.items():
+        members = []
+        for c, names in enumerate(names_per_code):
+            if c == 0:
+                continue
+            inc = any(fnmatch.fnmatchcase(n, p) for n in names for p in rule["include"])
+            exc = any(fnmatch.fnmatchcase(n, p) for n in names for p in rule["exclude"])
+            if inc and not exc:
+                members.append(c)
+        out[region] = np.asarray(members, dtype=np.int64)
+    return out
+
+
+def default_spec(layers: Sequence[LabelLayer]) -> dict[str, dict[str, list[str]]]:
+    """One region per label name of every layer."""
+    names = []
+    for layer in layers:
+        for n in layer.names.values():
+            if n not in names:
+                names.append(n)
+    return {n: {"include": [n], "exclude": []} for n in names}
+
+
+def codes_touching_border(codes: np.ndarray) -> np.ndarray:
+    """Sorted codes present on any of the six faces of the volume."""
+    faces = [codes[0], codes[-1], codes[:, 0], codes[:, -1], codes[:, :, 0], codes[:, :, -1]]
+    return np.unique(np.concatenate([np.unique(f) for f in faces]))
