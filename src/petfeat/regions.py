@@ -176,3 +176,15 @@ def codes_touching_border(codes: np.ndarray) -> np.ndarray:
     """Sorted codes present on any of the six faces of the volume."""
     faces = [codes[0], codes[-1], codes[:, 0], codes[:, -1], codes[:, :, 0], codes[:, :, -1]]
     return np.unique(np.concatenate([np.unique(f) for f in faces]))
+
+
+#: Built-in region sets (TotalSegmentator class names; lesion layers are named ``lesion_<id>``).
+BONE_PATTERNS = ["vertebrae_*", "rib_*", "sacrum", "hip_*", "femur_*", "humerus_*", "scapula_*", "clavicula_*",
+                 "sternum", "skull"]
+BUILTIN_REGIONS: dict[str, dict[str, list[str]]] = {
+    "whole_body_tumor": {"include": ["lesion*"], "exclude": []},
+    "bone": {"include": BONE_PATTERNS, "exclude": []},
+    "healthy_bone": {"include": BONE_PATTERNS, "exclude": ["lesion*"]},
+    "salivary_glands": {"include": ["parotid_gland_*", "submandibular_gland_*"], "exclude": ["lesion*"]},
+    "liver": {"include": ["liver"], "exclude": ["lesion*"]},
+}
