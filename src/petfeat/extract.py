@@ -24,6 +24,7 @@ from petfeat.regions import (
     default_spec,
     normalise_spec,
     region_codes,
+    regions_naming_known_labels,
 )
 from petfeat.suv import SuvFactors, compute_suv_factors
 
@@ -139,7 +140,8 @@ def extract_features(
         peak_values = _peaks(stored, codemap, scale, offset, sp, members, partials, ran)
     t3 = time.perf_counter()
     voxel_ml = float(np.prod(sp)) / 1000.0
-    rows = region_rows(partials, members, voxel_ml, peak_values, codes_touching_border(codemap.codes))
+    rows = region_rows(partials, members, voxel_ml, peak_values, codes_touching_border(codemap.codes),
+                       regions_naming_known_labels(spec, layers))
     settings = {"regions": spec, "suv_type": suv_type, "peak_radius_mm": PEAK_RADIUS_MM, "peaks": peaks}
     df = pd.DataFrame(rows)
     for k, v in keys.items():

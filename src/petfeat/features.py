@@ -64,10 +64,13 @@ def sphere_offsets(spacing_zyx, radius_mm: float = PEAK_RADIUS_MM) -> np.ndarray
 
 
 def region_rows(partials: Partials, regions: dict[str, np.ndarray], voxel_ml: float,
-                peaks: dict[str, tuple[float, float]] | None, border_codes: np.ndarray) -> list[dict]:
+                peaks: dict[str, tuple[float, float]] | None, border_codes: np.ndarray,
+                known: set[str] | None = None) -> list[dict]:
     """Turn per-code partials into one feature row per region.
 
-    An empty region gives ``voxel_count`` 0, NaN statistics and ``status = "empty"``.
+    An empty region gives ``voxel_count`` 0, NaN statistics and ``status = "empty"`` (its labels
+    exist but cover no voxel) or ``"no_matching_label"`` (no label name matches; ``known`` lists the
+    regions whose patterns matched some label name).
     """
     rows = []
     border = set(int(c) for c in border_codes)
@@ -80,7 +83,7 @@ def region_rows(partials: Partials, regions: dict[str, np.ndarray], voxel_ml: fl
         if n == 0:
             row.update(suv_mean=np.nan, suv_max=np.nan, suv_min=np.nan, suv_std=np.nan, suv_peak_local=np.nan,
                        suv_peak_global=np.nan, total_uptake=np.nan,
-                       status="empty" if len(codes) else "no_matching_label")
+                       status="empty" if (len(codes) or known is None or name in known) else "no_matching_label")
         else:
             mean = float(p.mean[0])
             row.update(suv_mean=mean, suv_max=float(p.max[0]), suv_min=float(p.min[0]),

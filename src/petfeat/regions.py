@@ -162,6 +162,13 @@ def region_codes(spec, codemap: CodeMap) -> dict[str, np.ndarray]:
     return out
 
 
+def regions_naming_known_labels(spec, layers: Sequence[LabelLayer]) -> set[str]:
+    """Regions whose include patterns match at least one label name of the layers (voxels or not)."""
+    spec = normalise_spec(spec)
+    names = [n for layer in layers for n in layer.names.values()]
+    return {r for r, rule in spec.items() if any(fnmatch.fnmatchcase(n, p) for n in names for p in rule["include"])}
+
+
 def default_spec(layers: Sequence[LabelLayer]) -> dict[str, dict[str, list[str]]]:
     """One region per label name of every layer."""
     names = []

@@ -1,0 +1,76 @@
+"""The command line as a user runs it: subprocesses, exit codes, stderr without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DRO
+
+
+def run(*args, **kw):
+    env = kw.pop("env", None)
+    return subprocess.run([sys.executable, "-m", "petfeat.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=600, **kw)
+
+
+def test_suv_json_has_the_documented_keys():
+    r = run("suv", str(DRO / "DRO_3_3" / "PT"), "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    for key in ("suv_bw_factor", "sul_factor", "suv_bsa_factor", "units", "decay_correction", "scan_datetime",
+                "injection_datetime", "uptake_seconds", "half_life_seconds", "injected_dose_bq", "decayed_dose_bq",
+                "weight_kg", "warnings"):
+        assert key in d
+    assert d["uptake_seconds"] == 3600 and d["suv_bw_factor"] == pytest.approx(70_000 / d["decayed_dose_bq"])
+
+
+def test_suv_override_from_the_command_line():
+    r = run("suv", str(DRO / "DRO_0_0" / "PT"), "--json", "--weight", "80", "--injection-time", "2025-01-01T10:30:00")
+    d = json.loads(r.stdout)
+    assert d["weight_kg"] == 80 and d["uptake_seconds"] == 1800
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["suv", str(DRO)], "holds 17 PET series"),
+    (["suv", "/no/such/folder"], "no such file or folder"),
+    (["suv", str(DRO / "DRO_0_0" / "PT"), "--injection-time", "yesterday"], "is not YYYY-MM-DDTHH:MM:SS"),
+])
+def test_bad_input_exits_2_without_traceback(args, pattern):
+    r = run(*args)
+    assert r.returncode == 2
+    assert pattern in r.stderr and "Traceback" not in r.stderr and r.stderr.startswith("petfeat suv: error:")
+
+
+def test_missing_weight_names_tag_and_override(tmp_path):
+    import shutil
+
+    import pydicom
+
+    d = tmp_path / "pt"
+    shutil.copytree(DRO / "DRO_0_0" / "PT", d)
+    for f in d.glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        del ds.PatientWeight
+        ds.save_as(f)
+    r = run("suv", str(d))
+    assert r.returncode == 2 and "PatientWeight (0010,1030)" in r.stderr and "--weight" in r.stderr
+    assert run("suv", str(d), "--weight", "70").returncode == 0
+
+
+def test_demo_runs_and_recovers_ground_truth(tmp_path):
+    r = run("demo", "--patients", "2", "--voxel-mm", "10", "--out", str(tmp_path / "demo"), "--backend", "cpu")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "whole-body tumour SUVmean vs ground truth" in r.stdout
+    assert (tmp_path / "demo" / "features.csv").exists()
+    assert len(list((tmp_path / "demo" / "archive").glob("SYN*/pet/*.dcm"))) == 2 * 90
+
+
+def test_synth_command(tmp_path):
+    r = run("synth", str(tmp_path / "a"), "--patients", "1", "--voxel-mm", "10")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "a" / "SYN0001" / "truth.json").exists()
+    assert len(list((tmp_path / "a" / "SYN0001" / "seg").glob("*.nii.gz"))) > 40

@@ -1,0 +1,164 @@
+"""Fused reduction and SUVpeak kernels against the float64 NumPy oracle, on both backends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import naive
+from conftest import RTOL
+from petfeat import kernels
+from petfeat.features import sphere_offsets
+from petfeat.kernels.partials import Partials, merge
+
+
+def _volume(rng, shape, dtype):
+    if dtype == np.float32:
+        return rng.normal(3.0, 2.0, shape).astype(np.float32)
+    info = np.iinfo(dtype)
+    lo = max(info.min, -2000)
+    return rng.integers(lo, min(info.max, 30000), shape).astype(dtype)
+
+
+def _layout(rng, shape, kind):
+    nz, ny, nx = shape
+    if kind == "few_blocky":  # spatially coherent labels (long runs), 3 labels + background
+        codes = np.zeros(shape, np.uint8)
+        codes[:, : ny // 2, : nx // 2] = 1
+        codes[nz // 2 :, ny // 2 :, :] = 2
+        codes[:, :, nx - 2 :] = 3
+        return codes, 5  # code 4 is empty
+    if kind == "many_random":  # many labels, every voxel a new run
+        return rng.integers(0, 40, shape).astype(np.uint16), 40
+    if kind == "one_voxel":
+        codes = np.zeros(shape, np.uint8)
+        codes[1, 2, 3] = 1
+        codes[nz - 1, ny - 1, nx - 1] = 2
+        return codes, 3
+    raise ValueError(kind)
+
+
+SHAPES = {"cpu": (9, 13, 17), "gpu": (5, 7, 11)}  # the simulator runs every thread in Python
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.float32])
+@pytest.mark.parametrize("layout", ["few_blocky", "many_random", "one_voxel"])
+def test_fused_reduce_matches_oracle(backend, dtype, layout):
+    rng = np.random.default_rng(hash((dtype.__name__, layout)) % 2**32)
+    shape = SHAPES[backend]
+    stored = _volume(rng, shape, dtype)
+    codes, n_codes = _layout(rng, shape, layout)
+    scale = rng.uniform(1e-4, 2e-3, shape[0])  # per-slice slope x SUV factor
+    offset = rng.uniform(-0.01, 0.01, shape[0])
+    p = kernels.fused_reduce(stored, codes, scale, offset, n_codes, backend=backend)
+    values = naive.suv(stored, scale, offset)
+    assert p.count[0] == 0  # code 0 is never reduced
+    for c in range(1, n_codes):
+        ref = naive.region_stats(values, codes == c)
+        assert p.count[c] == ref["count"]
+        if ref["count"] == 0:
+            assert p.max[c] == -np.inf and p.min[c] == np.inf
+            continue
+        assert p.mean[c] == pytest.approx(ref["mean"], rel=RTOL)
+        assert p.m2[c] / p.count[c] == pytest.approx(ref["var"], rel=RTOL, abs=1e-15)
+        assert p.max[c] == pytest.approx(ref["max"], rel=1e-12) and p.min[c] == pytest.approx(ref["min"], rel=1e-12)
+        assert p.argmax[c] == ref["argmax"] and p.argmin[c] == ref["argmin"]
+
+
+def test_cpu_and_gpu_agree(gpu):
+    rng = np.random.default_rng(11)
+    stored = rng.integers(0, 20000, (6, 8, 9)).astype(np.int16)
+    codes = rng.integers(0, 6, stored.shape).astype(np.uint8)
+    scale, offset = rng.uniform(1e-4, 1e-3, 6), np.zeros(6)
+    a = kernels.fused_reduce(stored, codes, scale, offset, 6, backend="cpu")
+    b = kernels.fused_reduce(stored, codes, scale, offset, 6, backend="gpu")
+    for name in ("count", "argmax", "argmin"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    for name in ("mean", "m2", "min", "max"):
+        np.testing.assert_allclose(getattr(a, name)[1:], getattr(b, name)[1:], rtol=RTOL)
+
+
+def test_ties_take_the_smallest_index(backend):
+    stored = np.full((3, 4, 5), 100, np.int16)
+    codes = np.ones_like(stored, np.uint8)
+    p = kernels.fused_reduce(stored, codes, np.ones(3), np.zeros(3), 2, backend=backend)
+    assert p.argmax[1] == 0 and p.argmin[1] == 0 and p.m2[1] == 0.0
+
+
+def test_nan_voxels_counted_and_excluded(backend):
+    rng = np.random.default_rng(5)
+    stored = rng.normal(2, 1, (4, 5, 6)).astype(np.float32)
+    stored[1, 2, 3] = np.nan
+    stored[3, 0, 0] = np.nan
+    codes = np.ones(stored.shape, np.uint8)
+    codes[3] = 2
+    p = kernels.fused_reduce(stored, codes, np.ones(4), np.zeros(4), 3, backend=backend)
+    ref = naive.region_stats(stored.astype(np.float64), codes == 1)
+    assert p.nan_count[1] == 1 and p.nan_count[2] == 1
+    assert p.count[1] == ref["count"] and p.mean[1] == pytest.approx(ref["mean"], rel=RTOL)
+
+
+def test_variance_is_not_lost_to_cancellation(backend):
+    """Values 1e4 +- 1e-3: naive sum of squares in float64 loses most digits; shifted sums do not."""
+    rng = np.random.default_rng(2)
+    stored = rng.integers(-1000, 1000, (4, 6, 8)).astype(np.int16)
+    scale, offset = np.full(4, 1e-6), np.full(4, 1e4)
+    codes = np.ones(stored.shape, np.uint8)
+    p = kernels.fused_reduce(stored, codes, scale, offset, 2, backend=backend)
+    v = naive.suv(stored, scale, offset)
+    assert p.m2[1] / p.count[1] == pytest.approx(v.var(), rel=1e-6)
+
+
+def test_merge_is_associative_and_has_identity():
+    rng = np.random.default_rng(9)
+
+    def part(x):
+        return Partials(np.array([x.size]), np.array([x.mean()]), np.array([((x - x.mean()) ** 2).sum()]),
+                        np.array([x.min()]), np.array([x.max()]), np.array([0]), np.array([1]), np.array([0]))
+
+    a, b, c = (part(rng.normal(m, 1, n)) for m, n in ((1, 10), (50, 3), (-4, 7)))
+    left, right = merge(merge(a, b), c), merge(a, merge(b, c))
+    for f in ("count", "mean", "m2", "min", "max"):
+        np.testing.assert_allclose(getattr(left, f), getattr(right, f), rtol=1e-12)
+    e = merge(Partials.empty(1), a)
+    np.testing.assert_allclose(e.mean, a.mean) and np.testing.assert_allclose(e.m2, a.m2)
+
+
+@pytest.mark.parametrize("spacing", [(2.0, 2.0, 2.0), (3.27, 2.0, 4.07)])
+def test_suv_peak_matches_oracle(backend, spacing):
+    rng = np.random.default_rng(21)
+    shape = (6, 7, 8) if backend == "gpu" else (8, 10, 11)
+    stored = rng.integers(0, 5000, shape).astype(np.int16)
+    scale, offset = rng.uniform(5e-4, 1e-3, shape[0]), np.zeros(shape[0])
+    codes = np.zeros(shape, np.uint8)
+    codes[1:4, 2:5, 1:6] = 1
+    codes[4:, :3, 5:] = 2  # touches the border: sphere partly outside the image
+    codes[0, 0, 0] = 3
+    values = naive.suv(stored, scale, offset)
+    stored[2, 3, 2] = stored[2, 3, 4] = stored[codes == 1].max()  # a tie for the hottest voxel
+    values = naive.suv(stored, scale, offset)
+    # regions: 0 -> code 1, 1 -> codes 1 and 2, 2 -> code 3
+    regions = [[1], [1, 2], [3]]
+    ptr = np.array([0, 0, 2, 3, 4])
+    flat = np.array([0, 1, 1, 2])
+    rmax = np.array([values[np.isin(codes, r)].max() for r in regions])
+    glob, loc = kernels.suv_peak(stored, codes, scale, offset, sphere_offsets(spacing), ptr, flat, rmax, 3,
+                                 backend=backend)
+    for k, r in enumerate(regions):
+        g_ref, l_ref = naive.peaks(values, np.isin(codes, r), spacing)
+        assert glob[k] == pytest.approx(g_ref, rel=RTOL) and loc[k] == pytest.approx(l_ref, rel=RTOL)
+
+
+def test_sphere_offsets_physical_radius():
+    offs = sphere_offsets((2.0, 2.0, 2.0))
+    assert len(offs) == 123  # voxel centres within 6.2035 mm at 2 mm spacing (IBSI phantom grid)
+    aniso = sphere_offsets((5.0, 2.0, 2.0))
+    assert np.abs(aniso[:, 0]).max() == 1 and np.abs(aniso[:, 2]).max() == 3
+
+
+def test_gpu_code_limit_is_an_error(gpu):
+    from petfeat.kernels.config import MAX_GPU_CODES
+
+    z = np.zeros((2, 2, 2), np.int16)
+    with pytest.raises(ValueError, match="exceeds the GPU limit MAX_GPU_CODES"):
+        kernels.fused_reduce(z, z.astype(np.uint16), np.ones(2), np.zeros(2), MAX_GPU_CODES + 1, backend="gpu")
