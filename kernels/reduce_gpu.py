@@ -1,10 +1,12 @@
 """GPU (Numba CUDA) twins of :mod:`petfeat.kernels.reduce_cpu`: same inputs, same partials.
 
 The fused reduction runs a persistent grid. Each block walks tiles of
-``THREADS_PER_BLOCK x VALUES_PER_THREAD`` voxels; a thread keeps its voxels' SUV and code in
-registers and the tile is reduced in two passes in shared memory: first count, sum, min and max
-(shared-memory atomics), then the squared deviations from the tile mean and the smallest index
-of the tile's min and max. The tile's (count, mean, M2) is merged into the block's running
+``THREADS_PER_BLOCK x VALUES_PER_THREAD`` voxels (coalesced: thread ``t`` takes voxels
+``t, t + TPB, ...`` of the tile); a thread keeps its voxels' SUV and code in registers and the
+tile is reduced in two passes in shared memory: first count, sum, min and max, then the squared
+deviations from the tile mean and the smallest index of the tile's min and max. In both passes a
+thread accumulates runs of equal codes in registers and flushes a run with one set of
+shared-memory atomics, so spatially coherent labels (the common case) cost few atomics. The tile's (count, mean, M2) is merged into the block's running
 partial with Chan's formula, and each block writes one partial per code. The host merges the
 blocks' partials with the same :func:`~petfeat.kernels.partials.merge_stack` as the CPU chunks.
 So the GPU reads every voxel once from device memory and never accumulates raw sums of squares.
@@ -76,39 +78,71 @@ def _fused_kernel(stored, codes, scale, offset, slice_size, n, n_codes,
     t = cuda.blockIdx.x
     while t < n_tiles:
         base = t * tile
-        # pass 1: load, convert, count/sum/min/max
-        for j in range(VPT):
-            i = base + j * TPB + tid
+        # pass 1: load and convert; per-thread runs of equal codes flush count/sum/min/max
+        rc = -1
+        rn = 0
+        rs = 0.0
+        rmn = math.inf
+        rmx = -math.inf
+        for j in range(VPT + 1):
             code = -1
             v = 0.0
-            if i < n:
-                code = int32(codes[i])
-                if code > 0:
-                    z = i // slice_size
-                    v = stored[i] * scale[z] + offset[z]
-                    if v != v:
-                        cuda.atomic.add(r_nan, code, 1)
-                        code = -1
-                    else:
-                        cuda.atomic.add(t_cnt, code, 1)
-                        cuda.atomic.add(t_sum, code, v)
-                        cuda.atomic.min(t_min, code, v)
-                        cuda.atomic.max(t_max, code, v)
-            xs[j] = v
-            cs[j] = code
+            if j < VPT:
+                i = base + j * TPB + tid
+                if i < n:
+                    code = int32(codes[i])
+                    if code > 0:
+                        z = i // slice_size
+                        v = stored[i] * scale[z] + offset[z]
+                        if v != v:
+                            cuda.atomic.add(r_nan, code, 1)
+                            code = -1
+                xs[j] = v
+                cs[j] = code
+            if code != rc:
+                if rc > 0:
+                    cuda.atomic.add(t_cnt, rc, rn)
+                    cuda.atomic.add(t_sum, rc, rs)
+                    cuda.atomic.min(t_min, rc, rmn)
+                    cuda.atomic.max(t_max, rc, rmx)
+                rc = code
+                rn = 0
+                rs = 0.0
+                rmn = math.inf
+                rmx = -math.inf
+            if code > 0:
+                rn += 1
+                rs += v
+                rmn = min(rmn, v)
+                rmx = max(rmx, v)
         cuda.syncthreads()
-        # pass 2: squared deviations from the tile mean; smallest index of min and max
-        for j in range(VPT):
-            code = cs[j]
+        # pass 2: squared deviations from the tile mean; smallest index of the tile min and max
+        rc = -1
+        rm2 = 0.0
+        ramn = _BIG
+        ramx = _BIG
+        for j in range(VPT + 1):
+            code = cs[j] if j < VPT else -1
+            if code != rc:
+                if rc > 0:
+                    cuda.atomic.add(t_m2, rc, rm2)
+                    if ramx != _BIG:
+                        cuda.atomic.min(t_amax, rc, ramx)
+                    if ramn != _BIG:
+                        cuda.atomic.min(t_amin, rc, ramn)
+                rc = code
+                rm2 = 0.0
+                ramn = _BIG
+                ramx = _BIG
             if code > 0:
                 v = xs[j]
                 i = base + j * TPB + tid
                 d = v - t_sum[code] / t_cnt[code]
-                cuda.atomic.add(t_m2, code, d * d)
-                if v == t_max[code]:
-                    cuda.atomic.min(t_amax, code, i)
-                if v == t_min[code]:
-                    cuda.atomic.min(t_amin, code, i)
+                rm2 += d * d
+                if v == t_max[code] and ramx == _BIG:
+                    ramx = i
+                if v == t_min[code] and ramn == _BIG:
+                    ramn = i
         cuda.syncthreads()
         # merge the tile into the block's running partial (Chan), reset the tile
         c = tid

@@ -18,9 +18,9 @@ if not REAL_GPU:
 
     numba.config.ENABLE_CUDASIM = os.environ["NUMBA_ENABLE_CUDASIM"] == "1"
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-if not REFERENCE.exists():  # CI clones main beside shared/
-    REFERENCE = Path(os.environ.get("PETFEAT_REFERENCE", "../shared/reference")).resolve()
+# CI and developers have shared/ beside the checkout; elsewhere set PETFEAT_REFERENCE.
+REFERENCE = Path(os.environ.get("PETFEAT_REFERENCE",
+                                Path(__file__).resolve().parents[1].parent / "shared" / "reference")).resolve()
 DRO = REFERENCE / "suv-dro" / "DRO"
 IBSI = REFERENCE / "ibsi-digital-phantom"
 
