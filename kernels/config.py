@@ -12,11 +12,11 @@ SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 
 #: Threads per CUDA block of the fused reduction and the SUVpeak kernels.
 THREADS_PER_BLOCK = int(os.environ.get("PETFEAT_CUDA_TPB", 32 if SIMULATOR else 256))
-#: Voxels each thread keeps in registers per tile of the fused reduction (two-pass per tile).
+#: Voxels each thread reduces per tile of the fused reduction (two passes per tile).
 VALUES_PER_THREAD = int(os.environ.get("PETFEAT_CUDA_VPT", 3 if SIMULATOR else 16))
 #: Largest number of codes the GPU reduction holds in shared memory (codes are label combinations).
 MAX_GPU_CODES = int(os.environ.get("PETFEAT_CUDA_MAX_CODES", 64 if SIMULATOR else 384))
 #: Resident blocks per multiprocessor for the persistent grid.
-BLOCKS_PER_SM = 4
+BLOCKS_PER_SM = 8
 #: CPU chunks per thread (load balance of the parallel loop over rows).
 CPU_CHUNKS_PER_THREAD = 4

@@ -74,12 +74,25 @@ def merge(a: Partials, b: Partials) -> Partials:
 
 
 def merge_stack(count, mean, m2, vmin, vmax, argmin, argmax, nan_count) -> Partials:
-    """Merge partials stacked along axis 0 (``(n_parts, n_codes)`` arrays) into one."""
-    out = Partials.empty(count.shape[1])
-    for k in range(count.shape[0]):
-        out = merge(out, Partials(count[k], mean[k], m2[k], vmin[k], vmax[k], argmin[k], argmax[k],
-                                  nan_count[k]))
-    return out
+    """Merge partials stacked along axis 0 (``(n_parts, n_codes)`` arrays) into one, vectorised.
+
+    Uses the closed form of the pairwise merge over all parts at once:
+    ``n = sum n_k``, ``mean = sum n_k mean_k / n``, ``M2 = sum M2_k + n_k (mean_k - mean)^2``.
+    Ties in min/max keep the smallest voxel index, as in :func:`merge`.
+    """
+    count = np.asarray(count, np.int64)
+    n = count.sum(axis=0)
+    safe = np.maximum(n, 1)
+    with np.errstate(invalid="ignore"):
+        mean_all = np.where(n > 0, (count * np.where(count > 0, mean, 0.0)).sum(axis=0) / safe, 0.0)
+        dev = np.where(count > 0, mean - mean_all, 0.0)
+        m2_all = (np.where(count > 0, m2, 0.0) + count * dev * dev).sum(axis=0)
+    vmax_all = vmax.max(axis=0)
+    vmin_all = vmin.min(axis=0)
+    amax = np.where(vmax == vmax_all, argmax, INDEX_NONE).min(axis=0)
+    amin = np.where(vmin == vmin_all, argmin, INDEX_NONE).min(axis=0)
+    return Partials(count=n, mean=mean_all, m2=m2_all, min=vmin_all, max=vmax_all, argmin=amin, argmax=amax,
+                    nan_count=np.asarray(nan_count, np.int64).sum(axis=0))
 
 
 def combine_codes(p: Partials, codes: np.ndarray) -> Partials:

@@ -20,7 +20,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import cuda, float64, int32, int64
+
+if not hasattr(np, "row_stack"):  # pragma: no cover - environment-specific
+    # numba-cuda (seen with 0.2x on NumPy 2.5) registers an overload for np.row_stack when it
+    # compiles its first kernel; NumPy 2.5 removed that alias of np.vstack. Restore the alias so
+    # kernels compile; nothing in petfeat uses it.
+    np.row_stack = np.vstack
+
+from numba import cuda, float64, int32, int64  # noqa: E402
 
 from .config import BLOCKS_PER_SM, MAX_GPU_CODES, THREADS_PER_BLOCK, VALUES_PER_THREAD
 from .partials import INDEX_NONE, Partials, merge_stack
@@ -31,9 +38,79 @@ MAXC = MAX_GPU_CODES
 _BIG = INDEX_NONE
 
 
+@cuda.jit(device=True)
+def _flush1(t_cnt, t_sum, t_min, t_max, c, rn, rs, rmn, rmx):  # pragma: no cover
+    cuda.atomic.add(t_cnt, c, rn)
+    cuda.atomic.add(t_sum, c, rs)
+    cuda.atomic.min(t_min, c, rmn)
+    cuda.atomic.max(t_max, c, rmx)
+
+
+@cuda.jit(device=True)
+def _flush2(t_m2, t_amin, t_amax, c, rm2, ramn, ramx):  # pragma: no cover
+    cuda.atomic.add(t_m2, c, rm2)
+    if ramx != _BIG:
+        cuda.atomic.min(t_amax, c, ramx)
+    if ramn != _BIG:
+        cuda.atomic.min(t_amin, c, ramn)
+
+
+@cuda.jit(device=True, inline=True)
+def _load(stored, codes, scale, offset, i, n, zc, bound, slice_size):  # pragma: no cover
+    """Code and SUV of voxel i (code -1 outside the volume); advances the slice cursor."""
+    code = -1
+    v = 0.0
+    if i < n:
+        code = int32(codes[i])
+        while i >= bound:
+            zc += 1
+            bound += slice_size
+        if code > 0:
+            v = stored[i] * scale[zc] + offset[zc]
+    return code, v, zc, bound
+
+
+@cuda.jit(device=True, inline=True)
+def _run1(code, v, rc, rn, rs, rmn, rmx, t_cnt, t_sum, t_min, t_max):  # pragma: no cover
+    if code != rc:
+        if rc > 0:
+            _flush1(t_cnt, t_sum, t_min, t_max, rc, rn, rs, rmn, rmx)
+        rc = code
+        rn = 0
+        rs = 0.0
+        rmn = math.inf
+        rmx = -math.inf
+    if code > 0:
+        rn += 1
+        rs += v
+        rmn = min(rmn, v)
+        rmx = max(rmx, v)
+    return rc, rn, rs, rmn, rmx
+
+
+@cuda.jit(device=True, inline=True)
+def _run2(code, v, i, rc, rm2, ramn, ramx, t_sum, t_cnt, t_min, t_max, t_m2, t_amin, t_amax):  # pragma: no cover
+    if code != rc:
+        if rc > 0:
+            _flush2(t_m2, t_amin, t_amax, rc, rm2, ramn, ramx)
+        rc = code
+        rm2 = 0.0
+        ramn = _BIG
+        ramx = _BIG
+    if code > 0:
+        d = v - t_sum[code] / t_cnt[code]
+        rm2 += d * d
+        if v == t_max[code] and ramx == _BIG:
+            ramx = i
+        if v == t_min[code] and ramn == _BIG:
+            ramn = i
+    return rc, rm2, ramn, ramx
+
+
 @cuda.jit
 def _fused_kernel(stored, codes, scale, offset, slice_size, n, n_codes,
                   o_cnt, o_mean, o_m2, o_min, o_max, o_amin, o_amax, o_nan):  # pragma: no cover
+    # tile accumulators in shared memory; the block's running partial lives in its row of o_*
     t_cnt = cuda.shared.array(MAXC, int32)
     t_sum = cuda.shared.array(MAXC, float64)
     t_m2 = cuda.shared.array(MAXC, float64)
@@ -41,18 +118,17 @@ def _fused_kernel(stored, codes, scale, offset, slice_size, n, n_codes,
     t_max = cuda.shared.array(MAXC, float64)
     t_amin = cuda.shared.array(MAXC, int64)
     t_amax = cuda.shared.array(MAXC, int64)
-    r_cnt = cuda.shared.array(MAXC, int64)
-    r_mean = cuda.shared.array(MAXC, float64)
-    r_m2 = cuda.shared.array(MAXC, float64)
-    r_min = cuda.shared.array(MAXC, float64)
-    r_max = cuda.shared.array(MAXC, float64)
-    r_amin = cuda.shared.array(MAXC, int64)
-    r_amax = cuda.shared.array(MAXC, int64)
-    r_nan = cuda.shared.array(MAXC, int64)
-    xs = cuda.local.array(VPT, float64)
-    cs = cuda.local.array(VPT, int32)
+    # one slot per thread for the in-warp aggregation of runs
+    s_code = cuda.shared.array(TPB, int32)
+    s_n = cuda.shared.array(TPB, int32)
+    s_f = cuda.shared.array(TPB, float64)
+    s_g = cuda.shared.array(TPB, float64)
+    s_h = cuda.shared.array(TPB, float64)
+    s_i = cuda.shared.array(TPB, int64)
+    s_k = cuda.shared.array(TPB, int64)
 
     tid = cuda.threadIdx.x
+    b = cuda.blockIdx.x
     c = tid
     while c < n_codes:
         t_cnt[c] = 0
@@ -62,107 +138,116 @@ def _fused_kernel(stored, codes, scale, offset, slice_size, n, n_codes,
         t_max[c] = -math.inf
         t_amin[c] = _BIG
         t_amax[c] = _BIG
-        r_cnt[c] = 0
-        r_mean[c] = 0.0
-        r_m2[c] = 0.0
-        r_min[c] = math.inf
-        r_max[c] = -math.inf
-        r_amin[c] = _BIG
-        r_amax[c] = _BIG
-        r_nan[c] = 0
+        o_cnt[b, c] = 0
+        o_mean[b, c] = 0.0
+        o_m2[b, c] = 0.0
+        o_min[b, c] = math.inf
+        o_max[b, c] = -math.inf
+        o_amin[b, c] = _BIG
+        o_amax[b, c] = _BIG
+        o_nan[b, c] = 0
         c += TPB
     cuda.syncthreads()
 
     tile = TPB * VPT
     n_tiles = (n + tile - 1) // tile
-    t = cuda.blockIdx.x
+    t = b
     while t < n_tiles:
         base = t * tile
-        # pass 1: load and convert; per-thread runs of equal codes flush count/sum/min/max
+        # pass 1: per-thread runs of equal codes. A thread's interior runs flush straight to the
+        # tile accumulators; its last run goes to a shared slot, and slots of equal code are merged
+        # in a tree inside each warp first, so a warp on one label issues one set of atomics.
+        zc = (base + tid) // slice_size
+        bound = (zc + 1) * slice_size
         rc = -1
         rn = 0
         rs = 0.0
         rmn = math.inf
         rmx = -math.inf
-        for j in range(VPT + 1):
-            code = -1
-            v = 0.0
-            if j < VPT:
-                i = base + j * TPB + tid
-                if i < n:
-                    code = int32(codes[i])
-                    if code > 0:
-                        z = i // slice_size
-                        v = stored[i] * scale[z] + offset[z]
-                        if v != v:
-                            cuda.atomic.add(r_nan, code, 1)
-                            code = -1
-                xs[j] = v
-                cs[j] = code
-            if code != rc:
-                if rc > 0:
-                    cuda.atomic.add(t_cnt, rc, rn)
-                    cuda.atomic.add(t_sum, rc, rs)
-                    cuda.atomic.min(t_min, rc, rmn)
-                    cuda.atomic.max(t_max, rc, rmx)
-                rc = code
-                rn = 0
-                rs = 0.0
-                rmn = math.inf
-                rmx = -math.inf
-            if code > 0:
-                rn += 1
-                rs += v
-                rmn = min(rmn, v)
-                rmx = max(rmx, v)
+        for j in range(VPT):
+            code, v, zc, bound = _load(stored, codes, scale, offset, base + j * TPB + tid, n, zc, bound, slice_size)
+            if code > 0 and v != v:
+                cuda.atomic.add(o_nan, (b, code), 1)
+                code = -1
+            rc, rn, rs, rmn, rmx = _run1(code, v, rc, rn, rs, rmn, rmx, t_cnt, t_sum, t_min, t_max)
+        s_code[tid] = rc
+        s_n[tid] = rn
+        s_f[tid] = rs
+        s_g[tid] = rmn
+        s_h[tid] = rmx
+        lane = tid % 32
+        step = 16
+        while step >= 1:
+            cuda.syncthreads()
+            if lane < step:
+                o = tid + step
+                c = s_code[tid]
+                if c > 0 and s_code[o] == c:
+                    s_n[tid] += s_n[o]
+                    s_f[tid] += s_f[o]
+                    s_g[tid] = min(s_g[tid], s_g[o])
+                    s_h[tid] = max(s_h[tid], s_h[o])
+                    s_code[o] = -1
+            step //= 2
         cuda.syncthreads()
-        # pass 2: squared deviations from the tile mean; smallest index of the tile min and max
+        if s_code[tid] > 0:
+            _flush1(t_cnt, t_sum, t_min, t_max, s_code[tid], s_n[tid], s_f[tid], s_g[tid], s_h[tid])
+        cuda.syncthreads()
+        # pass 2: the tile again (now in L1): squared deviations from the tile mean and the
+        # smallest index of the tile's min and max, aggregated the same way
+        zc = (base + tid) // slice_size
+        bound = (zc + 1) * slice_size
         rc = -1
         rm2 = 0.0
         ramn = _BIG
         ramx = _BIG
-        for j in range(VPT + 1):
-            code = cs[j] if j < VPT else -1
-            if code != rc:
-                if rc > 0:
-                    cuda.atomic.add(t_m2, rc, rm2)
-                    if ramx != _BIG:
-                        cuda.atomic.min(t_amax, rc, ramx)
-                    if ramn != _BIG:
-                        cuda.atomic.min(t_amin, rc, ramn)
-                rc = code
-                rm2 = 0.0
-                ramn = _BIG
-                ramx = _BIG
-            if code > 0:
-                v = xs[j]
-                i = base + j * TPB + tid
-                d = v - t_sum[code] / t_cnt[code]
-                rm2 += d * d
-                if v == t_max[code] and ramx == _BIG:
-                    ramx = i
-                if v == t_min[code] and ramn == _BIG:
-                    ramn = i
+        for j in range(VPT):
+            i = base + j * TPB + tid
+            code, v, zc, bound = _load(stored, codes, scale, offset, i, n, zc, bound, slice_size)
+            if v != v:
+                code = -1
+            rc, rm2, ramn, ramx = _run2(code, v, i, rc, rm2, ramn, ramx, t_sum, t_cnt, t_min, t_max, t_m2, t_amin,
+                                        t_amax)
+        s_code[tid] = rc
+        s_f[tid] = rm2
+        s_i[tid] = ramn
+        s_k[tid] = ramx
+        step = 16
+        while step >= 1:
+            cuda.syncthreads()
+            if lane < step:
+                o = tid + step
+                c = s_code[tid]
+                if c > 0 and s_code[o] == c:
+                    s_f[tid] += s_f[o]
+                    s_i[tid] = min(s_i[tid], s_i[o])
+                    s_k[tid] = min(s_k[tid], s_k[o])
+                    s_code[o] = -1
+            step //= 2
+        cuda.syncthreads()
+        if s_code[tid] > 0:
+            _flush2(t_m2, t_amin, t_amax, s_code[tid], s_f[tid], s_i[tid], s_k[tid])
         cuda.syncthreads()
         # merge the tile into the block's running partial (Chan), reset the tile
         c = tid
         while c < n_codes:
             nt = t_cnt[c]
             if nt > 0:
-                na = r_cnt[c]
+                na = o_cnt[b, c]
                 nb = int64(nt)
                 mb = t_sum[c] / nb
                 nn = na + nb
-                delta = mb - r_mean[c]
-                r_mean[c] = r_mean[c] + delta * nb / nn
-                r_m2[c] = r_m2[c] + t_m2[c] + delta * delta * na * nb / nn
-                r_cnt[c] = nn
-                if t_max[c] > r_max[c]:
-                    r_max[c] = t_max[c]
-                    r_amax[c] = t_amax[c]
-                if t_min[c] < r_min[c]:
-                    r_min[c] = t_min[c]
-                    r_amin[c] = t_amin[c]
+                ma = o_mean[b, c]
+                delta = mb - ma
+                o_mean[b, c] = ma + delta * nb / nn
+                o_m2[b, c] = o_m2[b, c] + t_m2[c] + delta * delta * na * nb / nn
+                o_cnt[b, c] = nn
+                if t_max[c] > o_max[b, c]:
+                    o_max[b, c] = t_max[c]
+                    o_amax[b, c] = t_amax[c]
+                if t_min[c] < o_min[b, c]:
+                    o_min[b, c] = t_min[c]
+                    o_amin[b, c] = t_amin[c]
                 t_cnt[c] = 0
                 t_sum[c] = 0.0
                 t_m2[c] = 0.0
@@ -173,19 +258,6 @@ def _fused_kernel(stored, codes, scale, offset, slice_size, n, n_codes,
             c += TPB
         cuda.syncthreads()
         t += cuda.gridDim.x
-
-    b = cuda.blockIdx.x
-    c = tid
-    while c < n_codes:
-        o_cnt[b, c] = r_cnt[c]
-        o_mean[b, c] = r_mean[c]
-        o_m2[b, c] = r_m2[c]
-        o_min[b, c] = r_min[c]
-        o_max[b, c] = r_max[c]
-        o_amin[b, c] = r_amin[c]
-        o_amax[b, c] = r_amax[c]
-        o_nan[b, c] = r_nan[c]
-        c += TPB
 
 
 def _sm_count() -> int:
@@ -212,6 +284,30 @@ def fused_reduce_gpu(stored, codes, scale, offset, n_codes: int, *, blocks: int 
     if n_codes > MAXC:
         raise ValueError(f"n_codes = {n_codes} exceeds the GPU limit MAX_GPU_CODES = {MAXC}; "
                          "set PETFEAT_CUDA_MAX_CODES higher (shared memory permitting) or use backend='cpu'.")
+    launch = prepare_fused(stored, codes, scale, offset, n_codes, blocks=blocks)
+    launch()
+    cuda.synchronize()
+    return merge_stack(*(o.copy_to_host() for o in launch.outputs))
+
+
+class _Launch:
+    """A prepared fused-kernel launch: device inputs and outputs bound, callable to run."""
+
+    def __init__(self, args, grid, outputs):
+        self.args, self.grid, self.outputs = args, grid, outputs
+
+    def __call__(self):
+        _fused_kernel[self.grid, TPB](*self.args, *self.outputs)
+
+
+def prepare_fused(stored, codes, scale, offset, n_codes: int, *, blocks: int | None = None) -> _Launch:
+    """Bind device inputs and allocate per-block outputs; calling the result launches the kernel.
+
+    Lets a benchmark time the kernel alone, apart from transfers and the host-side merge.
+    """
+    if len(stored.shape) != 3 or tuple(codes.shape) != tuple(stored.shape) or len(scale) != stored.shape[0]:
+        raise ValueError(f"stored {tuple(stored.shape)} and codes {tuple(codes.shape)} must be the same (Z, Y, X) "
+                         f"shape with one scale/offset per slice (got {len(scale)}).")
     nz = int(stored.shape[0])
     n = int(np.prod(stored.shape))
     slice_size = n // nz if nz else 1
@@ -222,9 +318,7 @@ def fused_reduce_gpu(stored, codes, scale, offset, n_codes: int, *, blocks: int 
     grid = blocks or max(1, min(n_tiles, _sm_count() * BLOCKS_PER_SM))
     outs = [cuda.device_array((grid, n_codes), dtype=dt)
             for dt in (np.int64, np.float64, np.float64, np.float64, np.float64, np.int64, np.int64, np.int64)]
-    _fused_kernel[grid, TPB](d_stored, d_codes, d_scale, d_offset, slice_size, n, int(n_codes), *outs)
-    cuda.synchronize()
-    return merge_stack(*(o.copy_to_host() for o in outs))
+    return _Launch((d_stored, d_codes, d_scale, d_offset, slice_size, n, int(n_codes)), grid, outs)
 
 
 @cuda.jit
