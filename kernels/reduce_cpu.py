@@ -5,10 +5,17 @@ One pass over the raw stored pixels and the code volume. Each voxel's value is
 RescaleSlope/Intercept and the SUV factor. Code 0 means "in no region" and is skipped.
 
 Work is split into contiguous chunks of image rows, one partial per chunk and code. Inside a
-row, runs of equal codes accumulate in registers and are flushed at a code change, so the
-store-to-load chain through the partial arrays is paid once per run, not once per voxel. Sums of
-squares are shifted by the first value seen for the code in the chunk, then converted to
-(mean, M2) and merged with Chan's formula (:mod:`petfeat.kernels.partials`).
+row, runs of equal codes are reduced together and flushed once per run.
+
+* 8- and 16-bit integer pixels (the PET norm): each run's moments are exact sums of
+  ``stored - stored[first]`` and their squares (integers below 2**53 held in float64, so any
+  summation order gives the same result) plus integer min/max, a loop the compiler vectorises;
+  the run's (n, mean, M2) in SUV space is ``(n, a mean_s + b, a^2 M2_s)`` for the slice's ``a = scale[z]``, ``b = offset[z]``, merged into the chunk with Chan's formula. The
+  argmin/argmax rescans the run only when it beats the chunk's current extreme.
+* Other pixels (float, 32-bit): SUV per voxel in float64 with a NaN check; sums of squares are
+  shifted by the first value seen for the code in the chunk, then converted to (mean, M2).
+
+Chunks merge with :func:`petfeat.kernels.partials.merge_stack`.
 """
 
 from __future__ import annotations
@@ -97,6 +104,102 @@ def _fused_chunks(stored, codes, scale, offset, n_codes, n_chunks):  # pragma: n
     return cnt, s1, s2, shift, vmin, vmax, amin, amax, nans
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _chan(cnt, mean, m2, ch, c, n, mu, q):  # pragma: no cover - compiled
+    """Merge a run's (n, mean, M2) into partial [ch, c] (Chan et al.)."""
+    na = cnt[ch, c]
+    if na == 0:
+        cnt[ch, c] = n
+        mean[ch, c] = mu
+        m2[ch, c] = q
+    else:
+        nn = na + n
+        delta = mu - mean[ch, c]
+        mean[ch, c] += delta * n / nn
+        m2[ch, c] += q + delta * delta * (na * n / nn)
+        cnt[ch, c] = nn
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _run_moments(row, x, e, k):  # pragma: no cover - compiled
+    """Sums of (s - k) and (s - k)^2, min and max of an integer run; exact (integers below 2**53)."""
+    s1 = 0.0
+    s2 = 0.0
+    smin = np.int32(k)
+    smax = np.int32(k)
+    for xx in range(x, e):
+        v = np.int32(row[xx])
+        d = np.float64(v - k)
+        s1 += d
+        s2 += d * d
+        smin = min(smin, v)
+        smax = max(smax, v)
+    return s1, s2, smin, smax
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _flush_int(cnt, mean, m2, vmin, vmax, amin, amax, ch, c, n, k, s1, s2, smin, smax, a, b, row, x0, x1,
+               base):  # pragma: no cover - compiled
+    mu_s = k + s1 / n
+    q_s = max(s2 - s1 * (s1 / n), 0.0)
+    _chan(cnt, mean, m2, ch, c, n, a * mu_s + b, a * a * q_s)
+    hi = smax if a >= 0 else smin  # stored value of the run's highest SUV
+    lo = smin if a >= 0 else smax
+    vhi = hi * a + b
+    vlo = lo * a + b
+    if vhi > vmax[ch, c]:
+        vmax[ch, c] = vhi
+        for xx in range(x0, x1):
+            if row[xx] == hi:
+                amax[ch, c] = base + xx
+                break
+    if vlo < vmin[ch, c]:
+        vmin[ch, c] = vlo
+        for xx in range(x0, x1):
+            if row[xx] == lo:
+                amin[ch, c] = base + xx
+                break
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _fused_chunks_int(stored, codes, scale, offset, n_codes, n_chunks):  # pragma: no cover - compiled
+    """Integer pixels (8/16 bit): exact moments per run of equal codes (vectorisable run loop)."""
+    nz, ny, nx = stored.shape
+    n_rows = nz * ny
+    cnt = np.zeros((n_chunks, n_codes), np.int64)
+    mean = np.zeros((n_chunks, n_codes), np.float64)
+    m2 = np.zeros((n_chunks, n_codes), np.float64)
+    vmin = np.full((n_chunks, n_codes), np.inf)
+    vmax = np.full((n_chunks, n_codes), -np.inf)
+    amin = np.full((n_chunks, n_codes), INDEX_NONE)
+    amax = np.full((n_chunks, n_codes), INDEX_NONE)
+    nans = np.zeros((n_chunks, n_codes), np.int64)
+    for ch in prange(n_chunks):
+        r0 = ch * n_rows // n_chunks
+        r1 = (ch + 1) * n_rows // n_chunks
+        for r in range(r0, r1):
+            z = r // ny
+            y = r - z * ny
+            a = scale[z]
+            b = offset[z]
+            row = stored[z, y]
+            crow = codes[z, y]
+            base = r * nx
+            x = 0
+            while x < nx:
+                c = np.int64(crow[x])
+                e = x + 1
+                while e < nx and crow[e] == crow[x]:
+                    e += 1
+                if c != 0:
+                    k = np.int32(row[x])
+                    s1, s2, smin, smax = _run_moments(row, x, e, k)
+                    _flush_int(cnt, mean, m2, vmin, vmax, amin, amax, ch, c, e - x, k, s1, s2, smin, smax, a, b,
+                               row, x, e, base)
+                x = e
+    return cnt, mean, m2, vmin, vmax, amin, amax, nans
+
+
 def fused_reduce_cpu(stored: np.ndarray, codes: np.ndarray, scale: np.ndarray, offset: np.ndarray,
                      n_codes: int) -> Partials:
     """Reduce ``stored * scale[z] + offset[z]`` over each code of ``codes`` in one pass.
@@ -119,6 +222,10 @@ def fused_reduce_cpu(stored: np.ndarray, codes: np.ndarray, scale: np.ndarray, o
     """
     n_chunks = max(1, min(stored.shape[0] * stored.shape[1],
                           numba.get_num_threads() * CPU_CHUNKS_PER_THREAD))
+    if stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2:
+        return merge_stack(*_fused_chunks_int(
+            stored, codes, np.ascontiguousarray(scale, np.float64), np.ascontiguousarray(offset, np.float64),
+            int(n_codes), int(n_chunks)))
     cnt, s1, s2, shift, vmin, vmax, amin, amax, nans = _fused_chunks(
         stored, codes, np.ascontiguousarray(scale, np.float64), np.ascontiguousarray(offset, np.float64),
         int(n_codes), int(n_chunks))

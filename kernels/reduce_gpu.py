@@ -2,17 +2,18 @@
 
 The fused reduction runs a persistent grid. Each block walks tiles of
 ``THREADS_PER_BLOCK x VALUES_PER_THREAD`` voxels (coalesced: thread ``t`` takes voxels
-``t, t + TPB, ...`` of the tile); a thread keeps its voxels' SUV and code in registers and the
-tile is reduced in two passes in shared memory: first count, sum, min and max, then the squared
+``t, t + TPB, ...`` of the tile) and reduces each tile in two passes over shared-memory
+accumulators: first count, sum, min and max, then (re-reading the tile, now in L1) the squared
 deviations from the tile mean and the smallest index of the tile's min and max. In both passes a
-thread accumulates runs of equal codes in registers and flushes a run with one set of
-shared-memory atomics, so spatially coherent labels (the common case) cost few atomics. The tile's (count, mean, M2) is merged into the block's running
-partial with Chan's formula, and each block writes one partial per code. The host merges the
-blocks' partials with the same :func:`~petfeat.kernels.partials.merge_stack` as the CPU chunks.
-So the GPU reads every voxel once from device memory and never accumulates raw sums of squares.
+thread accumulates runs of equal codes in registers; its last run is merged with its warp
+neighbours' runs of the same code in a shared-memory tree before the atomics, so a warp inside one
+label issues one set of atomics. The tile's (count, mean, M2) is merged into the block's running
+partial (its row of the output arrays) with Chan's formula. The host merges the blocks' partials
+with the same :func:`~petfeat.kernels.partials.merge_stack` as the CPU chunks. The GPU therefore
+reads every voxel from device memory once and never accumulates raw sums of squares.
 
 This module imports ``numba.cuda`` only; CuPy, when present, supplies device arrays through the
-CUDA array interface.
+CUDA array interface. Measured performance and its limits: ``benchmarks/results/README.md``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ if not hasattr(np, "row_stack"):  # pragma: no cover - environment-specific
     # numba-cuda (seen with 0.2x on NumPy 2.5) registers an overload for np.row_stack when it
     # compiles its first kernel; NumPy 2.5 removed that alias of np.vstack. Restore the alias so
     # kernels compile; nothing in petfeat uses it.
-    np.row_stack = np.vstack
+    np.vstack = np.vstack
 
 from numba import cuda, float64, int32, int64  # noqa: E402
 

@@ -31,6 +31,16 @@ SPACING_RTOL = 1e-3
 ORIENTATION_ATOL = 1e-4
 #: Defer reading values larger than this until they are used (pixel data of non-PET files).
 _DEFER = 2048
+#: The only elements parsed from each file (pydicom skips the rest): geometry, pixels, SUV fields.
+_TAGS = [
+    "SOPClassUID", "Modality", "Manufacturer", "PatientID", "PatientSex", "PatientWeight", "PatientSize",
+    "StudyInstanceUID", "SeriesInstanceUID", "StudyDate", "SeriesDate", "SeriesTime", "AcquisitionDate",
+    "AcquisitionTime", "AcquisitionDateTime", "SeriesDescription", "ImagePositionPatient", "ImageOrientationPatient",
+    "PixelSpacing", "SliceThickness", "Rows", "Columns", "BitsAllocated", "PixelRepresentation", "SamplesPerPixel",
+    "NumberOfFrames", "RescaleSlope", "RescaleIntercept", "Units", "DecayCorrection", "CorrectedImage", "SUVType",
+    "FrameReferenceTime", "ActualFrameDuration", "RadiopharmaceuticalInformationSequence", "PixelData",
+    "FloatPixelData", (0x0009, 0x0010), (0x0009, 0x100D), (0x7053, 0x0010), (0x7053, 0x1000), (0x7053, 0x1009),
+]
 
 
 @dataclass(frozen=True)
@@ -130,7 +140,7 @@ def _files_of(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[P
 
 def _read_header(path: Path):
     try:
-        return pydicom.dcmread(path, defer_size=_DEFER)
+        return pydicom.dcmread(path, defer_size=_DEFER, specific_tags=_TAGS)
     except InvalidDicomError:
         return None
     except Exception as exc:  # noqa: BLE001 -- pydicom raises many types on corrupt files
@@ -138,15 +148,23 @@ def _read_header(path: Path):
                                "Remove or replace the file.") from exc
 
 
-def scan_headers(files: Iterable[Path], threads: int = 4) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
-    """Read every file's header once and group by SeriesInstanceUID (non-DICOM files are skipped)."""
+def scan_headers(files: Iterable[Path], threads: int = 1) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
+    """Read every file's header once and group by SeriesInstanceUID (non-DICOM files are skipped).
+
+    Parsing is CPU-bound Python (one thread is fastest on local disks); ``threads > 1`` helps on
+    network storage, where each read waits on I/O.
+    """
     files = list(files)
     groups: dict[str, list] = defaultdict(list)
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        for path, ds in zip(files, pool.map(_read_header, files)):
-            if ds is None or "SeriesInstanceUID" not in ds:
-                continue
-            groups[str(ds.SeriesInstanceUID)].append((path, ds))
+    if threads > 1:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            headers = list(pool.map(_read_header, files))
+    else:
+        headers = [_read_header(f) for f in files]
+    for path, ds in zip(files, headers):
+        uid = None if ds is None else _text(ds, (0x0020, 0x000E))
+        if uid is not None:
+            groups[uid].append((path, ds))
     return groups
 
 
@@ -160,7 +178,7 @@ def list_series(source) -> list[SeriesInfo]:
     return sorted(out, key=lambda s: (s.modality, s.series_uid))
 
 
-def read_pet_series(source, *, series_uid: str | None = None, threads: int = 4) -> PetSeries:
+def read_pet_series(source, *, series_uid: str | None = None, threads: int = 1) -> PetSeries:
     """Read one PET series from a folder (searched recursively) or a list of files.
 
     Parameters
@@ -170,7 +188,8 @@ def read_pet_series(source, *, series_uid: str | None = None, threads: int = 4) 
     series_uid : str, optional
         SeriesInstanceUID to pick when the folder holds several PET series.
     threads : int
-        Threads used to read files (I/O bound on network storage).
+        Threads used to read files: 1 is fastest on local disks (parsing holds the GIL); more
+        help on network storage.
 
     Returns
     -------
@@ -188,7 +207,7 @@ def read_pet_series(source, *, series_uid: str | None = None, threads: int = 4) 
     if not groups:
         raise DicomSeriesError(f"{where}: no DICOM files found ({len(files)} files checked). "
                                "Point to the folder that holds the PET series.")
-    pets = {uid: items for uid, items in groups.items() if str(items[0][1].get("Modality", "")) == "PT"}
+    pets = {uid: items for uid, items in groups.items() if _text(items[0][1], (0x0008, 0x0060)) == "PT"}
     if series_uid is not None:
         if series_uid not in groups:
             raise DicomSeriesError(f"{where}: SeriesInstanceUID {series_uid} is not there; found "
@@ -209,6 +228,44 @@ def read_pet_series(source, *, series_uid: str | None = None, threads: int = 4) 
     return _assemble(uid, items, where)
 
 
+def _raw(ds, tag):
+    """An element's value without pydicom's conversion: bytes for raw elements, else the value."""
+    try:
+        elem = ds.get_item(tag)
+    except KeyError:
+        return None
+    return None if elem is None else elem.value
+
+
+def _text(ds, tag) -> str | None:
+    """A text (DS, IS, DA, TM, CS...) element as a stripped string; ``None`` when absent or empty."""
+    v = _raw(ds, tag)
+    if v is None:
+        return None
+    if isinstance(v, (bytes, bytearray)):
+        v = v.decode("latin-1")
+    elif isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue":
+        v = "\\".join(str(x) for x in v)
+    v = str(v).strip(" \x00")
+    return v or None
+
+
+def _numbers(ds, tag, path: Path, keyword: str) -> np.ndarray:
+    """A DS/IS element (possibly multi-valued) as floats; clear error when it is not numeric."""
+    txt = _text(ds, tag)
+    try:
+        return np.array([float(x) for x in txt.split("\\")])
+    except (AttributeError, ValueError) as exc:
+        raise DicomSeriesError(f"{path}: {keyword} is {txt!r}, not a number. Re-export the series.") from exc
+
+
+_IPP, _IOP, _PS = (0x0020, 0x0032), (0x0020, 0x0037), (0x0028, 0x0030)
+_ROWS, _COLS, _BITS, _PREP = (0x0028, 0x0010), (0x0028, 0x0011), (0x0028, 0x0100), (0x0028, 0x0103)
+_SLOPE, _INTER = (0x0028, 0x1053), (0x0028, 0x1052)
+_ACQ_DATE, _ACQ_TIME, _ACQ_DT = (0x0008, 0x0022), (0x0008, 0x0032), (0x0008, 0x002A)
+_FRT, _AFD = (0x0054, 0x1300), (0x0018, 0x1242)
+
+
 def _float(ds, keyword: str, default: float | None = None) -> float | None:
     v = ds.get(keyword, None)
     if v is None or v == "":
@@ -224,27 +281,31 @@ def _assemble(uid: str, items: list[tuple[Path, pydicom.Dataset]], where: str) -
     if int(first.get("NumberOfFrames", 1) or 1) > 1:
         raise DicomSeriesError(f"{first_path}: multi-frame PET (NumberOfFrames > 1) is not supported. Convert "
                                "to single-frame slices (e.g. dcmtk's dcmsplit) or export per-slice images.")
-    # --- consistency of orientation and size -------------------------------------------------
-    iops, ipps = [], []
-    for path, ds in items:
-        for kw in ("ImageOrientationPatient", "ImagePositionPatient", "Rows", "Columns", "PixelSpacing"):
-            if kw not in ds:
+    # --- consistency of orientation and size (raw bytes equal to the first slice's: fast path) ---
+    for kw, tag in (("ImageOrientationPatient", _IOP), ("ImagePositionPatient", _IPP), ("Rows", _ROWS),
+                    ("Columns", _COLS), ("PixelSpacing", _PS)):
+        for path, ds in items:
+            if _raw(ds, tag) is None:
                 raise DicomSeriesError(f"{path}: {kw} is missing; the slice cannot be placed. Re-export the series.")
-        iops.append(np.asarray(ds.ImageOrientationPatient, dtype=np.float64))
-        ipps.append(np.asarray(ds.ImagePositionPatient, dtype=np.float64))
-        if (ds.Rows, ds.Columns) != (first.Rows, first.Columns):
+    ref_iop, ref_ps = _raw(first, _IOP), _raw(first, _PS)
+    ref_size = (_raw(first, _ROWS), _raw(first, _COLS))
+    iop0 = _numbers(first, _IOP, first_path, "ImageOrientationPatient")
+    ps0 = _numbers(first, _PS, first_path, "PixelSpacing")
+    ipps = []
+    for path, ds in items:
+        ipps.append(_numbers(ds, _IPP, path, "ImagePositionPatient"))
+        if (_raw(ds, _ROWS), _raw(ds, _COLS)) != ref_size and (ds.Rows, ds.Columns) != (first.Rows, first.Columns):
             raise DicomSeriesError(f"{path}: Rows x Columns {ds.Rows}x{ds.Columns} differs from "
                                    f"{first.Rows}x{first.Columns} in {first_path}; the folder mixes images. "
                                    "Separate the series.")
-        if not np.allclose(np.asarray(ds.PixelSpacing, float), np.asarray(first.PixelSpacing, float), rtol=1e-4):
+        if _raw(ds, _PS) != ref_ps and not np.allclose(_numbers(ds, _PS, path, "PixelSpacing"), ps0, rtol=1e-4):
             raise DicomSeriesError(f"{path}: PixelSpacing {list(ds.PixelSpacing)} differs from "
                                    f"{list(first.PixelSpacing)} in {first_path}. Separate the series.")
-    iops = np.stack(iops)
-    bad = np.flatnonzero(np.abs(iops - iops[0]).max(axis=1) > ORIENTATION_ATOL)
-    if bad.size:
-        raise DicomSeriesError(f"{items[bad[0]][0]}: ImageOrientationPatient differs from {first_path}; "
-                               "slices of one volume must share their orientation (gantry tilt or mixed series).")
-    row, col = iops[0, :3], iops[0, 3:]
+        if _raw(ds, _IOP) != ref_iop and np.abs(_numbers(ds, _IOP, path, "ImageOrientationPatient")
+                                                - iop0).max() > ORIENTATION_ATOL:
+            raise DicomSeriesError(f"{path}: ImageOrientationPatient differs from {first_path}; slices of one volume "
+                                   "must share their orientation (gantry tilt or mixed series).")
+    row, col = iop0[:3], iop0[3:]
     normal = np.cross(row, col)
     pos = np.stack(ipps) @ normal
     order = np.argsort(pos, kind="stable")
@@ -269,23 +330,24 @@ def _assemble(uid: str, items: list[tuple[Path, pydicom.Dataset]], where: str) -
     sorted_items = [items[i] for i in order]
 
     # --- pixels --------------------------------------------------------------------------------
+    ref_fmt = (_raw(first, _BITS), _raw(first, _PREP))  # raw bytes: taken before any conversion below
     rows, cols = int(first.Rows), int(first.Columns)
     dtype = _stored_dtype(first, first_path)
     stored = np.empty((len(items), rows, cols), dtype=dtype)
     slope = np.empty(len(items))
     intercept = np.empty(len(items))
     for z, (path, ds) in enumerate(sorted_items):
-        if _stored_dtype(ds, path) != dtype:
+        if (_raw(ds, _BITS), _raw(ds, _PREP)) != ref_fmt and _stored_dtype(ds, path) != dtype:
             raise DicomSeriesError(f"{path}: BitsAllocated/PixelRepresentation differ from {first_path}. "
                                    "Re-export the series with one pixel format.")
         stored[z] = _pixels(ds, path, rows, cols, dtype)
-        slope[z] = _float(ds, "RescaleSlope", 1.0)
-        intercept[z] = _float(ds, "RescaleIntercept", 0.0)
+        slope[z] = _numbers(ds, _SLOPE, path, "RescaleSlope")[0] if _raw(ds, _SLOPE) is not None else 1.0
+        intercept[z] = _numbers(ds, _INTER, path, "RescaleIntercept")[0] if _raw(ds, _INTER) is not None else 0.0
     if not np.all(np.isfinite(slope)) or np.any(slope == 0):
         z = int(np.flatnonzero(~np.isfinite(slope) | (slope == 0))[0])
         raise DicomSeriesError(f"{sorted_items[z][0]}: RescaleSlope is {slope[z]}; it must be finite and non-zero.")
 
-    ps = np.asarray(first.PixelSpacing, dtype=np.float64)  # (row spacing = Y, column spacing = X)
+    ps = ps0  # (row spacing = Y, column spacing = X)
     geometry = Geometry(
         shape=(len(items), rows, cols),
         spacing=(dz, float(ps[0]), float(ps[1])),
@@ -321,14 +383,18 @@ def _stored_dtype(ds, path: Path) -> np.dtype:
     return np.dtype(kinds[bits][int(signed)])
 
 
+_PIXEL_DATA, _FLOAT_PIXEL_DATA = (0x7FE0, 0x0010), (0x7FE0, 0x0008)
+
+
 def _pixels(ds, path: Path, rows: int, cols: int, dtype: np.dtype) -> np.ndarray:
-    if "PixelData" not in ds and "FloatPixelData" not in ds:
+    raw = _raw(ds, _FLOAT_PIXEL_DATA) if dtype == np.float32 else _raw(ds, _PIXEL_DATA)
+    if raw is None:
         raise DicomSeriesError(f"{path}: PixelData (7FE0,0010) is missing. Replace the file.")
-    ts = ds.file_meta.get("TransferSyntaxUID", ImplicitVRLittleEndian)
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID", ImplicitVRLittleEndian) if meta is not None else ImplicitVRLittleEndian
     n = rows * cols
     try:
         if ts in _UNCOMPRESSED or ts == ExplicitVRBigEndian:
-            raw = ds.FloatPixelData if "FloatPixelData" in ds else ds.PixelData
             if len(raw) < n * dtype.itemsize:
                 raise DicomSeriesError(
                     f"{path}: PixelData holds {len(raw)} bytes but {rows}x{cols}x{dtype.itemsize} = "
@@ -377,9 +443,9 @@ def suv_header_from_datasets(datasets: Sequence[pydicom.Dataset], source: str) -
 
     acq = []
     for d in datasets:
-        t = combine(_safe(parse_da, d.get("AcquisitionDate")), _safe(parse_tm, d.get("AcquisitionTime")))
-        if t is None and d.get("AcquisitionDateTime"):
-            t = _safe(parse_dt, d.get("AcquisitionDateTime"))
+        t = combine(_safe(parse_da, _text(d, _ACQ_DATE)), _safe(parse_tm, _text(d, _ACQ_TIME)))
+        if t is None and _text(d, _ACQ_DT):
+            t = _safe(parse_dt, _text(d, _ACQ_DT))
         acq.append(t)
     sex = str(ds.get("PatientSex", "") or "") or None
     return SuvHeader(
@@ -389,8 +455,8 @@ def suv_header_from_datasets(datasets: Sequence[pydicom.Dataset], source: str) -
         corrected_image=tuple(str(v) for v in (ds.get("CorrectedImage") or [])),
         series_datetime=combine(_safe(parse_da, ds.get("SeriesDate")), _safe(parse_tm, ds.get("SeriesTime"))),
         acquisition_datetimes=acq,
-        frame_reference_times_ms=np.array([_float(d, "FrameReferenceTime", np.nan) for d in datasets]),
-        actual_frame_durations_ms=np.array([_float(d, "ActualFrameDuration", np.nan) for d in datasets]),
+        frame_reference_times_ms=np.array([_nan_if_none(_to_float(_text(d, _FRT))) for d in datasets]),
+        actual_frame_durations_ms=np.array([_nan_if_none(_to_float(_text(d, _AFD))) for d in datasets]),
         ge_private_scan_datetime=private((0x0009, 0x100D), parse_dt),
         injection_datetime=_safe(parse_dt, rp_get("RadiopharmaceuticalStartDateTime")),
         injection_time=_safe(parse_tm, rp_get("RadiopharmaceuticalStartTime")),
@@ -405,6 +471,10 @@ def suv_header_from_datasets(datasets: Sequence[pydicom.Dataset], source: str) -
         philips_activity_scale=private((0x7053, 0x1009), float),
         manufacturer=str(ds.get("Manufacturer", "") or "") or None,
     )
+
+
+def _nan_if_none(v: float | None) -> float:
+    return np.nan if v is None else v
 
 
 def _to_float(v) -> float | None:

@@ -1,0 +1,119 @@
+"""CPU kernel benchmarks (pytest-benchmark), peers in the same run.
+
+    python -m pytest benchmarks/test_bench_kernels.py --benchmark-json benchmarks/results/cpu_kernels.json
+    python benchmarks/report.py benchmarks/results/cpu_kernels.json
+
+Peers get the SUV volume already converted to float32 (an advantage: petfeat reads the raw int16
+pixels and converts in the kernel); the floor reads the int16 pixels and the uint8 codes once.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from numba import njit, prange
+
+from petfeat.features import sphere_offsets
+from petfeat.kernels.reduce_cpu import fused_reduce_cpu, suv_peak_cpu
+
+
+@njit(parallel=True, cache=True)
+def _floor(stored, codes):
+    """One parallel pass that reads every pixel and code once (the memory-bandwidth floor)."""
+    nz, ny, nx = stored.shape
+    acc = np.zeros(nz, np.int64)
+    for z in prange(nz):
+        s = 0
+        for y in range(ny):
+            for x in range(nx):
+                s += stored[z, y, x] + codes[z, y, x]
+        acc[z] = s
+    return acc.sum()
+
+
+@pytest.fixture(scope="module")
+def suv_f32(volume):
+    stored, scale, offset = volume
+    return (stored * scale[:, None, None].astype(np.float32)).astype(np.float32)
+
+
+def test_floor(benchmark, volume, labels):
+    benchmark.group = f"reduce-{labels[1] - 1}labels"
+    benchmark.extra_info["threads"] = numba.get_num_threads()
+    benchmark(_floor, volume[0], labels[0])
+
+
+def test_fused(benchmark, volume, labels):
+    benchmark.group = f"reduce-{labels[1] - 1}labels"
+    stored, scale, offset = volume
+    benchmark(fused_reduce_cpu, stored, labels[0], scale, offset, labels[1])
+
+
+@pytest.mark.parametrize("voxel_mm", [4.0, 2.0])
+def test_suv_peak_all_regions(benchmark, volume, labels, voxel_mm):
+    benchmark.group = f"reduce-{labels[1] - 1}labels"
+    stored, scale, offset = volume
+    codes, n_codes = labels
+    p = fused_reduce_cpu(stored, codes, scale, offset, n_codes)
+    ptr = np.concatenate([[0, 0], np.arange(1, n_codes)]).astype(np.int64)
+    regs = np.arange(n_codes - 1, dtype=np.int64)
+    offs = sphere_offsets((voxel_mm,) * 3)
+    benchmark.extra_info["sphere_voxels"] = len(offs)
+    benchmark(suv_peak_cpu, stored, codes, scale, offset, offs, ptr, regs, p.max[1:], n_codes - 1)
+
+
+def test_simpleitk_label_intensity_statistics(benchmark, suv_f32, labels):
+    sitk = pytest.importorskip("SimpleITK")
+    benchmark.group = f"reduce-{labels[1] - 1}labels"
+    img = sitk.GetImageFromArray(suv_f32)
+    lab = sitk.GetImageFromArray(labels[0])
+
+    def run():
+        f = sitk.LabelIntensityStatisticsImageFilter()
+        f.SetNumberOfThreads(numba.get_num_threads())
+        f.Execute(lab, img)
+        return [(f.GetMean(int(k)), f.GetMaximum(int(k))) for k in f.GetLabels()]
+
+    benchmark(run)
+
+
+def test_scipy_ndimage(benchmark, suv_f32, labels):
+    ndimage = pytest.importorskip("scipy.ndimage")
+    benchmark.group = f"reduce-{labels[1] - 1}labels"
+    idx = np.arange(1, labels[1])
+
+    def run():  # labels fully covered by later boxes are empty: scipy divides by zero for them
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return _scipy(ndimage, suv_f32, labels, idx)
+
+    benchmark.pedantic(run, rounds=3, iterations=1)
+
+
+def _scipy(ndimage, suv_f32, labels, idx):
+    return (ndimage.mean(suv_f32, labels[0], idx), ndimage.variance(suv_f32, labels[0], idx),
+            ndimage.minimum(suv_f32, labels[0], idx), ndimage.maximum(suv_f32, labels[0], idx),
+            ndimage.sum_labels(np.ones_like(labels[0]), labels[0], idx))
+
+
+def test_pyradiomics_first_order_3_regions(benchmark, suv_f32, labels):
+    radiomics = pytest.importorskip("radiomics", reason="pyradiomics is not installable on this Python/NumPy")
+    import SimpleITK as sitk
+    from radiomics import firstorder
+
+    benchmark.group = f"reduce-{labels[1] - 1}labels"
+    img = sitk.GetImageFromArray(suv_f32)
+    radiomics.setVerbosity(40)
+
+    def run():
+        out = []
+        for lab in (1, 2, 3):
+            mask = sitk.GetImageFromArray((labels[0] == lab).astype(np.uint8))
+            fo = firstorder.RadiomicsFirstOrder(img, mask, binWidth=0.5)
+            fo.enableFeatureByName("Mean")
+            fo.enableFeatureByName("Maximum")
+            fo.enableFeatureByName("Variance")
+            out.append(fo.execute())
+        return out
+
+    benchmark.pedantic(run, rounds=2, iterations=1)
