@@ -58,10 +58,10 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from numba import cuda
+    from petfeat.kernels import reduce_gpu
 
     from petfeat import kernels
     from petfeat.features import sphere_offsets
-    from petfeat.kernels import reduce_gpu
 
     sim = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
     if sim:
@@ -157,7 +157,8 @@ def main(argv=None):
     print(f"{'labels':>6} {'kernel ms':>9} {'GB/s':>7} {'% copy':>7} {'call ms':>8} {'peak ms':>8} {'peak/fused':>10} "
           f"{'match':>6}")
     for r in result["runs"]:
-        print(f"{r['labels']:>6} {r.get('fused_s_median', float('nan')) * 1e3:>9.3f} {r.get('fused_GBps', float('nan')):>7.0f} "
+        print(f"{r['labels']:>6} {r.get('fused_s_median', float('nan')) * 1e3:>9.3f} "
+              f"{r.get('fused_GBps', float('nan')):>7.0f} "
               f"{100 * r.get('fraction_of_copy_bandwidth', float('nan')):>7.1f} "
               f"{r.get('call_s_median', float('nan')) * 1e3:>8.2f} "
               f"{r.get('peak_4mm_s_median', float('nan')) * 1e3:>8.2f} {r.get('peak_over_fused', float('nan')):>10.2f} "

@@ -2,7 +2,6 @@
 
 import numpy as np
 from numba import cuda
-
 from petfeat.kernels import reduce_gpu
 
 shape = (800, 440, 440)

@@ -13,9 +13,9 @@ import numba
 import numpy as np
 import pytest
 from numba import njit, prange
+from petfeat.kernels.reduce_cpu import fused_reduce_cpu, suv_peak_cpu
 
 from petfeat.features import sphere_offsets
-from petfeat.kernels.reduce_cpu import fused_reduce_cpu, suv_peak_cpu
 
 
 @njit(parallel=True, cache=True)

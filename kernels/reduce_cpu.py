@@ -10,7 +10,8 @@ row, runs of equal codes are reduced together and flushed once per run.
 * 8- and 16-bit integer pixels (the PET norm): each run's moments are exact sums of
   ``stored - stored[first]`` and their squares (integers below 2**53 held in float64, so any
   summation order gives the same result) plus integer min/max, a loop the compiler vectorises;
-  the run's (n, mean, M2) in SUV space is ``(n, a mean_s + b, a^2 M2_s)`` for the slice's ``a = scale[z]``, ``b = offset[z]``, merged into the chunk with Chan's formula. The
+  the run's (n, mean, M2) in SUV space is ``(n, a mean_s + b, a^2 M2_s)`` for the slice's
+  ``a = scale[z]``, ``b = offset[z]``, merged into the chunk with Chan's formula. The
   argmin/argmax rescans the run only when it beats the chunk's current extreme.
 * Other pixels (float, 32-bit): SUV per voxel in float64 with a NaN check; sums of squares are
   shifted by the first value seen for the code in the chunk, then converted to (mean, M2).

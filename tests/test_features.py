@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import naive
 import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
-
-import naive
 from conftest import IBSI, RTOL
+
 from petfeat import extract_features
 from petfeat.backend import resolve_backend
 from petfeat.errors import BackendError, LabelError, PetfeatError

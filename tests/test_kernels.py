@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import naive
 import numpy as np
 import pytest
-
-import naive
 from conftest import RTOL
+from petfeat.kernels.partials import Partials, merge
+
 from petfeat import kernels
 from petfeat.features import sphere_offsets
-from petfeat.kernels.partials import Partials, merge
 
 
 def _volume(rng, shape, dtype):

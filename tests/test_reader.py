@@ -10,8 +10,8 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-
 from conftest import DRO
+
 from petfeat.errors import DicomSeriesError
 from petfeat.io.dicom import list_series, read_pet_series
 from petfeat.suv import compute_suv_factors

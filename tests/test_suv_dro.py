@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import DRO
+
 from petfeat.io.dicom import read_pet_series
 from petfeat.suv import compute_suv_factors
 

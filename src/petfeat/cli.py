@@ -50,6 +50,7 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_suv(args) -> int:
+    """``petfeat suv``: print the SUV factors of one series."""
     from petfeat.io.dicom import read_pet_series
     from petfeat.suv import compute_suv_factors
 
@@ -75,6 +76,7 @@ def cmd_suv(args) -> int:
 
 
 def cmd_synth(args) -> int:
+    """``petfeat synth``: write a synthetic archive."""
     from petfeat.synth import generate_archive
 
     t = time.perf_counter()
@@ -85,6 +87,7 @@ def cmd_synth(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    """``petfeat demo``: generate an archive, extract features, compare with the ground truth."""
     import numpy as np
     import pandas as pd
 

@@ -55,7 +55,8 @@ def generate_patient(out: Path, index: int, rng: np.random.Generator, vendor: st
     img.SetSpacing(spacing)
     suv = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(img, 2.5))  # scanner resolution (sigma mm)
     suv = np.clip(suv * (1.0 + noise * rng.standard_normal(suv.shape)), 0.0, None)
-    scan = dt.datetime(2024, 1, 8, 9, 0) + dt.timedelta(days=int(rng.integers(0, 600)), minutes=int(rng.integers(0, 400)))
+    scan = dt.datetime(2024, 1, 8, 9, 0) + dt.timedelta(days=int(rng.integers(0, 600)),
+                                                        minutes=int(rng.integers(0, 400)))
     acq = Acquisition(
         patient_id=f"MRN{rng.integers(10**6, 10**7)}", patient_name=f"SYNTHETIC^PATIENT{index:04d}",
         weight_kg=float(np.round(rng.uniform(60, 105), 1)), height_m=float(np.round(rng.uniform(1.62, 1.92), 2)),

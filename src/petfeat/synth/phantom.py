@@ -70,7 +70,8 @@ def make_anatomy(rng: np.random.Generator, height_mm: float = 900.0, n_lesions: 
                  Ellipsoid((0, 0, 0.90 * h), (80, 95, 100)), Ellipsoid((0, 10, 0.80 * h), (60, 60, 60)),
                  Ellipsoid((-85, 0, 0.12 * h), (75, 75, 0.14 * h)), Ellipsoid((85, 0, 0.12 * h), (75, 75, 0.14 * h))]
     s["skull"] = [Ellipsoid((0, 0, 0.92 * h), (72, 85, 80))]
-    levels = [f"L{i}" for i in range(5, 0, -1)] + [f"T{i}" for i in range(12, 0, -1)] + [f"C{i}" for i in range(7, 0, -1)]
+    levels = ([f"L{i}" for i in range(5, 0, -1)] + [f"T{i}" for i in range(12, 0, -1)]
+              + [f"C{i}" for i in range(7, 0, -1)])
     z0, z1 = 0.36 * h, 0.80 * h
     for k, lev in enumerate(levels):
         zc = z0 + (z1 - z0) * k / (len(levels) - 1)
