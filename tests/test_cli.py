@@ -73,3 +73,32 @@ def test_synth_command(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "a" / "SYN0001" / "truth.json").exists()
     assert len(list((tmp_path / "a" / "SYN0001" / "seg").glob("*.nii.gz"))) > 40
+
+
+def test_extract_one_study(synth_archive, tmp_path):
+    import pandas as pd
+
+    out, truths = synth_archive
+    d = out / truths[0]["patient"]
+    (tmp_path / "regions.yaml").write_text("regions:\n  whole_body_tumor: builtin\n  healthy_bone: builtin\n"
+                                           "  kidneys: {include: ['kidney_*']}\n")
+    r = run("extract", "--pet", str(d / "pet"), "--labels", str(d / "seg"), "--lesions", str(d / "lesions.nii.gz"),
+            "--regions", str(tmp_path / "regions.yaml"), "-o", str(tmp_path / "out"), "--csv", "--backend", "cpu")
+    assert r.returncode == 0, r.stderr
+    f = pd.read_parquet(tmp_path / "out" / "features.parquet")
+    assert list(f.region) == ["whole_body_tumor", "healthy_bone", "kidneys"]
+    les = pd.read_parquet(tmp_path / "out" / "lesions.parquet")
+    assert len(les) == f.set_index("region").loc["whole_body_tumor", "lesion_count"] >= 1
+    assert (tmp_path / "out" / "features.csv").exists() and (tmp_path / "out" / "run.json").exists()
+    labels = pd.read_parquet(tmp_path / "out" / "labels.parquet")
+    assert {"label", "native_volume_ml", "pet_grid_volume_ml"} <= set(labels.columns)
+    assert not list((tmp_path / "out").glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_extract_bad_threshold_and_labels(synth_archive, tmp_path):
+    out, truths = synth_archive
+    d = out / truths[0]["patient"]
+    r = run("extract", "--pet", str(d / "pet"), "--threshold", "auto", "-o", str(tmp_path / "o"))
+    assert r.returncode == 2 and "use 'fixed:SUV'" in r.stderr and "Traceback" not in r.stderr
+    r = run("extract", "--pet", str(d / "pet"), "--labels", str(tmp_path / "none.nii.gz"), "-o", str(tmp_path / "o"))
+    assert r.returncode == 2 and "no such file or folder" in r.stderr

@@ -51,7 +51,8 @@ def test_every_registered_feature_is_an_output_column_with_a_reference():
     df = extract_features(values, mask, {"roi": ["label_1"]}, spacing=spacing, backend="cpu")
     assert [f.name for f in FEATURES] == list(FEATURE_NAMES)
     assert set(FEATURE_NAMES) <= set(df.columns)
-    checked_here = set(IBSI_REFERENCE) | {"suv_std", "total_uptake", "nan_voxel_count", "touches_border"}
+    checked_here = set(IBSI_REFERENCE) | {"suv_std", "total_uptake", "nan_voxel_count", "touches_border",
+                                          "lesion_count"}  # lesion_count: tests/test_lesions.py
     assert set(FEATURE_NAMES) == checked_here, "a registered feature lacks a reference test"
     assert df.total_uptake.iloc[0] == pytest.approx(df.suv_mean.iloc[0] * df.volume_ml.iloc[0])
 

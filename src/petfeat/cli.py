@@ -139,6 +139,85 @@ def cmd_demo(args) -> int:
     return 0 if max(errs) < 1e-6 and np.isfinite(max(errs)) else 1
 
 
+def _write_table(df, path: Path, csv: bool) -> list[Path]:
+    """Write ``df`` as Parquet (and CSV) atomically: a temporary file in the folder, then rename."""
+    import os
+    import tempfile
+
+    written = []
+    for suffix, writer in ((".parquet", lambda f: df.to_parquet(f, index=False)),
+                           (".csv", lambda f: df.to_csv(f, index=False))):
+        if suffix == ".csv" and not csv:
+            continue
+        target = path.with_suffix(suffix)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            writer(tmp)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        written.append(target)
+    return written
+
+
+def _parse_threshold(text: str | None) -> dict | None:
+    if text is None:
+        return None
+    if text == "percist":
+        return {"method": "percist"}
+    if text.startswith("fixed:"):
+        try:
+            return {"method": "fixed", "threshold": float(text.split(":", 1)[1])}
+        except ValueError:
+            pass
+    raise PetfeatError(f"--threshold {text!r}: use 'fixed:SUV' (e.g. fixed:3) or 'percist'.")
+
+
+def cmd_extract(args) -> int:
+    """``petfeat extract``: features and lesions of one study, written as Parquet (and CSV)."""
+    import pandas as pd
+
+    from petfeat import __version__
+    from petfeat.extract import extract
+    from petfeat.io.dicom import read_pet_series
+    from petfeat.io.labels import read_label_map, read_labels, read_names_file
+    from petfeat.regions import BUILTIN_REGIONS, load_spec
+    from petfeat.suv import compute_suv_factors
+
+    t0 = time.perf_counter()
+    series = read_pet_series(args.pet, series_uid=args.series_uid)
+    factors = compute_suv_factors(series.suv_header, lbm_formula=args.lbm, **_suv_overrides(args))
+    names = read_names_file(args.label_names) if args.label_names else None
+    layers = []
+    for path in args.labels:
+        layers.extend(read_labels(path, series.geometry, names=names, mode=args.resample))
+    lesions = read_label_map(args.lesions, series.geometry, prefix="lesion").array if args.lesions else None
+    regions = load_spec(args.regions) if args.regions else BUILTIN_REGIONS
+    res = extract(series, layers, regions, lesions=lesions, threshold=_parse_threshold(args.threshold),
+                  connectivity=args.connectivity, min_lesion_ml=args.min_lesion_ml, backend=args.backend,
+                  suv_type=args.suv_type, factors=factors, peaks=not args.no_peak)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    label_rows = [{"label": n, "source": la.source, "native_volume_ml": (la.native_volume_ml or {}).get(n),
+                   "pet_grid_volume_ml": float((la.array == i).sum()) * series.geometry.voxel_volume_ml}
+                  for la in layers for i, n in la.names.items()]
+    written = _write_table(res.features, out / "features", args.csv)
+    written += _write_table(res.lesions, out / "lesions", args.csv)
+    written += _write_table(pd.DataFrame(label_rows), out / "labels", args.csv)
+    run = {"petfeat_version": __version__, "command": "extract", "backend": res.features.backend.iloc[0],
+           "settings": res.settings, "timings_s": {**res.timings, "total": time.perf_counter() - t0},
+           "suv": {k: v for k, v in factors.to_dict().items() if k not in ("scan_datetime", "injection_datetime")},
+           "outputs": [p.name for p in written]}
+    (out / "run.json").write_text(json.dumps(run, indent=1, default=str))
+    cols = ["region", "suv_mean", "suv_max", "suv_peak_global", "volume_ml", "total_uptake", "lesion_count", "status"]
+    with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
+        print(res.features[cols].to_string(index=False))
+    print(f"{len(res.lesions)} lesions; tables in {out} ({', '.join(p.name for p in written)})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``petfeat`` command."""
     from petfeat import __version__
@@ -152,6 +231,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON")
     _add_overrides(s)
     s.set_defaults(func=cmd_suv)
+
+    s = sub.add_parser("extract", help="features and lesions of one study (PET series + label maps)")
+    s.add_argument("--pet", required=True, help="PET DICOM folder (or file list root)")
+    s.add_argument("--labels", nargs="+", default=[], help="label sources: TotalSegmentator folder, NIfTI/NRRD "
+                   "multilabel, DICOM SEG or RTSTRUCT file")
+    s.add_argument("--label-names", help="JSON or CSV id -> name for multilabel images (e.g. TotalSegmentator --ml)")
+    s.add_argument("--lesions", help="lesion mask (NIfTI/NRRD) on any grid; resampled onto the PET grid")
+    s.add_argument("--threshold", help="segment lesions without a mask: 'fixed:SUV' or 'percist'")
+    s.add_argument("--connectivity", type=int, choices=[6, 26], default=26)
+    s.add_argument("--min-lesion-ml", type=float, default=0.0)
+    s.add_argument("--regions", help="regions YAML (default: the built-in whole_body_tumor, bone, healthy_bone, "
+                   "salivary_glands, liver)")
+    s.add_argument("--resample", choices=["nearest", "fraction"], default="nearest",
+                   help="label resampling onto the PET grid")
+    s.add_argument("--suv-type", choices=["bw", "lbm", "bsa"], default="bw")
+    s.add_argument("--backend", choices=["auto", "cpu", "gpu"], default="auto")
+    s.add_argument("--no-peak", action="store_true", help="skip SUVpeak")
+    s.add_argument("--csv", action="store_true", help="write CSV beside Parquet")
+    s.add_argument("-o", "--out", required=True, help="output folder")
+    _add_overrides(s)
+    s.set_defaults(func=cmd_extract)
 
     s = sub.add_parser("synth", help="write a synthetic PSMA PET archive with ground truth")
     s.add_argument("out", help="output folder")

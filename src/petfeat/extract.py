@@ -8,15 +8,17 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from petfeat import kernels
 from petfeat.backend import resolve_backend
-from petfeat.errors import PetfeatError
+from petfeat.errors import LabelError, PetfeatError
 from petfeat.features import FEATURE_NAMES, PEAK_RADIUS_MM, region_rows, sphere_offsets
-from petfeat.io.dicom import PetSeries
+from petfeat.io.dicom import Geometry, PetSeries
+from petfeat.lesions import centroids_mm, connected_components, threshold_mask
 from petfeat.regions import (
     LabelLayer,
     build_codes,
@@ -29,7 +31,10 @@ from petfeat.regions import (
 from petfeat.suv import SuvFactors, compute_suv_factors
 
 KEY_COLUMNS = ("patient_id", "study_date", "series_uid", "region")
-PROVENANCE_COLUMNS = ("status", "suv_type", "backend", "petfeat_version", "config_hash")
+PROVENANCE_COLUMNS = ("status", "suv_type", "backend", "lesion_method", "petfeat_version", "config_hash")
+LESION_COLUMNS = ("lesion_id", "site", "suv_mean", "suv_max", "suv_min", "suv_std", "suv_peak_local", "suv_peak_global",
+                  "volume_ml", "total_uptake", "voxel_count", "nan_voxel_count", "touches_border", "centroid_x_mm",
+                  "centroid_y_mm", "centroid_z_mm", "status")
 _SESSION_KEY = os.urandom(16)
 
 
@@ -58,21 +63,42 @@ def config_hash(settings: Mapping) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def extract_features(
+@dataclass
+class ExtractResult:
+    """Features (one row per region), lesions (one row per connected component) and the settings."""
+
+    features: pd.DataFrame
+    lesions: pd.DataFrame
+    settings: dict
+    timings: dict
+
+
+def extract_features(pet, labels, regions: Mapping | None = None, **kwargs) -> pd.DataFrame:
+    """Region features of one PET volume, in the long schema (one row per region).
+
+    Same parameters as :func:`extract`; returns only its ``features`` table.
+    """
+    return extract(pet, labels, regions, **kwargs).features
+
+
+def extract(
     pet: PetSeries | np.ndarray,
     labels,
     regions: Mapping | None = None,
     *,
     label_names: Mapping[int, str] | None = None,
+    lesions=None,
+    threshold: Mapping | None = None,
+    connectivity: int = 26,
+    min_lesion_ml: float = 0.0,
     backend: str = "auto",
     suv_type: str = "bw",
     spacing: Sequence[float] | None = None,
     factors: SuvFactors | None = None,
     peaks: bool = True,
     id_key: bytes | None = None,
-    timings: dict | None = None,
-) -> pd.DataFrame:
-    """Region features of one PET volume, in the long schema (one row per region).
+) -> ExtractResult:
+    """Region features and per-lesion rows of one PET volume.
 
     Parameters
     ----------
@@ -80,12 +106,21 @@ def extract_features(
         A series from :func:`petfeat.io.dicom.read_pet_series` (stored pixels are converted to SUV
         inside the kernel), or an array whose values are already SUV (then ``spacing`` is needed).
     labels : (Z, Y, X) unsigned int ndarray, LabelLayer or list of LabelLayer
-        Label maps on the PET grid.
+        Label maps on the PET grid (organs, ...).
     regions : mapping, optional
         Region name -> label names/globs to include (and exclude); see :mod:`petfeat.regions`.
-        Default: one region per label name.
+        Default: one region per label name. Lesion voxels carry the label name ``lesion``.
     label_names : mapping of int to str, optional
         Names of the ids of an ndarray ``labels``.
+    lesions : (Z, Y, X) ndarray or LabelLayer, optional
+        Lesion mask on the PET grid (binary or instance ids); petfeat finds its connected components.
+    threshold : mapping, optional
+        Threshold segmentation when there is no lesion mask: ``{"method": "fixed", "threshold": 3.0}``
+        or ``{"method": "percist"}`` (optionally ``"exclude": [globs]``).
+    connectivity : {6, 26}
+        Lesion connectivity.
+    min_lesion_ml : float
+        Components smaller than this are not lesions.
     backend : {"auto", "cpu", "gpu"}
         ``auto`` uses the GPU when one is usable; ``gpu`` without one raises BackendError.
     suv_type : {"bw", "lbm", "bsa"}
@@ -98,15 +133,14 @@ def extract_features(
         Compute SUVpeak (local and global).
     id_key : bytes, optional
         Key of the patient pseudonym.
-    timings : dict, optional
-        Filled with seconds per stage.
 
     Returns
     -------
-    pandas.DataFrame
-        Columns: keys (patient_id, study_date, series_uid, region), the features of
-        :data:`petfeat.features.FEATURES`, and provenance (status, suv_type, backend,
-        petfeat_version, config_hash).
+    ExtractResult
+        ``features``: keys (patient_id, study_date, series_uid, region), the features of
+        :data:`petfeat.features.FEATURES`, provenance (status, suv_type, backend, lesion_method,
+        petfeat_version, config_hash). ``lesions``: one row per component with its features and
+        centroid (mm).
     """
     from petfeat import __version__
 
@@ -116,57 +150,192 @@ def extract_features(
         factors = factors or compute_suv_factors(pet.suv_header)
         f = factors.factor(suv_type)
         stored, scale, offset = pet.stored, pet.slope * f, pet.intercept * f
-        sp = pet.geometry.spacing
+        geometry = pet.geometry
         keys = {"patient_id": pseudonym(pet.patient_id, id_key), "study_date": pet.study_date,
                 "series_uid": pet.series_uid}
     else:
         stored = np.ascontiguousarray(pet)
         if spacing is None:
             raise PetfeatError("an array pet needs spacing=(dz, dy, dx) in mm.")
-        sp = tuple(float(s) for s in spacing)
+        if stored.ndim != 3:
+            raise PetfeatError(f"pet is {stored.ndim}-dimensional and must be (Z, Y, X).")
+        geometry = Geometry(tuple(stored.shape), tuple(float(s) for s in spacing), (0.0, 0.0, 0.0),
+                            (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
         scale, offset = np.ones(stored.shape[0]), np.zeros(stored.shape[0])
         keys = {"patient_id": None, "study_date": None, "series_uid": None}
-    if stored.ndim != 3:
-        raise PetfeatError(f"pet is {stored.ndim}-dimensional and must be (Z, Y, X).")
+    sp = geometry.spacing
+    voxel_ml = geometry.voxel_volume_ml
     layers = _layers(labels, label_names, stored.shape)
+
+    # --- lesions: given mask or threshold segmentation, then connected components ---------------
+    lesion_settings: dict = {}
+    mask = None
+    if lesions is not None:
+        mask = lesions.array if isinstance(lesions, LabelLayer) else np.asarray(lesions)
+        if mask.shape != stored.shape:
+            raise LabelError(f"lesion mask shape {mask.shape} differs from the PET grid {stored.shape}; resample it "
+                             "onto the PET grid first.")
+        lesion_settings["source"] = "mask"
+    elif threshold is not None:
+        th = dict(threshold)
+        values = _suv_volume(stored, scale, offset)
+        sul = None
+        if th.get("method") == "percist":
+            if not isinstance(pet, PetSeries) or factors.sul_factor is None:
+                raise LabelError("PERCIST thresholding needs SUL: a DICOM series with PatientSize and PatientSex.")
+            fl = factors.factor("lbm")
+            sul = _suv_volume(stored, pet.slope * fl, pet.intercept * fl)
+        mask, params = threshold_mask(values, layers, sp, method=th.get("method", "fixed"),
+                                      threshold=float(th.get("threshold", 3.0)), sul=sul, exclude=th.get("exclude"))
+        del values, sul
+        lesion_settings.update(source="threshold", **params)
+    comps = None
+    if mask is not None:
+        comps = connected_components(mask, voxel_ml, connectivity, min_lesion_ml,
+                                     backend="gpu" if ran == "gpu" and _cupy_usable() else "cpu")
+        lesion_settings.update(comps.settings)
+        layers = layers + [comps.as_layer("lesion")]
+
     spec = normalise_spec(regions) if regions is not None else default_spec(layers)
     codemap = build_codes(layers, stored.shape)
     members = region_codes(spec, codemap)
     t1 = time.perf_counter()
     partials = kernels.fused_reduce(stored, codemap.codes, scale, offset, codemap.n_codes, backend=ran)
     t2 = time.perf_counter()
-    peak_values = None
-    if peaks:
-        peak_values = _peaks(stored, codemap, scale, offset, sp, members, partials, ran)
+    peak_values = _peaks(stored, codemap.codes, codemap.n_codes, scale, offset, sp, members, partials, ran) \
+        if peaks else None
     t3 = time.perf_counter()
-    voxel_ml = float(np.prod(sp)) / 1000.0
     rows = region_rows(partials, members, voxel_ml, peak_values, codes_touching_border(codemap.codes),
                        regions_naming_known_labels(spec, layers))
-    settings = {"regions": spec, "suv_type": suv_type, "peak_radius_mm": PEAK_RADIUS_MM, "peaks": peaks}
+    counts = _lesion_counts(comps, codemap, members) if comps is not None else None
+    lesion_df = _lesion_rows(comps, stored, scale, offset, geometry, layers, peaks, ran) if comps is not None \
+        else pd.DataFrame(columns=list(LESION_COLUMNS))
+    t4 = time.perf_counter()
+
+    settings = {"regions": spec, "suv_type": suv_type, "peak_radius_mm": PEAK_RADIUS_MM, "peaks": peaks,
+                "lesions": lesion_settings}
+    chash = config_hash(settings)
     df = pd.DataFrame(rows)
+    df["lesion_count"] = [counts[r] if counts is not None else pd.NA for r in df.region]
+    df["lesion_count"] = df["lesion_count"].astype("Int64")
     for k, v in keys.items():
         df[k] = v
-    df["suv_type"] = suv_type
-    df["backend"] = ran
-    df["petfeat_version"] = __version__
-    df["config_hash"] = config_hash(settings)
+        lesion_df[k] = v
+    for frame in (df, lesion_df):
+        frame["suv_type"] = suv_type
+        frame["backend"] = ran
+        frame["lesion_method"] = describe_lesion_method(lesion_settings)
+        frame["petfeat_version"] = __version__
+        frame["config_hash"] = chash
     df = df[list(KEY_COLUMNS) + list(FEATURE_NAMES) + list(PROVENANCE_COLUMNS)]
-    if timings is not None:
-        timings.update(codes_s=t1 - t0, reduce_s=t2 - t1, peak_s=t3 - t2, rows_s=time.perf_counter() - t3)
+    lesion_df = lesion_df[["patient_id", "study_date", "series_uid"] + list(LESION_COLUMNS)
+                          + list(PROVENANCE_COLUMNS[1:])]
+    timings = {"codes_s": t1 - t0, "reduce_s": t2 - t1, "peak_s": t3 - t2, "lesions_s": t4 - t3}
+    return ExtractResult(df, lesion_df, settings, timings)
+
+
+def describe_lesion_method(s: dict) -> str:
+    """One line that says how the lesions were found (goes into every output row)."""
+    if not s:
+        return "none"
+    conn = f"{s.get('connectivity')}-connected, >= {s.get('min_volume_ml', 0.0):g} mL"
+    if s.get("source") == "mask":
+        return f"mask; {conn}"
+    if s.get("method") == "fixed":
+        return f"threshold SUV >= {s['threshold_suv']:g}; {conn}"
+    return (f"PERCIST SUL >= {s['threshold_sul']:.3f} (liver {s['liver_sul_mean']:.3f} +- {s['liver_sul_sd']:.3f}); "
+            f"{conn}")
+
+
+def _suv_volume(stored, scale, offset) -> np.ndarray:
+    """One float32 SUV volume (only for threshold segmentation)."""
+    out = stored.astype(np.float32)
+    out *= scale.astype(np.float32)[:, None, None]
+    out += offset.astype(np.float32)[:, None, None]
+    return out
+
+
+def _lesion_counts(comps, codemap, members) -> dict[str, int]:
+    """Number of distinct components with at least one voxel in each region."""
+    flat = np.flatnonzero(comps.ids.ravel())
+    pairs = np.unique(np.stack([comps.ids.ravel()[flat].astype(np.int64), codemap.codes.ravel()[flat]], 1), axis=0)
+    return {name: int(np.unique(pairs[np.isin(pairs[:, 1], codes), 0]).size) for name, codes in members.items()}
+
+
+def _lesion_rows(comps, stored, scale, offset, geometry, layers, peaks, backend) -> pd.DataFrame:
+    """One row per component: features from a fused pass over component ids, centroid, site."""
+    n = comps.n
+    if n == 0:
+        return pd.DataFrame(columns=list(LESION_COLUMNS))
+    ids = comps.ids
+    window = n + 1 if backend == "cpu" else min(n + 1, _gpu_code_limit())
+    parts = []
+    for lo in range(1, n + 1, window - 1):  # GPU: windows of ids that fit in shared memory
+        hi = min(n, lo + window - 2)
+        codes = np.where((ids >= lo) & (ids <= hi), ids - lo + 1, 0)
+        codes = codes.astype(np.uint16 if hi - lo + 2 > 255 else np.uint8)
+        p = kernels.fused_reduce(stored, codes, scale, offset, hi - lo + 2, backend=backend)
+        members = {str(k): np.array([k - lo + 1]) for k in range(lo, hi + 1)}
+        pk = _peaks(stored, codes, hi - lo + 2, scale, offset, geometry.spacing, members, p, backend) if peaks else None
+        parts.extend(region_rows(p, members, geometry.voxel_volume_ml, pk, codes_touching_border(codes)))
+    df = pd.DataFrame(parts).rename(columns={"region": "lesion_id"})
+    df["lesion_id"] = df["lesion_id"].astype(int)
+    cen = centroids_mm(ids, n, geometry)
+    df["centroid_x_mm"], df["centroid_y_mm"], df["centroid_z_mm"] = cen[:, 0], cen[:, 1], cen[:, 2]
+    df["site"] = _sites(ids, n, layers[:-1])
     return df
 
 
-def _peaks(stored, codemap, scale, offset, spacing, members, partials, backend):
+def _sites(ids, n, layers) -> list[str]:
+    """The most frequent organ label under each component ("soft_tissue" when none)."""
+    out = ["soft_tissue"] * n
+    best = np.zeros(n)
+    flat = np.flatnonzero(ids.ravel())
+    comp = ids.ravel()[flat].astype(np.int64) - 1
+    for layer in layers:
+        lab = layer.array.ravel()[flat].astype(np.int64)
+        keep = lab > 0
+        if not keep.any():
+            continue
+        m = int(lab.max()) + 1
+        counts = np.bincount(comp[keep] * m + lab[keep], minlength=n * m).reshape(n, m)
+        for i in range(n):
+            j = int(np.argmax(counts[i]))
+            if counts[i, j] > best[i]:
+                best[i] = counts[i, j]
+                out[i] = layer.names.get(j, f"label_{j}")
+    return out
+
+
+def _cupy_usable() -> bool:
+    """CuPy with a real device (not the Numba simulator) runs the GPU lesion components."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return False
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # noqa: BLE001 - missing CuPy or driver: the CPU labels components
+        return False
+
+
+def _gpu_code_limit() -> int:
+    from petfeat.kernels.config import MAX_GPU_CODES
+
+    return MAX_GPU_CODES
+
+
+def _peaks(stored, codes, n_codes, scale, offset, spacing, members, partials, backend):
     names = list(members)
-    ptr = np.zeros(codemap.n_codes + 1, np.int64)
-    per_code: list[list[int]] = [[] for _ in range(codemap.n_codes)]
+    ptr = np.zeros(n_codes + 1, np.int64)
+    per_code: list[list[int]] = [[] for _ in range(n_codes)]
     for r, name in enumerate(names):
         for c in members[name]:
             per_code[int(c)].append(r)
     ptr[1:] = np.cumsum([len(x) for x in per_code])
     flat = np.asarray([r for x in per_code for r in x], dtype=np.int64)
     region_max = np.asarray([partials.max[members[n]].max() if len(members[n]) else -np.inf for n in names])
-    glob, loc = kernels.suv_peak(stored, codemap.codes, scale, offset, sphere_offsets(spacing), ptr, flat,
+    glob, loc = kernels.suv_peak(stored, codes, scale, offset, sphere_offsets(spacing), ptr, flat,
                                  region_max, len(names), backend=backend)
     return {n: (float(g) if np.isfinite(g) else np.nan, float(lo) if np.isfinite(lo) else np.nan)
             for n, g, lo in zip(names, glob, loc)}

@@ -49,6 +49,9 @@ FEATURES: tuple[Feature, ...] = (
     Feature("nan_voxel_count", "1", "int64", "region voxels whose value is NaN (excluded from statistics)",
             ("reduce",)),
     Feature("touches_border", "bool", "bool", "the region has a voxel on a face of the image", ("codes",)),
+    Feature("lesion_count", "1", "Int64",
+            "connected lesion components with a voxel in the region (<NA> when no lesion mask or threshold)",
+            ("lesions",)),
 )
 FEATURE_NAMES = tuple(f.name for f in FEATURES)
 

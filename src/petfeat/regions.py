@@ -20,6 +20,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -36,6 +37,8 @@ class LabelLayer:
     array: np.ndarray
     names: dict[int, str]
     source: str = "<array>"
+    #: Volume (mL) of each label name on the grid it was drawn on (None when it was drawn on the PET grid).
+    native_volume_ml: dict[str, float] | None = None
 
     def __post_init__(self):
         a = np.asarray(self.array)
@@ -195,3 +198,39 @@ BUILTIN_REGIONS: dict[str, dict[str, list[str]]] = {
     "salivary_glands": {"include": ["parotid_gland_*", "submandibular_gland_*"], "exclude": ["lesion*"]},
     "liver": {"include": ["liver"], "exclude": ["lesion*"]},
 }
+
+
+def load_spec(path: str | Path) -> dict[str, dict[str, list[str]]]:
+    """Read a region spec from YAML; ``builtin: true`` entries (or the name alone) take the built-in sets.
+
+    Example::
+
+        regions:
+          whole_body_tumor: builtin
+          healthy_bone: builtin
+          prostate_bed: {include: [prostate], exclude: ["lesion*"]}
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise LabelError(f"{path}: not a readable YAML file ({exc}).") from exc
+    if isinstance(data, Mapping) and "regions" in data:
+        data = data["regions"]
+    if not isinstance(data, Mapping):
+        raise LabelError(f"{path}: expected a mapping 'regions: {{name: {{include: [...], exclude: [...]}}}}'.")
+    out = {}
+    for name, value in data.items():
+        if value == "builtin" or value is True:
+            if name not in BUILTIN_REGIONS:
+                raise LabelError(f"{path}: region {name!r} is not built in; built-in regions are "
+                                 f"{', '.join(BUILTIN_REGIONS)}.")
+            out[name] = BUILTIN_REGIONS[name]
+        else:
+            out[name] = value
+    try:
+        return normalise_spec(out)
+    except LabelError as exc:
+        raise LabelError(f"{path}: {exc}") from exc

@@ -1,15 +1,21 @@
-"""Label maps onto the PET grid: NIfTI/NRRD (SimpleITK) and TotalSegmentator class folders.
+"""Label maps onto the PET grid: NIfTI/NRRD, TotalSegmentator folders, DICOM SEG, RTSTRUCT.
 
 Labels are addressed by name. A label image whose geometry differs from the PET grid is
-resampled in physical space with nearest-neighbour interpolation (SimpleITK). Float and signed
-label images are refused.
+resampled in physical space with nearest-neighbour interpolation (SimpleITK), or per label as a
+fraction kept at >= 0.5 (``mode="fraction"``). Float and signed label images are refused, and so
+is a label map that does not overlap the PET field of view. Every layer records each label's
+volume on its native grid beside the PET-grid volume (``LabelLayer.native_volume_ml``).
+
+:func:`read_labels` takes any of these paths and returns label layers on the PET grid.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import SimpleITK as sitk
 
 from petfeat.errors import LabelError
@@ -43,15 +49,53 @@ def read_label_image(path: str | Path) -> sitk.Image:
     return img
 
 
-def to_pet_grid(img: sitk.Image, geometry: Geometry, source: str = "<image>") -> np.ndarray:
-    """Bring a label image onto the PET grid (nearest neighbour); ``(Z, Y, X)`` array."""
+RESAMPLE_MODES = ("nearest", "fraction")
+
+
+def native_volumes_ml(img: sitk.Image) -> dict[int, float]:
+    """Volume (mL) of each non-zero label id on the image's own grid."""
+    arr = sitk.GetArrayViewFromImage(img)
+    counts = np.bincount(arr.ravel().astype(np.int64))
+    vox_ml = float(np.prod(img.GetSpacing())) / 1000.0
+    return {int(i): float(c) * vox_ml for i, c in enumerate(counts) if i and c}
+
+
+def to_pet_grid(img: sitk.Image, geometry: Geometry, source: str = "<image>", mode: str = "nearest") -> np.ndarray:
+    """Bring a label image onto the PET grid; ``(Z, Y, X)`` array of the same ids.
+
+    ``mode="nearest"``: nearest-neighbour resampling of the ids. ``mode="fraction"``: each label
+    is resampled as a fraction (linear interpolation of its indicator) and kept where >= 0.5.
+
+    Raises
+    ------
+    LabelError
+        The label map has labels but none of them falls inside the PET field of view.
+    """
+    if mode not in RESAMPLE_MODES:
+        raise LabelError(f"resampling mode is {mode!r}; choose one of {', '.join(RESAMPLE_MODES)}.")
     ref = reference_image(geometry)
     same = (img.GetSize() == ref.GetSize() and np.allclose(img.GetSpacing(), ref.GetSpacing(), atol=1e-4)
             and np.allclose(img.GetOrigin(), ref.GetOrigin(), atol=1e-3)
             and np.allclose(img.GetDirection(), ref.GetDirection(), atol=1e-5))
-    if not same:
-        img = sitk.Resample(img, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, img.GetPixelID())
-    arr = sitk.GetArrayFromImage(img)
+    if same:
+        return sitk.GetArrayFromImage(img)
+    if mode == "nearest":
+        arr = sitk.GetArrayFromImage(sitk.Resample(img, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                                                   img.GetPixelID()))
+    else:
+        native = sitk.GetArrayViewFromImage(img)
+        arr = np.zeros(geometry.shape, sitk.GetArrayViewFromImage(img).dtype)
+        best = np.zeros(geometry.shape, np.float32)
+        for lab in (int(v) for v in np.unique(native) if v):
+            ind = sitk.Cast(sitk.BinaryThreshold(img, lab, lab, 1, 0), sitk.sitkFloat32)
+            frac = sitk.GetArrayFromImage(sitk.Resample(ind, ref, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                                        sitk.sitkFloat32))
+            take = (frac >= 0.5) & (frac > best)
+            arr[take] = lab
+            best[take] = frac[take]
+    if not arr.any() and sitk.GetArrayViewFromImage(img).any():
+        raise LabelError(f"{source}: the label map does not overlap the PET field of view (its labels fall outside "
+                         "the PET grid after resampling). Check that it belongs to this study and frame of reference.")
     return arr
 
 
@@ -66,19 +110,184 @@ def read_totalsegmentator_folder(folder: str | Path, geometry: Geometry) -> Labe
     if not files:
         raise LabelError(f"{folder}: no <class>.nii.gz files; point to a TotalSegmentator output folder.")
     out = np.zeros(geometry.shape, np.uint16)
-    names = {}
+    names, native = {}, {}
     for i, f in enumerate(files, start=1):
         name = f.name.removesuffix(".gz").removesuffix(".nii")
-        arr = to_pet_grid(read_label_image(f), geometry, str(f))
+        img = read_label_image(f)
+        native[name] = sum(native_volumes_ml(img).values())
+        arr = _allow_empty(lambda img=img, f=f: to_pet_grid(img, geometry, str(f)), geometry)
         out[arr > 0] = i
         names[i] = name
-    return LabelLayer(out, names, str(folder))
+    if not out.any() and any(native.values()):
+        raise LabelError(f"{folder}: none of the classes overlaps the PET field of view. Check that the "
+                         "segmentation belongs to this study.")
+    layer = LabelLayer(out, names, str(folder))
+    layer.native_volume_ml = native
+    return layer
+
+
+def _allow_empty(fn, geometry):
+    """One class of a folder may lie outside the PET field of view (e.g. the skull in a torso scan)."""
+    try:
+        return fn()
+    except LabelError:
+        return np.zeros(geometry.shape, np.uint8)
 
 
 def read_label_map(path: str | Path, geometry: Geometry, names: dict[int, str] | None = None,
-                   prefix: str = "label") -> LabelLayer:
-    """Read a multilabel image onto the PET grid; ids without a name are called ``{prefix}_{id}``."""
-    arr = to_pet_grid(read_label_image(path), geometry, str(path))
-    ids = [int(i) for i in np.unique(arr) if i != 0]
-    names = {i: (names or {}).get(i, f"{prefix}_{i}") for i in ids}
-    return LabelLayer(arr, names, str(path))
+                   prefix: str = "label", mode: str = "nearest") -> LabelLayer:
+    """Read a multilabel image (NIfTI, NRRD, MHA) onto the PET grid.
+
+    Ids without a name in ``names`` are called ``{prefix}_{id}``.
+    """
+    img = read_label_image(path)
+    native_ids = native_volumes_ml(img)
+    arr = to_pet_grid(img, geometry, str(path), mode)
+    names = {i: (names or {}).get(i, f"{prefix}_{i}") for i in native_ids}
+    layer = LabelLayer(arr, names, str(path))
+    layer.native_volume_ml = {names[i]: v for i, v in native_ids.items()}
+    return layer
+
+
+def read_names_file(path: str | Path) -> dict[int, str]:
+    """Label names from a JSON object (``{"1": "liver", ...}``) or a two-column CSV/TSV (id, name)."""
+    path = Path(path)
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            return {int(k): str(v) for k, v in json.loads(text).items()}
+        out = {}
+        for line in text.splitlines():
+            parts = [p.strip() for p in line.replace("\t", ",").split(",")]
+            if len(parts) >= 2 and parts[0].isdigit():
+                out[int(parts[0])] = parts[1]
+        return out
+    except (ValueError, AttributeError) as exc:
+        raise LabelError(f"{path}: label names must be a JSON object id -> name or CSV lines 'id,name'.") from exc
+
+
+def _sitk_from_affine(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
+    """A SimpleITK image from a (slices, rows, columns) array and a highdicom-style affine."""
+    img = sitk.GetImageFromArray(array)
+    cols = affine[:3, :3]  # columns: steps along slices, rows, columns (LPS mm)
+    steps = [cols[:, 2], cols[:, 1], cols[:, 0]]  # SimpleITK x (column), y (row), z (slice)
+    spacing = [float(np.linalg.norm(v)) for v in steps]
+    direction = np.stack([v / n for v, n in zip(steps, spacing, strict=True)], axis=1)
+    img.SetSpacing(spacing)
+    img.SetOrigin(tuple(float(v) for v in affine[:3, 3]))
+    img.SetDirection(tuple(float(v) for v in direction.ravel()))
+    return img
+
+
+def read_dicom_seg(path: str | Path, geometry: Geometry, mode: str = "nearest") -> list[LabelLayer]:
+    """A DICOM SEG (binary or fractional, overlapping segments allowed) as one layer per segment."""
+    import highdicom as hd
+
+    path = Path(path)
+    try:
+        seg = hd.seg.segread(path)
+        vol = seg.get_volume(combine_segments=False, rescale_fractional=True)
+    except Exception as exc:  # noqa: BLE001 - highdicom raises many types for bad files
+        raise LabelError(f"{path}: not a readable DICOM SEG ({type(exc).__name__}: {exc}).") from exc
+    arr = np.asarray(vol.array)
+    numbers = [int(d.SegmentNumber) for d in seg.SegmentSequence]
+    labels = {int(d.SegmentNumber): str(d.SegmentLabel) for d in seg.SegmentSequence}
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    layers = []
+    for k, number in enumerate(numbers):
+        ind = (arr[..., k] >= 0.5).astype(np.uint8)
+        img = _sitk_from_affine(ind, np.asarray(vol.affine))
+        native = sum(native_volumes_ml(img).values())
+        on_pet = _allow_empty(lambda img=img: to_pet_grid(img, geometry, str(path), mode), geometry)
+        layer = LabelLayer(on_pet.astype(np.uint8), {1: labels[number]}, f"{path} segment {number}")
+        layer.native_volume_ml = {labels[number]: native}
+        layers.append(layer)
+    if not any(layer.array.any() for layer in layers) and arr.any():
+        raise LabelError(f"{path}: no segment overlaps the PET field of view. Check that the SEG belongs to this "
+                         "study.")
+    return layers
+
+
+def read_rtstruct(path: str | Path, geometry: Geometry) -> list[LabelLayer]:
+    """An RTSTRUCT rasterised onto the PET grid: one layer per ROI (ROIs may overlap).
+
+    Closed planar contours are filled with the even-odd rule on the slice nearest to their plane
+    (voxel centres inside the polygon); contours of one ROI on one slice combine by XOR (holes).
+    """
+    path = Path(path)
+    ds = pydicom.dcmread(path)
+    if str(ds.get("Modality", "")) != "RTSTRUCT":
+        raise LabelError(f"{path}: Modality is {ds.get('Modality')!r}, not RTSTRUCT.")
+    names = {int(r.ROINumber): str(r.ROIName) for r in ds.get("StructureSetROISequence", [])}
+    d = np.asarray(geometry.direction, float).reshape(3, 3)
+    inv = np.linalg.inv(d * np.asarray(geometry.spacing[::-1])[None, :])  # LPS -> (x, y, z) index
+    layers = []
+    for roi in ds.get("ROIContourSequence", []):
+        number = int(roi.ReferencedROINumber)
+        mask = np.zeros(geometry.shape, bool)
+        for contour in roi.get("ContourSequence", []):
+            if str(contour.get("ContourGeometricType", "CLOSED_PLANAR")) != "CLOSED_PLANAR":
+                continue
+            pts = np.asarray(contour.ContourData, float).reshape(-1, 3)
+            idx = (pts - np.asarray(geometry.origin)) @ inv.T  # (x, y, z) continuous indices
+            k = int(round(float(np.mean(idx[:, 2]))))
+            if not 0 <= k < geometry.shape[0]:
+                continue
+            mask[k] ^= _fill_polygon(idx[:, 0], idx[:, 1], geometry.shape[1], geometry.shape[2])
+        name = names.get(number, f"roi_{number}")
+        layer = LabelLayer(mask.astype(np.uint8), {1: name}, f"{path} ROI {name}")
+        layer.native_volume_ml = {name: float(mask.sum()) * geometry.voxel_volume_ml}
+        layers.append(layer)
+    if not layers:
+        raise LabelError(f"{path}: the RTSTRUCT holds no ROI contours.")
+    if not any(layer.array.any() for layer in layers):
+        raise LabelError(f"{path}: no ROI contour lies inside the PET field of view. Check that the RTSTRUCT belongs "
+                         "to this study.")
+    return layers
+
+
+def _fill_polygon(px: np.ndarray, py: np.ndarray, ny: int, nx: int) -> np.ndarray:
+    """Even-odd fill of a polygon given in continuous (x, y) voxel indices; voxel centres inside."""
+    out = np.zeros((ny, nx), bool)
+    x0, y0 = px, py
+    x1, y1 = np.roll(px, -1), np.roll(py, -1)
+    for y in range(max(0, int(np.ceil(py.min()))), min(ny - 1, int(np.floor(py.max()))) + 1):
+        crosses = ((y0 <= y) & (y1 > y)) | ((y1 <= y) & (y0 > y))
+        if not crosses.any():
+            continue
+        xs = np.sort(x0[crosses] + (y - y0[crosses]) * (x1[crosses] - x0[crosses]) / (y1[crosses] - y0[crosses]))
+        for a, b in zip(xs[0::2], xs[1::2], strict=False):
+            lo, hi = max(0, int(np.ceil(a))), min(nx - 1, int(np.floor(b)))
+            if lo <= hi:
+                out[y, lo:hi + 1] = True
+    return out
+
+
+def read_labels(path: str | Path, geometry: Geometry, names: dict[int, str] | None = None,
+                mode: str = "nearest") -> list[LabelLayer]:
+    """Read any supported label source onto the PET grid.
+
+    A folder is a TotalSegmentator output (one ``<class>.nii.gz`` per class); a DICOM file is a
+    SEG or an RTSTRUCT (by Modality); anything else is a multilabel image read by SimpleITK
+    (NIfTI, NRRD, MHA), named with ``names`` (e.g. TotalSegmentator's ``--ml`` class map).
+    """
+    path = Path(path)
+    if path.is_dir():
+        return [read_totalsegmentator_folder(path, geometry)]
+    if not path.exists():
+        raise LabelError(f"{path}: no such file or folder.")
+    if path.suffix.lower() in (".dcm", "") or _is_dicom(path):
+        modality = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality", ""))
+        if modality == "SEG":
+            return read_dicom_seg(path, geometry, mode)
+        if modality == "RTSTRUCT":
+            return read_rtstruct(path, geometry)
+        raise LabelError(f"{path}: a DICOM {modality or 'file'} is not a label map; give a SEG or RTSTRUCT.")
+    return [read_label_map(path, geometry, names, mode=mode)]
+
+
+def _is_dicom(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(132)
+    return head[128:132] == b"DICM"

@@ -119,6 +119,12 @@ def _slice_dataset(acq: Acquisition, vendor, z, nz, ny, nx, spacing_zyx, origin_
     ds.PatientName = acq.patient_name
     ds.PatientID = acq.patient_id
     ds.PatientSex = acq.sex
+    ds.PatientBirthDate = ""
+    ds.PatientAge = "070Y"
+    ds.StudyID = "1"
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.PositionReferenceIndicator = ""
     ds.PatientWeight = f"{acq.weight_kg:.1f}"
     ds.PatientSize = f"{acq.height_m:.2f}"
     ds.StudyInstanceUID = study_uid

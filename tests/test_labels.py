@@ -1,0 +1,175 @@
+"""Label readers on files written by the real writers, resampling onto the PET grid, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from conftest import DRO
+
+from petfeat.errors import LabelError
+from petfeat.io.dicom import read_pet_series
+from petfeat.io.labels import read_label_image, read_labels, read_names_file, to_pet_grid
+from petfeat.regions import BUILTIN_REGIONS, load_spec
+
+
+@pytest.fixture(scope="module")
+def study(synth_archive):
+    out, truths = synth_archive
+    d = out / truths[2]["patient"]
+    return d, read_pet_series(d / "pet")
+
+
+def _sitk_pet_reference(folder):
+    """The PET grid as SimpleITK itself reads it from the DICOM series (an independent geometry path)."""
+    r = sitk.ImageSeriesReader()
+    r.SetFileNames(r.GetGDCMSeriesFileNames(str(folder)))
+    return r.Execute()
+
+
+def test_totalsegmentator_folder_matches_simpleitk_nearest_neighbour(study):
+    """Every class resampled by SimpleITK onto the grid SimpleITK read from the DICOM series;
+    where classes overlap, the later class in name order wins (petfeat's documented rule)."""
+    d, series = study
+    (layer,) = read_labels(d / "seg", series.geometry)
+    ref = _sitk_pet_reference(d / "pet")
+    expected = np.zeros(series.geometry.shape, np.uint16)
+    for i, f in enumerate(sorted((d / "seg").glob("*.nii.gz")), start=1):
+        img = sitk.ReadImage(str(f))
+        theirs = sitk.GetArrayFromImage(sitk.Resample(img, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+        expected[theirs > 0] = i
+        name = f.name.removesuffix(".nii.gz")
+        assert layer.names[i] == name
+        assert layer.native_volume_ml[name] == pytest.approx((sitk.GetArrayViewFromImage(img) > 0).sum()
+                                                             * np.prod(img.GetSpacing()) / 1000)
+    np.testing.assert_array_equal(layer.array, expected)
+
+
+def test_nrrd_multilabel_on_another_grid(study, tmp_path):
+    d, series = study
+    ref = _sitk_pet_reference(d / "pet")
+    arr = np.zeros((40, 60, 60), np.uint16)
+    arr[10:30, 20:40, 15:45] = 7
+    arr[12:20, 22:30, 20:30] = 300  # ids above 255
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((6.5, 6.5, 9.0))
+    img.SetOrigin((-190.0, -180.0, 100.0))
+    sitk.WriteImage(img, str(tmp_path / "labels.nrrd"))
+    (layer,) = read_labels(tmp_path / "labels.nrrd", series.geometry, names={7: "organ"})
+    theirs = sitk.GetArrayFromImage(sitk.Resample(sitk.ReadImage(str(tmp_path / "labels.nrrd")), ref,
+                                                  sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+    np.testing.assert_array_equal(layer.array, theirs)
+    assert layer.names == {7: "organ", 300: "label_300"}
+
+
+def test_fraction_mode_keeps_voxels_at_least_half_covered(study):
+    d, series = study
+    g = series.geometry
+    fine = np.zeros(tuple(2 * s for s in g.shape), np.uint8)
+    rng = np.random.default_rng(1)
+    fine[rng.random(fine.shape) > 0.6] = 1
+    img = sitk.GetImageFromArray(fine)
+    img.SetSpacing(tuple(s / 2 for s in g.spacing[::-1]))
+    img.SetOrigin(tuple(o - s / 4 for o, s in zip(g.origin, g.spacing[::-1], strict=True)))
+    got = to_pet_grid(img, g, mode="fraction")
+    # oracle: the PET voxel's 8 sub-voxels; linear interpolation at the PET centre averages them
+    frac = fine.reshape(g.shape[0], 2, g.shape[1], 2, g.shape[2], 2).mean(axis=(1, 3, 5))
+    np.testing.assert_array_equal(got == 1, frac >= 0.5)
+
+
+def test_dicom_seg_written_by_highdicom_with_overlapping_segments(study, tmp_path):
+    hd = pytest.importorskip("highdicom")
+    from pydicom.sr.codedict import codes
+
+    d, series = study
+    sources = [pydicom.dcmread(f) for f in series.files]
+    shape = series.geometry.shape
+    a = np.zeros(shape, bool)
+    a[20:40, 20:30, 20:30] = True
+    b = np.zeros(shape, bool)
+    b[30:50, 25:35, 25:35] = True  # overlaps a
+    descs = [hd.seg.SegmentDescription(segment_number=i + 1, segment_label=lab,
+                                       segmented_property_category=codes.SCT.Organ,
+                                       segmented_property_type=codes.SCT.Organ,
+                                       algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+             for i, lab in enumerate(("organ_a", "organ_b"))]
+    seg = hd.seg.Segmentation(source_images=sources, pixel_array=np.stack([a, b], -1).astype(np.uint8),
+                              segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descs,
+                              series_instance_uid=hd.UID(), series_number=99, sop_instance_uid=hd.UID(),
+                              instance_number=1, manufacturer="petfeat-test", manufacturer_model_name="test",
+                              software_versions="0", device_serial_number="0")
+    seg.save_as(tmp_path / "seg.dcm")
+    layers = read_labels(tmp_path / "seg.dcm", series.geometry)
+    assert [list(la.names.values()) for la in layers] == [["organ_a"], ["organ_b"]]
+    np.testing.assert_array_equal(layers[0].array > 0, a)
+    np.testing.assert_array_equal(layers[1].array > 0, b)
+
+
+def test_rtstruct_matches_an_independent_rasteriser_and_the_reference_suvs():
+    """DRO_0_0's RTSTRUCT: petfeat's fill vs matplotlib point-in-polygon at voxel centres; SUVs 0.2/1/4."""
+    from matplotlib.path import Path as MPath
+
+    from petfeat.suv import compute_suv_factors
+
+    series = read_pet_series(DRO / "DRO_0_0" / "PT")
+    g = series.geometry
+    rs = next((DRO / "DRO_0_0" / "RS").glob("*.dcm"))
+    (layer,) = read_labels(rs, g)
+    got = layer.array > 0
+    ref = np.zeros(g.shape, bool)
+    yy, xx = np.mgrid[0:g.shape[1], 0:g.shape[2]]
+    centres = np.stack([xx.ravel() * g.spacing[2] + g.origin[0], yy.ravel() * g.spacing[1] + g.origin[1]], 1)
+    for c in pydicom.dcmread(rs).ROIContourSequence[0].ContourSequence:
+        p = np.asarray(c.ContourData, float).reshape(-1, 3)
+        k = int(round((p[0, 2] - g.origin[2]) / g.spacing[0]))
+        ref[k] ^= MPath(p[:, :2]).contains_points(centres).reshape(g.shape[1:])
+    assert (ref != got).sum() <= 1e-4 * ref.sum()  # ties where a vertex sits exactly on a voxel centre
+    assert layer.names == {1: "region_1"}
+    suv = series.rescaled(np.float64) * compute_suv_factors(series.suv_header).suv_bw_factor
+    v = suv[got]
+    assert (v.min(), np.median(v), v.max()) == pytest.approx((0.2, 1.0, 4.0), abs=1e-4)
+
+
+def test_label_map_outside_the_pet_field_of_view_is_refused(study, tmp_path):
+    d, series = study
+    img = sitk.GetImageFromArray(np.ones((5, 5, 5), np.uint8))
+    img.SetOrigin((5000.0, 5000.0, 5000.0))
+    sitk.WriteImage(img, str(tmp_path / "far.nii.gz"))
+    with pytest.raises(LabelError, match="does not overlap the PET field of view"):
+        read_labels(tmp_path / "far.nii.gz", series.geometry)
+
+
+@pytest.mark.parametrize("pixel, word", [(sitk.sitkFloat32, "32-bit float"), (sitk.sitkInt16, "16-bit signed")])
+def test_float_and_signed_label_images_refused(tmp_path, pixel, word):
+    img = sitk.Cast(sitk.GetImageFromArray(np.ones((3, 3, 3), np.uint8)), pixel)
+    sitk.WriteImage(img, str(tmp_path / "bad.nii.gz"))
+    with pytest.raises(LabelError, match=f"pixel type {word}.*not an unsigned integer"):
+        read_label_image(tmp_path / "bad.nii.gz")
+
+
+def test_names_files(tmp_path):
+    (tmp_path / "n.json").write_text(json.dumps({"1": "liver", "5": "spleen"}))
+    (tmp_path / "n.csv").write_text("id,name\n1,liver\n5,spleen\n")
+    assert read_names_file(tmp_path / "n.json") == read_names_file(tmp_path / "n.csv") == {1: "liver", 5: "spleen"}
+
+
+def test_regions_yaml(tmp_path):
+    (tmp_path / "r.yaml").write_text("regions:\n  healthy_bone: builtin\n  prostate: {include: [prostate]}\n")
+    spec = load_spec(tmp_path / "r.yaml")
+    assert spec["healthy_bone"] == BUILTIN_REGIONS["healthy_bone"]
+    assert spec["prostate"] == {"include": ["prostate"], "exclude": []}
+    (tmp_path / "bad.yaml").write_text("regions:\n  nonsense: builtin\n")
+    with pytest.raises(LabelError, match="'nonsense' is not built in"):
+        load_spec(tmp_path / "bad.yaml")
+    (tmp_path / "bad2.yaml").write_text("regions:\n  x: {exclude: [a]}\n")
+    with pytest.raises(LabelError, match=r"bad2.yaml: region 'x'"):
+        load_spec(tmp_path / "bad2.yaml")
+
+
+def test_missing_label_path(study):
+    _, series = study
+    with pytest.raises(LabelError, match="no such file or folder"):
+        read_labels("/no/such/labels.nii.gz", series.geometry)
