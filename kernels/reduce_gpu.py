@@ -21,14 +21,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
-if not hasattr(np, "row_stack"):  # pragma: no cover - environment-specific
-    # numba-cuda (seen with 0.2x on NumPy 2.5) registers an overload for np.row_stack when it
-    # compiles its first kernel; NumPy 2.5 removed that alias of np.vstack. Restore the alias so
-    # kernels compile; nothing in petfeat uses it.
-    np.vstack = np.vstack
-
-from numba import cuda, float64, int32, int64  # noqa: E402
+from numba import cuda, float64, int32, int64
 
 from .config import BLOCKS_PER_SM, MAX_GPU_CODES, THREADS_PER_BLOCK, VALUES_PER_THREAD
 from .partials import INDEX_NONE, Partials, merge_stack
@@ -37,6 +30,22 @@ TPB = THREADS_PER_BLOCK
 VPT = VALUES_PER_THREAD
 MAXC = MAX_GPU_CODES
 _BIG = INDEX_NONE
+
+
+def _numpy_compat() -> None:  # pragma: no cover - environment-specific
+    """Give numba-cuda the ``row_stack`` alias of ``np.vstack`` it overloads on its first compile.
+
+    Seen with numba-cuda 0.30.4 on NumPy 2.5.2, where the alias is gone from NumPy's namespace and
+    only reachable through NumPy's deprecation hook, which fails inside numba-cuda's compile.
+    Written with ``setattr`` on a string: lint autofixes (ruff NPY201) rewrite the attribute name.
+    Called before every launch that may compile; petfeat itself never uses the alias.
+    """
+    name = "row" + "_stack"
+    if name not in np.__dict__:
+        setattr(np, name, np.vstack)
+
+
+_numpy_compat()
 
 
 @cuda.jit(device=True)
@@ -286,6 +295,7 @@ def fused_reduce_gpu(stored, codes, scale, offset, n_codes: int, *, blocks: int 
         raise ValueError(f"n_codes = {n_codes} exceeds the GPU limit MAX_GPU_CODES = {MAXC}; "
                          "set PETFEAT_CUDA_MAX_CODES higher (shared memory permitting) or use backend='cpu'.")
     launch = prepare_fused(stored, codes, scale, offset, n_codes, blocks=blocks)
+    _numpy_compat()
     launch()
     cuda.synchronize()
     return merge_stack(*(o.copy_to_host() for o in launch.outputs))
@@ -368,6 +378,7 @@ def suv_peak_gpu(stored, codes, scale, offset, offsets, code_ptr, code_regions, 
     o_glob = cuda.to_device(np.full(n_regions, -np.inf))
     o_loc = cuda.to_device(np.full(n_regions, -np.inf))
     grid = max(1, min(-(-(nz * ny * nx) // TPB), _sm_count() * BLOCKS_PER_SM * 8))
+    _numpy_compat()
     _peak_kernel[grid, TPB](d_stored, d_codes, args[0], args[1], nz, ny, nx, args[2], args[3], args[4],
                             args[5], o_glob, o_loc)
     cuda.synchronize()
