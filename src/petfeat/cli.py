@@ -175,9 +175,56 @@ def _parse_threshold(text: str | None) -> dict | None:
     raise PetfeatError(f"--threshold {text!r}: use 'fixed:SUV' (e.g. fixed:3) or 'percist'.")
 
 
+def cmd_scan(args) -> int:
+    """``petfeat scan``: discover studies and write a manifest (pseudonymised ids only)."""
+    from petfeat.io.archive import load_or_create_key, scan_archive, write_manifest
+
+    out = Path(args.out)
+    key = load_or_create_key(args.key_file or out.parent / "petfeat.key")
+    linkage = {} if args.linkage else None
+    rows = scan_archive(args.archive, key, linkage)
+    write_manifest(rows, out)
+    if args.linkage:
+        Path(args.linkage).write_text("study_id,patient_id\n" + "".join(f"{k},{v}\n" for k, v in linkage.items()))
+    by_status: dict[str, int] = {}
+    for r in rows:
+        st = r.match_status.split(" ")[0]
+        by_status[st] = by_status.get(st, 0) + 1
+    print(f"{len(rows)} studies -> {out} ({', '.join(f'{k}: {v}' for k, v in sorted(by_status.items()))})")
+    return 0
+
+
+def cmd_batch(args) -> int:
+    """``petfeat extract MANIFEST|ARCHIVE -o OUT``: every study on Dask."""
+    from petfeat.batch import BatchSettings, run_batch
+    from petfeat.io.archive import load_or_create_key, read_manifest, scan_archive
+    from petfeat.regions import BUILTIN_REGIONS, load_spec
+
+    out = Path(args.out)
+    key = load_or_create_key(args.key_file or out / "petfeat.key")
+    src = Path(args.source)
+    rows = scan_archive(src, key) if src.is_dir() else read_manifest(src)
+    settings = BatchSettings(regions=load_spec(args.regions) if args.regions else BUILTIN_REGIONS,
+                             backend=args.backend, suv_type=args.suv_type, connectivity=args.connectivity,
+                             min_lesion_ml=args.min_lesion_ml, threshold=_parse_threshold(args.threshold),
+                             peaks=not args.no_peak, resample=args.resample)
+    rep = run_batch(rows, out, settings, key, scheduler=args.scheduler, n_workers=args.workers)
+    print(f"{rep.done} done, {rep.skipped} already done, {rep.failed} failed; {rep.outputs.get('features', 0)} "
+          f"feature rows, {rep.outputs.get('lesions', 0)} lesion rows in {out} "
+          f"({rep.timings['wall_s']:.1f} s)")
+    if rep.failed:
+        print(f"failures are listed in {out / 'failures.parquet'}", file=sys.stderr)
+    return 3 if rep.failed else 0
+
+
 def cmd_extract(args) -> int:
-    """``petfeat extract``: features and lesions of one study, written as Parquet (and CSV)."""
+    """``petfeat extract``: one study (``--pet``), or a manifest/archive on Dask (positional source)."""
     import pandas as pd
+
+    if args.source:
+        return cmd_batch(args)
+    if not args.pet:
+        raise PetfeatError("give a manifest or archive folder (batch), or --pet PET_FOLDER (one study).")
 
     from petfeat import __version__
     from petfeat.extract import extract
@@ -232,8 +279,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(s)
     s.set_defaults(func=cmd_suv)
 
-    s = sub.add_parser("extract", help="features and lesions of one study (PET series + label maps)")
-    s.add_argument("--pet", required=True, help="PET DICOM folder (or file list root)")
+    s = sub.add_parser("scan", help="find the studies of an archive and write a manifest")
+    s.add_argument("archive", help="archive root: one folder per study")
+    s.add_argument("-o", "--out", required=True, help="manifest CSV to write")
+    s.add_argument("--key-file", help="pseudonymisation key (default: petfeat.key beside the manifest; created "
+                   "when missing)")
+    s.add_argument("--linkage", help="also write study_id -> PatientID to this CSV (keep it private)")
+    s.set_defaults(func=cmd_scan)
+
+    s = sub.add_parser("extract", help="features and lesions: one study (--pet) or a manifest/archive on Dask")
+    s.add_argument("source", nargs="?", help="manifest CSV or archive folder (batch mode)")
+    s.add_argument("--pet", help="PET DICOM folder of one study")
+    s.add_argument("--scheduler", help="address of an existing Dask scheduler, tcp://HOST:PORT (batch mode)")
+    s.add_argument("--workers", type=int, help="local cluster workers (default: cores)")
+    s.add_argument("--key-file", help="pseudonymisation key (default: OUT/petfeat.key, created when missing)")
     s.add_argument("--labels", nargs="+", default=[], help="label sources: TotalSegmentator folder, NIfTI/NRRD "
                    "multilabel, DICOM SEG or RTSTRUCT file")
     s.add_argument("--label-names", help="JSON or CSV id -> name for multilabel images (e.g. TotalSegmentator --ml)")
