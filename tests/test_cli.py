@@ -63,8 +63,9 @@ def test_missing_weight_names_tag_and_override(tmp_path):
 def test_demo_runs_and_recovers_ground_truth(tmp_path):
     r = run("demo", "--patients", "2", "--voxel-mm", "10", "--out", str(tmp_path / "demo"), "--backend", "cpu")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "whole-body tumour SUVmean vs ground truth" in r.stdout
-    assert (tmp_path / "demo" / "features.csv").exists()
+    assert "whole-body tumour SUVmean vs ground truth" in r.stdout and "units BQML" in r.stdout
+    assert (tmp_path / "demo" / "results" / "features.parquet").exists()
+    assert (tmp_path / "demo" / "manifest.csv").exists()
     assert len(list((tmp_path / "demo" / "archive").glob("SYN*/pet/*.dcm"))) == 2 * 90
 
 

@@ -155,9 +155,12 @@ def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, th
         t["write_s"] = time.perf_counter() - t0 - sum(t.values())
         peak = tracemalloc.get_traced_memory()[1]
         t.update(total_s=time.perf_counter() - t0, peak_traced_mb=peak / 1e6, raw_pixel_mb=raw_bytes / 1e6)
-        _atomic_json({"study_id": row.study_id, **t}, parts / f"{key}.timing.json")
+        suv = {"units": factors.units, "suv_bw_factor": float(factors.suv_bw_per_slice[0]),
+               "sul_factor": factors.sul_factor, "uptake_seconds": factors.uptake_seconds,
+               "scan_time_source": factors.scan_time_source, "warnings": factors.warnings}
+        _atomic_json({"study_id": row.study_id, **t, "suv": suv}, parts / f"{key}.timing.json")
         _atomic_parquet(res.features, feat_path)  # last: its presence marks the study done
-        return {"study_id": row.study_id, "key": key, "status": "done", "timings": t}
+        return {"study_id": row.study_id, "key": key, "status": "done", "timings": t, "suv": suv}
     except Exception as exc:  # noqa: BLE001 - every failure becomes a record, never a stopped batch
         parts.mkdir(parents=True, exist_ok=True)
         rec = {"study_id": row.study_id, "pet_path": row.pet_path, "error_class": type(exc).__name__,
