@@ -1,0 +1,1 @@
+"""Statistics layer: endpoints from raw labs and questionnaires, Cox and mixed models."""

@@ -1,0 +1,116 @@
+"""CTCAE v5.0 grades of the haematological laboratory adverse events.
+
+Grades follow the CTCAE v5.0 (Common Terminology Criteria for Adverse Events, NCI, 2017) lower
+bounds, converted to one canonical unit per test:
+
+============================  ==========  ================  ==============  ==============  ===========
+test                          unit        grade 1           grade 2         grade 3         grade 4
+============================  ==========  ================  ==============  ==============  ===========
+haemoglobin (anaemia)         g/dL        <LLN - 10.0       <10.0 - 8.0     <8.0            (clinical)
+neutrophils (count decreased) 10^9/L      <LLN - 1.5        <1.5 - 1.0      <1.0 - 0.5      <0.5
+platelets (count decreased)   10^9/L      <LLN - 75         <75 - 50        <50 - 25        <25
+white cells (count decreased) 10^9/L      <LLN - 3.0        <3.0 - 2.0      <2.0 - 1.0      <1.0
+lymphocytes (count decreased) 10^9/L      <LLN - 0.8        <0.8 - 0.5      <0.5 - 0.2      <0.2
+============================  ==========  ================  ==============  ==============  ===========
+
+"<a - b" means b <= value < a. Haemoglobin in mmol/L is converted with the physical factor
+(1.611 g/dL per mmol/L) and graded in g/dL; CTCAE's own mmol/L column is those bounds rounded
+(8.0 g/dL printed as 4.9 mmol/L), so values between 4.9 and 4.97 mmol/L are grade 3 here. Anaemia grade 4 needs clinical information (life-threatening
+consequences), so laboratory values grade anaemia 0-3. Grade 1 needs the lower limit of normal
+(LLN): the lab's own when given, else :data:`DEFAULT_LLN` (recorded in the output).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from petfeat.errors import PetfeatError
+
+TESTS = ("haemoglobin", "neutrophils", "platelets", "white_cells", "lymphocytes")
+#: Grade-2, -3, -4 lower bounds in the canonical unit (a value below bound k has at least grade k).
+BOUNDS = {
+    "haemoglobin": (10.0, 8.0, None),
+    "neutrophils": (1.5, 1.0, 0.5),
+    "platelets": (75.0, 50.0, 25.0),
+    "white_cells": (3.0, 2.0, 1.0),
+    "lymphocytes": (0.8, 0.5, 0.2),
+}
+CANONICAL_UNIT = {"haemoglobin": "g/dL", "neutrophils": "10^9/L", "platelets": "10^9/L", "white_cells": "10^9/L",
+                  "lymphocytes": "10^9/L"}
+#: Lower limits of normal used when a lab row has none (adult men).
+DEFAULT_LLN = {"haemoglobin": 13.0, "neutrophils": 2.0, "platelets": 150.0, "white_cells": 4.0, "lymphocytes": 1.0}
+#: Haemoglobin: g/dL per mmol/L (CTCAE: 8.0 g/dL = 4.9 mmol/L).
+HB_GDL_PER_MMOLL = 1.611
+_ALIASES = {"hb": "haemoglobin", "hgb": "haemoglobin", "hemoglobin": "haemoglobin", "anc": "neutrophils",
+            "neutrophil": "neutrophils", "plt": "platelets", "platelet": "platelets", "wbc": "white_cells",
+            "leukocytes": "white_cells", "white_blood_cells": "white_cells", "lymphocyte": "lymphocytes",
+            "alc": "lymphocytes"}
+
+
+def canonical_test(name: str) -> str:
+    """Map a lab test name to one of :data:`TESTS` (case-insensitive; common aliases)."""
+    key = str(name).strip().lower().replace(" ", "_")
+    key = _ALIASES.get(key, key)
+    if key not in TESTS:
+        raise PetfeatError(f"lab test {name!r} is not graded; known tests: {', '.join(TESTS)} (aliases: "
+                           f"{', '.join(sorted(_ALIASES))}).")
+    return key
+
+
+def to_canonical(test: str, value, unit: str) -> np.ndarray:
+    """Convert values to the canonical unit of ``test`` (g/dL for haemoglobin, 10^9/L for counts)."""
+    u = str(unit).strip().lower().replace(" ", "").replace("µ", "u").replace("**", "^").replace("e9", "^9")
+    v = np.asarray(value, dtype=np.float64)
+    if test == "haemoglobin":
+        factors = {"g/dl": 1.0, "g/l": 0.1, "mmol/l": HB_GDL_PER_MMOLL}
+    else:
+        factors = {"10^9/l": 1.0, "x10^9/l": 1.0, "g/l": 1.0, "/nl": 1.0, "10^3/ul": 1.0, "x10^3/ul": 1.0,
+                   "/mm3": 1e-3, "/ul": 1e-3, "cells/mm3": 1e-3, "cells/ul": 1e-3}
+    if u not in factors:
+        raise PetfeatError(f"unit {unit!r} of {test} is not known; use one of {', '.join(sorted(factors))}.")
+    return v * factors[u]
+
+
+def grade(test: str, value, lln=None) -> np.ndarray:
+    """CTCAE v5.0 grade (0-4) of values in the canonical unit; NaN values give grade -1 (missing)."""
+    test = canonical_test(test)
+    v = np.asarray(value, dtype=np.float64)
+    lln_v = np.asarray(DEFAULT_LLN[test] if lln is None else lln, dtype=np.float64)
+    lln_v = np.where(np.isnan(lln_v), DEFAULT_LLN[test], lln_v)
+    g = np.zeros(v.shape, np.int64)
+    g = np.where(v < lln_v, 1, g)
+    for k, bound in enumerate(BOUNDS[test], start=2):
+        if bound is not None:
+            g = np.where(v < bound, k, g)
+    return np.where(np.isnan(v), -1, g)
+
+
+def grade_labs(labs: pd.DataFrame) -> pd.DataFrame:
+    """Grade a long lab table (columns ``test, value, unit`` and optionally ``lln``, ``lln_unit``).
+
+    Returns a copy with ``test`` canonical, ``value_canonical``, ``unit_canonical``, ``lln_used``
+    and ``grade``.
+    """
+    for col in ("test", "value", "unit"):
+        if col not in labs.columns:
+            raise PetfeatError(f"the labs table needs a '{col}' column (columns: patient_id, date, test, value, unit, "
+                               "optional lln).")
+    out = labs.copy()
+    out["test"] = [canonical_test(t) for t in out["test"]]
+    vals, llns = np.empty(len(out)), np.empty(len(out))
+    for test, idx in out.groupby("test").groups.items():
+        sub = out.loc[idx]
+        vals[out.index.get_indexer(idx)] = [float(to_canonical(test, v, u)) for v, u in zip(sub["value"], sub["unit"],
+                                                                                            strict=True)]
+        if "lln" in out.columns:
+            lln_units = sub["lln_unit"] if "lln_unit" in out.columns else sub["unit"]
+            llns[out.index.get_indexer(idx)] = [float(to_canonical(test, v, u)) if pd.notna(v) else np.nan
+                                                for v, u in zip(sub["lln"], lln_units, strict=True)]
+        else:
+            llns[out.index.get_indexer(idx)] = np.nan
+    out["value_canonical"] = vals
+    out["unit_canonical"] = [CANONICAL_UNIT[t] for t in out["test"]]
+    out["lln_used"] = [DEFAULT_LLN[t] if np.isnan(lv) else lv for t, lv in zip(out["test"], llns, strict=True)]
+    out["grade"] = [int(grade(t, v, lv)) for t, v, lv in zip(out["test"], vals, out["lln_used"], strict=True)]
+    return out

@@ -1,0 +1,172 @@
+"""Statistics: CTCAE v5 grade edges and units, endpoints on hand-built timelines, Cox vs R, mixed models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from petfeat.errors import PetfeatError
+from petfeat.stats.ctcae import grade, grade_labs, to_canonical
+from petfeat.stats.endpoints import BPI_WORSENING, FACT_P_WORSENING, Worsening, time_to_first_grade, time_to_worsening
+from petfeat.stats.models import fdr, fit_cox, fit_mixed, format_hr
+
+# (test, value at the edge, grade at the edge, grade just below the edge); LLN given explicitly
+EDGES = [
+    ("haemoglobin", 13.0, 0, 1), ("haemoglobin", 10.0, 1, 2), ("haemoglobin", 8.0, 2, 3),
+    ("neutrophils", 2.0, 0, 1), ("neutrophils", 1.5, 1, 2), ("neutrophils", 1.0, 2, 3), ("neutrophils", 0.5, 3, 4),
+    ("platelets", 150.0, 0, 1), ("platelets", 75.0, 1, 2), ("platelets", 50.0, 2, 3), ("platelets", 25.0, 3, 4),
+    ("white_cells", 4.0, 0, 1), ("white_cells", 3.0, 1, 2), ("white_cells", 2.0, 2, 3), ("white_cells", 1.0, 3, 4),
+    ("lymphocytes", 1.0, 0, 1), ("lymphocytes", 0.8, 1, 2), ("lymphocytes", 0.5, 2, 3), ("lymphocytes", 0.2, 3, 4),
+]
+LLN = {"haemoglobin": 13.0, "neutrophils": 2.0, "platelets": 150.0, "white_cells": 4.0, "lymphocytes": 1.0}
+
+
+@pytest.mark.parametrize("test, edge, at, below", EDGES)
+def test_ctcae_grade_edges(test, edge, at, below):
+    assert grade(test, edge, LLN[test]) == at
+    assert grade(test, edge - 1e-9, LLN[test]) == below
+
+
+def test_anaemia_has_no_laboratory_grade_4():
+    assert grade("hb", 3.0, 13.0) == 3
+
+
+@pytest.mark.parametrize("test, value, unit, canonical", [
+    ("haemoglobin", 80.0, "g/L", 8.0), ("haemoglobin", 4.9, "mmol/L", 4.9 * 1.611),
+    ("neutrophils", 1500, "/mm3", 1.5), ("platelets", 75000, "cells/uL", 75.0), ("white_cells", 2.0, "10^9/L", 2.0),
+    ("lymphocytes", 0.5, "x10^3/uL", 0.5),
+])
+def test_units(test, value, unit, canonical):
+    assert float(to_canonical(test, value, unit)) == pytest.approx(canonical)
+
+
+def test_haemoglobin_in_mmol_is_graded_in_g_per_dl():
+    # petfeat converts with the physical factor (1.611 g/dL per mmol/L) and grades in g/dL; CTCAE's mmol/L
+    # column is that bound rounded (8.0 g/dL printed as 4.9 mmol/L), so the edge in mmol/L is 8.0 / 1.611
+    edge = 8.0 / 1.611
+    assert grade("haemoglobin", to_canonical("haemoglobin", edge + 1e-9, "mmol/L"), 13) == 2
+    assert grade("haemoglobin", to_canonical("haemoglobin", edge - 1e-9, "mmol/L"), 13) == 3
+    assert grade("haemoglobin", to_canonical("haemoglobin", 4.9, "mmol/L"), 13) == 3
+    assert grade("haemoglobin", to_canonical("haemoglobin", 80.0, "g/L"), 13) == 2
+    assert grade("haemoglobin", to_canonical("haemoglobin", 79.9, "g/L"), 13) == 3
+
+
+def test_bad_units_and_tests_refused():
+    with pytest.raises(PetfeatError, match="unit 'mg/dL' of haemoglobin is not known"):
+        to_canonical("haemoglobin", 1.0, "mg/dL")
+    with pytest.raises(PetfeatError, match="lab test 'creatinine' is not graded"):
+        grade_labs(pd.DataFrame({"test": ["creatinine"], "value": [1.0], "unit": ["mg/dL"]}))
+
+
+def _patients():
+    return pd.DataFrame({"patient_id": ["a", "b", "c"], "therapy_start": ["2024-01-10"] * 3,
+                         "death_date": [None, "2024-03-01", None]})
+
+
+def test_time_to_first_grade_3():
+    labs = pd.DataFrame([
+        ("a", "2024-01-09", "Hb", 12.0, "g/dL"), ("a", "2024-02-01", "Hb", 9.0, "g/dL"),
+        ("a", "2024-02-20", "PLT", 40000, "/mm3"), ("a", "2024-03-20", "Hb", 7.5, "g/dL"),
+        ("b", "2024-01-05", "ANC", 0.8, "10^9/L"), ("b", "2024-02-10", "ANC", 1.2, "10^9/L"),
+        ("c", "2024-02-10", "Hb", 11.0, "g/dL"), ("c", "2024-04-10", "WBC", 1.5, "10^9/L"),
+    ], columns=["patient_id", "date", "test", "value", "unit"])
+    t = time_to_first_grade(labs, _patients()).set_index("patient_id")
+    assert (t.loc["a", "time_days"], t.loc["a", "event"]) == (41.0, 1)  # platelets 40 x10^9/L on day 41
+    assert (t.loc["b", "time_days"], t.loc["b", "event"], t.loc["b", "baseline_grade_ge"]) == (31.0, 0, True)
+    assert (t.loc["c", "time_days"], t.loc["c", "event"]) == (31.0, 0)  # white cells are not among the tests
+
+
+def _scores(rows):
+    return pd.DataFrame(rows, columns=["patient_id", "date", "score"])
+
+
+def test_fact_p_worsening_strict_more_than_10_points():
+    s = _scores([("a", "2024-01-08", 100), ("a", "2024-02-08", 90), ("a", "2024-03-08", 89),
+                 ("b", "2024-01-08", 100), ("b", "2024-02-08", 95),
+                 ("c", "2024-01-08", 100), ("c", "2024-02-08", 80), ("c", "2024-03-08", 99)])
+    t = time_to_worsening(s, _patients(), FACT_P_WORSENING).set_index("patient_id")
+    assert (t.loc["a", "event"], t.loc["a", "time_days"]) == (1, 58.0)  # -10 is not > 10; -11 is
+    assert (t.loc["b", "event"], t.loc["b", "time_days"], t.loc["b", "status"]) == (0, 29.0, "censored")
+    assert (t.loc["c", "event"], t.loc["c", "time_days"]) == (1, 29.0)
+    confirmed = Worsening("decrease", absolute=10.0, confirmed=True)
+    tc = time_to_worsening(s, _patients(), confirmed).set_index("patient_id")
+    assert tc.loc["c", "event"] == 0 and tc.loc["a", "event"] == 0  # c recovered; a's worsening is the last visit
+
+
+def test_bpi_worsening_30_percent_or_2_points_and_zero_baseline():
+    s = _scores([("a", "2024-01-08", 5.0), ("a", "2024-02-08", 6.4), ("a", "2024-03-08", 6.5),
+                 ("b", "2024-01-08", 0.0), ("b", "2024-02-08", 1.0), ("b", "2024-03-08", 2.0),
+                 ("c", "2024-01-08", 1.0), ("c", "2024-02-08", 1.3)])
+    t = time_to_worsening(s, _patients(), BPI_WORSENING).set_index("patient_id")
+    assert (t.loc["a", "event"], t.loc["a", "time_days"]) == (1, 58.0)  # +1.4 (28%) no; +1.5 (30%) yes
+    assert (t.loc["b", "event"], t.loc["b", "time_days"]) == (1, 58.0)  # zero baseline: absolute rule only
+    assert (t.loc["c", "event"], t.loc["c", "time_days"]) == (1, 29.0)  # +30% of 1.0
+    anyzero = Worsening("increase", absolute=2.0, relative=0.3, strict=False, zero_baseline="any")
+    assert time_to_worsening(s, _patients(), anyzero).set_index("patient_id").loc["b", "time_days"] == 29.0
+
+
+def test_death_as_event_or_censor():
+    s = _scores([("b", "2024-01-08", 100), ("b", "2024-02-08", 99), ("b", "2024-04-08", 60)])
+    cens = time_to_worsening(s, _patients(), FACT_P_WORSENING).set_index("patient_id")
+    assert (cens.loc["b", "event"], cens.loc["b", "time_days"]) == (1, 89.0)
+    ev = time_to_worsening(s, _patients(), Worsening("decrease", absolute=10.0, death="event")).set_index("patient_id")
+    assert (ev.loc["b", "event"], ev.loc["b", "time_days"], ev.loc["b", "status"]) == (1, 51.0, "death")
+    assert cens.loc["a", "status"] == "no_baseline" and np.isnan(cens.loc["a", "time_days"])
+
+
+def test_cox_matches_r_on_rossi():
+    """R: coxph(Surv(week, arrest) ~ fin + age + race + wexp + mar + paro + prio, data = rossi) (Efron)."""
+    from lifelines import CoxPHFitter
+    from lifelines.datasets import load_rossi
+
+    rossi = load_rossi()
+    cph = CoxPHFitter().fit(rossi, duration_col="week", event_col="arrest")
+    r_coef = {"fin": -0.3794222, "age": -0.0574377, "race": 0.3138998, "wexp": -0.1497957, "mar": -0.4337039,
+              "paro": -0.0848711, "prio": 0.0914971}
+    for name, value in r_coef.items():
+        assert cph.params_[name] == pytest.approx(value, abs=1e-5)
+    assert cph.concordance_index_ == pytest.approx(0.640329, abs=1e-5)
+    res = fit_cox(rossi, "week", "arrest", "prio", ["fin", "age", "race", "wexp", "mar", "paro"])
+    assert res["coef"] == pytest.approx(0.0914971, abs=1e-5) and res["hr"] == pytest.approx(np.exp(0.0914971), rel=1e-5)
+    assert (res["n"], res["events"]) == (432, 114) and res["events_per_variable"] == pytest.approx(114 / 7)
+    assert 0 <= res["ph_test_p"] <= 1 and isinstance(res["warnings"], list)
+    assert format_hr(res) == f"HR = 1.10, 95% CI 1.04-1.16, p = {res['p']:.3f}" and 0.001 <= res["p"] < 0.002
+    assert format_hr({**res, "p": 0.0004}).endswith("p < 0.001")
+
+
+def test_cox_recovers_a_planted_hazard_ratio_in_61_patients():
+    rng = np.random.default_rng(61)
+    n, log_hr_per_sd = 61, 0.7
+    x = rng.lognormal(5.0, 0.8, n)  # e.g. whole-body TLP
+    hb = rng.normal(12.5, 1.5, n)
+    z = (x - x.mean()) / x.std(ddof=1)
+    t = rng.exponential(1.0 / (0.01 * np.exp(log_hr_per_sd * z - 0.2 * (hb - 12.5))))
+    c = rng.uniform(50, 400, n)
+    df = pd.DataFrame({"time": np.minimum(t, c), "event": (t <= c).astype(int), "tlp": x, "hb": hb})
+    res = fit_cox(df, "time", "event", "tlp", ["hb"], how="sd")
+    assert res["ci_low"] <= np.exp(log_hr_per_sd) <= res["ci_high"], res
+    assert res["transform"].startswith("per SD")
+
+
+def test_mixed_model_recovers_a_planted_slope():
+    rng = np.random.default_rng(5)
+    rows = []
+    for pid in range(61):
+        feat = rng.normal(50, 15)
+        u = rng.normal(0, 3)
+        for cycle in range(1, 5):
+            rows.append((pid, cycle, feat, 20 + 0.15 * feat + 1.2 * cycle + u + rng.normal(0, 2)))
+    df = pd.DataFrame(rows, columns=["patient", "cycle", "salivary_tlp", "xq"])
+    res = fit_mixed(df, "xq", "salivary_tlp", "cycle", "patient")
+    assert res["ci_low"] <= 0.15 <= res["ci_high"] and res["n_groups"] == 61 and res["n_obs"] == 244
+    assert res["converged"]
+
+
+def test_fdr_and_transform_refusals():
+    np.testing.assert_allclose(fdr([0.01, 0.04, 0.03]), [0.03, 0.04, 0.04])
+    df = pd.DataFrame({"t": [1, 2, 3], "e": [1, 0, 1], "x": [0.0, 1.0, 2.0]})
+    with pytest.raises(PetfeatError, match="log2 needs positive values"):
+        fit_cox(df, "t", "e", "x", how="log2")
+    with pytest.raises(PetfeatError, match="transform is 'z'"):
+        fit_cox(df, "t", "e", "x", how="z")
