@@ -15,7 +15,8 @@ lymphocytes (count decreased) 10^9/L      <LLN - 0.8        <0.8 - 0.5      <0.5
 
 "<a - b" means b <= value < a. Haemoglobin in mmol/L is converted with the physical factor
 (1.611 g/dL per mmol/L) and graded in g/dL; CTCAE's own mmol/L column is those bounds rounded
-(8.0 g/dL printed as 4.9 mmol/L), so values between 4.9 and 4.97 mmol/L are grade 3 here. Anaemia grade 4 needs clinical information (life-threatening
+(8.0 g/dL printed as 4.9 mmol/L), so values between 4.9 and 4.97 mmol/L are grade 3 here.
+Anaemia grade 4 needs clinical information (life-threatening
 consequences), so laboratory values grade anaemia 0-3. Grade 1 needs the lower limit of normal
 (LLN): the lab's own when given, else :data:`DEFAULT_LLN` (recorded in the output).
 """
