@@ -170,3 +170,37 @@ def test_fdr_and_transform_refusals():
         fit_cox(df, "t", "e", "x", how="log2")
     with pytest.raises(PetfeatError, match="transform is 'z'"):
         fit_cox(df, "t", "e", "x", how="z")
+
+
+def test_fact_g_hand_scored_with_prorating():
+    from petfeat.stats.questionnaires import fact_p_total, fact_scores
+
+    r = {f"GP{i}": 1 for i in range(1, 8)}  # reversed: 3 each -> 21
+    r.update({f"GS{i}": 2 for i in range(1, 7)})  # GS7 (sexual item) skipped: 12 x 7/6 = 14
+    r.update({"GE1": 0, "GE2": 4, "GE3": 0, "GE4": 0, "GE5": 0, "GE6": 0})  # 4+4+4+4+4+4 = 24
+    r.update({f"GF{i}": 3 for i in range(1, 8)})  # 21
+    s = fact_scores(r)
+    assert (s["pwb"], s["swb"], s["ewb"], s["fwb"]) == (21.0, pytest.approx(14.0), 24.0, 21.0)
+    assert s["fact_g"] == pytest.approx(80.0)
+    few = {k: v for k, v in r.items() if not k.startswith("GE")} | {"GE1": 0, "GE2": 4, "GE3": 0}
+    assert np.isnan(fact_scores(few)["ewb"])  # half answered is not more than half
+    with pytest.raises(PetfeatError, match="Prostate Cancer Subscale item key"):
+        fact_p_total(r, None)
+    pcs = {f"X{i}": i % 2 == 0 for i in range(12)}  # a user-supplied key (test values)
+    full = r | {f"X{i}": 2 for i in range(12)}
+    assert fact_p_total(full, pcs) == pytest.approx(80.0 + 24.0)
+
+
+def test_bpi_and_xerostomia_hand_scored():
+    from petfeat.stats.questionnaires import bpi_scores, xerostomia_score
+
+    r = {"3": 8, "4": 2, "5": 5, "6": 5, "9A": 4, "9B": 6, "9C": np.nan, "9D": 2, "9E": np.nan, "9F": np.nan, "9G": 4}
+    s = bpi_scores(r)
+    assert s["bpi_severity"] == 5.0 and s["bpi_interference"] == 4.0  # 4 of 7 answered
+    assert np.isnan(bpi_scores({**r, "9A": np.nan})["bpi_interference"])
+    assert np.isnan(bpi_scores({**r, "6": np.nan})["bpi_severity"])
+    assert xerostomia_score({str(i): 5 for i in range(1, 9)}, "xq8") == 50.0
+    assert xerostomia_score({str(i): 2 for i in range(1, 12)}, "xi11") == 22.0
+    assert np.isnan(xerostomia_score({str(i): 2 for i in range(1, 11)}, "xi11"))
+    with pytest.raises(PetfeatError, match="xi11 item 3 = 4.0: responses must be 1-3"):
+        xerostomia_score({str(i): (4 if i == 3 else 2) for i in range(1, 12)}, "xi11")

@@ -1,0 +1,115 @@
+"""Questionnaire scores from item responses: FACIT (FACT-G, FACT-P), BPI-SF, xerostomia.
+
+Item responses come as a long table ``patient_id, date, instrument, item, response`` or as a
+wide mapping item -> response for one assessment. Missing items are NaN.
+
+* FACIT subscales: items 0-4; reversed items scored ``4 - response``; a subscale is prorated
+  (``sum x n_items / n_answered``) when more than half of its items are answered; FACT-G (0-108)
+  and FACT-P (0-156) totals need every subscale and an overall item response rate above 80%.
+  The FACT-G key is built in. The Prostate Cancer Subscale key (which of its 12 items are reversed)
+  is taken from the scoring manual the user licenses with the instrument: pass ``pcs_key``; without
+  it FACT-P totals are refused (already-scored totals can be analysed directly).
+* BPI-SF: pain severity = mean of items 3-6 (worst, least, average, now; all four needed);
+  interference = mean of items 9A-9G when at least 4 of the 7 are answered.
+* Xerostomia: ``xq8`` = the 8-item Xerostomia Questionnaire, items 0-10, summed and scaled to 0-100
+  (all items needed); ``xi11`` = an 11-item inventory scored 1-3 per item, summed (11-33; all needed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from petfeat.errors import PetfeatError
+
+#: FACT-G (version 4) items per subscale, and whether each is reverse-scored.
+FACT_G = {
+    "pwb": {f"GP{i}": True for i in range(1, 8)},
+    "swb": {f"GS{i}": False for i in range(1, 8)},
+    "ewb": {"GE1": True, "GE2": False, "GE3": True, "GE4": True, "GE5": True, "GE6": True},
+    "fwb": {f"GF{i}": False for i in range(1, 8)},
+}
+BPI_SEVERITY = ("3", "4", "5", "6")
+BPI_INTERFERENCE = ("9A", "9B", "9C", "9D", "9E", "9F", "9G")
+
+
+def _get(responses: Mapping, item: str) -> float:
+    v = responses.get(item, np.nan)
+    return float(v) if v is not None else np.nan
+
+
+def facit_subscale(responses: Mapping, key: Mapping[str, bool], lo: int = 0, hi: int = 4) -> tuple[float, int]:
+    """Prorated FACIT subscale score and the number of items answered (NaN when half or fewer)."""
+    scores, answered = [], 0
+    for item, rev in key.items():
+        r = _get(responses, item)
+        if np.isnan(r):
+            continue
+        if not lo <= r <= hi:
+            raise PetfeatError(f"FACIT item {item} = {r}: responses must be {lo}-{hi}.")
+        scores.append(hi - r if rev else r)
+        answered += 1
+    if answered * 2 <= len(key):
+        return np.nan, answered
+    return float(np.sum(scores)) * len(key) / answered, answered
+
+
+def fact_scores(responses: Mapping, pcs_key: Mapping[str, bool] | None = None) -> dict[str, float]:
+    """FACT-G subscales and total; with ``pcs_key`` also the PCS and the FACT-P total (0-156)."""
+    out, answered, n_items = {}, 0, 0
+    keys = dict(FACT_G)
+    if pcs_key is not None:
+        if len(pcs_key) != 12:
+            raise PetfeatError(f"the PCS key has {len(pcs_key)} items; the FACT-P Prostate Cancer Subscale has 12.")
+        keys["pcs"] = dict(pcs_key)
+    for name, key in keys.items():
+        out[name], a = facit_subscale(responses, key)
+        answered += a
+        n_items += len(key)
+    g_items = sum(len(k) for k in FACT_G.values())
+    g_answered = sum(facit_subscale(responses, k)[1] for k in FACT_G.values())
+    g_ok = g_answered > 0.8 * g_items and not any(np.isnan(out[s]) for s in FACT_G)
+    out["fact_g"] = sum(out[s] for s in FACT_G) if g_ok else np.nan
+    if pcs_key is not None:
+        ok = answered > 0.8 * n_items and not any(np.isnan(v) for v in out.values())
+        out["fact_p"] = out["fact_g"] + out["pcs"] if ok else np.nan
+    return out
+
+
+def fact_p_total(responses: Mapping, pcs_key: Mapping[str, bool] | None) -> float:
+    """FACT-P total (0-156); refuses without the PCS key of the licensed scoring manual."""
+    if pcs_key is None:
+        raise PetfeatError("FACT-P needs the Prostate Cancer Subscale item key (item -> reversed) from the FACIT "
+                           "scoring manual: pass pcs_key=..., or give already-scored FACT-P totals.")
+    return fact_scores(responses, pcs_key)["fact_p"]
+
+
+def bpi_scores(responses: Mapping) -> dict[str, float]:
+    """BPI-SF pain severity (mean of items 3-6, all needed) and interference (mean of 9A-9G, >= 4 answered)."""
+    sev = [_get(responses, i) for i in BPI_SEVERITY]
+    inter = [_get(responses, i) for i in BPI_INTERFERENCE]
+    for item, v in zip(BPI_SEVERITY + BPI_INTERFERENCE, sev + inter, strict=True):
+        if not np.isnan(v) and not 0 <= v <= 10:
+            raise PetfeatError(f"BPI item {item} = {v}: responses must be 0-10.")
+    answered = [v for v in inter if not np.isnan(v)]
+    return {"bpi_severity": float(np.mean(sev)) if not np.isnan(sev).any() else np.nan,
+            "bpi_interference": float(np.mean(answered)) if len(answered) >= 4 else np.nan}
+
+
+def xerostomia_score(responses: Mapping, instrument: str) -> float:
+    """``xq8``: 8 items 0-10 summed and scaled to 0-100; ``xi11``: 11 items 1-3 summed (11-33)."""
+    if instrument == "xq8":
+        items, lo, hi = [f"{i}" for i in range(1, 9)], 0, 10
+    elif instrument == "xi11":
+        items, lo, hi = [f"{i}" for i in range(1, 12)], 1, 3
+    else:
+        raise PetfeatError(f"xerostomia instrument is {instrument!r}; choose 'xq8' or 'xi11'.")
+    vals = [_get(responses, i) for i in items]
+    for item, v in zip(items, vals, strict=True):
+        if not np.isnan(v) and not lo <= v <= hi:
+            raise PetfeatError(f"{instrument} item {item} = {v}: responses must be {lo}-{hi}.")
+    if np.isnan(vals).any():
+        return np.nan
+    total = float(np.sum(vals))
+    return total * 100.0 / (10 * len(items)) if instrument == "xq8" else total
