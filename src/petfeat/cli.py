@@ -264,6 +264,27 @@ def cmd_extract(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    """``petfeat analyze``: endpoints, models, tables, figures and an HTML report."""
+    import pandas as pd
+
+    from petfeat.stats.analysis import load_study, read_clinical, run_analyses, write_report
+
+    t0 = time.perf_counter()
+    spec = load_study(args.study)
+    fpath = Path(args.features)
+    if not fpath.exists():
+        raise PetfeatError(f"{fpath}: no such feature table; run 'petfeat extract' first.")
+    features = pd.read_parquet(fpath) if fpath.suffix == ".parquet" else pd.read_csv(fpath)
+    results, context = run_analyses(features, read_clinical(args.clinical), spec)
+    paths = write_report(results, context, spec, args.out)
+    ok = results[results.get("status") == "ok"] if len(results) else results
+    for _, r in ok.iterrows():
+        print(f"{r['analysis'][:60]:<60} {r['feature']:<34} {r['result']}")
+    print(f"{len(ok)} of {len(results)} models fitted in {time.perf_counter() - t0:.1f} s; report {paths['html']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``petfeat`` command."""
     from petfeat import __version__
@@ -310,6 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--out", required=True, help="output folder")
     _add_overrides(s)
     s.set_defaults(func=cmd_extract)
+
+    s = sub.add_parser("analyze", help="endpoints, Cox and mixed models, tables, figures, HTML report")
+    s.add_argument("--features", required=True, help="feature table (features.parquet or CSV from petfeat extract)")
+    s.add_argument("--clinical", required=True, help="folder with patients, labs, scores/questionnaires tables")
+    s.add_argument("--study", help="study spec YAML (default: the shipped 177Lu-PSMA study)")
+    s.add_argument("-o", "--out", required=True, help="report folder")
+    s.set_defaults(func=cmd_analyze)
 
     s = sub.add_parser("synth", help="write a synthetic PSMA PET archive with ground truth")
     s.add_argument("out", help="output folder")

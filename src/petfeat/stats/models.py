@@ -62,16 +62,21 @@ def fit_mixed(df: pd.DataFrame, score: str, feature: str, time: str, group: str,
     """``score ~ feature + time (+ covariates)`` with a random intercept per ``group`` (REML)."""
     import statsmodels.formula.api as smf
 
-    data = df[[score, feature, time, group, *covariates]].dropna().copy()
+    cols = [score, feature, time, group, *covariates]
+    data = df[cols].dropna().copy()
     data[feature], scale = transform(data[feature], how)
-    formula = f"{score} ~ {feature} + {time}" + "".join(f" + {c}" for c in covariates)
+    safe = {c: f"v{i}" for i, c in enumerate(cols)}  # formula-safe names (features are 'region.feature')
+    data = data.rename(columns=safe)
+    formula = f"{safe[score]} ~ {safe[feature]} + {safe[time]}" + "".join(f" + {safe[c]}" for c in covariates)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = smf.mixedlm(formula, data, groups=data[group]).fit(reml=True)
-    ci = res.conf_int().loc[feature]
-    return {"feature": feature, "transform": scale, "n_obs": int(len(data)), "n_groups": int(data[group].nunique()),
-            "estimate": float(res.params[feature]), "ci_low": float(ci[0]), "ci_high": float(ci[1]),
-            "p": float(res.pvalues[feature]), "converged": bool(res.converged), "formula": formula,
+        res = smf.mixedlm(formula, data, groups=data[safe[group]]).fit(reml=True)
+    ci = res.conf_int().loc[safe[feature]]
+    readable = f"{score} ~ {feature} + {time}" + "".join(f" + {c}" for c in covariates) + f" + (1 | {group})"
+    return {"feature": feature, "transform": scale, "n_obs": int(len(data)),
+            "n_groups": int(data[safe[group]].nunique()), "estimate": float(res.params[safe[feature]]),
+            "ci_low": float(ci[0]), "ci_high": float(ci[1]), "p": float(res.pvalues[safe[feature]]),
+            "converged": bool(res.converged), "formula": readable,
             "warnings": [f"{w.category.__name__}: {w.message}" for w in caught]}
 
 

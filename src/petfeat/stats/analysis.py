@@ -1,0 +1,282 @@
+"""Study spec (YAML), endpoints from the clinical folder, models, result tables, figures, HTML report.
+
+Clinical folder (CSV or Parquet, one file per table):
+
+* ``patients``: ``patient_id, therapy_start`` (+ ``death_date``, baseline covariates such as
+  ``baseline_haemoglobin``, ``age``, ``psa``, ``ecog``);
+* ``labs``: ``patient_id, date, test, value, unit`` (+ ``lln``);
+* ``scores``: ``patient_id, date, instrument, score`` (+ ``cycle``), instruments ``fact_p``,
+  ``bpi_severity``, ``bpi_interference``, ``xerostomia`` (already-scored values), and/or
+* ``questionnaires``: ``patient_id, date, instrument, item, response`` (+ ``cycle``), instruments
+  ``bpi``, ``xq8``, ``xi11`` scored by :mod:`petfeat.stats.questionnaires`.
+
+``patient_id`` must be the pseudonymised id of the feature table (``petfeat scan --linkage``
+gives the map).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from petfeat.errors import PetfeatError
+from petfeat.stats.endpoints import Worsening, time_to_first_grade, time_to_worsening
+from petfeat.stats.models import TRANSFORMS, fdr, fit_cox, fit_mixed, format_hr
+from petfeat.stats.questionnaires import bpi_scores, xerostomia_score
+
+ENDPOINT_TYPES = ("first_grade", "worsening")
+MODELS = ("cox", "mixed")
+STUDY_SPEC = files("petfeat.stats") / "study_psma_lu.yaml"
+
+
+class StudySpecError(PetfeatError):
+    """A study spec is invalid; the message names the entry and the allowed values."""
+
+
+def load_study(path: str | Path | None = None) -> dict:
+    """Read and validate a study spec (default: the shipped 177Lu-PSMA study)."""
+    import yaml
+
+    text = Path(path).read_text() if path else STUDY_SPEC.read_text()
+    where = str(path or "study_psma_lu.yaml")
+    spec = yaml.safe_load(text)
+    if not isinstance(spec, dict) or "analyses" not in spec:
+        raise StudySpecError(f"{where}: a study spec needs 'endpoints' and 'analyses'.")
+    endpoints = spec.get("endpoints") or {}
+    for name, e in endpoints.items():
+        if e.get("type") not in ENDPOINT_TYPES:
+            raise StudySpecError(f"{where}: endpoint {name!r} has type {e.get('type')!r}; choose one of "
+                                 f"{', '.join(ENDPOINT_TYPES)}.")
+        if e["type"] == "worsening":
+            if e.get("direction") not in ("decrease", "increase") or "score" not in e:
+                raise StudySpecError(f"{where}: worsening endpoint {name!r} needs 'score' and 'direction' "
+                                     "(decrease or increase).")
+            if e.get("absolute") is None and e.get("relative") is None:
+                raise StudySpecError(f"{where}: worsening endpoint {name!r} needs 'absolute' and/or 'relative'.")
+    for i, a in enumerate(spec["analyses"]):
+        label = a.get("name", f"analysis {i + 1}")
+        if a.get("model") not in MODELS:
+            raise StudySpecError(f"{where}: {label}: model is {a.get('model')!r}; choose one of {', '.join(MODELS)}.")
+        if a.get("transform", "unit") not in TRANSFORMS:
+            raise StudySpecError(f"{where}: {label}: transform {a.get('transform')!r}; choose one of "
+                                 f"{', '.join(TRANSFORMS)}.")
+        for key in ("region", "features"):
+            if key not in a:
+                raise StudySpecError(f"{where}: {label}: '{key}' is missing.")
+        if a["model"] == "cox" and a.get("endpoint") not in endpoints:
+            raise StudySpecError(f"{where}: {label}: endpoint {a.get('endpoint')!r} is not defined under 'endpoints' "
+                                 f"({', '.join(endpoints)}).")
+        if a["model"] == "mixed" and "score" not in a:
+            raise StudySpecError(f"{where}: {label}: a mixed model needs 'score' (an instrument of the scores table).")
+    return spec
+
+
+def _read_table(folder: Path, name: str, required: bool = True) -> pd.DataFrame | None:
+    for suffix, reader in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
+        p = folder / f"{name}{suffix}"
+        if p.exists():
+            return reader(p)
+    if required:
+        raise PetfeatError(f"{folder}: the clinical folder has no {name}.csv or {name}.parquet.")
+    return None
+
+
+def read_clinical(folder: str | Path) -> dict[str, pd.DataFrame]:
+    """Read the clinical tables; item-level questionnaires are scored and appended to ``scores``."""
+    folder = Path(folder)
+    patients = _read_table(folder, "patients")
+    for col in ("patient_id", "therapy_start"):
+        if col not in patients.columns:
+            raise PetfeatError(f"{folder}/patients: column {col!r} is missing.")
+    labs = _read_table(folder, "labs", required=False)
+    scores = _read_table(folder, "scores", required=False)
+    items = _read_table(folder, "questionnaires", required=False)
+    frames = [scores] if scores is not None else []
+    if items is not None:
+        frames.append(score_items(items))
+    scores = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["patient_id", "date", "instrument", "score"])
+    return {"patients": patients, "labs": labs, "scores": scores}
+
+
+def score_items(items: pd.DataFrame) -> pd.DataFrame:
+    """Score item-level BPI-SF and xerostomia questionnaires into the long scores table."""
+    rows = []
+    keys = ["patient_id", "date", "instrument"] + (["cycle"] if "cycle" in items.columns else [])
+    for k, g in items.groupby(keys, dropna=False):
+        rec = dict(zip(keys, k if isinstance(k, tuple) else (k,), strict=True))
+        resp = {str(i): r for i, r in zip(g["item"], g["response"], strict=True)}
+        inst = str(rec["instrument"]).lower()
+        if inst == "bpi":
+            for name, v in bpi_scores(resp).items():
+                rows.append({**rec, "instrument": name, "score": v})
+        elif inst in ("xq8", "xi11"):
+            rows.append({**rec, "instrument": "xerostomia", "score": xerostomia_score(resp, inst)})
+        else:
+            raise PetfeatError(f"questionnaire instrument {inst!r} is not scored item by item; give bpi, xq8 or xi11 "
+                               "items, or already-scored values in scores.csv.")
+    return pd.DataFrame(rows)
+
+
+def derive_endpoints(spec: dict, clinical: dict) -> dict[str, pd.DataFrame]:
+    """One time-to-event table per endpoint of the spec."""
+    out = {}
+    for name, e in spec.get("endpoints", {}).items():
+        if e["type"] == "first_grade":
+            if clinical["labs"] is None:
+                raise PetfeatError(f"endpoint {name!r} needs the labs table.")
+            out[name] = time_to_first_grade(clinical["labs"], clinical["patients"], tuple(e.get("tests", ())),
+                                            int(e.get("min_grade", 3)))
+        else:
+            sc = clinical["scores"]
+            sc = sc[sc["instrument"] == e["score"]]
+            if not len(sc):
+                raise PetfeatError(f"endpoint {name!r}: no scores of instrument {e['score']!r} in the clinical folder.")
+            w = Worsening(e["direction"], e.get("absolute"), e.get("relative"), bool(e.get("strict", True)),
+                          bool(e.get("confirmed", False)), e.get("zero_baseline", "absolute"), e.get("death", "censor"))
+            out[name] = time_to_worsening(sc, clinical["patients"], w)
+    return out
+
+
+def feature_wide(features: pd.DataFrame) -> pd.DataFrame:
+    """``patient_id x (region, feature)`` table from the long feature table (first study per patient)."""
+    f = features.sort_values(["patient_id", "study_date"] if "study_date" in features.columns else ["patient_id"])
+    f = f.drop_duplicates(["patient_id", "region"])
+    num = [c for c in ("suv_mean", "suv_max", "suv_min", "suv_std", "suv_peak_local", "suv_peak_global", "volume_ml",
+                       "total_uptake", "voxel_count", "lesion_count") if c in f.columns]
+    wide = f.pivot(index="patient_id", columns="region", values=num)
+    wide.columns = [f"{region}.{feat}" for feat, region in wide.columns]
+    return wide.reset_index()
+
+
+def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict) -> tuple[pd.DataFrame, dict]:
+    """Fit every analysis of the spec; returns the result table (FDR across all tests) and the data used."""
+    endpoints = derive_endpoints(spec, clinical)
+    wide = feature_wide(features)
+    base = clinical["patients"].merge(wide, on="patient_id", how="inner")
+    if not len(base):
+        raise PetfeatError("no patient_id of the clinical tables matches the feature table; the clinical tables must "
+                           "use the pseudonymised ids (petfeat scan --linkage writes the map).")
+    rows, data = [], {}
+    for a in spec["analyses"]:
+        for feat in a["features"]:
+            col = f"{a['region']}.{feat}"
+            if col not in base.columns:
+                rows.append({"analysis": a.get("name", ""), "model": a["model"], "feature": col, "status":
+                             f"feature {col} not in the feature table"})
+                continue
+            rec = {"analysis": a.get("name", ""), "model": a["model"], "region": a["region"], "feature": col,
+                   "endpoint": a.get("endpoint", a.get("score"))}
+            try:
+                if a["model"] == "cox":
+                    d = base.merge(endpoints[a["endpoint"]], on="patient_id").dropna(subset=["time_days"])
+                    r = fit_cox(d, "time_days", "event", col, a.get("covariates", []), a.get("transform", "unit"))
+                    data[(a.get("name", ""), col)] = d
+                    rec.update(r, result=format_hr(r), status="ok")
+                else:
+                    sc = clinical["scores"]
+                    sc = sc[sc["instrument"] == a["score"]]
+                    if "cycle" not in sc.columns:
+                        raise PetfeatError(f"mixed model {a.get('name')!r}: the {a['score']} scores need a 'cycle' "
+                                           "column.")
+                    d = sc.merge(base, on="patient_id")
+                    r = fit_mixed(d, "score", col, a.get("time", "cycle"), "patient_id", a.get("covariates", []),
+                                  a.get("transform", "unit"))
+                    p = f"p = {r['p']:.3f}" if r["p"] >= 0.001 else "p < 0.001"
+                    rec.update(r, result=f"estimate = {r['estimate']:.3g}, 95% CI {r['ci_low']:.3g} to "
+                                         f"{r['ci_high']:.3g}, {p}", status="ok")
+            except PetfeatError as exc:
+                rec["status"] = str(exc)
+            rows.append(rec)
+    res = pd.DataFrame(rows)
+    if spec.get("fdr", True) and "p" in res.columns:
+        ok = res["p"].notna()
+        res.loc[ok, "p_fdr"] = fdr(res.loc[ok, "p"].to_numpy())
+    return res, {"endpoints": endpoints, "data": data, "base": base}
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def write_report(results: pd.DataFrame, context: dict, spec: dict, out: str | Path,
+                 extra_html: str = "") -> dict[str, Path]:
+    """Tables (CSV, Markdown), forest plots, Kaplan-Meier curves and one offline HTML report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from lifelines import KaplanMeierFitter
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / "results.csv", "md": out / "results.md", "html": out / "report.html"}
+    results.drop(columns=["warnings"], errors="ignore").to_csv(paths["csv"], index=False)
+    cols = [c for c in ("analysis", "feature", "transform", "n", "events", "result", "p_fdr", "concordance",
+                        "ph_test_p", "status") if c in results.columns]
+    md = results[cols].to_markdown(index=False) if _has_tabulate() else results[cols].to_string(index=False)
+    paths["md"].write_text(f"# {spec.get('name', 'Study')}\n\n{md}\n")
+    figures = []
+    cox = results[(results.get("model") == "cox") & (results.get("status") == "ok")] if len(results) else results
+    for name, g in cox.groupby("analysis", sort=False):
+        fig, ax = plt.subplots(figsize=(6.5, 0.5 + 0.45 * len(g)))
+        y = np.arange(len(g))[::-1]
+        ax.errorbar(g["hr"], y, xerr=[g["hr"] - g["ci_low"], g["ci_high"] - g["hr"]], fmt="s", color="#1f4e79",
+                    capsize=3)
+        ax.axvline(1.0, color="grey", lw=1, ls="--")
+        ax.set_xscale("log")
+        ax.set_yticks(y, [f"{f.split('.', 1)[1]} ({t})" for f, t in zip(g["feature"], g["transform"], strict=True)])
+        ax.set_xlabel("hazard ratio (95% CI)")
+        ax.set_title(name, fontsize=10)
+        figures.append((f"Forest plot: {name}", _png(fig)))
+        fig.savefig(out / f"forest_{len(figures):02d}.png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+    for (name, col), d in context["data"].items():
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        med = d[col].median()
+        for label, part in (("above median", d[d[col] > med]), ("at or below median", d[d[col] <= med])):
+            if len(part):
+                km = KaplanMeierFitter(label=f"{label} (n={len(part)})").fit(part["time_days"], part["event"])
+                km.plot_survival_function(ax=ax)
+        ax.set_xlabel("days since first dose")
+        ax.set_ylabel("event-free")
+        ax.set_title(f"{col} - {name}", fontsize=9)
+        figures.append((f"Kaplan-Meier: {col} ({name})", _png(fig)))
+        plt.close(fig)
+    table = results[cols].to_html(index=False, na_rep="", float_format=lambda v: f"{v:.3g}", border=0,
+                                  classes="results")
+    imgs = "\n".join(f"<figure><img src='data:image/png;base64,{b64}' alt='{html.escape(t)}'>"
+                     f"<figcaption>{html.escape(t)}</figcaption></figure>" for t, b64 in figures)
+    warnings = results["warnings"].explode().dropna() if "warnings" in results.columns else []
+    warn_html = "".join(f"<li>{html.escape(str(w))}</li>" for w in warnings) or "<li>none</li>"
+    paths["html"].write_text(f"""<!doctype html><html><head><meta charset="utf-8">
+<title>{html.escape(spec.get('name', 'petfeat report'))}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+table.results{{border-collapse:collapse;font-size:13px}} table.results td,table.results th{{padding:3px 8px;
+border-bottom:1px solid #ddd;text-align:left}} figure{{display:inline-block;margin:8px}} img{{max-width:520px}}
+figcaption{{font-size:12px;color:#555}}</style></head><body>
+<h1>{html.escape(spec.get('name', 'petfeat report'))}</h1>
+{extra_html}
+<h2>Results</h2>{table}
+<h2>Figures</h2>{imgs}
+<h2>Model warnings</h2><ul>{warn_html}</ul>
+<p style="font-size:12px;color:#777">petfeat; p_fdr: Benjamini-Hochberg across all tests of the study.</p>
+</body></html>""")
+    return paths
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+
+        return True
+    except ImportError:
+        return False

@@ -1,0 +1,98 @@
+"""Study spec, endpoints from a clinical folder, planted effects recovered, report written, CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from petfeat.errors import PetfeatError
+from petfeat.stats.analysis import StudySpecError, load_study, read_clinical, run_analyses, write_report
+from petfeat.synth.clinical import generate_clinical, planted_vs_recovered
+
+
+def _features(n=61, seed=3):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        for region, m in (("whole_body_tumor", 20), ("healthy_bone", 1.5), ("salivary_glands", 11)):
+            rows.append({"patient_id": f"P{i:03d}", "study_date": "2023-01-01", "region": region,
+                         "suv_mean": rng.lognormal(np.log(m), 0.3), "suv_max": rng.lognormal(np.log(2 * m), 0.3),
+                         "volume_ml": rng.lognormal(3, 1), "total_uptake": rng.lognormal(5, 1.2)})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cohort")
+    f = _features()
+    f.to_parquet(d / "features.parquet")
+    generate_clinical(f, d / "clinical", seed=3)
+    return d, f
+
+
+def test_planted_effects_recovered_and_report_written(cohort, tmp_path):
+    d, f = cohort
+    t0 = time.perf_counter()
+    spec = load_study()
+    res, ctx = run_analyses(f, read_clinical(d / "clinical"), spec)
+    paths = write_report(res, ctx, spec, tmp_path / "report")
+    assert time.perf_counter() - t0 < 60
+    pv = planted_vs_recovered(res)
+    assert len(pv) == 4 and pv.inside_ci.all(), pv  # seed 3; see the issue note for the coverage across seeds
+    assert (res.status == "ok").all() and res["p_fdr"].notna().all() and (res["p_fdr"] >= res["p"] - 1e-12).all()
+    cox = res[res.model == "cox"]
+    assert cox.result.str.match(r"^HR = \d+\.\d\d, 95% CI \d+\.\d\d-\d+\.\d\d, p (=|<) \d\.\d{3}$").all()
+    assert (cox.n == 61).all() and (cox.events_per_variable > 0).all() and cox.concordance.between(0, 1).all()
+    html = paths["html"].read_text()
+    assert "data:image/png;base64," in html and "Forest plot" in html and "Kaplan-Meier" in html
+    assert paths["csv"].exists() and paths["md"].exists() and list((tmp_path / "report").glob("forest_*.png"))
+
+
+def test_item_level_questionnaires_are_scored(tmp_path):
+    pd.DataFrame({"patient_id": ["a"], "therapy_start": ["2024-01-10"]}).to_csv(tmp_path / "patients.csv", index=False)
+    items = [("a", "2024-01-08", "bpi", k, v, 0) for k, v in {"3": 6, "4": 2, "5": 4, "6": 4, "9A": 1, "9B": 2,
+                                                             "9C": 3, "9D": 2}.items()]
+    items += [("a", "2024-02-08", "xq8", str(i), 5, 1) for i in range(1, 9)]
+    pd.DataFrame(items, columns=["patient_id", "date", "instrument", "item", "response", "cycle"]).to_csv(
+        tmp_path / "questionnaires.csv", index=False)
+    sc = read_clinical(tmp_path)["scores"].set_index("instrument")
+    assert sc.loc["bpi_severity", "score"] == 4.0 and sc.loc["bpi_interference", "score"] == 2.0
+    assert sc.loc["xerostomia", "score"] == 50.0
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("endpoints: {}\nanalyses: [{model: svm, region: r, features: [a]}]\n", "model is 'svm'"),
+    ("endpoints: {}\nanalyses: [{model: cox, region: r, features: [a], endpoint: x}]\n", "endpoint 'x' is not defined"),
+    ("endpoints: {e: {type: worsening, score: s}}\nanalyses: []\n", "needs 'score' and 'direction'"),
+    ("endpoints: {}\nanalyses: [{model: mixed, region: r, features: [a], score: s, transform: z}]\n", "transform 'z'"),
+    ("nothing: 1\n", "needs 'endpoints' and 'analyses'"),
+])
+def test_bad_study_specs_refused(tmp_path, text, pattern):
+    (tmp_path / "s.yaml").write_text(text)
+    with pytest.raises(StudySpecError, match=pattern):
+        load_study(tmp_path / "s.yaml")
+
+
+def test_unlinked_ids_refused(cohort):
+    d, f = cohort
+    f2 = f.assign(patient_id="X" + f.patient_id)
+    with pytest.raises(PetfeatError, match="no patient_id of the clinical tables matches"):
+        run_analyses(f2, read_clinical(d / "clinical"), load_study())
+
+
+def test_analyze_command(cohort, tmp_path):
+    d, _ = cohort
+    r = subprocess.run([sys.executable, "-m", "petfeat.cli", "analyze", "--features", str(d / "features.parquet"),
+                        "--clinical", str(d / "clinical"), "-o", str(tmp_path / "rep")], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "HR = " in r.stdout and (tmp_path / "rep" / "report.html").exists()
+    r = subprocess.run([sys.executable, "-m", "petfeat.cli", "analyze", "--features", str(tmp_path / "none.parquet"),
+                        "--clinical", str(d / "clinical"), "-o", str(tmp_path / "rep2")], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "no such feature table" in r.stderr and "Traceback" not in r.stderr
