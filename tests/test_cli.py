@@ -103,3 +103,14 @@ def test_extract_bad_threshold_and_labels(synth_archive, tmp_path):
     assert r.returncode == 2 and "use 'fixed:SUV'" in r.stderr and "Traceback" not in r.stderr
     r = run("extract", "--pet", str(d / "pet"), "--labels", str(tmp_path / "none.nii.gz"), "-o", str(tmp_path / "o"))
     assert r.returncode == 2 and "no such file or folder" in r.stderr
+
+
+def test_demo_with_analysis_writes_the_report(tmp_path):
+    r = run("demo", "--patients", "8", "--voxel-mm", "12", "--out", str(tmp_path / "d"), "--backend", "cpu",
+            "--workers", "2")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "planted effects recovered inside the 95% CI" in r.stdout
+    page = (tmp_path / "d" / "report" / "report.html").read_text()
+    for section in ("Planted vs recovered effects", "Coronal MIPs", "Timings", "Forest plot", "Kaplan-Meier", "Cohort"):
+        assert section in page
+    assert page.count("data:image/png;base64,") >= 5 and "Backend: <b>cpu</b>" in page

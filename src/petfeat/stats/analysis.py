@@ -193,6 +193,9 @@ def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict) -> tuple[pd
                                          f"{r['ci_high']:.3g}, {p}", status="ok")
             except PetfeatError as exc:
                 rec["status"] = str(exc)
+            except (np.linalg.LinAlgError, ValueError, ArithmeticError) as exc:
+                # a degenerate model (no spread, separation, singular design) is this row's result, not a crash
+                rec["status"] = f"model failed: {type(exc).__name__}: {exc}"
             rows.append(rec)
     res = pd.DataFrame(rows)
     if spec.get("fdr", True) and "p" in res.columns:

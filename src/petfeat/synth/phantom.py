@@ -51,6 +51,8 @@ class Anatomy:
     height_mm: float
     structures: dict[str, list[Ellipsoid]] = field(default_factory=dict)
     lesions: list[Lesion] = field(default_factory=list)
+    #: Per-patient multiplier of each organ's uptake (patients differ, as in real cohorts).
+    uptake_scale: dict[str, float] = field(default_factory=dict)
 
     def mask(self, name: str, x, y, z) -> np.ndarray:
         """Voxel mask of one structure on the grid of coordinate arrays ``x, y, z``."""
@@ -87,8 +89,9 @@ def make_anatomy(rng: np.random.Generator, height_mm: float = 900.0, n_lesions: 
         s[f"scapula_{side}"] = [Ellipsoid((sx * 95, 80, 0.70 * h), (45, 10, 50))]
         s[f"clavicula_{side}"] = [Ellipsoid((sx * 70, -40, 0.78 * h), (55, 8, 8))]
         s[f"kidney_{side}"] = [Ellipsoid((sx * 65 + j(3), 45, 0.47 * h), (28, 25, 50))]
-        s[f"parotid_gland_{side}"] = [Ellipsoid((sx * 55, 25, 0.86 * h), (14, 18, 22))]
-        s[f"submandibular_gland_{side}"] = [Ellipsoid((sx * 35, -25, 0.82 * h), (11, 11, 10))]
+        g = float(rng.uniform(0.8, 1.2))  # gland size varies between patients
+        s[f"parotid_gland_{side}"] = [Ellipsoid((sx * 55, 25, 0.86 * h), (14 * g, 18 * g, 22 * g))]
+        s[f"submandibular_gland_{side}"] = [Ellipsoid((sx * 35, -25, 0.82 * h), (11 * g, 11 * g, 10 * g))]
     s["costal_cartilages"] = [Ellipsoid((0, -85, 0.62 * h), (40, 8, 20))]
     s["sacrum"] = [Ellipsoid((0, 60, 0.32 * h), (35, 20, 35))]
     s["sternum"] = [Ellipsoid((0, -95, 0.67 * h), (15, 8, 55))]
@@ -96,6 +99,7 @@ def make_anatomy(rng: np.random.Generator, height_mm: float = 900.0, n_lesions: 
     s["spleen"] = [Ellipsoid((95, 30, 0.56 * h), (30, 30, 40))]
     s["urinary_bladder"] = [Ellipsoid((0, -25, 0.27 * h), (35, 30, 28))]
 
+    a.uptake_scale = {organ: float(rng.lognormal(0.0, 0.2)) for organ in UPTAKE}
     # lesions: mostly bone (the skeleton of mCRPC), some lymph nodes
     n = int(rng.integers(3, 9)) if n_lesions is None else n_lesions
     bone_sites = [k for k in s if k.startswith(("vertebrae_L", "vertebrae_T", "hip_", "rib_", "sacrum", "femur_"))]
@@ -137,15 +141,18 @@ def rasterise(anatomy: Anatomy, shape_zyx, spacing_zyx, origin_xyz) -> tuple[dic
 
 def uptake_volume(anatomy: Anatomy, masks: dict[str, np.ndarray], lesion_map: np.ndarray) -> np.ndarray:
     """Noise-free SUV volume: organ uptake painted in order, lesions last."""
+    def up(organ):
+        return UPTAKE[organ] * anatomy.uptake_scale.get(organ, 1.0)
+
     suv = np.zeros(lesion_map.shape)
-    suv[masks["body"]] = UPTAKE["body"]
+    suv[masks["body"]] = up("body")
     for name, m in masks.items():
         if name.startswith(BONE_CLASSES):
-            suv[m & masks["body"]] = UPTAKE["bone"]
+            suv[m & masks["body"]] = up("bone")
     for name, m in masks.items():
         for organ in ("liver", "spleen", "kidney", "urinary_bladder", "parotid_gland", "submandibular_gland"):
             if name.startswith(organ):
-                suv[m] = UPTAKE[organ]
+                suv[m] = up(organ)
     for les in anatomy.lesions:
         suv[lesion_map == les.lesion_id] = les.suv
     return suv
