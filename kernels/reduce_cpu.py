@@ -13,8 +13,8 @@ row, runs of equal codes are reduced together and flushed once per run.
   the run's (n, mean, M2) in SUV space is ``(n, a mean_s + b, a^2 M2_s)`` for the slice's
   ``a = scale[z]``, ``b = offset[z]``, merged into the chunk with Chan's formula. The
   argmin/argmax rescans the run only when it beats the chunk's current extreme.
-* Other pixels (float, 32-bit): SUV per voxel in float64 with a NaN check; sums of squares are
-  shifted by the first value seen for the code in the chunk, then converted to (mean, M2).
+* Other pixels (float, 32-bit): SUV per voxel in float64 with a NaN check (NaN voxels are counted,
+  never reduced); each run's sums are shifted by its first value, then merged the same way.
 
 Chunks merge with :func:`petfeat.kernels.partials.merge_stack`.
 """
@@ -27,82 +27,6 @@ from numba import njit, prange
 
 from .config import CPU_CHUNKS_PER_THREAD
 from .partials import INDEX_NONE, Partials, merge_stack
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _fused_chunks(stored, codes, scale, offset, n_codes, n_chunks):  # pragma: no cover - compiled
-    nz, ny, nx = stored.shape
-    n_rows = nz * ny
-    cnt = np.zeros((n_chunks, n_codes), np.int64)
-    s1 = np.zeros((n_chunks, n_codes), np.float64)
-    s2 = np.zeros((n_chunks, n_codes), np.float64)
-    shift = np.zeros((n_chunks, n_codes), np.float64)
-    vmin = np.full((n_chunks, n_codes), np.inf)
-    vmax = np.full((n_chunks, n_codes), -np.inf)
-    amin = np.full((n_chunks, n_codes), INDEX_NONE)
-    amax = np.full((n_chunks, n_codes), INDEX_NONE)
-    nans = np.zeros((n_chunks, n_codes), np.int64)
-    for ch in prange(n_chunks):
-        r0 = ch * n_rows // n_chunks
-        r1 = (ch + 1) * n_rows // n_chunks
-        for r in range(r0, r1):
-            z = r // ny
-            y = r - z * ny
-            a = scale[z]
-            b = offset[z]
-            base = r * nx
-            cur = 0
-            rn = 0
-            rs1 = 0.0
-            rs2 = 0.0
-            rk = 0.0
-            rmin = np.inf
-            rmax = -np.inf
-            ramin = INDEX_NONE
-            ramax = INDEX_NONE
-            for x in range(nx + 1):
-                c = 0
-                v = 0.0
-                if x < nx:
-                    c = np.int64(codes[z, y, x])
-                    if c != 0:
-                        v = stored[z, y, x] * a + b
-                        if v != v:  # NaN: counted, never reduced
-                            nans[ch, c] += 1
-                            c = -1
-                if c != cur:
-                    if cur > 0 and rn > 0:  # flush the run of code `cur`
-                        cnt[ch, cur] += rn
-                        s1[ch, cur] += rs1
-                        s2[ch, cur] += rs2
-                        if rmin < vmin[ch, cur]:
-                            vmin[ch, cur] = rmin
-                            amin[ch, cur] = ramin
-                        if rmax > vmax[ch, cur]:
-                            vmax[ch, cur] = rmax
-                            amax[ch, cur] = ramax
-                    cur = c
-                    rn = 0
-                    rs1 = 0.0
-                    rs2 = 0.0
-                    rmin = np.inf
-                    rmax = -np.inf
-                    if c > 0:
-                        if cnt[ch, c] == 0:
-                            shift[ch, c] = v
-                        rk = shift[ch, c]
-                if c > 0:
-                    d = v - rk
-                    rn += 1
-                    rs1 += d
-                    rs2 += d * d
-                    if v < rmin:
-                        rmin = v
-                        ramin = base + x
-                    if v > rmax:
-                        rmax = v
-                        ramax = base + x
-    return cnt, s1, s2, shift, vmin, vmax, amin, amax, nans
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -119,6 +43,15 @@ def _chan(cnt, mean, m2, ch, c, n, mu, q):  # pragma: no cover - compiled
         mean[ch, c] += delta * n / nn
         m2[ch, c] += q + delta * delta * (na * n / nn)
         cnt[ch, c] = nn
+
+
+@njit(cache=True, nogil=True)
+def _alloc(n_chunks, n_codes):  # pragma: no cover - compiled
+    """Per-chunk partial arrays: count, mean, M2, min, max, argmin, argmax, NaN count."""
+    return (np.zeros((n_chunks, n_codes), np.int64), np.zeros((n_chunks, n_codes), np.float64),
+            np.zeros((n_chunks, n_codes), np.float64), np.full((n_chunks, n_codes), np.inf),
+            np.full((n_chunks, n_codes), -np.inf), np.full((n_chunks, n_codes), INDEX_NONE),
+            np.full((n_chunks, n_codes), INDEX_NONE), np.zeros((n_chunks, n_codes), np.int64))
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
@@ -167,14 +100,7 @@ def _fused_chunks_int(stored, codes, scale, offset, n_codes, n_chunks):  # pragm
     """Integer pixels (8/16 bit): exact moments per run of equal codes (vectorisable run loop)."""
     nz, ny, nx = stored.shape
     n_rows = nz * ny
-    cnt = np.zeros((n_chunks, n_codes), np.int64)
-    mean = np.zeros((n_chunks, n_codes), np.float64)
-    m2 = np.zeros((n_chunks, n_codes), np.float64)
-    vmin = np.full((n_chunks, n_codes), np.inf)
-    vmax = np.full((n_chunks, n_codes), -np.inf)
-    amin = np.full((n_chunks, n_codes), INDEX_NONE)
-    amax = np.full((n_chunks, n_codes), INDEX_NONE)
-    nans = np.zeros((n_chunks, n_codes), np.int64)
+    cnt, mean, m2, vmin, vmax, amin, amax, nans = _alloc(n_chunks, n_codes)
     for ch in prange(n_chunks):
         r0 = ch * n_rows // n_chunks
         r1 = (ch + 1) * n_rows // n_chunks
@@ -201,6 +127,67 @@ def _fused_chunks_int(stored, codes, scale, offset, n_codes, n_chunks):  # pragm
     return cnt, mean, m2, vmin, vmax, amin, amax, nans
 
 
+@njit(parallel=True, cache=True, nogil=True)
+def _fused_chunks_float(stored, codes, scale, offset, n_codes, n_chunks):  # pragma: no cover - compiled
+    """Other pixels (float, 32-bit): SUV per voxel in float64, NaN counted; moments per run of equal codes."""
+    nz, ny, nx = stored.shape
+    n_rows = nz * ny
+    cnt, mean, m2, vmin, vmax, amin, amax, nans = _alloc(n_chunks, n_codes)
+    for ch in prange(n_chunks):
+        r0 = ch * n_rows // n_chunks
+        r1 = (ch + 1) * n_rows // n_chunks
+        for r in range(r0, r1):
+            z = r // ny
+            y = r - z * ny
+            a = scale[z]
+            b = offset[z]
+            row = stored[z, y]
+            crow = codes[z, y]
+            base = r * nx
+            x = 0
+            while x < nx:
+                c = np.int64(crow[x])
+                e = x + 1
+                while e < nx and crow[e] == crow[x]:
+                    e += 1
+                if c != 0:
+                    n = 0
+                    k = 0.0
+                    s1 = 0.0
+                    s2 = 0.0
+                    lo = np.inf
+                    hi = -np.inf
+                    ilo = INDEX_NONE
+                    ihi = INDEX_NONE
+                    for xx in range(x, e):
+                        v = row[xx] * a + b
+                        if v != v:
+                            nans[ch, c] += 1
+                            continue
+                        if n == 0:
+                            k = v  # shift: the run's first value
+                        d = v - k
+                        n += 1
+                        s1 += d
+                        s2 += d * d
+                        if v < lo:
+                            lo = v
+                            ilo = base + xx
+                        if v > hi:
+                            hi = v
+                            ihi = base + xx
+                    if n > 0:
+                        _chan(cnt, mean, m2, ch, c, n, k + s1 / n, max(s2 - s1 * (s1 / n), 0.0))
+                        if hi > vmax[ch, c]:
+                            vmax[ch, c] = hi
+                            amax[ch, c] = ihi
+                        if lo < vmin[ch, c]:
+                            vmin[ch, c] = lo
+                            amin[ch, c] = ilo
+                x = e
+    return cnt, mean, m2, vmin, vmax, amin, amax, nans
+
+
 def fused_reduce_cpu(stored: np.ndarray, codes: np.ndarray, scale: np.ndarray, offset: np.ndarray,
                      n_codes: int) -> Partials:
     """Reduce ``stored * scale[z] + offset[z]`` over each code of ``codes`` in one pass.
@@ -223,18 +210,9 @@ def fused_reduce_cpu(stored: np.ndarray, codes: np.ndarray, scale: np.ndarray, o
     """
     n_chunks = max(1, min(stored.shape[0] * stored.shape[1],
                           numba.get_num_threads() * CPU_CHUNKS_PER_THREAD))
-    if stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2:
-        return merge_stack(*_fused_chunks_int(
-            stored, codes, np.ascontiguousarray(scale, np.float64), np.ascontiguousarray(offset, np.float64),
-            int(n_codes), int(n_chunks)))
-    cnt, s1, s2, shift, vmin, vmax, amin, amax, nans = _fused_chunks(
-        stored, codes, np.ascontiguousarray(scale, np.float64), np.ascontiguousarray(offset, np.float64),
-        int(n_codes), int(n_chunks))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        safe = np.maximum(cnt, 1)
-        mean = np.where(cnt > 0, shift + s1 / safe, 0.0)
-        m2 = np.where(cnt > 0, np.maximum(s2 - s1 * s1 / safe, 0.0), 0.0)
-    return merge_stack(cnt, mean, m2, vmin, vmax, amin, amax, nans)
+    kernel = _fused_chunks_int if stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2 else _fused_chunks_float
+    return merge_stack(*kernel(stored, codes, np.ascontiguousarray(scale, np.float64),
+                               np.ascontiguousarray(offset, np.float64), int(n_codes), int(n_chunks)))
 
 
 @njit(parallel=True, cache=True, nogil=True)
