@@ -21,6 +21,7 @@ from petfeat.io.dicom import Geometry, PetSeries
 from petfeat.lesions import centroids_mm, connected_components, threshold_mask
 from petfeat.regions import (
     LabelLayer,
+    _code_dtype,
     build_codes,
     codes_touching_border,
     default_spec,
@@ -273,7 +274,7 @@ def _lesion_rows(comps, stored, scale, offset, geometry, layers, peaks, backend)
     for lo in range(1, n + 1, window - 1):  # GPU: windows of ids that fit in shared memory
         hi = min(n, lo + window - 2)
         codes = np.where((ids >= lo) & (ids <= hi), ids - lo + 1, 0)
-        codes = codes.astype(np.uint16 if hi - lo + 2 > 255 else np.uint8)
+        codes = codes.astype(_code_dtype(hi - lo + 2))
         p = kernels.fused_reduce(stored, codes, scale, offset, hi - lo + 2, backend=backend)
         members = {str(k): np.array([k - lo + 1]) for k in range(lo, hi + 1)}
         pk = _peaks(stored, codes, hi - lo + 2, scale, offset, geometry.spacing, members, p, backend) if peaks else None
