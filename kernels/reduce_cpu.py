@@ -220,15 +220,28 @@ def _peak_chunks(stored, codes, scale, offset, offs, code_ptr, code_regions, reg
                  n_chunks):  # pragma: no cover - compiled
     nz, ny, nx = stored.shape
     n_rows = nz * ny
+    flat = stored.reshape(-1)
     glob = np.full((n_chunks, n_regions), -np.inf)
     loc = np.full((n_chunks, n_regions), -np.inf)
     n_off = offs.shape[0]
+    # interior fast path: voxels at least the sphere's reach from every face need no bounds checks
+    dflat = offs[:, 0] * (ny * nx) + offs[:, 1] * nx + offs[:, 2]
+    rz = np.abs(offs[:, 0]).max()
+    ry = np.abs(offs[:, 1]).max()
+    rx = np.abs(offs[:, 2]).max()
     for ch in prange(n_chunks):
         r0 = ch * n_rows // n_chunks
         r1 = (ch + 1) * n_rows // n_chunks
+        sc = np.empty(n_off)
+        of = np.empty(n_off)
         for r in range(r0, r1):
             z = r // ny
             y = r - z * ny
+            inner_row = rz <= z < nz - rz and ry <= y < ny - ry
+            if inner_row:
+                for k in range(n_off):
+                    sc[k] = scale[z + offs[k, 0]]
+                    of[k] = offset[z + offs[k, 0]]
             for x in range(nx):
                 c = np.int64(codes[z, y, x])
                 if c == 0 or code_ptr[c] == code_ptr[c + 1]:
@@ -238,15 +251,23 @@ def _peak_chunks(stored, codes, scale, offset, offs, code_ptr, code_regions, reg
                     continue
                 total = 0.0
                 n_in = 0
-                for k in range(n_off):
-                    zz = z + offs[k, 0]
-                    yy = y + offs[k, 1]
-                    xx = x + offs[k, 2]
-                    if 0 <= zz < nz and 0 <= yy < ny and 0 <= xx < nx:
-                        w = stored[zz, yy, xx] * scale[zz] + offset[zz]
+                if inner_row and rx <= x < nx - rx:
+                    i = r * nx + x
+                    for k in range(n_off):
+                        w = flat[i + dflat[k]] * sc[k] + of[k]
                         if w == w:
                             total += w
                             n_in += 1
+                else:
+                    for k in range(n_off):
+                        zz = z + offs[k, 0]
+                        yy = y + offs[k, 1]
+                        xx = x + offs[k, 2]
+                        if 0 <= zz < nz and 0 <= yy < ny and 0 <= xx < nx:
+                            w = stored[zz, yy, xx] * scale[zz] + offset[zz]
+                            if w == w:
+                                total += w
+                                n_in += 1
                 m = total / n_in
                 for j in range(code_ptr[c], code_ptr[c + 1]):
                     reg = code_regions[j]
