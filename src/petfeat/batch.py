@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from petfeat.io.archive import StudyRow
+from petfeat.io.atomic import atomic_write
 
 FAILURE_COLUMNS = ("study_id", "pet_path", "error_class", "message")
 
@@ -87,15 +88,11 @@ def study_key(row: StudyRow, settings: BatchSettings) -> str:
 
 
 def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: df.to_parquet(f, index=False))
 
 
 def _atomic_json(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, default=str))
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: Path(f).write_text(json.dumps(obj, default=str)))
 
 
 def _limit_threads(threads: int) -> None:

@@ -203,25 +203,12 @@ def _demo_analysis(out: Path, rows, table, rep, timings: dict, args) -> Path:
 
 
 def _write_table(df, path: Path, csv: bool) -> list[Path]:
-    """Write ``df`` as Parquet (and CSV) atomically: a temporary file in the folder, then rename."""
-    import os
-    import tempfile
+    """Write ``df`` as Parquet (and CSV) atomically."""
+    from petfeat.io.atomic import atomic_write
 
-    written = []
-    for suffix, writer in ((".parquet", lambda f: df.to_parquet(f, index=False)),
-                           (".csv", lambda f: df.to_csv(f, index=False))):
-        if suffix == ".csv" and not csv:
-            continue
-        target = path.with_suffix(suffix)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            writer(tmp)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        written.append(target)
+    written = [atomic_write(path.with_suffix(".parquet"), lambda f: df.to_parquet(f, index=False))]
+    if csv:
+        written.append(atomic_write(path.with_suffix(".csv"), lambda f: df.to_csv(f, index=False)))
     return written
 
 

@@ -26,6 +26,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from petfeat.errors import PetfeatError
+from petfeat.io.atomic import atomic_write
 
 MANIFEST_COLUMNS = ("study_id", "study_date", "pet_path", "series_uid", "labels", "lesions", "match_status",
                     "n_files")
@@ -165,15 +166,15 @@ def _convention_labels(study: Path) -> tuple[list[str], str]:
 
 def write_manifest(rows: list[StudyRow], path: str | Path) -> None:
     """Write the manifest CSV atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow(r.as_csv())
-    os.replace(tmp, path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
+            w.writeheader()
+            for r in rows:
+                w.writerow(r.as_csv())
+
+    atomic_write(path, write)
 
 
 def read_manifest(path: str | Path) -> list[StudyRow]:
