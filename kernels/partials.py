@@ -43,15 +43,6 @@ class Partials:
         """Number of codes."""
         return int(self.count.shape[0])
 
-    def variance(self) -> np.ndarray:
-        """Population variance (1/N), NaN where the count is zero."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(self.count > 0, self.m2 / self.count, np.nan)
-
-    def copy(self) -> Partials:
-        """Deep copy."""
-        return Partials(**{f.name: getattr(self, f.name).copy() for f in fields(self)})
-
 
 def merge(a: Partials, b: Partials) -> Partials:
     """Merge two partials code by code (associative; ties keep the smaller voxel index)."""
