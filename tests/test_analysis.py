@@ -53,6 +53,22 @@ def test_planted_effects_recovered_and_report_written(cohort, tmp_path):
     assert paths["csv"].exists() and paths["md"].exists() and list((tmp_path / "report").glob("forest_*.png"))
 
 
+def test_clinical_cohort_does_not_depend_on_the_pseudonyms(tmp_path):
+    # The demo pseudonymises with a fresh random key per archive: the same seed must still give the same cohort.
+    f = _features(n=12)
+    generate_clinical(f, tmp_path / "a", seed=5)
+    renamed = f.assign(patient_id=f.patient_id.map({p: f"Z{(37 * i) % 101:03d}" for i, p in
+                                                    enumerate(sorted(f.patient_id.unique()))}))
+    generate_clinical(renamed, tmp_path / "b", seed=5)
+    back = dict(zip(renamed.patient_id, f.patient_id))
+    for name in ("patients.csv", "labs.csv", "scores.csv"):
+        a = pd.read_csv(tmp_path / "a" / name)
+        b = pd.read_csv(tmp_path / "b" / name).assign(patient_id=lambda t: t.patient_id.map(back))
+        key = ["patient_id"] + [c for c in ("date", "test", "instrument") if c in a.columns]
+        pd.testing.assert_frame_equal(a.sort_values(key).reset_index(drop=True),
+                                      b.sort_values(key).reset_index(drop=True))
+
+
 def test_item_level_questionnaires_are_scored(tmp_path):
     pd.DataFrame({"patient_id": ["a"], "therapy_start": ["2024-01-10"]}).to_csv(tmp_path / "patients.csv", index=False)
     items = [("a", "2024-01-08", "bpi", k, v, 0) for k, v in {"3": 6, "4": 2, "5": 4, "6": 4, "9A": 1, "9B": 2,
@@ -63,6 +79,28 @@ def test_item_level_questionnaires_are_scored(tmp_path):
     sc = read_clinical(tmp_path)["scores"].set_index("instrument")
     assert sc.loc["bpi_severity", "score"] == 4.0 and sc.loc["bpi_interference", "score"] == 2.0
     assert sc.loc["xerostomia", "score"] == 50.0
+
+
+def test_item_level_fact_p_gives_the_worsening_endpoint(tmp_path):
+    from test_stats import PCS_ANSWERS, _fact_g_items
+
+    from petfeat.stats.analysis import derive_endpoints
+
+    pd.DataFrame({"patient_id": ["a"], "therapy_start": ["2024-01-10"]}).to_csv(tmp_path / "patients.csv", index=False)
+    base = _fact_g_items() | PCS_ANSWERS  # FACT-P 106
+    worse = base | {f"GF{i}": 1 for i in range(1, 8)}  # FWB 21 -> 7: FACT-P 92, a 14-point drop
+    rows = [("a", "2024-01-08", "FACT_P", k.lower(), v) for k, v in base.items()]
+    rows += [("a", "2024-02-21", "fact_p", k, v) for k, v in worse.items()]
+    pd.DataFrame(rows, columns=["patient_id", "date", "instrument", "item", "response"]).to_csv(
+        tmp_path / "questionnaires.csv", index=False)
+    clinical = read_clinical(tmp_path)
+    sc = clinical["scores"].pivot(index="date", columns="instrument", values="score")
+    assert list(sc["fact_p"]) == [106.0, 92.0] and list(sc["pcs"]) == [26.0, 26.0]
+    assert list(sc["fact_p_toi"]) == [68.0, 54.0]
+    spec = load_study()
+    spec["endpoints"] = {"fact_p_worsening": spec["endpoints"]["fact_p_worsening"]}
+    ends = derive_endpoints(spec, clinical)["fact_p_worsening"].set_index("patient_id")
+    assert ends.loc["a", "event"] == 1 and ends.loc["a", "time_days"] == 42  # 2024-02-21 - therapy start
 
 
 @pytest.mark.parametrize("text, pattern", [

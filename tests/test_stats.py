@@ -184,11 +184,56 @@ def test_fact_g_hand_scored_with_prorating():
     assert s["fact_g"] == pytest.approx(80.0)
     few = {k: v for k, v in r.items() if not k.startswith("GE")} | {"GE1": 0, "GE2": 4, "GE3": 0}
     assert np.isnan(fact_scores(few)["ewb"])  # half answered is not more than half
-    with pytest.raises(PetfeatError, match="Prostate Cancer Subscale item key"):
-        fact_p_total(r, None)
-    pcs = {f"X{i}": i % 2 == 0 for i in range(12)}  # a user-supplied key (test values)
+    assert "pcs" not in fact_scores(r, pcs_key=None)
+    with pytest.raises(PetfeatError, match="GS1 = 9.0: responses must be 0-4; leave a missing item empty"):
+        fact_scores(r | {"GS1": 9})
+    pcs = {f"X{i}": i % 2 == 0 for i in range(12)}  # a user-supplied key for another version
     full = r | {f"X{i}": 2 for i in range(12)}
     assert fact_p_total(full, pcs) == pytest.approx(80.0 + 24.0)
+    with pytest.raises(PetfeatError, match="the PCS key has 3 items"):
+        fact_scores(full, {"a": True, "b": False, "c": True})
+
+
+# FACT-P v4 Prostate Cancer Subscale, hand-scored with the FACIT key: reversed items (C2 P1 P2 P3 P6 P7 BL2 P8)
+# count 4 - response, the others (C6 P4 P5 BL5) the response.
+PCS_ANSWERS = {"C2": 1, "C6": 3, "P1": 0, "P2": 2, "P3": 4, "P4": 1, "P5": 2, "P6": 3, "P7": 1, "BL2": 2, "P8": 0,
+               "BL5": 1}
+PCS_HAND = (3 + 3 + 4 + 2 + 0 + 1 + 2 + 1 + 3 + 2 + 4 + 1)  # = 26
+
+
+def _fact_g_items():
+    r = {f"GP{i}": 1 for i in range(1, 8)}  # 21
+    r.update({f"GS{i}": 2 for i in range(1, 8)})  # 14
+    r.update({"GE1": 0, "GE2": 4, "GE3": 0, "GE4": 0, "GE5": 0, "GE6": 0})  # 24
+    r.update({f"GF{i}": 3 for i in range(1, 8)})  # 21
+    return r
+
+
+def test_fact_p_hand_scored_with_the_facit_key():
+    from petfeat.stats.questionnaires import FACT_P_PCS, fact_p_total, fact_scores
+
+    assert sorted(k for k, rev in FACT_P_PCS.items() if rev) == sorted(["C2", "P1", "P2", "P3", "P6", "P7", "BL2",
+                                                                         "P8"])
+    s = fact_scores(_fact_g_items() | PCS_ANSWERS)
+    assert s["pcs"] == PCS_HAND == 26 and s["fact_g"] == 80.0
+    assert s["fact_p"] == 106.0 and s["fact_p_toi"] == 21 + 21 + 26
+    best_pcs = {k: 0 if rev else 4 for k, rev in FACT_P_PCS.items()}
+    best = {f"GP{i}": 0 for i in range(1, 8)} | {f"GS{i}": 4 for i in range(1, 8)} | {f"GF{i}": 4 for i in
+                                                                                         range(1, 8)}
+    best |= {"GE2": 4} | {f"GE{i}": 0 for i in (1, 3, 4, 5, 6)} | best_pcs
+    assert fact_p_total(best) == 156.0  # the top of the range: every item at its best
+    # PCS prorating: 7 of 12 answered is more than half -> sum x 12 / 7; 6 of 12 is not.
+    seven = dict(list(PCS_ANSWERS.items())[:7])  # C2 C6 P1 P2 P3 P4 P5 -> 3 + 3 + 4 + 2 + 0 + 1 + 2 = 15
+    assert fact_scores(_fact_g_items() | seven)["pcs"] == pytest.approx(15 * 12 / 7)
+    assert np.isnan(fact_scores(_fact_g_items() | dict(list(PCS_ANSWERS.items())[:6]))["pcs"])
+    # Total needs more than 80% of all 39 items (32): drop 8 items spread so every subscale stays valid -> 31.
+    drop = {"GP1", "GP2", "GS1", "GS2", "GE1", "GF1", "GF2", "C2"}
+    sparse = {k: v for k, v in (_fact_g_items() | PCS_ANSWERS).items() if k not in drop}
+    s = fact_scores(sparse)
+    assert not np.isnan(s["pcs"]) and not np.isnan(s["pwb"]) and np.isnan(s["fact_p"])
+    s = fact_scores(sparse | {"C2": 1})  # 32 answered
+    assert np.isnan(s["fact_g"])  # 20 of 27 FACT-G items is not more than 80% ...
+    assert s["fact_p"] == pytest.approx(s["pwb"] + s["swb"] + s["ewb"] + s["fwb"] + s["pcs"])  # ... 32 of 39 is
 
 
 def test_bpi_and_xerostomia_hand_scored():

@@ -8,7 +8,9 @@ Clinical folder (CSV or Parquet, one file per table):
 * ``scores``: ``patient_id, date, instrument, score`` (+ ``cycle``), instruments ``fact_p``,
   ``bpi_severity``, ``bpi_interference``, ``xerostomia`` (already-scored values), and/or
 * ``questionnaires``: ``patient_id, date, instrument, item, response`` (+ ``cycle``), instruments
-  ``bpi``, ``xq8``, ``xi11`` scored by :mod:`petfeat.stats.questionnaires`.
+  ``fact_p`` (items GP1-GF7 and the 12 PCS items; gives ``fact_p``, ``fact_g``, ``pcs``,
+  ``fact_p_toi`` and the four FACT-G subscales), ``fact_g``, ``bpi``, ``xq8``, ``xi11``, scored by
+  :mod:`petfeat.stats.questionnaires`.
 
 ``patient_id`` must be the pseudonymised id of the feature table (``petfeat scan --linkage``
 gives the map).
@@ -28,7 +30,7 @@ import pandas as pd
 from petfeat.errors import PetfeatError
 from petfeat.stats.endpoints import Worsening, time_to_first_grade, time_to_worsening
 from petfeat.stats.models import TRANSFORMS, fdr, fit_cox, fit_mixed, format_hr
-from petfeat.stats.questionnaires import bpi_scores, xerostomia_score
+from petfeat.stats.questionnaires import FACT_P_PCS, bpi_scores, fact_scores, xerostomia_score
 
 ENDPOINT_TYPES = ("first_grade", "worsening")
 MODELS = ("cox", "mixed")
@@ -106,21 +108,24 @@ def read_clinical(folder: str | Path) -> dict[str, pd.DataFrame]:
 
 
 def score_items(items: pd.DataFrame) -> pd.DataFrame:
-    """Score item-level BPI-SF and xerostomia questionnaires into the long scores table."""
+    """Score item-level FACT-P/FACT-G, BPI-SF and xerostomia questionnaires into the long scores table."""
     rows = []
     keys = ["patient_id", "date", "instrument"] + (["cycle"] if "cycle" in items.columns else [])
     for k, g in items.groupby(keys, dropna=False):
         rec = dict(zip(keys, k if isinstance(k, tuple) else (k,), strict=True))
-        resp = {str(i): r for i, r in zip(g["item"], g["response"], strict=True)}
+        resp = {str(i).strip().upper(): r for i, r in zip(g["item"], g["response"], strict=True)}
         inst = str(rec["instrument"]).lower()
-        if inst == "bpi":
+        if inst in ("fact_p", "fact_g"):
+            for name, v in fact_scores(resp, FACT_P_PCS if inst == "fact_p" else None).items():
+                rows.append({**rec, "instrument": name, "score": v})
+        elif inst == "bpi":
             for name, v in bpi_scores(resp).items():
                 rows.append({**rec, "instrument": name, "score": v})
         elif inst in ("xq8", "xi11"):
             rows.append({**rec, "instrument": "xerostomia", "score": xerostomia_score(resp, inst)})
         else:
-            raise PetfeatError(f"questionnaire instrument {inst!r} is not scored item by item; give bpi, xq8 or xi11 "
-                               "items, or already-scored values in scores.csv.")
+            raise PetfeatError(f"questionnaire instrument {inst!r} is not scored item by item; give fact_p, fact_g, "
+                               "bpi, xq8 or xi11 items, or already-scored values in scores.csv.")
     return pd.DataFrame(rows)
 
 

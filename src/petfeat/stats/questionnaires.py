@@ -6,9 +6,11 @@ wide mapping item -> response for one assessment. Missing items are NaN.
 * FACIT subscales: items 0-4; reversed items scored ``4 - response``; a subscale is prorated
   (``sum x n_items / n_answered``) when more than half of its items are answered; FACT-G (0-108)
   and FACT-P (0-156) totals need every subscale and an overall item response rate above 80%.
-  The FACT-G key is built in. The Prostate Cancer Subscale key (which of its 12 items are reversed)
-  is taken from the scoring manual the user licenses with the instrument: pass ``pcs_key``; without
-  it FACT-P totals are refused (already-scored totals can be analysed directly).
+  The FACT-G and FACT-P (version 4) keys are built in, from the FACIT scoring guidelines
+  (facit.org; the same keys as the FACTscorer package on CRAN): the Prostate Cancer Subscale (PCS) has
+  12 items, C2 C6 P1 P2 P3 P4 P5 P6 P7 BL2 P8 BL5, of which C2 P1 P2 P3 P6 P7 BL2 P8 are reversed
+  (0-48). FACT-P total = FACT-G + PCS (0-156); trial outcome index TOI = PWB + FWB + PCS (0-104).
+  ``pcs_key`` overrides the PCS key for another version of the instrument.
 * BPI-SF: pain severity = mean of items 3-6 (worst, least, average, now; all four needed);
   interference = mean of items 9A-9G when at least 4 of the 7 are answered.
 * Xerostomia: ``xq8`` = the 8-item Xerostomia Questionnaire, items 0-10, summed and scaled to 0-100
@@ -30,6 +32,9 @@ FACT_G = {
     "ewb": {"GE1": True, "GE2": False, "GE3": True, "GE4": True, "GE5": True, "GE6": True},
     "fwb": {f"GF{i}": False for i in range(1, 8)},
 }
+#: FACT-P (version 4) Prostate Cancer Subscale items, and whether each is reverse-scored.
+FACT_P_PCS = {"C2": True, "C6": False, "P1": True, "P2": True, "P3": True, "P4": False, "P5": False, "P6": True,
+              "P7": True, "BL2": True, "P8": True, "BL5": False}
 BPI_SEVERITY = ("3", "4", "5", "6")
 BPI_INTERFERENCE = ("9A", "9B", "9C", "9D", "9E", "9F", "9G")
 
@@ -47,7 +52,8 @@ def facit_subscale(responses: Mapping, key: Mapping[str, bool], lo: int = 0, hi:
         if np.isnan(r):
             continue
         if not lo <= r <= hi:
-            raise PetfeatError(f"FACIT item {item} = {r}: responses must be {lo}-{hi}.")
+            raise PetfeatError(f"FACIT item {item} = {r}: responses must be {lo}-{hi}; leave a missing item "
+                               "empty (not 8 or 9).")
         scores.append(hi - r if rev else r)
         answered += 1
     if answered * 2 <= len(key):
@@ -55,8 +61,22 @@ def facit_subscale(responses: Mapping, key: Mapping[str, bool], lo: int = 0, hi:
     return float(np.sum(scores)) * len(key) / answered, answered
 
 
-def fact_scores(responses: Mapping, pcs_key: Mapping[str, bool] | None = None) -> dict[str, float]:
-    """FACT-G subscales and total; with ``pcs_key`` also the PCS and the FACT-P total (0-156)."""
+def fact_scores(responses: Mapping, pcs_key: Mapping[str, bool] | None = FACT_P_PCS) -> dict[str, float]:
+    """FACT-G subscales and total, and (unless ``pcs_key`` is None) the PCS, the FACT-P total and the TOI.
+
+    Parameters
+    ----------
+    responses
+        item name (``GP1`` ... ``GF7``, ``C2`` ... ``BL5``) -> response 0-4; missing items absent or NaN.
+    pcs_key
+        PCS item -> reversed; the built-in FACT-P version 4 key by default, None for FACT-G only.
+
+    Returns
+    -------
+    dict
+        ``pwb, swb, ewb, fwb, fact_g`` and, with a PCS key, ``pcs, fact_p, fact_p_toi``; NaN where the
+        prorating rules (more than half of a subscale's items, more than 80% of all items) are not met.
+    """
     out, answered, n_items = {}, 0, 0
     keys = dict(FACT_G)
     if pcs_key is not None:
@@ -72,16 +92,15 @@ def fact_scores(responses: Mapping, pcs_key: Mapping[str, bool] | None = None) -
     g_ok = g_answered > 0.8 * g_items and not any(np.isnan(out[s]) for s in FACT_G)
     out["fact_g"] = sum(out[s] for s in FACT_G) if g_ok else np.nan
     if pcs_key is not None:
-        ok = answered > 0.8 * n_items and not any(np.isnan(v) for v in out.values())
-        out["fact_p"] = out["fact_g"] + out["pcs"] if ok else np.nan
+        ok = answered > 0.8 * n_items and not any(np.isnan(out[s]) for s in keys)
+        # The FACT-P total has its own 80% rule over all 39 items: it does not need the FACT-G total's.
+        out["fact_p"] = sum(out[s] for s in keys) if ok else np.nan
+        out["fact_p_toi"] = out["pwb"] + out["fwb"] + out["pcs"]  # NaN when a subscale is
     return out
 
 
-def fact_p_total(responses: Mapping, pcs_key: Mapping[str, bool] | None) -> float:
-    """FACT-P total (0-156); refuses without the PCS key of the licensed scoring manual."""
-    if pcs_key is None:
-        raise PetfeatError("FACT-P needs the Prostate Cancer Subscale item key (item -> reversed) from the FACIT "
-                           "scoring manual: pass pcs_key=..., or give already-scored FACT-P totals.")
+def fact_p_total(responses: Mapping, pcs_key: Mapping[str, bool] = FACT_P_PCS) -> float:
+    """FACT-P total (0-156) of one assessment; NaN when the prorating rules are not met."""
     return fact_scores(responses, pcs_key)["fact_p"]
 
 

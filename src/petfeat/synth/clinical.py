@@ -43,7 +43,11 @@ def generate_clinical(features: pd.DataFrame, out: str | Path, seed: int = 0) ->
     rng = np.random.default_rng(seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    wide = feature_wide(features).reset_index(drop=True)
+    wide = feature_wide(features)
+    # Draw patients in an order fixed by their image features, not by their pseudonyms: the pseudonyms depend on the
+    # site key, which is random per archive, and a seed must give the same cohort whatever the key.
+    num = wide.drop(columns="patient_id").round(6)
+    wide = wide.iloc[np.lexsort(num.to_numpy(float).T[::-1])].reset_index(drop=True)
     n = len(wide)
     start = [dt.date(2023, 1, 2) + dt.timedelta(days=int(d)) for d in rng.integers(0, 500, n)]
     horizon = N_CYCLES * CYCLE_DAYS
