@@ -19,10 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from petfeat.errors import DicomSeriesError
+from petfeat.io.dicom_fast import read_slice_header
 from petfeat.suv import SuvHeader, combine, parse_da, parse_dt, parse_tm
 
 _UNCOMPRESSED = {ImplicitVRLittleEndian, ExplicitVRLittleEndian, "1.2.840.10008.1.2.1.99"}
@@ -138,7 +141,19 @@ def _files_of(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[P
     return files
 
 
+_WANTED = frozenset(
+    int(tag_for_keyword(t)) for t in [*_TAGS, "SpecificCharacterSet"]
+    if isinstance(t, str) and t != "RadiopharmaceuticalInformationSequence"
+)
+
+
 def _read_header(path: Path):
+    """The header of one file: the fast per-slice scan when it applies, else pydicom (``None``: not DICOM)."""
+    ds = read_slice_header(path, _WANTED)
+    return ds if ds is not None else _read_header_pydicom(path)
+
+
+def _read_header_pydicom(path: Path):
     try:
         return pydicom.dcmread(path, defer_size=_DEFER, specific_tags=_TAGS)
     except InvalidDicomError:
@@ -162,7 +177,7 @@ def scan_headers(files: Iterable[Path], threads: int = 1) -> dict[str, list[tupl
     else:
         headers = [_read_header(f) for f in files]
     for path, ds in zip(files, headers):
-        uid = None if ds is None else _text(ds, (0x0020, 0x000E))
+        uid = None if ds is None else _text(ds, BaseTag(0x0020000E))
         if uid is not None:
             groups[uid].append((path, ds))
     return groups
@@ -207,7 +222,7 @@ def read_pet_series(source, *, series_uid: str | None = None, threads: int = 1) 
     if not groups:
         raise DicomSeriesError(f"{where}: no DICOM files found ({len(files)} files checked). "
                                "Point to the folder that holds the PET series.")
-    pets = {uid: items for uid, items in groups.items() if _text(items[0][1], (0x0008, 0x0060)) == "PT"}
+    pets = {uid: items for uid, items in groups.items() if _text(items[0][1], BaseTag(0x00080060)) == "PT"}
     if series_uid is not None:
         if series_uid not in groups:
             raise DicomSeriesError(f"{where}: SeriesInstanceUID {series_uid} is not there; found "
@@ -259,11 +274,11 @@ def _numbers(ds, tag, path: Path, keyword: str) -> np.ndarray:
         raise DicomSeriesError(f"{path}: {keyword} is {txt!r}, not a number. Re-export the series.") from exc
 
 
-_IPP, _IOP, _PS = (0x0020, 0x0032), (0x0020, 0x0037), (0x0028, 0x0030)
-_ROWS, _COLS, _BITS, _PREP = (0x0028, 0x0010), (0x0028, 0x0011), (0x0028, 0x0100), (0x0028, 0x0103)
-_SLOPE, _INTER = (0x0028, 0x1053), (0x0028, 0x1052)
-_ACQ_DATE, _ACQ_TIME, _ACQ_DT = (0x0008, 0x0022), (0x0008, 0x0032), (0x0008, 0x002A)
-_FRT, _AFD = (0x0054, 0x1300), (0x0018, 0x1242)
+_IPP, _IOP, _PS = BaseTag(0x00200032), BaseTag(0x00200037), BaseTag(0x00280030)
+_ROWS, _COLS, _BITS, _PREP = BaseTag(0x00280010), BaseTag(0x00280011), BaseTag(0x00280100), BaseTag(0x00280103)
+_SLOPE, _INTER = BaseTag(0x00281053), BaseTag(0x00281052)
+_ACQ_DATE, _ACQ_TIME, _ACQ_DT = BaseTag(0x00080022), BaseTag(0x00080032), BaseTag(0x0008002A)
+_FRT, _AFD = BaseTag(0x00541300), BaseTag(0x00181242)
 
 
 def _float(ds, keyword: str, default: float | None = None) -> float | None:
@@ -356,11 +371,20 @@ def _assemble(uid: str, items: list[tuple[Path, pydicom.Dataset]], where: str) -
     )
     return PetSeries(
         stored=stored, slope=slope, intercept=intercept, geometry=geometry,
-        suv_header=suv_header_from_datasets([ds for _, ds in sorted_items], str(first_path.parent)),
+        suv_header=suv_header_from_datasets([_full_header(*sorted_items[0])] + [ds for _, ds in sorted_items[1:]],
+                                            str(first_path.parent)),
         files=[p for p, _ in sorted_items], series_uid=uid, study_uid=str(first.get("StudyInstanceUID", "")),
         study_date=_safe(parse_da, first.get("StudyDate")) or _safe(parse_da, first.get("SeriesDate")),
         patient_id=str(first.get("PatientID", "")), description=str(first.get("SeriesDescription", "")),
     )
+
+
+def _full_header(path: Path, ds):
+    """The series-level header (radiopharmaceutical sequence, private SUV tags) of the first slice."""
+    if isinstance(ds, pydicom.FileDataset):  # read by pydicom already, with every tag of _TAGS
+        return ds
+    full = _read_header_pydicom(path)
+    return full if full is not None else ds
 
 
 def _safe(fn, value):
@@ -383,7 +407,7 @@ def _stored_dtype(ds, path: Path) -> np.dtype:
     return np.dtype(kinds[bits][int(signed)])
 
 
-_PIXEL_DATA, _FLOAT_PIXEL_DATA = (0x7FE0, 0x0010), (0x7FE0, 0x0008)
+_PIXEL_DATA, _FLOAT_PIXEL_DATA = BaseTag(0x7FE00010), BaseTag(0x7FE00008)
 
 
 def _pixels(ds, path: Path, rows: int, cols: int, dtype: np.dtype) -> np.ndarray:
