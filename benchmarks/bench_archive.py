@@ -59,7 +59,11 @@ def main(argv=None):
         print(f"{r['workers']:>7} {r['wall_s']:>8.1f} {r['studies_per_min']:>12.1f} {r['speedup_vs_first']:>8.2f}")
     med = result["runs"][-1]["per_study_median"]
     print("per study (median, s): " + ", ".join(f"{k} {v:.2f}" for k, v in med.items() if k.endswith("_s")))
-    print(f"peak traced memory {med.get('peak_traced_mb', 0):.0f} MB vs raw pixels {med.get('raw_pixel_mb', 0):.1f} MB")
+    raw = med.get("raw_pixel_mb") or float("nan")
+    print(f"memory per study (median): raw PET pixels {raw:.1f} MB; peak traced (NumPy) "
+          f"{med.get('peak_traced_mb', float('nan')):.0f} MB = {med.get('peak_traced_mb', float('nan')) / raw:.1f}x; "
+          f"peak RSS over the study's start {med.get('peak_rss_over_start_mb', float('nan')):.0f} MB = "
+          f"{med.get('peak_rss_over_start_mb', float('nan')) / raw:.1f}x")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
 

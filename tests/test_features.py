@@ -110,7 +110,17 @@ def test_regions_against_oracle(backend):
     assert bool(df.loc["whole_body_tumor"].touches_border) and not np.isnan(df.loc["liver"].suv_mean)
 
 
-def test_codes_are_compact_and_complete():
+@pytest.mark.parametrize("slab_voxels, lut_limit", [(None, None), (100, None), (64, 8)])
+def test_codes_are_compact_and_complete(monkeypatch, slab_voxels, lut_limit):
+    # whole volume in one slab; slabs of one or two planes (100 voxels); and the sort path for
+    # key spaces too large for a lookup table
+    import petfeat.regions
+    import petfeat.slabs
+
+    if slab_voxels:
+        monkeypatch.setattr(petfeat.slabs, "SLAB_VOXELS", slab_voxels)
+    if lut_limit:
+        monkeypatch.setattr(petfeat.regions, "_LUT_LIMIT", lut_limit)
     rng = np.random.default_rng(0)
     _, organs, lesions, layers = _random_study(rng, (6, 8, 8))
     cm = build_codes(layers, organs.shape)
@@ -120,6 +130,19 @@ def test_codes_are_compact_and_complete():
         np.testing.assert_array_equal(cm.codes == c, (organs == o) & (lesions == les))
     members = region_codes({"x": {"include": ["rib_*"], "exclude": ["lesion_2"]}}, cm)["x"]
     assert all(cm.combos[c][0] == 2 and cm.combos[c][1] != 2 for c in members)
+
+
+def test_slab_label_counts_equal_bincount(monkeypatch):
+    import petfeat.slabs
+
+    rng = np.random.default_rng(4)
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        arr = rng.integers(0, 40, (7, 9, 11)).astype(dtype)
+        arr[3] = 0  # a slab with nothing but background
+        monkeypatch.setattr(petfeat.slabs, "SLAB_VOXELS", 150)  # one slice per slab
+        np.testing.assert_array_equal(petfeat.slabs.label_counts(arr), np.bincount(arr.ravel()))
+    assert list(petfeat.slabs.z_slabs((7, 9, 11), voxels=200)) == [slice(0, 2), slice(2, 4), slice(4, 6),
+                                                                   slice(6, 7)]
 
 
 @pytest.mark.parametrize("dtype, word", [(np.int16, "signed"), (np.float32, "floating-point")])

@@ -65,6 +65,37 @@ def test_nrrd_multilabel_on_another_grid(study, tmp_path):
     assert layer.names == {7: "organ", 300: "label_300"}
 
 
+@pytest.mark.parametrize("mode", ["nearest", "fraction"])
+def test_box_resampling_equals_whole_grid_resampling_on_an_oblique_grid(study, mode):
+    # petfeat resamples only the PET box a label can reach; on a rotated, anisotropic label grid the
+    # result must equal SimpleITK resampling the whole PET grid.
+    d, series = study
+    g = series.geometry
+    arr = np.zeros((30, 40, 50), np.uint8)
+    arr[5:9, 10:14, 12:20] = 3
+    arr[20:22, 30:31, 40:44] = 9  # a thin object near a corner
+    arr[14, 20, 25] = 5  # one voxel
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((3.3, 2.7, 4.1))
+    c, s_ = np.cos(np.radians(30)), np.sin(np.radians(30))
+    img.SetDirection((c, -s_, 0.0, s_, c, 0.0, 0.0, 0.0, 1.0))
+    img.SetOrigin((-40.0, -60.0, g.origin[2] + 80.0))
+    ref = _sitk_pet_reference(d / "pet")
+    got = to_pet_grid(img, g, mode=mode)
+    if mode == "nearest":
+        want = sitk.GetArrayFromImage(sitk.Resample(img, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+    else:
+        want = np.zeros(g.shape, np.uint8)
+        best = np.zeros(g.shape, np.float32)
+        for lab in (3, 5, 9):
+            ind = sitk.Cast(sitk.BinaryThreshold(img, lab, lab, 1, 0), sitk.sitkFloat32)
+            frac = sitk.GetArrayFromImage(sitk.Resample(ind, ref, sitk.Transform(), sitk.sitkLinear, 0.0))
+            take = (frac >= 0.5) & (frac > best)
+            want[take], best[take] = lab, frac[take]
+    assert want.any()
+    np.testing.assert_array_equal(got, want)
+
+
 def test_fraction_mode_keeps_voxels_at_least_half_covered(study):
     d, series = study
     g = series.geometry

@@ -30,6 +30,38 @@ def test_components_match_scipy(connectivity, structure):
     assert ((comps.ids > 0) == mask).all()
 
 
+@pytest.mark.parametrize("density, n_min", [(0.75, 1), (0.93, 256)])  # few big ones; > 255 (uint16 ids)
+def test_components_in_a_sub_box_match_scipy_on_the_whole_grid(density, n_min):
+    # SimpleITK labels only the mask's bounding box; the ids must still partition the whole grid as
+    # scipy's labelling of the whole grid does, numbered largest first with ties in scan order.
+    rng = np.random.default_rng(7)
+    mask = np.zeros((30, 34, 38), bool)
+    mask[5:24, 7:30, 3:29] = rng.random((19, 23, 26)) > density
+    comps = connected_components(mask, 0.001, 26)
+    ref, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    assert comps.n == n >= n_min and comps.ids.dtype == (np.uint8 if n < 255 else np.uint16)
+    pairs = np.unique(np.stack([comps.ids.ravel(), ref.ravel()], 1), axis=0)
+    assert len(pairs) == n + 1  # the same partition
+    sizes = np.bincount(ref.ravel())[1:]
+    first = np.array([np.flatnonzero(ref.ravel() == k)[0] for k in range(1, n + 1)])
+    order = np.lexsort((first, -sizes)) + 1  # scipy label of our id 1, 2, ...
+    expect = np.zeros(n + 1, np.int64)
+    expect[order] = np.arange(1, n + 1)
+    np.testing.assert_array_equal(comps.ids, expect[ref])
+
+
+def test_lesion_layer_reuses_the_mask_only_when_nothing_was_dropped():
+    mask = np.zeros((10, 10, 10), bool)
+    mask[1:4, 1:4, 1:4] = True
+    mask[7, 7, 7] = True
+    kept = connected_components(mask, 0.1, 26)
+    layer = kept.as_layer("lesion", mask)
+    assert np.shares_memory(layer.array, mask) and layer.array.dtype == np.uint8
+    dropped = connected_components(mask, 0.1, 26, min_volume_ml=0.5)
+    layer = dropped.as_layer("lesion", mask)
+    assert not np.shares_memory(layer.array, mask) and layer.array.sum() == 27 and layer.array[7, 7, 7] == 0
+
+
 @pytest.mark.parametrize("connectivity", [6, 26])
 def test_gpu_components_match_cpu(connectivity):
     """The CuPy path (real GPU only: CuPy cannot run on Numba's simulator)."""

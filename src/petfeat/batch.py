@@ -104,6 +104,37 @@ def _limit_threads(threads: int) -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, threads))
 
 
+def _proc_status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> float | None:
+    """Reset the process's peak RSS (Linux ``clear_refs``) and return the RSS now (MB); None elsewhere."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    return _proc_status_mb("VmRSS")
+
+
+def _peak_rss_over(start: float | None) -> float | None:
+    """Peak RSS since :func:`_reset_peak_rss` minus the RSS then (MB): all memory, SimpleITK's included.
+
+    Memory the allocator kept from an earlier study is reused without raising RSS, so this is
+    a lower bound per study; ``peak_traced_mb`` (tracemalloc: NumPy and Python) is the other view.
+    """
+    hwm = _proc_status_mb("VmHWM")
+    return None if start is None or hwm is None else max(0.0, hwm - start)
+
+
 def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, threads: int = 1) -> dict:
     """Process one study (runs on a worker); never raises. Returns a small status record.
 
@@ -119,11 +150,12 @@ def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, th
         fail_path.unlink()  # a rerun retries failed studies
     t = {}
     t0 = time.perf_counter()
+    rss_start = _reset_peak_rss()
     tracemalloc.start()
     try:
         from petfeat.extract import extract
         from petfeat.io.dicom import read_pet_series
-        from petfeat.io.labels import read_label_map, read_labels
+        from petfeat.io.labels import read_labels, read_lesion_mask
         from petfeat.suv import compute_suv_factors
 
         if row.match_status.startswith(("no_pet_series", "several_pet_series")):
@@ -137,7 +169,7 @@ def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, th
         layers = []
         for p in row.labels:
             layers.extend(read_labels(p, series.geometry, mode=settings.resample))
-        lesions = read_label_map(row.lesions, series.geometry, prefix="lesion").array if row.lesions else None
+        lesions = read_lesion_mask(row.lesions, series.geometry) if row.lesions else None
         t["labels_s"] = time.perf_counter() - t0 - sum(t.values())
         res = extract(series, layers, settings.regions, lesions=lesions, threshold=settings.threshold,
                       connectivity=settings.connectivity, min_lesion_ml=settings.min_lesion_ml,
@@ -151,7 +183,8 @@ def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, th
         _atomic_parquet(res.lesions, parts / f"{key}.lesions.parquet")
         t["write_s"] = time.perf_counter() - t0 - sum(t.values())
         peak = tracemalloc.get_traced_memory()[1]
-        t.update(total_s=time.perf_counter() - t0, peak_traced_mb=peak / 1e6, raw_pixel_mb=raw_bytes / 1e6)
+        t.update(total_s=time.perf_counter() - t0, peak_traced_mb=peak / 1e6, raw_pixel_mb=raw_bytes / 1e6,
+                 peak_rss_over_start_mb=_peak_rss_over(rss_start), peak_rss_mb=_proc_status_mb("VmHWM"))
         suv = {"units": factors.units, "suv_bw_factor": float(factors.suv_bw_per_slice[0]),
                "sul_factor": factors.sul_factor, "uptake_seconds": factors.uptake_seconds,
                "scan_time_source": factors.scan_time_source, "warnings": factors.warnings}

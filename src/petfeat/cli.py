@@ -279,7 +279,7 @@ def cmd_extract(args) -> int:
     from petfeat import __version__
     from petfeat.extract import extract
     from petfeat.io.dicom import read_pet_series
-    from petfeat.io.labels import read_label_map, read_labels, read_names_file
+    from petfeat.io.labels import read_labels, read_lesion_mask, read_names_file
     from petfeat.regions import BUILTIN_REGIONS, load_spec
     from petfeat.suv import compute_suv_factors
 
@@ -290,7 +290,7 @@ def cmd_extract(args) -> int:
     layers = []
     for path in args.labels:
         layers.extend(read_labels(path, series.geometry, names=names, mode=args.resample))
-    lesions = read_label_map(args.lesions, series.geometry, prefix="lesion").array if args.lesions else None
+    lesions = read_lesion_mask(args.lesions, series.geometry) if args.lesions else None
     regions = load_spec(args.regions) if args.regions else BUILTIN_REGIONS
     res = extract(series, layers, regions, lesions=lesions, threshold=_parse_threshold(args.threshold),
                   connectivity=args.connectivity, min_lesion_ml=args.min_lesion_ml, backend=args.backend,

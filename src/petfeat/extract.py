@@ -195,7 +195,7 @@ def extract(
         comps = connected_components(mask, voxel_ml, connectivity, min_lesion_ml,
                                      backend="gpu" if ran == "gpu" and _cupy_usable() else "cpu")
         lesion_settings.update(comps.settings)
-        layers = layers + [comps.as_layer("lesion")]
+        layers = layers + [comps.as_layer("lesion", mask)]
 
     spec = normalise_spec(regions) if regions is not None else default_spec(layers)
     codemap = build_codes(layers, stored.shape)
@@ -273,8 +273,10 @@ def _lesion_rows(comps, stored, scale, offset, geometry, layers, peaks, backend)
     parts = []
     for lo in range(1, n + 1, window - 1):  # GPU: windows of ids that fit in shared memory
         hi = min(n, lo + window - 2)
-        codes = np.where((ids >= lo) & (ids <= hi), ids - lo + 1, 0)
-        codes = codes.astype(_code_dtype(hi - lo + 2))
+        if lo == 1 and hi == n:  # one window (always on the CPU): the component ids are the codes
+            codes = ids.astype(_code_dtype(n + 1), copy=False)
+        else:
+            codes = np.where((ids >= lo) & (ids <= hi), ids - (lo - 1), 0).astype(_code_dtype(hi - lo + 2))
         p = kernels.fused_reduce(stored, codes, scale, offset, hi - lo + 2, backend=backend)
         members = {str(k): np.array([k - lo + 1]) for k in range(lo, hi + 1)}
         pk = _peaks(stored, codes, hi - lo + 2, scale, offset, geometry.spacing, members, p, backend) if peaks else None

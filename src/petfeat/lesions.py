@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 from petfeat.errors import LabelError
 from petfeat.regions import LabelLayer
+from petfeat.slabs import bounding_box, label_counts
 
 CONNECTIVITIES = (6, 26)
 #: Organs with physiological PSMA/FDG uptake, excluded from threshold segmentation (TotalSegmentator names).
@@ -38,9 +39,16 @@ class Components:
     dropped: int
     settings: dict = field(default_factory=dict)
 
-    def as_layer(self, name: str = "lesion") -> LabelLayer:
-        """The lesion mask as one label layer (all components share ``name``)."""
-        return LabelLayer((self.ids > 0).astype(np.uint8), {1: name}, "lesion components")
+    def as_layer(self, name: str = "lesion", mask: np.ndarray | None = None) -> LabelLayer:
+        """The lesion mask as one label layer (all components share ``name``).
+
+        ``mask``: the boolean mask the components came from; when no component was dropped it *is*
+        the layer, and is used as it is (no new volume).
+        """
+        if mask is not None and mask.dtype == bool and self.dropped == 0 and mask.shape == self.ids.shape:
+            return LabelLayer(mask.view(np.uint8), {1: name}, "lesion components")
+        return LabelLayer(np.greater(self.ids, 0, out=np.empty(self.ids.shape, bool)).view(np.uint8), {1: name},
+                          "lesion components")
 
 
 def connected_components(mask: np.ndarray, voxel_ml: float, connectivity: int = 26,
@@ -57,13 +65,32 @@ def connected_components(mask: np.ndarray, voxel_ml: float, connectivity: int = 
         raise LabelError(f"the lesion mask has dtype {mask.dtype}; it must be boolean or unsigned integer.")
     if backend == "gpu":
         return _components_gpu(mask, voxel_ml, connectivity, min_volume_ml)
-    img = sitk.GetImageFromArray((mask > 0).astype(np.uint8))
+    binary = mask if mask.dtype == bool else np.greater(mask, 0, out=np.empty(mask.shape, bool))
+    # SimpleITK labels in uint32 (4 bytes per voxel, twice: components and relabelled): label only
+    # the bounding box of the mask, which for lesions is a fraction of the whole-body grid.
+    box = bounding_box(binary)
+    ids = np.zeros(mask.shape, np.uint8)
+    if box is None:
+        return Components(ids, 0, np.zeros(0, np.int64), connectivity, float(min_volume_ml), 0,
+                          {"connectivity": connectivity, "min_volume_ml": float(min_volume_ml)})
+    img = sitk.GetImageFromArray(binary[box].view(np.uint8))
+    del binary
     cc = sitk.ConnectedComponent(img, connectivity == 26)
+    del img
+    total = int(sitk.GetArrayViewFromImage(cc).max())
     min_voxels = int(np.ceil(min_volume_ml / voxel_ml - 1e-9)) if min_volume_ml > 0 else 0
     relabel = sitk.RelabelComponent(cc, minimumObjectSize=max(min_voxels, 0), sortByObjectSize=True)
-    ids = sitk.GetArrayFromImage(relabel).astype(np.uint32)
-    counts = np.bincount(ids.ravel())[1:] if ids.any() else np.zeros(0, np.int64)
-    total = int(sitk.GetArrayViewFromImage(cc).max()) if mask.any() else 0
+    del cc
+    # One copy out of SimpleITK, in the smallest unsigned type that holds the component count.
+    pixel = sitk.sitkUInt8 if total < 0xFF else sitk.sitkUInt16 if total < 0xFFFF else sitk.sitkUInt32
+    narrow = sitk.Cast(relabel, pixel)
+    del relabel
+    crop = sitk.GetArrayViewFromImage(narrow)  # valid while ``narrow`` lives
+    if crop.dtype != ids.dtype:
+        ids = np.zeros(mask.shape, crop.dtype)
+    ids[box] = crop
+    del crop, narrow
+    counts = label_counts(ids)[1:]
     return Components(ids, int(len(counts)), counts, connectivity, float(min_volume_ml), total - len(counts),
                       {"connectivity": connectivity, "min_volume_ml": float(min_volume_ml)})
 

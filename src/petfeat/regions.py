@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from petfeat.errors import LabelError
+from petfeat.slabs import z_slabs
 
 #: Above this many label combinations the code builder sorts instead of using a lookup table.
 _LUT_LIMIT = 1 << 24
@@ -79,8 +80,20 @@ def _code_dtype(n: int) -> np.dtype:
     return np.dtype(np.uint8 if n <= 0xFF else np.uint16 if n <= 0xFFFF else np.uint32)
 
 
+def _combined_key(layers: Sequence[LabelLayer], sizes: list[int], sl: slice) -> np.ndarray:
+    """Mixed-radix key of the layers' ids over one Z slab (the ids themselves for one layer)."""
+    if len(layers) == 1:
+        return layers[0].array[sl]
+    key = layers[0].array[sl].astype(np.int64)
+    mult = sizes[0]
+    for layer, size in zip(layers[1:], sizes[1:]):
+        key += layer.array[sl].astype(np.int64) * mult
+        mult *= size
+    return key
+
+
 def build_codes(layers: Sequence[LabelLayer], shape: tuple[int, ...]) -> CodeMap:
-    """Combine label layers into one code volume (vectorised, O(voxels))."""
+    """Combine label layers into one code volume (vectorised, O(voxels), slab-sized temporaries)."""
     if not layers:
         raise LabelError("no label layers were given; pass at least one label map.")
     for layer in layers:
@@ -90,27 +103,25 @@ def build_codes(layers: Sequence[LabelLayer], shape: tuple[int, ...]) -> CodeMap
                              "(petfeat.io.labels.resample_to_grid).")
     sizes = [int(layer.array.max()) + 1 for layer in layers]
     total = int(np.prod(sizes, dtype=np.float64))
-    key = np.zeros(shape, np.int64) if len(layers) > 1 or total > _LUT_LIMIT else None
-    if key is None:
-        key = layers[0].array
-    else:
-        mult = 1
-        for layer, size in zip(layers, sizes):
-            key += layer.array.astype(np.int64) * mult
-            mult *= size
+    # Two passes over Z slabs (the combined key is int64: a whole-volume key would be 8 bytes per voxel).
     if total <= _LUT_LIMIT:
-        present = np.flatnonzero(np.bincount(key.ravel(), minlength=1))
-        present = present[present != 0]
-        keys = np.concatenate([[0], present])
+        present = np.zeros(total, bool)
+        for sl in z_slabs(shape):
+            present[_combined_key(layers, sizes, sl)] = True
+        present[0] = False
+        keys = np.concatenate([[0], np.flatnonzero(present)])
         lut = np.zeros(total, dtype=_code_dtype(len(keys)))
         lut[keys] = np.arange(len(keys))
-        codes = lut[key]
+        codes = np.empty(shape, lut.dtype)
+        for sl in z_slabs(shape):
+            codes[sl] = lut[_combined_key(layers, sizes, sl)]
     else:
-        keys, inv = np.unique(key.ravel(), return_inverse=True)
+        keys = np.unique(np.concatenate([np.unique(_combined_key(layers, sizes, sl)) for sl in z_slabs(shape)]))
         if keys[0] != 0:
             keys = np.concatenate([[0], keys])
-            inv = inv + 1
-        codes = inv.astype(_code_dtype(len(keys))).reshape(shape)
+        codes = np.empty(shape, _code_dtype(len(keys)))
+        for sl in z_slabs(shape):
+            codes[sl] = np.searchsorted(keys, _combined_key(layers, sizes, sl))
     combos = np.zeros((len(keys), len(layers)), np.int64)
     rem = keys.astype(np.int64)
     for j, size in enumerate(sizes):

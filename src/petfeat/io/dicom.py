@@ -25,7 +25,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from petfeat.errors import DicomSeriesError
-from petfeat.io.dicom_fast import read_slice_header
+from petfeat.io.dicom_fast import PixelDataAt, read_slice_header
 from petfeat.suv import SuvHeader, combine, parse_da, parse_dt, parse_tm
 
 _UNCOMPRESSED = {ImplicitVRLittleEndian, ExplicitVRLittleEndian, "1.2.840.10008.1.2.1.99"}
@@ -355,7 +355,7 @@ def _assemble(uid: str, items: list[tuple[Path, pydicom.Dataset]], where: str) -
         if (_raw(ds, _BITS), _raw(ds, _PREP)) != ref_fmt and _stored_dtype(ds, path) != dtype:
             raise DicomSeriesError(f"{path}: BitsAllocated/PixelRepresentation differ from {first_path}. "
                                    "Re-export the series with one pixel format.")
-        stored[z] = _pixels(ds, path, rows, cols, dtype)
+        _pixels(ds, path, rows, cols, dtype, stored[z])
         slope[z] = _numbers(ds, _SLOPE, path, "RescaleSlope")[0] if _raw(ds, _SLOPE) is not None else 1.0
         intercept[z] = _numbers(ds, _INTER, path, "RescaleIntercept")[0] if _raw(ds, _INTER) is not None else 0.0
     if not np.all(np.isfinite(slope)) or np.any(slope == 0):
@@ -410,7 +410,8 @@ def _stored_dtype(ds, path: Path) -> np.dtype:
 _PIXEL_DATA, _FLOAT_PIXEL_DATA = BaseTag(0x7FE00010), BaseTag(0x7FE00008)
 
 
-def _pixels(ds, path: Path, rows: int, cols: int, dtype: np.dtype) -> np.ndarray:
+def _pixels(ds, path: Path, rows: int, cols: int, dtype: np.dtype, out: np.ndarray) -> None:
+    """Write one slice's stored values into ``out`` (``rows x cols`` of ``dtype``)."""
     raw = _raw(ds, _FLOAT_PIXEL_DATA) if dtype == np.float32 else _raw(ds, _PIXEL_DATA)
     if raw is None:
         raise DicomSeriesError(f"{path}: PixelData (7FE0,0010) is missing. Replace the file.")
@@ -423,9 +424,13 @@ def _pixels(ds, path: Path, rows: int, cols: int, dtype: np.dtype) -> np.ndarray
                 raise DicomSeriesError(
                     f"{path}: PixelData holds {len(raw)} bytes but {rows}x{cols}x{dtype.itemsize} = "
                     f"{n * dtype.itemsize} are needed (truncated file). Replace the file.")
+            if isinstance(raw, PixelDataAt):  # fast path: from the file straight into the volume
+                raw.read_into(out)
+                return
             arr = np.frombuffer(raw, dtype=dtype.newbyteorder(">" if ts == ExplicitVRBigEndian else "<"), count=n)
-            return arr.reshape(rows, cols)
-        return ds.pixel_array.reshape(rows, cols)
+            out[...] = arr.reshape(rows, cols)
+            return
+        out[...] = ds.pixel_array.reshape(rows, cols)
     except DicomSeriesError:
         raise
     except Exception as exc:  # noqa: BLE001 -- decoder errors come in many types

@@ -14,9 +14,13 @@ with pydicom, so the fast path never changes what is accepted or how errors read
 
 from __future__ import annotations
 
+import os
 import struct
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from pydicom import Dataset
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
@@ -32,7 +36,38 @@ _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
+_PIXELS = frozenset({0x7FE00008, _PIXEL_DATA})  # FloatPixelData, PixelData
+#: Bytes read first; the whole file is read only when the header is longer.
+HEAD_BYTES = 1 << 16
 _META = {}
+
+
+@dataclass(frozen=True)
+class PixelDataAt:
+    """Where a file's pixel data lies (the value of its PixelData element on the fast path).
+
+    ``len()`` is the number of bytes the file really holds there, so a truncated file reads as a
+    short value, as it does through pydicom.
+    """
+
+    path: Path
+    offset: int
+    length: int
+    available: int
+
+    def __len__(self) -> int:
+        return min(self.length, self.available)
+
+    def read_into(self, out: np.ndarray) -> None:
+        """Fill the C-contiguous ``out`` (little-endian stored values) from the file, with no copy."""
+        view = memoryview(out).cast("B")
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            got = f.readinto(view)
+        if got != view.nbytes:
+            raise OSError(f"{self.path}: {got} of {view.nbytes} pixel bytes could be read")
+        if sys.byteorder == "big":
+            out.byteswap(inplace=True)
 
 
 class _Malformed(Exception):
@@ -106,16 +141,25 @@ def read_slice_header(path: Path, wanted: frozenset[int]) -> Dataset | None:
         Raw elements (converted by pydicom on access) with ``file_meta.TransferSyntaxUID`` set;
         ``None`` when the file has no preamble, another transfer syntax, or does not parse.
     """
-    buf = path.read_bytes()
-    if len(buf) < 144 or buf[128:132] != b"DICM":
-        return None
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        buf = f.read(HEAD_BYTES)
+        if len(buf) < 144 or buf[128:132] != b"DICM":
+            return None
+        if len(buf) < size:
+            try:
+                return _scan(buf, wanted, path, size, partial=True)
+            except (_Malformed, struct.error, IndexError):
+                pass  # a header longer than HEAD_BYTES (or a malformed one): scan the whole file
+            f.seek(0)
+            buf = f.read()
     try:
-        return _scan(buf, wanted)
+        return _scan(buf, wanted, path, size, partial=False)
     except (_Malformed, struct.error, IndexError):
         return None
 
 
-def _scan(buf: bytes, wanted: frozenset[int]) -> Dataset | None:
+def _scan(buf: bytes, wanted: frozenset[int], path: Path, size: int, partial: bool) -> Dataset | None:
     pos, ts, n = 132, None, len(buf)
     while pos + 8 <= n and _U16.unpack_from(buf, pos)[0] == 0x0002:  # file meta: always explicit VR LE
         tag, vr, length, vpos = _element_header(buf, pos, False)
@@ -154,11 +198,22 @@ def _scan(buf: bytes, wanted: frozenset[int]) -> Dataset | None:
                 return None  # encapsulated pixel data in an uncompressed syntax: let pydicom decide
             pos = _skip_sequence(buf, vpos, implicit or vr == b"UN")
             continue
+        if tag in _PIXELS:  # not copied: read later straight into the volume (the last wanted element)
+            t = BaseTag(tag)
+            elements[t] = RawDataElement(t, None if vr is None else vr.decode("ascii"), length,
+                                         PixelDataAt(path, vpos, length, max(0, size - vpos)), vpos, implicit,
+                                         True, True, False)
+            break
         if tag in wanted:
+            if partial and vpos + length > n:
+                raise _Malformed  # the value runs past the head: scan the whole file
             t = BaseTag(tag)  # value shorter than length in a truncated file: the reader says so
             elements[t] = RawDataElement(t, None if vr is None else vr.decode("ascii"), length,
                                          buf[vpos:vpos + length], vpos, implicit, True, True, False)
         pos = vpos + length
+    else:
+        if partial:
+            raise _Malformed  # ran off the head before the pixel data: scan the whole file
     ds = Dataset(elements)
     ds.file_meta = _meta(ts)
     ds.set_original_encoding(implicit, True)

@@ -21,6 +21,7 @@ import SimpleITK as sitk
 from petfeat.errors import LabelError
 from petfeat.io.dicom import Geometry
 from petfeat.regions import LabelLayer
+from petfeat.slabs import bounding_box, label_counts
 
 _UNSIGNED = {sitk.sitkUInt8, sitk.sitkUInt16, sitk.sitkUInt32, sitk.sitkUInt64}
 
@@ -54,8 +55,7 @@ RESAMPLE_MODES = ("nearest", "fraction")
 
 def native_volumes_ml(img: sitk.Image) -> dict[int, float]:
     """Volume (mL) of each non-zero label id on the image's own grid."""
-    arr = sitk.GetArrayViewFromImage(img)
-    counts = np.bincount(arr.ravel().astype(np.int64))
+    counts = label_counts(sitk.GetArrayViewFromImage(img))
     vox_ml = float(np.prod(img.GetSpacing())) / 1000.0
     return {int(i): float(c) * vox_ml for i, c in enumerate(counts) if i and c}
 
@@ -79,24 +79,61 @@ def to_pet_grid(img: sitk.Image, geometry: Geometry, source: str = "<image>", mo
             and np.allclose(img.GetDirection(), ref.GetDirection(), atol=1e-5))
     if same:
         return sitk.GetArrayFromImage(img)
+    arr = np.zeros(geometry.shape, sitk.GetArrayViewFromImage(img).dtype)
     if mode == "nearest":
-        arr = sitk.GetArrayFromImage(sitk.Resample(img, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
-                                                   img.GetPixelID()))
+        hit = resample_box(img, geometry, sitk.sitkNearestNeighbor, img.GetPixelID())
+        if hit is not None:
+            arr[hit[0]] = hit[1]
     else:
-        native = sitk.GetArrayViewFromImage(img)
-        arr = np.zeros(geometry.shape, sitk.GetArrayViewFromImage(img).dtype)
         best = np.zeros(geometry.shape, np.float32)
-        for lab in (int(v) for v in np.unique(native) if v):
+        for lab in (int(v) for v in np.flatnonzero(label_counts(sitk.GetArrayViewFromImage(img))) if v):
             ind = sitk.Cast(sitk.BinaryThreshold(img, lab, lab, 1, 0), sitk.sitkFloat32)
-            frac = sitk.GetArrayFromImage(sitk.Resample(ind, ref, sitk.Transform(), sitk.sitkLinear, 0.0,
-                                                        sitk.sitkFloat32))
-            take = (frac >= 0.5) & (frac > best)
-            arr[take] = lab
-            best[take] = frac[take]
+            hit = resample_box(ind, geometry, sitk.sitkLinear, sitk.sitkFloat32)
+            if hit is None:
+                continue
+            box, frac = hit
+            sub_arr, sub_best = arr[box], best[box]
+            take = (frac >= 0.5) & (frac > sub_best)
+            sub_arr[take] = lab
+            sub_best[take] = frac[take]
     if not arr.any() and sitk.GetArrayViewFromImage(img).any():
         raise LabelError(f"{source}: the label map does not overlap the PET field of view (its labels fall outside "
                          "the PET grid after resampling). Check that it belongs to this study and frame of reference.")
     return arr
+
+
+def resample_box(img: sitk.Image, geometry: Geometry, interpolator: int, pixel_id: int,
+                 ) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
+    """Resample ``img`` onto the part of the PET grid its non-zero voxels can reach.
+
+    A class of a whole-body segmentation covers a small box of the PET grid; resampling only that
+    box (the class's bounding box grown by one voxel of its own grid, which covers nearest and
+    linear interpolation) gives the same values as resampling the whole grid, in a fraction of the
+    time. Returns ``(box, values)`` with ``box`` the ``(z, y, x)`` slices of the PET grid, or None
+    when the image has no non-zero voxel inside the PET grid.
+    """
+    native = bounding_box(sitk.GetArrayViewFromImage(img))
+    if native is None:
+        return None
+    size = img.GetSize()
+    lo = [max(native[2 - k].start - 1, -1) for k in range(3)]  # (x, y, z) continuous index corners
+    hi = [min(native[2 - k].stop, size[k]) for k in range(3)]
+    corners = np.array([img.TransformContinuousIndexToPhysicalPoint((float(x), float(y), float(z)))
+                        for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    spacing_xyz = np.asarray(geometry.spacing[::-1], dtype=np.float64)
+    d = np.asarray(geometry.direction, dtype=np.float64).reshape(3, 3)
+    index = (corners - np.asarray(geometry.origin)) @ d / spacing_xyz  # PET continuous (x, y, z) indices
+    shape_xyz = np.asarray(geometry.shape[::-1])
+    first = np.maximum(np.floor(index.min(axis=0)).astype(np.int64) - 1, 0)
+    last = np.minimum(np.ceil(index.max(axis=0)).astype(np.int64) + 1, shape_xyz - 1)
+    if np.any(last < first):
+        return None
+    out_size = [int(v) for v in last - first + 1]
+    origin = np.asarray(geometry.origin) + d @ (first * spacing_xyz)
+    sub = sitk.Resample(img, out_size, sitk.Transform(), interpolator, [float(v) for v in origin],
+                        [float(v) for v in spacing_xyz], [float(v) for v in d.ravel()], 0, pixel_id)
+    box = tuple(slice(int(first[k]), int(last[k]) + 1) for k in (2, 1, 0))
+    return box, sitk.GetArrayFromImage(sub)
 
 
 def read_totalsegmentator_folder(folder: str | Path, geometry: Geometry) -> LabelLayer:
@@ -109,14 +146,16 @@ def read_totalsegmentator_folder(folder: str | Path, geometry: Geometry) -> Labe
     files = sorted(folder.glob("*.nii.gz")) + sorted(folder.glob("*.nii"))
     if not files:
         raise LabelError(f"{folder}: no <class>.nii.gz files; point to a TotalSegmentator output folder.")
-    out = np.zeros(geometry.shape, np.uint16)
+    out = np.zeros(geometry.shape, np.uint8 if len(files) < 0xFF else np.uint16)
     names, native = {}, {}
     for i, f in enumerate(files, start=1):
         name = f.name.removesuffix(".gz").removesuffix(".nii")
         img = read_label_image(f)
         native[name] = sum(native_volumes_ml(img).values())
-        arr = _allow_empty(lambda img=img, f=f: to_pet_grid(img, geometry, str(f)), geometry)
-        out[arr > 0] = i
+        hit = resample_box(img, geometry, sitk.sitkNearestNeighbor, img.GetPixelID())
+        if hit is not None:  # a class may lie outside the PET field of view (e.g. the skull in a torso scan)
+            sub = out[hit[0]]
+            sub[hit[1] > 0] = i
         names[i] = name
     if not out.any() and any(native.values()):
         raise LabelError(f"{folder}: none of the classes overlaps the PET field of view. Check that the "
@@ -147,6 +186,19 @@ def read_label_map(path: str | Path, geometry: Geometry, names: dict[int, str] |
     layer = LabelLayer(arr, names, str(path))
     layer.native_volume_ml = {names[i]: v for i, v in native_ids.items()}
     return layer
+
+
+def read_lesion_mask(path: str | Path, geometry: Geometry, mode: str = "nearest") -> np.ndarray:
+    """A lesion mask (any non-zero id) on the PET grid, as booleans (1 byte per voxel).
+
+    Lesion ids in the file are not kept: petfeat recomputes the connected components
+    (:func:`petfeat.lesions.connected_components`), so an instance map and a binary mask give the
+    same lesions when their instances do not touch.
+    """
+    arr = read_label_map(path, geometry, prefix="lesion", mode=mode).array
+    if arr.dtype == np.uint8 and arr.max() <= 1:
+        return arr.view(bool)  # a 0/1 mask already: no second volume
+    return np.greater(arr, 0, out=np.empty(arr.shape, bool))
 
 
 def read_names_file(path: str | Path) -> dict[int, str]:
