@@ -166,6 +166,24 @@ def test_a_killed_worker_loses_no_study(archive, tmp_path, external_cluster):
     assert pd.read_parquet(tmp_path / "out" / "features.parquet").study_id.nunique() == 4
 
 
+def test_gpu_workers_give_the_cpu_features(gpu, tmp_path):
+    # The GPU backend through the whole batch engine: Dask worker processes run the CUDA kernels (on
+    # Numba's simulator when no device is present: one coarse study keeps that under a minute).
+    from petfeat.synth import generate_archive
+
+    generate_archive(tmp_path / "a", 1, seed=1, voxel_mm=30)
+    rows = scan_archive(tmp_path / "a", KEY)
+    on = {}
+    for be in ("gpu", "cpu"):
+        rep = run_batch(rows, tmp_path / be, BatchSettings(regions=BUILTIN_REGIONS, backend=be), KEY, n_workers=1,
+                        progress=None)
+        assert rep.done == 1 and rep.failed == 0
+        on[be] = _sorted(pd.read_parquet(tmp_path / be / "features.parquet"))
+    assert set(on["gpu"].backend) == {"gpu"} and set(on["cpu"].backend) == {"cpu"}
+    assert on["gpu"].voxel_count.sum() > 0
+    np.testing.assert_allclose(on["gpu"][NUMERIC].to_numpy(float), on["cpu"][NUMERIC].to_numpy(float), rtol=1e-6)
+
+
 def test_no_patient_identifier_in_outputs(archive, tmp_path):
     rows = scan_archive(archive, KEY)
     write_manifest(rows, tmp_path / "manifest.csv")

@@ -12,7 +12,14 @@ from conftest import DRO
 
 from petfeat.errors import LabelError
 from petfeat.io.dicom import read_pet_series
-from petfeat.io.labels import read_label_image, read_labels, read_names_file, to_pet_grid
+from petfeat.io.labels import (
+    read_label_image,
+    read_label_map,
+    read_labels,
+    read_lesion_mask,
+    read_names_file,
+    to_pet_grid,
+)
 from petfeat.regions import BUILTIN_REGIONS, load_spec
 
 
@@ -171,6 +178,26 @@ def test_label_map_outside_the_pet_field_of_view_is_refused(study, tmp_path):
     sitk.WriteImage(img, str(tmp_path / "far.nii.gz"))
     with pytest.raises(LabelError, match="does not overlap the PET field of view"):
         read_labels(tmp_path / "far.nii.gz", series.geometry)
+    with pytest.raises(LabelError, match="far.nii.gz: the label map does not overlap the PET field of view"):
+        read_lesion_mask(tmp_path / "far.nii.gz", series.geometry)
+
+
+def test_lesion_mask_equals_the_binarised_label_map(study, tmp_path):
+    # on the PET grid (the synthetic lesion map) and on a coarser, shifted grid with ids above 255
+    d, series = study
+    want = read_label_map(d / "lesions.nii.gz", series.geometry).array > 0
+    got = read_lesion_mask(d / "lesions.nii.gz", series.geometry)
+    assert got.dtype == bool and want.any()
+    np.testing.assert_array_equal(got, want)
+    arr = np.zeros((40, 60, 60), np.uint16)
+    arr[10:30, 20:40, 15:45] = 7
+    arr[12:20, 22:30, 20:30] = 300
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((6.5, 6.5, 9.0))
+    img.SetOrigin((-190.0, -180.0, 100.0))
+    sitk.WriteImage(img, str(tmp_path / "les.nrrd"))
+    np.testing.assert_array_equal(read_lesion_mask(tmp_path / "les.nrrd", series.geometry),
+                                  read_label_map(tmp_path / "les.nrrd", series.geometry).array > 0)
 
 
 @pytest.mark.parametrize("pixel, word", [(sitk.sitkFloat32, "32-bit float"), (sitk.sitkInt16, "16-bit signed")])

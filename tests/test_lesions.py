@@ -6,6 +6,7 @@ import json
 
 import naive
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import RTOL
 from scipy import ndimage
@@ -108,10 +109,12 @@ def _layout():
     return values, LabelLayer(organs, {1: "vertebrae_L1", 2: "liver"}), lesions
 
 
-def test_lesion_rows_and_counts(backend):
+@pytest.mark.parametrize("mask_dtype", [np.uint8, bool])  # components first; components after the region pass
+def test_lesion_rows_and_counts(backend, mask_dtype):
     values, organs, lesions = _layout()
     spacing = (2.0, 3.0, 3.0)
-    res = extract(values, [organs], BUILTIN_REGIONS, lesions=lesions, spacing=spacing, backend=backend)
+    res = extract(values, [organs], BUILTIN_REGIONS, lesions=lesions.astype(mask_dtype), spacing=spacing,
+                  backend=backend)
     f = res.features.set_index("region")
     assert f.loc["whole_body_tumor", "lesion_count"] == 3
     assert f.loc["bone", "lesion_count"] == 2 and f.loc["healthy_bone", "lesion_count"] == 0
@@ -132,6 +135,20 @@ def test_lesion_rows_and_counts(backend):
         assert (row.centroid_z_mm, row.centroid_y_mm, row.centroid_x_mm) == pytest.approx(tuple(c))
         assert row.site == ("vertebrae_L1" if c[1] < 6 * 3.0 else "soft_tissue")
     assert (res.features.lesion_method == "mask; 26-connected, >= 0 mL").all()
+
+
+def test_deferred_and_upfront_components_give_identical_tables():
+    values, organs, lesions = _layout()
+    lesions[0, 9, 0] = 1  # one more, one-voxel lesion
+    kw = dict(spacing=(2.0, 3.0, 3.0), backend="cpu")
+    upfront = extract(values, [organs], BUILTIN_REGIONS, lesions=lesions, **kw)
+    deferred = extract(values, [organs], BUILTIN_REGIONS, lesions=lesions.astype(bool), **kw)
+    pd.testing.assert_frame_equal(upfront.features, deferred.features)
+    pd.testing.assert_frame_equal(upfront.lesions, deferred.lesions)
+    assert upfront.settings == deferred.settings
+    # a minimum volume drops the one-voxel lesion on both paths (a boolean mask then goes upfront)
+    small = extract(values, [organs], BUILTIN_REGIONS, lesions=lesions.astype(bool), min_lesion_ml=0.05, **kw)
+    assert len(small.lesions) == len(upfront.lesions) - 1 == 3
 
 
 def test_lesion_mask_shape_refused():

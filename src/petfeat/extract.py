@@ -18,7 +18,7 @@ from petfeat.backend import resolve_backend
 from petfeat.errors import LabelError, PetfeatError
 from petfeat.features import FEATURE_NAMES, PEAK_RADIUS_MM, region_rows, sphere_offsets
 from petfeat.io.dicom import Geometry, PetSeries
-from petfeat.lesions import centroids_mm, connected_components, threshold_mask
+from petfeat.lesions import CONNECTIVITIES, centroids_mm, connected_components, threshold_mask
 from petfeat.regions import (
     LabelLayer,
     _code_dtype,
@@ -191,11 +191,18 @@ def extract(
         del values, sul
         lesion_settings.update(source="threshold", **params)
     comps = None
-    if mask is not None:
-        comps = connected_components(mask, voxel_ml, connectivity, min_lesion_ml,
-                                     backend="gpu" if ran == "gpu" and _cupy_usable() else "cpu")
-        lesion_settings.update(comps.settings)
+    cc_backend = "gpu" if ran == "gpu" and _cupy_usable() else "cpu"
+    if connectivity not in CONNECTIVITIES:
+        raise LabelError(f"connectivity is {connectivity}; choose 6 (faces) or 26 (faces, edges, corners).")
+    # With no minimum volume every mask voxel belongs to a kept component, so the boolean mask is the
+    # lesion layer itself: components are labelled after the region pass, once the code volume is
+    # freed (one volume fewer alive at a time). Otherwise components come first, to drop the small ones.
+    defer = mask is not None and mask.dtype == bool and min_lesion_ml <= 0
+    if mask is not None and not defer:
+        comps = connected_components(mask, voxel_ml, connectivity, min_lesion_ml, backend=cc_backend)
         layers = layers + [comps.as_layer("lesion", mask)]
+    elif defer:
+        layers = layers + [LabelLayer(mask.view(np.uint8), {1: "lesion"}, "lesion components")]
 
     spec = normalise_spec(regions) if regions is not None else default_spec(layers)
     codemap = build_codes(layers, stored.shape)
@@ -208,7 +215,15 @@ def extract(
     t3 = time.perf_counter()
     rows = region_rows(partials, members, voxel_ml, peak_values, codes_touching_border(codemap.codes),
                        regions_naming_known_labels(spec, layers))
-    counts = _lesion_counts(comps, codemap, members) if comps is not None else None
+    counts = None
+    if mask is not None:
+        lesion_voxels = np.flatnonzero(mask) if defer else np.flatnonzero(comps.ids)
+        codes_at = codemap.codes.ravel()[lesion_voxels]
+        del codemap  # the code volume is not needed any more
+        if defer:
+            comps = connected_components(mask, voxel_ml, connectivity, 0.0, backend=cc_backend)
+        lesion_settings.update(comps.settings)
+        counts = _lesion_counts(comps.ids.ravel()[lesion_voxels], codes_at, members)
     lesion_df = _lesion_rows(comps, stored, scale, offset, geometry, layers, peaks, ran) if comps is not None \
         else pd.DataFrame(columns=list(LESION_COLUMNS))
     t4 = time.perf_counter()
@@ -256,10 +271,9 @@ def _suv_volume(stored, scale, offset) -> np.ndarray:
     return out
 
 
-def _lesion_counts(comps, codemap, members) -> dict[str, int]:
-    """Number of distinct components with at least one voxel in each region."""
-    flat = np.flatnonzero(comps.ids.ravel())
-    pairs = np.unique(np.stack([comps.ids.ravel()[flat].astype(np.int64), codemap.codes.ravel()[flat]], 1), axis=0)
+def _lesion_counts(ids_at: np.ndarray, codes_at: np.ndarray, members) -> dict[str, int]:
+    """Number of distinct components with at least one voxel in each region (ids and codes at lesion voxels)."""
+    pairs = np.unique(np.stack([ids_at.astype(np.int64), codes_at.astype(np.int64)], 1), axis=0)
     return {name: int(np.unique(pairs[np.isin(pairs[:, 1], codes), 0]).size) for name, codes in members.items()}
 
 

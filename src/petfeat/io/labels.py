@@ -24,6 +24,8 @@ from petfeat.regions import LabelLayer
 from petfeat.slabs import bounding_box, label_counts
 
 _UNSIGNED = {sitk.sitkUInt8, sitk.sitkUInt16, sitk.sitkUInt32, sitk.sitkUInt64}
+_MAX_ID = {sitk.sitkUInt8: 0xFF, sitk.sitkUInt16: 0xFFFF, sitk.sitkUInt32: 0xFFFFFFFF,
+           sitk.sitkUInt64: float(2**64 - 1)}
 
 
 def reference_image(geometry: Geometry) -> sitk.Image:
@@ -195,10 +197,22 @@ def read_lesion_mask(path: str | Path, geometry: Geometry, mode: str = "nearest"
     (:func:`petfeat.lesions.connected_components`), so an instance map and a binary mask give the
     same lesions when their instances do not touch.
     """
-    arr = read_label_map(path, geometry, prefix="lesion", mode=mode).array
-    if arr.dtype == np.uint8 and arr.max() <= 1:
-        return arr.view(bool)  # a 0/1 mask already: no second volume
-    return np.greater(arr, 0, out=np.empty(arr.shape, bool))
+    if mode != "nearest":  # fractions are per label id: resample the ids, then binarise
+        arr = read_label_map(path, geometry, prefix="lesion", mode=mode).array
+        return np.greater(arr, 0, out=np.empty(arr.shape, bool))
+    img = read_label_image(path)
+    binary = sitk.BinaryThreshold(img, 1, _MAX_ID[img.GetPixelID()], 1, 0)  # uint8 0/1, any id -> 1
+    del img
+    mask = np.zeros(geometry.shape, bool)
+    hit = resample_box(binary, geometry, sitk.sitkNearestNeighbor, sitk.sitkUInt8)
+    if hit is not None:
+        mask[hit[0]] = hit[1].view(bool)
+    if hit is None or not mask.any():
+        if sitk.GetArrayViewFromImage(binary).any():
+            raise LabelError(f"{path}: the label map does not overlap the PET field of view (its labels fall outside "
+                             "the PET grid after resampling). Check that it belongs to this study and frame of "
+                             "reference.")
+    return mask
 
 
 def read_names_file(path: str | Path) -> dict[int, str]:
