@@ -53,6 +53,16 @@ def test_planted_effects_recovered_and_report_written(cohort, tmp_path):
     assert paths["csv"].exists() and paths["md"].exists() and list((tmp_path / "report").glob("forest_*.png"))
 
 
+@pytest.mark.parametrize("total", [0, 1, 38, 39, 40, 104.6, 155, 156, 170, -3])
+def test_synthetic_fact_p_items_score_back_to_their_total(total):
+    from petfeat.stats.questionnaires import fact_scores
+    from petfeat.synth.clinical import fact_p_items
+
+    items = fact_p_items(total)
+    assert len(items) == 39 and all(0 <= r <= 4 for r in items.values())
+    assert fact_scores(items)["fact_p"] == min(max(round(total), 0), 156)
+
+
 def test_clinical_cohort_does_not_depend_on_the_pseudonyms(tmp_path):
     # The demo pseudonymises with a fresh random key per archive: the same seed must still give the same cohort.
     f = _features(n=12)

@@ -1,7 +1,8 @@
 """A synthetic clinical cohort whose outcomes depend on image features with planted effects.
 
 For each patient of a feature table: six 177Lu-PSMA cycles every 6 weeks, labs every 2 weeks,
-FACT-P and BPI at every visit (day 1 and mid-cycle), a xerostomia score per cycle.
+FACT-P (item responses, scored by petfeat) and BPI (scored) at every visit (day 1 and mid-cycle), a
+xerostomia score per cycle.
 
 Event times are drawn from exponential hazards ``base x exp(beta x t(feature))``, where ``t`` is
 the spec's transform, centred. The raw tables are written so that the derived endpoints reproduce
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from petfeat.stats.analysis import feature_wide
+from petfeat.stats.questionnaires import FACT_G, FACT_P_PCS
 
 #: (endpoint or score, feature column, transform) -> planted log-HR (Cox) or slope (mixed model).
 PLANTED = {
@@ -36,6 +38,18 @@ def _t(x: pd.Series, how: str) -> np.ndarray:
     v = np.log2(x.to_numpy(float)) if how == "log2" else x.to_numpy(float)
     v = v - v.mean()
     return v / v.std(ddof=1) if how == "sd" else v
+
+
+def fact_p_items(total: float) -> dict[str, int]:
+    """FACT-P v4 item responses (0-4) whose FACIT-scored total is ``round(total)`` clipped to 0-156.
+
+    Each of the 39 items contributes ``total // 39`` or one more; reversed items answer ``4 - contribution``.
+    """
+    t = int(np.clip(round(total), 0, 156))
+    keys = {**{k: v for sub in FACT_G.values() for k, v in sub.items()}, **FACT_P_PCS}
+    base, extra = divmod(t, len(keys))
+    contrib = [base + (i < extra) for i in range(len(keys))]
+    return {item: 4 - c if rev else c for (item, rev), c in zip(keys.items(), contrib, strict=True)}
 
 
 def generate_clinical(features: pd.DataFrame, out: str | Path, seed: int = 0) -> dict:
@@ -61,7 +75,7 @@ def generate_clinical(features: pd.DataFrame, out: str | Path, seed: int = 0) ->
     patients = pd.DataFrame({"patient_id": wide["patient_id"], "therapy_start": [s.isoformat() for s in start],
                              "baseline_haemoglobin": np.round(rng.normal(12.3, 1.1, n), 1),
                              "age": rng.integers(55, 85, n), "ecog": rng.integers(0, 3, n)})
-    labs, scores = [], []
+    labs, scores, items = [], [], []
     sal = _t(wide["salivary_glands.suv_mean"], "sd") if "salivary_glands.suv_mean" in wide.columns else np.zeros(n)
     for i, pid in enumerate(wide["patient_id"]):
         s0 = start[i]
@@ -78,8 +92,8 @@ def generate_clinical(features: pd.DataFrame, out: str | Path, seed: int = 0) ->
             day = -2 if v == 0 else v * CYCLE_DAYS // 2
             date = (s0 + dt.timedelta(days=day)).isoformat()
             after = lambda ep: day > 0 and day >= times[ep][i]  # noqa: B023, E731 - evaluated at once
-            scores.append((pid, date, "fact_p", fact0 - 15 if after("fact_p_worsening") else fact0 + rng.normal(0, 2),
-                           c))
+            fact = fact0 - 15 if after("fact_p_worsening") else fact0 + rng.normal(0, 2)
+            items += [(pid, date, "fact_p", item, r, c) for item, r in fact_p_items(fact).items()]
             scores.append((pid, date, "bpi_severity", bpi0 + 3 if after("bpi_severity_worsening") else
                            bpi0 + rng.uniform(-0.2, 0.2), c))
             scores.append((pid, date, "bpi_interference", int0 + 3 if after("bpi_interference_worsening") else
@@ -90,6 +104,8 @@ def generate_clinical(features: pd.DataFrame, out: str | Path, seed: int = 0) ->
                 scores.append((pid, date, "xerostomia", float(np.clip(xq, 0, 100)), c))
     patients.to_csv(out / "patients.csv", index=False)
     pd.DataFrame(labs, columns=["patient_id", "date", "test", "value", "unit"]).to_csv(out / "labs.csv", index=False)
+    pd.DataFrame(items, columns=["patient_id", "date", "instrument", "item", "response", "cycle"]).to_csv(
+        out / "questionnaires.csv", index=False)
     pd.DataFrame(scores, columns=["patient_id", "date", "instrument", "score", "cycle"]).to_csv(out / "scores.csv",
                                                                                                index=False)
     return {f"{ep} | {col} | {how}": beta for (ep, col, how), beta in PLANTED.items()}
