@@ -4,8 +4,10 @@ One pass over the raw stored pixels and the code volume. Each voxel's value is
 ``stored * scale[z] + offset[z]`` in float64, where ``scale``/``offset`` fold the per-slice
 RescaleSlope/Intercept and the SUV factor. Code 0 means "in no region" and is skipped.
 
-Work is split into contiguous chunks of image rows, one partial per chunk and code. Inside a
-row, runs of equal codes are reduced together and flushed once per run.
+Work is split into contiguous chunks of image rows, one partial per chunk and code. A row whose
+codes are all 0 is recognised by one vectorised OR over its codes and skipped; inside a row,
+background is skipped 16 codes at a time, and runs of equal codes are reduced together and flushed
+once per run.
 
 * 8- and 16-bit integer pixels (the PET norm): each run's moments are exact sums of
   ``stored - stored[first]`` and their squares (integers below 2**53 held in float64, so any
@@ -95,6 +97,30 @@ def _flush_int(cnt, mean, m2, vmin, vmax, amin, amax, ch, c, n, k, s1, s2, smin,
                 break
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _skip_background(crow, x, nx):  # pragma: no cover - compiled
+    """First index >= x whose code is not 0: 16 codes per step while a whole block is background."""
+    while x + 16 <= nx:
+        acc = crow[x]
+        for t in range(1, 16):
+            acc |= crow[x + t]
+        if acc != 0:
+            break
+        x += 16
+    while x < nx and crow[x] == 0:
+        x += 1
+    return x
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _row_is_background(crow, nx):  # pragma: no cover - compiled
+    """True when every code of the row is 0 (an OR reduction the compiler vectorises, no early exit)."""
+    acc = crow[0]
+    for x in range(1, nx):
+        acc |= crow[x]
+    return acc == 0
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _fused_chunks_int(stored, codes, scale, offset, n_codes, n_chunks):  # pragma: no cover - compiled
     """Integer pixels (8/16 bit): exact moments per run of equal codes (vectorisable run loop)."""
@@ -109,20 +135,24 @@ def _fused_chunks_int(stored, codes, scale, offset, n_codes, n_chunks):  # pragm
             y = r - z * ny
             a = scale[z]
             b = offset[z]
-            row = stored[z, y]
             crow = codes[z, y]
+            if _row_is_background(crow, nx):  # most rows of a whole-body grid: no run scan at all
+                continue
+            row = stored[z, y]
             base = r * nx
             x = 0
             while x < nx:
                 c = np.int64(crow[x])
+                if c == 0:
+                    x = _skip_background(crow, x, nx)
+                    continue
                 e = x + 1
                 while e < nx and crow[e] == crow[x]:
                     e += 1
-                if c != 0:
-                    k = np.int32(row[x])
-                    s1, s2, smin, smax = _run_moments(row, x, e, k)
-                    _flush_int(cnt, mean, m2, vmin, vmax, amin, amax, ch, c, e - x, k, s1, s2, smin, smax, a, b,
-                               row, x, e, base)
+                k = np.int32(row[x])
+                s1, s2, smin, smax = _run_moments(row, x, e, k)
+                _flush_int(cnt, mean, m2, vmin, vmax, amin, amax, ch, c, e - x, k, s1, s2, smin, smax, a, b,
+                           row, x, e, base)
                 x = e
     return cnt, mean, m2, vmin, vmax, amin, amax, nans
 
@@ -141,49 +171,53 @@ def _fused_chunks_float(stored, codes, scale, offset, n_codes, n_chunks):  # pra
             y = r - z * ny
             a = scale[z]
             b = offset[z]
-            row = stored[z, y]
             crow = codes[z, y]
+            if _row_is_background(crow, nx):  # most rows of a whole-body grid: no run scan at all
+                continue
+            row = stored[z, y]
             base = r * nx
             x = 0
             while x < nx:
                 c = np.int64(crow[x])
+                if c == 0:
+                    x = _skip_background(crow, x, nx)
+                    continue
                 e = x + 1
                 while e < nx and crow[e] == crow[x]:
                     e += 1
-                if c != 0:
-                    n = 0
-                    k = 0.0
-                    s1 = 0.0
-                    s2 = 0.0
-                    lo = np.inf
-                    hi = -np.inf
-                    ilo = INDEX_NONE
-                    ihi = INDEX_NONE
-                    for xx in range(x, e):
-                        v = row[xx] * a + b
-                        if v != v:
-                            nans[ch, c] += 1
-                            continue
-                        if n == 0:
-                            k = v  # shift: the run's first value
-                        d = v - k
-                        n += 1
-                        s1 += d
-                        s2 += d * d
-                        if v < lo:
-                            lo = v
-                            ilo = base + xx
-                        if v > hi:
-                            hi = v
-                            ihi = base + xx
-                    if n > 0:
-                        _chan(cnt, mean, m2, ch, c, n, k + s1 / n, max(s2 - s1 * (s1 / n), 0.0))
-                        if hi > vmax[ch, c]:
-                            vmax[ch, c] = hi
-                            amax[ch, c] = ihi
-                        if lo < vmin[ch, c]:
-                            vmin[ch, c] = lo
-                            amin[ch, c] = ilo
+                n = 0
+                k = 0.0
+                s1 = 0.0
+                s2 = 0.0
+                lo = np.inf
+                hi = -np.inf
+                ilo = INDEX_NONE
+                ihi = INDEX_NONE
+                for xx in range(x, e):
+                    v = row[xx] * a + b
+                    if v != v:
+                        nans[ch, c] += 1
+                        continue
+                    if n == 0:
+                        k = v  # shift: the run's first value
+                    d = v - k
+                    n += 1
+                    s1 += d
+                    s2 += d * d
+                    if v < lo:
+                        lo = v
+                        ilo = base + xx
+                    if v > hi:
+                        hi = v
+                        ihi = base + xx
+                if n > 0:
+                    _chan(cnt, mean, m2, ch, c, n, k + s1 / n, max(s2 - s1 * (s1 / n), 0.0))
+                    if hi > vmax[ch, c]:
+                        vmax[ch, c] = hi
+                        amax[ch, c] = ihi
+                    if lo < vmin[ch, c]:
+                        vmin[ch, c] = lo
+                        amin[ch, c] = ilo
                 x = e
     return cnt, mean, m2, vmin, vmax, amin, amax, nans
 

@@ -65,6 +65,35 @@ def test_fused_reduce_matches_oracle(backend, dtype, layout):
         assert p.argmax[c] == ref["argmax"] and p.argmin[c] == ref["argmin"]
 
 
+def test_sparse_wide_rows_match_oracle(backend):
+    # rows long enough for the CPU's 16-code background skip: all-background rows, runs that start
+    # at, inside and just after a 16-code block, runs at both row ends, long background stretches
+    rng = np.random.default_rng(11)
+    shape = (4, 6, 53)
+    stored = _volume(rng, shape, np.int16)
+    codes = np.zeros(shape, np.uint8)
+    codes[0, 0, 0:3] = 1
+    codes[0, 0, 50:53] = 2
+    codes[0, 1, 16] = 3
+    codes[0, 1, 15] = 1
+    codes[1, 2, 31:33] = 2
+    codes[1, 3, 32:48] = 3
+    codes[2, 4, 47] = 1
+    codes[2, 3, 16] = 2  # the first code after exactly one background block
+    codes[2, 2, 32] = 3  # ... after exactly two
+    codes[3, 5] = rng.integers(0, 4, 53) * (rng.random(53) < 0.2)
+    scale = rng.uniform(1e-4, 2e-3, shape[0])
+    offset = rng.uniform(-0.01, 0.01, shape[0])
+    p = kernels.fused_reduce(stored, codes, scale, offset, 4, backend=backend)
+    values = naive.suv(stored, scale, offset)
+    for c in range(1, 4):
+        ref = naive.region_stats(values, codes == c)
+        assert p.count[c] == ref["count"] > 0
+        assert p.mean[c] == pytest.approx(ref["mean"], rel=RTOL)
+        assert p.m2[c] / p.count[c] == pytest.approx(ref["var"], rel=RTOL, abs=1e-15)
+        assert p.argmax[c] == ref["argmax"] and p.argmin[c] == ref["argmin"]
+
+
 def test_cpu_and_gpu_agree(gpu):
     rng = np.random.default_rng(11)
     stored = rng.integers(0, 20000, (6, 8, 9)).astype(np.int16)
