@@ -43,12 +43,15 @@ SHAPES = {"cpu": (9, 13, 17), "gpu": (5, 7, 11)}  # the simulator runs every thr
 
 @pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.float32])
 @pytest.mark.parametrize("layout", ["few_blocky", "many_random", "one_voxel"])
-def test_fused_reduce_matches_oracle(backend, dtype, layout):
+@pytest.mark.parametrize("signs", ["positive", "mixed"])  # mixed: some slices with a negative slope
+def test_fused_reduce_matches_oracle(backend, dtype, layout, signs):
     rng = np.random.default_rng(hash((dtype.__name__, layout)) % 2**32)
     shape = SHAPES[backend]
     stored = _volume(rng, shape, dtype)
     codes, n_codes = _layout(rng, shape, layout)
     scale = rng.uniform(1e-4, 2e-3, shape[0])  # per-slice slope x SUV factor
+    if signs == "mixed":
+        scale[::2] *= -1
     offset = rng.uniform(-0.01, 0.01, shape[0])
     p = kernels.fused_reduce(stored, codes, scale, offset, n_codes, backend=backend)
     values = naive.suv(stored, scale, offset)
