@@ -118,7 +118,9 @@ def test_fraction_mode_keeps_voxels_at_least_half_covered(study):
     np.testing.assert_array_equal(got == 1, frac >= 0.5)
 
 
-def test_dicom_seg_written_by_highdicom_with_overlapping_segments(study, tmp_path):
+@pytest.mark.parametrize("seg_type", ["BINARY", "LABELMAP"])
+def test_dicom_seg_written_by_highdicom(study, tmp_path, seg_type):
+    # BINARY with overlapping segments; LABELMAP (one label per pixel, so the segments do not overlap)
     hd = pytest.importorskip("highdicom")
     from pydicom.sr.codedict import codes
 
@@ -129,17 +131,21 @@ def test_dicom_seg_written_by_highdicom_with_overlapping_segments(study, tmp_pat
     a[20:40, 20:30, 20:30] = True
     b = np.zeros(shape, bool)
     b[30:50, 25:35, 25:35] = True  # overlaps a
+    if seg_type == "LABELMAP":
+        a &= ~b
     descs = [hd.seg.SegmentDescription(segment_number=i + 1, segment_label=lab,
                                        segmented_property_category=codes.SCT.Organ,
                                        segmented_property_type=codes.SCT.Organ,
                                        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
              for i, lab in enumerate(("organ_a", "organ_b"))]
-    seg = hd.seg.Segmentation(source_images=sources, pixel_array=np.stack([a, b], -1).astype(np.uint8),
-                              segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descs,
+    pixels = np.stack([a, b], -1).astype(np.uint8) if seg_type == "BINARY" else (a * 1 + b * 2).astype(np.uint8)
+    seg = hd.seg.Segmentation(source_images=sources, pixel_array=pixels,
+                              segmentation_type=hd.seg.SegmentationTypeValues[seg_type], segment_descriptions=descs,
                               series_instance_uid=hd.UID(), series_number=99, sop_instance_uid=hd.UID(),
                               instance_number=1, manufacturer="petfeat-test", manufacturer_model_name="test",
                               software_versions="0", device_serial_number="0")
     seg.save_as(tmp_path / "seg.dcm")
+    assert pydicom.dcmread(tmp_path / "seg.dcm").SegmentationType == seg_type
     layers = read_labels(tmp_path / "seg.dcm", series.geometry)
     assert [list(la.names.values()) for la in layers] == [["organ_a"], ["organ_b"]]
     np.testing.assert_array_equal(layers[0].array > 0, a)

@@ -246,17 +246,18 @@ def _sitk_from_affine(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
 
 
 def read_dicom_seg(path: str | Path, geometry: Geometry, mode: str = "nearest") -> list[LabelLayer]:
-    """A DICOM SEG (binary or fractional, overlapping segments allowed) as one layer per segment."""
+    """A DICOM SEG (binary, fractional or labelmap; overlapping segments allowed) as one layer per segment."""
     import highdicom as hd
 
     path = Path(path)
     try:
         seg = hd.seg.segread(path)
-        vol = seg.get_volume(combine_segments=False, rescale_fractional=True)
+        # a LABELMAP SEG lists a background segment 0 in SegmentSequence; segment_numbers leaves it out
+        numbers = [int(n) for n in seg.segment_numbers]
+        vol = seg.get_volume(segment_numbers=numbers, combine_segments=False, rescale_fractional=True)
     except Exception as exc:  # noqa: BLE001 - highdicom raises many types for bad files
         raise LabelError(f"{path}: not a readable DICOM SEG ({type(exc).__name__}: {exc}).") from exc
     arr = np.asarray(vol.array)
-    numbers = [int(d.SegmentNumber) for d in seg.SegmentSequence]
     labels = {int(d.SegmentNumber): str(d.SegmentLabel) for d in seg.SegmentSequence}
     if arr.ndim == 3:
         arr = arr[..., None]
