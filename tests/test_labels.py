@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -101,6 +102,43 @@ def test_box_resampling_equals_whole_grid_resampling_on_an_oblique_grid(study, m
             want[take], best[take] = lab, frac[take]
     assert want.any()
     np.testing.assert_array_equal(got, want)
+
+
+def _with_label_table(nii: Path, table: dict[int, str], out: Path) -> None:
+    """Add a TotalSegmentator-style XML label table to a NIfTI-1 file as a header extension (code 0)."""
+    import gzip
+    import struct
+
+    raw = nii.read_bytes()
+    assert struct.unpack_from("<f", raw, 108)[0] == 352.0 and raw[348:352] == b"\x00" * 4
+    body = "".join(f'<Label Key="{k}" Red="1" Green="0" Blue="0" Alpha="1"><![CDATA[{v}]]></Label>\n'
+                   for k, v in table.items())
+    xml = ('<?xml version="1.0" encoding="UTF-8"?> <CaretExtension> <VolumeInformation Index="0"> <LabelTable>\n'
+           + body + "</LabelTable> </VolumeInformation></CaretExtension>\n   ").encode()
+    size = -(-(8 + len(xml)) // 16) * 16
+    ext = struct.pack("<ii", size, 0) + xml + b"\x00" * (size - 8 - len(xml))
+    header = bytearray(raw[:348])
+    struct.pack_into("<f", header, 108, float(352 + size))
+    out.write_bytes(gzip.compress(bytes(header) + b"\x01\x00\x00\x00" + ext + raw[352:]))
+
+
+def test_totalsegmentator_ml_file_names_its_labels(study, tmp_path):
+    d, series = study
+    arr = np.zeros((40, 60, 60), np.uint8)
+    arr[10:30, 20:40, 15:45] = 5
+    arr[12:20, 22:30, 20:30] = 91
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((6.5, 6.5, 9.0))
+    img.SetOrigin((-190.0, -180.0, 100.0))
+    sitk.WriteImage(img, str(tmp_path / "plain.nii"))
+    _with_label_table(tmp_path / "plain.nii", {5: "liver", 91: "skull", 7: "aorta"}, tmp_path / "ml.nii.gz")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "ml.nii.gz"))), arr)
+    (layer,) = read_labels(tmp_path / "ml.nii.gz", series.geometry)
+    assert layer.names == {5: "liver", 91: "skull"}  # names of the ids present
+    (layer,) = read_labels(tmp_path / "ml.nii.gz", series.geometry, names={5: "hepar"})  # given names win
+    assert layer.names == {5: "hepar", 91: "label_91"}
+    (layer,) = read_labels(tmp_path / "plain.nii", series.geometry)  # no table: generic names
+    assert layer.names == {5: "label_5", 91: "label_91"}
 
 
 def test_fraction_mode_keeps_voxels_at_least_half_covered(study):

@@ -11,8 +11,11 @@ volume on its native grid beside the PET-grid volume (``LabelLayer.native_volume
 
 from __future__ import annotations
 
+import gzip
 import json
+import struct
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pydicom
@@ -184,10 +187,52 @@ def read_label_map(path: str | Path, geometry: Geometry, names: dict[int, str] |
     img = read_label_image(path)
     native_ids = native_volumes_ml(img)
     arr = to_pet_grid(img, geometry, str(path), mode)
+    if names is None:
+        names = nifti_label_table(path)  # TotalSegmentator --ml files carry their class names
     names = {i: (names or {}).get(i, f"{prefix}_{i}") for i in native_ids}
     layer = LabelLayer(arr, names, str(path))
     layer.native_volume_ml = {names[i]: v for i, v in native_ids.items()}
     return layer
+
+
+def nifti_label_table(path: str | Path) -> dict[int, str] | None:
+    """Label names stored in a NIfTI-1 header extension, as TotalSegmentator's ``--ml`` output has them.
+
+    TotalSegmentator writes an XML ``LabelTable`` (``<Label Key="5">liver</Label>`` ...) as a
+    header extension. Returns ``{id: name}``, or None for other files and NIfTIs without one.
+    """
+    path = Path(path)
+    name = path.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        return None
+    opener = gzip.open if name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(352)
+            if len(head) < 352 or struct.unpack_from("<i", head, 0)[0] != 348 or head[348] == 0:
+                return None  # not little-endian NIfTI-1, or no extension
+            vox_offset = int(struct.unpack_from("<f", head, 108)[0])
+            ext = f.read(max(0, vox_offset - 352))
+    except (OSError, EOFError, struct.error):
+        return None
+    pos, table = 0, {}
+    while pos + 8 <= len(ext):
+        size, _code = struct.unpack_from("<ii", ext, pos)
+        if size < 8 or pos + size > len(ext):
+            break
+        content = ext[pos + 8:pos + size].rstrip(b"\x00 \n")
+        pos += size
+        if b"LabelTable" not in content:
+            continue
+        try:
+            root = ElementTree.fromstring(content.decode("utf-8", "replace").strip())
+        except ElementTree.ParseError:
+            continue
+        for label in root.iter("Label"):
+            key, text = label.get("Key"), (label.text or "").strip()
+            if key is not None and key.strip().isdigit() and text:
+                table[int(key)] = text
+    return table or None
 
 
 def read_lesion_mask(path: str | Path, geometry: Geometry, mode: str = "nearest") -> np.ndarray:
@@ -337,7 +382,8 @@ def read_labels(path: str | Path, geometry: Geometry, names: dict[int, str] | No
 
     A folder is a TotalSegmentator output (one ``<class>.nii.gz`` per class); a DICOM file is a
     SEG or an RTSTRUCT (by Modality); anything else is a multilabel image read by SimpleITK
-    (NIfTI, NRRD, MHA), named with ``names`` (e.g. TotalSegmentator's ``--ml`` class map).
+    (NIfTI, NRRD, MHA), named with ``names``, else with the label table a NIfTI carries in its
+    header extension (TotalSegmentator's ``--ml`` output), else ``label_<id>``.
     """
     path = Path(path)
     if path.is_dir():
