@@ -198,6 +198,25 @@ def test_no_patient_identifier_in_outputs(archive, tmp_path):
         assert secret not in blob
 
 
+def test_scan_reads_the_same_with_and_without_the_fast_header_path(archive, monkeypatch):
+    import petfeat.io.archive
+
+    fast = scan_archive(archive, KEY)
+    monkeypatch.setattr(petfeat.io.archive, "read_slice_header", lambda path, wanted: None)
+    assert scan_archive(archive, KEY) == fast and len(fast) == 4
+
+
+def test_scan_matches_an_rtstruct_by_its_dicom_references(tmp_path):
+    # DRO_0_0: a PET series and an RTSTRUCT that references it, in folders named neither "seg" nor "labels"
+    from conftest import DRO
+
+    study = tmp_path / "arch" / "S1"
+    shutil.copytree(DRO / "DRO_0_0", study)
+    (row,) = scan_archive(tmp_path / "arch", KEY)
+    rs = next((study / "RS").glob("*.dcm"))
+    assert row.match_status == "ok" and str(rs) in row.labels, row
+
+
 def test_manifest_validation(tmp_path, archive):
     rows = scan_archive(archive, KEY)
     write_manifest(rows, tmp_path / "m.csv")

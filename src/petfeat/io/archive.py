@@ -24,9 +24,12 @@ from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
 
 from petfeat.errors import PetfeatError
 from petfeat.io.atomic import atomic_write
+from petfeat.io.dicom import _text
+from petfeat.io.dicom_fast import read_slice_header
 
 MANIFEST_COLUMNS = ("study_id", "study_date", "pet_path", "series_uid", "labels", "lesions", "match_status",
                     "n_files")
@@ -97,6 +100,12 @@ def scan_archive(root: str | Path, key: bytes, linkage: dict | None = None) -> l
     return rows
 
 
+_STUDY_DATE, _MODALITY, _PATIENT_ID, _SERIES_UID = (BaseTag(t) for t in (0x00080020, 0x00080060, 0x00100020,
+                                                                            0x0020000E))
+#: SpecificCharacterSet, StudyDate, Modality, PatientID, SeriesInstanceUID.
+_SCAN_TAGS = frozenset({0x00080005, _STUDY_DATE, _MODALITY, _PATIENT_ID, _SERIES_UID})
+
+
 def _scan_study(study: Path, key: bytes, linkage: dict | None) -> StudyRow:
     series: dict[str, dict] = {}
     refs: list[tuple[Path, str, str]] = []  # (file, modality, referenced series uid)
@@ -106,16 +115,21 @@ def _scan_study(study: Path, key: bytes, linkage: dict | None) -> StudyRow:
             continue
         n_files += 1
         try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=[
-                "Modality", "SeriesInstanceUID", "PatientID", "StudyDate", "ReferencedSeriesSequence",
-                "ReferencedFrameOfReferenceSequence"])
-        except (InvalidDicomError, OSError, ValueError, EOFError):
+            ds = read_slice_header(f, _SCAN_TAGS)  # the header's first bytes only, for the PET slices
+        except OSError:
             continue
-        modality = str(ds.get("Modality", ""))
-        uid = str(ds.get("SeriesInstanceUID", ""))
+        if ds is None or _text(ds, _MODALITY) in ("SEG", "RTSTRUCT"):  # references need pydicom
+            try:
+                ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=[
+                    "Modality", "SeriesInstanceUID", "PatientID", "StudyDate", "ReferencedSeriesSequence",
+                    "ReferencedFrameOfReferenceSequence"])
+            except (InvalidDicomError, OSError, ValueError, EOFError):
+                continue
+        modality = _text(ds, _MODALITY) or ""  # raw text: no pydicom value conversion per file
+        uid = _text(ds, _SERIES_UID) or ""
         if modality == "PT":
-            s = series.setdefault(uid, {"folders": set(), "n": 0, "pid": str(ds.get("PatientID", "")),
-                                        "date": str(ds.get("StudyDate", ""))})
+            s = series.setdefault(uid, {"folders": set(), "n": 0, "pid": _text(ds, _PATIENT_ID) or "",
+                                        "date": _text(ds, _STUDY_DATE) or ""})
             s["folders"].add(f.parent)
             s["n"] += 1
         elif modality in ("SEG", "RTSTRUCT"):
