@@ -7,26 +7,19 @@ Run it on two checkouts (before/after a kernel change) back to back; prints the 
 
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from petfeat.kernels.reduce_cpu import fused_reduce_cpu
 
-sys.path.insert(0, "benchmarks")
+sys.path.insert(0, str(Path(__file__).parent))
+from blocky import blocky_codes, blocky_volume  # noqa: E402
 from test_bench_kernels import _floor  # noqa: E402
 
 rng = np.random.default_rng(0)
-shape = (600, 200, 200)
-stored = rng.integers(0, 30000, shape).astype(np.int16)
-codes = np.zeros(shape, np.uint8)
-for k in range(1, 11):
-    z0, y0, x0 = rng.integers(0, 540), rng.integers(0, 160), rng.integers(0, 160)
-    codes[z0:z0 + 60, y0:y0 + 40, x0:x0 + 40] = k
-codes60 = np.zeros(shape, np.uint8)
-for k in range(1, 61):
-    z0, y0, x0 = rng.integers(0, 540), rng.integers(0, 140), rng.integers(0, 140)
-    codes60[z0:z0 + 60, y0:y0 + 60, x0:x0 + 60] = k
-scale, offset = rng.uniform(1e-4, 2e-4, shape[0]), np.zeros(shape[0])
-
+stored, scale, offset = blocky_volume(rng)
+codes = blocky_codes(rng, 10)
+codes60 = blocky_codes(rng, 60, box=(60, 60, 60))
 
 def best(f, *a):
     f(*a)

@@ -9,7 +9,9 @@ along x, then one multiply-add per run). Prints the best of 5 per variant, twice
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -17,16 +19,14 @@ from petfeat.kernels import reduce_cpu as rc
 
 from petfeat.features import sphere_offsets
 
+sys.path.insert(0, str(Path(__file__).parent))
+from blocky import blocky_codes, blocky_volume  # noqa: E402
+
 
 def main():
     rng = np.random.default_rng(0)
-    shape = (600, 200, 200)
-    stored = rng.integers(0, 30000, shape).astype(np.int16)
-    codes = np.zeros(shape, np.uint8)
-    for k in range(1, 11):
-        z0, y0, x0 = rng.integers(0, 540), rng.integers(0, 160), rng.integers(0, 160)
-        codes[z0:z0 + 60, y0:y0 + 40, x0:x0 + 40] = k
-    scale, offset = rng.uniform(1e-4, 2e-4, shape[0]), np.zeros(shape[0])
+    stored, scale, offset = blocky_volume(rng)
+    codes = blocky_codes(rng, 10)
     ptr = np.concatenate([[0, 0], np.arange(1, 11)]).astype(np.int64)  # code k -> region k - 1
     regs = np.arange(10, dtype=np.int64)
     rmax = np.full(10, np.inf)

@@ -104,6 +104,18 @@ def test_box_resampling_equals_whole_grid_resampling_on_an_oblique_grid(study, m
     np.testing.assert_array_equal(got, want)
 
 
+def _coarse_label_map(path: Path, dtype, outer: int, inner: int) -> np.ndarray:
+    """Write a two-label map on a coarser grid (6.5 x 6.5 x 9 mm) overlapping the study's PET; returns its ids."""
+    arr = np.zeros((40, 60, 60), dtype)
+    arr[10:30, 20:40, 15:45] = outer
+    arr[12:20, 22:30, 20:30] = inner
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((6.5, 6.5, 9.0))
+    img.SetOrigin((-190.0, -180.0, 100.0))
+    sitk.WriteImage(img, str(path))
+    return arr
+
+
 def _with_label_table(nii: Path, table: dict[int, str], out: Path) -> None:
     """Add a TotalSegmentator-style XML label table to a NIfTI-1 file as a header extension (code 0)."""
     import gzip
@@ -124,13 +136,7 @@ def _with_label_table(nii: Path, table: dict[int, str], out: Path) -> None:
 
 def test_totalsegmentator_ml_file_names_its_labels(study, tmp_path):
     d, series = study
-    arr = np.zeros((40, 60, 60), np.uint8)
-    arr[10:30, 20:40, 15:45] = 5
-    arr[12:20, 22:30, 20:30] = 91
-    img = sitk.GetImageFromArray(arr)
-    img.SetSpacing((6.5, 6.5, 9.0))
-    img.SetOrigin((-190.0, -180.0, 100.0))
-    sitk.WriteImage(img, str(tmp_path / "plain.nii"))
+    arr = _coarse_label_map(tmp_path / "plain.nii", np.uint8, 5, 91)
     _with_label_table(tmp_path / "plain.nii", {5: "liver", 91: "skull", 7: "aorta"}, tmp_path / "ml.nii.gz")
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "ml.nii.gz"))), arr)
     (layer,) = read_labels(tmp_path / "ml.nii.gz", series.geometry)
@@ -233,13 +239,7 @@ def test_lesion_mask_equals_the_binarised_label_map(study, tmp_path):
     got = read_lesion_mask(d / "lesions.nii.gz", series.geometry)
     assert got.dtype == bool and want.any()
     np.testing.assert_array_equal(got, want)
-    arr = np.zeros((40, 60, 60), np.uint16)
-    arr[10:30, 20:40, 15:45] = 7
-    arr[12:20, 22:30, 20:30] = 300
-    img = sitk.GetImageFromArray(arr)
-    img.SetSpacing((6.5, 6.5, 9.0))
-    img.SetOrigin((-190.0, -180.0, 100.0))
-    sitk.WriteImage(img, str(tmp_path / "les.nrrd"))
+    _coarse_label_map(tmp_path / "les.nrrd", np.uint16, 7, 300)
     np.testing.assert_array_equal(read_lesion_mask(tmp_path / "les.nrrd", series.geometry),
                                   read_label_map(tmp_path / "les.nrrd", series.geometry).array > 0)
 
