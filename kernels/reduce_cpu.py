@@ -121,6 +121,19 @@ def _row_is_background(crow, nx):  # pragma: no cover - compiled
     return acc == 0
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _next_run(crow, x, nx):  # pragma: no cover - compiled
+    """``(start, end, code)`` of the next run of one non-zero code at or after ``x``; start is nx when none."""
+    if crow[x] == 0:
+        x = _skip_background(crow, x, nx)
+        if x >= nx:
+            return nx, nx, np.int64(0)
+    e = x + 1
+    while e < nx and crow[e] == crow[x]:
+        e += 1
+    return x, e, np.int64(crow[x])
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _fused_chunks_int(stored, codes, scale, offset, n_codes, n_chunks):  # pragma: no cover - compiled
     """Integer pixels (8/16 bit): exact moments per run of equal codes (vectorisable run loop)."""
@@ -142,13 +155,9 @@ def _fused_chunks_int(stored, codes, scale, offset, n_codes, n_chunks):  # pragm
             base = r * nx
             x = 0
             while x < nx:
-                c = np.int64(crow[x])
-                if c == 0:
-                    x = _skip_background(crow, x, nx)
-                    continue
-                e = x + 1
-                while e < nx and crow[e] == crow[x]:
-                    e += 1
+                x, e, c = _next_run(crow, x, nx)
+                if x >= nx:
+                    break
                 k = np.int32(row[x])
                 s1, s2, smin, smax = _run_moments(row, x, e, k)
                 _flush_int(cnt, mean, m2, vmin, vmax, amin, amax, ch, c, e - x, k, s1, s2, smin, smax, a, b,
@@ -178,13 +187,9 @@ def _fused_chunks_float(stored, codes, scale, offset, n_codes, n_chunks):  # pra
             base = r * nx
             x = 0
             while x < nx:
-                c = np.int64(crow[x])
-                if c == 0:
-                    x = _skip_background(crow, x, nx)
-                    continue
-                e = x + 1
-                while e < nx and crow[e] == crow[x]:
-                    e += 1
+                x, e, c = _next_run(crow, x, nx)
+                if x >= nx:
+                    break
                 n = 0
                 k = 0.0
                 s1 = 0.0
