@@ -125,14 +125,15 @@ def _reset_peak_rss() -> float | None:
     return _proc_status_mb("VmRSS")
 
 
-def _peak_rss_over(start: float | None) -> float | None:
-    """Peak RSS since :func:`_reset_peak_rss` minus the RSS then (MB): all memory, SimpleITK's included.
+def _peak_rss(start: float | None) -> tuple[float | None, float | None]:
+    """Peak RSS since :func:`_reset_peak_rss`, and that minus the RSS then (MB): all memory, SimpleITK's included.
 
-    Memory the allocator kept from an earlier study is reused without raising RSS, so this is
-    a lower bound per study; ``peak_traced_mb`` (tracemalloc: NumPy and Python) is the other view.
+    Memory the allocator kept from an earlier study is reused without raising RSS, so the
+    difference is a lower bound per study; ``peak_traced_mb`` (tracemalloc: NumPy and Python) is
+    the other view.
     """
     hwm = _proc_status_mb("VmHWM")
-    return None if start is None or hwm is None else max(0.0, hwm - start)
+    return hwm, None if start is None or hwm is None else max(0.0, hwm - start)
 
 
 def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, threads: int = 1) -> dict:
@@ -183,8 +184,9 @@ def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, th
         _atomic_parquet(res.lesions, parts / f"{key}.lesions.parquet")
         t["write_s"] = time.perf_counter() - t0 - sum(t.values())
         peak = tracemalloc.get_traced_memory()[1]
+        hwm, over_start = _peak_rss(rss_start)
         t.update(total_s=time.perf_counter() - t0, peak_traced_mb=peak / 1e6, raw_pixel_mb=raw_bytes / 1e6,
-                 peak_rss_over_start_mb=_peak_rss_over(rss_start), peak_rss_mb=_proc_status_mb("VmHWM"))
+                 peak_rss_over_start_mb=over_start, peak_rss_mb=hwm)
         suv = {"units": factors.units, "suv_bw_factor": float(factors.suv_bw_per_slice[0]),
                "sul_factor": factors.sul_factor, "uptake_seconds": factors.uptake_seconds,
                "scan_time_source": factors.scan_time_source, "warnings": factors.warnings}

@@ -18,7 +18,7 @@ from petfeat.backend import resolve_backend
 from petfeat.errors import LabelError, PetfeatError
 from petfeat.features import FEATURE_NAMES, PEAK_RADIUS_MM, region_rows, sphere_offsets
 from petfeat.io.dicom import Geometry, PetSeries
-from petfeat.lesions import CONNECTIVITIES, centroids_mm, connected_components, threshold_mask
+from petfeat.lesions import centroids_mm, check_connectivity, connected_components, threshold_mask
 from petfeat.regions import (
     LabelLayer,
     _code_dtype,
@@ -192,8 +192,7 @@ def extract(
         lesion_settings.update(source="threshold", **params)
     comps = None
     cc_backend = "gpu" if ran == "gpu" and _cupy_usable() else "cpu"
-    if connectivity not in CONNECTIVITIES:
-        raise LabelError(f"connectivity is {connectivity}; choose 6 (faces) or 26 (faces, edges, corners).")
+    check_connectivity(connectivity)  # before the region pass: components may only be labelled after it
     # With no minimum volume every mask voxel belongs to a kept component, so the boolean mask is the
     # lesion layer itself: components are labelled after the region pass, once the code volume is
     # freed (one volume fewer alive at a time). Otherwise components come first, to drop the small ones.

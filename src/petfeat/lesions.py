@@ -51,6 +51,12 @@ class Components:
                           "lesion components")
 
 
+def check_connectivity(connectivity: int) -> None:
+    """Refuse a connectivity other than 6 (faces) or 26 (faces, edges, corners)."""
+    if connectivity not in CONNECTIVITIES:
+        raise LabelError(f"connectivity is {connectivity}; choose 6 (faces) or 26 (faces, edges, corners).")
+
+
 def connected_components(mask: np.ndarray, voxel_ml: float, connectivity: int = 26,
                          min_volume_ml: float = 0.0, backend: str = "cpu") -> Components:
     """Label the connected components of ``mask > 0``, largest first, dropping those below ``min_volume_ml``.
@@ -58,8 +64,7 @@ def connected_components(mask: np.ndarray, voxel_ml: float, connectivity: int = 
     ``backend="cpu"`` uses SimpleITK; ``"gpu"`` uses ``cupyx.scipy.ndimage.label`` (needs CuPy and a
     device; the numbering rule is the same: by size, largest first, ties in scan order).
     """
-    if connectivity not in CONNECTIVITIES:
-        raise LabelError(f"connectivity is {connectivity}; choose 6 (faces) or 26 (faces, edges, corners).")
+    check_connectivity(connectivity)
     mask = np.asarray(mask)
     if mask.dtype != bool and not np.issubdtype(mask.dtype, np.unsignedinteger):
         raise LabelError(f"the lesion mask has dtype {mask.dtype}; it must be boolean or unsigned integer.")

@@ -248,16 +248,7 @@ def read_lesion_mask(path: str | Path, geometry: Geometry, mode: str = "nearest"
     img = read_label_image(path)
     binary = sitk.BinaryThreshold(img, 1, _MAX_ID[img.GetPixelID()], 1, 0)  # uint8 0/1, any id -> 1
     del img
-    mask = np.zeros(geometry.shape, bool)
-    hit = resample_box(binary, geometry, sitk.sitkNearestNeighbor, sitk.sitkUInt8)
-    if hit is not None:
-        mask[hit[0]] = hit[1].view(bool)
-    if hit is None or not mask.any():
-        if sitk.GetArrayViewFromImage(binary).any():
-            raise LabelError(f"{path}: the label map does not overlap the PET field of view (its labels fall outside "
-                             "the PET grid after resampling). Check that it belongs to this study and frame of "
-                             "reference.")
-    return mask
+    return to_pet_grid(binary, geometry, str(path)).view(bool)
 
 
 def read_names_file(path: str | Path) -> dict[int, str]:
