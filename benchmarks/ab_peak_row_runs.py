@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
-from petfeat.kernels import reduce_cpu as rc
+from petfeat.kernels import peak_cpu as rc
 
 from petfeat.features import sphere_offsets
 
@@ -37,11 +37,11 @@ def main():
         best, peaks = {False: [], True: []}, {}
         for integer in (False, True, False, True):
             args = (stored, codes, scale, offset, offs, *runs, integer, ptr, regs, rmax, 10, n_chunks)
-            rc._peak_chunks(*args)
+            rc._peak_direct(*args)
             times = []
             for _ in range(5):
                 t0 = time.perf_counter()
-                glob, _loc = rc._peak_chunks(*args)
+                glob, _loc = rc._peak_direct(*args)
                 times.append(time.perf_counter() - t0)
             best[integer].append(min(times))
             peaks[integer] = glob.max(axis=0)

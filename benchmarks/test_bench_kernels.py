@@ -13,7 +13,8 @@ import numba
 import numpy as np
 import pytest
 from numba import njit, prange
-from petfeat.kernels.reduce_cpu import fused_reduce_cpu, suv_peak_cpu
+from petfeat.kernels.peak_cpu import suv_peak_cpu
+from petfeat.kernels.reduce_cpu import fused_reduce_cpu
 
 from petfeat.features import sphere_offsets
 

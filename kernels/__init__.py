@@ -8,7 +8,8 @@ when the GPU backend is used, so importing petfeat never initialises CUDA or imp
 from __future__ import annotations
 
 from .partials import Partials, combine_codes, merge, merge_stack
-from .reduce_cpu import fused_reduce_cpu, suv_peak_cpu
+from .peak_cpu import suv_peak_cpu
+from .reduce_cpu import fused_reduce_cpu
 
 __all__ = ["Partials", "combine_codes", "fused_reduce", "merge", "merge_stack", "suv_peak"]
 

@@ -123,15 +123,23 @@ def _row_is_background(crow, nx):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True, inline="always")
 def _next_run(crow, x, nx):  # pragma: no cover - compiled
-    """``(start, end, code)`` of the next run of one non-zero code at or after ``x``; start is nx when none."""
+    """``(start, end, code)`` of the next run of one non-zero code in ``[x, nx)``; start is nx when none."""
     if crow[x] == 0:
         x = _skip_background(crow, x, nx)
         if x >= nx:
             return nx, nx, np.int64(0)
+    cx = crow[x]
     e = x + 1
-    while e < nx and crow[e] == crow[x]:
+    while e + 8 <= nx:  # 8 codes per step while the whole block continues the run
+        acc = crow[e] ^ cx
+        for t in range(1, 8):
+            acc |= crow[e + t] ^ cx
+        if acc != 0:
+            break
+        e += 8
+    while e < nx and crow[e] == cx:
         e += 1
-    return x, e, np.int64(crow[x])
+    return x, e, np.int64(cx)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -252,127 +260,3 @@ def fused_reduce_cpu(stored: np.ndarray, codes: np.ndarray, scale: np.ndarray, o
     kernel = _fused_chunks_int if stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2 else _fused_chunks_float
     return merge_stack(*kernel(stored, codes, np.ascontiguousarray(scale, np.float64),
                                np.ascontiguousarray(offset, np.float64), int(n_codes), int(n_chunks)))
-
-
-def _row_segments(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The sphere's offsets as runs along x: ``(dz, dy, dx_first, length)`` per run (sorted offsets)."""
-    o = offsets[np.lexsort((offsets[:, 2], offsets[:, 1], offsets[:, 0]))]
-    start = np.ones(len(o), bool)
-    start[1:] = (o[1:, 0] != o[:-1, 0]) | (o[1:, 1] != o[:-1, 1]) | (o[1:, 2] != o[:-1, 2] + 1)
-    first = np.flatnonzero(start)
-    length = np.diff(np.append(first, len(o)))
-    return o[first, 0].copy(), o[first, 1].copy(), o[first, 2].copy(), length.astype(np.int64)
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _peak_chunks(stored, codes, scale, offset, offs, seg_dz, seg_dy, seg_dx, seg_len, integer, code_ptr,
-                 code_regions, region_max, n_regions, n_chunks):  # pragma: no cover - compiled
-    nz, ny, nx = stored.shape
-    n_rows = nz * ny
-    flat = stored.reshape(-1)
-    glob = np.full((n_chunks, n_regions), -np.inf)
-    loc = np.full((n_chunks, n_regions), -np.inf)
-    n_off = offs.shape[0]
-    n_seg = seg_len.shape[0]
-    # interior fast path: voxels at least the sphere's reach from every face need no bounds checks
-    dflat = offs[:, 0] * (ny * nx) + offs[:, 1] * nx + offs[:, 2]
-    seg_flat = seg_dz * (ny * nx) + seg_dy * nx + seg_dx
-    rz = np.abs(offs[:, 0]).max()
-    ry = np.abs(offs[:, 1]).max()
-    rx = np.abs(offs[:, 2]).max()
-    for ch in prange(n_chunks):
-        r0 = ch * n_rows // n_chunks
-        r1 = (ch + 1) * n_rows // n_chunks
-        sc = np.empty(n_off)
-        of = np.empty(n_off)
-        ssc = np.empty(n_seg)
-        sof = np.empty(n_seg)
-        for r in range(r0, r1):
-            z = r // ny
-            y = r - z * ny
-            inner_row = rz <= z < nz - rz and ry <= y < ny - ry
-            if inner_row:
-                for k in range(n_off):
-                    sc[k] = scale[z + offs[k, 0]]
-                    of[k] = offset[z + offs[k, 0]]
-                for k in range(n_seg):  # a run shares its slice's factors: a x (sum of stored) + n b
-                    ssc[k] = scale[z + seg_dz[k]]
-                    sof[k] = offset[z + seg_dz[k]] * seg_len[k]
-            for x in range(nx):
-                c = np.int64(codes[z, y, x])
-                if c == 0 or code_ptr[c] == code_ptr[c + 1]:
-                    continue
-                v = stored[z, y, x] * scale[z] + offset[z]
-                if v != v:
-                    continue
-                total = 0.0
-                n_in = 0
-                if integer and inner_row and rx <= x < nx - rx:
-                    # integer pixels cannot be NaN: sum each run of stored values exactly, then scale
-                    i = r * nx + x
-                    for k in range(n_seg):
-                        j0 = i + seg_flat[k]
-                        acc = np.int64(0)
-                        for j in range(j0, j0 + seg_len[k]):
-                            acc += np.int64(flat[j])
-                        total += ssc[k] * acc + sof[k]
-                    n_in = n_off
-                elif inner_row and rx <= x < nx - rx:
-                    i = r * nx + x
-                    for k in range(n_off):
-                        w = flat[i + dflat[k]] * sc[k] + of[k]
-                        if w == w:
-                            total += w
-                            n_in += 1
-                else:
-                    for k in range(n_off):
-                        zz = z + offs[k, 0]
-                        yy = y + offs[k, 1]
-                        xx = x + offs[k, 2]
-                        if 0 <= zz < nz and 0 <= yy < ny and 0 <= xx < nx:
-                            w = stored[zz, yy, xx] * scale[zz] + offset[zz]
-                            if w == w:
-                                total += w
-                                n_in += 1
-                m = total / n_in
-                for j in range(code_ptr[c], code_ptr[c + 1]):
-                    reg = code_regions[j]
-                    if m > glob[ch, reg]:
-                        glob[ch, reg] = m
-                    if v == region_max[reg] and m > loc[ch, reg]:
-                        loc[ch, reg] = m
-    return glob, loc
-
-
-def suv_peak_cpu(stored, codes, scale, offset, offsets, code_ptr, code_regions, region_max, n_regions):
-    """IBSI local and global intensity peaks for several regions in one pass over ROI voxels.
-
-    Parameters
-    ----------
-    stored, codes, scale, offset
-        As in :func:`fused_reduce_cpu`.
-    offsets : (K, 3) ndarray of int64
-        ``(dz, dy, dx)`` offsets of the voxel centres inside the peak sphere.
-    code_ptr, code_regions : ndarray of int64
-        CSR map code -> regions: the regions of code ``c`` are
-        ``code_regions[code_ptr[c]:code_ptr[c + 1]]``.
-    region_max : (R,) ndarray of float64
-        Maximum value of each region (from the fused pass), for the local peak.
-    n_regions : int
-        Number of regions ``R``.
-
-    Returns
-    -------
-    global_peak, local_peak : (R,) ndarray of float64
-        ``-inf`` where a region has no voxel.
-    """
-    n_chunks = max(1, min(stored.shape[0] * stored.shape[1], numba.get_num_threads() * CPU_CHUNKS_PER_THREAD))
-    offsets = np.ascontiguousarray(offsets, np.int64)
-    seg_dz, seg_dy, seg_dx, seg_len = _row_segments(offsets)
-    integer = stored.dtype.kind in "iu" and stored.dtype.itemsize <= 4
-    glob, loc = _peak_chunks(stored, codes, np.ascontiguousarray(scale, np.float64),
-                             np.ascontiguousarray(offset, np.float64), offsets, seg_dz, seg_dy, seg_dx, seg_len,
-                             integer, np.ascontiguousarray(code_ptr, np.int64),
-                             np.ascontiguousarray(code_regions, np.int64),
-                             np.ascontiguousarray(region_max, np.float64), int(n_regions), int(n_chunks))
-    return glob.max(axis=0), loc.max(axis=0)

@@ -181,6 +181,106 @@ def test_suv_peak_matches_oracle(backend, spacing):
         assert glob[k] == pytest.approx(g_ref, rel=RTOL) and loc[k] == pytest.approx(l_ref, rel=RTOL)
 
 
+def _peak_case(rng, shape, dtype, n_labels):
+    """Random pixels, blob labels (some touching the faces), overlapping regions, a non-zero offset."""
+    stored = _volume(rng, shape, dtype)
+    codes = np.zeros(shape, np.uint8)
+    for lab in range(1, n_labels + 1):
+        lo = [int(rng.integers(0, s)) for s in shape]
+        hi = [min(s, a + int(rng.integers(1, 5))) for s, a in zip(shape, lo, strict=True)]
+        codes[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] = lab
+    scale = rng.uniform(5e-4, 1e-3, shape[0])
+    scale[1::3] *= -1  # negative slopes turn the hottest stored value into the coldest SUV
+    offset = rng.uniform(-0.5, 0.5, shape[0])
+    regions = [[c] for c in range(1, n_labels + 1)] + [list(range(1, n_labels + 1, 2)), [n_labels + 1]]
+    return stored, codes, scale, offset, regions
+
+
+def _csr(regions, n_codes):
+    per_code = [[r for r, codes in enumerate(regions) if c in codes] for c in range(n_codes)]
+    ptr = np.concatenate([[0], np.cumsum([len(x) for x in per_code])]).astype(np.int64)
+    return ptr, np.asarray([r for x in per_code for r in x], np.int64)
+
+
+@pytest.mark.parametrize("spacing", [(2.0, 2.0, 2.0), (4.0, 4.0, 4.0), (3.27, 2.0, 4.07)])
+@pytest.mark.parametrize("n_chunks", [1, 3, 6])
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_separable_peak_matches_oracle_across_chunks(spacing, n_chunks, dtype):
+    """The separable CPU kernel on chunk boundaries, faces, overlapping regions and an empty region."""
+    from petfeat.kernels import peak_cpu
+
+    rng = np.random.default_rng(hash((spacing, n_chunks, dtype.__name__)) % 2**32)
+    shape = (13, 11, 12)
+    stored, codes, scale, offset, regions = _peak_case(rng, shape, dtype, 6)
+    values = naive.suv(stored, scale, offset)
+    n_codes = 8  # code 7 is in the last region and on no voxel
+    ptr, flat = _csr(regions, n_codes)
+    rmax = np.array([values[np.isin(codes, r)].max() if np.isin(codes, r).any() else -np.inf for r in regions])
+    plan = peak_cpu.sphere_plan(sphere_offsets(spacing))
+    sums = peak_cpu.sums_dtype(stored, plan)  # int16: exact float32 sums; float32 pixels: float64 sums
+    assert sums == (np.float32 if dtype == np.int16 else np.float64)
+    glob, loc = peak_cpu._peak_separable(stored, codes, scale, offset, *plan, np.diff(ptr) > 0, ptr, flat, rmax,
+                                         len(regions), n_chunks, np.zeros(1, sums))
+    glob, loc = glob.max(axis=0), loc.max(axis=0)
+    for k, r in enumerate(regions):
+        g_ref, l_ref = naive.peaks(values, np.isin(codes, r), spacing)
+        if np.isnan(g_ref):
+            assert glob[k] == -np.inf and loc[k] == -np.inf
+        else:
+            assert glob[k] == pytest.approx(g_ref, rel=RTOL) and loc[k] == pytest.approx(l_ref, rel=RTOL)
+
+
+def test_peak_on_float_pixels_with_nan_skips_them(backend):
+    """NaN neighbours are not averaged (the CPU takes the direct kernel for such pixels)."""
+    rng = np.random.default_rng(5)
+    shape = (6, 7, 8) if backend == "gpu" else (9, 10, 11)
+    stored, codes, scale, offset, regions = _peak_case(rng, shape, np.float32, 4)
+    stored[rng.random(shape) < 0.1] = np.nan
+    values = naive.suv(stored, scale, offset)
+    ptr, flat = _csr(regions, 6)
+    rmax = np.array([np.nanmax(values[np.isin(codes, r)], initial=-np.inf) for r in regions])
+    glob, loc = kernels.suv_peak(stored, codes, scale, offset, sphere_offsets((2.0, 2.0, 2.0)), ptr, flat, rmax,
+                                 len(regions), backend=backend)
+    for k, r in enumerate(regions):
+        g_ref, l_ref = naive.peaks(values, np.isin(codes, r), (2.0, 2.0, 2.0))
+        if np.isnan(g_ref):
+            assert glob[k] == -np.inf
+        else:
+            assert glob[k] == pytest.approx(g_ref, rel=RTOL) and loc[k] == pytest.approx(l_ref, rel=RTOL)
+
+
+def test_sphere_plan_is_the_sphere_and_refuses_gaps():
+    from petfeat.kernels.peak_cpu import sphere_plan
+
+    offs = sphere_offsets((3.27, 2.0, 4.07))
+    dzs, dz_prof, n_per_dz, prof_ptr, term_dy, term_h, row_dz, row_dy, row_h = sphere_plan(offs)
+    rebuilt = {(int(dz), int(dy), dx) for dz, dy, h in zip(row_dz, row_dy, row_h, strict=True)
+               for dx in range(-h, h + 1)}
+    assert rebuilt == {tuple(map(int, o)) for o in offs}
+    assert n_per_dz.sum() == len(offs)
+    for dz, p in zip(dzs, dz_prof, strict=True):  # each dz's profile holds that dz's rows
+        terms = set(zip(term_dy[prof_ptr[p]:prof_ptr[p + 1]], term_h[prof_ptr[p]:prof_ptr[p + 1]], strict=True))
+        assert terms == {(dy, h) for z, dy, h in zip(row_dz, row_dy, row_h, strict=True) if z == dz}
+    gapped = np.array([[0, 0, -2], [0, 0, 0], [0, 0, 2]])  # not a centred run along x
+    assert sphere_plan(gapped) is None
+
+
+def test_peak_with_gapped_offsets_takes_the_direct_kernel():
+    """Offsets that are not x-segments still give the mean over exactly those offsets."""
+    rng = np.random.default_rng(8)
+    stored = rng.integers(0, 1000, (5, 6, 7)).astype(np.int16)
+    codes = np.zeros(stored.shape, np.uint8)
+    codes[2, 3, 1:6] = 1
+    offs = np.array([[0, 0, -2], [0, 0, 0], [0, 0, 2], [1, 0, 0]])
+    scale, offset = np.full(5, 0.01), np.zeros(5)
+    glob, _ = kernels.suv_peak(stored, codes, scale, offset, offs, np.array([0, 0, 1]), np.array([0]),
+                               np.array([np.inf]), 1)
+    v = stored.astype(float) * 0.01
+    ref = max(np.mean([v[2, 3, x - 2], v[2, 3, x], v[2, 3, x + 2], v[3, 3, x]]) for x in range(2, 5))
+    ref = max(ref, np.mean([v[2, 3, 3], v[2, 3, 1], v[3, 3, 1]]), np.mean([v[2, 3, 3], v[2, 3, 5], v[3, 3, 5]]))
+    assert glob[0] == pytest.approx(ref, rel=1e-12)
+
+
 def test_sphere_offsets_physical_radius():
     offs = sphere_offsets((2.0, 2.0, 2.0))
     assert len(offs) == 123  # voxel centres within 6.2035 mm at 2 mm spacing (IBSI phantom grid)
