@@ -62,11 +62,9 @@ def sphere_plan(offsets: np.ndarray):
     n_per_dz = [sum(2 * h + 1 for (z, _), h in half.items() if z == dz) for dz in dzs]
     prof_ptr = np.cumsum([0] + [len(p) for p in profiles])
     keys = sorted(half)
-    as_i64 = np.asarray
-    return (as_i64(dzs, np.int64), as_i64(dz_profile, np.int64), as_i64(n_per_dz, np.int64),
-            as_i64(prof_ptr, np.int64), as_i64([dy for p in profiles for dy, _ in p], np.int64),
-            as_i64([h for p in profiles for _, h in p], np.int64), as_i64([k[0] for k in keys], np.int64),
-            as_i64([k[1] for k in keys], np.int64), as_i64([half[k] for k in keys], np.int64))
+    columns = (dzs, dz_profile, n_per_dz, prof_ptr, [dy for p in profiles for dy, _ in p],
+               [h for p in profiles for _, h in p], [k[0] for k in keys], [k[1] for k in keys], [half[k] for k in keys])
+    return tuple(np.asarray(c, np.int64) for c in columns)
 
 
 @njit(cache=True, nogil=True)
@@ -296,7 +294,7 @@ def _sphere_slice(stored, codes, scale, offset, z, box, row_dz, row_dy, row_h, o
     """Sphere means on the region voxels of output slice ``z``; updates ``glob``/``loc`` per region.
 
     Voxels are taken by runs of one code: inside the image the largest mean of a run is the mean
-    at its largest sphere sum (one vectorised max), so regions are updated once per run. The local
+    at its largest sphere sum (one max over the run), so regions are updated once per run. The local
     peak looks at single voxels only in a run that holds a region's maximum.
     """
     nz, ny, nx = stored.shape
