@@ -225,65 +225,66 @@ def _sphere_sums(scale, z, box, dzs, dz_profile, ring, oy, rx, acc):  # pragma: 
                 out[j] += s * d[j]
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _max4(v):  # pragma: no cover - compiled
-    """Largest value of a non-empty array: four independent chains (a max reduction does not vectorise here)."""
-    n = v.shape[0]
-    t0 = v[0]
-    t1 = t0
-    t2 = t0
-    t3 = t0
-    j = 0
-    while j + 4 <= n:
-        t0 = v[j] if v[j] > t0 else t0
-        t1 = v[j + 1] if v[j + 1] > t1 else t1
-        t2 = v[j + 2] if v[j + 2] > t2 else t2
-        t3 = v[j + 3] if v[j + 3] > t3 else t3
-        j += 4
-    while j < n:
-        t0 = v[j] if v[j] > t0 else t0
-        j += 1
-    t0 = t1 if t1 > t0 else t0
-    t2 = t3 if t3 > t2 else t2
-    return t2 if t2 > t0 else t0
+def _extreme4(largest: bool):
+    """Compiled helper: the largest (or smallest) value of a non-empty array, in four chains.
+
+    A max reduction does not vectorise here; four independent chains overlap their latencies (3x
+    faster than one chain on 200 values). ``largest`` is a compile-time constant of the closure, so
+    each helper has one comparison, as if written out twice.
+    """
+
+    @njit(nogil=True, inline="always")
+    def extreme(v):  # pragma: no cover - compiled
+        n = v.shape[0]
+        t0 = v[0]
+        t1 = t0
+        t2 = t0
+        t3 = t0
+        j = 0
+        while j + 4 <= n:
+            t0 = v[j] if (v[j] > t0) == largest else t0
+            t1 = v[j + 1] if (v[j + 1] > t1) == largest else t1
+            t2 = v[j + 2] if (v[j + 2] > t2) == largest else t2
+            t3 = v[j + 3] if (v[j + 3] > t3) == largest else t3
+            j += 4
+        while j < n:
+            t0 = v[j] if (v[j] > t0) == largest else t0
+            j += 1
+        t0 = t1 if (t1 > t0) == largest else t0
+        t2 = t3 if (t3 > t2) == largest else t2
+        return t2 if (t2 > t0) == largest else t0
+
+    return extreme
+
+
+_max4 = _extreme4(True)
+_min4 = _extreme4(False)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _min4(v):  # pragma: no cover - compiled
-    """Smallest value of a non-empty array, like :func:`_max4`."""
-    n = v.shape[0]
-    t0 = v[0]
-    t1 = t0
-    t2 = t0
-    t3 = t0
-    j = 0
-    while j + 4 <= n:
-        t0 = v[j] if v[j] < t0 else t0
-        t1 = v[j + 1] if v[j + 1] < t1 else t1
-        t2 = v[j + 2] if v[j + 2] < t2 else t2
-        t3 = v[j + 3] if v[j + 3] < t3 else t3
-        j += 4
-    while j < n:
-        t0 = v[j] if v[j] < t0 else t0
-        j += 1
-    t0 = t1 if t1 < t0 else t0
-    t2 = t3 if t3 < t2 else t2
-    return t2 if t2 < t0 else t0
+def _in_image(offset, nz, ny, nx, z, y, x, row_dz, row_dy, row_h, clip_x):  # pragma: no cover - compiled
+    """Voxels of the sphere at ``(z, y, x)`` inside the image, and the sum of their slices' offsets.
 
-
-@njit(cache=True, nogil=True)
-def _border_mean(stored, offset, z, y, x, row_dz, row_dy, row_h, total, with_offset):  # pragma: no cover
-    """Sphere mean at a voxel whose sphere leaves the image: count (and offset) only voxels inside it."""
-    nz, ny, nx = stored.shape
+    With ``clip_x`` False every x-segment whose row is in the image is taken whole (the count of a
+    voxel at least the sphere's reach from both x faces).
+    """
     n_in = 0
     b_in = 0.0
     for k in range(row_h.shape[0]):
         zz = z + row_dz[k]
         yy = y + row_dy[k]
         if 0 <= zz < nz and 0 <= yy < ny:
-            n = min(x + row_h[k], nx - 1) - max(x - row_h[k], 0) + 1
+            n = min(x + row_h[k], nx - 1) - max(x - row_h[k], 0) + 1 if clip_x else 2 * row_h[k] + 1
             n_in += n
             b_in += offset[zz] * n
+    return n_in, b_in
+
+
+@njit(cache=True, nogil=True)
+def _border_mean(stored, offset, z, y, x, row_dz, row_dy, row_h, total, with_offset):  # pragma: no cover
+    """Sphere mean at a voxel whose sphere leaves the image: count (and offset) only voxels inside it."""
+    nz, ny, nx = stored.shape
+    n_in, b_in = _in_image(offset, nz, ny, nx, z, y, x, row_dz, row_dy, row_h, True)
     return (total + (b_in if with_offset else 0.0)) / n_in
 
 
@@ -311,14 +312,7 @@ def _sphere_slice(stored, codes, scale, offset, z, box, row_dz, row_dy, row_h, o
             n_row = n_off
             b_row = b_inner
         else:
-            n_row = 0
-            b_row = 0.0
-            for k in range(row_h.shape[0]):
-                zz = z + row_dz[k]
-                yy = y + row_dy[k]
-                if 0 <= zz < nz and 0 <= yy < ny:
-                    n_row += 2 * row_h[k] + 1
-                    b_row += offset[zz] * (2 * row_h[k] + 1)
+            n_row, b_row = _in_image(offset, nz, ny, nx, z, y, 0, row_dz, row_dy, row_h, False)
         x = x0
         while x <= x1:
             x, e, c = _next_run(crow, x, x1 + 1)
@@ -484,7 +478,8 @@ def suv_peak_cpu(stored, codes, scale, offset, offsets, code_ptr, code_regions, 
     code_regions = np.ascontiguousarray(code_regions, np.int64)
     region_max = np.ascontiguousarray(region_max, np.float64)
     plan = sphere_plan(offsets)
-    finite = stored.dtype.kind in "iub" or bool(np.isfinite(stored).all())
+    # one NaN or infinity makes the float64 sum non-finite; a pass without a whole-volume mask
+    finite = stored.dtype.kind in "iub" or bool(np.isfinite(stored.sum(dtype=np.float64)))
     if plan is not None and finite:
         has_reg = np.diff(code_ptr) > 0  # codes are below n_codes = len(code_ptr) - 1 (the kernels' contract)
         n_chunks = peak_chunks(stored.shape[0], int(np.abs(plan[0]).max()))
