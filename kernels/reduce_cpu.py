@@ -5,18 +5,18 @@ One pass over the raw stored pixels and the code volume. Each voxel's value is
 RescaleSlope/Intercept and the SUV factor. Code 0 means "in no region" and is skipped.
 
 Work is split into contiguous chunks of image rows, one partial per chunk and code. A row whose
-codes are all 0 is recognised by one vectorised OR over its codes and skipped; inside a row,
-background is skipped 16 codes at a time, and runs of equal codes are reduced together and flushed
-once per run.
+codes are all 0 is recognised by one vectorised OR over its codes and skipped; inside a row, runs
+of one code are found a 64-bit word of codes at a time and reduced together, flushed once per run.
 
-* 8- and 16-bit integer pixels (the PET norm): each run's moments are exact sums of
-  ``stored - stored[first]`` and their squares (integers below 2**53 held in float64, so any
-  summation order gives the same result) plus integer min/max, a loop the compiler vectorises;
-  the run's (n, mean, M2) in SUV space is ``(n, a mean_s + b, a^2 M2_s)`` for the slice's
-  ``a = scale[z]``, ``b = offset[z]``, merged into the chunk with Chan's formula. The
-  argmin/argmax rescans the run only when it beats the chunk's current extreme.
-* Other pixels (float, 32-bit): SUV per voxel in float64 with a NaN check (NaN voxels are counted,
-  never reduced); each run's sums are shifted by its first value, then merged the same way.
+* 8- and 16-bit integer pixels (the PET norm): each run's moments are the exact int64 sums of
+  ``stored`` and ``stored**2`` plus integer min/max, a loop the compiler vectorises. The run's
+  (n, mean, M2) in SUV space is ``(n, a S1/n + b, a^2 (n S2 - S1^2)/n)`` for the slice's
+  ``a = scale[z]``, ``b = offset[z]``, where ``n S2 - S1^2`` is an exact integer (rows up to
+  :data:`MAX_EXACT_ROW` voxels), merged into the chunk with Chan's formula. The argmin/argmax
+  rescans the run only when it beats the chunk's current extreme.
+* Other pixels (float, 32-bit) and longer rows: SUV per voxel in float64 with a NaN check (NaN
+  voxels are counted, never reduced); each run's sums are shifted by its first value, then
+  merged the same way.
 
 Chunks merge with :func:`petfeat.kernels.partials.merge_stack`.
 """
@@ -26,9 +26,15 @@ from __future__ import annotations
 import numba
 import numpy as np
 from numba import njit, prange
+from numba.core.extending import overload
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from .config import CPU_CHUNKS_PER_THREAD
 from .partials import INDEX_NONE, Partials, merge_stack
+
+#: Longest image row (voxels) the integer kernel takes: there ``n * sum(s^2)`` and ``sum(s)^2`` of a
+#: run of 16-bit values stay below 2**63, so the run's squared deviations are an exact integer.
+MAX_EXACT_ROW = 32768
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -56,60 +62,91 @@ def _alloc(n_chunks, n_codes):  # pragma: no cover - compiled
             np.full((n_chunks, n_codes), INDEX_NONE), np.zeros((n_chunks, n_codes), np.int64))
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _run_moments(row, x, e, k):  # pragma: no cover - compiled
-    """Sums of (s - k) and (s - k)^2, min and max of an integer run; exact (integers below 2**53)."""
-    s1 = 0.0
-    s2 = 0.0
-    smin = np.int32(k)
-    smax = np.int32(k)
-    for xx in range(x, e):
-        v = np.int32(row[xx])
-        d = np.float64(v - k)
-        s1 += d
-        s2 += d * d
+@njit(cache=True, nogil=True, inline="always")
+def _run_moments(seg):  # pragma: no cover - compiled
+    """Sum of s and of s^2 (exact, int64), min and max of an integer run ``seg`` (a 0-based view).
+
+    The loop indexes a 0-based view: with a signed start index Numba adds a negative-index
+    wraparound test per element, which stops the compiler from vectorising the loop.
+    """
+    s1 = np.int64(0)
+    s2 = np.int64(0)
+    smin = np.int32(seg[0])
+    smax = smin
+    for t in range(seg.shape[0]):
+        v = np.int32(seg[t])
+        s1 += v
+        s2 += np.int64(v) * v
         smin = min(smin, v)
         smax = max(smax, v)
     return s1, s2, smin, smax
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _flush_int(cnt, mean, m2, vmin, vmax, amin, amax, ch, c, n, k, s1, s2, smin, smax, a, b, row, x0, x1,
+def _flush_int(cnt, mean, m2, vmin, vmax, amin, amax, ch, c, seg, s1, s2, smin, smax, a, b,
                base):  # pragma: no cover - compiled
-    mu_s = k + s1 / n
-    q_s = max(s2 - s1 * (s1 / n), 0.0)
-    _chan(cnt, mean, m2, ch, c, n, a * mu_s + b, a * a * q_s)
+    """Merge an integer run (``seg``, first voxel at flat index ``base``) into partial [ch, c]."""
+    n = seg.shape[0]
+    # n * s2 - s1^2 is an exact integer (below 2**63 for rows up to MAX_EXACT_ROW voxels)
+    _chan(cnt, mean, m2, ch, c, n, a * (s1 / n) + b, a * a * ((n * s2 - s1 * s1) / n))
     hi = smax if a >= 0 else smin  # stored value of the run's highest SUV
     lo = smin if a >= 0 else smax
     vhi = hi * a + b
     vlo = lo * a + b
     if vhi > vmax[ch, c]:
         vmax[ch, c] = vhi
-        for xx in range(x0, x1):
-            if row[xx] == hi:
-                amax[ch, c] = base + xx
+        for t in range(n):
+            if seg[t] == hi:
+                amax[ch, c] = base + t
                 break
     if vlo < vmin[ch, c]:
         vmin[ch, c] = vlo
-        for xx in range(x0, x1):
-            if row[xx] == lo:
-                amin[ch, c] = base + xx
+        for t in range(n):
+            if seg[t] == lo:
+                amin[ch, c] = base + t
                 break
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _skip_background(crow, x, nx):  # pragma: no cover - compiled
-    """First index >= x whose code is not 0: 16 codes per step while a whole block is background."""
-    while x + 16 <= nx:
-        acc = crow[x]
-        for t in range(1, 16):
-            acc |= crow[x + t]
-        if acc != 0:
-            break
-        x += 16
-    while x < nx and crow[x] == 0:
-        x += 1
-    return x
+def _code_word(seg, j):
+    """Codes ``seg[j:j + 64 // bits]`` packed little-endian in one uint64 (compiled to one unaligned load)."""
+
+
+@overload(_code_word, inline="always")
+def _code_word_impl(seg, j):
+    bits = seg.dtype.bitwidth
+    if bits == 8:
+        def word(seg, j):  # pragma: no cover - compiled
+            return (np.uint64(seg[j]) | (np.uint64(seg[j + 1]) << np.uint64(8))
+                    | (np.uint64(seg[j + 2]) << np.uint64(16)) | (np.uint64(seg[j + 3]) << np.uint64(24))
+                    | (np.uint64(seg[j + 4]) << np.uint64(32)) | (np.uint64(seg[j + 5]) << np.uint64(40))
+                    | (np.uint64(seg[j + 6]) << np.uint64(48)) | (np.uint64(seg[j + 7]) << np.uint64(56)))
+    elif bits == 16:
+        def word(seg, j):  # pragma: no cover - compiled
+            return (np.uint64(seg[j]) | (np.uint64(seg[j + 1]) << np.uint64(16))
+                    | (np.uint64(seg[j + 2]) << np.uint64(32)) | (np.uint64(seg[j + 3]) << np.uint64(48)))
+    elif bits == 32:
+        def word(seg, j):  # pragma: no cover - compiled
+            return np.uint64(seg[j]) | (np.uint64(seg[j + 1]) << np.uint64(32))
+    else:
+        def word(seg, j):  # pragma: no cover - compiled
+            return np.uint64(seg[j])
+    return word
+
+
+def _code_lanes(seg):
+    """``(codes per word, log2 of the bits per code, a word with 1 in each code's lowest bit)``."""
+
+
+@overload(_code_lanes, inline="always")
+def _code_lanes_impl(seg):
+    bits = seg.dtype.bitwidth
+    per = 64 // bits
+    log2 = bits.bit_length() - 1
+    ones = sum(1 << (t * bits) for t in range(per))
+
+    def lanes(seg):  # pragma: no cover - compiled
+        return per, log2, np.uint64(ones)
+    return lanes
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -123,23 +160,42 @@ def _row_is_background(crow, nx):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True, inline="always")
 def _next_run(crow, x, nx):  # pragma: no cover - compiled
-    """``(start, end, code)`` of the next run of one non-zero code in ``[x, nx)``; start is nx when none."""
-    if crow[x] == 0:
-        x = _skip_background(crow, x, nx)
-        if x >= nx:
-            return nx, nx, np.int64(0)
-    cx = crow[x]
-    e = x + 1
-    while e + 8 <= nx:  # 8 codes per step while the whole block continues the run
-        acc = crow[e] ^ cx
-        for t in range(1, 8):
-            acc |= crow[e + t] ^ cx
-        if acc != 0:
-            break
-        e += 8
-    while e < nx and crow[e] == cx:
-        e += 1
-    return x, e, np.int64(cx)
+    """``(start, end, code)`` of the next run of one non-zero code in ``crow[x:nx]``; start is nx when none.
+
+    Codes are compared a 64-bit word at a time (8 uint8 codes): a word XOR the run's code
+    repeated is 0 while the run goes on, and its trailing zero count locates the first other
+    code. Indices run over a 0-based view so that no negative-index test is needed.
+    """
+    seg = crow[x:nx]
+    n = nx - x
+    per, log2, ones = _code_lanes(seg)
+    j = 0
+    if seg[0] == 0:  # skip background
+        while j + per <= n:
+            w = _code_word(seg, j)
+            if w != 0:
+                j += np.int64(trailing_zeros(w)) >> log2
+                break
+            j += per
+        else:
+            while j < n and seg[j] == 0:
+                j += 1
+            if j >= n:
+                return nx, nx, np.int64(0)
+        seg = seg[j:]
+        n -= j
+        x += j
+    cx = seg[0]
+    pattern = np.uint64(cx) * ones
+    j = 1
+    while j + per <= n:
+        w = _code_word(seg, j) ^ pattern
+        if w != 0:
+            return x, x + j + (np.int64(trailing_zeros(w)) >> log2), np.int64(cx)
+        j += per
+    while j < n and seg[j] == cx:
+        j += 1
+    return x, x + j, np.int64(cx)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -166,10 +222,9 @@ def _fused_chunks_int(stored, codes, scale, offset, n_codes, n_chunks):  # pragm
                 x, e, c = _next_run(crow, x, nx)
                 if x >= nx:
                     break
-                k = np.int32(row[x])
-                s1, s2, smin, smax = _run_moments(row, x, e, k)
-                _flush_int(cnt, mean, m2, vmin, vmax, amin, amax, ch, c, e - x, k, s1, s2, smin, smax, a, b,
-                           row, x, e, base)
+                seg = row[x:e]
+                s1, s2, smin, smax = _run_moments(seg)
+                _flush_int(cnt, mean, m2, vmin, vmax, amin, amax, ch, c, seg, s1, s2, smin, smax, a, b, base + x)
                 x = e
     return cnt, mean, m2, vmin, vmax, amin, amax, nans
 
@@ -206,8 +261,9 @@ def _fused_chunks_float(stored, codes, scale, offset, n_codes, n_chunks):  # pra
                 hi = -np.inf
                 ilo = INDEX_NONE
                 ihi = INDEX_NONE
-                for xx in range(x, e):
-                    v = row[xx] * a + b
+                seg = row[x:e]
+                for t in range(e - x):
+                    v = seg[t] * a + b
                     if v != v:
                         nans[ch, c] += 1
                         continue
@@ -219,10 +275,10 @@ def _fused_chunks_float(stored, codes, scale, offset, n_codes, n_chunks):  # pra
                     s2 += d * d
                     if v < lo:
                         lo = v
-                        ilo = base + xx
+                        ilo = base + x + t
                     if v > hi:
                         hi = v
-                        ihi = base + xx
+                        ihi = base + x + t
                 if n > 0:
                     _chan(cnt, mean, m2, ch, c, n, k + s1 / n, max(s2 - s1 * (s1 / n), 0.0))
                     if hi > vmax[ch, c]:
@@ -257,6 +313,7 @@ def fused_reduce_cpu(stored: np.ndarray, codes: np.ndarray, scale: np.ndarray, o
     """
     n_chunks = max(1, min(stored.shape[0] * stored.shape[1],
                           numba.get_num_threads() * CPU_CHUNKS_PER_THREAD))
-    kernel = _fused_chunks_int if stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2 else _fused_chunks_float
+    exact = stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2 and stored.shape[2] <= MAX_EXACT_ROW
+    kernel = _fused_chunks_int if exact else _fused_chunks_float
     return merge_stack(*kernel(stored, codes, np.ascontiguousarray(scale, np.float64),
                                np.ascontiguousarray(offset, np.float64), int(n_codes), int(n_chunks)))

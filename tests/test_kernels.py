@@ -97,6 +97,83 @@ def test_sparse_wide_rows_match_oracle(backend):
         assert p.argmax[c] == ref["argmax"] and p.argmin[c] == ref["argmin"]
 
 
+def _runs(row):
+    """Runs of one non-zero code in a row, by NumPy: [(start, end, code)]."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[-1], row.astype(np.int64), [-1]])) != 0)
+    return [(int(a), int(b), int(row[a])) for a, b in zip(edges[:-1], edges[1:], strict=True) if row[a] != 0]
+
+
+@pytest.mark.parametrize("code_dtype", [np.uint8, np.uint16, np.uint32])
+def test_cpu_run_scan_finds_every_run(code_dtype):
+    """The word-at-a-time run scan against NumPy on rows whose runs start and end at every offset of a word."""
+    from numba import njit
+    from petfeat.kernels.reduce_cpu import _next_run
+
+    @njit
+    def scan(row, x0):
+        out = []
+        x = x0
+        while x < row.shape[0]:
+            x, e, c = _next_run(row, x, row.shape[0])
+            if x >= row.shape[0]:
+                break
+            out.append((x, e, c))
+            x = e
+        return out
+
+    rng = np.random.default_rng(4)
+    big = np.iinfo(code_dtype).max  # codes with every bit set must not look like a run end
+    for nx in (1, 7, 8, 9, 37, 64, 203):
+        for _ in range(40):
+            row = np.repeat(rng.choice([0, 0, 1, 2, big], 60), rng.integers(1, 19, 60))[:nx].astype(code_dtype)
+            x0 = int(rng.integers(0, nx))  # the scan may start anywhere, not only at a word boundary
+            expect = [(max(a, x0), b, c) for a, b, c in _runs(row) if b > x0]
+            assert [tuple(int(v) for v in r) for r in scan(row, x0)] == expect, (nx, x0, row)
+
+
+@pytest.mark.parametrize("code_dtype", [np.uint8, np.uint16, np.uint32])
+def test_fused_reduce_over_code_widths(backend, code_dtype):
+    rng = np.random.default_rng(8)
+    shape = (3, 4, 37)  # rows not a whole number of 64-bit words of codes
+    stored = _volume(rng, shape, np.int16)
+    codes = np.repeat(rng.choice([0, 1, 2, 3], 100), rng.integers(1, 12, 100))[:stored.size]
+    codes = np.resize(codes, shape).astype(code_dtype)
+    scale, offset = rng.uniform(1e-4, 2e-3, shape[0]), rng.uniform(-0.01, 0.01, shape[0])
+    p = kernels.fused_reduce(stored, codes, scale, offset, 4, backend=backend)
+    values = naive.suv(stored, scale, offset)
+    for c in range(1, 4):
+        ref = naive.region_stats(values, codes == c)
+        assert p.count[c] == ref["count"] > 0
+        assert p.mean[c] == pytest.approx(ref["mean"], rel=RTOL)
+        assert p.m2[c] / p.count[c] == pytest.approx(ref["var"], rel=RTOL)
+        assert p.argmax[c] == ref["argmax"] and p.argmin[c] == ref["argmin"]
+
+
+def test_integer_moments_are_exact_on_long_uint16_rows(monkeypatch):
+    """uint16 pixels near 65535 on a 4096-voxel row: the integer kernel's M2 is the exact rational value;
+    with the row limit lowered below the row length the float kernel takes over and agrees."""
+    from fractions import Fraction
+
+    from petfeat.kernels import reduce_cpu
+
+    rng = np.random.default_rng(6)
+    stored = rng.integers(65500, 65536, (2, 1, 4096)).astype(np.uint16)
+    codes = np.ones(stored.shape, np.uint8)
+    codes[1, 0, 100:200] = 2
+    n = int((codes == 1).sum())
+    vals = [int(v) for v in stored[codes == 1]]
+    s1, s2 = sum(vals), sum(v * v for v in vals)
+    m2_exact = Fraction(n * s2 - s1 * s1, n)  # scale 1, offset 0: SUV = stored
+    ones, zeros = np.ones(2), np.zeros(2)
+    p = reduce_cpu.fused_reduce_cpu(stored, codes, ones, zeros, 3)
+    assert p.count[1] == n and p.mean[1] == float(Fraction(s1, n))
+    assert p.m2[1] == pytest.approx(float(m2_exact), rel=1e-13)
+    monkeypatch.setattr(reduce_cpu, "MAX_EXACT_ROW", 1024)
+    q = reduce_cpu.fused_reduce_cpu(stored, codes, ones, zeros, 3)
+    assert q.m2[1] == pytest.approx(float(m2_exact), rel=1e-9)
+    assert q.argmax[1] == p.argmax[1] and q.argmin[2] == p.argmin[2]
+
+
 def test_cpu_and_gpu_agree(gpu):
     rng = np.random.default_rng(11)
     stored = rng.integers(0, 20000, (6, 8, 9)).astype(np.int16)

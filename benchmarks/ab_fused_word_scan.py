@@ -1,0 +1,75 @@
+"""A/B of the CPU fused pass in one process: this checkout against an earlier commit's kernel.
+
+    python benchmarks/ab_fused_word_scan.py [REV]   # REV defaults to 5572229 (before the word scan)
+
+The earlier ``kernels/reduce_cpu.py`` is read with ``git show REV:...`` and imported beside the
+current one; both run on the kernel benchmark's inputs (600 x 200 x 200 int16, 10 and 60 blocky
+labels, see conftest.py), interleaved with the floor, 15 rounds; prints the best time of each and
+its ratio to the floor. The two kernels' partials are checked to agree first.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+from petfeat.kernels import reduce_cpu
+from petfeat.kernels.partials import merge_stack
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from conftest import SHAPE, blocky_codes  # noqa: E402
+from test_bench_kernels import _floor  # noqa: E402
+
+
+def load_old(rev: str):
+    """The fused kernel module as it was at ``rev`` (relative imports made absolute)."""
+    src = subprocess.run(["git", "show", f"{rev}:kernels/reduce_cpu.py"], cwd=HERE.parent, check=True,
+                         capture_output=True, text=True).stdout
+    src = src.replace("from .config", "from petfeat.kernels.config").replace("from .partials",
+                                                                             "from petfeat.kernels.partials")
+    path = Path(tempfile.mkdtemp()) / f"reduce_cpu_{rev}.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def main() -> None:
+    rev = sys.argv[1] if len(sys.argv) > 1 else "5572229"
+    old = load_old(rev)
+    rng = np.random.default_rng(0)
+    stored = rng.integers(0, 32000, SHAPE, dtype=np.int16)
+    scale, offset = rng.uniform(1e-4, 2e-4, SHAPE[0]), np.zeros(SHAPE[0])
+    n_chunks = numba.get_num_threads() * 4
+    print(f"{numba.get_num_threads()} threads; {SHAPE} int16; best of 15 interleaved rounds; old = {rev}")
+    for n_labels in (10, 60):
+        codes = blocky_codes(np.random.default_rng(n_labels), SHAPE, n_labels)
+        args = (stored, codes, scale, offset, n_labels + 1, n_chunks)
+        a, b = merge_stack(*old._fused_chunks_int(*args)), merge_stack(*reduce_cpu._fused_chunks_int(*args))
+        assert (a.count == b.count).all() and (a.argmax == b.argmax).all() and (a.argmin == b.argmin).all()
+        assert np.allclose(a.mean, b.mean, rtol=1e-13) and np.allclose(a.m2, b.m2, rtol=1e-10)
+        runs = {"floor": lambda: _floor(stored, codes), "old": lambda: old._fused_chunks_int(*args),
+                "new": lambda: reduce_cpu._fused_chunks_int(*args)}
+        best = dict.fromkeys(runs, np.inf)
+        for f in runs.values():
+            f()
+        for _ in range(15):
+            for name, f in runs.items():
+                t = time.perf_counter()
+                f()
+                best[name] = min(best[name], time.perf_counter() - t)
+        print(f"{n_labels} labels: " + "  ".join(f"{k} {v * 1e3:.2f} ms ({v / best['floor']:.2f}x floor)"
+                                                  for k, v in best.items())
+              + f"  old/new {best['old'] / best['new']:.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
