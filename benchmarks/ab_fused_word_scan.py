@@ -28,13 +28,12 @@ from conftest import SHAPE, blocky_codes  # noqa: E402
 from test_bench_kernels import _floor  # noqa: E402
 
 
-def load_old(rev: str):
-    """The fused kernel module as it was at ``rev`` (relative imports made absolute)."""
-    src = subprocess.run(["git", "show", f"{rev}:kernels/reduce_cpu.py"], cwd=HERE.parent, check=True,
+def load_old(rev: str, module: str = "reduce_cpu"):
+    """A kernel module as it was at ``rev``; its relative imports are made absolute (so they are today's)."""
+    src = subprocess.run(["git", "show", f"{rev}:kernels/{module}.py"], cwd=HERE.parent, check=True,
                          capture_output=True, text=True).stdout
-    src = src.replace("from .config", "from petfeat.kernels.config").replace("from .partials",
-                                                                             "from petfeat.kernels.partials")
-    path = Path(tempfile.mkdtemp()) / f"reduce_cpu_{rev}.py"
+    src = src.replace("from .", "from petfeat.kernels.")
+    path = Path(tempfile.mkdtemp()) / f"{module}_{rev}.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location(path.stem, path)
     mod = importlib.util.module_from_spec(spec)

@@ -24,6 +24,8 @@ regions' box, never a whole volume.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -31,16 +33,49 @@ from numba import njit, prange
 from .config import CPU_CHUNKS_PER_THREAD
 from .reduce_cpu import _next_run
 
+#: Plane values per block of the disc and sphere stages: every term of a block is added while the
+#: block sits in L1 (4 KiB of float32 disc sums, 8 KiB of float64 sphere sums).
+PLANE_BLOCK = 1024
+#: Bytes of disc sums a task keeps (the ring of 2 rz + 1 slices); rows beyond it are done in strips.
+RING_BYTES = 1 << 20
 
-def sphere_plan(offsets: np.ndarray):
+
+class SpherePlan(NamedTuple):
+    """The peak sphere as x-segments, disc profiles and the program that builds the disc sums (int64 arrays)."""
+
+    dzs: np.ndarray  #: the distinct dz
+    dz_profile: np.ndarray  #: each dz's disc profile
+    n_per_dz: np.ndarray  #: each dz's voxel count
+    prof_ptr: np.ndarray  #: profile p's terms are (term_dy, term_h)[prof_ptr[p]:prof_ptr[p + 1]]
+    term_dy: np.ndarray
+    term_h: np.ndarray
+    row_dz: np.ndarray  #: every x-segment (row_dz, row_dy, row_h)
+    row_dy: np.ndarray
+    row_h: np.ndarray
+    prof_base: np.ndarray  #: profile p's disc sums start from profile prof_base[p]'s (-1: from zero) ...
+    step_ptr: np.ndarray  #: ... then add step_sign x R_{step_h}(y + step_dy) for steps [step_ptr[p], step_ptr[p + 1])
+    step_dy: np.ndarray
+    step_h: np.ndarray
+    step_sign: np.ndarray
+
+    @property
+    def widest(self) -> int:
+        """Most voxels any row sum, disc sum or partial disc sum of the program adds up (for exactness)."""
+        vox = [int(v) for v in self.n_per_dz] + [2 * int(self.row_h.max()) + 1]
+        size = {p: sum(2 * int(h) + 1 for h in self.term_h[self.prof_ptr[p]:self.prof_ptr[p + 1]])
+                for p in range(len(self.prof_ptr) - 1)}
+        for p, q in enumerate(self.prof_base):
+            steps = self.step_h[self.step_ptr[p]:self.step_ptr[p + 1]]
+            vox.append((size[int(q)] if q >= 0 else 0) + sum(2 * int(h) + 1 for h in steps))
+        return max(vox)
+
+
+def sphere_plan(offsets: np.ndarray) -> SpherePlan | None:
     """The sphere as x-segments and disc profiles, or None when ``offsets`` are not centred x-segments.
 
-    Returns
-    -------
-    tuple of ndarray or None
-        ``(dzs, dz_profile, n_per_dz, prof_ptr, term_dy, term_h, row_dz, row_dy, row_h)``: the
-        distinct ``dz``, each one's profile index and voxel count; profile ``p``'s terms
-        ``(term_dy, term_h)[prof_ptr[p]:prof_ptr[p + 1]]``; every x-segment ``(row_dz, row_dy, row_h)``.
+    Each profile's disc sums are built either from zero or from an earlier profile's, adding the
+    terms it lacks and subtracting those it does not have, whichever takes fewer passes (at 2 mm:
+    14 passes instead of 18). Subtraction is exact for the integer sums of 8/16-bit pixels.
     """
     rows: dict[tuple[int, int], list[int]] = {}
     for dz, dy, dx in np.asarray(offsets, np.int64):
@@ -62,9 +97,32 @@ def sphere_plan(offsets: np.ndarray):
     n_per_dz = [sum(2 * h + 1 for (z, _), h in half.items() if z == dz) for dz in dzs]
     prof_ptr = np.cumsum([0] + [len(p) for p in profiles])
     keys = sorted(half)
+    base, steps = _disc_program(profiles)
+    step_ptr = np.cumsum([0] + [len(st) for st in steps])
+    flat = [t for st in steps for t in st]
     columns = (dzs, dz_profile, n_per_dz, prof_ptr, [dy for p in profiles for dy, _ in p],
-               [h for p in profiles for _, h in p], [k[0] for k in keys], [k[1] for k in keys], [half[k] for k in keys])
-    return tuple(np.asarray(c, np.int64) for c in columns)
+               [h for p in profiles for _, h in p], [k[0] for k in keys], [k[1] for k in keys], [half[k] for k in keys],
+               base, step_ptr, [t[0] for t in flat], [t[1] for t in flat], [t[2] for t in flat])
+    return SpherePlan(*(np.asarray(c, np.int64) for c in columns))
+
+
+def _disc_program(profiles):
+    """For each profile: a base profile (-1: none) and signed terms ``(dy, h, +-1)``, greedily fewest terms.
+
+    Subtracted terms come first, so a partial sum never holds more voxels than the base plus the
+    added terms (see :attr:`SpherePlan.widest`).
+    """
+    bases, programs = [], []
+    for i, p in enumerate(profiles):
+        best, steps = -1, [(dy, h, 1) for dy, h in p]
+        for j in range(i):
+            q = set(profiles[j])
+            diff = [(dy, h, -1) for dy, h in sorted(q - set(p))] + [(dy, h, 1) for dy, h in sorted(set(p) - q)]
+            if len(diff) < len(steps):
+                best, steps = j, diff
+        bases.append(best)
+        programs.append(steps)
+    return bases, programs
 
 
 @njit(cache=True, nogil=True)
@@ -101,7 +159,8 @@ def _roi_boxes(codes, has_reg, z0, z1):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _disc_sums(stored, zs, y0, y1, oy, ox, ry, rx, prof_ptr, term_dy, term_h, rsum, out):  # pragma: no cover
+def _disc_sums(stored, zs, y0, y1, oy, ox, ry, rx, wp, block, prof_base, step_ptr, step_dy, step_h, step_sign, rsum,
+               out):  # pragma: no cover - compiled
     """Disc sums of slice ``zs`` on rows ``[y0, y1]`` of the chunk box into the flat plane ``out[p]``.
 
     Planes have rows of ``Wp = W + 2 rx`` values: a box row's ``W`` columns with ``rx`` margins on
@@ -111,13 +170,12 @@ def _disc_sums(stored, zs, y0, y1, oy, ox, ry, rx, prof_ptr, term_dy, term_h, rs
     rows outside the image stay 0, so disc terms need no bounds test.
     """
     ny, nx = stored.shape[1], stored.shape[2]
-    wp = rsum.shape[2]
     w = wp - 2 * rx
     ra = max(y0 - ry, 0)
     rb = min(y1 + ry, ny - 1)
     xa = max(ox - rx, 0)
     xb = min(ox + w - 1 + rx, nx - 1)
-    pix = rsum[0].reshape(-1)
+    pix = rsum[0]
     for y in range(ra, rb + 1):  # rows of the slice into plane rows y - oy + ry, columns x - ox + rx
         src = stored[zs, y, xa:xb + 1]
         dst = pix[(y - oy + ry) * wp + xa - ox + rx:(y - oy + ry) * wp + xb - ox + rx + 1]
@@ -126,31 +184,41 @@ def _disc_sums(stored, zs, y0, y1, oy, ox, ry, rx, prof_ptr, term_dy, term_h, rs
     k0 = (ra - oy + ry) * wp + rx  # flat span of the rows' real columns
     k1 = (rb - oy + ry) * wp + rx + w
     for h in range(1, rx + 1):  # R_h = R_{h-1} + I(x - h) + I(x + h)
-        prev = rsum[h - 1].reshape(-1)[k0:k1]
-        cur = rsum[h].reshape(-1)[k0:k1]
+        prev = rsum[h - 1, k0:k1]
+        cur = rsum[h, k0:k1]
         left = pix[k0 - h:k1 - h]
         right = pix[k0 + h:k1 + h]
         for i in range(cur.shape[0]):
             cur[i] = prev[i] + left[i] + right[i]
     d0 = (y0 - oy) * wp + rx
     d1 = (y1 - oy) * wp + rx + w
-    for p in range(prof_ptr.shape[0] - 1):
-        d = out[p].reshape(-1)[d0:d1]
-        for t in range(prof_ptr[p], prof_ptr[p + 1]):
-            shift = (term_dy[t] + ry) * wp  # plane row y + dy of the row sums: outside the image, zeros
-            src_r = rsum[term_h[t]].reshape(-1)[d0 + shift:d1 + shift]
-            if t == prof_ptr[p]:
-                for i in range(d.shape[0]):
-                    d[i] = src_r[i]
-            else:
-                for i in range(d.shape[0]):
-                    d[i] += src_r[i]
+    for p in range(prof_base.shape[0]):
+        d = out[p, d0:d1]
+        for j0 in range(0, d1 - d0, block):  # all steps on one block at a time: the block stays in L1
+            j1 = min(j0 + block, d1 - d0)
+            db = d[j0:j1]
+            if prof_base[p] >= 0:
+                src_b = out[prof_base[p], d0 + j0:d0 + j1]
+                for i in range(db.shape[0]):
+                    db[i] = src_b[i]
+            for t in range(step_ptr[p], step_ptr[p + 1]):
+                shift = (step_dy[t] + ry) * wp  # plane row y + dy of the row sums: outside the image, zeros
+                src_r = rsum[step_h[t], d0 + shift + j0:d0 + shift + j1]
+                if t == step_ptr[p] and prof_base[p] < 0:
+                    for i in range(db.shape[0]):
+                        db[i] = src_r[i]
+                elif step_sign[t] > 0:
+                    for i in range(db.shape[0]):
+                        db[i] += src_r[i]
+                else:
+                    for i in range(db.shape[0]):
+                        db[i] -= src_r[i]
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def _peak_separable(stored, codes, scale, offset, dzs, dz_profile, n_per_dz, prof_ptr, term_dy, term_h, row_dz,
-                    row_dy, row_h, has_reg, code_ptr, code_regions, region_max, n_regions, n_chunks,
-                    sums_proto):  # pragma: no cover - compiled
+                    row_dy, row_h, prof_base, step_ptr, step_dy, step_h, step_sign, has_reg, code_ptr, code_regions,
+                    region_max, n_regions, n_chunks, sums_proto, block, ring_bytes):  # pragma: no cover - compiled
     """Global and local peaks per chunk of slices; ``sums_proto``'s dtype holds the row and disc sums."""
     nz, ny, nx = stored.shape
     rz = np.abs(dzs).max()
@@ -181,48 +249,61 @@ def _peak_separable(stored, codes, scale, offset, dzs, dz_profile, n_per_dz, pro
                 ex = max(ex, box[i, 3])
         if ey < 0:
             continue
-        hb = ey - oy + 1
         wp = ex - ox + 1 + 2 * rx
-        rsum = np.zeros((rx + 1, hb + 2 * ry, wp), sums_proto.dtype)
-        ring = np.zeros((ring_n, n_prof, hb, wp), sums_proto.dtype)
-        acc = np.empty((hb, wp))
-        for zs in range(max(z0 - rz, 0), min(z1 + rz, nz)):
-            # disc sums of slice zs on the rows of the output slices it reaches
-            y0, y1 = ny, -1
-            for z in range(max(zs - rz, z0), min(zs + rz + 1, z1)):
-                if box[z - z0, 1] >= 0:
-                    y0 = min(y0, box[z - z0, 0])
-                    y1 = max(y1, box[z - z0, 1])
-            if y1 >= 0:
-                _disc_sums(stored, zs, y0, y1, oy, ox, ry, rx, prof_ptr, term_dy, term_h, rsum, ring[zs % ring_n])
-            # output slices whose every disc slice is in the ring now (after the last, all the rest)
-            z_last = z1 - 1 if zs == min(z1 + rz, nz) - 1 else zs - rz
-            for zo in range(max(zs - rz, z0), z_last + 1):
-                if box[zo - z0, 1] < 0:
-                    continue
-                _sphere_sums(scale, zo, box[zo - z0], dzs, dz_profile, ring, oy, rx, acc)
-                _sphere_slice(stored, codes, scale, offset, zo, box[zo - z0], row_dz, row_dy, row_h, oy, ox, acc, rz,
-                              ry, rx, n_off, inner_b[zo], with_offset, has_reg, code_ptr, code_regions, region_max,
-                              glob[ch], loc[ch])
+        # rows are taken in strips whose ring of disc sums fits in a core's L2 cache
+        row_bytes = ring_n * n_prof * wp * sums_proto.itemsize
+        hb = max(1, min(ey - oy + 1, ring_bytes // row_bytes))
+        rsum = np.zeros((rx + 1, (hb + 2 * ry) * wp), sums_proto.dtype)  # flat planes: row y at y * wp
+        ring = np.zeros((ring_n, n_prof, hb * wp), sums_proto.dtype)
+        acc = np.empty(hb * wp)
+        sbox = box.copy()
+        for sy in range(oy, ey + 1, hb):
+            for i in range(z1 - z0):  # the region box of each slice, cut to this strip of rows
+                sbox[i, 0] = max(box[i, 0], sy)
+                sbox[i, 1] = min(box[i, 1], sy + hb - 1)
+                if box[i, 1] < 0 or sbox[i, 0] > sbox[i, 1]:
+                    sbox[i, 1] = -1
+            rsum[:] = 0
+            for zs in range(max(z0 - rz, 0), min(z1 + rz, nz)):
+                # disc sums of slice zs on the rows of the output slices it reaches
+                y0, y1 = ny, -1
+                for z in range(max(zs - rz, z0), min(zs + rz + 1, z1)):
+                    if sbox[z - z0, 1] >= 0:
+                        y0 = min(y0, sbox[z - z0, 0])
+                        y1 = max(y1, sbox[z - z0, 1])
+                if y1 >= 0:
+                    _disc_sums(stored, zs, y0, y1, sy, ox, ry, rx, wp, block, prof_base, step_ptr, step_dy, step_h,
+                               step_sign, rsum, ring[zs % ring_n])
+                # output slices whose every disc slice is in the ring now (after the last, all the rest)
+                z_last = z1 - 1 if zs == min(z1 + rz, nz) - 1 else zs - rz
+                for zo in range(max(zs - rz, z0), z_last + 1):
+                    if sbox[zo - z0, 1] < 0:
+                        continue
+                    _sphere_sums(scale, zo, sbox[zo - z0], dzs, dz_profile, ring, sy, wp, block, acc)
+                    _sphere_slice(stored, codes, scale, offset, zo, sbox[zo - z0], row_dz, row_dy, row_h, sy, ox, wp,
+                                  acc, rz, ry, rx, n_off, inner_b[zo], with_offset, has_reg, code_ptr, code_regions,
+                                  region_max, glob[ch], loc[ch])
     return glob, loc
 
 
 @njit(cache=True, nogil=True)
-def _sphere_sums(scale, z, box, dzs, dz_profile, ring, oy, rx, acc):  # pragma: no cover - compiled
-    """``acc`` = sum over dz of scale[z + dz] x disc sums of slice z + dz, on the rows of ``box`` (flat)."""
+def _sphere_sums(scale, z, box, dzs, dz_profile, ring, oy, wp, block, acc):  # pragma: no cover - compiled
+    """``acc`` = sum over dz of scale[z + dz] x disc sums of slice z + dz, on the rows of ``box`` (flat planes)."""
     nz = scale.shape[0]
-    wp = acc.shape[1]
     k0 = (box[0] - oy) * wp
     k1 = (box[1] - oy + 1) * wp
-    out = acc.reshape(-1)[k0:k1]
-    out[:] = 0.0
-    for i in range(dzs.shape[0]):
-        zz = z + dzs[i]
-        if 0 <= zz < nz:
-            s = scale[zz]
-            d = ring[zz % ring.shape[0], dz_profile[i]].reshape(-1)[k0:k1]
-            for j in range(out.shape[0]):
-                out[j] += s * d[j]
+    out = acc[k0:k1]
+    for j0 in range(0, k1 - k0, block):  # every dz on one block at a time: the block stays in L1
+        j1 = min(j0 + block, k1 - k0)
+        ob = out[j0:j1]
+        ob[:] = 0.0
+        for i in range(dzs.shape[0]):
+            zz = z + dzs[i]
+            if 0 <= zz < nz:
+                s = scale[zz]
+                d = ring[zz % ring.shape[0], dz_profile[i], k0 + j0:k0 + j1]
+                for j in range(ob.shape[0]):
+                    ob[j] += s * d[j]
 
 
 def _extreme4(largest: bool):
@@ -289,7 +370,7 @@ def _border_mean(stored, offset, z, y, x, row_dz, row_dy, row_h, total, with_off
 
 
 @njit(cache=True, nogil=True)
-def _sphere_slice(stored, codes, scale, offset, z, box, row_dz, row_dy, row_h, oy, ox, acc, rz, ry, rx, n_off,
+def _sphere_slice(stored, codes, scale, offset, z, box, row_dz, row_dy, row_h, oy, ox, wp, acc, rz, ry, rx, n_off,
                   b_inner, with_offset, has_reg, code_ptr, code_regions, region_max, glob,
                   loc):  # pragma: no cover - compiled
     """Sphere means on the region voxels of output slice ``z``; updates ``glob``/``loc`` per region.
@@ -305,7 +386,8 @@ def _sphere_slice(stored, codes, scale, offset, z, box, row_dz, row_dy, row_h, o
     b = offset[z]
     for y in range(box[0], box[1] + 1):
         crow = codes[z, y]
-        sums_row = acc[y - oy, x0 - ox + rx:x1 - ox + rx + 1]  # sums_row[x - x0]: the sphere sum at x
+        k = (y - oy) * wp + x0 - ox + rx
+        sums_row = acc[k:k + x1 - x0 + 1]  # sums_row[x - x0]: the sphere sum at x
         srow = stored[z, y]
         # voxels count and offsets of a sphere at x in [rx, nx - rx) of this row: whole x-segments
         if inner_z and ry <= y < ny - ry:
@@ -482,9 +564,10 @@ def suv_peak_cpu(stored, codes, scale, offset, offsets, code_ptr, code_regions, 
     finite = stored.dtype.kind in "iub" or bool(np.isfinite(stored.sum(dtype=np.float64)))
     if plan is not None and finite:
         has_reg = np.diff(code_ptr) > 0  # codes are below n_codes = len(code_ptr) - 1 (the kernels' contract)
-        n_chunks = peak_chunks(stored.shape[0], int(np.abs(plan[0]).max()))
+        n_chunks = peak_chunks(stored.shape[0], int(np.abs(plan.dzs).max()))
         glob, loc = _peak_separable(stored, codes, scale, offset, *plan, has_reg, code_ptr, code_regions,
-                                    region_max, int(n_regions), n_chunks, np.zeros(1, sums_dtype(stored, plan)))
+                                    region_max, int(n_regions), n_chunks, np.zeros(1, sums_dtype(stored, plan)),
+                                    PLANE_BLOCK, RING_BYTES)
     else:
         n_chunks = max(1, min(stored.shape[0] * stored.shape[1], numba.get_num_threads() * CPU_CHUNKS_PER_THREAD))
         seg_dz, seg_dy, seg_dx, seg_len = _row_segments(offsets)
@@ -499,8 +582,7 @@ def sums_dtype(stored: np.ndarray, plan) -> np.dtype:
     if stored.dtype.kind not in "iub" or stored.dtype.itemsize > 2:
         return np.dtype(np.float64)
     info = np.iinfo(stored.dtype) if stored.dtype.kind != "b" else np.iinfo(np.uint8)
-    widest = max(int(plan[2].max()), 2 * int(plan[8].max()) + 1)  # largest disc or row: voxels summed
-    return np.dtype(np.float32 if widest * max(abs(info.min), info.max) < 2**24 else np.float64)
+    return np.dtype(np.float32 if plan.widest * max(abs(info.min), info.max) < 2**24 else np.float64)
 
 
 def peak_chunks(nz: int, rz: int) -> int:

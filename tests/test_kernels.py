@@ -282,10 +282,13 @@ def _csr(regions, n_codes):
 @pytest.mark.parametrize("spacing", [(2.0, 2.0, 2.0), (4.0, 4.0, 4.0), (3.27, 2.0, 4.07)])
 @pytest.mark.parametrize("n_chunks", [1, 3, 6])
 @pytest.mark.parametrize("dtype", [np.int16, np.float32])
-def test_separable_peak_matches_oracle_across_chunks(spacing, n_chunks, dtype):
-    """The separable CPU kernel on chunk boundaries, faces, overlapping regions and an empty region."""
+@pytest.mark.parametrize("tiling", ["default", "tiny"])  # tiny: one row per strip, 7 values per plane block
+def test_separable_peak_matches_oracle_across_chunks(spacing, n_chunks, dtype, tiling):
+    """The separable CPU kernel on chunk boundaries, strip and block edges, faces, overlapping regions and an
+    empty region."""
     from petfeat.kernels import peak_cpu
 
+    block, ring_bytes = (peak_cpu.PLANE_BLOCK, peak_cpu.RING_BYTES) if tiling == "default" else (7, 1)
     rng = np.random.default_rng(hash((spacing, n_chunks, dtype.__name__)) % 2**32)
     shape = (13, 11, 12)
     stored, codes, scale, offset, regions = _peak_case(rng, shape, dtype, 6)
@@ -297,7 +300,7 @@ def test_separable_peak_matches_oracle_across_chunks(spacing, n_chunks, dtype):
     sums = peak_cpu.sums_dtype(stored, plan)  # int16: exact float32 sums; float32 pixels: float64 sums
     assert sums == (np.float32 if dtype == np.int16 else np.float64)
     glob, loc = peak_cpu._peak_separable(stored, codes, scale, offset, *plan, np.diff(ptr) > 0, ptr, flat, rmax,
-                                         len(regions), n_chunks, np.zeros(1, sums))
+                                         len(regions), n_chunks, np.zeros(1, sums), block, ring_bytes)
     glob, loc = glob.max(axis=0), loc.max(axis=0)
     for k, r in enumerate(regions):
         g_ref, l_ref = naive.peaks(values, np.isin(codes, r), spacing)
@@ -330,16 +333,41 @@ def test_sphere_plan_is_the_sphere_and_refuses_gaps():
     from petfeat.kernels.peak_cpu import sphere_plan
 
     offs = sphere_offsets((3.27, 2.0, 4.07))
-    dzs, dz_prof, n_per_dz, prof_ptr, term_dy, term_h, row_dz, row_dy, row_h = sphere_plan(offs)
-    rebuilt = {(int(dz), int(dy), dx) for dz, dy, h in zip(row_dz, row_dy, row_h, strict=True)
+    plan = sphere_plan(offs)
+    rebuilt = {(int(dz), int(dy), dx) for dz, dy, h in zip(plan.row_dz, plan.row_dy, plan.row_h, strict=True)
                for dx in range(-h, h + 1)}
     assert rebuilt == {tuple(map(int, o)) for o in offs}
-    assert n_per_dz.sum() == len(offs)
-    for dz, p in zip(dzs, dz_prof, strict=True):  # each dz's profile holds that dz's rows
-        terms = set(zip(term_dy[prof_ptr[p]:prof_ptr[p + 1]], term_h[prof_ptr[p]:prof_ptr[p + 1]], strict=True))
-        assert terms == {(dy, h) for z, dy, h in zip(row_dz, row_dy, row_h, strict=True) if z == dz}
+    assert plan.n_per_dz.sum() == len(offs)
+    for dz, p in zip(plan.dzs, plan.dz_profile, strict=True):  # each dz's profile holds that dz's rows
+        terms = set(zip(plan.term_dy[plan.prof_ptr[p]:plan.prof_ptr[p + 1]],
+                        plan.term_h[plan.prof_ptr[p]:plan.prof_ptr[p + 1]], strict=True))
+        assert terms == {(dy, h) for z, dy, h in zip(plan.row_dz, plan.row_dy, plan.row_h, strict=True) if z == dz}
     gapped = np.array([[0, 0, -2], [0, 0, 0], [0, 0, 2]])  # not a centred run along x
     assert sphere_plan(gapped) is None
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.0, 2.0, 2.0), (4.0, 4.0, 4.0), (3.27, 2.0, 4.07)])
+def test_disc_program_rebuilds_every_profile(spacing):
+    """Each profile's program (a base profile plus and minus terms) sums exactly that profile's rows."""
+    from collections import Counter
+
+    from petfeat.kernels.peak_cpu import sphere_plan
+
+    plan = sphere_plan(sphere_offsets(spacing))
+    n_prof = len(plan.prof_ptr) - 1
+    built: list[Counter] = []
+    for p in range(n_prof):
+        base = plan.prof_base[p]
+        assert base < p  # built from an earlier profile or from zero
+        got = Counter(built[base]) if base >= 0 else Counter()
+        for t in range(plan.step_ptr[p], plan.step_ptr[p + 1]):
+            got[(int(plan.step_dy[t]), int(plan.step_h[t]))] += int(plan.step_sign[t])
+        built.append(+got)  # drop zero counts
+        want = Counter(zip(plan.term_dy[plan.prof_ptr[p]:plan.prof_ptr[p + 1]].tolist(),
+                           plan.term_h[plan.prof_ptr[p]:plan.prof_ptr[p + 1]].tolist(), strict=True))
+        assert built[p] == want and all(v >= 0 for v in got.values())
+    assert len(plan.step_dy) <= len(plan.term_dy)
+    assert plan.widest >= max(plan.n_per_dz)
 
 
 def test_peak_with_gapped_offsets_takes_the_direct_kernel():
