@@ -1,11 +1,12 @@
 """A/B of the CPU fused pass in one process: this checkout against an earlier commit's kernel.
 
-    python benchmarks/ab_fused_word_scan.py [REV]   # REV defaults to 5572229 (before the word scan)
+    python benchmarks/ab_fused_word_scan.py [REV [float32]]   # REV defaults to 5572229 (before the word scan)
 
 The earlier ``kernels/reduce_cpu.py`` is read with ``git show REV:...`` and imported beside the
 current one; both run on the kernel benchmark's inputs (600 x 200 x 200 int16, 10 and 60 blocky
 labels, see conftest.py), interleaved with the floor, 15 rounds; prints the best time of each and
-its ratio to the floor. The two kernels' partials are checked to agree first.
+its ratio to the floor (the int16 floor also for ``float32``, which times the float kernel on the
+same values). The two kernels' partials are checked to agree first.
 """
 
 from __future__ import annotations
@@ -49,14 +50,18 @@ def main() -> None:
     scale, offset = rng.uniform(1e-4, 2e-4, SHAPE[0]), np.zeros(SHAPE[0])
     n_chunks = numba.get_num_threads() * 4
     print(f"{numba.get_num_threads()} threads; {SHAPE} int16; best of 15 interleaved rounds; old = {rev}")
+    as_float = sys.argv[2:] == ["float32"]  # the float kernel (NaN checks) on the same values as float32
+    pixels = stored.astype(np.float32) if as_float else stored
+    kernel = "_fused_chunks_float" if as_float else "_fused_chunks_int"
+    print(f"{kernel} on {pixels.dtype} pixels")
     for n_labels in (10, 60):
         codes = blocky_codes(np.random.default_rng(n_labels), SHAPE, n_labels)
-        args = (stored, codes, scale, offset, n_labels + 1, n_chunks)
-        a, b = merge_stack(*old._fused_chunks_int(*args)), merge_stack(*reduce_cpu._fused_chunks_int(*args))
+        args = (pixels, codes, scale, offset, n_labels + 1, n_chunks)
+        k_old, k_new = getattr(old, kernel), getattr(reduce_cpu, kernel)
+        a, b = merge_stack(*k_old(*args)), merge_stack(*k_new(*args))
         assert (a.count == b.count).all() and (a.argmax == b.argmax).all() and (a.argmin == b.argmin).all()
         assert np.allclose(a.mean, b.mean, rtol=1e-13) and np.allclose(a.m2, b.m2, rtol=1e-10)
-        runs = {"floor": lambda: _floor(stored, codes), "old": lambda: old._fused_chunks_int(*args),
-                "new": lambda: reduce_cpu._fused_chunks_int(*args)}
+        runs = {"floor": lambda: _floor(stored, codes), "old": lambda: k_old(*args), "new": lambda: k_new(*args)}
         best = dict.fromkeys(runs, np.inf)
         for f in runs.values():
             f()

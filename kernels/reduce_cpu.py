@@ -14,9 +14,10 @@ of one code are found a 64-bit word of codes at a time and reduced together, flu
   ``a = scale[z]``, ``b = offset[z]``, where ``n S2 - S1^2`` is an exact integer (rows up to
   :data:`MAX_EXACT_ROW` voxels), merged into the chunk with Chan's formula. The argmin/argmax
   rescans the run only when it beats the chunk's current extreme.
-* Other pixels (float, 32-bit) and longer rows: SUV per voxel in float64 with a NaN check (NaN
-  voxels are counted, never reduced); each run's sums are shifted by its first value, then
-  merged the same way.
+* Other pixels (float, 32-bit) and longer rows: SUV per voxel in float64; NaN voxels are counted,
+  never reduced (they add 0 through a select, so the loop vectorises). Each run's sums are shifted
+  by its first non-NaN value, min/max are taken on the stored values (four chains), then the run
+  is merged the same way.
 
 Chunks merge with :func:`petfeat.kernels.partials.merge_stack`.
 """
@@ -95,16 +96,71 @@ def _flush_int(cnt, mean, m2, vmin, vmax, amin, amax, ch, c, seg, s1, s2, smin, 
     vlo = lo * a + b
     if vhi > vmax[ch, c]:
         vmax[ch, c] = vhi
-        for t in range(n):
-            if seg[t] == hi:
-                amax[ch, c] = base + t
-                break
+        amax[ch, c] = base + _first(seg, hi)
     if vlo < vmin[ch, c]:
         vmin[ch, c] = vlo
-        for t in range(n):
-            if seg[t] == lo:
-                amin[ch, c] = base + t
-                break
+        amin[ch, c] = base + _first(seg, lo)
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _run_sums_float(seg, a, b):  # pragma: no cover - compiled
+    """Non-NaN count, shift ``k`` (the first non-NaN value) and the sums of ``v - k``, ``(v - k)^2`` of a float run.
+
+    ``v = seg * a + b`` in float64. NaN voxels add 0 through a select, so the loop vectorises
+    (reassociated sums; not inlined, so the caller keeps strict IEEE order).
+    """
+    m = seg.shape[0]
+    k = 0.0
+    for t in range(m):
+        v = seg[t] * a + b
+        if v == v:
+            k = v
+            break
+    n = 0
+    s1 = 0.0
+    s2 = 0.0
+    for t in range(m):
+        v = seg[t] * a + b
+        ok = v == v
+        d = v - k if ok else 0.0
+        n += ok
+        s1 += d
+        s2 += d * d
+    return n, k, s1, s2
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _run_extremes(seg):  # pragma: no cover - compiled
+    """Largest and smallest non-NaN value of a run, in four independent chains (NaN fails every comparison)."""
+    n = seg.shape[0]
+    h0 = h1 = h2 = h3 = -np.inf
+    l0 = l1 = l2 = l3 = np.inf
+    j = 0
+    while j + 4 <= n:
+        v0, v1, v2, v3 = seg[j], seg[j + 1], seg[j + 2], seg[j + 3]
+        h0 = v0 if v0 > h0 else h0
+        h1 = v1 if v1 > h1 else h1
+        h2 = v2 if v2 > h2 else h2
+        h3 = v3 if v3 > h3 else h3
+        l0 = v0 if v0 < l0 else l0
+        l1 = v1 if v1 < l1 else l1
+        l2 = v2 if v2 < l2 else l2
+        l3 = v3 if v3 < l3 else l3
+        j += 4
+    while j < n:
+        h0 = seg[j] if seg[j] > h0 else h0
+        l0 = seg[j] if seg[j] < l0 else l0
+        j += 1
+    return max(max(h0, h1), max(h2, h3)), min(min(l0, l1), min(l2, l3))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _first(seg, value):  # pragma: no cover - compiled
+    """Index of the first element of ``seg`` equal to ``value`` (which it holds)."""
+    for t in range(seg.shape[0]):
+        if seg[t] == value:
+            return t
+    return 0
 
 
 def _code_word(seg, j):
@@ -253,40 +309,22 @@ def _fused_chunks_float(stored, codes, scale, offset, n_codes, n_chunks):  # pra
                 x, e, c = _next_run(crow, x, nx)
                 if x >= nx:
                     break
-                n = 0
-                k = 0.0
-                s1 = 0.0
-                s2 = 0.0
-                lo = np.inf
-                hi = -np.inf
-                ilo = INDEX_NONE
-                ihi = INDEX_NONE
                 seg = row[x:e]
-                for t in range(e - x):
-                    v = seg[t] * a + b
-                    if v != v:
-                        nans[ch, c] += 1
-                        continue
-                    if n == 0:
-                        k = v  # shift: the run's first value
-                    d = v - k
-                    n += 1
-                    s1 += d
-                    s2 += d * d
-                    if v < lo:
-                        lo = v
-                        ilo = base + x + t
-                    if v > hi:
-                        hi = v
-                        ihi = base + x + t
+                n, k, s1, s2 = _run_sums_float(seg, a, b)
+                nans[ch, c] += (e - x) - n
                 if n > 0:
                     _chan(cnt, mean, m2, ch, c, n, k + s1 / n, max(s2 - s1 * (s1 / n), 0.0))
-                    if hi > vmax[ch, c]:
-                        vmax[ch, c] = hi
-                        amax[ch, c] = ihi
-                    if lo < vmin[ch, c]:
-                        vmin[ch, c] = lo
-                        amin[ch, c] = ilo
+                    smax, smin = _run_extremes(seg)
+                    hi = smax if a >= 0 else smin  # stored value of the run's highest SUV
+                    lo = smin if a >= 0 else smax
+                    vhi = hi * a + b
+                    vlo = lo * a + b
+                    if vhi > vmax[ch, c]:
+                        vmax[ch, c] = vhi
+                        amax[ch, c] = base + x + _first(seg, hi)
+                    if vlo < vmin[ch, c]:
+                        vmin[ch, c] = vlo
+                        amin[ch, c] = base + x + _first(seg, lo)
                 x = e
     return cnt, mean, m2, vmin, vmax, amin, amax, nans
 

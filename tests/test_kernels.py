@@ -207,6 +207,34 @@ def test_nan_voxels_counted_and_excluded(backend):
     assert p.count[1] == ref["count"] and p.mean[1] == pytest.approx(ref["mean"], rel=RTOL)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.int32])  # both take the float kernel on the CPU
+def test_float_kernel_with_nan_runs_matches_oracle(backend, dtype):
+    """NaN at run starts, inside runs and filling whole runs; ties; negative slopes: every partial field."""
+    rng = np.random.default_rng(12)
+    shape = (4, 5, 23)
+    stored = rng.integers(-50, 50, shape).astype(dtype)  # few distinct values: many ties
+    codes = np.resize(np.repeat(rng.choice([0, 1, 2, 3], 80), rng.integers(1, 9, 80)), shape).astype(np.uint8)
+    if dtype == np.float32:
+        stored[rng.random(shape) < 0.25] = np.nan
+        stored[codes == 3] = np.nan  # a label with no finite voxel
+    scale = rng.uniform(0.5, 2.0, shape[0])
+    scale[1::2] *= -1
+    offset = rng.uniform(-1, 1, shape[0])
+    p = kernels.fused_reduce(stored, codes, scale, offset, 4, backend=backend)
+    values = naive.suv(stored, scale, offset)
+    for c in range(1, 4):
+        ref = naive.region_stats(values, codes == c)
+        assert p.count[c] == ref["count"]
+        assert p.nan_count[c] == int(np.isnan(values[codes == c]).sum())
+        if ref["count"] == 0:
+            assert dtype == np.float32 and c == 3 and p.max[c] == -np.inf
+            continue
+        assert p.mean[c] == pytest.approx(ref["mean"], rel=RTOL)
+        assert p.m2[c] / p.count[c] == pytest.approx(ref["var"], rel=RTOL)
+        assert p.max[c] == ref["max"] and p.min[c] == ref["min"]
+        assert p.argmax[c] == ref["argmax"] and p.argmin[c] == ref["argmin"]
+
+
 def test_variance_is_not_lost_to_cancellation(backend):
     """Values 1e4 +- 1e-3: naive sum of squares in float64 loses most digits; shifted sums do not."""
     rng = np.random.default_rng(2)
