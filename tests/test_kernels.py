@@ -69,8 +69,8 @@ def test_fused_reduce_matches_oracle(backend, dtype, layout, signs):
 
 
 def test_sparse_wide_rows_match_oracle(backend):
-    # rows long enough for the CPU's 16-code background skip: all-background rows, runs that start
-    # at, inside and just after a 16-code block, runs at both row ends, long background stretches
+    # rows long enough for the CPU run scan (a 64-bit word of codes per step): all-background rows, runs
+    # that start at, inside and just after a 16-code block, runs at both row ends, long background stretches
     rng = np.random.default_rng(11)
     shape = (4, 6, 53)
     stored = _volume(rng, shape, np.int16)
