@@ -90,6 +90,16 @@ def _flush_int(cnt, mean, m2, vmin, vmax, amin, amax, ch, c, seg, s1, s2, smin, 
     n = seg.shape[0]
     # n * s2 - s1^2 is an exact integer (below 2**63 for rows up to MAX_EXACT_ROW voxels)
     _chan(cnt, mean, m2, ch, c, n, a * (s1 / n) + b, a * a * ((n * s2 - s1 * s1) / n))
+    _merge_extremes(vmin, vmax, amin, amax, ch, c, seg, smin, smax, a, b, base)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _merge_extremes(vmin, vmax, amin, amax, ch, c, seg, smin, smax, a, b, base):  # pragma: no cover - compiled
+    """Merge a run's extremes (its smallest and largest stored value) into partial [ch, c].
+
+    The run's SUV extremes are the stored ones mapped by the slice's slope (swapped when it is
+    negative); the run is rescanned for the voxel index only when it beats the partial.
+    """
     hi = smax if a >= 0 else smin  # stored value of the run's highest SUV
     lo = smin if a >= 0 else smax
     vhi = hi * a + b
@@ -315,16 +325,7 @@ def _fused_chunks_float(stored, codes, scale, offset, n_codes, n_chunks):  # pra
                 if n > 0:
                     _chan(cnt, mean, m2, ch, c, n, k + s1 / n, max(s2 - s1 * (s1 / n), 0.0))
                     smax, smin = _run_extremes(seg)
-                    hi = smax if a >= 0 else smin  # stored value of the run's highest SUV
-                    lo = smin if a >= 0 else smax
-                    vhi = hi * a + b
-                    vlo = lo * a + b
-                    if vhi > vmax[ch, c]:
-                        vmax[ch, c] = vhi
-                        amax[ch, c] = base + x + _first(seg, hi)
-                    if vlo < vmin[ch, c]:
-                        vmin[ch, c] = vlo
-                        amin[ch, c] = base + x + _first(seg, lo)
+                    _merge_extremes(vmin, vmax, amin, amax, ch, c, seg, smin, smax, a, b, base + x)
                 x = e
     return cnt, mean, m2, vmin, vmax, amin, amax, nans
 
