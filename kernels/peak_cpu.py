@@ -201,18 +201,32 @@ def _disc_sums(stored, zs, y0, y1, oy, ox, ry, rx, wp, block, prof_base, step_pt
                 src_b = out[prof_base[p], d0 + j0:d0 + j1]
                 for i in range(db.shape[0]):
                     db[i] = src_b[i]
-            for t in range(step_ptr[p], step_ptr[p + 1]):
-                shift = (step_dy[t] + ry) * wp  # plane row y + dy of the row sums: outside the image, zeros
-                src_r = rsum[step_h[t], d0 + shift + j0:d0 + shift + j1]
+            t = step_ptr[p]
+            while t < step_ptr[p + 1]:
+                # plane row y + dy of the row sums (outside the image: zeros); two steps of one sign per pass
+                src_r = rsum[step_h[t], d0 + (step_dy[t] + ry) * wp + j0:d0 + (step_dy[t] + ry) * wp + j1]
                 if t == step_ptr[p] and prof_base[p] < 0:
                     for i in range(db.shape[0]):
                         db[i] = src_r[i]
-                elif step_sign[t] > 0:
-                    for i in range(db.shape[0]):
-                        db[i] += src_r[i]
+                    t += 1
+                elif t + 1 < step_ptr[p + 1] and step_sign[t + 1] == step_sign[t]:
+                    u = t + 1
+                    src_u = rsum[step_h[u], d0 + (step_dy[u] + ry) * wp + j0:d0 + (step_dy[u] + ry) * wp + j1]
+                    if step_sign[t] > 0:
+                        for i in range(db.shape[0]):
+                            db[i] += src_r[i] + src_u[i]
+                    else:
+                        for i in range(db.shape[0]):
+                            db[i] -= src_r[i] + src_u[i]
+                    t += 2
                 else:
-                    for i in range(db.shape[0]):
-                        db[i] -= src_r[i]
+                    if step_sign[t] > 0:
+                        for i in range(db.shape[0]):
+                            db[i] += src_r[i]
+                    else:
+                        for i in range(db.shape[0]):
+                            db[i] -= src_r[i]
+                    t += 1
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -293,17 +307,36 @@ def _sphere_sums(scale, z, box, dzs, dz_profile, ring, oy, wp, block, acc):  # p
     k0 = (box[0] - oy) * wp
     k1 = (box[1] - oy + 1) * wp
     out = acc[k0:k1]
+    rn = ring.shape[0]
+    ia = 0  # dzs ascend: the slices inside the image are dzs[ia:ib]
+    while z + dzs[ia] < 0:
+        ia += 1
+    ib = dzs.shape[0]
+    while z + dzs[ib - 1] >= nz:
+        ib -= 1
     for j0 in range(0, k1 - k0, block):  # every dz on one block at a time: the block stays in L1
         j1 = min(j0 + block, k1 - k0)
         ob = out[j0:j1]
-        ob[:] = 0.0
-        for i in range(dzs.shape[0]):
-            zz = z + dzs[i]
-            if 0 <= zz < nz:
-                s = scale[zz]
-                d = ring[zz % ring.shape[0], dz_profile[i], k0 + j0:k0 + j1]
+        for i in range(ia, ib, 2):  # two slices per pass
+            za = z + dzs[i]
+            sa = scale[za]
+            da = ring[za % rn, dz_profile[i], k0 + j0:k0 + j1]
+            if i + 1 < ib:
+                zb = z + dzs[i + 1]
+                sb = scale[zb]
+                db = ring[zb % rn, dz_profile[i + 1], k0 + j0:k0 + j1]
+                if i == ia:
+                    for j in range(ob.shape[0]):
+                        ob[j] = sa * da[j] + sb * db[j]
+                else:
+                    for j in range(ob.shape[0]):
+                        ob[j] += sa * da[j] + sb * db[j]
+            elif i == ia:
                 for j in range(ob.shape[0]):
-                    ob[j] += s * d[j]
+                    ob[j] = sa * da[j]
+            else:
+                for j in range(ob.shape[0]):
+                    ob[j] += sa * da[j]
 
 
 def _extreme4(largest: bool):
