@@ -9,17 +9,20 @@ each ``(dz, dy)`` the offsets ``-h..h`` along x. So its sum at every voxel decom
    disc profile ``p`` (the disc the sphere cuts at one ``dz``);
 3. the sphere ``S(z, y, x) = sum_dz scale[z + dz] D_{p(dz)}(z + dz, y, x) + offsets``,
 
-about 30 flat, vectorised passes per voxel at 2 mm (123 sphere voxels) instead of 123 loads.
-Stored values are summed within a slice (one slope per slice), so for 8/16-bit pixels every R and
-D is an integer below 2**24, held exactly in float32 (:func:`sums_dtype`); other pixels sum in
-float64. Voxels outside the image count as 0 and are not counted; NaN-free inputs only (the
-caller keeps the direct kernel, which skips NaN neighbours, for floats with non-finite values).
+about 20 flat, vectorised passes per voxel at 2 mm (123 sphere voxels) instead of 123 loads: each
+disc profile is built from an earlier one plus and minus the rows that differ
+(:class:`SpherePlan`), and the disc and sphere stages add two terms per pass, block by block
+(``PLANE_BLOCK`` values stay in L1 while all terms are added). Stored values are summed within a
+slice (one slope per slice), so for 8/16-bit pixels every R and D is an integer below 2**24, held
+exactly in float32 (:func:`sums_dtype`); other pixels sum in float64. Voxels outside the image
+count as 0 and are not counted; NaN-free inputs only (the caller keeps the direct kernel, which
+skips NaN neighbours, for floats with non-finite values).
 
 Only what the regions can reach is computed: slices are cut into chunks (one task each); a chunk
 works in the box of its region voxels, each slice's disc sums cover only the rows its output
 slices need, and sphere means are formed only on region voxels, by runs of one code (one max per
-run). Disc sums live in a ring of ``2 rz + 1`` slices, so memory per task is a few planes of the
-regions' box, never a whole volume.
+run). Disc sums live in a ring of ``2 rz + 1`` slices; the box's rows are taken in strips whose
+ring fits in ``RING_BYTES`` (a core's L2), so memory per task is a few planes, never a whole volume.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import numpy as np
 from numba import njit, prange
 
 from .config import CPU_CHUNKS_PER_THREAD
-from .reduce_cpu import _next_run
+from .reduce_cpu import _next_run, _row_is_background
 
 #: Plane values per block of the disc and sphere stages: every term of a block is added while the
 #: block sits in L1 (4 KiB of float32 disc sums, 8 KiB of float64 sphere sums).
@@ -134,10 +137,7 @@ def _roi_boxes(codes, has_reg, z0, z1):  # pragma: no cover - compiled
         ylo, yhi, xlo, xhi = ny, -1, nx, -1
         for y in range(ny):
             crow = codes[z, y]
-            acc = crow[0]
-            for x in range(1, nx):  # vectorised OR: most rows of a whole-body grid are background
-                acc |= crow[x]
-            if acc == 0:
+            if _row_is_background(crow, nx):  # most rows of a whole-body grid
                 continue
             a = 0
             while a < nx and not has_reg[crow[a]]:
