@@ -34,7 +34,7 @@ import numpy as np
 from numba import njit, prange
 
 from .config import CPU_CHUNKS_PER_THREAD
-from .reduce_cpu import _next_run, _row_is_background
+from .reduce_cpu import _next_run, _row_is_background, _u
 
 #: Plane values per block of the disc and sphere stages: every term of a block is added while the
 #: block sits in L1 (4 KiB of float32 disc sums, 8 KiB of float64 sphere sums).
@@ -132,20 +132,21 @@ def _disc_program(profiles):
 def _roi_boxes(codes, has_reg, z0, z1):  # pragma: no cover - compiled
     """Per slice of ``[z0, z1)``: ``(ylo, yhi, xlo, xhi)`` (inclusive) of voxels whose code has a region."""
     ny, nx = codes.shape[1], codes.shape[2]
+    cf = codes.reshape(-1)
     box = np.empty((z1 - z0, 4), np.int64)
     for z in range(z0, z1):
         ylo, yhi, xlo, xhi = ny, -1, nx, -1
         for y in range(ny):
-            crow = codes[z, y]
-            if _row_is_background(crow, nx):  # most rows of a whole-body grid
+            r = (z * ny + y) * nx
+            if _row_is_background(cf, r, r + nx):  # most rows of a whole-body grid
                 continue
             a = 0
-            while a < nx and not has_reg[crow[a]]:
+            while a < nx and not has_reg[cf[_u(r + a)]]:
                 a += 1
             if a == nx:
                 continue
             b = nx - 1
-            while not has_reg[crow[b]]:
+            while not has_reg[cf[_u(r + b)]]:
                 b -= 1
             ylo = min(ylo, y)
             yhi = y
@@ -340,7 +341,7 @@ def _sphere_sums(scale, z, box, dzs, dz_profile, ring, oy, wp, block, acc):  # p
 
 
 def _extreme4(largest: bool):
-    """Compiled helper: the largest (or smallest) value of a non-empty array, in four chains.
+    """Compiled helper: the largest (or smallest) value of ``v[i0:i1]`` (not empty), in four chains.
 
     A max reduction does not vectorise here; four independent chains overlap their latencies (3x
     faster than one chain on 200 values). ``largest`` is a compile-time constant of the closure, so
@@ -348,21 +349,22 @@ def _extreme4(largest: bool):
     """
 
     @njit(nogil=True, inline="always")
-    def extreme(v):  # pragma: no cover - compiled
-        n = v.shape[0]
-        t0 = v[0]
+    def extreme(v, i0, i1):  # pragma: no cover - compiled
+        t0 = v[_u(i0)]
         t1 = t0
         t2 = t0
         t3 = t0
-        j = 0
-        while j + 4 <= n:
-            t0 = v[j] if (v[j] > t0) == largest else t0
-            t1 = v[j + 1] if (v[j + 1] > t1) == largest else t1
-            t2 = v[j + 2] if (v[j + 2] > t2) == largest else t2
-            t3 = v[j + 3] if (v[j + 3] > t3) == largest else t3
+        j = i0
+        while j + 4 <= i1:
+            u0, u1, u2, u3 = v[_u(j)], v[_u(j + 1)], v[_u(j + 2)], v[_u(j + 3)]
+            t0 = u0 if (u0 > t0) == largest else t0
+            t1 = u1 if (u1 > t1) == largest else t1
+            t2 = u2 if (u2 > t2) == largest else t2
+            t3 = u3 if (u3 > t3) == largest else t3
             j += 4
-        while j < n:
-            t0 = v[j] if (v[j] > t0) == largest else t0
+        while j < i1:
+            u0 = v[_u(j)]
+            t0 = u0 if (u0 > t0) == largest else t0
             j += 1
         t0 = t1 if (t1 > t0) == largest else t0
         t2 = t3 if (t3 > t2) == largest else t2
@@ -417,11 +419,11 @@ def _sphere_slice(stored, codes, scale, offset, z, box, row_dz, row_dy, row_h, o
     inner_z = rz <= z < nz - rz
     a = scale[z]
     b = offset[z]
+    sf = stored.reshape(-1)  # flat views, indexed without slices (see reduce_cpu)
+    cf = codes.reshape(-1)
     for y in range(box[0], box[1] + 1):
-        crow = codes[z, y]
-        k = (y - oy) * wp + x0 - ox + rx
-        sums_row = acc[k:k + x1 - x0 + 1]  # sums_row[x - x0]: the sphere sum at x
-        srow = stored[z, y]
+        r = (z * ny + y) * nx  # flat index of (z, y, 0)
+        k = (y - oy) * wp - ox + rx  # acc[k + x]: the sphere sum at x
         # voxels count and offsets of a sphere at x in [rx, nx - rx) of this row: whole x-segments
         if inner_z and ry <= y < ny - ry:
             n_row = n_off
@@ -430,7 +432,9 @@ def _sphere_slice(stored, codes, scale, offset, z, box, row_dz, row_dy, row_h, o
             n_row, b_row = _in_image(offset, nz, ny, nx, z, y, 0, row_dz, row_dy, row_h, False)
         x = x0
         while x <= x1:
-            x, e, c = _next_run(crow, x, x1 + 1)
+            x, e, c = _next_run(cf, r + x, r + x1 + 1)
+            x -= r
+            e -= r
             if x > x1:
                 break
             if not has_reg[c]:
@@ -441,14 +445,13 @@ def _sphere_slice(stored, codes, scale, offset, z, box, row_dz, row_dy, row_h, o
             ib = min(e, nx - rx)
             best = -np.inf
             if ia < ib:
-                best = (_max4(sums_row[ia - x0:ib - x0]) + b_row) / n_row
+                best = (_max4(acc, k + ia, k + ib) + b_row) / n_row
             if ia > x or ib < e:
                 for xx in range(x, e):
                     if xx < ia or xx >= ib:
                         best = max(best, _border_mean(stored, offset, z, y, xx, row_dz, row_dy, row_h,
-                                                      sums_row[xx - x0], with_offset))
-            run = srow[x:e]
-            hi = _max4(run) if a >= 0 else _min4(run)  # stored value of the run's highest SUV
+                                                      acc[_u(k + xx)], with_offset))
+            hi = _max4(sf, r + x, r + e) if a >= 0 else _min4(sf, r + x, r + e)  # stored value of the highest SUV
             v_hi = hi * a + b
             for j in range(code_ptr[c], code_ptr[c + 1]):
                 reg = code_regions[j]
@@ -456,12 +459,12 @@ def _sphere_slice(stored, codes, scale, offset, z, box, row_dz, row_dy, row_h, o
                     glob[reg] = best
                 if v_hi == region_max[reg]:  # the run holds the region's hottest voxel: its means
                     for xx in range(x, e):
-                        if srow[xx] * a + b == v_hi:
+                        if sf[_u(r + xx)] * a + b == v_hi:
                             if ia <= xx < ib:
-                                m = (sums_row[xx - x0] + b_row) / n_row
+                                m = (acc[_u(k + xx)] + b_row) / n_row
                             else:
-                                m = _border_mean(stored, offset, z, y, xx, row_dz, row_dy, row_h, sums_row[xx - x0],
-                                                 with_offset)
+                                m = _border_mean(stored, offset, z, y, xx, row_dz, row_dy, row_h,
+                                                 acc[_u(k + xx)], with_offset)
                             if m > loc[reg]:
                                 loc[reg] = m
             x = e

@@ -8,6 +8,11 @@ Work is split into contiguous chunks of image rows, one partial per chunk and co
 codes are all 0 is recognised by one vectorised OR over its codes and skipped; inside a row, runs
 of one code are found a 64-bit word of codes at a time and reduced together, flushed once per run.
 
+The loops index flat (1-D) views of the volumes with unsigned indices and make no array slices.
+A slice is a new array object: Numba updates its parent's reference count with atomic operations,
+on a counter every thread shares, a few times per run. Unsigned indices also spare the
+negative-index wraparound test, which would stop the compiler from vectorising the run loops.
+
 * 8- and 16-bit integer pixels (the PET norm): each run's moments are the exact int64 sums of
   ``stored`` and ``stored**2`` plus integer min/max, a loop the compiler vectorises. The run's
   (n, mean, M2) in SUV space is ``(n, a S1/n + b, a^2 (n S2 - S1^2)/n)`` for the slice's
@@ -32,6 +37,9 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 
 from .config import CPU_CHUNKS_PER_THREAD
 from .partials import INDEX_NONE, Partials, merge_stack
+
+#: Index type of the hot loops: an unsigned index needs no negative-index wraparound test.
+_u = np.uint64
 
 #: Longest image row (voxels) the integer kernel takes: there ``n * sum(s^2)`` and ``sum(s)^2`` of a
 #: run of 16-bit values stay below 2**63, so the run's squared deviations are an exact integer.
@@ -64,18 +72,14 @@ def _alloc(n_chunks, n_codes):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _run_moments(seg):  # pragma: no cover - compiled
-    """Sum of s and of s^2 (exact, int64), min and max of an integer run ``seg`` (a 0-based view).
-
-    The loop indexes a 0-based view: with a signed start index Numba adds a negative-index
-    wraparound test per element, which stops the compiler from vectorising the loop.
-    """
+def _run_moments(s, x, e):  # pragma: no cover - compiled
+    """Sum of s and of s^2 (exact, int64), min and max of the integer run ``s[x:e]`` (a vectorised loop)."""
     s1 = np.int64(0)
     s2 = np.int64(0)
-    smin = np.int32(seg[0])
+    smin = np.int32(s[_u(x)])
     smax = smin
-    for t in range(seg.shape[0]):
-        v = np.int32(seg[t])
+    for t in range(x, e):
+        v = np.int32(s[_u(t)])
         s1 += v
         s2 += np.int64(v) * v
         smin = min(smin, v)
@@ -84,18 +88,18 @@ def _run_moments(seg):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _flush_int(cnt, mean, m2, vmin, vmax, amin, amax, ch, c, seg, s1, s2, smin, smax, a, b,
-               base):  # pragma: no cover - compiled
-    """Merge an integer run (``seg``, first voxel at flat index ``base``) into partial [ch, c]."""
-    n = seg.shape[0]
+def _flush_int(cnt, mean, m2, vmin, vmax, amin, amax, ch, c, s, x, e, s1, s2, smin, smax, a,
+               b):  # pragma: no cover - compiled
+    """Merge the integer run ``s[x:e]`` (flat indices) into partial [ch, c]."""
+    n = e - x
     # n * s2 - s1^2 is an exact integer (below 2**63 for rows up to MAX_EXACT_ROW voxels)
     _chan(cnt, mean, m2, ch, c, n, a * (s1 / n) + b, a * a * ((n * s2 - s1 * s1) / n))
-    _merge_extremes(vmin, vmax, amin, amax, ch, c, seg, smin, smax, a, b, base)
+    _merge_extremes(vmin, vmax, amin, amax, ch, c, s, x, e, smin, smax, a, b)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _merge_extremes(vmin, vmax, amin, amax, ch, c, seg, smin, smax, a, b, base):  # pragma: no cover - compiled
-    """Merge a run's extremes (its smallest and largest stored value) into partial [ch, c].
+def _merge_extremes(vmin, vmax, amin, amax, ch, c, s, x, e, smin, smax, a, b):  # pragma: no cover - compiled
+    """Merge the extremes of run ``s[x:e]`` (its smallest and largest stored value) into partial [ch, c].
 
     The run's SUV extremes are the stored ones mapped by the slice's slope (swapped when it is
     negative); the run is rescanned for the voxel index only when it beats the partial.
@@ -106,31 +110,30 @@ def _merge_extremes(vmin, vmax, amin, amax, ch, c, seg, smin, smax, a, b, base):
     vlo = lo * a + b
     if vhi > vmax[ch, c]:
         vmax[ch, c] = vhi
-        amax[ch, c] = base + _first(seg, hi)
+        amax[ch, c] = _first(s, x, e, hi)
     if vlo < vmin[ch, c]:
         vmin[ch, c] = vlo
-        amin[ch, c] = base + _first(seg, lo)
+        amin[ch, c] = _first(s, x, e, lo)
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _run_sums_float(seg, a, b):  # pragma: no cover - compiled
-    """Non-NaN count, shift ``k`` (the first non-NaN value) and the sums of ``v - k``, ``(v - k)^2`` of a float run.
+def _run_sums_float(s, x, e, a, b):  # pragma: no cover - compiled
+    """Non-NaN count, shift ``k`` (the first non-NaN value) and the sums of ``v - k``, ``(v - k)^2`` of run ``s[x:e]``.
 
-    ``v = seg * a + b`` in float64. NaN voxels add 0 through a select, so the loop vectorises
+    ``v = s * a + b`` in float64. NaN voxels add 0 through a select, so the loop vectorises
     (reassociated sums; not inlined, so the caller keeps strict IEEE order).
     """
-    m = seg.shape[0]
     k = 0.0
-    for t in range(m):
-        v = seg[t] * a + b
+    for t in range(x, e):
+        v = s[_u(t)] * a + b
         if v == v:
             k = v
             break
     n = 0
     s1 = 0.0
     s2 = 0.0
-    for t in range(m):
-        v = seg[t] * a + b
+    for t in range(x, e):
+        v = s[_u(t)] * a + b
         ok = v == v
         d = v - k if ok else 0.0
         n += ok
@@ -140,14 +143,13 @@ def _run_sums_float(seg, a, b):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _run_extremes(seg):  # pragma: no cover - compiled
-    """Largest and smallest non-NaN value of a run, in four independent chains (NaN fails every comparison)."""
-    n = seg.shape[0]
+def _run_extremes(s, x, e):  # pragma: no cover - compiled
+    """Largest and smallest non-NaN value of run ``s[x:e]``, in four independent chains (NaN fails every comparison)."""
     h0 = h1 = h2 = h3 = -np.inf
     l0 = l1 = l2 = l3 = np.inf
-    j = 0
-    while j + 4 <= n:
-        v0, v1, v2, v3 = seg[j], seg[j + 1], seg[j + 2], seg[j + 3]
+    j = x
+    while j + 4 <= e:
+        v0, v1, v2, v3 = s[_u(j)], s[_u(j + 1)], s[_u(j + 2)], s[_u(j + 3)]
         h0 = v0 if v0 > h0 else h0
         h1 = v1 if v1 > h1 else h1
         h2 = v2 if v2 > h2 else h2
@@ -157,111 +159,106 @@ def _run_extremes(seg):  # pragma: no cover - compiled
         l2 = v2 if v2 < l2 else l2
         l3 = v3 if v3 < l3 else l3
         j += 4
-    while j < n:
-        h0 = seg[j] if seg[j] > h0 else h0
-        l0 = seg[j] if seg[j] < l0 else l0
+    while j < e:
+        v = s[_u(j)]
+        h0 = v if v > h0 else h0
+        l0 = v if v < l0 else l0
         j += 1
     return max(max(h0, h1), max(h2, h3)), min(min(l0, l1), min(l2, l3))
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _first(seg, value):  # pragma: no cover - compiled
-    """Index of the first element of ``seg`` equal to ``value`` (which it holds)."""
-    for t in range(seg.shape[0]):
-        if seg[t] == value:
+def _first(s, x, e, value):  # pragma: no cover - compiled
+    """Index of the first element of ``s[x:e]`` equal to ``value`` (which it holds), as an index of ``s``."""
+    for t in range(x, e):
+        if s[_u(t)] == value:
             return t
-    return 0
+    return x
 
 
-def _code_word(seg, j):
-    """Codes ``seg[j:j + 64 // bits]`` packed little-endian in one uint64 (compiled to one unaligned load)."""
+def _code_word(c, i):
+    """Codes ``c[i:i + 64 // bits]`` packed little-endian in one uint64 (compiled to one unaligned load)."""
 
 
 @overload(_code_word, inline="always")
-def _code_word_impl(seg, j):
-    bits = seg.dtype.bitwidth
+def _code_word_impl(c, i):
+    bits = c.dtype.bitwidth
     if bits == 8:
-        def word(seg, j):  # pragma: no cover - compiled
-            return (np.uint64(seg[j]) | (np.uint64(seg[j + 1]) << np.uint64(8))
-                    | (np.uint64(seg[j + 2]) << np.uint64(16)) | (np.uint64(seg[j + 3]) << np.uint64(24))
-                    | (np.uint64(seg[j + 4]) << np.uint64(32)) | (np.uint64(seg[j + 5]) << np.uint64(40))
-                    | (np.uint64(seg[j + 6]) << np.uint64(48)) | (np.uint64(seg[j + 7]) << np.uint64(56)))
+        def word(c, i):  # pragma: no cover - compiled
+            return (_u(c[_u(i)]) | (_u(c[_u(i + 1)]) << _u(8))
+                    | (_u(c[_u(i + 2)]) << _u(16)) | (_u(c[_u(i + 3)]) << _u(24))
+                    | (_u(c[_u(i + 4)]) << _u(32)) | (_u(c[_u(i + 5)]) << _u(40))
+                    | (_u(c[_u(i + 6)]) << _u(48)) | (_u(c[_u(i + 7)]) << _u(56)))
     elif bits == 16:
-        def word(seg, j):  # pragma: no cover - compiled
-            return (np.uint64(seg[j]) | (np.uint64(seg[j + 1]) << np.uint64(16))
-                    | (np.uint64(seg[j + 2]) << np.uint64(32)) | (np.uint64(seg[j + 3]) << np.uint64(48)))
+        def word(c, i):  # pragma: no cover - compiled
+            return (_u(c[_u(i)]) | (_u(c[_u(i + 1)]) << _u(16))
+                    | (_u(c[_u(i + 2)]) << _u(32)) | (_u(c[_u(i + 3)]) << _u(48)))
     elif bits == 32:
-        def word(seg, j):  # pragma: no cover - compiled
-            return np.uint64(seg[j]) | (np.uint64(seg[j + 1]) << np.uint64(32))
+        def word(c, i):  # pragma: no cover - compiled
+            return _u(c[_u(i)]) | (_u(c[_u(i + 1)]) << _u(32))
     else:
-        def word(seg, j):  # pragma: no cover - compiled
-            return np.uint64(seg[j])
+        def word(c, i):  # pragma: no cover - compiled
+            return _u(c[_u(i)])
     return word
 
 
-def _code_lanes(seg):
+def _code_lanes(c):
     """``(codes per word, log2 of the bits per code, a word with 1 in each code's lowest bit)``."""
 
 
 @overload(_code_lanes, inline="always")
-def _code_lanes_impl(seg):
-    bits = seg.dtype.bitwidth
+def _code_lanes_impl(c):
+    bits = c.dtype.bitwidth
     per = 64 // bits
     log2 = bits.bit_length() - 1
     ones = sum(1 << (t * bits) for t in range(per))
 
-    def lanes(seg):  # pragma: no cover - compiled
-        return per, log2, np.uint64(ones)
+    def lanes(c):  # pragma: no cover - compiled
+        return per, log2, _u(ones)
     return lanes
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _row_is_background(crow, nx):  # pragma: no cover - compiled
-    """True when every code of the row is 0 (an OR reduction the compiler vectorises, no early exit)."""
-    acc = crow[0]
-    for x in range(1, nx):
-        acc |= crow[x]
+def _row_is_background(c, x, e):  # pragma: no cover - compiled
+    """True when every code of ``c[x:e]`` is 0 (an OR reduction the compiler vectorises, no early exit)."""
+    acc = c[_u(x)]
+    for t in range(x + 1, e):
+        acc |= c[_u(t)]
     return acc == 0
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _next_run(crow, x, nx):  # pragma: no cover - compiled
-    """``(start, end, code)`` of the next run of one non-zero code in ``crow[x:nx]``; start is nx when none.
+def _next_run(c, x, end):  # pragma: no cover - compiled
+    """``(start, end, code)`` of the next run of one non-zero code in ``c[x:end]``; start is ``end`` when none.
 
-    Codes are compared a 64-bit word at a time (8 uint8 codes): a word XOR the run's code
-    repeated is 0 while the run goes on, and its trailing zero count locates the first other
-    code. Indices run over a 0-based view so that no negative-index test is needed.
+    Indices are into ``c`` (a flat code volume or one row). Codes are compared a 64-bit word at a
+    time (8 uint8 codes): a word XOR the run's code repeated is 0 while the run goes on, and its
+    trailing zero count locates the first other code.
     """
-    seg = crow[x:nx]
-    n = nx - x
-    per, log2, ones = _code_lanes(seg)
-    j = 0
-    if seg[0] == 0:  # skip background
-        while j + per <= n:
-            w = _code_word(seg, j)
+    per, log2, ones = _code_lanes(c)
+    if c[_u(x)] == 0:  # skip background
+        while x + per <= end:
+            w = _code_word(c, x)
             if w != 0:
-                j += np.int64(trailing_zeros(w)) >> log2
+                x += np.int64(trailing_zeros(w)) >> log2
                 break
-            j += per
+            x += per
         else:
-            while j < n and seg[j] == 0:
-                j += 1
-            if j >= n:
-                return nx, nx, np.int64(0)
-        seg = seg[j:]
-        n -= j
-        x += j
-    cx = seg[0]
-    pattern = np.uint64(cx) * ones
-    j = 1
-    while j + per <= n:
-        w = _code_word(seg, j) ^ pattern
+            while x < end and c[_u(x)] == 0:
+                x += 1
+            if x >= end:
+                return end, end, np.int64(0)
+    cx = c[_u(x)]
+    pattern = _u(cx) * ones
+    j = x + 1
+    while j + per <= end:
+        w = _code_word(c, j) ^ pattern
         if w != 0:
-            return x, x + j + (np.int64(trailing_zeros(w)) >> log2), np.int64(cx)
+            return x, j + (np.int64(trailing_zeros(w)) >> log2), np.int64(cx)
         j += per
-    while j < n and seg[j] == cx:
+    while j < end and c[_u(j)] == cx:
         j += 1
-    return x, x + j, np.int64(cx)
+    return x, j, np.int64(cx)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -270,27 +267,25 @@ def _fused_chunks_int(stored, codes, scale, offset, n_codes, n_chunks):  # pragm
     nz, ny, nx = stored.shape
     n_rows = nz * ny
     cnt, mean, m2, vmin, vmax, amin, amax, nans = _alloc(n_chunks, n_codes)
+    s = stored.reshape(-1)  # flat views: voxel (z, y, x) at (z * ny + y) * nx + x
+    cf = codes.reshape(-1)
     for ch in prange(n_chunks):
         r0 = ch * n_rows // n_chunks
         r1 = (ch + 1) * n_rows // n_chunks
         for r in range(r0, r1):
             z = r // ny
-            y = r - z * ny
             a = scale[z]
             b = offset[z]
-            crow = codes[z, y]
-            if _row_is_background(crow, nx):  # most rows of a whole-body grid: no run scan at all
+            x = r * nx
+            end = x + nx
+            if _row_is_background(cf, x, end):  # most rows of a whole-body grid: no run scan at all
                 continue
-            row = stored[z, y]
-            base = r * nx
-            x = 0
-            while x < nx:
-                x, e, c = _next_run(crow, x, nx)
-                if x >= nx:
+            while x < end:
+                x, e, c = _next_run(cf, x, end)
+                if x >= end:
                     break
-                seg = row[x:e]
-                s1, s2, smin, smax = _run_moments(seg)
-                _flush_int(cnt, mean, m2, vmin, vmax, amin, amax, ch, c, seg, s1, s2, smin, smax, a, b, base + x)
+                s1, s2, smin, smax = _run_moments(s, x, e)
+                _flush_int(cnt, mean, m2, vmin, vmax, amin, amax, ch, c, s, x, e, s1, s2, smin, smax, a, b)
                 x = e
     return cnt, mean, m2, vmin, vmax, amin, amax, nans
 
@@ -301,31 +296,29 @@ def _fused_chunks_float(stored, codes, scale, offset, n_codes, n_chunks):  # pra
     nz, ny, nx = stored.shape
     n_rows = nz * ny
     cnt, mean, m2, vmin, vmax, amin, amax, nans = _alloc(n_chunks, n_codes)
+    s = stored.reshape(-1)  # flat views: voxel (z, y, x) at (z * ny + y) * nx + x
+    cf = codes.reshape(-1)
     for ch in prange(n_chunks):
         r0 = ch * n_rows // n_chunks
         r1 = (ch + 1) * n_rows // n_chunks
         for r in range(r0, r1):
             z = r // ny
-            y = r - z * ny
             a = scale[z]
             b = offset[z]
-            crow = codes[z, y]
-            if _row_is_background(crow, nx):  # most rows of a whole-body grid: no run scan at all
+            x = r * nx
+            end = x + nx
+            if _row_is_background(cf, x, end):  # most rows of a whole-body grid: no run scan at all
                 continue
-            row = stored[z, y]
-            base = r * nx
-            x = 0
-            while x < nx:
-                x, e, c = _next_run(crow, x, nx)
-                if x >= nx:
+            while x < end:
+                x, e, c = _next_run(cf, x, end)
+                if x >= end:
                     break
-                seg = row[x:e]
-                n, k, s1, s2 = _run_sums_float(seg, a, b)
+                n, k, s1, s2 = _run_sums_float(s, x, e, a, b)
                 nans[ch, c] += (e - x) - n
                 if n > 0:
                     _chan(cnt, mean, m2, ch, c, n, k + s1 / n, max(s2 - s1 * (s1 / n), 0.0))
-                    smax, smin = _run_extremes(seg)
-                    _merge_extremes(vmin, vmax, amin, amax, ch, c, seg, smin, smax, a, b, base + x)
+                    smax, smin = _run_extremes(s, x, e)
+                    _merge_extremes(vmin, vmax, amin, amax, ch, c, s, x, e, smin, smax, a, b)
                 x = e
     return cnt, mean, m2, vmin, vmax, amin, amax, nans
 
@@ -354,5 +347,6 @@ def fused_reduce_cpu(stored: np.ndarray, codes: np.ndarray, scale: np.ndarray, o
                           numba.get_num_threads() * CPU_CHUNKS_PER_THREAD))
     exact = stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2 and stored.shape[2] <= MAX_EXACT_ROW
     kernel = _fused_chunks_int if exact else _fused_chunks_float
-    return merge_stack(*kernel(stored, codes, np.ascontiguousarray(scale, np.float64),
-                               np.ascontiguousarray(offset, np.float64), int(n_codes), int(n_chunks)))
+    return merge_stack(*kernel(np.ascontiguousarray(stored), np.ascontiguousarray(codes),
+                               np.ascontiguousarray(scale, np.float64), np.ascontiguousarray(offset, np.float64),
+                               int(n_codes), int(n_chunks)))
