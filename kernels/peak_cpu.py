@@ -589,6 +589,7 @@ def suv_peak_cpu(stored, codes, scale, offset, offsets, code_ptr, code_regions, 
     infinite values (which must not be averaged), through the direct kernel that visits every
     sphere voxel.
     """
+    stored, codes = np.ascontiguousarray(stored), np.ascontiguousarray(codes)  # the kernels index flat views
     scale = np.ascontiguousarray(scale, np.float64)
     offset = np.ascontiguousarray(offset, np.float64)
     offsets = np.ascontiguousarray(offsets, np.int64)
