@@ -30,14 +30,22 @@ from test_bench_kernels import _floor  # noqa: E402
 
 
 def load_old(rev: str, module: str = "reduce_cpu"):
-    """A kernel module as it was at ``rev``; its relative imports are made absolute (so they are today's)."""
+    """A kernel module as it was at ``rev``.
+
+    Its import of ``reduce_cpu`` is the one of the same ``rev`` (the run-scan helpers it shares
+    change signature between commits); its other relative imports are made absolute (today's).
+    """
     src = subprocess.run(["git", "show", f"{rev}:kernels/{module}.py"], cwd=HERE.parent, check=True,
                          capture_output=True, text=True).stdout
+    if module != "reduce_cpu" and "from .reduce_cpu import" in src:
+        name = load_old(rev).__name__
+        src = src.replace("from .reduce_cpu import", f"from {name} import")
     src = src.replace("from .", "from petfeat.kernels.")
     path = Path(tempfile.mkdtemp()) / f"{module}_{rev}.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location(path.stem, path)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = mod  # importable by name, for the module that imports it
     spec.loader.exec_module(mod)
     return mod
 

@@ -2,7 +2,7 @@
 
     python benchmarks/ab_peak_blocked.py [REV]   # REV defaults to 4f5abdb (before blocks, strips, disc program)
 
-Both use today's run scan (the old module's relative imports are made absolute). Inputs are the
+The old module runs with the run scan of its own commit (see ``load_old``). Inputs are the
 kernel benchmark's (600 x 200 x 200 int16, 10 and 60 blocky labels); 4 and 2 mm spheres; old, new
 and the fused pass interleaved, 9 rounds, best time each. Peaks are checked to agree first (1e-12).
 """
