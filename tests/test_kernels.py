@@ -308,7 +308,7 @@ def test_non_contiguous_inputs_give_the_same_results(backend, order):
     same = np.testing.assert_array_equal if backend == "cpu" else partial(np.testing.assert_allclose, rtol=1e-12)
     for field in fields(Partials):
         same(getattr(q, field.name), getattr(p, field.name), err_msg=field.name)
-    ptr, flat = np.arange(n_codes + 1).clip(1) - 1, np.arange(n_codes - 1)  # region k <- code k + 1
+    ptr, flat = _csr([[c] for c in range(1, n_codes)], n_codes)  # region k <- code k + 1
     args = (scale, offset, sphere_offsets((2.0, 2.0, 2.0)), ptr, flat, p.max[1:], n_codes - 1)
     for u, v in zip(kernels.suv_peak(stored, codes, *args, backend=backend),
                     kernels.suv_peak(s_view, c_view, *args, backend=backend), strict=True):
