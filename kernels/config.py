@@ -20,3 +20,5 @@ MAX_GPU_CODES = int(os.environ.get("PETFEAT_CUDA_MAX_CODES", 64 if SIMULATOR els
 BLOCKS_PER_SM = 8
 #: CPU chunks per thread (load balance of the parallel loop over rows).
 CPU_CHUNKS_PER_THREAD = 4
+#: How many image rows ahead the CPU fused pass prefetches pixels (after a row that held a region).
+CPU_PREFETCH_ROWS = 8

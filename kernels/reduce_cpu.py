@@ -4,21 +4,25 @@ One pass over the raw stored pixels and the code volume. Each voxel's value is
 ``stored * scale[z] + offset[z]`` in float64, where ``scale``/``offset`` fold the per-slice
 RescaleSlope/Intercept and the SUV factor. Code 0 means "in no region" and is skipped.
 
-Work is split into contiguous chunks of image rows, one partial per chunk and code. A row whose
-codes are all 0 is recognised by one vectorised OR over its codes and skipped; inside a row, runs
-of one code are found a 64-bit word of codes at a time and reduced together, flushed once per run.
+Work is split into contiguous chunks of image rows, one partial per chunk and code. Inside a row,
+runs of one code are found a 64-bit word of codes at a time (background too: a row in no region
+costs one word compare per 8 uint8 codes) and each run is reduced in one vectorised loop. After a
+row that held a region, the pixels of the row :data:`~petfeat.kernels.config.CPU_PREFETCH_ROWS`
+ahead are prefetched, so that memory is read while the current row is computed.
 
 The loops index flat (1-D) views of the volumes with unsigned indices and make no array slices.
 A slice is a new array object: Numba updates its parent's reference count with atomic operations,
 on a counter every thread shares, a few times per run. Unsigned indices also spare the
 negative-index wraparound test, which would stop the compiler from vectorising the run loops.
 
-* 8- and 16-bit integer pixels (the PET norm): each run's moments are the exact int64 sums of
-  ``stored`` and ``stored**2`` plus integer min/max, a loop the compiler vectorises. The run's
-  (n, mean, M2) in SUV space is ``(n, a S1/n + b, a^2 (n S2 - S1^2)/n)`` for the slice's
-  ``a = scale[z]``, ``b = offset[z]``, where ``n S2 - S1^2`` is an exact integer (rows up to
-  :data:`MAX_EXACT_ROW` voxels), merged into the chunk with Chan's formula. The argmin/argmax
-  rescans the run only when it beats the chunk's current extreme.
+* 8- and 16-bit integer pixels (the PET norm): each run's sums of ``stored`` and ``stored**2``
+  (exact, int64) and its integer min/max are added to its code's *group*: the code's runs in the
+  same slice, at most :data:`MAX_EXACT_GROUP` voxels (a group ends with the slice or after as many
+  rows as that bound allows). A group's (n, mean, M2) in SUV space is
+  ``(n, a S1/n + b, a^2 (n S2 - S1^2)/n)`` for the slice's ``a = scale[z]``, ``b = offset[z]``,
+  where ``n S2 - S1^2`` is an exact integer; it is merged into the chunk's partial with Chan's
+  formula once per group, not once per run. The group keeps where its extreme values first
+  occur (the run's start); the voxel index is searched for only when the group beats the chunk.
 * Other pixels (float, 32-bit) and longer rows: SUV per voxel in float64; NaN voxels are counted,
   never reduced (they add 0 through a select, so the loop vectorises). Each run's sums are shifted
   by its first non-NaN value, min/max are taken on the stored values (four chains), then the run
@@ -35,15 +39,25 @@ from numba import njit, prange
 from numba.core.extending import overload
 from numba.cpython.unsafe.numbers import trailing_zeros
 
-from .config import CPU_CHUNKS_PER_THREAD
+from .config import CPU_CHUNKS_PER_THREAD, CPU_PREFETCH_ROWS
 from .partials import INDEX_NONE, Partials, merge_stack
+from .prefetch import prefetch
 
 #: Index type of the hot loops: an unsigned index needs no negative-index wraparound test.
 _u = np.uint64
 
-#: Longest image row (voxels) the integer kernel takes: there ``n * sum(s^2)`` and ``sum(s)^2`` of a
-#: run of 16-bit values stay below 2**63, so the run's squared deviations are an exact integer.
+#: Longest image row (voxels) the integer kernel takes (a group holds at least one row).
 MAX_EXACT_ROW = 32768
+
+#: Most voxels of one code in one group of the integer kernel: for ``n`` values of at most 65535 in
+#: magnitude, ``n * sum(s^2)`` and ``sum(s)^2`` stay below 2**63 (46340 x 65535 < 2**31.5), so the
+#: group's ``n S2 - S1^2`` is an exact int64.
+MAX_EXACT_GROUP = 46340
+
+# Columns of the per-code group accumulator (one 64-byte row per code): voxel count, sum of
+# stored values, sum of their squares, smallest and largest stored value, and the start of the
+# first run holding each.
+_N, _S1, _S2, _MIN, _MAX, _MIN_AT, _MAX_AT = range(7)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -88,13 +102,57 @@ def _run_moments(s, x, e):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _flush_int(cnt, mean, m2, vmin, vmax, amin, amax, ch, c, s, x, e, s1, s2, smin, smax, a,
-               b):  # pragma: no cover - compiled
-    """Merge the integer run ``s[x:e]`` (flat indices) into partial [ch, c]."""
-    n = e - x
-    # n * s2 - s1^2 is an exact integer (below 2**63 for rows up to MAX_EXACT_ROW voxels)
-    _chan(cnt, mean, m2, ch, c, n, a * (s1 / n) + b, a * a * ((n * s2 - s1 * s1) / n))
-    _merge_extremes(vmin, vmax, amin, amax, ch, c, s, x, e, smin, smax, a, b)
+def _group_add(g, touched, nt, c, x, e, s1, s2, smin, smax):  # pragma: no cover - compiled
+    """Add the integer run ``[x, e)`` (sums ``s1``, ``s2``, extremes ``smin``, ``smax``) to code ``c``'s group.
+
+    ``touched[:nt]`` lists the codes with a non-empty group; returns the new ``nt``.
+    """
+    if g[c, _N] == 0:
+        touched[nt] = c
+        nt += 1
+        g[c, _MIN] = smin
+        g[c, _MIN_AT] = x
+        g[c, _MAX] = smax
+        g[c, _MAX_AT] = x
+    else:  # strict comparisons: the first run holding the extreme wins (C order)
+        if smax > g[c, _MAX]:
+            g[c, _MAX] = smax
+            g[c, _MAX_AT] = x
+        if smin < g[c, _MIN]:
+            g[c, _MIN] = smin
+            g[c, _MIN_AT] = x
+    g[c, _N] += e - x
+    g[c, _S1] += s1
+    g[c, _S2] += s2
+    return nt
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _group_flush(g, touched, nt, s, a, b, cnt, mean, m2, vmin, vmax, amin, amax, ch):  # pragma: no cover - compiled
+    """Merge the groups of ``touched[:nt]`` (one slice: slope ``a``, intercept ``b``) into partial [ch, :].
+
+    Empties them and returns 0, the new number of touched codes.
+    """
+    # columns of the stored extreme giving the highest / lowest SUV, and of where it is
+    hi, hi_at, lo, lo_at = (_MAX, _MAX_AT, _MIN, _MIN_AT) if a >= 0 else (_MIN, _MIN_AT, _MAX, _MAX_AT)
+    for k in range(nt):
+        c = touched[k]
+        n = g[c, _N]
+        s1 = g[c, _S1]
+        # n * S2 - S1^2 is an exact integer (n <= MAX_EXACT_GROUP)
+        _chan(cnt, mean, m2, ch, c, n, a * (s1 / n) + b, a * a * ((n * g[c, _S2] - s1 * s1) / n))
+        vhi = g[c, hi] * a + b
+        if vhi > vmax[ch, c]:
+            vmax[ch, c] = vhi
+            amax[ch, c] = _first(s, g[c, hi_at], s.size, g[c, hi])  # found in the run starting there
+        vlo = g[c, lo] * a + b
+        if vlo < vmin[ch, c]:
+            vmin[ch, c] = vlo
+            amin[ch, c] = _first(s, g[c, lo_at], s.size, g[c, lo])
+        g[c, _N] = 0
+        g[c, _S1] = 0
+        g[c, _S2] = 0
+    return 0
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -263,30 +321,49 @@ def _next_run(c, x, end):  # pragma: no cover - compiled
 
 @njit(parallel=True, cache=True, nogil=True)
 def _fused_chunks_int(stored, codes, scale, offset, n_codes, n_chunks):  # pragma: no cover - compiled
-    """Integer pixels (8/16 bit): exact moments per run of equal codes (vectorisable run loop)."""
+    """Integer pixels (8/16 bit): exact moments per run of equal codes, added up per code and slice."""
     nz, ny, nx = stored.shape
     n_rows = nz * ny
     cnt, mean, m2, vmin, vmax, amin, amax, nans = _alloc(n_chunks, n_codes)
     s = stored.reshape(-1)  # flat views: voxel (z, y, x) at (z * ny + y) * nx + x
     cf = codes.reshape(-1)
+    group_rows = max(1, MAX_EXACT_GROUP // nx)  # rows per group at most
+    ahead = CPU_PREFETCH_ROWS * nx
+    step = max(1, 64 // s.itemsize)
     for ch in prange(n_chunks):
         r0 = ch * n_rows // n_chunks
         r1 = (ch + 1) * n_rows // n_chunks
+        g = np.zeros((n_codes, 8), np.int64)
+        touched = np.empty(n_codes, np.int64)
+        nt = 0
+        z = r0 // ny
+        y = r0 - z * ny
+        rows = 0
+        hot = True
         for r in range(r0, r1):
-            z = r // ny
-            a = scale[z]
-            b = offset[z]
+            if y == ny or rows == group_rows:
+                nt = _group_flush(g, touched, nt, s, scale[z], offset[z], cnt, mean, m2, vmin, vmax, amin, amax, ch)
+                rows = 0
+                if y == ny:
+                    y = 0
+                    z += 1
+            y += 1
+            rows += 1
             x = r * nx
             end = x + nx
-            if _row_is_background(cf, x, end):  # most rows of a whole-body grid: no run scan at all
-                continue
+            if hot:  # regions come in blocks of rows: read ahead after a row that held one
+                for t in range(x + ahead, x + ahead + nx, step):
+                    prefetch(s, _u(t))
+                hot = False
             while x < end:
                 x, e, c = _next_run(cf, x, end)
                 if x >= end:
                     break
+                hot = True
                 s1, s2, smin, smax = _run_moments(s, x, e)
-                _flush_int(cnt, mean, m2, vmin, vmax, amin, amax, ch, c, s, x, e, s1, s2, smin, smax, a, b)
+                nt = _group_add(g, touched, nt, c, x, e, s1, s2, smin, smax)
                 x = e
+        _group_flush(g, touched, nt, s, scale[z], offset[z], cnt, mean, m2, vmin, vmax, amin, amax, ch)
     return cnt, mean, m2, vmin, vmax, amin, amax, nans
 
 
@@ -298,21 +375,32 @@ def _fused_chunks_float(stored, codes, scale, offset, n_codes, n_chunks):  # pra
     cnt, mean, m2, vmin, vmax, amin, amax, nans = _alloc(n_chunks, n_codes)
     s = stored.reshape(-1)  # flat views: voxel (z, y, x) at (z * ny + y) * nx + x
     cf = codes.reshape(-1)
+    ahead = CPU_PREFETCH_ROWS * nx
+    step = max(1, 64 // s.itemsize)
     for ch in prange(n_chunks):
         r0 = ch * n_rows // n_chunks
         r1 = (ch + 1) * n_rows // n_chunks
+        z = r0 // ny
+        y = r0 - z * ny
+        hot = True
         for r in range(r0, r1):
-            z = r // ny
+            if y == ny:
+                y = 0
+                z += 1
+            y += 1
             a = scale[z]
             b = offset[z]
             x = r * nx
             end = x + nx
-            if _row_is_background(cf, x, end):  # most rows of a whole-body grid: no run scan at all
-                continue
+            if hot:  # regions come in blocks of rows: read ahead after a row that held one
+                for t in range(x + ahead, x + ahead + nx, step):
+                    prefetch(s, _u(t))
+                hot = False
             while x < end:
                 x, e, c = _next_run(cf, x, end)
                 if x >= end:
                     break
+                hot = True
                 n, k, s1, s2 = _run_sums_float(s, x, e, a, b)
                 nans[ch, c] += (e - x) - n
                 if n > 0:

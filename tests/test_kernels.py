@@ -175,6 +175,55 @@ def test_integer_moments_are_exact_on_long_uint16_rows(monkeypatch):
     assert q.argmax[1] == p.argmax[1] and q.argmin[2] == p.argmin[2]
 
 
+@pytest.mark.parametrize("n_chunks", [1, 4])
+def test_integer_groups_stay_exact_at_their_bound(n_chunks):
+    """Rows of 23170 uint16 voxels near 65535: a code's group (its runs in one slice) holds at most
+    MAX_EXACT_GROUP = 2 x 23170 voxels, for which n S2 and S1^2 stay below 2**63. Code 1 in a slice with a
+    positive slope, code 2 in one with a negative slope: their extremes come from either end of the stored
+    values, with many ties across runs, groups and chunks (one chunk: groups of two rows; four: chunks
+    that end inside a slice)."""
+    from fractions import Fraction
+
+    from petfeat.kernels import reduce_cpu
+    from petfeat.kernels.partials import merge_stack
+
+    nx = 23170
+    assert reduce_cpu.MAX_EXACT_GROUP // nx == 2
+    rng = np.random.default_rng(13)
+    stored = rng.integers(65000, 65536, (2, 3, nx)).astype(np.uint16)
+    codes = np.ones(stored.shape, np.uint8)
+    codes[1] = 2
+    scale, offset = np.array([1.0, -1.0]), np.zeros(2)
+    p = merge_stack(*reduce_cpu._fused_chunks_int(stored, codes, scale, offset, 3, n_chunks))
+    values = naive.suv(stored, scale, offset)
+    for c, sign in ((1, 1), (2, -1)):
+        ints = [sign * int(v) for v in stored[c - 1].ravel()]  # SUV, exactly
+        n, s1, s2 = len(ints), sum(ints), sum(v * v for v in ints)
+        assert p.count[c] == n and p.mean[c] == pytest.approx(float(Fraction(s1, n)), rel=1e-15)
+        assert p.m2[c] == pytest.approx(float(Fraction(n * s2 - s1 * s1, n)), rel=1e-13)
+        ref = naive.region_stats(values, codes == c)
+        assert p.argmax[c] == ref["argmax"] and p.argmin[c] == ref["argmin"]
+        assert p.max[c] == ref["max"] and p.min[c] == ref["min"]
+
+
+def test_prefetch_emits_the_llvm_hint_and_reads_nothing():
+    """The prefetch intrinsic compiles to llvm.prefetch and may point past the end of the array."""
+    from numba import njit
+    from petfeat.kernels.prefetch import prefetch
+
+    @njit
+    def total(a):
+        s = 0
+        for i in range(a.size):
+            prefetch(a, np.uint64(i + 10**9))  # far outside the array: a hint never faults
+            s += a[i]
+        return s
+
+    a = np.arange(100, dtype=np.int16)
+    assert total(a) == 4950
+    assert "llvm.prefetch" in total.inspect_llvm(total.signatures[0])
+
+
 def test_cpu_and_gpu_agree(gpu):
     rng = np.random.default_rng(11)
     stored = rng.integers(0, 20000, (6, 8, 9)).astype(np.int16)
