@@ -31,10 +31,11 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.core.extending import overload
 
 from .config import CPU_CHUNKS_PER_THREAD
-from .reduce_cpu import _next_run, _row_is_background, _u
+from .reduce_cpu import _code_lanes, _code_word, _next_run, _u
 
 #: Plane values per block of the disc and sphere stages: every term of a block is added while the
 #: block sits in L1 (4 KiB of float32 disc sums, 8 KiB of float64 sphere sums).
@@ -128,6 +129,34 @@ def _disc_program(profiles):
     return bases, programs
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _first_in_region(cf, has_reg, x, end):  # pragma: no cover - compiled
+    """First index of ``cf[x:end]`` whose code has a region, ``end`` if none (code-0 words skipped whole)."""
+    per, _, _ = _code_lanes(cf)
+    while x < end:
+        if x + per <= end and _code_word(cf, x) == 0:
+            x += per
+        elif has_reg[cf[_u(x)]]:
+            return x
+        else:
+            x += 1
+    return end
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _last_in_region(cf, has_reg, start, x):  # pragma: no cover - compiled
+    """Last index of ``cf[start:x]`` whose code has a region, ``start - 1`` if none (from the end)."""
+    per, _, _ = _code_lanes(cf)
+    while x > start:
+        if x - per >= start and _code_word(cf, x - per) == 0:
+            x -= per
+        elif has_reg[cf[_u(x - 1)]]:
+            return x - 1
+        else:
+            x -= 1
+    return start - 1
+
+
 @njit(cache=True, nogil=True)
 def _roi_boxes(codes, has_reg, z0, z1):  # pragma: no cover - compiled
     """Per slice of ``[z0, z1)``: ``(ylo, yhi, xlo, xhi)`` (inclusive) of voxels whose code has a region."""
@@ -138,20 +167,14 @@ def _roi_boxes(codes, has_reg, z0, z1):  # pragma: no cover - compiled
         ylo, yhi, xlo, xhi = ny, -1, nx, -1
         for y in range(ny):
             r = (z * ny + y) * nx
-            if _row_is_background(cf, r, r + nx):  # most rows of a whole-body grid
+            a = _first_in_region(cf, has_reg, r, r + nx)
+            if a == r + nx:
                 continue
-            a = 0
-            while a < nx and not has_reg[cf[_u(r + a)]]:
-                a += 1
-            if a == nx:
-                continue
-            b = nx - 1
-            while not has_reg[cf[_u(r + b)]]:
-                b -= 1
+            b = _last_in_region(cf, has_reg, a, r + nx)
             ylo = min(ylo, y)
             yhi = y
-            xlo = min(xlo, a)
-            xhi = max(xhi, b)
+            xlo = min(xlo, a - r)
+            xhi = max(xhi, b - r)
         box[z - z0, 0] = ylo
         box[z - z0, 1] = yhi
         box[z - z0, 2] = xlo
@@ -377,6 +400,34 @@ _max4 = _extreme4(True)
 _min4 = _extreme4(False)
 
 
+def _is_integer(v):
+    """Whether array ``v`` holds integers (a compile-time constant)."""
+
+
+@overload(_is_integer, inline="always")
+def _is_integer_impl(v):
+    flag = isinstance(v.dtype, types.Integer)
+    return lambda v: flag
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _span_max_int(v, i0, i1):  # pragma: no cover - compiled
+    """Largest value of the integer span ``v[i0:i1]`` (not empty): a reduction the compiler vectorises."""
+    t = v[_u(i0)]
+    for j in range(i0 + 1, i1):
+        t = max(t, v[_u(j)])
+    return t
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _span_min_int(v, i0, i1):  # pragma: no cover - compiled
+    """Smallest value of the integer span ``v[i0:i1]`` (not empty)."""
+    t = v[_u(i0)]
+    for j in range(i0 + 1, i1):
+        t = min(t, v[_u(j)])
+    return t
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _in_image(offset, nz, ny, nx, z, y, x, row_dz, row_dy, row_h, clip_x):  # pragma: no cover - compiled
     """Voxels of the sphere at ``(z, y, x)`` inside the image, and the sum of their slices' offsets.
@@ -421,6 +472,7 @@ def _sphere_slice(stored, codes, scale, offset, z, box, row_dz, row_dy, row_h, o
     b = offset[z]
     sf = stored.reshape(-1)  # flat views, indexed without slices (see reduce_cpu)
     cf = codes.reshape(-1)
+    is_int = _is_integer(sf)
     for y in range(box[0], box[1] + 1):
         r = (z * ny + y) * nx  # flat index of (z, y, 0)
         k = (y - oy) * wp - ox + rx  # acc[k + x]: the sphere sum at x
@@ -451,7 +503,11 @@ def _sphere_slice(stored, codes, scale, offset, z, box, row_dz, row_dy, row_h, o
                     if xx < ia or xx >= ib:
                         best = max(best, _border_mean(stored, offset, z, y, xx, row_dz, row_dy, row_h,
                                                       acc[_u(k + xx)], with_offset))
-            hi = _max4(sf, r + x, r + e) if a >= 0 else _min4(sf, r + x, r + e)  # stored value of the highest SUV
+            # stored value of the highest SUV
+            if is_int:
+                hi = _span_max_int(sf, r + x, r + e) if a >= 0 else _span_min_int(sf, r + x, r + e)
+            else:
+                hi = _max4(sf, r + x, r + e) if a >= 0 else _min4(sf, r + x, r + e)
             v_hi = hi * a + b
             for j in range(code_ptr[c], code_ptr[c + 1]):
                 reg = code_regions[j]

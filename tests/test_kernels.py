@@ -385,6 +385,25 @@ def _csr(regions, n_codes):
     return ptr, np.asarray([r for x in per_code for r in x], np.int64)
 
 
+@pytest.mark.parametrize("code_dtype", [np.uint8, np.uint16])
+def test_peak_region_boxes_match_numpy(code_dtype):
+    """The SUVpeak's per-slice box of voxels whose code has a region (word-at-a-time scans from both row
+    ends) against NumPy: codes in no region, empty slices, rows not a whole number of words, one-voxel rows."""
+    from petfeat.kernels.peak_cpu import _roi_boxes
+
+    rng = np.random.default_rng(17)
+    for nx in (1, 7, 8, 23, 64):
+        codes = (rng.integers(0, 6, (5, 9, nx)) * (rng.random((5, 9, nx)) < 0.1)).astype(code_dtype)
+        codes[2] = 0
+        codes[3] = np.where(codes[3] > 0, 5, 0)  # slice 3: only a code that is in no region
+        has_reg = np.array([False, True, True, False, True, False])
+        box = _roi_boxes(codes, has_reg, 1, 5)
+        for z in range(1, 5):
+            zz, yy, xx = np.nonzero(has_reg[codes[z:z + 1].astype(np.int64)])
+            expect = [yy.min(), yy.max(), xx.min(), xx.max()] if yy.size else [9, -1, nx, -1]
+            assert box[z - 1].tolist() == expect, (nx, z)
+
+
 @pytest.mark.parametrize("spacing", [(2.0, 2.0, 2.0), (4.0, 4.0, 4.0), (3.27, 2.0, 4.07)])
 @pytest.mark.parametrize("n_chunks", [1, 3, 6])
 @pytest.mark.parametrize("dtype", [np.int16, np.float32])
