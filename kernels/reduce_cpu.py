@@ -291,7 +291,8 @@ def _next_run(c, x, end):  # pragma: no cover - compiled
 
     Indices are into ``c`` (a flat code volume or one row). Codes are compared a 64-bit word at a
     time (8 uint8 codes): a word XOR the run's code repeated is 0 while the run goes on, and its
-    trailing zero count locates the first other code.
+    trailing zero count locates the first other code. The last few codes before ``end`` are read as
+    the word ending at ``end``, its lanes before the scan position shifted out (no per-code loop).
     """
     per, log2, ones = _code_lanes(c)
     if c[_u(x)] == 0:  # skip background
@@ -302,10 +303,18 @@ def _next_run(c, x, end):  # pragma: no cover - compiled
                 break
             x += per
         else:
-            while x < end and c[_u(x)] == 0:
-                x += 1
             if x >= end:
                 return end, end, np.int64(0)
+            if end < per:  # too short for a word
+                while x < end and c[_u(x)] == 0:
+                    x += 1
+                if x >= end:
+                    return end, end, np.int64(0)
+            else:  # the last word of c[:end], its lanes before x shifted out
+                w = _code_word(c, end - per) >> _u((x - (end - per)) << log2)
+                if w == 0:
+                    return end, end, np.int64(0)
+                x += np.int64(trailing_zeros(w)) >> log2
     cx = c[_u(x)]
     pattern = _u(cx) * ones
     j = x + 1
@@ -314,9 +323,16 @@ def _next_run(c, x, end):  # pragma: no cover - compiled
         if w != 0:
             return x, j + (np.int64(trailing_zeros(w)) >> log2), np.int64(cx)
         j += per
-    while j < end and c[_u(j)] == cx:
-        j += 1
-    return x, j, np.int64(cx)
+    if j >= end:
+        return x, end, np.int64(cx)
+    if end < per:
+        while j < end and c[_u(j)] == cx:
+            j += 1
+        return x, j, np.int64(cx)
+    w = (_code_word(c, end - per) ^ pattern) >> _u((j - (end - per)) << log2)  # lanes past end are 0: the run
+    if w == 0:
+        return x, end, np.int64(cx)
+    return x, j + (np.int64(trailing_zeros(w)) >> log2), np.int64(cx)
 
 
 @njit(parallel=True, cache=True, nogil=True)
