@@ -363,69 +363,56 @@ def _sphere_sums(scale, z, box, dzs, dz_profile, ring, oy, wp, block, acc):  # p
                     ob[j] += sa * da[j]
 
 
-def _extreme4(largest: bool):
-    """Compiled helper: the largest (or smallest) value of ``v[i0:i1]`` (not empty), in four chains.
+def _span_extreme(largest: bool):
+    """Compiled helper: the largest (or smallest) value of ``v[i0:i1]`` (not empty, no NaN).
 
-    A max reduction does not vectorise here; four independent chains overlap their latencies (3x
-    faster than one chain on 200 values). ``largest`` is a compile-time constant of the closure, so
-    each helper has one comparison, as if written out twice.
+    Integer values: one loop, which the compiler vectorises. Float values: a max reduction does not
+    vectorise here (not even under fast-math), so four independent chains overlap their latencies
+    (3x faster than one chain on 200 values). ``largest`` is a compile-time constant of the closure,
+    so each helper has one comparison, as if written out twice; the dtype picks the loop at compile time.
     """
 
-    @njit(nogil=True, inline="always")
-    def extreme(v, i0, i1):  # pragma: no cover - compiled
-        t0 = v[_u(i0)]
-        t1 = t0
-        t2 = t0
-        t3 = t0
-        j = i0
-        while j + 4 <= i1:
-            u0, u1, u2, u3 = v[_u(j)], v[_u(j + 1)], v[_u(j + 2)], v[_u(j + 3)]
-            t0 = u0 if (u0 > t0) == largest else t0
-            t1 = u1 if (u1 > t1) == largest else t1
-            t2 = u2 if (u2 > t2) == largest else t2
-            t3 = u3 if (u3 > t3) == largest else t3
-            j += 4
-        while j < i1:
-            u0 = v[_u(j)]
-            t0 = u0 if (u0 > t0) == largest else t0
-            j += 1
-        t0 = t1 if (t1 > t0) == largest else t0
-        t2 = t3 if (t3 > t2) == largest else t2
-        return t2 if (t2 > t0) == largest else t0
+    def extreme(v, i0, i1):
+        """Stub typed by the overload below."""
+
+    @overload(extreme, inline="always")
+    def _extreme_impl(v, i0, i1):
+        if isinstance(v.dtype, types.Integer):
+            def ints(v, i0, i1):  # pragma: no cover - compiled
+                t = v[_u(i0)]
+                for j in range(i0 + 1, i1):
+                    u = v[_u(j)]
+                    t = u if (u > t) == largest else t
+                return t
+            return ints
+
+        def floats(v, i0, i1):  # pragma: no cover - compiled
+            t0 = v[_u(i0)]
+            t1 = t0
+            t2 = t0
+            t3 = t0
+            j = i0
+            while j + 4 <= i1:
+                u0, u1, u2, u3 = v[_u(j)], v[_u(j + 1)], v[_u(j + 2)], v[_u(j + 3)]
+                t0 = u0 if (u0 > t0) == largest else t0
+                t1 = u1 if (u1 > t1) == largest else t1
+                t2 = u2 if (u2 > t2) == largest else t2
+                t3 = u3 if (u3 > t3) == largest else t3
+                j += 4
+            while j < i1:
+                u0 = v[_u(j)]
+                t0 = u0 if (u0 > t0) == largest else t0
+                j += 1
+            t0 = t1 if (t1 > t0) == largest else t0
+            t2 = t3 if (t3 > t2) == largest else t2
+            return t2 if (t2 > t0) == largest else t0
+        return floats
 
     return extreme
 
 
-_max4 = _extreme4(True)
-_min4 = _extreme4(False)
-
-
-def _is_integer(v):
-    """Whether array ``v`` holds integers (a compile-time constant)."""
-
-
-@overload(_is_integer, inline="always")
-def _is_integer_impl(v):
-    flag = isinstance(v.dtype, types.Integer)
-    return lambda v: flag
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _span_max_int(v, i0, i1):  # pragma: no cover - compiled
-    """Largest value of the integer span ``v[i0:i1]`` (not empty): a reduction the compiler vectorises."""
-    t = v[_u(i0)]
-    for j in range(i0 + 1, i1):
-        t = max(t, v[_u(j)])
-    return t
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _span_min_int(v, i0, i1):  # pragma: no cover - compiled
-    """Smallest value of the integer span ``v[i0:i1]`` (not empty)."""
-    t = v[_u(i0)]
-    for j in range(i0 + 1, i1):
-        t = min(t, v[_u(j)])
-    return t
+_span_max = _span_extreme(True)
+_span_min = _span_extreme(False)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -472,7 +459,6 @@ def _sphere_slice(stored, codes, scale, offset, z, box, row_dz, row_dy, row_h, o
     b = offset[z]
     sf = stored.reshape(-1)  # flat views, indexed without slices (see reduce_cpu)
     cf = codes.reshape(-1)
-    is_int = _is_integer(sf)
     for y in range(box[0], box[1] + 1):
         r = (z * ny + y) * nx  # flat index of (z, y, 0)
         k = (y - oy) * wp - ox + rx  # acc[k + x]: the sphere sum at x
@@ -497,17 +483,13 @@ def _sphere_slice(stored, codes, scale, offset, z, box, row_dz, row_dy, row_h, o
             ib = min(e, nx - rx)
             best = -np.inf
             if ia < ib:
-                best = (_max4(acc, k + ia, k + ib) + b_row) / n_row
+                best = (_span_max(acc, k + ia, k + ib) + b_row) / n_row
             if ia > x or ib < e:
                 for xx in range(x, e):
                     if xx < ia or xx >= ib:
                         best = max(best, _border_mean(stored, offset, z, y, xx, row_dz, row_dy, row_h,
                                                       acc[_u(k + xx)], with_offset))
-            # stored value of the highest SUV
-            if is_int:
-                hi = _span_max_int(sf, r + x, r + e) if a >= 0 else _span_min_int(sf, r + x, r + e)
-            else:
-                hi = _max4(sf, r + x, r + e) if a >= 0 else _min4(sf, r + x, r + e)
+            hi = _span_max(sf, r + x, r + e) if a >= 0 else _span_min(sf, r + x, r + e)  # stored, highest SUV
             v_hi = hi * a + b
             for j in range(code_ptr[c], code_ptr[c + 1]):
                 reg = code_regions[j]
