@@ -375,7 +375,7 @@ def _span_extreme(largest: bool):
     def extreme(v, i0, i1):
         """Stub typed by the overload below."""
 
-    @overload(extreme, inline="always")
+    @overload(extreme)  # not inline="always": Numba's IR inliner warns (an error in the tests) on these loops
     def _extreme_impl(v, i0, i1):
         if isinstance(v.dtype, types.Integer):
             def ints(v, i0, i1):  # pragma: no cover - compiled
