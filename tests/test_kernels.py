@@ -44,7 +44,7 @@ def _layout(rng, shape, kind):
 SHAPES = {"cpu": (9, 13, 17), "gpu": (5, 7, 11)}  # the simulator runs every thread in Python
 
 
-@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.float32])
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.uint16, np.float32])
 @pytest.mark.parametrize("layout", ["few_blocky", "many_random", "one_voxel"])
 @pytest.mark.parametrize("signs", ["positive", "mixed"])  # mixed: some slices with a negative slope
 def test_fused_reduce_matches_oracle(backend, dtype, layout, signs):
