@@ -133,22 +133,15 @@ def _group_flush(g, touched, nt, s, a, b, cnt, mean, m2, vmin, vmax, amin, amax,
 
     Empties them and returns 0, the new number of touched codes.
     """
-    # columns of the stored extreme giving the highest / lowest SUV, and of where it is
-    hi, hi_at, lo, lo_at = (_MAX, _MAX_AT, _MIN, _MIN_AT) if a >= 0 else (_MIN, _MIN_AT, _MAX, _MAX_AT)
     for k in range(nt):
         c = touched[k]
         n = g[c, _N]
         s1 = g[c, _S1]
         # n * S2 - S1^2 is an exact integer (n <= MAX_EXACT_GROUP)
         _chan(cnt, mean, m2, ch, c, n, a * (s1 / n) + b, a * a * ((n * g[c, _S2] - s1 * s1) / n))
-        vhi = g[c, hi] * a + b
-        if vhi > vmax[ch, c]:
-            vmax[ch, c] = vhi
-            amax[ch, c] = _first(s, g[c, hi_at], s.size, g[c, hi])  # found in the run starting there
-        vlo = g[c, lo] * a + b
-        if vlo < vmin[ch, c]:
-            vmin[ch, c] = vlo
-            amin[ch, c] = _first(s, g[c, lo_at], s.size, g[c, lo])
+        # each extreme lies in the run starting at its recorded index
+        _merge_extremes(vmin, vmax, amin, amax, ch, c, s, g[c, _MIN], g[c, _MIN_AT], g[c, _MAX], g[c, _MAX_AT],
+                        s.size, a, b)
         g[c, _N] = 0
         g[c, _S1] = 0
         g[c, _S2] = 0
@@ -156,22 +149,23 @@ def _group_flush(g, touched, nt, s, a, b, cnt, mean, m2, vmin, vmax, amin, amax,
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _merge_extremes(vmin, vmax, amin, amax, ch, c, s, x, e, smin, smax, a, b):  # pragma: no cover - compiled
-    """Merge the extremes of run ``s[x:e]`` (its smallest and largest stored value) into partial [ch, c].
+def _merge_extremes(vmin, vmax, amin, amax, ch, c, s, smin, min_at, smax, max_at, end, a,
+                    b):  # pragma: no cover - compiled
+    """Merge stored extremes ``smin`` and ``smax`` into partial [ch, c]; each first occurs in ``s[at:end]``.
 
-    The run's SUV extremes are the stored ones mapped by the slice's slope (swapped when it is
-    negative); the run is rescanned for the voxel index only when it beats the partial.
+    The SUV extremes are the stored ones mapped by the slice's slope (swapped when it is negative);
+    ``s`` is searched for the voxel index only when an extreme beats the partial.
     """
-    hi = smax if a >= 0 else smin  # stored value of the run's highest SUV
-    lo = smin if a >= 0 else smax
+    hi, hi_at = (smax, max_at) if a >= 0 else (smin, min_at)  # stored value of the highest SUV
+    lo, lo_at = (smin, min_at) if a >= 0 else (smax, max_at)
     vhi = hi * a + b
     vlo = lo * a + b
     if vhi > vmax[ch, c]:
         vmax[ch, c] = vhi
-        amax[ch, c] = _first(s, x, e, hi)
+        amax[ch, c] = _first(s, hi_at, end, hi)
     if vlo < vmin[ch, c]:
         vmin[ch, c] = vlo
-        amin[ch, c] = _first(s, x, e, lo)
+        amin[ch, c] = _first(s, lo_at, end, lo)
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
@@ -277,15 +271,6 @@ def _code_lanes_impl(c):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _row_is_background(c, x, e):  # pragma: no cover - compiled
-    """True when every code of ``c[x:e]`` is 0 (an OR reduction the compiler vectorises, no early exit)."""
-    acc = c[_u(x)]
-    for t in range(x + 1, e):
-        acc |= c[_u(t)]
-    return acc == 0
-
-
-@njit(cache=True, nogil=True, inline="always")
 def _next_run(c, x, end):  # pragma: no cover - compiled
     """``(start, end, code)`` of the next run of one non-zero code in ``c[x:end]``; start is ``end`` when none.
 
@@ -335,6 +320,13 @@ def _next_run(c, x, end):  # pragma: no cover - compiled
     return x, j + (np.int64(trailing_zeros(w)) >> log2), np.int64(cx)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_row(s, x, nx):  # pragma: no cover - compiled
+    """Prefetch ``s[x:x + nx]`` (the pixels of one image row), one hint per 64-byte line."""
+    for t in range(x, x + nx, max(1, 64 // s.itemsize)):
+        prefetch(s, _u(t))
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _fused_chunks_int(stored, codes, scale, offset, n_codes, n_chunks):  # pragma: no cover - compiled
     """Integer pixels (8/16 bit): exact moments per run of equal codes, added up per code and slice."""
@@ -344,8 +336,6 @@ def _fused_chunks_int(stored, codes, scale, offset, n_codes, n_chunks):  # pragm
     s = stored.reshape(-1)  # flat views: voxel (z, y, x) at (z * ny + y) * nx + x
     cf = codes.reshape(-1)
     group_rows = max(1, MAX_EXACT_GROUP // nx)  # rows per group at most
-    ahead = CPU_PREFETCH_ROWS * nx
-    step = max(1, 64 // s.itemsize)
     for ch in prange(n_chunks):
         r0 = ch * n_rows // n_chunks
         r1 = (ch + 1) * n_rows // n_chunks
@@ -368,8 +358,7 @@ def _fused_chunks_int(stored, codes, scale, offset, n_codes, n_chunks):  # pragm
             x = r * nx
             end = x + nx
             if hot:  # regions come in blocks of rows: read ahead after a row that held one
-                for t in range(x + ahead, x + ahead + nx, step):
-                    prefetch(s, _u(t))
+                _prefetch_row(s, x + CPU_PREFETCH_ROWS * nx, nx)
                 hot = False
             while x < end:
                 x, e, c = _next_run(cf, x, end)
@@ -391,8 +380,6 @@ def _fused_chunks_float(stored, codes, scale, offset, n_codes, n_chunks):  # pra
     cnt, mean, m2, vmin, vmax, amin, amax, nans = _alloc(n_chunks, n_codes)
     s = stored.reshape(-1)  # flat views: voxel (z, y, x) at (z * ny + y) * nx + x
     cf = codes.reshape(-1)
-    ahead = CPU_PREFETCH_ROWS * nx
-    step = max(1, 64 // s.itemsize)
     for ch in prange(n_chunks):
         r0 = ch * n_rows // n_chunks
         r1 = (ch + 1) * n_rows // n_chunks
@@ -409,8 +396,7 @@ def _fused_chunks_float(stored, codes, scale, offset, n_codes, n_chunks):  # pra
             x = r * nx
             end = x + nx
             if hot:  # regions come in blocks of rows: read ahead after a row that held one
-                for t in range(x + ahead, x + ahead + nx, step):
-                    prefetch(s, _u(t))
+                _prefetch_row(s, x + CPU_PREFETCH_ROWS * nx, nx)
                 hot = False
             while x < end:
                 x, e, c = _next_run(cf, x, end)
@@ -422,7 +408,7 @@ def _fused_chunks_float(stored, codes, scale, offset, n_codes, n_chunks):  # pra
                 if n > 0:
                     _chan(cnt, mean, m2, ch, c, n, k + s1 / n, max(s2 - s1 * (s1 / n), 0.0))
                     smax, smin = _run_extremes(s, x, e)
-                    _merge_extremes(vmin, vmax, amin, amax, ch, c, s, x, e, smin, smax, a, b)
+                    _merge_extremes(vmin, vmax, amin, amax, ch, c, s, smin, x, smax, x, e, a, b)
                 x = e
     return cnt, mean, m2, vmin, vmax, amin, amax, nans
 
