@@ -1,6 +1,10 @@
 """GPU (Numba CUDA) twins of :mod:`petfeat.kernels.reduce_cpu`: same inputs, same partials.
 
-The fused reduction runs a persistent grid. Each block walks tiles of
+16-bit integer pixels with uint8 codes (DICOM PET) take the exact integer kernel of
+:mod:`petfeat.kernels.reduce_gpu_int`. Everything else (float or 8/32-bit pixels, uint16 codes,
+slices of a size not a multiple of 8) takes the general kernel below.
+
+The general fused reduction runs a persistent grid. Each block walks tiles of
 ``THREADS_PER_BLOCK x VALUES_PER_THREAD`` voxels (coalesced: thread ``t`` takes voxels
 ``t, t + TPB, ...`` of the tile) and reduces each tile in two passes over shared-memory
 accumulators: first count, sum, min and max, then (re-reading the tile, now in L1) the squared
@@ -23,8 +27,9 @@ import math
 import numpy as np
 from numba import cuda, float64, int32, int64
 
-from .config import BLOCKS_PER_SM, MAX_GPU_CODES, THREADS_PER_BLOCK, VALUES_PER_THREAD
+from .config import BLOCKS_PER_SM, MAX_GPU_CODES, THREADS_PER_BLOCK, VALUES_PER_THREAD, simulator_pace
 from .partials import INDEX_NONE, Partials, merge_stack
+from .reduce_gpu_int import prepare_int
 
 TPB = THREADS_PER_BLOCK
 VPT = VALUES_PER_THREAD
@@ -289,7 +294,9 @@ def fused_reduce_gpu(stored, codes, scale, offset, n_codes: int, *, blocks: int 
     """GPU twin of :func:`petfeat.kernels.reduce_cpu.fused_reduce_cpu`.
 
     ``stored`` and ``codes`` may be host (NumPy) or device arrays (CuPy or Numba); host arrays are
-    copied to the device. Returns host :class:`Partials` identical in schema to the CPU's.
+    copied to the device. 16-bit integer pixels with uint8 codes take the exact integer kernel of
+    :mod:`petfeat.kernels.reduce_gpu_int`, other inputs the general kernel of this module. Returns
+    host :class:`Partials` identical in schema to the CPU's.
     """
     if n_codes > MAXC:
         raise ValueError(f"n_codes = {n_codes} exceeds the GPU limit MAX_GPU_CODES = {MAXC}; "
@@ -302,31 +309,47 @@ def fused_reduce_gpu(stored, codes, scale, offset, n_codes: int, *, blocks: int 
 
 
 class _Launch:
-    """A prepared fused-kernel launch: device inputs and outputs bound, callable to run."""
+    """A prepared launch of the general kernel: device inputs and outputs bound, callable to run."""
+
+    kernel = "general"
 
     def __init__(self, args, grid, outputs):
         self.args, self.grid, self.outputs = args, grid, outputs
 
     def __call__(self):
-        _fused_kernel[self.grid, TPB](*self.args, *self.outputs)
+        with simulator_pace():
+            _fused_kernel[self.grid, TPB](*self.args, *self.outputs)
 
 
-def prepare_fused(stored, codes, scale, offset, n_codes: int, *, blocks: int | None = None) -> _Launch:
+def prepare_fused(stored, codes, scale, offset, n_codes: int, *, blocks: int | None = None, kernel: str = "auto"):
     """Bind device inputs and allocate per-block outputs; calling the result launches the kernel.
 
     Lets a benchmark time the kernel alone, apart from transfers and the host-side merge.
+    ``kernel``: ``"auto"`` (the integer kernel where it applies), ``"int"`` or ``"general"``.
+    The result's ``kernel`` attribute names the one chosen.
     """
     if len(stored.shape) != 3 or tuple(codes.shape) != tuple(stored.shape) or len(scale) != stored.shape[0]:
         raise ValueError(f"stored {tuple(stored.shape)} and codes {tuple(codes.shape)} must be the same (Z, Y, X) "
                          f"shape with one scale/offset per slice (got {len(scale)}).")
+    if kernel not in ("auto", "int", "general"):
+        raise ValueError(f"kernel is {kernel!r}; use 'auto', 'int' or 'general'.")
     nz = int(stored.shape[0])
     n = int(np.prod(stored.shape))
     slice_size = n // nz if nz else 1
     d_stored, d_codes = _flat_device(stored), _flat_device(codes)
     d_scale = cuda.to_device(np.ascontiguousarray(scale, np.float64))
     d_offset = cuda.to_device(np.ascontiguousarray(offset, np.float64))
+    max_grid = blocks or _sm_count() * BLOCKS_PER_SM
+    if kernel != "general":
+        launch = prepare_int(d_stored, d_codes, d_scale, d_offset, nz, int(n_codes), max_grid)
+        if launch is not None:
+            return launch
+        if kernel == "int":
+            raise ValueError(f"the integer GPU kernel takes int16/uint16 pixels, uint8 codes and slices of a multiple "
+                             f"of 8 voxels (8-byte aligned on the device); got {stored.dtype} pixels, {codes.dtype} "
+                             f"codes, {slice_size} voxels per slice.")
     n_tiles = max(1, -(-n // (TPB * VPT)))
-    grid = blocks or max(1, min(n_tiles, _sm_count() * BLOCKS_PER_SM))
+    grid = max(1, min(n_tiles, max_grid))
     outs = [cuda.device_array((grid, n_codes), dtype=dt)
             for dt in (np.int64, np.float64, np.float64, np.float64, np.float64, np.int64, np.int64, np.int64)]
     return _Launch((d_stored, d_codes, d_scale, d_offset, slice_size, n, int(n_codes)), grid, outs)
@@ -379,7 +402,8 @@ def suv_peak_gpu(stored, codes, scale, offset, offsets, code_ptr, code_regions, 
     o_loc = cuda.to_device(np.full(n_regions, -np.inf))
     grid = max(1, min(-(-(nz * ny * nx) // TPB), _sm_count() * BLOCKS_PER_SM * 8))
     _numpy_compat()
-    _peak_kernel[grid, TPB](d_stored, d_codes, args[0], args[1], nz, ny, nx, args[2], args[3], args[4],
-                            args[5], o_glob, o_loc)
+    with simulator_pace():
+        _peak_kernel[grid, TPB](d_stored, d_codes, args[0], args[1], nz, ny, nx, args[2], args[3], args[4],
+                                args[5], o_glob, o_loc)
     cuda.synchronize()
     return o_glob.copy_to_host(), o_loc.copy_to_host()

@@ -1,0 +1,130 @@
+"""The GPU integer kernel (16-bit pixels, uint8 codes, exact tile sums) against the float64 oracle.
+
+Without a device it runs on Numba's simulator, with tiles of 512 voxels (32768 on a device), so
+the test volumes below span several tiles per slice, partial tiles and partial lanes.
+"""
+
+from __future__ import annotations
+
+import naive
+import numpy as np
+import pytest
+from conftest import RTOL
+from petfeat.kernels import reduce_gpu, reduce_gpu_int
+from petfeat.kernels.config import SIMULATOR
+
+from petfeat import kernels
+
+SHAPE = (3, 24, 32)  # 768 voxels a slice: 1.5 simulator tiles
+
+
+def _stored(rng, shape, dtype):
+    """Random values over the whole 16-bit range, a tenth of them pinned to its two ends (ties)."""
+    info = np.iinfo(dtype)
+    s = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+    ends = rng.random(shape)
+    s[ends < 0.05] = info.min
+    s[ends > 0.95] = info.max
+    return s
+
+
+def _codes(rng, shape, layout):
+    n = int(np.prod(shape))
+    if layout.startswith("stripes"):  # runs of one length, background every fifth: ends at every offset
+        run = int(layout.split("_")[1])
+        return ((np.arange(n) // run) % 5).astype(np.uint8).reshape(shape), 5
+    if layout == "speckle":  # runs of 1-12 voxels of 7 codes: several segments per warp, runs ending in lanes
+        lengths = rng.integers(1, 13, n)
+        return np.resize(np.repeat(rng.integers(0, 8, n), lengths), shape).astype(np.uint8), 8
+    if layout == "organs":  # boxes across lanes, warps and tiles; code 4 empty
+        codes = np.zeros(shape, np.uint8)
+        codes[:, 2:20, 3:30] = 1
+        codes[1:, 10:, :17] = 2
+        codes[:, :, -3:] = 3
+        return codes, 5
+    if layout == "one_voxel":
+        codes = np.zeros(shape, np.uint8)
+        codes[0, 0, 0] = 1
+        codes[-1, -1, -1] = 2
+        codes[1, 11, 31] = 3
+        return codes, 4
+    raise ValueError(layout)
+
+
+def _assert_matches_oracle(p, stored, codes, scale, offset, n_codes):
+    values = naive.suv(stored, scale, offset)
+    assert p.count[0] == 0
+    for c in range(1, n_codes):
+        ref = naive.region_stats(values, codes == c)
+        assert p.count[c] == ref["count"]
+        if ref["count"] == 0:
+            assert p.max[c] == -np.inf and p.min[c] == np.inf
+            continue
+        assert p.mean[c] == pytest.approx(ref["mean"], rel=RTOL)
+        assert p.m2[c] / p.count[c] == pytest.approx(ref["var"], rel=RTOL, abs=1e-15)
+        assert p.max[c] == pytest.approx(ref["max"], rel=1e-12) and p.min[c] == pytest.approx(ref["min"], rel=1e-12)
+        assert p.argmax[c] == ref["argmax"] and p.argmin[c] == ref["argmin"]
+        assert p.nan_count[c] == 0
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16])
+@pytest.mark.parametrize("layout", ["stripes_1", "stripes_8", "stripes_9", "stripes_100", "stripes_259", "speckle",
+                                    "organs", "one_voxel"])
+def test_integer_kernel_matches_oracle(gpu, dtype, layout):
+    rng = np.random.default_rng(hash((np.dtype(dtype).name, layout)) % 2**32)
+    stored = _stored(rng, SHAPE, dtype)
+    codes, n_codes = _codes(rng, SHAPE, layout)
+    scale = rng.uniform(1e-4, 2e-3, SHAPE[0])
+    scale[1] *= -1  # a negative slope: the highest SUV is the lowest stored value
+    offset = rng.uniform(-0.01, 0.01, SHAPE[0])
+    assert reduce_gpu.prepare_fused(stored, codes, scale, offset, n_codes).kernel == "int"
+    p = kernels.fused_reduce(stored, codes, scale, offset, n_codes, backend="gpu")
+    _assert_matches_oracle(p, stored, codes, scale, offset, n_codes)
+
+
+@pytest.mark.parametrize("dtype, value", [(np.uint16, 65535), (np.int16, -32768)])
+def test_integer_kernel_stays_exact_at_its_tile_bound(gpu, monkeypatch, dtype, value):
+    """A full 32768-voxel tile of the largest magnitude: the 32-bit tile sums reach their bound."""
+    if SIMULATOR:  # the simulator reads the tile shape at run time; a device has it compiled in
+        monkeypatch.setattr(reduce_gpu_int, "GPU_STEPS_PER_TILE", 32768 // reduce_gpu_int.STEP_VOXELS)
+        monkeypatch.setattr(reduce_gpu_int, "TILE", 32768)
+    assert reduce_gpu_int.TILE == 32768
+    stored = np.full((1, 128, 256), value, dtype)
+    stored[0, 5, 7] = value - np.sign(value)  # one voxel one step inside the range
+    codes = np.ones(stored.shape, np.uint8)
+    scale, offset = np.array([1e-3]), np.array([0.25])
+    p = kernels.fused_reduce(stored, codes, scale, offset, 2, backend="gpu")
+    _assert_matches_oracle(p, stored, codes, scale, offset, 2)
+
+
+def test_general_and_integer_kernels_agree(gpu):
+    rng = np.random.default_rng(3)
+    stored = _stored(rng, SHAPE, np.int16)
+    codes, n_codes = _codes(rng, SHAPE, "speckle")
+    scale, offset = rng.uniform(1e-4, 2e-3, SHAPE[0]), np.zeros(SHAPE[0])
+    out = {}
+    for kernel in ("int", "general"):
+        launch = reduce_gpu.prepare_fused(stored, codes, scale, offset, n_codes, kernel=kernel)
+        assert launch.kernel == kernel
+        launch()
+        out[kernel] = kernels.merge_stack(*(o.copy_to_host() for o in launch.outputs))
+    for name in ("count", "argmax", "argmin", "nan_count"):
+        np.testing.assert_array_equal(getattr(out["int"], name), getattr(out["general"], name))
+    for name in ("mean", "m2", "min", "max"):
+        np.testing.assert_allclose(getattr(out["int"], name)[1:], getattr(out["general"], name)[1:], rtol=RTOL)
+
+
+@pytest.mark.parametrize("stored_dtype, codes_dtype, shape", [
+    (np.float32, np.uint8, SHAPE), (np.int8, np.uint8, SHAPE), (np.int16, np.uint16, SHAPE), (np.int16, np.uint8,
+                                                                                               (2, 5, 7))])
+def test_integer_kernel_refuses_what_it_does_not_take(gpu, stored_dtype, codes_dtype, shape):
+    stored, codes = np.ones(shape, stored_dtype), np.ones(shape, codes_dtype)
+    with pytest.raises(ValueError, match="integer GPU kernel takes int16/uint16 pixels, uint8 codes and slices"):
+        reduce_gpu.prepare_fused(stored, codes, np.ones(shape[0]), np.zeros(shape[0]), 2, kernel="int")
+    assert reduce_gpu.prepare_fused(stored, codes, np.ones(shape[0]), np.zeros(shape[0]), 2).kernel == "general"
+
+
+def test_unknown_kernel_name_is_an_error(gpu):
+    z = np.zeros((1, 8, 8), np.int16)
+    with pytest.raises(ValueError, match="kernel is 'fast'; use 'auto', 'int' or 'general'"):
+        reduce_gpu.prepare_fused(z, z.astype(np.uint8), np.ones(1), np.zeros(1), 2, kernel="fast")
