@@ -6,31 +6,10 @@ that the simulator, which runs every thread as a Python thread, stays fast in CI
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 
-
-@contextlib.contextmanager
-def simulator_pace():
-    """While a simulated kernel runs, hand the GIL between threads every 0.1 ms instead of 5 ms.
-
-    The simulator runs each GPU thread as a Python thread, and a block barrier waits until every
-    one of them has run; at the default interval each barrier costs milliseconds of waiting
-    (integer kernel on a 32768-voxel tile: 50 s -> 4 s; the GPU batch test: 39 s -> 21 s).
-    Does nothing on a device; the interval is restored afterwards.
-    """
-    if not SIMULATOR:
-        yield
-        return
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
 
 #: Threads per CUDA block of the fused reduction and the SUVpeak kernels.
 THREADS_PER_BLOCK = int(os.environ.get("PETFEAT_CUDA_TPB", 32 if SIMULATOR else 256))

@@ -27,9 +27,10 @@ import math
 import numpy as np
 from numba import cuda, float64, int32, int64
 
-from .config import BLOCKS_PER_SM, MAX_GPU_CODES, THREADS_PER_BLOCK, VALUES_PER_THREAD, simulator_pace
+from .config import BLOCKS_PER_SM, MAX_GPU_CODES, THREADS_PER_BLOCK, VALUES_PER_THREAD
 from .partials import INDEX_NONE, Partials, merge_stack
 from .reduce_gpu_int import prepare_int
+from .simulator import install_shared_allocation_lock, simulator_pace
 
 TPB = THREADS_PER_BLOCK
 VPT = VALUES_PER_THREAD
@@ -51,6 +52,7 @@ def _numpy_compat() -> None:  # pragma: no cover - environment-specific
 
 
 _numpy_compat()
+install_shared_allocation_lock()
 
 
 @cuda.jit(device=True)

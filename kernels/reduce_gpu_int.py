@@ -36,8 +36,9 @@ import math
 import numpy as np
 from numba import cuda, int32, int64
 
-from .config import GPU_GROUPS_PER_LANE, GPU_STEPS_PER_TILE, MAX_GPU_CODES, THREADS_PER_BLOCK, simulator_pace
+from .config import GPU_GROUPS_PER_LANE, GPU_STEPS_PER_TILE, MAX_GPU_CODES, SIMULATOR, THREADS_PER_BLOCK
 from .partials import INDEX_NONE
+from .simulator import simulator_pace
 from .warp import any_lane, shfl_down_7, shfl_up
 
 TPB = THREADS_PER_BLOCK
@@ -56,6 +57,9 @@ _IDX = (1 << INDEX_BITS) - 1
 _KEY_NONE = 0x7FFFFFFF
 _BIG = INDEX_NONE
 
+if TPB % 32 or (SIMULATOR and TPB != 32):  # pragma: no cover - a configuration error
+    raise ValueError(f"the integer GPU kernel needs whole warps (PETFEAT_CUDA_TPB a multiple of 32; exactly 32 under "
+                     f"the simulator, whose warp primitives take the block for the warp), got {TPB}.")
 if TILE > 1 << INDEX_BITS:  # pragma: no cover - a configuration error
     raise ValueError(f"GPU tile of {TILE} voxels (threads {TPB} x groups {GROUPS} x 8 x steps {GPU_STEPS_PER_TILE}) "
                      f"exceeds the {1 << INDEX_BITS} voxels the 32-bit min/max keys index.")

@@ -10,6 +10,7 @@ import naive
 import numpy as np
 import pytest
 from conftest import RTOL
+from numba import cuda, int32
 from petfeat.kernels import reduce_gpu, reduce_gpu_int
 from petfeat.kernels.config import SIMULATOR
 
@@ -128,3 +129,24 @@ def test_unknown_kernel_name_is_an_error(gpu):
     z = np.zeros((1, 8, 8), np.int16)
     with pytest.raises(ValueError, match="kernel is 'fast'; use 'auto', 'int' or 'general'"):
         reduce_gpu.prepare_fused(z, z.astype(np.uint8), np.ones(1), np.zeros(1), 2, kernel="fast")
+
+
+def test_simulator_shared_arrays_are_one_per_line_and_block(gpu):
+    """The locked shared-array lookup the GPU module installs under the simulator keeps its semantics."""
+
+    @cuda.jit
+    def kernel(out):
+        a = cuda.shared.array(32, int32)
+        b = cuda.shared.array(32, int32)
+        t = cuda.threadIdx.x
+        a[t] = 1
+        b[t] = 2
+        cuda.syncthreads()
+        s = 0
+        for i in range(cuda.blockDim.x):
+            s += a[i] + 10 * b[i]
+        out[cuda.blockIdx.x, t] = s
+
+    out = np.zeros((3, 32), np.int64)
+    kernel[3, 32](out)
+    assert (out == 32 * 21).all()  # every thread saw every thread's writes to a and b, and a is not b
