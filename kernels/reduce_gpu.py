@@ -29,6 +29,7 @@ from numba import cuda, float64, int32, int64
 
 from .config import BLOCKS_PER_SM, MAX_GPU_CODES, THREADS_PER_BLOCK, VALUES_PER_THREAD
 from .partials import INDEX_NONE, Partials, merge_stack
+from .partials_gpu import clear_row, merge_into_row
 from .reduce_gpu_int import prepare_int
 from .simulator import install_shared_allocation_lock, simulator_pace
 
@@ -155,14 +156,7 @@ def _fused_kernel(stored, codes, scale, offset, slice_size, n, n_codes,
         t_max[c] = -math.inf
         t_amin[c] = _BIG
         t_amax[c] = _BIG
-        o_cnt[b, c] = 0
-        o_mean[b, c] = 0.0
-        o_m2[b, c] = 0.0
-        o_min[b, c] = math.inf
-        o_max[b, c] = -math.inf
-        o_amin[b, c] = _BIG
-        o_amax[b, c] = _BIG
-        o_nan[b, c] = 0
+        clear_row(o_cnt, o_mean, o_m2, o_min, o_max, o_amin, o_amax, o_nan, b, c)
         c += TPB
     cuda.syncthreads()
 
@@ -250,21 +244,9 @@ def _fused_kernel(stored, codes, scale, offset, slice_size, n, n_codes,
         while c < n_codes:
             nt = t_cnt[c]
             if nt > 0:
-                na = o_cnt[b, c]
                 nb = int64(nt)
-                mb = t_sum[c] / nb
-                nn = na + nb
-                ma = o_mean[b, c]
-                delta = mb - ma
-                o_mean[b, c] = ma + delta * nb / nn
-                o_m2[b, c] = o_m2[b, c] + t_m2[c] + delta * delta * na * nb / nn
-                o_cnt[b, c] = nn
-                if t_max[c] > o_max[b, c]:
-                    o_max[b, c] = t_max[c]
-                    o_amax[b, c] = t_amax[c]
-                if t_min[c] < o_min[b, c]:
-                    o_min[b, c] = t_min[c]
-                    o_amin[b, c] = t_amin[c]
+                merge_into_row(o_cnt, o_mean, o_m2, o_min, o_max, o_amin, o_amax, b, c, nb, t_sum[c] / nb, t_m2[c],
+                               t_min[c], t_amin[c], t_max[c], t_amax[c])
                 t_cnt[c] = 0
                 t_sum[c] = 0.0
                 t_m2[c] = 0.0

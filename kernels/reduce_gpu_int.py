@@ -31,13 +31,11 @@ kernel of :mod:`petfeat.kernels.reduce_gpu`.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import cuda, int32, int64
 
 from .config import GPU_GROUPS_PER_LANE, GPU_STEPS_PER_TILE, MAX_GPU_CODES, SIMULATOR, THREADS_PER_BLOCK
-from .partials import INDEX_NONE
+from .partials_gpu import clear_row, merge_into_row
 from .simulator import simulator_pace
 from .warp import any_lane, shfl_down_7, shfl_up
 
@@ -55,7 +53,6 @@ INDEX_BITS = 15
 _IDX = (1 << INDEX_BITS) - 1
 #: Identity of the min key (larger than any key: a 16-bit value above 15 index bits stays below 2**31).
 _KEY_NONE = 0x7FFFFFFF
-_BIG = INDEX_NONE
 
 if TPB % 32 or (SIMULATOR and TPB != 32):  # pragma: no cover - a configuration error
     raise ValueError(f"the integer GPU kernel needs whole warps (PETFEAT_CUDA_TPB a multiple of 32; exactly 32 under "
@@ -79,6 +76,17 @@ def _add_run(t_n, t_s1, t_s2, t_lo, t_hi, c, n, s1, s2, lo, hi):  # pragma: no c
     cuda.atomic.add(t_s2, (c, 1), s2 & 0xFFFF)
     cuda.atomic.min(t_lo, c, lo)
     cuda.atomic.max(t_hi, c, hi)
+
+
+@cuda.jit(device=True, inline=True)
+def _clear_tile(t_n, t_s1, t_s2, t_lo, t_hi, c):  # pragma: no cover
+    """Code ``c`` of the tile: no voxel yet."""
+    t_n[c] = 0
+    t_s1[c] = 0
+    t_s2[c, 0] = 0
+    t_s2[c, 1] = 0
+    t_lo[c] = _KEY_NONE
+    t_hi[c] = -1
 
 
 @cuda.jit(device=True, inline=True)
@@ -156,20 +164,8 @@ def _fused_int_kernel(words, code_words, scale, offset, slice_size, n_slices, si
     wrap = signed << 16
     c = tid
     while c < n_codes:
-        t_n[c] = 0
-        t_s1[c] = 0
-        t_s2[c, 0] = 0
-        t_s2[c, 1] = 0
-        t_lo[c] = _KEY_NONE
-        t_hi[c] = -1
-        o_cnt[b, c] = 0
-        o_mean[b, c] = 0.0
-        o_m2[b, c] = 0.0
-        o_min[b, c] = math.inf
-        o_max[b, c] = -math.inf
-        o_amin[b, c] = _BIG
-        o_amax[b, c] = _BIG
-        o_nan[b, c] = 0
+        _clear_tile(t_n, t_s1, t_s2, t_lo, t_hi, c)
+        clear_row(o_cnt, o_mean, o_m2, o_min, o_max, o_amin, o_amax, o_nan, b, c)
         c += TPB
     tiles_per_slice = (slice_size + TILE - 1) // TILE
     n_tiles = n_slices * tiles_per_slice
@@ -228,30 +224,10 @@ def _fused_int_kernel(words, code_words, scale, offset, slice_size, n_slices, si
                 if a < 0:  # the highest SUV is the lowest stored value
                     lo_v, hi_v = hi_v, lo_v
                     lo_at, hi_at = hi_at, lo_at
-                na = o_cnt[b, c]
-                nb = int64(n)
-                mb = a * (s1 / nb) + bb
-                m2b = a * a * ((nb * s2 - s1 * s1) / nb)
-                nn = na + nb
-                ma = o_mean[b, c]
-                delta = mb - ma
-                o_mean[b, c] = ma + delta * nb / nn
-                o_m2[b, c] = o_m2[b, c] + m2b + delta * delta * na * nb / nn
-                o_cnt[b, c] = nn
-                vhi = hi_v * a + bb
-                vlo = lo_v * a + bb
-                if vhi > o_max[b, c]:
-                    o_max[b, c] = vhi
-                    o_amax[b, c] = hi_at
-                if vlo < o_min[b, c]:
-                    o_min[b, c] = vlo
-                    o_amin[b, c] = lo_at
-                t_n[c] = 0
-                t_s1[c] = 0
-                t_s2[c, 0] = 0
-                t_s2[c, 1] = 0
-                t_lo[c] = _KEY_NONE
-                t_hi[c] = -1
+                nb = int64(n)  # n <= TILE <= 46340: n S2 - S1^2 is an exact int64, as on the CPU
+                merge_into_row(o_cnt, o_mean, o_m2, o_min, o_max, o_amin, o_amax, b, c, nb, a * (s1 / nb) + bb,
+                               a * a * ((nb * s2 - s1 * s1) / nb), lo_v * a + bb, lo_at, hi_v * a + bb, hi_at)
+                _clear_tile(t_n, t_s1, t_s2, t_lo, t_hi, c)
             c += TPB
         cuda.syncthreads()
 

@@ -38,3 +38,25 @@ def peaks(values: np.ndarray, mask: np.ndarray, spacing) -> tuple[float, float]:
         means[k] = w[~np.isnan(w)].mean()
     vmax = flat[roi].max()
     return means.max(), means[flat[roi] == vmax].max()
+
+
+def assert_partials_match(p, stored, codes, scale, offset, n_codes: int, rtol: float) -> None:
+    """Every code's partial is the oracle's: count, mean, variance, extremes and their first index.
+
+    Code 0 is never reduced; an empty code has count 0 and infinite extremes; no voxel is NaN.
+    """
+    import pytest
+
+    values = suv(stored, scale, offset)
+    assert p.count[0] == 0
+    for c in range(1, n_codes):
+        ref = region_stats(values, codes == c)
+        assert p.count[c] == ref["count"]
+        if ref["count"] == 0:
+            assert p.max[c] == -np.inf and p.min[c] == np.inf
+            continue
+        assert p.mean[c] == pytest.approx(ref["mean"], rel=rtol)
+        assert p.m2[c] / p.count[c] == pytest.approx(ref["var"], rel=rtol, abs=1e-15)
+        assert p.max[c] == pytest.approx(ref["max"], rel=1e-12) and p.min[c] == pytest.approx(ref["min"], rel=1e-12)
+        assert p.argmax[c] == ref["argmax"] and p.argmin[c] == ref["argmin"]
+        assert p.nan_count[c] == 0

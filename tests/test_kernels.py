@@ -57,18 +57,7 @@ def test_fused_reduce_matches_oracle(backend, dtype, layout, signs):
         scale[::2] *= -1
     offset = rng.uniform(-0.01, 0.01, shape[0])
     p = kernels.fused_reduce(stored, codes, scale, offset, n_codes, backend=backend)
-    values = naive.suv(stored, scale, offset)
-    assert p.count[0] == 0  # code 0 is never reduced
-    for c in range(1, n_codes):
-        ref = naive.region_stats(values, codes == c)
-        assert p.count[c] == ref["count"]
-        if ref["count"] == 0:
-            assert p.max[c] == -np.inf and p.min[c] == np.inf
-            continue
-        assert p.mean[c] == pytest.approx(ref["mean"], rel=RTOL)
-        assert p.m2[c] / p.count[c] == pytest.approx(ref["var"], rel=RTOL, abs=1e-15)
-        assert p.max[c] == pytest.approx(ref["max"], rel=1e-12) and p.min[c] == pytest.approx(ref["min"], rel=1e-12)
-        assert p.argmax[c] == ref["argmax"] and p.argmin[c] == ref["argmin"]
+    naive.assert_partials_match(p, stored, codes, scale, offset, n_codes, RTOL)
 
 
 def test_sparse_wide_rows_match_oracle(backend):
