@@ -86,7 +86,7 @@ def main(argv=None) -> int:
                 sass = subprocess.run(["cuobjdump", "-sass", cubin], capture_output=True, text=True).stdout
                 ops = collections.Counter(re.findall(r"\b(ATOMS\.[A-Z0-9.]+|ATOMG?\.[A-Z0-9.]+|RED\.[A-Z0-9.]+|"
                                                      r"SHFL\.[A-Z]+|VOTE\.[A-Z]+|LDG\.[A-Z0-9.]+|BAR\.[A-Z]+)", sass))
-                n = len(re.findall(r"^\s+/\*[0-9a-f]{4}\*/", sass, flags=re.M))
+                n = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, flags=re.M))
                 print(f"  SASS: {n} instructions; " + ", ".join(f"{k} {v}" for k, v in sorted(ops.items())))
     return 0
 

@@ -7,8 +7,9 @@ integer kernel computes them, laid out for a GPU:
   so one slope and intercept hold for a whole tile. Blocks take tiles from a global counter until
   none is left (a persistent grid, balanced whatever the block count).
 * **Lanes.** Each step of a block, lane ``l`` of the block reads :data:`LANE_VOXELS` consecutive
-  voxels: 64-bit words of 8 codes and of 4 pixels. A group of 8 background codes is one compare,
-  and its pixels are never read. Consecutive voxels of one code form a *run*; a lane sums each run
+  voxels: 64-bit words of 8 codes and of 4 pixels, all of them issued before any is used (two
+  memory round trips per step: the codes, then the pixels). A group of 8 background codes is one
+  compare, and its pixels are never read. Consecutive voxels of one code form a *run*; a lane sums each run
   in registers: count, ``sum(s)`` and ``sum(s^2)`` of the stored values (exact integers) and two
   32-bit keys, ``value << 15 | index`` for the minimum and ``value << 15 | (32767 - index)`` for
   the maximum (``index`` within the tile), so that one integer min or max keeps the extreme *and*
@@ -42,6 +43,7 @@ from .warp import any_lane, shfl_down_7, shfl_up
 TPB = THREADS_PER_BLOCK
 MAXC = MAX_GPU_CODES
 GROUPS = GPU_GROUPS_PER_LANE
+_PIXEL_WORDS = 2 * GROUPS  # 64-bit words of 16-bit pixels per lane and step
 #: Consecutive voxels a lane reads per step (groups of 8: one 64-bit word of uint8 codes).
 LANE_VOXELS = 8 * GROUPS
 #: Voxels a block reads per step.
@@ -156,6 +158,8 @@ def _fused_int_kernel(words, code_words, scale, offset, slice_size, n_slices, si
     t_lo = cuda.shared.array(MAXC, int32)
     t_hi = cuda.shared.array(MAXC, int32)
     s_tile = cuda.shared.array(1, int64)
+    cw = cuda.local.array(GROUPS, int64)  # the lane's code words of a step
+    pw = cuda.local.array(_PIXEL_WORDS, int64)  # and its pixel words
 
     tid = cuda.threadIdx.x
     lane = tid % 32
@@ -188,17 +192,26 @@ def _fused_int_kernel(words, code_words, scale, offset, slice_size, n_slices, si
             rs2 = 0
             rlo = _KEY_NONE
             rhi = -1
+            # every load of the step is issued before any is used: two memory round trips per step (the
+            # codes, then the pixels of the groups that hold a region), not two per group
             for g in range(GROUPS):
                 x = x0 + 8 * g
-                w = code_words[x >> 3] if x < end else 0
-                if w == 0:  # 8 background voxels (or past the tile): ends the run, reads no pixel
+                cw[g] = code_words[x >> 3] if x < end else 0
+            for g in range(GROUPS):
+                if cw[g] != 0:
+                    q = (x0 + 8 * g) >> 2
+                    pw[2 * g] = words[q]
+                    pw[2 * g + 1] = words[q + 1]
+            for g in range(GROUPS):
+                w = cw[g]
+                if w == 0:  # 8 background voxels (or past the tile): ends the run; no pixel was read
                     if rc > 0:
                         _add_run(t_n, t_s1, t_s2, t_lo, t_hi, rc, rn, rs1, rs2, rlo, rhi)
                     rc = 0
                     continue
-                w0 = words[x >> 2]
-                w1 = words[(x >> 2) + 1]
-                i = x - start
+                w0 = pw[2 * g]
+                w1 = pw[2 * g + 1]
+                i = x0 + 8 * g - start
                 for k in range(8):
                     p = ((w0 if k < 4 else w1) >> (16 * (k & 3))) & 0xFFFF
                     rc, rn, rs1, rs2, rlo, rhi = _take((w >> (8 * k)) & 0xFF, p, i + k, rc, rn, rs1, rs2, rlo, rhi,

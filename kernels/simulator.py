@@ -9,9 +9,9 @@ Two things, both inert on a device:
 * :func:`install_shared_allocation_lock`: the simulator hands out a block's shared arrays from a
   dict, filled by whichever thread asks first, without a lock. Two threads asking at once can each
   make an array and keep their own, uninitialised, copy: that thread's atomics then go nowhere the
-  block sees. Seen about once in 200 launches of the integer kernel with the faster pace (a wrong
-  mean; an int32 overflow from uninitialised memory). The replacement is the simulator's own
-  lookup, under a lock.
+  block sees. Seen in 4 of ~1280 launches of the integer kernel at the faster pace (a wrong mean,
+  an int32 overflow from recycled memory, a thread that left the tile loop early and hung the
+  block). The replacement is the simulator's own lookup, under a lock.
 """
 
 from __future__ import annotations
