@@ -35,7 +35,14 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, int32, int64
 
-from .config import GPU_GROUPS_PER_LANE, GPU_STEPS_PER_TILE, MAX_GPU_CODES, SIMULATOR, THREADS_PER_BLOCK
+from .config import (
+    GPU_GROUPS_PER_LANE,
+    GPU_MAX_REGISTERS,
+    GPU_STEPS_PER_TILE,
+    MAX_GPU_CODES,
+    SIMULATOR,
+    THREADS_PER_BLOCK,
+)
 from .partials_gpu import clear_row, merge_into_row
 from .simulator import simulator_pace
 from .warp import any_lane, shfl_down_7, shfl_up
@@ -149,7 +156,11 @@ def _reset(counter):  # pragma: no cover
     counter[0] = 0
 
 
-@cuda.jit
+#: Compile options of the kernel: a register cap when one is set (the simulator compiles nothing).
+_JIT_OPTIONS = {"max_registers": GPU_MAX_REGISTERS} if GPU_MAX_REGISTERS and not SIMULATOR else {}
+
+
+@cuda.jit(**_JIT_OPTIONS)
 def _fused_int_kernel(words, code_words, scale, offset, slice_size, n_slices, signed, n_codes, counter,
                       o_cnt, o_mean, o_m2, o_min, o_max, o_amin, o_amax, o_nan):  # pragma: no cover
     t_n = cuda.shared.array(MAXC, int32)
