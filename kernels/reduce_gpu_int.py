@@ -257,7 +257,15 @@ def _fused_int_kernel(words, code_words, scale, offset, slice_size, n_slices, si
 
 
 def int_kernel_applies(stored_dtype, codes_dtype, slice_size: int) -> bool:
-    """Whether :func:`launch_int` takes these inputs (else the general GPU kernel does)."""
+    """Whether the integer kernel takes these inputs (else the general GPU kernel does).
+
+    Parameters
+    ----------
+    stored_dtype, codes_dtype : numpy dtype-like
+        Pixel and code dtypes: int16 or uint16 pixels, uint8 codes.
+    slice_size : int
+        Voxels per slice: a positive multiple of 8, so that no 64-bit word of codes crosses a slice.
+    """
     return (np.dtype(stored_dtype) in (np.dtype(np.int16), np.dtype(np.uint16))
             and np.dtype(codes_dtype) == np.dtype(np.uint8) and slice_size % 8 == 0 and slice_size > 0)
 
@@ -289,7 +297,19 @@ class IntLaunch:
 
 
 def prepare_int(d_stored, d_codes, d_scale, d_offset, n_slices: int, n_codes: int, max_grid: int) -> IntLaunch | None:
-    """An :class:`IntLaunch` on flat device arrays, or None where the integer kernel does not apply."""
+    """An :class:`IntLaunch` on flat device arrays, or None where the integer kernel does not apply.
+
+    Parameters
+    ----------
+    d_stored, d_codes : 1-D device arrays
+        Flat pixels and codes of a (Z, Y, X) volume, C order; both 8-byte aligned on the device.
+    d_scale, d_offset : 1-D device arrays of float64
+        Per-slice slope and intercept: SUV = stored x scale + offset.
+    n_slices, n_codes : int
+        Z, and the number of codes (each code's partial is a column of the outputs).
+    max_grid : int
+        Most blocks to launch (fewer when there are fewer tiles).
+    """
     slice_size = d_stored.size // n_slices if n_slices else 0
     if not (int_kernel_applies(d_stored.dtype, d_codes.dtype, slice_size) and _aligned(d_stored) and _aligned(d_codes)):
         return None
