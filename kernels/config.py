@@ -10,7 +10,6 @@ import os
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 
-
 #: Threads per CUDA block of the fused reduction and the SUVpeak kernels.
 THREADS_PER_BLOCK = int(os.environ.get("PETFEAT_CUDA_TPB", 32 if SIMULATOR else 256))
 #: Voxels each thread reduces per tile of the fused reduction (two passes per tile).

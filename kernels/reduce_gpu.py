@@ -288,6 +288,11 @@ def fused_reduce_gpu(stored, codes, scale, offset, n_codes: int, *, blocks: int 
     launch = prepare_fused(stored, codes, scale, offset, n_codes, blocks=blocks)
     _numpy_compat()
     launch()
+    return launch_partials(launch)
+
+
+def launch_partials(launch) -> Partials:
+    """The partials a launch of :func:`prepare_fused` computed: its blocks' rows, merged on the host."""
     cuda.synchronize()
     return merge_stack(*(o.copy_to_host() for o in launch.outputs))
 

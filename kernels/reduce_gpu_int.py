@@ -99,6 +99,18 @@ def _clear_tile(t_n, t_s1, t_s2, t_lo, t_hi, c):  # pragma: no cover
 
 
 @cuda.jit(device=True, inline=True)
+def _value(p, wrap):  # pragma: no cover
+    """The stored value of 16-bit pattern ``p`` (two's complement when ``wrap`` is 65536, else unsigned)."""
+    return p - ((p >> 15) & 1) * wrap
+
+
+@cuda.jit(device=True, inline=True)
+def _stored(key, sign_bit, wrap):  # pragma: no cover
+    """The stored value of a min/max key's upper bits."""
+    return _value((key >> INDEX_BITS) ^ sign_bit, wrap)
+
+
+@cuda.jit(device=True, inline=True)
 def _take(c, p, i, rc, rn, rs1, rs2, rlo, rhi, t_n, t_s1, t_s2, t_lo, t_hi, sign_bit, wrap):  # pragma: no cover
     """Voxel ``i`` of the tile (code ``c``, 16-bit pattern ``p``) into the lane's run; a run it ends is added."""
     if c != rc:
@@ -111,7 +123,7 @@ def _take(c, p, i, rc, rn, rs1, rs2, rlo, rhi, t_n, t_s1, t_s2, t_lo, t_hi, sign
         rlo = _KEY_NONE
         rhi = -1
     if c > 0:
-        v = p - ((p >> 15) & 1) * wrap  # the stored value (two's complement when signed)
+        v = _value(p, wrap)
         key = (p ^ sign_bit) << INDEX_BITS  # order-preserving unsigned 16-bit value, above the index
         rn += 1
         rs1 += v
@@ -142,13 +154,6 @@ def _merge_warp_runs(lane, rc, rn, rs1, rs2, rlo, rhi):  # pragma: no cover
         d *= 2
     before = shfl_up(rc, 1)
     return lane == 0 or before != rc, rn, rs1, rs2, rlo, rhi
-
-
-@cuda.jit(device=True, inline=True)
-def _stored(key, sign_bit, wrap):  # pragma: no cover
-    """The stored value of a key's upper bits."""
-    p = (key >> INDEX_BITS) ^ sign_bit
-    return p - ((p >> 15) & 1) * wrap
 
 
 @cuda.jit

@@ -80,17 +80,8 @@ def test_sparse_wide_rows_match_oracle(backend):
     scale = rng.uniform(1e-4, 2e-3, shape[0])
     offset = rng.uniform(-0.01, 0.01, shape[0])
     p = kernels.fused_reduce(stored, codes, scale, offset, 4, backend=backend)
-    _assert_codes_match_oracle(p, naive.suv(stored, scale, offset), codes, range(1, 4))
-
-
-def _assert_codes_match_oracle(p, values, codes, code_range):
-    """Every code of ``code_range`` has voxels, and its partial is the oracle's."""
-    for c in code_range:
-        ref = naive.region_stats(values, codes == c)
-        assert p.count[c] == ref["count"] > 0
-        assert p.mean[c] == pytest.approx(ref["mean"], rel=RTOL)
-        assert p.m2[c] / p.count[c] == pytest.approx(ref["var"], rel=RTOL, abs=1e-15)
-        assert p.argmax[c] == ref["argmax"] and p.argmin[c] == ref["argmin"]
+    assert (p.count[1:4] > 0).all()  # every code has voxels
+    naive.assert_partials_match(p, stored, codes, scale, offset, 4, RTOL)
 
 
 def _runs(row):
@@ -136,7 +127,8 @@ def test_fused_reduce_over_code_widths(backend, code_dtype):
     codes = np.resize(codes, shape).astype(code_dtype)
     scale, offset = rng.uniform(1e-4, 2e-3, shape[0]), rng.uniform(-0.01, 0.01, shape[0])
     p = kernels.fused_reduce(stored, codes, scale, offset, 4, backend=backend)
-    _assert_codes_match_oracle(p, naive.suv(stored, scale, offset), codes, range(1, 4))
+    assert (p.count[1:4] > 0).all()  # every code has voxels
+    naive.assert_partials_match(p, stored, codes, scale, offset, 4, RTOL)
 
 
 def test_integer_moments_are_exact_on_long_uint16_rows(monkeypatch):

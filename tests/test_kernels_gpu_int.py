@@ -92,7 +92,7 @@ def test_general_and_integer_kernels_agree(gpu):
         launch = reduce_gpu.prepare_fused(stored, codes, scale, offset, n_codes, kernel=kernel)
         assert launch.kernel == kernel
         launch()
-        out[kernel] = kernels.merge_stack(*(o.copy_to_host() for o in launch.outputs))
+        out[kernel] = reduce_gpu.launch_partials(launch)
     for name in ("count", "argmax", "argmin", "nan_count"):
         np.testing.assert_array_equal(getattr(out["int"], name), getattr(out["general"], name))
     for name in ("mean", "m2", "min", "max"):
