@@ -336,7 +336,7 @@ def prepare_fused(stored, codes, scale, offset, n_codes: int, *, blocks: int | N
         if kernel == "int":
             raise ValueError(f"the integer GPU kernel takes int16/uint16 pixels, uint8 codes and slices of a multiple "
                              f"of 8 voxels (8-byte aligned on the device); got {stored.dtype} pixels, {codes.dtype} "
-                             f"codes, {slice_size} voxels per slice.")
+                             f"codes, {slice_size} voxels per slice; use kernel='auto' or 'general' for these.")
     n_tiles = max(1, -(-n // (TPB * VPT)))
     grid = max(1, min(n_tiles, max_grid))
     outs = [cuda.device_array((grid, n_codes), dtype=dt)

@@ -67,8 +67,9 @@ if TPB % 32 or (SIMULATOR and TPB != 32):  # pragma: no cover - a configuration 
     raise ValueError(f"the integer GPU kernel needs whole warps (PETFEAT_CUDA_TPB a multiple of 32; exactly 32 under "
                      f"the simulator, whose warp primitives take the block for the warp), got {TPB}.")
 if TILE > 1 << INDEX_BITS:  # pragma: no cover - a configuration error
-    raise ValueError(f"GPU tile of {TILE} voxels (threads {TPB} x groups {GROUPS} x 8 x steps {GPU_STEPS_PER_TILE}) "
-                     f"exceeds the {1 << INDEX_BITS} voxels the 32-bit min/max keys index.")
+    raise ValueError(f"GPU tile of {TILE} voxels (PETFEAT_CUDA_TPB {TPB} x PETFEAT_CUDA_GROUPS {GROUPS} x 8 x "
+                     f"PETFEAT_CUDA_STEPS {GPU_STEPS_PER_TILE}) exceeds the {1 << INDEX_BITS} voxels the 32-bit "
+                     f"min/max keys index; lower PETFEAT_CUDA_GROUPS or PETFEAT_CUDA_STEPS.")
 
 
 @cuda.jit(device=True, inline=True)

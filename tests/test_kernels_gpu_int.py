@@ -6,6 +6,11 @@ the test volumes below span several tiles per slice, partial tiles and partial l
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+
 import naive
 import numpy as np
 import pytest
@@ -104,7 +109,8 @@ def test_general_and_integer_kernels_agree(gpu):
                                                                                                (2, 5, 7))])
 def test_integer_kernel_refuses_what_it_does_not_take(gpu, stored_dtype, codes_dtype, shape):
     stored, codes = np.ones(shape, stored_dtype), np.ones(shape, codes_dtype)
-    with pytest.raises(ValueError, match="integer GPU kernel takes int16/uint16 pixels, uint8 codes and slices"):
+    with pytest.raises(ValueError, match="integer GPU kernel takes int16/uint16 pixels, uint8 codes and slices.*"
+                                         "use kernel='auto' or 'general'"):
         reduce_gpu.prepare_fused(stored, codes, np.ones(shape[0]), np.zeros(shape[0]), 2, kernel="int")
     assert reduce_gpu.prepare_fused(stored, codes, np.ones(shape[0]), np.zeros(shape[0]), 2).kernel == "general"
 
@@ -134,3 +140,17 @@ def test_simulator_shared_arrays_are_one_per_line_and_block(gpu):
     out = np.zeros((3, 32), np.int64)
     kernel[3, 32](out)
     assert (out == 32 * 21).all()  # every thread saw every thread's writes to a and b, and a is not b
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"PETFEAT_CUDA_TPB": "48"}, "needs whole warps \\(PETFEAT_CUDA_TPB a multiple of 32"),
+    ({"PETFEAT_CUDA_GROUPS": "16", "PETFEAT_CUDA_STEPS": "16"},
+     "exceeds the 32768 voxels .* lower PETFEAT_CUDA_GROUPS or PETFEAT_CUDA_STEPS"),
+])
+def test_integer_kernel_refuses_launch_shapes_it_cannot_index(gpu, env, message):
+    """A launch shape from the environment that breaks the kernel's warps or keys stops the import, saying which."""
+    code = "import petfeat.kernels.reduce_gpu_int"
+    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode != 0
+    assert re.search(message, run.stderr.strip().splitlines()[-1]), run.stderr[-500:]
