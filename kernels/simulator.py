@@ -5,7 +5,7 @@ Two things, both inert on a device:
 * :func:`simulator_pace`: while a simulated kernel runs, the GIL changes hands every 0.1 ms
   instead of 5 ms. The simulator runs each GPU thread as a Python thread, and a block barrier waits
   until every one of them has run; at the default interval each barrier costs milliseconds
-  (integer kernel on a 32768-voxel tile: 50 s -> 4 s; the GPU batch test: 39 s -> 21 s).
+  (integer kernel on a 32768-voxel tile: 50 s -> 4 s). Main thread only (see the function).
 * :func:`install_shared_allocation_lock`: the simulator hands out a block's shared arrays from a
   dict, filled by whichever thread asks first, without a lock. Two threads asking at once can each
   make an array and keep their own, uninitialised, copy: that thread's atomics then go nowhere the
@@ -29,8 +29,17 @@ _ALLOCATION_LOCK = threading.Lock()
 
 @contextlib.contextmanager
 def simulator_pace():
-    """While a simulated kernel runs, hand the GIL between threads every 0.1 ms (nothing on a device)."""
-    if not SIMULATOR:
+    """While a simulated kernel runs, hand the GIL between threads every 0.1 ms (nothing on a device).
+
+    Only when called from the main thread: in a host such as a Dask worker, whose kernels run on a
+    task thread, the process and its other threads are not ours to pace. There it also hung the
+    GPU batch test once (CI rehearsal, seventh session). py-spy's native stacks showed every thread
+    waiting: the worker's main thread in Dask's gc callback inside ``sys._current_frames`` (Dask's
+    profiler), a simulator thread in an import, a thread starting up in a lock acquire. That fits a
+    known CPython 3.11 deadlock between ``sys._current_frames`` and a garbage collection that runs
+    Python code; a short switch interval makes the GIL change hands inside that window.
+    """
+    if not SIMULATOR or threading.current_thread() is not threading.main_thread():
         yield
         return
     before = sys.getswitchinterval()

@@ -154,3 +154,25 @@ def test_integer_kernel_refuses_launch_shapes_it_cannot_index(gpu, env, message)
                          timeout=120)
     assert run.returncode != 0
     assert re.search(message, run.stderr.strip().splitlines()[-1]), run.stderr[-500:]
+
+
+def test_simulator_pace_changes_the_interval_only_from_the_main_thread(gpu):
+    """Pacing applies to a simulated launch from the main thread, never from another (a Dask task thread)."""
+    import threading
+
+    from petfeat.kernels.simulator import simulator_pace
+
+    before = sys.getswitchinterval()
+    seen = {}
+
+    def in_thread():
+        with simulator_pace():
+            seen["task thread"] = sys.getswitchinterval()
+
+    with simulator_pace():
+        seen["main thread"] = sys.getswitchinterval()
+    worker = threading.Thread(target=in_thread)
+    worker.start()
+    worker.join()
+    assert seen["task thread"] == before and sys.getswitchinterval() == before
+    assert seen["main thread"] == pytest.approx(1e-4 if SIMULATOR else before)
