@@ -42,6 +42,7 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 from .config import CPU_CHUNKS_PER_THREAD, CPU_PREFETCH_ROWS
 from .partials import INDEX_NONE, Partials, merge_stack
 from .prefetch import prefetch
+from .run_moments import BLOCK, run_moments16
 
 #: Index type of the hot loops: an unsigned index needs no negative-index wraparound test.
 _u = np.uint64
@@ -86,7 +87,7 @@ def _alloc(n_chunks, n_codes):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _run_moments(s, x, e):  # pragma: no cover - compiled
+def _run_moments_loop(s, x, e):  # pragma: no cover - compiled
     """Sum of s and of s^2 (exact, int64), min and max of the integer run ``s[x:e]`` (a vectorised loop)."""
     s1 = np.int64(0)
     s2 = np.int64(0)
@@ -98,7 +99,24 @@ def _run_moments(s, x, e):  # pragma: no cover - compiled
         s2 += np.int64(v) * v
         smin = min(smin, v)
         smax = max(smax, v)
-    return s1, s2, smin, smax
+    return s1, s2, np.int64(smin), np.int64(smax)
+
+
+def _run_moments(s, x, e):
+    """Sum of s and of s^2 (exact, int64), min and max of the integer run ``s[x:e]``."""
+
+
+@overload(_run_moments, inline="always")
+def _run_moments_impl(s, x, e):
+    if s.dtype.bitwidth == 16:
+        def moments(s, x, e):  # pragma: no cover - compiled
+            if s.size >= BLOCK:
+                return run_moments16(s, np.int64(x), np.int64(e))
+            return _run_moments_loop(s, x, e)
+    else:
+        def moments(s, x, e):  # pragma: no cover - compiled
+            return _run_moments_loop(s, x, e)
+    return moments
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -1,0 +1,95 @@
+"""The vector-IR run moments of 16-bit pixels against exact integer sums (Python ints)."""
+
+from __future__ import annotations
+
+import naive
+import numpy as np
+import pytest
+from numba import njit
+from petfeat.kernels.run_moments import BLOCK, run_moments16
+
+
+@njit(cache=False)
+def _all_runs(s):
+    """Moments of every run s[x:e], 0 <= x < e <= s.size, in row-major (x, e) order."""
+    n = s.size
+    out = np.empty((n * (n + 1) // 2, 4), np.int64)
+    k = 0
+    for x in range(n):
+        for e in range(x + 1, n + 1):
+            out[k, 0], out[k, 1], out[k, 2], out[k, 3] = run_moments16(s, x, e)
+            k += 1
+    return out
+
+
+def _oracle(s):
+    v = s.astype(object)  # Python ints: exact
+    rows = []
+    for x in range(s.size):
+        for e in range(x + 1, s.size + 1):
+            r = v[x:e]
+            rows.append((sum(r), sum(t * t for t in r), min(r), max(r)))
+    return np.array(rows, dtype=object)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16])
+@pytest.mark.parametrize("size", [BLOCK, 3 * BLOCK + 5])
+def test_every_run_of_a_short_array_is_exact(dtype, size):
+    """Every start and stop: runs inside one block, across blocks, ending at the array's end (its last
+    block is read ending there), full-range values including both extremes of the type."""
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(size)
+    s = rng.integers(info.min, int(info.max) + 1, size).astype(dtype)
+    s[[3, size - 1]] = info.min, info.max
+    got = _all_runs(s)
+    want = _oracle(s)
+    assert (got.astype(object) == want).all()
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16])
+def test_long_runs_at_the_extremes_stay_exact(dtype):
+    """32768 values (the longest row the integer kernel takes) all at the type's largest magnitude."""
+    info = np.iinfo(dtype)
+    for value in (info.min, info.max):
+        s = np.full(32768 + 7, value, dtype)
+        got = [int(t) for t in _one(s, 3, 32768 + 3)]
+        v = int(value)
+        assert got == [32768 * v, 32768 * v * v, v, v]
+
+
+@njit(cache=False)
+def _one(s, x, e):
+    return run_moments16(s, x, e)
+
+
+def test_ir_is_generic_vector_code():
+    """No target-specific intrinsic in the IR (Numba's own reference counting aside): LLVM lowers it for
+    whatever CPU runs it."""
+    import re
+
+    s = np.arange(64, dtype=np.int16)
+    _one(s, 0, 64)
+    names = set(re.findall(r"llvm\.[a-z0-9_.]+", _one.inspect_llvm(_one.signatures[0])))
+    assert {"llvm.vector.reduce.add.v32i32", "llvm.vector.reduce.add.v16i64"} <= names
+    assert not [n for n in names if n.startswith("llvm.x86") and ".atomic." not in n]
+
+
+def test_other_types_are_refused_at_compile_time():
+    from numba.core.errors import TypingError
+
+    with pytest.raises(TypingError):
+        _one(np.arange(64, dtype=np.int32), 0, 5)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16])
+def test_fused_pass_on_arrays_smaller_than_a_block(dtype):
+    """Fewer voxels than one vector block: the fused pass takes its scalar loop and still matches the oracle."""
+    from petfeat.kernels.reduce_cpu import fused_reduce_cpu
+
+    rng = np.random.default_rng(3)
+    stored = rng.integers(0, 30000, (2, 2, 7)).astype(dtype)
+    assert stored.size < BLOCK
+    codes = rng.integers(0, 3, stored.shape).astype(np.uint8)
+    scale, offset = rng.uniform(0.5, 2.0, 2), rng.uniform(-1.0, 1.0, 2)
+    p = fused_reduce_cpu(stored, codes, scale, offset, 3)
+    naive.assert_partials_match(p, stored, codes, scale, offset, 3, 1e-12)
