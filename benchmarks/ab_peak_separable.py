@@ -60,7 +60,8 @@ def main():
             def separable():
                 return peak_cpu._peak_separable(stored, codes, scale, offset, *plan, np.diff(ptr) > 0, ptr, regs,
                                                 rmax, n_labels, n_chunks, np.zeros(1, sums),
-                                                peak_cpu.PLANE_BLOCK, peak_cpu.RING_BYTES)
+                                                peak_cpu.PLANE_BLOCK, peak_cpu.RING_BYTES,
+                                                *peak_cpu.code_words(codes, np.diff(ptr) > 0))
 
             def fused():
                 return fused_reduce_cpu(stored, codes, scale, offset, n_codes)

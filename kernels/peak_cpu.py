@@ -33,6 +33,7 @@ import numba
 import numpy as np
 from numba import njit, prange, types
 from numba.core.extending import overload
+from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros
 
 from .config import CPU_CHUNKS_PER_THREAD
 from .reduce_cpu import _code_lanes, _code_word, _next_run, _u
@@ -183,6 +184,66 @@ def _roi_boxes(codes, has_reg, z0, z1):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
+def _nonzero_boxes(words, log2_bits, z0, z1):  # pragma: no cover - compiled
+    """Per slice of ``[z0, z1)``: ``(ylo, yhi, xlo, xhi)`` (inclusive) of the non-zero codes.
+
+    ``words`` are the codes seen as uint64 words (rows of a whole number of words), ``2**log2_bits``
+    the bits of one code. Each row is OR-ed into one word (is the row empty?) and, word by word, into
+    the slice's column words (which columns are not), both in one vectorised loop; the x extent is
+    then read off the first and last non-zero column word. 5-7x faster than scanning for region
+    voxels from each row's ends (one thread, benchmark volume: 0.8 ms against 2.7-5.9 ms).
+    """
+    ny, nw = words.shape[1], words.shape[2]
+    per = 64 >> log2_bits
+    col = np.zeros(nw, np.uint64)
+    box = np.empty((z1 - z0, 4), np.int64)
+    for z in range(z0, z1):
+        col[:] = 0
+        ylo, yhi = ny, -1
+        for y in range(ny):
+            row = words[z, y]
+            any_code = np.uint64(0)
+            for j in range(nw):
+                w = row[j]
+                any_code |= w
+                col[j] |= w
+            if any_code != 0:
+                ylo = min(ylo, y)
+                yhi = y
+        xlo, xhi = per * nw, -1
+        if yhi >= 0:  # little-endian words: lane k of word j is column j * per + k
+            j = 0
+            while col[j] == 0:
+                j += 1
+            xlo = j * per + (np.int64(trailing_zeros(col[j])) >> log2_bits)
+            j = nw - 1
+            while col[j] == 0:
+                j -= 1
+            xhi = j * per + ((63 - np.int64(leading_zeros(col[j]))) >> log2_bits)
+        box[z - z0, 0] = ylo
+        box[z - z0, 1] = yhi
+        box[z - z0, 2] = xlo
+        box[z - z0, 3] = xhi
+    return box
+
+
+def code_words(codes: np.ndarray, has_reg: np.ndarray) -> tuple[np.ndarray, int]:
+    """``codes`` as uint64 words and log2 of a code's bits, for :func:`_nonzero_boxes`; ``log2 = 0`` if not usable.
+
+    Usable when exactly the non-zero codes have regions (so the region box is the non-zero box) and
+    each row is a whole number of aligned words (every PET matrix: 128, 192, 200, 256, 400, 440...).
+    """
+    bits = codes.dtype.itemsize * 8
+    row_bytes = codes.shape[-1] * codes.dtype.itemsize
+    usable = (codes.ndim == 3 and codes.dtype.kind in "ui" and row_bytes % 8 == 0 and codes.size > 0
+              and codes.flags.c_contiguous and codes.ctypes.data % 8 == 0
+              and not has_reg[0] and bool(has_reg[1:].all()))
+    if not usable:
+        return np.zeros((1, 1, 1), np.uint64), 0
+    return codes.view(np.uint64), bits.bit_length() - 1
+
+
+@njit(cache=True, nogil=True)
 def _disc_sums(stored, zs, y0, y1, oy, ox, ry, rx, wp, block, prof_base, step_ptr, step_dy, step_h, step_sign, rsum,
                out):  # pragma: no cover - compiled
     """Disc sums of slice ``zs`` on rows ``[y0, y1]`` of the chunk box into the flat plane ``out[p]``.
@@ -256,8 +317,12 @@ def _disc_sums(stored, zs, y0, y1, oy, ox, ry, rx, wp, block, prof_base, step_pt
 @njit(parallel=True, cache=True, nogil=True)
 def _peak_separable(stored, codes, scale, offset, dzs, dz_profile, n_per_dz, prof_ptr, term_dy, term_h, row_dz,
                     row_dy, row_h, prof_base, step_ptr, step_dy, step_h, step_sign, has_reg, code_ptr, code_regions,
-                    region_max, n_regions, n_chunks, sums_proto, block, ring_bytes):  # pragma: no cover - compiled
-    """Global and local peaks per chunk of slices; ``sums_proto``'s dtype holds the row and disc sums."""
+                    region_max, n_regions, n_chunks, sums_proto, block, ring_bytes, words,
+                    log2_bits):  # pragma: no cover - compiled
+    """Global and local peaks per chunk of slices; ``sums_proto``'s dtype holds the row and disc sums.
+
+    ``words, log2_bits`` are :func:`code_words`' (``log2_bits = 0``: region boxes by scanning for region voxels).
+    """
     nz, ny, nx = stored.shape
     rz = np.abs(dzs).max()
     ry = np.abs(term_dy).max()
@@ -277,7 +342,10 @@ def _peak_separable(stored, codes, scale, offset, dzs, dz_profile, n_per_dz, pro
         z1 = (ch + 1) * nz // n_chunks
         if z0 == z1:
             continue
-        box = _roi_boxes(codes, has_reg, z0, z1)
+        if log2_bits > 0:
+            box = _nonzero_boxes(words, log2_bits, z0, z1)
+        else:
+            box = _roi_boxes(codes, has_reg, z0, z1)
         oy, ox, ey, ex = ny, nx, -1, -1  # the chunk's region box: origin of the planes
         for i in range(z1 - z0):
             if box[i, 1] >= 0:
@@ -642,7 +710,7 @@ def suv_peak_cpu(stored, codes, scale, offset, offsets, code_ptr, code_regions, 
         n_chunks = peak_chunks(stored.shape[0], int(np.abs(plan.dzs).max()))
         glob, loc = _peak_separable(stored, codes, scale, offset, *plan, has_reg, code_ptr, code_regions,
                                     region_max, int(n_regions), n_chunks, np.zeros(1, sums_dtype(stored, plan)),
-                                    PLANE_BLOCK, RING_BYTES)
+                                    PLANE_BLOCK, RING_BYTES, *code_words(codes, has_reg))
     else:
         n_chunks = max(1, min(stored.shape[0] * stored.shape[1], numba.get_num_threads() * CPU_CHUNKS_PER_THREAD))
         seg_dz, seg_dy, seg_dx, seg_len = _row_segments(offsets)

@@ -385,18 +385,57 @@ def test_peak_region_boxes_match_numpy(code_dtype):
             assert box[z - 1].tolist() == expect, (nx, z)
 
 
+@pytest.mark.parametrize("code_dtype", [np.uint8, np.uint16, np.int32])
+def test_peak_nonzero_boxes_match_numpy(code_dtype):
+    """The per-slice box of non-zero codes from OR-ed uint64 words against NumPy: codes in the first and last
+    lane of a word, empty slices, one-word rows."""
+    from petfeat.kernels.peak_cpu import _nonzero_boxes, code_words
+
+    rng = np.random.default_rng(18)
+    per = 8 // np.dtype(code_dtype).itemsize
+    for nx in (per, 2 * per, 5 * per, 64):
+        codes = (rng.integers(1, 6, (6, 9, nx)) * (rng.random((6, 9, nx)) < 0.05)).astype(code_dtype)
+        codes[2] = 0
+        codes[3] = 0
+        codes[3, 4, 0] = codes[3, 7, nx - 1] = 3  # first lane of the first word, last lane of the last
+        codes[4] = 0
+        codes[4, 0, per - 1] = codes[4, 8, nx - per] = 1
+        words, log2_bits = code_words(codes, np.array([False, True, True, True, True, True]))
+        assert log2_bits == {1: 3, 2: 4, 4: 5}[codes.dtype.itemsize]
+        box = _nonzero_boxes(words, log2_bits, 1, 6)
+        for z in range(1, 6):
+            zz, yy, xx = np.nonzero(codes[z:z + 1])
+            expect = [yy.min(), yy.max(), xx.min(), xx.max()] if yy.size else [9, -1, nx, -1]
+            assert box[z - 1].tolist() == expect, (nx, z)
+
+
+def test_peak_code_words_refuses_what_the_word_boxes_cannot_take():
+    """Word boxes need every non-zero code (and only those) in a region and rows of whole aligned words."""
+    from petfeat.kernels.peak_cpu import code_words
+
+    codes = np.zeros((2, 3, 16), np.uint8)
+    every = np.ones(4, bool)
+    every[0] = False
+    assert code_words(codes, every)[1] == 3
+    assert code_words(codes[:, :, :12].copy(), every)[1] == 0  # 12-byte rows
+    assert code_words(codes, np.array([False, True, False, True]))[1] == 0  # code 2 is in no region
+    assert code_words(codes, np.ones(4, bool))[1] == 0  # code 0 in a region
+    unaligned = np.zeros(2 * 3 * 16 + 1, np.uint8)[1:].reshape(2, 3, 16)
+    assert code_words(unaligned, every)[1] == 0
+
+
 @pytest.mark.parametrize("spacing", [(2.0, 2.0, 2.0), (4.0, 4.0, 4.0), (3.27, 2.0, 4.07)])
 @pytest.mark.parametrize("n_chunks", [1, 3, 6])
 @pytest.mark.parametrize("dtype", [np.int16, np.float32])
 @pytest.mark.parametrize("tiling", ["default", "tiny"])  # tiny: one row per strip, 7 values per plane block
 def test_separable_peak_matches_oracle_across_chunks(spacing, n_chunks, dtype, tiling):
     """The separable CPU kernel on chunk boundaries, strip and block edges, faces, overlapping regions and an
-    empty region."""
+    empty region; region boxes from code words (16-voxel rows) and, with the tiny tiling, by scanning."""
     from petfeat.kernels import peak_cpu
 
     block, ring_bytes = (peak_cpu.PLANE_BLOCK, peak_cpu.RING_BYTES) if tiling == "default" else (7, 1)
     rng = np.random.default_rng(hash((spacing, n_chunks, dtype.__name__)) % 2**32)
-    shape = (13, 11, 12)
+    shape = (13, 11, 16)
     stored, codes, scale, offset, regions = _peak_case(rng, shape, dtype, 6)
     values = naive.suv(stored, scale, offset)
     n_codes = 8  # code 7 is in the last region and on no voxel
@@ -405,8 +444,11 @@ def test_separable_peak_matches_oracle_across_chunks(spacing, n_chunks, dtype, t
     plan = peak_cpu.sphere_plan(sphere_offsets(spacing))
     sums = peak_cpu.sums_dtype(stored, plan)  # int16: exact float32 sums; float32 pixels: float64 sums
     assert sums == (np.float32 if dtype == np.int16 else np.float64)
-    glob, loc = peak_cpu._peak_separable(stored, codes, scale, offset, *plan, np.diff(ptr) > 0, ptr, flat, rmax,
-                                         len(regions), n_chunks, np.zeros(1, sums), block, ring_bytes)
+    has_reg = np.diff(ptr) > 0
+    words = peak_cpu.code_words(codes, has_reg) if tiling == "default" else (np.zeros((1, 1, 1), np.uint64), 0)
+    assert words[1] == (3 if tiling == "default" else 0)
+    glob, loc = peak_cpu._peak_separable(stored, codes, scale, offset, *plan, has_reg, ptr, flat, rmax,
+                                         len(regions), n_chunks, np.zeros(1, sums), block, ring_bytes, *words)
     glob, loc = glob.max(axis=0), loc.max(axis=0)
     for k, r in enumerate(regions):
         g_ref, l_ref = naive.peaks(values, np.isin(codes, r), spacing)
