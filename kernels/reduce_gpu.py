@@ -32,6 +32,7 @@ from .partials import INDEX_NONE, Partials, merge_stack
 from .partials_gpu import clear_row, merge_into_row
 from .reduce_gpu_int import prepare_int
 from .simulator import install_shared_allocation_lock, simulator_pace
+from .warp import any_lane, shfl_down_3, shfl_up
 
 TPB = THREADS_PER_BLOCK
 VPT = VALUES_PER_THREAD
@@ -344,40 +345,77 @@ def prepare_fused(stored, codes, scale, offset, n_codes: int, *, blocks: int | N
     return _Launch((d_stored, d_codes, d_scale, d_offset, slice_size, n, int(n_codes)), grid, outs)
 
 
+@cuda.jit(device=True, inline=True)
+def _merge_warp_max(lane, c, m):  # pragma: no cover
+    """Segmented max of the lanes' sphere means over runs of equal code in consecutive lanes.
+
+    Returns whether this lane is the first of its run and, on that lane, the run's largest mean.
+    Every lane of the warp must call it (warp-uniform control flow).
+    """
+    reach = lane  # this lane's value covers lanes lane..reach
+    d = 1
+    while d < 32:
+        oc, o_reach, om = shfl_down_3(d, c, reach, m)
+        if lane + d < 32 and reach == lane + d - 1 and oc == c:
+            m = max(m, om)
+            reach = o_reach
+        d *= 2
+    before = shfl_up(c, 1)
+    return lane == 0 or before != c, m
+
+
 @cuda.jit
 def _peak_kernel(stored, codes, scale, offset, nz, ny, nx, offs, code_ptr, code_regions, region_max,
                  o_glob, o_loc):  # pragma: no cover
+    """Sphere mean at every region voxel; per warp, one global max per run of equal codes.
+
+    A float64 atomic max is a compare-and-swap loop on the device, and every voxel of a region
+    used to issue one on the same address. A warp's 32 consecutive voxels now merge their means
+    by code first (:func:`_merge_warp_max`): a warp inside one region issues one atomic per region.
+    The loop is warp-uniform (a warp's lanes take voxels ``i0 .. i0 + 31`` together; blocks hold
+    whole warps). The local peak's atomics stay per voxel: only voxels at the region's maximum make them.
+    """
     n = nz * ny * nx
-    i = cuda.grid(1)
+    lane = cuda.threadIdx.x % 32
+    i0 = cuda.grid(1) - lane  # this warp's first voxel
     stride = cuda.gridsize(1)
     n_off = offs.shape[0]
-    while i < n:
-        c = int64(codes[i])
-        if c > 0 and code_ptr[c] != code_ptr[c + 1]:
-            z = i // (ny * nx)
-            rem = i - z * ny * nx
-            y = rem // nx
-            x = rem - y * nx
-            v = stored[i] * scale[z] + offset[z]
-            if v == v:
-                total = 0.0
-                n_in = 0
-                for k in range(n_off):
-                    zz = z + offs[k, 0]
-                    yy = y + offs[k, 1]
-                    xx = x + offs[k, 2]
-                    if zz >= 0 and zz < nz and yy >= 0 and yy < ny and xx >= 0 and xx < nx:
-                        w = stored[(zz * ny + yy) * nx + xx] * scale[zz] + offset[zz]
-                        if w == w:
-                            total += w
-                            n_in += 1
-                m = total / n_in
+    while i0 < n:
+        i = i0 + lane
+        c = int64(0)  # 0: no region voxel on this lane
+        m = -math.inf
+        if i < n:
+            cc = int64(codes[i])
+            if cc > 0 and code_ptr[cc] != code_ptr[cc + 1]:
+                z = i // (ny * nx)
+                rem = i - z * ny * nx
+                y = rem // nx
+                x = rem - y * nx
+                v = stored[i] * scale[z] + offset[z]
+                if v == v:
+                    total = 0.0
+                    n_in = 0
+                    for k in range(n_off):
+                        zz = z + offs[k, 0]
+                        yy = y + offs[k, 1]
+                        xx = x + offs[k, 2]
+                        if zz >= 0 and zz < nz and yy >= 0 and yy < ny and xx >= 0 and xx < nx:
+                            w = stored[(zz * ny + yy) * nx + xx] * scale[zz] + offset[zz]
+                            if w == w:
+                                total += w
+                                n_in += 1
+                    m = total / n_in
+                    c = cc
+                    for j in range(code_ptr[c], code_ptr[c + 1]):
+                        reg = code_regions[j]
+                        if v == region_max[reg]:
+                            cuda.atomic.max(o_loc, reg, m)
+        if any_lane(c > 0):  # warp-uniform: every lane takes part in the merge
+            head, m = _merge_warp_max(lane, c, m)
+            if head and c > 0:
                 for j in range(code_ptr[c], code_ptr[c + 1]):
-                    reg = code_regions[j]
-                    cuda.atomic.max(o_glob, reg, m)
-                    if v == region_max[reg]:
-                        cuda.atomic.max(o_loc, reg, m)
-        i += stride
+                    cuda.atomic.max(o_glob, code_regions[j], m)
+        i0 += stride
 
 
 def suv_peak_gpu(stored, codes, scale, offset, offsets, code_ptr, code_regions, region_max, n_regions):

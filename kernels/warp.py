@@ -45,6 +45,10 @@ if SIMULATOR:
         """:func:`shfl_down` of seven values, in one exchange."""
         return _exchange((v0, v1, v2, v3, v4, v5, v6), lambda lane: lane + delta if lane + delta < 32 else lane)
 
+    def shfl_down_3(delta, v0, v1, v2):
+        """:func:`shfl_down` of three values, in one exchange."""
+        return _exchange((v0, v1, v2), lambda lane: lane + delta if lane + delta < 32 else lane)
+
     def shfl_up(value, delta):
         """Value of lane ``lane - delta``; a lane before the warp's start gets its own value."""
         return _exchange(value, lambda lane: lane - delta if lane >= delta else lane)
@@ -65,6 +69,11 @@ else:  # pragma: no cover - compiled for a device
         """:func:`shfl_down` of seven values."""
         return (shfl_down(v0, delta), shfl_down(v1, delta), shfl_down(v2, delta), shfl_down(v3, delta),
                 shfl_down(v4, delta), shfl_down(v5, delta), shfl_down(v6, delta))
+
+    @cuda.jit(device=True, inline=True)
+    def shfl_down_3(delta, v0, v1, v2):
+        """:func:`shfl_down` of three values."""
+        return shfl_down(v0, delta), shfl_down(v1, delta), shfl_down(v2, delta)
 
     @cuda.jit(device=True, inline=True)
     def shfl_up(value, delta):

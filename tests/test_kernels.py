@@ -317,6 +317,28 @@ def test_suv_peak_matches_oracle(backend, spacing):
         assert glob[k] == pytest.approx(g_ref, rel=RTOL) and loc[k] == pytest.approx(l_ref, rel=RTOL)
 
 
+def test_peak_on_scattered_codes_merges_each_warps_runs_by_code(backend):
+    """Codes change from voxel to voxel (runs of one to a few voxels, a code back after another one inside a
+    warp's 32 voxels), overlapping regions: the GPU's per-warp merge of sphere means by run of equal code
+    must lose no voxel's mean."""
+    rng = np.random.default_rng(41)
+    shape = (4, 5, 16)
+    stored = rng.integers(-2000, 30000, shape).astype(np.int16)
+    scale, offset = rng.uniform(5e-4, 1e-3, shape[0]), rng.uniform(-0.1, 0.1, shape[0])
+    codes = np.repeat(rng.integers(0, 5, shape[0] * shape[1] * shape[2] // 2), 2).reshape(shape).astype(np.uint8)
+    codes[rng.random(shape) < 0.3] = rng.integers(0, 5)  # runs of one voxel, too
+    values = naive.suv(stored, scale, offset)
+    regions = [[1], [2], [3], [4], [1, 3], [2, 3, 4]]
+    ptr, flat = _csr(regions, 5)
+    rmax = np.array([values[np.isin(codes, r)].max() for r in regions])
+    spacing = (4.0, 4.0, 4.0)
+    glob, loc = kernels.suv_peak(stored, codes, scale, offset, sphere_offsets(spacing), ptr, flat, rmax, len(regions),
+                                 backend=backend)
+    for k, r in enumerate(regions):
+        g_ref, l_ref = naive.peaks(values, np.isin(codes, r), spacing)
+        assert glob[k] == pytest.approx(g_ref, rel=RTOL) and loc[k] == pytest.approx(l_ref, rel=RTOL), k
+
+
 @pytest.mark.parametrize("order", ["fortran", "strided"])
 def test_non_contiguous_inputs_give_the_same_results(backend, order):
     """The kernels index flat views; views in another memory order must give what contiguous arrays give."""
