@@ -43,8 +43,8 @@ def _signatures(T, reduce_gpu, reduce_gpu_int):
                                                T.int64, T.int64, T.int64, arr(T.int64)) + outs),
         "SUVpeak (int16 pixels, uint8 codes)": (
             reduce_gpu._peak_kernel, (arr(T.int16), arr(T.uint8), arr(T.float64), arr(T.float64), T.int64, T.int64,
-                                      T.int64, arr(T.int64, 2), arr(T.int64), arr(T.int64), arr(T.float64),
-                                      arr(T.float64), arr(T.float64))),
+                                      T.int64, arr(T.int64, 2)) + (arr(T.int64),) * 5 + (T.boolean,)
+                                     + (arr(T.int64), arr(T.int64), arr(T.float64), arr(T.float64), arr(T.float64))),
     }
 
 
