@@ -49,6 +49,47 @@ def cuda_time(fn, repeats, cp):
     return float(np.median(times)), float(np.min(times))
 
 
+#: SUVpeak spheres timed: isotropic voxels of 4 mm (19 offsets) and 2 mm (123 offsets).
+PEAK_VOXEL_MM = (4, 2)
+
+
+def _peak_args(partial, n_codes):
+    """Every label its own region: CSR map code -> region and the regions' maxima."""
+    ptr = np.concatenate([[0, 0], np.arange(1, n_codes)]).astype(np.int64)
+    return ptr, np.arange(n_codes - 1, dtype=np.int64), partial.max[1:], n_codes - 1
+
+
+def peak_times(d_stored, d_codes, scale, offset, partial, n_codes, repeats, cp):
+    """Median time of the GPU SUVpeak (all regions) per sphere of :data:`PEAK_VOXEL_MM`."""
+    from petfeat import kernels
+    from petfeat.features import sphere_offsets
+
+    out = {}
+    for mm in PEAK_VOXEL_MM:
+        offs = sphere_offsets((float(mm),) * 3)
+
+        def peak():
+            kernels.suv_peak(d_stored, d_codes, scale, offset, offs, *_peak_args(partial, n_codes), backend="gpu")
+
+        peak()
+        out[mm] = cuda_time(peak, max(3, repeats // 3), cp)[0]
+    return out
+
+
+def peaks_match(stored, codes, d_stored, d_codes, scale, offset, partial, n_codes):
+    """Whether the GPU's global and local peaks equal the CPU's to 1e-9, for every sphere of :data:`PEAK_VOXEL_MM`."""
+    from petfeat import kernels
+    from petfeat.features import sphere_offsets
+
+    ok = True
+    for mm in PEAK_VOXEL_MM:
+        offs = sphere_offsets((float(mm),) * 3)
+        gpu = kernels.suv_peak(d_stored, d_codes, scale, offset, offs, *_peak_args(partial, n_codes), backend="gpu")
+        cpu = kernels.suv_peak(stored, codes, scale, offset, offs, *_peak_args(partial, n_codes), backend="cpu")
+        ok = ok and all(np.allclose(g, c, rtol=1e-9, atol=0) for g, c in zip(gpu, cpu, strict=True))
+    return bool(ok)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", type=int, nargs=3, default=[800, 440, 440])
@@ -62,7 +103,6 @@ def main(argv=None):
     from petfeat.kernels import reduce_gpu
 
     from petfeat import kernels
-    from petfeat.features import sphere_offsets
 
     sim = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
     if sim:
@@ -149,36 +189,36 @@ def main(argv=None):
             run.update(fused_s_median=t_med, fused_GBps=bytes_read / t_med / 1e9,
                        fraction_of_copy_bandwidth=bytes_read / t_med / copy_bw, call_s_median=t_call,
                        general_over_int=run["general"]["s_median"] / t_med)
-            # SUVpeak for every label region (2 mm isotropic voxel sphere: 123 offsets; 4 mm: 33)
-            offs = sphere_offsets((4.0, 4.0, 4.0))
-            ptr = np.concatenate([[0, 0], np.arange(1, n_codes)]).astype(np.int64)
-            regs = np.arange(n_codes - 1, dtype=np.int64)
-            rmax = partial.max[1:]
-            kernels.suv_peak(d_stored, d_codes, scale, offset, offs, ptr, regs, rmax, n_codes - 1, backend="gpu")
-            t_peak, _ = cuda_time(lambda: kernels.suv_peak(d_stored, d_codes, scale, offset, offs, ptr, regs, rmax,
-                                                           n_codes - 1, backend="gpu"), max(3, args.repeats // 3), cp)
-            run.update(peak_4mm_s_median=t_peak, peak_over_fused=t_peak / t_med, peak_offsets=len(offs))
+            for mm, t_peak in peak_times(d_stored, d_codes, scale, offset, partial, n_codes, args.repeats, cp).items():
+                run[f"peak_{mm}mm_s_median"] = t_peak
+                run[f"peak_{mm}mm_over_fused"] = t_peak / t_med
+        if not args.no_cpu_check:  # both modes: the GPU SUVpeak against the CPU's separable kernel
+            run["peak_matches_cpu"] = peaks_match(stored, codes, d_stored, d_codes, scale, offset, partial, n_codes)
+            if not run["peak_matches_cpu"]:
+                print("MISMATCH between GPU and CPU SUVpeaks", file=sys.stderr)
         result["runs"].append(run)
         print(json.dumps(run), flush=True)
 
     cuda.synchronize()
     print(f"\n{dev_name}; shape {shape}; copy bandwidth {result.get('copy_bandwidth_GBps', float('nan')):.0f} GB/s")
-    print(f"{'labels':>6} {'kernel ms':>9} {'GB/s':>7} {'% copy':>7} {'general ms':>10} {'call ms':>8} {'peak ms':>8} "
-          f"{'peak/fused':>10} {'match':>6}")
+    print(f"{'labels':>6} {'kernel ms':>9} {'GB/s':>7} {'% copy':>7} {'general ms':>10} {'call ms':>8} "
+          f"{'peak 4mm':>8} {'/fused':>6} {'peak 2mm':>8} {'/fused':>6} {'match':>6}")
     for r in result["runs"]:
         print(f"{r['labels']:>6} {r.get('fused_s_median', float('nan')) * 1e3:>9.3f} "
               f"{r.get('fused_GBps', float('nan')):>7.0f} "
               f"{100 * r.get('fraction_of_copy_bandwidth', float('nan')):>7.1f} "
               f"{r.get('general', {}).get('s_median', float('nan')) * 1e3:>10.3f} "
               f"{r.get('call_s_median', float('nan')) * 1e3:>8.2f} "
-              f"{r.get('peak_4mm_s_median', float('nan')) * 1e3:>8.2f} {r.get('peak_over_fused', float('nan')):>10.2f} "
-              f"{str(r.get('matches_cpu', '-')):>6}")
+              + "".join(f"{r.get(f'peak_{mm}mm_s_median', float('nan')) * 1e3:>9.2f} "
+                        f"{r.get(f'peak_{mm}mm_over_fused', float('nan')):>6.2f}" for mm in PEAK_VOXEL_MM)
+              + f" {str(r.get('matches_cpu', '-') and r.get('peak_matches_cpu', '-')):>6}")
     if args.out:
         os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
-    ok = all(r.get("matches_cpu", True) and r.get("int", {}).get("matches_call", True)
-             and r.get("general", {}).get("matches_call", True) for r in result["runs"])
+    ok = all(r.get("matches_cpu", True) and r.get("peak_matches_cpu", True)
+             and r.get("int", {}).get("matches_call", True) and r.get("general", {}).get("matches_call", True)
+             for r in result["runs"])
     return 0 if ok else 1
 
 
