@@ -24,9 +24,10 @@ negative-index wraparound test, which would stop the compiler from vectorising t
   formula once per group, not once per run. The group keeps where its extreme values first
   occur (the run's start); the voxel index is searched for only when the group beats the chunk.
 * Other pixels (float, 32-bit) and longer rows: SUV per voxel in float64; NaN voxels are counted,
-  never reduced (they add 0 through a select, so the loop vectorises). Each run's sums are shifted
-  by its first non-NaN value, min/max are taken on the stored values (four chains), then the run
-  is merged the same way.
+  never reduced (they add 0 through a select). Each run's sums are shifted by its first non-NaN
+  value and min/max are taken on the stored values, in one vector-IR pass for float32/float64
+  pixels (:func:`~petfeat.kernels.run_moments.run_moments_float`), in two loops for others; the
+  run is then merged with Chan's formula.
 
 Chunks merge with :func:`petfeat.kernels.partials.merge_stack`.
 """
@@ -35,14 +36,14 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
 from numba.core.extending import overload
 from numba.cpython.unsafe.numbers import trailing_zeros
 
 from .config import CPU_CHUNKS_PER_THREAD, CPU_PREFETCH_ROWS
 from .partials import INDEX_NONE, Partials, merge_stack
 from .prefetch import prefetch
-from .run_moments import BLOCK, run_moments16
+from .run_moments import BLOCK, FLOAT_BLOCK, run_moments16, run_moments_float
 
 #: Index type of the hot loops: an unsigned index needs no negative-index wraparound test.
 _u = np.uint64
@@ -237,6 +238,39 @@ def _run_extremes(s, x, e):  # pragma: no cover - compiled
     return max(max(h0, h1), max(h2, h3)), min(min(l0, l1), min(l2, l3))
 
 
+def _run_float_moments(s, x, e, a, b):
+    """``(n, k, S1, S2, max, min)`` of run ``s[x:e]``: :func:`_run_sums_float` and :func:`_run_extremes` in one.
+
+    float32 and float64 pixels (arrays of at least ``FLOAT_BLOCK`` values) take the vector-IR kernel
+    :func:`~petfeat.kernels.run_moments.run_moments_float`: one pass, no scalar epilogue, one
+    reduction per run; other pixels the two loops.
+    """
+
+
+@overload(_run_float_moments, inline="always")
+def _run_float_moments_impl(s, x, e, a, b):
+    if s.dtype in (types.float32, types.float64):
+        def moments(s, x, e, a, b):  # pragma: no cover - compiled
+            if s.size < FLOAT_BLOCK:
+                n, k, s1, s2 = _run_sums_float(s, x, e, a, b)
+                smax, smin = _run_extremes(s, x, e)
+                return n, k, s1, s2, smax, smin
+            k = 0.0  # the shift: the run's first non-NaN value
+            for t in range(x, e):
+                v = s[_u(t)] * a + b
+                if v == v:
+                    k = v
+                    break
+            n, s1, s2, smax, smin = run_moments_float(s, np.int64(x), np.int64(e), a, b, k)
+            return n, k, s1, s2, smax, smin
+    else:
+        def moments(s, x, e, a, b):  # pragma: no cover - compiled
+            n, k, s1, s2 = _run_sums_float(s, x, e, a, b)
+            smax, smin = _run_extremes(s, x, e)
+            return n, k, s1, s2, smax, smin
+    return moments
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _first(s, x, e, value):  # pragma: no cover - compiled
     """Index of the first element of ``s[x:e]`` equal to ``value`` (which it holds), as an index of ``s``."""
@@ -421,11 +455,10 @@ def _fused_chunks_float(stored, codes, scale, offset, n_codes, n_chunks):  # pra
                 if x >= end:
                     break
                 hot = True
-                n, k, s1, s2 = _run_sums_float(s, x, e, a, b)
+                n, k, s1, s2, smax, smin = _run_float_moments(s, x, e, a, b)
                 nans[ch, c] += (e - x) - n
                 if n > 0:
                     _chan(cnt, mean, m2, ch, c, n, k + s1 / n, max(s2 - s1 * (s1 / n), 0.0))
-                    smax, smin = _run_extremes(s, x, e)
                     _merge_extremes(vmin, vmax, amin, amax, ch, c, s, smin, x, smax, x, e, a, b)
                 x = e
     return cnt, mean, m2, vmin, vmax, amin, amax, nans
