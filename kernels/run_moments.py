@@ -77,6 +77,38 @@ def _tail_block(builder, t, e, size, n):
     return base, builder.and_(builder.icmp_signed(">=", lane, first), builder.icmp_signed("<", lane, stop))
 
 
+def _full_blocks(builder, name, x, e, n, start, step):
+    """Emit the loop over the full blocks ``[t, t + n)`` of ``[x, e)``: ``acc = step(t, acc)`` from ``start``.
+
+    Leaves the builder at the start of the block after the loop, and returns there the first
+    index not yet taken ``t`` (``e - t < n``) and the accumulators.
+    """
+    entry = builder.block
+    head = builder.append_basic_block(f"{name}.head")
+    body = builder.append_basic_block(f"{name}.body")
+    tail = builder.append_basic_block(f"{name}.tail")
+    block = ir.Constant(_i64, n)
+    builder.branch(head)
+
+    builder.position_at_end(head)
+    t = builder.phi(_i64)
+    t.add_incoming(x, entry)
+    acc = [builder.phi(value.type) for value in start]
+    for phi, value in zip(acc, start, strict=True):
+        phi.add_incoming(value, entry)
+    builder.cbranch(builder.icmp_signed("<=", builder.add(t, block), e), body, tail)
+
+    builder.position_at_end(body)
+    new = step(t, acc)
+    t.add_incoming(builder.add(t, block), body)
+    for phi, value in zip(acc, new, strict=True):
+        phi.add_incoming(value, body)
+    builder.branch(head)
+
+    builder.position_at_end(tail)
+    return t, acc
+
+
 def _reduce(builder, op, vec):
     """``llvm.vector.reduce.<op>`` of an integer vector."""
     vt = vec.type
@@ -124,7 +156,6 @@ def run_moments16(typingctx, array, start, stop):
         data = builder.bitcast(ary.data, _i16.as_pointer())
         size = ary.nitems
         x, e = args[1], args[2]
-        block = ir.Constant(_i64, BLOCK)
 
         def load(at):
             ptr = builder.bitcast(builder.gep(data, [at], inbounds=True), _vec(_i16).as_pointer())
@@ -133,28 +164,9 @@ def run_moments16(typingctx, array, start, stop):
 
         start_acc = (_const(_i32, [0] * BLOCK), _const(_i64, [0] * (BLOCK // 2)),
                      _const(_i16, [0x7FFF] * BLOCK), _const(_i16, [-0x8000] * BLOCK))
-        entry = builder.block
-        head = builder.append_basic_block("run_moments16.head")
-        body = builder.append_basic_block("run_moments16.body")
-        tail = builder.append_basic_block("run_moments16.tail")
-        builder.branch(head)
-
-        builder.position_at_end(head)  # full blocks
-        t = builder.phi(_i64)
-        t.add_incoming(x, entry)
-        acc = [builder.phi(a.type) for a in start_acc]
-        for phi, a in zip(acc, start_acc, strict=True):
-            phi.add_incoming(a, entry)
-        builder.cbranch(builder.icmp_signed("<=", builder.add(t, block), e), body, tail)
-
-        builder.position_at_end(body)
-        new = _accumulate(builder, load(t), None, acc)
-        t.add_incoming(builder.add(t, block), body)
-        for phi, a in zip(acc, new, strict=True):
-            phi.add_incoming(a, body)
-        builder.branch(head)
-
-        builder.position_at_end(tail)  # the partial block, lanes outside [t, e) masked off
+        t, acc = _full_blocks(builder, "run_moments16", x, e, BLOCK, start_acc,
+                              lambda at, acc: _accumulate(builder, load(at), None, acc))
+        # the partial block, lanes outside [t, e) masked off
         base, keep = _tail_block(builder, t, e, size, BLOCK)
         s1, s2, lo, hi = _accumulate(builder, load(base), keep, acc)
         s1 = builder.sext(_reduce(builder, "add", s1), _i64)
@@ -214,7 +226,6 @@ def run_moments_float(typingctx, array, start, stop, slope, intercept, shift):
         data = builder.bitcast(ary.data, f.as_pointer())
         size = ary.nitems
         x, e, a, b, k = args[1:]
-        block = ir.Constant(_i64, n)
         va, vb, vk = (_splat(builder, value, n) for value in (a, b, k))
         zero = ir.Constant(_vec(f64, n), [0.0] * n)
         start = (ir.Constant(_vec(_i32, n), [0] * n), zero, zero, ir.Constant(_vec(f, n), [float("-inf")] * n),
@@ -238,28 +249,8 @@ def run_moments_float(typingctx, array, start, stop, slope, intercept, shift):
             lo = builder.select(builder.fcmp_ordered("<", raw, lo), raw, lo)
             return cnt, s1, s2, hi, lo
 
-        entry = builder.block
-        head = builder.append_basic_block("run_moments_float.head")
-        body = builder.append_basic_block("run_moments_float.body")
-        tail = builder.append_basic_block("run_moments_float.tail")
-        builder.branch(head)
-
-        builder.position_at_end(head)  # full blocks
-        t = builder.phi(_i64)
-        t.add_incoming(x, entry)
-        acc = [builder.phi(value.type) for value in start]
-        for phi, value in zip(acc, start, strict=True):
-            phi.add_incoming(value, entry)
-        builder.cbranch(builder.icmp_signed("<=", builder.add(t, block), e), body, tail)
-
-        builder.position_at_end(body)
-        new = accumulate(t, None, acc)
-        t.add_incoming(builder.add(t, block), body)
-        for phi, value in zip(acc, new, strict=True):
-            phi.add_incoming(value, body)
-        builder.branch(head)
-
-        builder.position_at_end(tail)  # the partial block, lanes outside [t, e) masked off
+        t, acc = _full_blocks(builder, "run_moments_float", x, e, n, start, lambda at, acc: accumulate(at, None, acc))
+        # the partial block, lanes outside [t, e) masked off
         base, keep = _tail_block(builder, t, e, size, n)
         cnt, s1, s2, hi, lo = accumulate(base, keep, acc)
         cnt = builder.zext(_reduce(builder, "add", cnt), _i64)
