@@ -282,21 +282,51 @@ def _disc_sums(stored, zs, y0, y1, oy, ox, ry, rx, wp, block, prof_base, step_pt
         for j0 in range(0, d1 - d0, block):  # all steps on one block at a time: the block stays in L1
             j1 = min(j0 + block, d1 - d0)
             db = d[j0:j1]
+            t = step_ptr[p]
+            t_end = step_ptr[p + 1]
+            # the first pass writes the block without reading it: the base profile's block plus the
+            # first step or pair of steps of one sign, or up to three added terms from zero
+            ra = _row_block(rsum, step_h, step_dy, t, d0 + j0, d0 + j1, ry, wp) if t < t_end else db
+            pair = t + 1 < t_end and step_sign[t + 1] == step_sign[t]
+            rb = _row_block(rsum, step_h, step_dy, t + 1, d0 + j0, d0 + j1, ry, wp) if pair else ra
             if prof_base[p] >= 0:
                 src_b = out[prof_base[p], d0 + j0:d0 + j1]
-                for i in range(db.shape[0]):
-                    db[i] = src_b[i]
-            t = step_ptr[p]
-            while t < step_ptr[p + 1]:
-                # plane row y + dy of the row sums (outside the image: zeros); two steps of one sign per pass
-                src_r = rsum[step_h[t], d0 + (step_dy[t] + ry) * wp + j0:d0 + (step_dy[t] + ry) * wp + j1]
-                if t == step_ptr[p] and prof_base[p] < 0:
+                if t == t_end:
                     for i in range(db.shape[0]):
-                        db[i] = src_r[i]
+                        db[i] = src_b[i]
+                elif pair:
+                    if step_sign[t] > 0:
+                        for i in range(db.shape[0]):
+                            db[i] = src_b[i] + (ra[i] + rb[i])
+                    else:
+                        for i in range(db.shape[0]):
+                            db[i] = src_b[i] - (ra[i] + rb[i])
+                    t += 2
+                else:
+                    if step_sign[t] > 0:
+                        for i in range(db.shape[0]):
+                            db[i] = src_b[i] + ra[i]
+                    else:
+                        for i in range(db.shape[0]):
+                            db[i] = src_b[i] - ra[i]
                     t += 1
-                elif t + 1 < step_ptr[p + 1] and step_sign[t + 1] == step_sign[t]:
-                    u = t + 1
-                    src_u = rsum[step_h[u], d0 + (step_dy[u] + ry) * wp + j0:d0 + (step_dy[u] + ry) * wp + j1]
+            elif pair and t + 2 < t_end and step_sign[t + 2] == step_sign[t]:  # from zero every step adds
+                rc = _row_block(rsum, step_h, step_dy, t + 2, d0 + j0, d0 + j1, ry, wp)
+                for i in range(db.shape[0]):
+                    db[i] = ra[i] + rb[i] + rc[i]
+                t += 3
+            elif pair:
+                for i in range(db.shape[0]):
+                    db[i] = ra[i] + rb[i]
+                t += 2
+            else:
+                for i in range(db.shape[0]):
+                    db[i] = ra[i]
+                t += 1
+            while t < t_end:  # the other steps, two of one sign per pass
+                src_r = _row_block(rsum, step_h, step_dy, t, d0 + j0, d0 + j1, ry, wp)
+                if t + 1 < t_end and step_sign[t + 1] == step_sign[t]:
+                    src_u = _row_block(rsum, step_h, step_dy, t + 1, d0 + j0, d0 + j1, ry, wp)
                     if step_sign[t] > 0:
                         for i in range(db.shape[0]):
                             db[i] += src_r[i] + src_u[i]
@@ -312,6 +342,13 @@ def _disc_sums(stored, zs, y0, y1, oy, ox, ry, rx, wp, block, prof_base, step_pt
                         for i in range(db.shape[0]):
                             db[i] -= src_r[i]
                     t += 1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _row_block(rsum, step_h, step_dy, t, k0, k1, ry, wp):  # pragma: no cover - compiled
+    """Values ``[k0, k1)`` of plane row ``y + dy`` of the row sums of step ``t`` (outside the image: zeros)."""
+    off = (step_dy[t] + ry) * wp
+    return rsum[step_h[t], k0 + off:k1 + off]
 
 
 @njit(parallel=True, cache=True, nogil=True)
