@@ -436,7 +436,6 @@ def _sphere_sums(scale, z, box, dzs, dz_profile, ring, oy, wp, block, acc):  # p
     k0 = (box[0] - oy) * wp
     k1 = (box[1] - oy + 1) * wp
     out = acc[k0:k1]
-    rn = ring.shape[0]
     ia = 0  # dzs ascend: the slices inside the image are dzs[ia:ib]
     while z + dzs[ia] < 0:
         ia += 1
@@ -446,26 +445,42 @@ def _sphere_sums(scale, z, box, dzs, dz_profile, ring, oy, wp, block, acc):  # p
     for j0 in range(0, k1 - k0, block):  # every dz on one block at a time: the block stays in L1
         j1 = min(j0 + block, k1 - k0)
         ob = out[j0:j1]
-        for i in range(ia, ib, 2):  # two slices per pass
-            za = z + dzs[i]
-            sa = scale[za]
-            da = ring[za % rn, dz_profile[i], k0 + j0:k0 + j1]
-            if i + 1 < ib:
-                zb = z + dzs[i + 1]
-                sb = scale[zb]
-                db = ring[zb % rn, dz_profile[i + 1], k0 + j0:k0 + j1]
-                if i == ia:
+        for i in range(ia, ib, 3):  # up to three slices per pass
+            first = i == ia
+            sa = scale[z + dzs[i]]
+            da = _ring_block(ring, z, dzs, dz_profile, i, k0 + j0, k0 + j1)
+            if i + 2 < ib:
+                sb = scale[z + dzs[i + 1]]
+                db = _ring_block(ring, z, dzs, dz_profile, i + 1, k0 + j0, k0 + j1)
+                sc = scale[z + dzs[i + 2]]
+                dc = _ring_block(ring, z, dzs, dz_profile, i + 2, k0 + j0, k0 + j1)
+                if first:
+                    for j in range(ob.shape[0]):
+                        ob[j] = sa * da[j] + sb * db[j] + sc * dc[j]
+                else:
+                    for j in range(ob.shape[0]):
+                        ob[j] += sa * da[j] + sb * db[j] + sc * dc[j]
+            elif i + 1 < ib:
+                sb = scale[z + dzs[i + 1]]
+                db = _ring_block(ring, z, dzs, dz_profile, i + 1, k0 + j0, k0 + j1)
+                if first:
                     for j in range(ob.shape[0]):
                         ob[j] = sa * da[j] + sb * db[j]
                 else:
                     for j in range(ob.shape[0]):
                         ob[j] += sa * da[j] + sb * db[j]
-            elif i == ia:
+            elif first:
                 for j in range(ob.shape[0]):
                     ob[j] = sa * da[j]
             else:
                 for j in range(ob.shape[0]):
                     ob[j] += sa * da[j]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _ring_block(ring, z, dzs, dz_profile, i, k0, k1):  # pragma: no cover - compiled
+    """Values ``[k0, k1)`` of the disc sums of slice ``z + dzs[i]`` (its profile's plane in the ring)."""
+    return ring[(z + dzs[i]) % ring.shape[0], dz_profile[i], k0:k1]
 
 
 def _span_extreme(largest: bool):
