@@ -21,32 +21,22 @@ from petfeat.kernels.reduce_cpu import fused_reduce_cpu
 from petfeat.features import sphere_offsets
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=True)
+def _floor_pass(stored, codes, zero):  # fastmath: the float sum may reassociate, so it vectorises as integers do
+    nz, ny, nx = stored.shape
+    acc = np.full(nz, zero)
+    for z in prange(nz):
+        s = zero
+        for y in range(ny):
+            for x in range(nx):
+                s += stored[z, y, x] + codes[z, y, x]
+        acc[z] = s
+    return acc.sum()
+
+
 def _floor(stored, codes):
     """One parallel pass that reads every pixel and code once (the memory-bandwidth floor)."""
-    nz, ny, nx = stored.shape
-    acc = np.zeros(nz, np.int64)
-    for z in prange(nz):
-        s = 0
-        for y in range(ny):
-            for x in range(nx):
-                s += stored[z, y, x] + codes[z, y, x]
-        acc[z] = s
-    return acc.sum()
-
-
-@njit(parallel=True, cache=True, fastmath=True)
-def _floor_float(stored, codes):
-    """:func:`_floor` for float pixels (a float sum, reassociated so that it vectorises as the integer one does)."""
-    nz, ny, nx = stored.shape
-    acc = np.zeros(nz)
-    for z in prange(nz):
-        s = 0.0
-        for y in range(ny):
-            for x in range(nx):
-                s += stored[z, y, x] + codes[z, y, x]
-        acc[z] = s
-    return acc.sum()
+    return _floor_pass(stored, codes, 0.0 if stored.dtype.kind == "f" else np.int64(0))
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +63,7 @@ def _group(labels, pixels):
 def test_floor(benchmark, volume, stored_f32, labels, pixels):
     benchmark.group = _group(labels, pixels)
     benchmark.extra_info["threads"] = numba.get_num_threads()
-    benchmark(_floor if pixels == "int16" else _floor_float, _pixels(volume, stored_f32, pixels), labels[0])
+    benchmark(_floor, _pixels(volume, stored_f32, pixels), labels[0])
 
 
 @pytest.mark.parametrize("pixels", ["int16", "float32"])
