@@ -1,10 +1,11 @@
 """A/B of the CPU SUVpeak in one process: this checkout against an earlier commit's ``peak_cpu``.
 
-    python benchmarks/ab_peak_blocked.py [REV]   # REV defaults to 4f5abdb (before blocks, strips, disc program)
+    python benchmarks/ab_peak_blocked.py [REV [float32]]   # REV defaults to 4f5abdb (before blocks, strips)
 
 The old module runs with the run scan of its own commit (see ``load_old``). Inputs are the
-kernel benchmark's (600 x 200 x 200 int16, 10 and 60 blocky labels); 4 and 2 mm spheres; old, new
-and the fused pass interleaved, 9 rounds, best time each. Peaks are checked to agree first (1e-12).
+kernel benchmark's (600 x 200 x 200 int16, or the same values as float32; 10 and 60 blocky
+labels); 4 and 2 mm spheres; old, new and the fused pass interleaved, 9 rounds, best time each.
+Peaks are checked to agree first (1e-12).
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from conftest import SHAPE, blocky_codes  # noqa: E402
 
 def main() -> None:
     rev = sys.argv[1] if len(sys.argv) > 1 else "4f5abdb"
+    pixels = sys.argv[2] if len(sys.argv) > 2 else "int16"
     old = load_old(rev, "peak_cpu")
     rng = np.random.default_rng(0)
-    stored = rng.integers(0, 32000, SHAPE, dtype=np.int16)
+    stored = rng.integers(0, 32000, SHAPE, dtype=np.int16).astype(pixels)
     scale, offset = rng.uniform(1e-4, 2e-4, SHAPE[0]), np.zeros(SHAPE[0])
-    print(f"{SHAPE} int16; best of 9 interleaved rounds; old = {rev}")
+    print(f"{SHAPE} {pixels}; best of 9 interleaved rounds; old = {rev}")
     for n_labels in (10, 60):
         codes = blocky_codes(np.random.default_rng(n_labels), SHAPE, n_labels)
         p = fused_reduce_cpu(stored, codes, scale, offset, n_labels + 1)

@@ -15,8 +15,10 @@ disc profile is built from an earlier one plus and minus the rows that differ
 (``PLANE_BLOCK`` values stay in L1 while all terms are added). Stored values are summed within a
 slice (one slope per slice), so for 8/16-bit pixels every R and D is an integer below 2**24, held
 exactly in float32 (:func:`sums_dtype`); other pixels sum in float64. Voxels outside the image
-count as 0 and are not counted; NaN-free inputs only (the caller keeps the direct kernel, which
-skips NaN neighbours, for floats with non-finite values).
+count as 0 and are not counted. A NaN or infinite pixel within the sphere of a region voxel makes
+that voxel's sphere sum non-finite: float pixels check the sums of every region run, and a chunk
+that meets one reports it, so that the caller takes the direct kernel, which skips NaN neighbours.
+A NaN or infinity out of every region voxel's reach changes nothing (no whole-volume check).
 
 Only what the regions can reach is computed: slices are cut into chunks (one task each); a chunk
 works in the box of its region voxels, each slice's disc sums cover only the rows its output
@@ -356,7 +358,9 @@ def _peak_separable(stored, codes, scale, offset, dzs, dz_profile, n_per_dz, pro
                     row_dy, row_h, prof_base, step_ptr, step_dy, step_h, step_sign, has_reg, code_ptr, code_regions,
                     region_max, n_regions, n_chunks, sums_proto, block, ring_bytes, words,
                     log2_bits):  # pragma: no cover - compiled
-    """Global and local peaks per chunk of slices; ``sums_proto``'s dtype holds the row and disc sums.
+    """Global and local peaks per chunk of slices, and whether a chunk met a non-finite sphere sum.
+
+    ``sums_proto``'s dtype holds the row and disc sums.
 
     ``words, log2_bits`` are :func:`code_words`' (``log2_bits = 0``: region boxes by scanning for region voxels).
     """
@@ -374,6 +378,7 @@ def _peak_separable(stored, codes, scale, offset, dzs, dz_profile, n_per_dz, pro
             inner_b[z] += offset[z + dzs[i]] * n_per_dz[i]
     glob = np.full((n_chunks, n_regions), -np.inf)
     loc = np.full((n_chunks, n_regions), -np.inf)
+    bad = np.zeros(n_chunks, np.bool_)  # a chunk met a non-finite sphere sum
     for ch in prange(n_chunks):
         z0 = ch * nz // n_chunks
         z1 = (ch + 1) * nz // n_chunks
@@ -423,10 +428,11 @@ def _peak_separable(stored, codes, scale, offset, dzs, dz_profile, n_per_dz, pro
                     if sbox[zo - z0, 1] < 0:
                         continue
                     _sphere_sums(scale, zo, sbox[zo - z0], dzs, dz_profile, ring, sy, wp, block, acc)
-                    _sphere_slice(stored, codes, scale, offset, zo, sbox[zo - z0], row_dz, row_dy, row_h, sy, ox, wp,
-                                  acc, rz, ry, rx, n_off, inner_b[zo], with_offset, has_reg, code_ptr, code_regions,
-                                  region_max, glob[ch], loc[ch])
-    return glob, loc
+                    if not _sphere_slice(stored, codes, scale, offset, zo, sbox[zo - z0], row_dz, row_dy, row_h, sy,
+                                         ox, wp, acc, rz, ry, rx, n_off, inner_b[zo], with_offset, has_reg, code_ptr,
+                                         code_regions, region_max, glob[ch], loc[ch]):
+                        bad[ch] = True
+    return glob, loc, bad
 
 
 @njit(cache=True, nogil=True)
@@ -562,6 +568,24 @@ def _border_mean(stored, offset, z, y, x, row_dz, row_dy, row_h, total, with_off
     return (total + (b_in if with_offset else 0.0)) / n_in
 
 
+def _sums_finite(stored, acc, i0, i1):
+    """Whether the sphere sums ``acc[i0:i1]`` are all finite (always, for integer pixels)."""
+
+
+@overload(_sums_finite, inline="always")
+def _sums_finite_impl(stored, acc, i0, i1):
+    if isinstance(stored.dtype, types.Integer) or isinstance(stored.dtype, types.Boolean):
+        return lambda stored, acc, i0, i1: True
+
+    def check(stored, acc, i0, i1):  # pragma: no cover - compiled
+        ok = True
+        for i in range(i0, i1):
+            v = acc[_u(i)]
+            ok &= v - v == 0.0  # NaN for NaN and infinities
+        return ok
+    return check
+
+
 @njit(cache=True, nogil=True)
 def _sphere_slice(stored, codes, scale, offset, z, box, row_dz, row_dy, row_h, oy, ox, wp, acc, rz, ry, rx, n_off,
                   b_inner, with_offset, has_reg, code_ptr, code_regions, region_max, glob,
@@ -570,10 +594,12 @@ def _sphere_slice(stored, codes, scale, offset, z, box, row_dz, row_dy, row_h, o
 
     Voxels are taken by runs of one code: inside the image the largest mean of a run is the mean
     at its largest sphere sum (one max over the run), so regions are updated once per run. The local
-    peak looks at single voxels only in a run that holds a region's maximum.
+    peak looks at single voxels only in a run that holds a region's maximum. Returns False when a
+    region voxel's sphere sum is not finite (float pixels: a NaN or infinity within its reach).
     """
     nz, ny, nx = stored.shape
     x0, x1 = box[2], box[3]
+    finite = True
     inner_z = rz <= z < nz - rz
     a = scale[z]
     b = offset[z]
@@ -598,6 +624,7 @@ def _sphere_slice(stored, codes, scale, offset, z, box, row_dz, row_dy, row_h, o
             if not has_reg[c]:
                 x = e
                 continue
+            finite = finite and _sums_finite(stored, acc, k + x, k + e)
             # the run's part [ia, ib) away from the x faces: one max over sphere sums; the rest voxel by voxel
             ia = max(x, rx)
             ib = min(e, nx - rx)
@@ -626,6 +653,7 @@ def _sphere_slice(stored, codes, scale, offset, z, box, row_dz, row_dy, row_h, o
                             if m > loc[reg]:
                                 loc[reg] = m
             x = e
+    return finite
 
 
 def _row_segments(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -743,9 +771,9 @@ def suv_peak_cpu(stored, codes, scale, offset, offsets, code_ptr, code_regions, 
     Notes
     -----
     Sphere offsets made of centred x-segments (every sphere of :func:`petfeat.features.sphere_offsets`)
-    on NaN-free pixels go through the separable kernel; other offsets, and float pixels with NaN or
-    infinite values (which must not be averaged), through the direct kernel that visits every
-    sphere voxel.
+    go through the separable kernel; other offsets, and float pixels with a NaN or infinite value
+    within a region voxel's sphere (which must not be averaged; found by the separable kernel), through
+    the direct kernel that visits every sphere voxel.
     """
     stored, codes = np.ascontiguousarray(stored), np.ascontiguousarray(codes)  # the kernels index flat views
     scale = np.ascontiguousarray(scale, np.float64)
@@ -755,15 +783,15 @@ def suv_peak_cpu(stored, codes, scale, offset, offsets, code_ptr, code_regions, 
     code_regions = np.ascontiguousarray(code_regions, np.int64)
     region_max = np.ascontiguousarray(region_max, np.float64)
     plan = sphere_plan(offsets)
-    # one NaN or infinity makes the float64 sum non-finite; a pass without a whole-volume mask
-    finite = stored.dtype.kind in "iub" or bool(np.isfinite(stored.sum(dtype=np.float64)))
-    if plan is not None and finite:
+    if plan is not None:
         has_reg = np.diff(code_ptr) > 0  # codes are below n_codes = len(code_ptr) - 1 (the kernels' contract)
         n_chunks = peak_chunks(stored.shape[0], int(np.abs(plan.dzs).max()))
-        glob, loc = _peak_separable(stored, codes, scale, offset, *plan, has_reg, code_ptr, code_regions,
-                                    region_max, int(n_regions), n_chunks, np.zeros(1, sums_dtype(stored, plan)),
-                                    PLANE_BLOCK, RING_BYTES, *code_words(codes, has_reg))
-    else:
+        glob, loc, bad = _peak_separable(stored, codes, scale, offset, *plan, has_reg, code_ptr, code_regions,
+                                         region_max, int(n_regions), n_chunks, np.zeros(1, sums_dtype(stored, plan)),
+                                         PLANE_BLOCK, RING_BYTES, *code_words(codes, has_reg))
+        if bad.any():  # a NaN or infinity within a region voxel's sphere: the direct kernel skips them
+            plan = None
+    if plan is None:
         n_chunks = max(1, min(stored.shape[0] * stored.shape[1], numba.get_num_threads() * CPU_CHUNKS_PER_THREAD))
         seg_dz, seg_dy, seg_dx, seg_len = _row_segments(offsets)
         integer = stored.dtype.kind in "iu" and stored.dtype.itemsize <= 4

@@ -469,8 +469,9 @@ def test_separable_peak_matches_oracle_across_chunks(spacing, n_chunks, dtype, t
     has_reg = np.diff(ptr) > 0
     words = peak_cpu.code_words(codes, has_reg) if tiling == "default" else (np.zeros((1, 1, 1), np.uint64), 0)
     assert words[1] == (3 if tiling == "default" else 0)
-    glob, loc = peak_cpu._peak_separable(stored, codes, scale, offset, *plan, has_reg, ptr, flat, rmax,
-                                         len(regions), n_chunks, np.zeros(1, sums), block, ring_bytes, *words)
+    glob, loc, bad = peak_cpu._peak_separable(stored, codes, scale, offset, *plan, has_reg, ptr, flat, rmax,
+                                              len(regions), n_chunks, np.zeros(1, sums), block, ring_bytes, *words)
+    assert not bad.any()  # finite pixels: every sphere sum is finite
     glob, loc = glob.max(axis=0), loc.max(axis=0)
     for k, r in enumerate(regions):
         g_ref, l_ref = naive.peaks(values, np.isin(codes, r), spacing)
@@ -497,6 +498,44 @@ def test_peak_on_float_pixels_with_nan_skips_them(backend):
             assert glob[k] == -np.inf
         else:
             assert glob[k] == pytest.approx(g_ref, rel=RTOL) and loc[k] == pytest.approx(l_ref, rel=RTOL)
+
+
+@pytest.mark.parametrize("where", ["out_of_reach", "in_reach", "infinite_in_region"])
+def test_separable_peak_reports_non_finite_sums_only_within_reach(where):
+    """A NaN or infinite pixel within a region voxel's sphere makes the separable kernel report it (the caller
+    then takes the direct kernel); one out of every region voxel's reach leaves the separable result exact."""
+    from petfeat.kernels import peak_cpu
+
+    rng = np.random.default_rng(9)
+    shape = (12, 14, 16)
+    stored = rng.uniform(0, 30000, shape).astype(np.float32)
+    codes = np.zeros(shape, np.uint8)
+    codes[3:6, 3:7, 2:6] = 1
+    codes[7:10, 8:12, 9:14] = 2
+    spacing = (4.0, 4.0, 4.0)  # reach 1 voxel
+    if where == "out_of_reach":
+        stored[0, 13, 15] = np.nan  # the box of slice 0 holds no region voxel
+        stored[11, 0, 0] = np.inf
+        stored[5, 12, 0] = np.nan  # in a slice with a region, far from it
+        stored[6, 9, 3] = np.nan  # read by the disc sums (in the chunk's box), two voxels from both regions
+    elif where == "in_reach":
+        stored[6, 5, 4] = np.nan  # next to region 1, not in it
+    else:
+        stored[8, 9, 10] = -np.inf  # in region 2
+    scale, offset = rng.uniform(5e-4, 1e-3, shape[0]), rng.uniform(-0.1, 0.1, shape[0])
+    values = naive.suv(stored, scale, offset)
+    ptr, flat = _csr([[1], [2]], 3)
+    rmax = np.array([np.nanmax(values[codes == c]) for c in (1, 2)])
+    plan = peak_cpu.sphere_plan(sphere_offsets(spacing))
+    has_reg = np.diff(ptr) > 0
+    _, _, bad = peak_cpu._peak_separable(stored, codes, scale, offset, *plan, has_reg, ptr, flat, rmax, 2, 3,
+                                         np.zeros(1, np.float64), peak_cpu.PLANE_BLOCK, peak_cpu.RING_BYTES,
+                                         *peak_cpu.code_words(codes, has_reg))
+    assert bad.any() == (where != "out_of_reach")
+    glob, loc = kernels.suv_peak(stored, codes, scale, offset, sphere_offsets(spacing), ptr, flat, rmax, 2)
+    for k, c in enumerate((1, 2)):
+        g_ref, l_ref = naive.peaks(values, codes == c, spacing)
+        assert glob[k] == pytest.approx(g_ref, rel=RTOL) and loc[k] == pytest.approx(l_ref, rel=RTOL)
 
 
 def test_sphere_plan_is_the_sphere_and_refuses_gaps():
