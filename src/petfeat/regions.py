@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from petfeat.errors import LabelError
+from petfeat.kernels.label_codes import apply_lut, present_keys
 from petfeat.slabs import z_slabs
 
 #: Above this many label combinations the code builder sorts instead of using a lookup table.
@@ -104,17 +105,17 @@ def build_codes(layers: Sequence[LabelLayer], shape: tuple[int, ...]) -> CodeMap
     sizes = [int(layer.array.max()) + 1 for layer in layers]
     total = int(np.prod(sizes, dtype=np.float64))
     # Two passes over Z slabs (the combined key is int64: a whole-volume key would be 8 bytes per voxel).
-    if total <= _LUT_LIMIT:
+    if total <= _LUT_LIMIT:  # which keys occur, then a lookup table key -> code (compiled, parallel loops)
         present = np.zeros(total, bool)
         for sl in z_slabs(shape):
-            present[_combined_key(layers, sizes, sl)] = True
+            present |= present_keys(_combined_key(layers, sizes, sl), total)
         present[0] = False
         keys = np.concatenate([[0], np.flatnonzero(present)])
         lut = np.zeros(total, dtype=_code_dtype(len(keys)))
         lut[keys] = np.arange(len(keys))
         codes = np.empty(shape, lut.dtype)
         for sl in z_slabs(shape):
-            codes[sl] = lut[_combined_key(layers, sizes, sl)]
+            apply_lut(_combined_key(layers, sizes, sl), lut, codes[sl])
     else:
         keys = np.unique(np.concatenate([np.unique(_combined_key(layers, sizes, sl)) for sl in z_slabs(shape)]))
         if keys[0] != 0:
