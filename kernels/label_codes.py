@@ -21,34 +21,39 @@ PRIVATE_TABLE_KEYS = 1 << 16
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _present_private(key, total, n_chunks):  # pragma: no cover - compiled
+def _mark_private(key, present, n_chunks):  # pragma: no cover - compiled
+    total = present.shape[0]
     seen = np.zeros((n_chunks, total), np.bool_)
     n = key.shape[0]
     for ch in prange(n_chunks):
         for i in range(ch * n // n_chunks, (ch + 1) * n // n_chunks):
             seen[ch, key[i]] = True
-    out = np.zeros(total, np.bool_)
     for ch in range(n_chunks):
         for k in range(total):
-            out[k] |= seen[ch, k]
-    return out
+            present[k] |= seen[ch, k]
 
 
 @njit(cache=True, nogil=True)
-def _present_serial(key, total):  # pragma: no cover - compiled
-    out = np.zeros(total, np.bool_)
+def _mark_serial(key, present):  # pragma: no cover - compiled
     for i in range(key.shape[0]):
-        out[key[i]] = True
-    return out
+        present[key[i]] = True
 
 
-def present_keys(key: np.ndarray, total: int) -> np.ndarray:
-    """``(total,)`` bool: which values of ``key`` (integers in ``[0, total)``, any shape) occur."""
+def _n_chunks(size: int) -> int:
+    """Parallel chunks of a flat array: a few per thread, none under 65536 values."""
+    return max(1, min(size // 65536, numba.get_num_threads() * CPU_CHUNKS_PER_THREAD))
+
+
+def mark_present(key: np.ndarray, present: np.ndarray) -> None:
+    """Set ``present[k]`` for every value ``k`` of ``key`` (integers in ``[0, present.size)``, any shape).
+
+    ``present`` is a 1-D bool table, updated in place, so that one table serves every slab.
+    """
     flat = np.ascontiguousarray(key).reshape(-1)
-    if total <= PRIVATE_TABLE_KEYS:
-        n_chunks = max(1, min(flat.size // 65536, numba.get_num_threads() * CPU_CHUNKS_PER_THREAD))
-        return _present_private(flat, int(total), n_chunks)
-    return _present_serial(flat, int(total))
+    if present.shape[0] <= PRIVATE_TABLE_KEYS:
+        _mark_private(flat, present, _n_chunks(flat.size))
+    else:
+        _mark_serial(flat, present)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -64,5 +69,4 @@ def apply_lut(key: np.ndarray, lut: np.ndarray, out: np.ndarray) -> None:
     if not out.flags.c_contiguous or out.shape != key.shape:
         raise ValueError("apply_lut writes into a C-contiguous array of the key's shape")
     flat = np.ascontiguousarray(key).reshape(-1)
-    n_chunks = max(1, min(flat.size // 65536, numba.get_num_threads() * CPU_CHUNKS_PER_THREAD))
-    _apply(flat, lut, out.reshape(-1), n_chunks)
+    _apply(flat, lut, out.reshape(-1), _n_chunks(flat.size))

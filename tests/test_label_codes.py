@@ -10,7 +10,7 @@ from petfeat.kernels import label_codes
 @pytest.mark.parametrize("dtype, total", [(np.uint8, 256), (np.uint16, 4000), (np.int64, 70000)])
 @pytest.mark.parametrize("size", [1000, 300_000])  # one chunk; several chunks in parallel
 @pytest.mark.parametrize("order", ["random", "sorted"])  # sorted: each chunk sees keys no other chunk does
-def test_present_keys_and_lookup_match_numpy(dtype, total, size, order):
+def test_marked_keys_and_lookup_match_numpy(dtype, total, size, order):
     """Few and many distinct keys, one chunk and several; 70000 keys take the single-thread table."""
     rng = np.random.default_rng(size + total)
     key = rng.integers(0, total, size).astype(dtype)
@@ -19,7 +19,13 @@ def test_present_keys_and_lookup_match_numpy(dtype, total, size, order):
         key.sort()
     want = np.zeros(total, bool)
     want[key] = True
-    np.testing.assert_array_equal(label_codes.present_keys(key.reshape(10, -1), total), want)
+    present = np.zeros(total, bool)
+    label_codes.mark_present(key.reshape(10, -1), present)
+    np.testing.assert_array_equal(present, want)
+    present[:] = False  # the table accumulates: two halves mark what the whole does
+    label_codes.mark_present(key[: size // 2], present)
+    label_codes.mark_present(key[size // 2:], present)
+    np.testing.assert_array_equal(present, want)
     lut = rng.permutation(total).astype(np.uint32)
     out = np.empty((10, size // 10), np.uint32)
     label_codes.apply_lut(key.reshape(10, -1), lut, out)

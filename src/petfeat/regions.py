@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from petfeat.errors import LabelError
-from petfeat.kernels.label_codes import apply_lut, present_keys
+from petfeat.kernels.label_codes import apply_lut, mark_present
 from petfeat.slabs import z_slabs
 
 #: Above this many label combinations the code builder sorts instead of using a lookup table.
@@ -108,7 +108,7 @@ def build_codes(layers: Sequence[LabelLayer], shape: tuple[int, ...]) -> CodeMap
     if total <= _LUT_LIMIT:  # which keys occur, then a lookup table key -> code (compiled, parallel loops)
         present = np.zeros(total, bool)
         for sl in z_slabs(shape):
-            present |= present_keys(_combined_key(layers, sizes, sl), total)
+            mark_present(_combined_key(layers, sizes, sl), present)
         present[0] = False
         keys = np.concatenate([[0], np.flatnonzero(present)])
         lut = np.zeros(total, dtype=_code_dtype(len(keys)))
