@@ -187,6 +187,24 @@ def _merge_extremes(vmin, vmax, amin, amax, ch, c, s, smin, min_at, smax, max_at
         amin[ch, c] = _first(s, lo_at, end, lo)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _run_shift(s, x, e, a, b):  # pragma: no cover - compiled
+    """The shift of a float run's sums: its first non-NaN ``v = s * a + b`` (0 if there is none)."""
+    for t in range(x, e):
+        v = s[_u(t)] * a + b
+        if v == v:
+            return v
+    return 0.0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _run_float_loops(s, x, e, a, b):  # pragma: no cover - compiled
+    """:func:`_run_float_moments` as two loops: the shifted sums, then the stored extremes."""
+    n, k, s1, s2 = _run_sums_float(s, x, e, a, b)
+    smax, smin = _run_extremes(s, x, e)
+    return n, k, s1, s2, smax, smin
+
+
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
 def _run_sums_float(s, x, e, a, b):  # pragma: no cover - compiled
     """Non-NaN count, shift ``k`` (the first non-NaN value) and the sums of ``v - k``, ``(v - k)^2`` of run ``s[x:e]``.
@@ -194,12 +212,7 @@ def _run_sums_float(s, x, e, a, b):  # pragma: no cover - compiled
     ``v = s * a + b`` in float64. NaN voxels add 0 through a select, so the loop vectorises
     (reassociated sums; not inlined, so the caller keeps strict IEEE order).
     """
-    k = 0.0
-    for t in range(x, e):
-        v = s[_u(t)] * a + b
-        if v == v:
-            k = v
-            break
+    k = _run_shift(s, x, e, a, b)
     n = 0
     s1 = 0.0
     s2 = 0.0
@@ -249,25 +262,17 @@ def _run_float_moments(s, x, e, a, b):
 
 @overload(_run_float_moments, inline="always")
 def _run_float_moments_impl(s, x, e, a, b):
-    if s.dtype in (types.float32, types.float64):
-        def moments(s, x, e, a, b):  # pragma: no cover - compiled
-            if s.size < FLOAT_BLOCK:
-                n, k, s1, s2 = _run_sums_float(s, x, e, a, b)
-                smax, smin = _run_extremes(s, x, e)
-                return n, k, s1, s2, smax, smin
-            k = 0.0  # the shift: the run's first non-NaN value
-            for t in range(x, e):
-                v = s[_u(t)] * a + b
-                if v == v:
-                    k = v
-                    break
-            n, s1, s2, smax, smin = run_moments_float(s, np.int64(x), np.int64(e), a, b, k)
-            return n, k, s1, s2, smax, smin
-    else:
-        def moments(s, x, e, a, b):  # pragma: no cover - compiled
-            n, k, s1, s2 = _run_sums_float(s, x, e, a, b)
-            smax, smin = _run_extremes(s, x, e)
-            return n, k, s1, s2, smax, smin
+    if s.dtype not in (types.float32, types.float64):
+        def loops(s, x, e, a, b):  # pragma: no cover - compiled
+            return _run_float_loops(s, x, e, a, b)
+        return loops
+
+    def moments(s, x, e, a, b):  # pragma: no cover - compiled
+        if s.size < FLOAT_BLOCK:
+            return _run_float_loops(s, x, e, a, b)
+        k = _run_shift(s, x, e, a, b)
+        n, s1, s2, smax, smin = run_moments_float(s, np.int64(x), np.int64(e), a, b, k)
+        return n, k, s1, s2, smax, smin
     return moments
 
 
