@@ -783,15 +783,16 @@ def suv_peak_cpu(stored, codes, scale, offset, offsets, code_ptr, code_regions, 
     code_regions = np.ascontiguousarray(code_regions, np.int64)
     region_max = np.ascontiguousarray(region_max, np.float64)
     plan = sphere_plan(offsets)
-    if plan is not None:
+    separable = plan is not None
+    if separable:
         has_reg = np.diff(code_ptr) > 0  # codes are below n_codes = len(code_ptr) - 1 (the kernels' contract)
         n_chunks = peak_chunks(stored.shape[0], int(np.abs(plan.dzs).max()))
         glob, loc, bad = _peak_separable(stored, codes, scale, offset, *plan, has_reg, code_ptr, code_regions,
                                          region_max, int(n_regions), n_chunks, np.zeros(1, sums_dtype(stored, plan)),
                                          PLANE_BLOCK, RING_BYTES, *code_words(codes, has_reg))
-        if bad.any():  # a NaN or infinity within a region voxel's sphere: the direct kernel skips them
-            plan = None
-    if plan is None:
+        # a NaN or infinity within a region voxel's sphere: the direct kernel, which skips them
+        separable = not bad.any()
+    if not separable:
         n_chunks = max(1, min(stored.shape[0] * stored.shape[1], numba.get_num_threads() * CPU_CHUNKS_PER_THREAD))
         seg_dz, seg_dy, seg_dx, seg_len = _row_segments(offsets)
         integer = stored.dtype.kind in "iu" and stored.dtype.itemsize <= 4
