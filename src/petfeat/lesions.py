@@ -16,8 +16,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from petfeat.errors import LabelError
+from petfeat.kernels.label_census import label_census
 from petfeat.regions import LabelLayer
-from petfeat.slabs import bounding_box, label_counts
 
 CONNECTIVITIES = (6, 26)
 #: Organs with physiological PSMA/FDG uptake, excluded from threshold segmentation (TotalSegmentator names).
@@ -73,7 +73,7 @@ def connected_components(mask: np.ndarray, voxel_ml: float, connectivity: int = 
     binary = mask if mask.dtype == bool else np.greater(mask, 0, out=np.empty(mask.shape, bool))
     # SimpleITK labels in uint32 (4 bytes per voxel, twice: components and relabelled): label only
     # the bounding box of the mask, which for lesions is a fraction of the whole-body grid.
-    box = bounding_box(binary)
+    box = label_census(binary).box
     ids = np.zeros(mask.shape, np.uint8)
     if box is None:
         return Components(ids, 0, np.zeros(0, np.int64), connectivity, float(min_volume_ml), 0,
@@ -95,7 +95,7 @@ def connected_components(mask: np.ndarray, voxel_ml: float, connectivity: int = 
         ids = np.zeros(mask.shape, crop.dtype)
     ids[box] = crop
     del crop, narrow
-    counts = label_counts(ids)[1:]
+    counts = label_census(ids).counts[1:]
     return Components(ids, int(len(counts)), counts, connectivity, float(min_volume_ml), total - len(counts),
                       {"connectivity": connectivity, "min_volume_ml": float(min_volume_ml)})
 

@@ -23,8 +23,8 @@ import SimpleITK as sitk
 
 from petfeat.errors import LabelError
 from petfeat.io.dicom import Geometry
+from petfeat.kernels.label_census import Census, label_census
 from petfeat.regions import LabelLayer
-from petfeat.slabs import bounding_box, label_counts
 
 _UNSIGNED = {sitk.sitkUInt8, sitk.sitkUInt16, sitk.sitkUInt32, sitk.sitkUInt64}
 _MAX_ID = {sitk.sitkUInt8: 0xFF, sitk.sitkUInt16: 0xFFFF, sitk.sitkUInt32: 0xFFFFFFFF,
@@ -58,18 +58,24 @@ def read_label_image(path: str | Path) -> sitk.Image:
 RESAMPLE_MODES = ("nearest", "fraction")
 
 
-def native_volumes_ml(img: sitk.Image) -> dict[int, float]:
-    """Volume (mL) of each non-zero label id on the image's own grid."""
-    counts = label_counts(sitk.GetArrayViewFromImage(img))
+def census(img: sitk.Image) -> Census:
+    """Voxels per id and the box of the labelled voxels of a label image, in one pass."""
+    return label_census(sitk.GetArrayViewFromImage(img))
+
+
+def native_volumes_ml(img: sitk.Image, counts: np.ndarray) -> dict[int, float]:
+    """Volume (mL) of each non-zero label id on the image's own grid, from its voxel ``counts`` per id."""
     vox_ml = float(np.prod(img.GetSpacing())) / 1000.0
     return {int(i): float(c) * vox_ml for i, c in enumerate(counts) if i and c}
 
 
-def to_pet_grid(img: sitk.Image, geometry: Geometry, source: str = "<image>", mode: str = "nearest") -> np.ndarray:
+def to_pet_grid(img: sitk.Image, geometry: Geometry, source: str = "<image>", mode: str = "nearest",
+                found: Census | None = None) -> np.ndarray:
     """Bring a label image onto the PET grid; ``(Z, Y, X)`` array of the same ids.
 
     ``mode="nearest"``: nearest-neighbour resampling of the ids. ``mode="fraction"``: each label
     is resampled as a fraction (linear interpolation of its indicator) and kept where >= 0.5.
+    ``found`` is the image's :func:`census` when the caller has it already.
 
     Raises
     ------
@@ -84,16 +90,18 @@ def to_pet_grid(img: sitk.Image, geometry: Geometry, source: str = "<image>", mo
             and np.allclose(img.GetDirection(), ref.GetDirection(), atol=1e-5))
     if same:
         return sitk.GetArrayFromImage(img)
+    found = census(img) if found is None else found
     arr = np.zeros(geometry.shape, sitk.GetArrayViewFromImage(img).dtype)
     if mode == "nearest":
-        hit = resample_box(img, geometry, sitk.sitkNearestNeighbor, img.GetPixelID())
+        hit = resample_box(img, geometry, sitk.sitkNearestNeighbor, img.GetPixelID(), found.box)
         if hit is not None:
             arr[hit[0]] = hit[1]
     else:
         best = np.zeros(geometry.shape, np.float32)
-        for lab in (int(v) for v in np.flatnonzero(label_counts(sitk.GetArrayViewFromImage(img))) if v):
-            ind = sitk.Cast(sitk.BinaryThreshold(img, lab, lab, 1, 0), sitk.sitkFloat32)
-            hit = resample_box(ind, geometry, sitk.sitkLinear, sitk.sitkFloat32)
+        for lab in (int(v) for v in np.flatnonzero(found.counts) if v):
+            one = sitk.BinaryThreshold(img, lab, lab, 1, 0)
+            hit = resample_box(sitk.Cast(one, sitk.sitkFloat32), geometry, sitk.sitkLinear, sitk.sitkFloat32,
+                               census(one).box)
             if hit is None:
                 continue
             box, frac = hit
@@ -101,23 +109,22 @@ def to_pet_grid(img: sitk.Image, geometry: Geometry, source: str = "<image>", mo
             take = (frac >= 0.5) & (frac > sub_best)
             sub_arr[take] = lab
             sub_best[take] = frac[take]
-    if not arr.any() and sitk.GetArrayViewFromImage(img).any():
+    if not arr.any() and found.box is not None:
         raise LabelError(f"{source}: the label map does not overlap the PET field of view (its labels fall outside "
                          "the PET grid after resampling). Check that it belongs to this study and frame of reference.")
     return arr
 
 
 def resample_box(img: sitk.Image, geometry: Geometry, interpolator: int, pixel_id: int,
-                 ) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
-    """Resample ``img`` onto the part of the PET grid its non-zero voxels can reach.
+                 native: tuple[slice, slice, slice] | None) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
+    """Resample ``img`` onto the part of the PET grid its non-zero voxels (in the box ``native``) can reach.
 
     A class of a whole-body segmentation covers a small box of the PET grid; resampling only that
     box (the class's bounding box grown by one voxel of its own grid, which covers nearest and
     linear interpolation) gives the same values as resampling the whole grid, in a fraction of the
     time. Returns ``(box, values)`` with ``box`` the ``(z, y, x)`` slices of the PET grid, or None
-    when the image has no non-zero voxel inside the PET grid.
+    when the image has no non-zero voxel (``native`` None) or none inside the PET grid.
     """
-    native = bounding_box(sitk.GetArrayViewFromImage(img))
     if native is None:
         return None
     size = img.GetSize()
@@ -156,8 +163,9 @@ def read_totalsegmentator_folder(folder: str | Path, geometry: Geometry) -> Labe
     for i, f in enumerate(files, start=1):
         name = f.name.removesuffix(".gz").removesuffix(".nii")
         img = read_label_image(f)
-        native[name] = sum(native_volumes_ml(img).values())
-        hit = resample_box(img, geometry, sitk.sitkNearestNeighbor, img.GetPixelID())
+        found = census(img)
+        native[name] = sum(native_volumes_ml(img, found.counts).values())
+        hit = resample_box(img, geometry, sitk.sitkNearestNeighbor, img.GetPixelID(), found.box)
         if hit is not None:  # a class may lie outside the PET field of view (e.g. the skull in a torso scan)
             sub = out[hit[0]]
             sub[hit[1] > 0] = i
@@ -185,8 +193,9 @@ def read_label_map(path: str | Path, geometry: Geometry, names: dict[int, str] |
     Ids without a name in ``names`` are called ``{prefix}_{id}``.
     """
     img = read_label_image(path)
-    native_ids = native_volumes_ml(img)
-    arr = to_pet_grid(img, geometry, str(path), mode)
+    found = census(img)
+    native_ids = native_volumes_ml(img, found.counts)
+    arr = to_pet_grid(img, geometry, str(path), mode, found)
     if names is None:
         names = nifti_label_table(path)  # TotalSegmentator --ml files carry their class names
     names = {i: (names or {}).get(i, f"{prefix}_{i}") for i in native_ids}
@@ -301,8 +310,10 @@ def read_dicom_seg(path: str | Path, geometry: Geometry, mode: str = "nearest") 
     for k, number in enumerate(numbers):
         ind = (arr[..., k] >= 0.5).astype(np.uint8)
         img = _sitk_from_affine(ind, np.asarray(vol.affine))
-        native = sum(native_volumes_ml(img).values())
-        on_pet = _allow_empty(lambda img=img: to_pet_grid(img, geometry, str(path), mode), geometry)
+        found = census(img)
+        native = sum(native_volumes_ml(img, found.counts).values())
+        on_pet = _allow_empty(lambda img=img, found=found: to_pet_grid(img, geometry, str(path), mode, found),
+                              geometry)
         layer = LabelLayer(on_pet.astype(np.uint8), {1: labels[number]}, f"{path} segment {number}")
         layer.native_volume_ml = {labels[number]: native}
         layers.append(layer)
