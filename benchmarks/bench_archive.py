@@ -1,6 +1,6 @@
 """Archive throughput: studies per minute with 1 and 2 local Dask workers, and where the time goes.
 
-    python benchmarks/bench_archive.py --patients 8 --voxel-mm 4 --out benchmarks/results/archive.json
+    python benchmarks/bench_archive.py --patients 8 --voxel-mm 4 [--trace-memory] --out benchmarks/results/archive.json
 
 Generates a synthetic archive (not timed), runs one untimed warm-up study (Numba's on-disk cache),
 then the whole archive with 1 worker and with 2 workers into fresh output folders.
@@ -31,6 +31,7 @@ def main(argv=None):
     p.add_argument("--voxel-mm", type=float, default=4.0)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--backend", default="cpu")
+    p.add_argument("--trace-memory", action="store_true", help="also trace allocations (peak_traced_mb; slower)")
     p.add_argument("--out")
     args = p.parse_args(argv)
     settings = BatchSettings(regions=BUILTIN_REGIONS, backend=args.backend)
@@ -44,7 +45,8 @@ def main(argv=None):
         run_batch(rows[:1], tmp / "warmup", settings, KEY, n_workers=1, progress=None)
         for n in args.workers:
             t0 = time.perf_counter()
-            rep = run_batch(rows, tmp / f"out{n}", settings, KEY, n_workers=n, progress=None)
+            rep = run_batch(rows, tmp / f"out{n}", settings, KEY, n_workers=n, trace_memory=args.trace_memory,
+                            progress=None)
             wall = time.perf_counter() - t0
             run = {"workers": n, "wall_s": wall, "studies_per_min": args.patients / wall * 60, "done": rep.done,
                    "failed": rep.failed, "per_study_median": rep.timings["per_study_median"]}
@@ -60,8 +62,9 @@ def main(argv=None):
     med = result["runs"][-1]["per_study_median"]
     print("per study (median, s): " + ", ".join(f"{k} {v:.2f}" for k, v in med.items() if k.endswith("_s")))
     raw = med.get("raw_pixel_mb") or float("nan")
-    print(f"memory per study (median): raw PET pixels {raw:.1f} MB; peak traced (NumPy) "
-          f"{med.get('peak_traced_mb', float('nan')):.0f} MB = {med.get('peak_traced_mb', float('nan')) / raw:.1f}x; "
+    traced = (f"peak traced (NumPy) {med['peak_traced_mb']:.0f} MB = {med['peak_traced_mb'] / raw:.1f}x; "
+              if "peak_traced_mb" in med else "")
+    print(f"memory per study (median): raw PET pixels {raw:.1f} MB; {traced}"
           f"peak RSS over the study's start {med.get('peak_rss_over_start_mb', float('nan')):.0f} MB = "
           f"{med.get('peak_rss_over_start_mb', float('nan')) / raw:.1f}x")
     if args.out:

@@ -66,6 +66,19 @@ def test_local_run_then_rerun_does_no_work(archive, tmp_path):
     assert (run["done"], run["skipped"], run["studies"]) == (0, 4, 4) and run["outputs"]["features"] == len(f)
 
 
+def test_memory_tracing_is_asked_for_and_changes_no_number_or_part_name(archive, tmp_path):
+    from petfeat.batch import run_study
+
+    row = scan_archive(archive, KEY)[0]
+    plain = run_study(row, _settings(), str(tmp_path / "a"), KEY.hex())
+    traced = run_study(row, _settings(), str(tmp_path / "b"), KEY.hex(), trace_memory=True)
+    assert plain["status"] == traced["status"] == "done" and plain["key"] == traced["key"]
+    assert "peak_traced_mb" not in plain["timings"] and plain["timings"]["total_s"] > 0
+    assert traced["timings"]["peak_traced_mb"] > traced["timings"]["raw_pixel_mb"]  # the pixels are traced too
+    part = f"parts/{plain['key']}.features.parquet"
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / part), pd.read_parquet(tmp_path / "b" / part))
+
+
 def test_bad_studies_are_recorded_and_the_rest_completes(archive, tmp_path):
     root = tmp_path / "arch"
     shutil.copytree(archive, root)

@@ -129,17 +129,21 @@ def _peak_rss(start: float | None) -> tuple[float | None, float | None]:
     """Peak RSS since :func:`_reset_peak_rss`, and that minus the RSS then (MB): all memory, SimpleITK's included.
 
     Memory the allocator kept from an earlier study is reused without raising RSS, so the
-    difference is a lower bound per study; ``peak_traced_mb`` (tracemalloc: NumPy and Python) is
-    the other view.
+    difference is a lower bound per study; ``peak_traced_mb`` (tracemalloc: NumPy and Python, with
+    ``trace_memory``) is the other view.
     """
     hwm = _proc_status_mb("VmHWM")
     return hwm, None if start is None or hwm is None else max(0.0, hwm - start)
 
 
-def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, threads: int = 1) -> dict:
+def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, threads: int = 1,
+              trace_memory: bool = False) -> dict:
     """Process one study (runs on a worker); never raises. Returns a small status record.
 
     ``threads`` bounds Numba's and SimpleITK's threads inside the task (default 1: one task per core).
+    ``trace_memory`` adds ``peak_traced_mb`` (tracemalloc) to the timings; it makes reading the
+    DICOM series about 10x slower (every Python object pydicom makes is traced), so it is off
+    unless asked for. The peak RSS is always measured.
     """
     _limit_threads(threads)
     parts = Path(out) / "parts"
@@ -152,7 +156,8 @@ def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, th
     t = {}
     t0 = time.perf_counter()
     rss_start = _reset_peak_rss()
-    tracemalloc.start()
+    if trace_memory:
+        tracemalloc.start()
     try:
         from petfeat.extract import extract
         from petfeat.io.dicom import read_pet_series
@@ -183,10 +188,11 @@ def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, th
         parts.mkdir(parents=True, exist_ok=True)
         _atomic_parquet(res.lesions, parts / f"{key}.lesions.parquet")
         t["write_s"] = time.perf_counter() - t0 - sum(t.values())
-        peak = tracemalloc.get_traced_memory()[1]
         hwm, over_start = _peak_rss(rss_start)
-        t.update(total_s=time.perf_counter() - t0, peak_traced_mb=peak / 1e6, raw_pixel_mb=raw_bytes / 1e6,
-                 peak_rss_over_start_mb=over_start, peak_rss_mb=hwm)
+        t.update(total_s=time.perf_counter() - t0, raw_pixel_mb=raw_bytes / 1e6, peak_rss_over_start_mb=over_start,
+                 peak_rss_mb=hwm)
+        if trace_memory:
+            t["peak_traced_mb"] = tracemalloc.get_traced_memory()[1] / 1e6
         suv = {"units": factors.units, "suv_bw_factor": float(factors.suv_bw_per_slice[0]),
                "sul_factor": factors.sul_factor, "uptake_seconds": factors.uptake_seconds,
                "scan_time_source": factors.scan_time_source, "warnings": factors.warnings}
@@ -200,7 +206,8 @@ def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, th
         _atomic_json(rec, fail_path)
         return {"study_id": row.study_id, "key": key, "status": "failed", "error": rec}
     finally:
-        tracemalloc.stop()
+        if trace_memory:
+            tracemalloc.stop()
 
 
 def _client(scheduler: str | None, n_workers: int | None, backend: str):
@@ -224,7 +231,7 @@ def _client(scheduler: str | None, n_workers: int | None, backend: str):
 
 def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, key: bytes, *,
               scheduler: str | None = None, n_workers: int | None = None, threads_per_task: int = 1,
-              progress=sys.stderr) -> BatchReport:
+              trace_memory: bool = False, progress=sys.stderr) -> BatchReport:
     """Run every study on Dask and consolidate the outputs (see module docstring).
 
     Parameters
@@ -243,6 +250,9 @@ def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, ke
         Workers of the local cluster (default: the number of cores).
     threads_per_task : int
         Numba/SimpleITK threads inside each task (1: the workers are the parallelism).
+    trace_memory : bool
+        Also trace each study's Python and NumPy allocations (``peak_traced_mb``; slows reading, see
+        :func:`run_study`). Not part of the settings: it changes no number, so it does not change part names.
     progress : file-like or None
         Where the progress line goes.
     """
@@ -258,7 +268,7 @@ def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, ke
             print(f"Dask dashboard: {client.dashboard_link}  ({len(client.scheduler_info()['workers'])} workers)",
                   file=progress, flush=True)
         futures = client.map(run_study, rows, settings=settings, out=str(out), key_hex=key.hex(),
-                             threads=threads_per_task,
+                             threads=threads_per_task, trace_memory=trace_memory,
                              key=[f"study-{study_key(r, settings)}" for r in rows], retries=2, pure=False)
         results = []
         for i, fut in enumerate(as_completed(futures), start=1):
