@@ -11,8 +11,9 @@ def main(path: str) -> None:
     data = json.load(open(path))
     groups = defaultdict(dict)
     for b in data["benchmarks"]:
-        groups[b["group"]][b["name"].split("[")[0].removeprefix("test_") + (
-            f"[{b['params']['voxel_mm']}mm]" if "voxel_mm" in (b.get("params") or {}) else "")] = b["stats"]["median"]
+        params = b.get("params") or {}
+        name = params.get("kernel") or b["name"].split("[")[0].removeprefix("test_")  # beyond_llc: floor, fused
+        groups[b["group"]][name + (f"[{params['voxel_mm']}mm]" if "voxel_mm" in params else "")] = b["stats"]["median"]
     print(f"machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}, "
           f"{data['machine_info'].get('cpu', {}).get('count', '?')} cpus; {data['datetime']}")
     for g, rows in sorted(groups.items()):
