@@ -106,14 +106,6 @@ def _census(rows, words, bits, ny, n_ids, n_chunks):  # pragma: no cover - compi
     return counts, ext
 
 
-@njit(cache=True, nogil=True)
-def _max(flat):  # pragma: no cover - compiled
-    m = flat[0]
-    for i in range(1, flat.shape[0]):
-        m = max(m, flat[i])
-    return m
-
-
 def label_census(arr: np.ndarray) -> Census:
     """Voxel count of every id (as ``np.bincount``) and the box of the non-zero voxels of ``arr``.
 
@@ -139,7 +131,7 @@ def label_census(arr: np.ndarray) -> Census:
     if vol.dtype == bool:
         vol = vol.view(np.uint8)
     rows = vol.reshape(-1, vol.shape[2])
-    n_ids = 1 << (8 * vol.itemsize) if vol.itemsize <= 2 else int(_max(rows.reshape(-1))) + 1
+    n_ids = 1 << (8 * vol.itemsize) if vol.itemsize <= 2 else int(rows.max()) + 1
     whole_words = (rows.shape[1] * vol.itemsize) % 8 == 0 and rows.ctypes.data % 8 == 0 and sys.byteorder == "little"
     words = rows.view(np.uint64) if whole_words else np.zeros((0, 1), np.uint64)
     n_chunks = 1
