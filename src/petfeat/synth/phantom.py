@@ -27,10 +27,30 @@ class Ellipsoid:
     radii: tuple[float, float, float]
 
     def inside(self, x, y, z) -> np.ndarray:
-        """Boolean mask of points inside."""
-        cx, cy, cz = self.centre
-        rx, ry, rz = self.radii
-        return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 + ((z - cz) / rz) ** 2 <= 1.0
+        """Boolean mask of points inside (``x, y, z`` broadcastable coordinate arrays)."""
+        out = np.zeros(np.broadcast(x, y, z).shape, bool)
+        self.paint(out, x, y, z)
+        return out
+
+    def paint(self, out: np.ndarray, x, y, z) -> None:
+        """Set ``out`` where inside.
+
+        When ``x, y, z`` are axis vectors (as :func:`grid_coordinates` makes them), only the box where
+        every axis term is <= 1 is computed (outside it the sum exceeds 1); otherwise the whole grid.
+        """
+        terms = [((v - c) / r) ** 2 for v, c, r in zip((x, y, z), self.centre, self.radii, strict=True)]
+        box = [slice(None)] * out.ndim
+        for t in terms:
+            long = [k for k, n in enumerate(t.shape) if n > 1]
+            if len(long) != 1 or t.ndim != out.ndim:
+                box = [slice(None)] * out.ndim  # not axis vectors: the whole grid
+                break
+            hit = np.flatnonzero(t.reshape(-1) <= 1.0)
+            if not len(hit):
+                return
+            box[long[0]] = slice(int(hit[0]), int(hit[-1]) + 1)
+        sub = [t[tuple(box[k] if t.shape[k] > 1 else slice(None) for k in range(t.ndim))] for t in terms]
+        out[tuple(box)] |= sub[0] + sub[1] + sub[2] <= 1.0
 
 
 @dataclass
@@ -58,7 +78,7 @@ class Anatomy:
         """Voxel mask of one structure on the grid of coordinate arrays ``x, y, z``."""
         out = np.zeros(np.broadcast(x, y, z).shape, bool)
         for e in self.structures[name]:
-            out |= e.inside(x, y, z)
+            e.paint(out, x, y, z)
         return out
 
 
