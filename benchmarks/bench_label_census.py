@@ -7,7 +7,8 @@ ellipsoid on a 0.98 x 0.98 x 1.5 mm CT grid) and one multilabel map of the same 
 ``--ml`` writes). For every file it times, interleaved, best of ``--repeats``: reading it
 (``sitk.ReadImage``: decompression), the label census (:func:`petfeat.kernels.label_census`) and
 NumPy's census as petfeat did it before (slab-wise ``np.bincount`` plus ``any`` per axis for the
-box), checking that both agree; then the whole ``read_totalsegmentator_folder`` onto a 4 mm PET grid.
+box), checking that both agree; then the whole ``read_totalsegmentator_folder`` onto a 4 mm PET grid (its
+files decompressed by SimpleITK's thread budget of readers at a time, by default one per core).
 """
 
 from __future__ import annotations

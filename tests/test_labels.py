@@ -38,9 +38,19 @@ def _sitk_pet_reference(folder):
     return r.Execute()
 
 
-def test_totalsegmentator_folder_matches_simpleitk_nearest_neighbour(study):
+@pytest.fixture(params=[1, 3], ids=lambda n: f"{n}readers")
+def readers(request):
+    """SimpleITK's thread budget, which sets how many class files are decompressed at a time."""
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(request.param)
+    yield request.param
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
+
+
+def test_totalsegmentator_folder_matches_simpleitk_nearest_neighbour(study, readers):
     """Every class resampled by SimpleITK onto the grid SimpleITK read from the DICOM series;
-    where classes overlap, the later class in name order wins (petfeat's documented rule)."""
+    where classes overlap, the later class in name order wins (petfeat's documented rule).
+    Read one file at a time and three at a time (in order either way)."""
     d, series = study
     (layer,) = read_labels(d / "seg", series.geometry)
     ref = _sitk_pet_reference(d / "pet")
@@ -54,6 +64,19 @@ def test_totalsegmentator_folder_matches_simpleitk_nearest_neighbour(study):
         assert layer.native_volume_ml[name] == pytest.approx((sitk.GetArrayViewFromImage(img) > 0).sum()
                                                              * np.prod(img.GetSpacing()) / 1000)
     np.testing.assert_array_equal(layer.array, expected)
+
+
+def test_unreadable_class_file_is_named_whatever_the_readers(study, readers, tmp_path):
+    d, series = study
+    seg = tmp_path / "seg"
+    seg.mkdir()
+    files = sorted((d / "seg").glob("*.nii.gz"))[:6]
+    for f in files:
+        (seg / f.name).write_bytes(f.read_bytes())
+    bad = seg / files[3].name
+    bad.write_bytes(bad.read_bytes()[:100])  # truncated gzip stream
+    with pytest.raises(LabelError, match=f"{bad.name}: cannot be read as an image"):
+        read_labels(seg, series.geometry)
 
 
 def test_nrrd_multilabel_on_another_grid(study, tmp_path):
