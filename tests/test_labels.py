@@ -185,9 +185,10 @@ def test_fraction_mode_keeps_voxels_at_least_half_covered(study):
     np.testing.assert_array_equal(got == 1, frac >= 0.5)
 
 
-@pytest.mark.parametrize("seg_type", ["BINARY", "LABELMAP"])
-def test_dicom_seg_written_by_highdicom(study, tmp_path, seg_type):
-    # BINARY with overlapping segments; LABELMAP (one label per pixel, so the segments do not overlap)
+@pytest.mark.parametrize("seg_type", ["BINARY", "FRACTIONAL", "LABELMAP"])
+def test_dicom_seg_written_by_highdicom(study, tmp_path, seg_type, monkeypatch):
+    # BINARY and FRACTIONAL with overlapping segments (fractions 0.3 and 0.7: kept where >= 0.5);
+    # LABELMAP (one label per pixel, so the segments do not overlap)
     hd = pytest.importorskip("highdicom")
     from pydicom.sr.codedict import codes
 
@@ -205,7 +206,14 @@ def test_dicom_seg_written_by_highdicom(study, tmp_path, seg_type):
                                        segmented_property_type=codes.SCT.Organ,
                                        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
              for i, lab in enumerate(("organ_a", "organ_b"))]
-    pixels = np.stack([a, b], -1).astype(np.uint8) if seg_type == "BINARY" else (a * 1 + b * 2).astype(np.uint8)
+    if seg_type == "BINARY":
+        pixels = np.stack([a, b], -1).astype(np.uint8)
+    elif seg_type == "FRACTIONAL":
+        faint = np.zeros(shape, bool)
+        faint[5:15, 40:50, 40:50] = True  # below one half everywhere: in no layer
+        pixels = np.stack([np.where(a, 0.7, np.where(faint, 0.3, 0.0)), np.where(b, 0.7, 0.0)], -1).astype(np.float32)
+    else:
+        pixels = (a * 1 + b * 2).astype(np.uint8)
     seg = hd.seg.Segmentation(source_images=sources, pixel_array=pixels,
                               segmentation_type=hd.seg.SegmentationTypeValues[seg_type], segment_descriptions=descs,
                               series_instance_uid=hd.UID(), series_number=99, sop_instance_uid=hd.UID(),
@@ -213,10 +221,19 @@ def test_dicom_seg_written_by_highdicom(study, tmp_path, seg_type):
                               software_versions="0", device_serial_number="0")
     seg.save_as(tmp_path / "seg.dcm")
     assert pydicom.dcmread(tmp_path / "seg.dcm").SegmentationType == seg_type
+    decoded = []  # segments per decoded volume: one at a time (a LABELMAP's one label volume, once)
+    get_volume = hd.seg.Segmentation.get_volume
+    monkeypatch.setattr(hd.seg.Segmentation, "get_volume", lambda self, **kw: (
+        decoded.append(len(kw["segment_numbers"])), get_volume(self, **kw))[1])
     layers = read_labels(tmp_path / "seg.dcm", series.geometry)
+    assert decoded == ([2] if seg_type == "LABELMAP" else [1, 1])
     assert [list(la.names.values()) for la in layers] == [["organ_a"], ["organ_b"]]
     np.testing.assert_array_equal(layers[0].array > 0, a)
     np.testing.assert_array_equal(layers[1].array > 0, b)
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes((tmp_path / "seg.dcm").read_bytes()[:2000])
+    with pytest.raises(LabelError, match="truncated.dcm: not a readable DICOM SEG"):
+        read_labels(truncated, series.geometry)
 
 
 def test_rtstruct_matches_an_independent_rasteriser_and_the_reference_suvs():

@@ -315,33 +315,50 @@ def _sitk_from_affine(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
 
 
 def read_dicom_seg(path: str | Path, geometry: Geometry, mode: str = "nearest") -> list[LabelLayer]:
-    """A DICOM SEG (binary, fractional or labelmap; overlapping segments allowed) as one layer per segment."""
+    """A DICOM SEG (binary, fractional or labelmap; overlapping segments allowed) as one layer per segment.
+
+    Segments are decoded one at a time (a LABELMAP SEG as its one label volume, split by segment
+    number), so memory holds one volume of the SEG's grid, not one per segment: all 117 segments of
+    a whole-body SEG on a CT grid at once would be tens of GB.
+    """
     import highdicom as hd
 
     path = Path(path)
+
+    def volume(**kwargs):
+        try:
+            return seg.get_volume(rescale_fractional=True, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - highdicom raises many types for bad files
+            raise LabelError(f"{path}: not a readable DICOM SEG ({type(exc).__name__}: {exc}).") from exc
+
     try:
         seg = hd.seg.segread(path)
-        # a LABELMAP SEG lists a background segment 0 in SegmentSequence; segment_numbers leaves it out
-        numbers = [int(n) for n in seg.segment_numbers]
-        vol = seg.get_volume(segment_numbers=numbers, combine_segments=False, rescale_fractional=True)
     except Exception as exc:  # noqa: BLE001 - highdicom raises many types for bad files
         raise LabelError(f"{path}: not a readable DICOM SEG ({type(exc).__name__}: {exc}).") from exc
-    arr = np.asarray(vol.array)
+    # a LABELMAP SEG lists a background segment 0 in SegmentSequence; segment_numbers leaves it out
+    numbers = [int(n) for n in seg.segment_numbers]
     labels = {int(d.SegmentNumber): str(d.SegmentLabel) for d in seg.SegmentSequence}
-    if arr.ndim == 3:
-        arr = arr[..., None]
-    layers = []
-    for k, number in enumerate(numbers):
-        ind = (arr[..., k] >= 0.5).astype(np.uint8)
-        img = _sitk_from_affine(ind, np.asarray(vol.affine))
+    labelmap = None
+    if seg.segmentation_type == hd.seg.SegmentationTypeValues.LABELMAP:
+        labelmap = volume(segment_numbers=numbers, combine_segments=True, relabel=False)
+    layers, any_native = [], False
+    for number in numbers:
+        if labelmap is not None:
+            vol, ind = labelmap, np.equal(labelmap.array, number)
+        else:
+            vol = volume(segment_numbers=[number], combine_segments=False)
+            arr = np.asarray(vol.array)
+            ind = np.greater_equal(arr[..., 0] if arr.ndim == 4 else arr, 0.5)
+        img = _sitk_from_affine(ind.astype(np.uint8), np.asarray(vol.affine))
         found = census(img)
+        any_native |= found.box is not None
         native = sum(native_volumes_ml(img, found.counts).values())
         on_pet = _allow_empty(lambda img=img, found=found: to_pet_grid(img, geometry, str(path), mode, found),
                               geometry)
         layer = LabelLayer(on_pet.astype(np.uint8), {1: labels[number]}, f"{path} segment {number}")
         layer.native_volume_ml = {labels[number]: native}
         layers.append(layer)
-    if not any(layer.array.any() for layer in layers) and arr.any():
+    if not any(layer.array.any() for layer in layers) and any_native:
         raise LabelError(f"{path}: no segment overlaps the PET field of view. Check that the SEG belongs to this "
                          "study.")
     return layers
