@@ -132,6 +132,27 @@ def test_codes_are_compact_and_complete(monkeypatch, slab_voxels, lut_limit):
     assert all(cm.combos[c][0] == 2 and cm.combos[c][1] != 2 for c in members)
 
 
+def test_more_layers_than_one_int64_key_holds():
+    """70 overlapping binary layers (2**70 combinations) and a multi-id layer: coded in groups of layers."""
+    rng = np.random.default_rng(7)
+    shape = (8, 10, 12)
+    layers = []
+    for k in range(70):
+        a = np.zeros(shape, np.uint8)
+        z, y, x = rng.integers(0, 6, 3)
+        a[z:z + 3, y:y + 3, x:x + 3] = 1
+        layers.append(LabelLayer(a, {1: f"roi_{k}"}, f"segment {k}"))
+    layers.append(LabelLayer(rng.integers(0, 300, shape).astype(np.uint16), {i: f"organ_{i}" for i in range(1, 300)}))
+    cm = build_codes(layers, shape)
+    stack = np.stack([la.array for la in layers], -1).reshape(-1, len(layers))
+    np.testing.assert_array_equal(cm.combos[cm.codes.reshape(-1)], stack)  # every voxel's code gives its labels
+    assert len(np.unique(cm.combos, axis=0)) == cm.n_codes and not cm.combos[0].any()  # one code per combination
+    members = region_codes({"r": {"include": ["roi_6*"], "exclude": ["organ_1*"]}}, cm)["r"]
+    want = [c for c in range(1, cm.n_codes) if cm.combos[c, 60:70].any() or cm.combos[c, 6]]
+    want = [c for c in want if not str(cm.combos[c, 70]).startswith("1")]
+    assert sorted(members) == want
+
+
 def test_z_slabs_cover_the_slices_in_order():
     import petfeat.slabs
 

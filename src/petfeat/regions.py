@@ -30,6 +30,8 @@ from petfeat.slabs import z_slabs
 
 #: Above this many label combinations the code builder sorts instead of using a lookup table.
 _LUT_LIMIT = 1 << 24
+#: Most label combinations one int64 mixed-radix key holds; more layers are coded in groups.
+_KEY_LIMIT = 1 << 62
 
 
 @dataclass
@@ -103,6 +105,18 @@ def build_codes(layers: Sequence[LabelLayer], shape: tuple[int, ...]) -> CodeMap
                              f"{tuple(shape)} (Z, Y, X). Resample it onto the PET grid first "
                              "(petfeat.io.labels.resample_to_grid).")
     sizes = [int(layer.array.max()) + 1 for layer in layers]
+    groups, size_of_group = [[]], 1  # consecutive layers whose combined key fits in an int64
+    for layer, size in zip(layers, sizes, strict=True):
+        if groups[-1] and size_of_group * size > _KEY_LIMIT:
+            groups.append([])
+            size_of_group = 1
+        groups[-1].append(layer)
+        size_of_group *= size
+    if len(groups) > 1:  # e.g. a SEG or RTSTRUCT of more than 62 segments: code each group, then the group codes
+        parts = [build_codes(group, shape) for group in groups]
+        top = build_codes([LabelLayer(part.codes, {}, "label group") for part in parts], shape)
+        combos = np.concatenate([part.combos[top.combos[:, j]] for j, part in enumerate(parts)], axis=1)
+        return CodeMap(top.codes, combos, list(layers))
     total = int(np.prod(sizes, dtype=np.float64))
     # Two passes over Z slabs (the combined key is int64: a whole-volume key would be 8 bytes per voxel).
     if total <= _LUT_LIMIT:  # which keys occur, then a lookup table key -> code (compiled, parallel loops)
