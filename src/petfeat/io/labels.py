@@ -325,16 +325,16 @@ def read_dicom_seg(path: str | Path, geometry: Geometry, mode: str = "nearest") 
 
     path = Path(path)
 
-    def volume(**kwargs):
+    def readable(call):
         try:
-            return seg.get_volume(rescale_fractional=True, **kwargs)
+            return call()
         except Exception as exc:  # noqa: BLE001 - highdicom raises many types for bad files
             raise LabelError(f"{path}: not a readable DICOM SEG ({type(exc).__name__}: {exc}).") from exc
 
-    try:
-        seg = hd.seg.segread(path)
-    except Exception as exc:  # noqa: BLE001 - highdicom raises many types for bad files
-        raise LabelError(f"{path}: not a readable DICOM SEG ({type(exc).__name__}: {exc}).") from exc
+    def volume(**kwargs):
+        return readable(lambda: seg.get_volume(rescale_fractional=True, **kwargs))
+
+    seg = readable(lambda: hd.seg.segread(path))
     # a LABELMAP SEG lists a background segment 0 in SegmentSequence; segment_numbers leaves it out
     numbers = [int(n) for n in seg.segment_numbers]
     labels = {int(d.SegmentNumber): str(d.SegmentLabel) for d in seg.SegmentSequence}
