@@ -185,6 +185,40 @@ def test_fraction_mode_keeps_voxels_at_least_half_covered(study):
     np.testing.assert_array_equal(got == 1, frac >= 0.5)
 
 
+def _mask_of(layers, name):
+    """The voxels of the label called ``name`` (in whichever layer holds it)."""
+    (hit,) = [(la, i) for la in layers for i, n in la.names.items() if n == name]
+    return hit[0].array == hit[1]
+
+
+def test_packed_layers_keep_overlapping_labels_apart_and_disjoint_ones_together():
+    """Random boxes (many overlap): every label's voxels, names and volumes survive; fewer layers than labels;
+    within a layer no two labels share a voxel; a repeated name goes to another layer; more than 255 labels."""
+    from petfeat.io.labels import packed_layers
+
+    rng = np.random.default_rng(5)
+    shape = (20, 64, 64)
+    masks = []
+    for k in range(300):
+        m = np.zeros(shape, bool)
+        z, y, x = rng.integers(0, 19), rng.integers(0, 61), rng.integers(0, 61)
+        m[z:z + 2, y:y + 3, x:x + 3] = True
+        masks.append((f"roi_{k % 299}", m, float(k)))  # roi_0 twice
+    layers = packed_layers(iter(masks), shape, "rt.dcm")
+    assert 1 < len(layers) < 300 and max(la.array.max() for la in layers) > 255
+    for la in layers:
+        assert sorted(la.names) == list(range(1, len(la.names) + 1)) and la.source == "rt.dcm"
+        assert len(set(la.names.values())) == len(la.names)
+    seen = {}
+    for la in layers:
+        for i, n in la.names.items():
+            seen.setdefault(n, []).append((la.array == i, la.native_volume_ml[n]))
+    for k, (name, m, ml) in enumerate(masks):
+        got = seen[name][1 if k == 299 else 0]
+        np.testing.assert_array_equal(got[0], m)
+        assert got[1] == ml
+
+
 @pytest.mark.parametrize("seg_type", ["BINARY", "FRACTIONAL", "LABELMAP"])
 def test_dicom_seg_written_by_highdicom(study, tmp_path, seg_type, monkeypatch):
     # BINARY and FRACTIONAL with overlapping segments (fractions 0.3 and 0.7: kept where >= 0.5);
@@ -227,9 +261,11 @@ def test_dicom_seg_written_by_highdicom(study, tmp_path, seg_type, monkeypatch):
         decoded.append(len(kw["segment_numbers"])), get_volume(self, **kw))[1])
     layers = read_labels(tmp_path / "seg.dcm", series.geometry)
     assert decoded == ([2] if seg_type == "LABELMAP" else [1, 1])
-    assert [list(la.names.values()) for la in layers] == [["organ_a"], ["organ_b"]]
-    np.testing.assert_array_equal(layers[0].array > 0, a)
-    np.testing.assert_array_equal(layers[1].array > 0, b)
+    # overlapping segments take a layer each; the LABELMAP's (disjoint) segments share one
+    want = [["organ_a", "organ_b"]] if seg_type == "LABELMAP" else [["organ_a"], ["organ_b"]]
+    assert [list(la.names.values()) for la in layers] == want
+    np.testing.assert_array_equal(_mask_of(layers, "organ_a"), a)
+    np.testing.assert_array_equal(_mask_of(layers, "organ_b"), b)
     truncated = tmp_path / "truncated.dcm"
     truncated.write_bytes((tmp_path / "seg.dcm").read_bytes()[:2000])
     with pytest.raises(LabelError, match="truncated.dcm: not a readable DICOM SEG"):
