@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -266,6 +267,9 @@ def test_dicom_seg_written_by_highdicom(study, tmp_path, seg_type, monkeypatch):
     assert [list(la.names.values()) for la in layers] == want
     np.testing.assert_array_equal(_mask_of(layers, "organ_a"), a)
     np.testing.assert_array_equal(_mask_of(layers, "organ_b"), b)
+    far = dataclasses.replace(series.geometry, origin=tuple(v + 5000.0 for v in series.geometry.origin))
+    with pytest.raises(LabelError, match="seg.dcm: no segment overlaps the PET field of view"):
+        read_labels(tmp_path / "seg.dcm", far)
     truncated = tmp_path / "truncated.dcm"
     truncated.write_bytes((tmp_path / "seg.dcm").read_bytes()[:2000])
     with pytest.raises(LabelError, match="truncated.dcm: not a readable DICOM SEG"):

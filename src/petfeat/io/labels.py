@@ -341,10 +341,8 @@ def read_dicom_seg(path: str | Path, geometry: Geometry, mode: str = "nearest") 
     labelmap = None
     if seg.segmentation_type == hd.seg.SegmentationTypeValues.LABELMAP:
         labelmap = volume(segment_numbers=numbers, combine_segments=True, relabel=False)
-    any_native = False
 
     def segments():
-        nonlocal any_native
         for number in numbers:
             if labelmap is not None:
                 vol, ind = labelmap, np.equal(labelmap.array, number)
@@ -354,13 +352,13 @@ def read_dicom_seg(path: str | Path, geometry: Geometry, mode: str = "nearest") 
                 ind = np.greater_equal(arr[..., 0] if arr.ndim == 4 else arr, 0.5)
             img = _sitk_from_affine(ind.astype(np.uint8), np.asarray(vol.affine))
             found = census(img)
-            any_native |= found.box is not None
             on_pet = _allow_empty(lambda img=img, found=found: to_pet_grid(img, geometry, str(path), mode, found),
                                   geometry)
             yield labels[number], on_pet > 0, sum(native_volumes_ml(img, found.counts).values())
 
     layers = packed_layers(segments(), geometry.shape, str(path))
-    if not any(layer.array.any() for layer in layers) and any_native:
+    labelled = any(ml > 0 for layer in layers for ml in layer.native_volume_ml.values())  # on the SEG's grid
+    if not any(layer.array.any() for layer in layers) and labelled:
         raise LabelError(f"{path}: no segment overlaps the PET field of view. Check that the SEG belongs to this "
                          "study.")
     return layers
