@@ -301,6 +301,23 @@ def test_rtstruct_matches_an_independent_rasteriser_and_the_reference_suvs():
     assert (v.min(), np.median(v), v.max()) == pytest.approx((0.2, 1.0, 4.0), abs=1e-4)
 
 
+def test_rtstruct_refusals_name_the_file(tmp_path):
+    from petfeat.io.labels import read_rtstruct
+
+    series = read_pet_series(DRO / "DRO_0_0" / "PT")
+    rs = next((DRO / "DRO_0_0" / "RS").glob("*.dcm"))
+    far = dataclasses.replace(series.geometry, origin=tuple(v + 5000.0 for v in series.geometry.origin))
+    with pytest.raises(LabelError, match=f"{rs.name}: no ROI contour lies inside the PET field of view"):
+        read_rtstruct(rs, far)
+    empty = pydicom.dcmread(rs)
+    empty.ROIContourSequence = []
+    empty.save_as(tmp_path / "empty_rs.dcm")
+    with pytest.raises(LabelError, match="empty_rs.dcm: the RTSTRUCT holds no ROI contours"):
+        read_rtstruct(tmp_path / "empty_rs.dcm", series.geometry)
+    with pytest.raises(LabelError, match="Modality is 'PT', not RTSTRUCT"):
+        read_rtstruct(series.files[0], series.geometry)
+
+
 def test_label_map_outside_the_pet_field_of_view_is_refused(study, tmp_path):
     d, series = study
     img = sitk.GetImageFromArray(np.ones((5, 5, 5), np.uint8))
