@@ -104,19 +104,24 @@ def build_codes(layers: Sequence[LabelLayer], shape: tuple[int, ...]) -> CodeMap
             raise LabelError(f"{layer.source}: label map shape {layer.array.shape} differs from the PET grid "
                              f"{tuple(shape)} (Z, Y, X). Resample it onto the PET grid first "
                              "(petfeat.io.labels.resample_to_grid).")
-    sizes = [int(layer.array.max()) + 1 for layer in layers]
-    groups, size_of_group = [[]], 1  # consecutive layers whose combined key fits in an int64
-    for layer, size in zip(layers, sizes, strict=True):
+    return _code_layers(list(layers), [int(layer.array.max()) + 1 for layer in layers], shape)
+
+
+def _code_layers(layers: list[LabelLayer], sizes: list[int], shape: tuple[int, ...]) -> CodeMap:
+    """:func:`build_codes` of layers whose ids are below ``sizes``."""
+    groups, size_of_group = [[]], 1  # consecutive layers (indices) whose combined key fits in an int64
+    for j, size in enumerate(sizes):
         if groups[-1] and size_of_group * size > _KEY_LIMIT:
             groups.append([])
             size_of_group = 1
-        groups[-1].append(layer)
+        groups[-1].append(j)
         size_of_group *= size
     if len(groups) > 1:  # e.g. a SEG or RTSTRUCT of more than 62 segments: code each group, then the group codes
-        parts = [build_codes(group, shape) for group in groups]
-        top = build_codes([LabelLayer(part.codes, {}, "label group") for part in parts], shape)
+        parts = [_code_layers([layers[j] for j in g], [sizes[j] for j in g], shape) for g in groups]
+        top = _code_layers([LabelLayer(part.codes, {}, "label group") for part in parts],
+                           [part.n_codes for part in parts], shape)
         combos = np.concatenate([part.combos[top.combos[:, j]] for j, part in enumerate(parts)], axis=1)
-        return CodeMap(top.codes, combos, list(layers))
+        return CodeMap(top.codes, combos, layers)
     total = int(np.prod(sizes, dtype=np.float64))
     # Two passes over Z slabs (the combined key is int64: a whole-volume key would be 8 bytes per voxel).
     if total <= _LUT_LIMIT:  # which keys occur, then a lookup table key -> code (compiled, parallel loops)
@@ -142,7 +147,7 @@ def build_codes(layers: Sequence[LabelLayer], shape: tuple[int, ...]) -> CodeMap
     for j, size in enumerate(sizes):
         combos[:, j] = rem % size
         rem //= size
-    return CodeMap(np.ascontiguousarray(codes), combos, list(layers))
+    return CodeMap(np.ascontiguousarray(codes), combos, layers)
 
 
 def normalise_spec(spec) -> dict[str, dict[str, list[str]]]:
