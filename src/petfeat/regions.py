@@ -43,6 +43,10 @@ class LabelLayer:
     source: str = "<array>"
     #: Volume (mL) of each label name on the grid it was drawn on (None when it was drawn on the PET grid).
     native_volume_ml: dict[str, float] | None = None
+    #: Name space of the layer's labels: the source it came from (a TotalSegmentator task such as ``total``,
+    #: a ``--labels NAME=FILE`` prefix, ``lesions``). A region pattern ``NAMESPACE:GLOB`` matches only this
+    #: layer's labels; a bare ``GLOB`` matches labels of every name space.
+    namespace: str = ""
 
     def __post_init__(self):
         a = np.asarray(self.array)
