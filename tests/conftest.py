@@ -71,3 +71,9 @@ def synth_archive(tmp_path_factory):
     out = tmp_path_factory.mktemp("archive")
     truths = generate_archive(out, 3, seed=7, voxel_mm=8.0)
     return out, truths
+
+
+@pytest.fixture(autouse=True)
+def _key_file_in_tmp(monkeypatch, tmp_path_factory):
+    """Tests never write the pseudonymisation key to the real home: the default key file lives in pytest's tmp."""
+    monkeypatch.setenv("PETFEAT_KEY_FILE", str(tmp_path_factory.getbasetemp() / "petfeat-test.key"))

@@ -35,15 +35,19 @@ def _sorted(df):
 
 @pytest.fixture(scope="module")
 def archive(synth_archive, tmp_path_factory):
-    """Four studies: the three synthetic ones and a copy of the first under a new patient."""
+    """Four studies: the three synthetic ones and a copy of the first as another patient's study (new UIDs)."""
+    from pydicom.uid import generate_uid
+
     src, truths = synth_archive
     root = tmp_path_factory.mktemp("batch_archive")
     for t in truths:
         shutil.copytree(src / t["patient"], root / t["patient"])
     shutil.copytree(src / truths[0]["patient"], root / "SYN0004")
+    study_uid, series_uid = generate_uid(entropy_srcs=["SYN0004 study"]), generate_uid(entropy_srcs=["SYN0004 pet"])
     for f in (root / "SYN0004" / "pet").glob("*.dcm"):
         ds = pydicom.dcmread(f)
         ds.PatientID = "MRN4444444"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid  # the same UIDs would be a duplicate
         ds.save_as(f)
     return root
 

@@ -105,7 +105,7 @@ def cmd_demo(args) -> int:
     t1 = time.perf_counter()
     print(f"      done in {t1 - t0:.1f} s (DICOM PET in Siemens-, GE- and Philips-like variants, "
           "TotalSegmentator-style labels on a CT grid, lesion masks)")
-    key = load_or_create_key(out / "petfeat.key")
+    key = load_or_create_key(args.key_file or out / "petfeat.key")  # a synthetic archive: its key may sit beside it
     rows = scan_archive(archive, key)
     write_manifest(rows, out / "manifest.csv")
     print(f"[2/4] scanned: {len(rows)} studies -> {out / 'manifest.csv'}")
@@ -226,21 +226,45 @@ def _parse_threshold(text: str | None) -> dict | None:
 
 
 def cmd_scan(args) -> int:
-    """``petfeat scan``: discover studies and write a manifest (pseudonymised ids only)."""
+    """``petfeat scan``: discover studies and write a manifest (pseudonymised ids only).
+
+    Progress (folders scanned) and a summary by status go to stderr; ``--linkage`` writes
+    study_id, patient_id, PatientID (mode 600, written atomically).
+    """
+    import csv
+
     from petfeat.io.archive import load_or_create_key, scan_archive, write_manifest
+    from petfeat.io.atomic import atomic_write
 
     out = Path(args.out)
-    key = load_or_create_key(args.key_file or out.parent / "petfeat.key")
+    key = load_or_create_key(args.key_file)
     linkage = {} if args.linkage else None
-    rows = scan_archive(args.archive, key, linkage)
+    tty = sys.stderr.isatty()
+
+    def progress(i: int, n: int) -> None:
+        if tty or i == n or i % 100 == 0:
+            print(f"\rscanned {i}/{n} folders", end="" if tty and i < n else "\n", file=sys.stderr, flush=True)
+
+    rows = scan_archive(args.archive, key, linkage, progress=progress)
     write_manifest(rows, out)
     if args.linkage:
-        Path(args.linkage).write_text("study_id,patient_id\n" + "".join(f"{k},{v}\n" for k, v in linkage.items()))
+        def write(tmp: str) -> None:  # mkstemp's file is mode 600; the rename keeps it
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                w = csv.writer(f)
+                w.writerow(["study_id", "patient_id", "PatientID"])
+                w.writerows([sid, pid, raw] for sid, (pid, raw) in linkage.items())
+
+        atomic_write(args.linkage, write)
     by_status: dict[str, int] = {}
     for r in rows:
-        st = r.match_status.split(" ")[0]
+        st = r.match_status.split(" ")[0].rstrip(":")
         by_status[st] = by_status.get(st, 0) + 1
-    print(f"{len(rows)} studies -> {out} ({', '.join(f'{k}: {v}' for k, v in sorted(by_status.items()))})")
+    n_studies = sum(1 for r in rows if r.study_id.startswith("S"))
+    print(f"{n_studies} studies in {len(rows)} rows -> {out} "
+          f"({', '.join(f'{k}: {v}' for k, v in sorted(by_status.items()))})")
+    unreadable = sum({r.study_path: r.n_unreadable for r in rows}.values())
+    if unreadable:
+        print(f"{unreadable} file(s) could not be read and were skipped (see the n_unreadable column)", file=sys.stderr)
     return 0
 
 
@@ -251,7 +275,7 @@ def cmd_batch(args) -> int:
     from petfeat.regions import BUILTIN_REGIONS, load_spec
 
     out = Path(args.out)
-    key = load_or_create_key(args.key_file or out / "petfeat.key")
+    key = load_or_create_key(args.key_file)
     src = Path(args.source)
     rows = scan_archive(src, key) if src.is_dir() else read_manifest(src)
     settings = BatchSettings(regions=load_spec(args.regions) if args.regions else BUILTIN_REGIONS,
@@ -281,10 +305,12 @@ def cmd_extract(args) -> int:
     from petfeat.extract import extract
     from petfeat.io.dicom import read_pet_series
     from petfeat.io.labels import read_labels, read_lesion_mask, read_names_file
+    from petfeat.pseudonyms import load_or_create_key
     from petfeat.regions import BUILTIN_REGIONS, load_spec
     from petfeat.suv import compute_suv_factors
 
     t0 = time.perf_counter()
+    key = load_or_create_key(args.key_file)  # the batch's key: the same series gets the same patient_id
     series = read_pet_series(args.pet, series_uid=args.series_uid)
     factors = compute_suv_factors(series.suv_header, lbm_formula=args.lbm, **_suv_overrides(args))
     names = read_names_file(args.label_names) if args.label_names else None
@@ -295,7 +321,7 @@ def cmd_extract(args) -> int:
     regions = load_spec(args.regions) if args.regions else BUILTIN_REGIONS
     res = extract(series, layers, regions, lesions=lesions, threshold=_parse_threshold(args.threshold),
                   connectivity=args.connectivity, min_lesion_ml=args.min_lesion_ml, backend=args.backend,
-                  suv_type=args.suv_type, factors=factors, peaks=not args.no_peak)
+                  suv_type=args.suv_type, factors=factors, peaks=not args.no_peak, id_key=key)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     label_rows = [{"label": n, "source": la.source, "native_volume_ml": (la.native_volume_ml or {}).get(n),
@@ -354,9 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("scan", help="find the studies of an archive and write a manifest")
     s.add_argument("archive", help="archive root: one folder per study")
     s.add_argument("-o", "--out", required=True, help="manifest CSV to write")
-    s.add_argument("--key-file", help="pseudonymisation key (default: petfeat.key beside the manifest; created "
-                   "when missing)")
-    s.add_argument("--linkage", help="also write study_id -> PatientID to this CSV (keep it private)")
+    s.add_argument("--key-file", help="pseudonymisation key (default: $PETFEAT_KEY_FILE, else "
+                   "~/.config/petfeat/petfeat.key; created when missing)")
+    s.add_argument("--linkage", help="also write study_id, patient_id, PatientID to this CSV (mode 600; keep it "
+                   "private)")
     s.set_defaults(func=cmd_scan)
 
     s = sub.add_parser("extract", help="features and lesions: one study (--pet) or a manifest/archive on Dask")
@@ -366,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, help="local cluster workers (default: cores)")
     s.add_argument("--trace-memory", action="store_true", help="batch mode: also trace each study's NumPy and Python "
                    "allocations (peak_traced_mb in parts/*.timing.json; reading DICOM gets ~10x slower)")
-    s.add_argument("--key-file", help="pseudonymisation key (default: OUT/petfeat.key, created when missing)")
+    s.add_argument("--key-file", help="pseudonymisation key, for batch and --pet alike (default: "
+                   "$PETFEAT_KEY_FILE, else ~/.config/petfeat/petfeat.key; created when missing)")
     s.add_argument("--labels", nargs="+", default=[], help="label sources: TotalSegmentator folder, NIfTI/NRRD "
                    "multilabel, DICOM SEG or RTSTRUCT file")
     s.add_argument("--label-names", help="JSON or CSV id -> name for multilabel images (e.g. TotalSegmentator --ml)")
@@ -408,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=["auto", "cpu", "gpu"], default="auto")
     s.add_argument("--workers", type=int, help="local Dask workers (default: cores)")
     s.add_argument("--scheduler", help="run on an existing Dask cluster, tcp://HOST:PORT")
+    s.add_argument("--key-file", help="pseudonymisation key (default: OUT/petfeat.key; the archive is synthetic)")
     s.set_defaults(func=cmd_demo)
     return p
 

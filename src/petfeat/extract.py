@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import os
 import time
@@ -39,10 +38,11 @@ LESION_COLUMNS = ("lesion_id", "site", "suv_mean", "suv_max", "suv_min", "suv_st
 _SESSION_KEY = os.urandom(16)
 
 
-def pseudonym(patient_id: str, key: bytes | None = None) -> str:
-    """Keyed hash of a patient id (HMAC-SHA256, 12 hex digits); a per-process key when ``key`` is None."""
-    digest = hmac.new(key or _SESSION_KEY, patient_id.encode("utf-8"), hashlib.sha256).hexdigest()
-    return "P" + digest[:12]
+def pseudonym(patient_id: str, key: bytes | None = None, study_uid: str = "") -> str:
+    """Patient pseudonym (:func:`petfeat.pseudonyms.pseudonym`); a per-process key when ``key`` is None."""
+    from petfeat.pseudonyms import pseudonym as keyed
+
+    return keyed(patient_id, key or _SESSION_KEY, study_uid)
 
 
 def _layers(labels, label_names, shape) -> list[LabelLayer]:
@@ -152,7 +152,7 @@ def extract(
         f = factors.factor(suv_type)
         stored, scale, offset = pet.stored, pet.slope * f, pet.intercept * f
         geometry = pet.geometry
-        keys = {"patient_id": pseudonym(pet.patient_id, id_key), "study_date": pet.study_date,
+        keys = {"patient_id": pseudonym(pet.patient_id, id_key, pet.study_uid), "study_date": pet.study_date,
                 "series_uid": pet.series_uid}
     else:
         stored = np.ascontiguousarray(pet)

@@ -1,25 +1,42 @@
 """Discover studies in an archive and describe them in a manifest (CSV), validated on load.
 
-Convention: every folder directly under the archive root is one study candidate. Inside it, the
-PET series is found by its headers (Modality PT); label maps are matched
+Convention: every folder directly under the archive root is scanned (at any depth) for DICOM files
+and label maps. Inside it:
 
-* by folder convention: a ``seg/`` or ``segmentations/`` folder of ``<class>.nii.gz`` files
-  (TotalSegmentator), multilabel images named ``*seg*.nii.gz``/``*.nrrd``, a lesion mask named
-  ``*lesion*`` (NIfTI/NRRD);
-* by DICOM references: SEG and RTSTRUCT objects whose referenced series is the PET series.
+* **Studies.** PET series (Modality PT) are grouped by StudyInstanceUID; each study is one manifest
+  row (a patient folder with baseline and follow-up gives two rows). Within a study one PET series is
+  chosen deterministically (not a projection/MIP, attenuation-corrected, most slices, lowest UID);
+  the row records the reason (``series_choice``) and the other PET series (``alternatives``). Edit
+  ``series_uid`` to override.
+* **Label maps by content.** A folder of ``<class>.nii.gz`` files whose names a TotalSegmentator task
+  explains (:func:`petfeat.io.totalsegmentator.identify_task`), at any depth, is one label source per
+  folder; so is a folder named ``seg``, ``segmentations`` or ``totalsegmentator``. A NIfTI with a
+  label table in its header (TotalSegmentator ``--ml``) is a label source; other images named
+  ``*seg*``/``*label*`` (NIfTI/NRRD/MHA) are label sources, ``*lesion*`` the lesion mask. They are
+  matched to a study when they lie in its folder; a folder with several studies cannot attribute
+  them, and its rows say so (``unattributed_labels``).
+* **DICOM SEG / RTSTRUCT** objects match a study when they reference its PET series, share a PET
+  series' FrameOfReferenceUID, or reference another series of the same StudyInstanceUID (an
+  RTSTRUCT drawn on the CT).
+* **Duplicates.** A series (StudyInstanceUID, SeriesInstanceUID) found in a second folder gives a row
+  with status ``duplicate of S...``; extraction records it as a failure.
+* **Unreadable files** (corrupt headers, broken or looping links) are skipped and counted
+  (``n_unreadable``); FIFOs and devices are never opened; symbolic links to folders inside a study
+  are not followed.
 
-Patient identifiers never enter the manifest: ``study_id`` is a keyed hash of PatientID and the
-study date (the key lives beside the outputs, see :func:`load_or_create_key`).
+Patient identifiers never enter the manifest: ids are keyed hashes (:mod:`petfeat.pseudonyms`).
+Paths are written absolute; :func:`read_manifest` resolves relative paths against the manifest's
+folder.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
-import hmac
+import io
 import os
-import secrets
-from dataclasses import dataclass
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
@@ -30,45 +47,60 @@ from petfeat.errors import PetfeatError
 from petfeat.io.atomic import atomic_write
 from petfeat.io.dicom import _text
 from petfeat.io.dicom_fast import read_slice_header
+from petfeat.pseudonyms import (  # noqa: F401 - re-exported: petfeat.io.archive.load_or_create_key/pseudonym
+    default_key_path,
+    duplicate_pseudonym,
+    folder_pseudonym,
+    load_or_create_key,
+    pseudonym,
+    study_pseudonym,
+)
 
-MANIFEST_COLUMNS = ("study_id", "study_date", "pet_path", "series_uid", "labels", "lesions", "match_status",
-                    "n_files")
+MANIFEST_COLUMNS = ("study_id", "patient_id", "study_date", "study_path", "pet_path", "series_uid", "series_choice",
+                    "alternatives", "labels", "lesions", "match_status", "n_files", "n_unreadable")
+#: Columns a manifest must have; the others default (old manifests load).
+REQUIRED_COLUMNS = ("study_id", "pet_path")
 _LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".nhdr")
+_TS_FOLDER_NAMES = ("seg", "segmentations", "totalsegmentator")
 
 
 class ManifestError(PetfeatError):
     """A manifest is missing, malformed or points to files that do not exist."""
 
 
-def load_or_create_key(path: str | Path) -> bytes:
-    """The pseudonymisation key at ``path``; a new random key is created (mode 600) when absent."""
-    path = Path(path)
-    if path.exists():
-        key = bytes.fromhex(path.read_text().strip())
-        if len(key) < 16:
-            raise ManifestError(f"{path}: the key must be at least 16 bytes (32 hex digits).")
-        return key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key.hex() + "\n")
-    return key
-
-
-def pseudonym(patient_id: str, key: bytes, study_date: str = "") -> str:
-    """Keyed hash (HMAC-SHA256) of a patient id and study date: ``S`` + 12 hex digits (a study id)."""
-    msg = f"{patient_id}|{study_date}".encode()
-    return "S" + hmac.new(key, msg, hashlib.sha256).hexdigest()[:12]
-
-
-def _is_label_file(p: Path) -> bool:
-    return p.is_file() and p.name.lower().endswith(_LABEL_SUFFIXES)
-
-
 @dataclass
 class StudyRow:
-    """One manifest row."""
+    """One manifest row.
+
+    Attributes
+    ----------
+    study_id : str
+        ``S...`` (a PET study), ``F...`` (a folder without a PET series) or ``D...`` (a duplicate).
+    study_date : str
+        StudyDate (YYYYMMDD) of the chosen series.
+    pet_path : str
+        Folder holding the chosen series' files (or the study folder when they are spread).
+    series_uid : str
+        The chosen PET SeriesInstanceUID (the reader selects it in ``pet_path``).
+    labels : list of str
+        Label sources: TotalSegmentator folders, multilabel images, DICOM SEG/RTSTRUCT files.
+    lesions : str
+        Lesion mask file, or empty.
+    match_status : str
+        ``ok``, ``no_labels``, ``unattributed_labels ...``, ``no_pet_series``, ``duplicate of S...``.
+    n_files : int
+        Files of the chosen series (all files of the folder when there is no PET series).
+    study_path : str
+        The scanned study folder (absolute).
+    patient_id : str
+        Patient pseudonym (``P...``), empty when there is no PET series.
+    series_choice : str
+        Why ``series_uid`` was chosen among the study's PET series.
+    alternatives : list of str
+        The study's other PET series UIDs.
+    n_unreadable : int
+        Files of the folder skipped because their header could not be read.
+    """
 
     study_id: str
     study_date: str
@@ -78,111 +110,289 @@ class StudyRow:
     lesions: str
     match_status: str
     n_files: int
+    study_path: str = ""
+    patient_id: str = ""
+    series_choice: str = ""
+    alternatives: list[str] = field(default_factory=list)
+    n_unreadable: int = 0
 
     def as_csv(self) -> dict:
-        """The row as CSV fields (label paths joined with ';')."""
-        d = dict(self.__dict__)
+        """The row as CSV fields (label paths and alternatives joined with ';')."""
+        d = {c: getattr(self, c) for c in MANIFEST_COLUMNS}
         d["labels"] = ";".join(self.labels)
+        d["alternatives"] = ";".join(self.alternatives)
         return d
 
 
-def scan_archive(root: str | Path, key: bytes, linkage: dict | None = None) -> list[StudyRow]:
-    """One manifest row per study folder under ``root`` (see module docstring).
+# ---------------------------------------------------------------------------------------------- scanning
 
-    ``linkage``, when given, is filled with study_id -> PatientID (for a separate linkage file).
+_STUDY_DATE, _MODALITY, _PATIENT_ID, _STUDY_UID, _SERIES_UID, _FRAME_UID, _IMAGE_TYPE, _CORRECTED = (
+    BaseTag(t) for t in (0x00080020, 0x00080060, 0x00100020, 0x0020000D, 0x0020000E, 0x00200052, 0x00080008,
+                         0x00280051))
+#: SpecificCharacterSet and the fields above: what the fast header scan reads of every file.
+_SCAN_TAGS = frozenset({0x00080005, _STUDY_DATE, _MODALITY, _PATIENT_ID, _STUDY_UID, _SERIES_UID, _FRAME_UID,
+                        _IMAGE_TYPE, _CORRECTED})
+_PYDICOM_TAGS = ["SpecificCharacterSet", "ImageType", "StudyDate", "Modality", "PatientID", "StudyInstanceUID",
+                 "SeriesInstanceUID", "FrameOfReferenceUID", "CorrectedImage", "ReferencedSeriesSequence",
+                 "ReferencedFrameOfReferenceSequence"]
+
+
+@dataclass
+class _Header:
+    path: Path
+    modality: str
+    study_uid: str
+    series_uid: str
+    patient_id: str
+    date: str
+    frame_uid: str
+    image_type: str
+    corrected: str
+    ref_series: frozenset[str] = frozenset()
+    ref_frames: frozenset[str] = frozenset()
+
+
+@dataclass
+class _Folder:
+    """What one walk of a study folder found."""
+
+    headers: list[_Header] = field(default_factory=list)
+    label_files: list[Path] = field(default_factory=list)
+    n_files: int = 0
+    n_unreadable: int = 0
+
+
+def scan_archive(root: str | Path, key: bytes, linkage: dict | None = None,
+                 progress: Callable[[int, int], object] | None = None) -> list[StudyRow]:
+    """The manifest rows of every study under ``root`` (see module docstring).
+
+    Parameters
+    ----------
+    root : str or Path
+        Archive root: each folder directly below it is scanned.
+    key : bytes
+        Pseudonymisation key (:func:`petfeat.pseudonyms.load_or_create_key`).
+    linkage : dict, optional
+        Filled with ``study_id -> (patient pseudonym, PatientID)`` for a separate linkage file.
+    progress : callable, optional
+        Called as ``progress(folders_done, folders_total)`` after each folder.
+
+    Returns
+    -------
+    list of StudyRow
+        Sorted by folder, then study date and StudyInstanceUID; absolute paths.
     """
-    root = Path(root)
+    root = Path(root).expanduser()
     if not root.is_dir():
         raise ManifestError(f"{root}: not a folder. Point to the archive root (one folder per study).")
-    rows = []
-    for study in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        rows.append(_scan_study(study, key, linkage))
+    root = root.resolve()
+    folders = [p for p in sorted(root.iterdir()) if not p.name.startswith(".") and _study_folder(p, root)]
+    rows: list[StudyRow] = []
+    first: dict[tuple[str, str], str] = {}  # (study uid, series uid) -> study id of the first copy
+    for i, folder in enumerate(folders, start=1):
+        for row, pair, pid in _scan_study(folder, root, key):
+            if pair is not None and pair in first:
+                rel = folder.relative_to(root).as_posix()
+                row.study_id = duplicate_pseudonym(rel, key)
+                row.match_status = (f"duplicate of {first[pair]}: the same series is also in another folder; "
+                                    "remove one copy")
+            elif pair is not None:
+                first[pair] = row.study_id
+                if linkage is not None:
+                    linkage[row.study_id] = (row.patient_id, pid)
+            rows.append(row)
+        if progress is not None:
+            progress(i, len(folders))
     return rows
 
 
-_STUDY_DATE, _MODALITY, _PATIENT_ID, _SERIES_UID = (BaseTag(t) for t in (0x00080020, 0x00080060, 0x00100020,
-                                                                            0x0020000E))
-#: SpecificCharacterSet, StudyDate, Modality, PatientID, SeriesInstanceUID.
-_SCAN_TAGS = frozenset({0x00080005, _STUDY_DATE, _MODALITY, _PATIENT_ID, _SERIES_UID})
+def _study_folder(p: Path, root: Path) -> bool:
+    """A folder below the root to scan; a linked folder only when it neither lies in nor contains the root."""
+    try:
+        if not p.is_dir():
+            return False
+        if p.is_symlink():
+            target = p.resolve()
+            return not (target.is_relative_to(root) or root.is_relative_to(target))
+    except OSError:  # a link loop
+        return False
+    return True
 
 
-def _scan_study(study: Path, key: bytes, linkage: dict | None) -> StudyRow:
-    series: dict[str, dict] = {}
-    refs: list[tuple[Path, str, str]] = []  # (file, modality, referenced series uid)
-    n_files = 0
-    for f in sorted(study.rglob("*")):
-        if not f.is_file() or f.name.startswith(".") or f.name.lower().endswith(_LABEL_SUFFIXES):
-            continue
-        n_files += 1
-        try:
-            ds = read_slice_header(f, _SCAN_TAGS)  # the header's first bytes only, for the PET slices
-        except OSError:
-            continue
-        if ds is None or _text(ds, _MODALITY) in ("SEG", "RTSTRUCT"):  # references need pydicom
-            try:
-                ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=[
-                    "Modality", "SeriesInstanceUID", "PatientID", "StudyDate", "ReferencedSeriesSequence",
-                    "ReferencedFrameOfReferenceSequence"])
-            except (InvalidDicomError, OSError, ValueError, EOFError):
+def _walk(study: Path) -> _Folder:
+    """Headers of the DICOM files and the label files under ``study``; links to folders are not followed."""
+    found = _Folder()
+    for dirpath, dirnames, filenames in os.walk(study, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
                 continue
-        modality = _text(ds, _MODALITY) or ""  # raw text: no pydicom value conversion per file
-        uid = _text(ds, _SERIES_UID) or ""
-        if modality == "PT":
-            s = series.setdefault(uid, {"folders": set(), "n": 0, "pid": _text(ds, _PATIENT_ID) or "",
-                                        "date": _text(ds, _STUDY_DATE) or ""})
-            s["folders"].add(f.parent)
-            s["n"] += 1
-        elif modality in ("SEG", "RTSTRUCT"):
-            refs.append((f, modality, _referenced_series(ds)))
-    labels, lesions = _convention_labels(study)
-    if not series:
-        return StudyRow(f"folder:{study.name}", "", str(study), "", labels, lesions, "no_pet_series", n_files)
-    if len(series) > 1:
-        uids = ", ".join(sorted(series))
-        return StudyRow(f"folder:{study.name}", "", str(study), "", labels, lesions,
-                        f"several_pet_series ({uids}): edit the manifest to keep one", n_files)
-    uid, s = next(iter(series.items()))
-    pet_dir = min(s["folders"], key=lambda p: len(p.parts)) if len(s["folders"]) == 1 else study
-    labels += [str(f) for f, _, ref in refs if ref == uid]
-    sid = pseudonym(s["pid"], key, s["date"])
-    if linkage is not None:
-        linkage[sid] = s["pid"]
-    status = "ok" if labels or lesions else "no_labels"
-    return StudyRow(sid, s["date"], str(pet_dir), uid, labels, lesions, status, s["n"])
+            path = Path(dirpath) / name
+            try:
+                st = os.stat(path)  # follows a file link; a broken or looping link raises
+            except OSError:
+                found.n_unreadable += 1
+                continue
+            if not stat.S_ISREG(st.st_mode):  # FIFO, device, socket, or a link to a folder: never opened
+                continue
+            if name.lower().endswith(_LABEL_SUFFIXES):
+                found.label_files.append(path)
+                continue
+            found.n_files += 1
+            try:
+                h = _read_header(path)
+            except Exception:  # noqa: BLE001 - any corrupt header skips the file, never the scan
+                found.n_unreadable += 1
+                continue
+            if h is not None:
+                found.headers.append(h)
+    return found
 
 
-def _referenced_series(ds) -> str:
+def _read_header(path: Path) -> _Header | None:
+    """The scan fields of one file (``None``: not DICOM). Raises on a corrupt DICOM file."""
+    ds = read_slice_header(path, _SCAN_TAGS)  # the header's first bytes only, for image slices
+    if ds is None or _text(ds, _MODALITY) in ("SEG", "RTSTRUCT"):  # references need pydicom
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_PYDICOM_TAGS)
+        except InvalidDicomError:
+            with open(path, "rb") as f:
+                if f.read(132)[128:132] == b"DICM":
+                    raise
+            return None
+    modality = _text(ds, _MODALITY) or ""  # raw text: no pydicom value conversion per file
+    h = _Header(path, modality, _text(ds, _STUDY_UID) or "", _text(ds, _SERIES_UID) or "",
+                _text(ds, _PATIENT_ID) or "", _text(ds, _STUDY_DATE) or "", _text(ds, _FRAME_UID) or "",
+                (_text(ds, _IMAGE_TYPE) or "").upper(), (_text(ds, _CORRECTED) or "").upper())
+    if modality in ("SEG", "RTSTRUCT"):
+        h.ref_series, h.ref_frames = _references(ds)
+    return h
+
+
+def _references(ds) -> tuple[frozenset[str], frozenset[str]]:
+    """Series and frames of reference a SEG or RTSTRUCT refers to."""
+    series, frames = set(), set()
     for item in ds.get("ReferencedSeriesSequence", []) or []:
         if "SeriesInstanceUID" in item:
-            return str(item.SeriesInstanceUID)
+            series.add(str(item.SeriesInstanceUID).strip())
     for fr in ds.get("ReferencedFrameOfReferenceSequence", []) or []:
+        if "FrameOfReferenceUID" in fr:
+            frames.add(str(fr.FrameOfReferenceUID).strip())
         for st in fr.get("RTReferencedStudySequence", []) or []:
             for se in st.get("RTReferencedSeriesSequence", []) or []:
-                return str(se.SeriesInstanceUID)
-    return ""
+                if "SeriesInstanceUID" in se:
+                    series.add(str(se.SeriesInstanceUID).strip())
+    return frozenset(series), frozenset(frames)
 
 
-def _convention_labels(study: Path) -> tuple[list[str], str]:
-    labels, lesions = [], ""
-    for name in ("seg", "segmentations", "totalsegmentator"):
-        d = study / name
-        if d.is_dir() and any(_is_label_file(p) for p in d.iterdir()):
-            labels.append(str(d))
-    for f in sorted(study.iterdir()):
-        if not _is_label_file(f):
+def _is_projection(h: _Header) -> bool:
+    return any("MIP" in t or "PROJECTION" in t for t in h.image_type.split("\\"))
+
+
+def _choose_series(series: dict[str, list[_Header]]) -> tuple[str, str]:
+    """The PET series of one study to use, and why.
+
+    Preferred in this order: not a projection (MIP), attenuation-corrected (CorrectedImage has
+    ATTN), most slices, lowest SeriesInstanceUID.
+    """
+    if len(series) == 1:
+        return next(iter(series)), "only PET series"
+    criteria = (("not a projection (MIP)", lambda u: _is_projection(series[u][0])),
+                ("attenuation-corrected", lambda u: "ATTN" not in series[u][0].corrected.split("\\")),
+                ("most slices", lambda u: -len(series[u])),
+                ("lowest series UID", lambda u: u))
+    ranked = sorted(series, key=lambda u: tuple(f(u) for _, f in criteria))
+    best, runner = ranked[0], ranked[1]
+    reason = next(name for name, f in criteria if f(best) != f(runner))
+    return best, reason
+
+
+def _scan_study(study: Path, root: Path, key: bytes) -> list[tuple[StudyRow, tuple[str, str] | None, str]]:
+    """Rows of one study folder, each with its (study uid, series uid) and raw PatientID."""
+    found = _walk(study)
+    labels, lesions = _label_sources(found.label_files)
+    pets: dict[str, dict[str, list[_Header]]] = {}  # study uid -> series uid -> headers
+    study_of_series: dict[str, str] = {}
+    refs: list[_Header] = []
+    for h in found.headers:
+        if h.series_uid and h.study_uid:
+            study_of_series.setdefault(h.series_uid, h.study_uid)
+        if h.modality == "PT":
+            pets.setdefault(h.study_uid, {}).setdefault(h.series_uid, []).append(h)
+        elif h.modality in ("SEG", "RTSTRUCT"):
+            refs.append(h)
+    if not pets:
+        rel = study.relative_to(root).as_posix()
+        row = StudyRow(folder_pseudonym(rel, key), "", str(study), "", labels, lesions, "no_pet_series",
+                       found.n_files, study_path=str(study), n_unreadable=found.n_unreadable)
+        return [(row, None, "")]
+    out = []
+    for study_uid in sorted(pets, key=lambda u: (min(h.date for hs in pets[u].values() for h in hs), u)):
+        series = pets[study_uid]
+        uid, reason = _choose_series(series)
+        chosen = series[uid]
+        folders = {h.path.parent for h in chosen}
+        pet_dir = next(iter(folders)) if len(folders) == 1 else study
+        frames = {h.frame_uid for hs in series.values() for h in hs if h.frame_uid}
+        matched = [str(r.path) for r in refs
+                   if uid in r.ref_series or frames & (r.ref_frames | {r.frame_uid})
+                   or any(study_of_series.get(s) == study_uid for s in r.ref_series)]
+        first = chosen[0]
+        row = StudyRow(study_pseudonym(study_uid, uid, key), first.date, str(pet_dir), uid, matched, "", "ok",
+                       len(chosen), study_path=str(study), patient_id=pseudonym(first.patient_id, key, study_uid),
+                       series_choice=reason, alternatives=sorted(u for u in series if u != uid),
+                       n_unreadable=found.n_unreadable)
+        out.append((row, (study_uid, uid), first.patient_id))
+    for row, _, _ in out:
+        if len(out) == 1:
+            row.labels = labels + row.labels
+            row.lesions = lesions
+        elif labels or lesions:
+            n = len(labels) + bool(lesions)
+            row.match_status = (f"unattributed_labels: {n} label file(s) or folder(s) lie in a folder of {len(out)} "
+                                "studies; add the right ones to this row's labels/lesions")
             continue
-        if "lesion" in f.name.lower():
-            lesions = lesions or str(f)
-        elif "seg" in f.name.lower() or "label" in f.name.lower():
-            labels.append(str(f))
-    return labels, lesions
+        if not (row.labels or row.lesions):
+            row.match_status = "no_labels"
+    return out
 
+
+def _label_sources(files: list[Path]) -> tuple[list[str], str]:
+    """Label sources (folders and files) and the lesion mask among a study folder's image files."""
+    from petfeat.io.labels import nifti_label_table
+    from petfeat.io.totalsegmentator import identify_task
+
+    by_dir: dict[Path, list[Path]] = {}
+    for f in files:
+        by_dir.setdefault(f.parent, []).append(f)
+    labels, lesion_files = [], []
+    for d in sorted(by_dir, key=lambda p: (len(p.parts), str(p))):
+        rest = []
+        for f in sorted(by_dir[d]):
+            low = f.name.lower()
+            if "lesion" in low:
+                lesion_files.append(f)
+            elif low.endswith((".nii", ".nii.gz")) and nifti_label_table(f):  # TotalSegmentator --ml
+                labels.append(str(f))
+            else:
+                rest.append(f)
+        classes = [f.name[:-7] if f.name.endswith(".nii.gz") else f.name[:-4] for f in rest
+                   if f.name.endswith((".nii.gz", ".nii"))]
+        if classes and len(classes) == len(rest) and (
+                identify_task(classes) is not None or d.name.lower() in _TS_FOLDER_NAMES):
+            labels.append(str(d))  # one <class>.nii.gz per class: a TotalSegmentator output folder
+            continue
+        labels += [str(f) for f in rest if "seg" in f.name.lower() or "label" in f.name.lower()]
+    return labels, str(lesion_files[0]) if lesion_files else ""
+
+
+# ---------------------------------------------------------------------------------------------- manifest
 
 def write_manifest(rows: list[StudyRow], path: str | Path) -> None:
-    """Write the manifest CSV atomically."""
+    """Write the manifest CSV (UTF-8) atomically."""
 
     def write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
             w.writeheader()
             for r in rows:
@@ -191,32 +401,100 @@ def write_manifest(rows: list[StudyRow], path: str | Path) -> None:
     atomic_write(path, write)
 
 
+def _decode(path: Path) -> str:
+    """The manifest's text: UTF-8 (a BOM is dropped), else Windows-1252, else Latin-1 (spreadsheet exports)."""
+    raw = path.read_bytes()
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return raw.decode("latin-1")
+
+
+def _int_field(value: str | None, where: str, name: str) -> int:
+    text = (value or "").strip()
+    if not text:
+        return 0
+    try:
+        number = float(text)
+    except ValueError:
+        raise ManifestError(f"{where}: {name} is {text!r}, not a number; write a whole number or leave it "
+                            "empty.") from None
+    if not number.is_integer() or number < 0:
+        raise ManifestError(f"{where}: {name} is {text!r}; write a whole number >= 0 or leave it empty.")
+    return int(number)
+
+
+def _absolute(p: str, base: Path) -> str:
+    p = p.strip()
+    if not p:
+        return ""
+    q = Path(p).expanduser()
+    return os.path.normpath(q if q.is_absolute() else base / q)
+
+
 def read_manifest(path: str | Path) -> list[StudyRow]:
-    """Read and validate a manifest: columns, unique study ids, existing paths. Errors name the row."""
+    """Read and validate a manifest: columns, unique study ids, existing paths.
+
+    The file may be UTF-8 (with or without a byte-order mark), Windows-1252 or Latin-1; empty lines
+    are skipped; relative paths are resolved against the manifest's folder, so the returned rows
+    hold absolute paths. Columns other than ``study_id`` and ``pet_path`` may be missing.
+
+    Raises
+    ------
+    ManifestError
+        Naming the line and the field: a missing column, an empty or repeated study_id, a path that
+        does not exist, a non-numeric count, a line with more fields than the header.
+    """
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest. Create one with 'petfeat scan ARCHIVE -o {path.name}'.")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in ("study_id", "pet_path") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ManifestError(f"{path}: missing column(s) {', '.join(missing)}; expected "
-                                f"{', '.join(MANIFEST_COLUMNS)}.")
-        rows, seen = [], set()
-        for i, rec in enumerate(reader, start=2):
-            sid = (rec.get("study_id") or "").strip()
-            if not sid:
-                raise ManifestError(f"{path}, line {i}: study_id is empty.")
-            if sid in seen:
-                raise ManifestError(f"{path}, line {i}: study_id {sid} appears twice; each study needs its own id.")
-            seen.add(sid)
-            pet = (rec.get("pet_path") or "").strip()
-            labels = [p for p in (rec.get("labels") or "").split(";") if p.strip()]
-            for p in [pet, *labels, (rec.get("lesions") or "").strip()]:
-                if p and not Path(p).exists():
-                    raise ManifestError(f"{path}, line {i} (study {sid}): {p} does not exist. Fix the path or drop "
-                                        "the row.")
-            rows.append(StudyRow(sid, (rec.get("study_date") or "").strip(), pet, (rec.get("series_uid") or "").strip(),
-                                 labels, (rec.get("lesions") or "").strip(),
-                                 (rec.get("match_status") or "ok").strip(), int(rec.get("n_files") or 0)))
+    base = path.resolve().parent
+    reader = csv.DictReader(io.StringIO(_decode(path), newline=""))
+    try:
+        fieldnames = [(c or "").strip() for c in (reader.fieldnames or [])]
+    except csv.Error as exc:
+        raise ManifestError(f"{path}, line 1: not a CSV header ({exc}).") from None
+    reader.fieldnames = fieldnames
+    missing = [c for c in REQUIRED_COLUMNS if c not in fieldnames]
+    if missing:
+        raise ManifestError(f"{path}: missing column(s) {', '.join(missing)}; expected "
+                            f"{', '.join(MANIFEST_COLUMNS)}.")
+    rows, seen = [], {}
+    while True:
+        try:
+            rec = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise ManifestError(f"{path}, line {reader.line_num}: {exc}; check the quoting.") from None
+        i = reader.line_num
+        where = f"{path}, line {i}"
+        if None in rec:
+            raise ManifestError(f"{where}: {len(fieldnames) + len(rec[None])} fields where the header has "
+                                f"{len(fieldnames)}; quote fields that contain commas.")
+        rec = {k: (v or "").strip() for k, v in rec.items()}
+        if not any(rec.values()):
+            continue  # a line of empty fields
+        sid = rec.get("study_id", "")
+        if not sid:
+            raise ManifestError(f"{where}: study_id is empty.")
+        if sid in seen:
+            raise ManifestError(f"{where}: study_id {sid} appears twice (also on line {seen[sid]}); each study "
+                                "needs its own id.")
+        seen[sid] = i
+        pet = _absolute(rec.get("pet_path", ""), base)
+        labels = [_absolute(p, base) for p in rec.get("labels", "").split(";") if p.strip()]
+        lesions = _absolute(rec.get("lesions", ""), base)
+        for p in [pet, *labels, lesions]:
+            if p and not Path(p).exists():
+                raise ManifestError(f"{where} (study {sid}): {p} does not exist. Fix the path or drop the row.")
+        rows.append(StudyRow(
+            sid, rec.get("study_date", ""), pet, rec.get("series_uid", ""), labels, lesions,
+            rec.get("match_status", "") or "ok", _int_field(rec.get("n_files"), where, "n_files"),
+            study_path=_absolute(rec.get("study_path", ""), base) or pet, patient_id=rec.get("patient_id", ""),
+            series_choice=rec.get("series_choice", ""),
+            alternatives=[u.strip() for u in rec.get("alternatives", "").split(";") if u.strip()],
+            n_unreadable=_int_field(rec.get("n_unreadable"), where, "n_unreadable")))
     return rows
