@@ -249,3 +249,125 @@ def test_bpi_and_xerostomia_hand_scored():
     assert np.isnan(xerostomia_score({str(i): 2 for i in range(1, 11)}, "xi11"))
     with pytest.raises(PetfeatError, match="xi11 item 3 = 4.0: responses must be 1-3"):
         xerostomia_score({str(i): (4 if i == 3 else 2) for i in range(1, 12)}, "xi11")
+
+
+def test_ph_test_matches_r_cox_zph_on_rossi():
+    """R 4.2.2, survival 3.5-3:
+
+    fit <- coxph(Surv(week, arrest) ~ fin + age + race + wexp + mar + paro + prio, data = rossi)
+    cox.zph(fit)                      # transform = "km" (the default)
+    cox.zph(fit, transform = "rank")  # age: chisq 0.90
+    """
+    from lifelines import CoxPHFitter
+    from lifelines.datasets import load_rossi
+
+    from petfeat.stats.models import cox_zph
+
+    rossi = load_rossi()
+    cols = ["fin", "age", "race", "wexp", "mar", "paro", "prio"]
+    beta = CoxPHFitter().fit(rossi, duration_col="week", event_col="arrest").params_[cols].to_numpy()
+    r_km = {"fin": 0.0624, "age": 5.9740, "race": 2.0683, "wexp": 4.2246, "mar": 1.0110, "paro": 0.0184,
+            "prio": 0.5206, "GLOBAL": 17.6944}
+    km = cox_zph(rossi["week"], rossi["arrest"], rossi[cols], beta)
+    for name, chisq in r_km.items():
+        assert km.loc[name, "chisq"] == pytest.approx(chisq, abs=1e-3), name
+    assert km.loc["GLOBAL", "df"] == 7 and km.loc["age", "p"] == pytest.approx(0.0145, abs=1e-4)
+    rank = cox_zph(rossi["week"], rossi["arrest"], rossi[cols], beta, transform="rank")
+    assert rank.loc["age", "chisq"] == pytest.approx(0.90, abs=0.005)
+    res = fit_cox(rossi, "week", "arrest", "age", ["fin", "race", "wexp", "mar", "paro", "prio"])
+    assert res["ph_test_chisq"] == pytest.approx(5.9740, abs=1e-3) and res["ph_global_chisq"] == pytest.approx(
+        17.6944, abs=1e-3)
+    assert res["converged"] and res["flags"] == "" and res["loglik"] == pytest.approx(-658.7477, abs=1e-3)
+    hb_like = {t["term"]: t for t in res["terms"]}
+    assert set(hb_like) == set(cols) and hb_like["prio"]["hr"] == pytest.approx(np.exp(0.0914971), rel=1e-5)
+
+
+def test_complete_separation_is_reported_as_not_converged():
+    # every patient with x = 1 has the event before any patient with x = 0: the likelihood rises without bound
+    df = pd.DataFrame({"t": np.arange(1.0, 11.0), "e": [1, 1, 1, 0, 1, 0, 1, 0, 0, 0],
+                       "x": [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]})
+    res = fit_cox(df, "t", "e", "x")
+    assert not res["converged"] and res["flags"].startswith("not converged: coefficient of x may be infinite")
+    assert "EPV 5.0 < 10" in res["flags"]
+    df["x"] = [1, 0, 1, 1, 0, 0, 1, 0, 1, 0]  # no separation: settles
+    res = fit_cox(df, "t", "e", "x")
+    assert res["converged"] and res["flags"] == "EPV 5.0 < 10"
+
+
+def test_model_without_events_is_refused_in_one_line():
+    from petfeat.stats.errors import ModelError
+
+    df = pd.DataFrame({"t": [1.0, 2.0, 3.0], "e": [0, 0, 0], "x": [0.0, 1.0, 2.0]})
+    with pytest.raises(ModelError, match="^no events: all 3 patients are censored"):
+        fit_cox(df, "t", "e", "x")
+
+
+def test_lab_row_without_value_neither_extends_follow_up_nor_counts():
+    p = pd.DataFrame({"patient_id": ["a"], "therapy_start": ["2024-01-10"]})
+    labs = pd.DataFrame([("a", "2024-01-09", "PLT", 200, "10^9/L"), ("a", "2024-02-07", "PLT", 180, "10^9/L"),
+                         ("a", "2024-03-20", "PLT", None, "10^9/L")],
+                        columns=["patient_id", "date", "test", "value", "unit"])
+    t = time_to_first_grade(labs, p, tests=("platelets",)).iloc[0]
+    assert (t["time_days"], t["event"], t["n_assessments"]) == (28.0, 0, 1)  # censored at day 28, not day 70
+
+
+def test_lab_on_the_day_of_the_first_dose_is_baseline_unless_after_a_given_dose_time():
+    labs = pd.DataFrame([("a", "2024-03-01 08:00", "PLT", 20, "10^9/L"), ("a", "2024-03-01", "ANC", 0.2, "10^9/L"),
+                         ("a", "2024-03-15", "PLT", 100, "10^9/L")],
+                        columns=["patient_id", "date", "test", "value", "unit"])
+    t = time_to_first_grade(labs, pd.DataFrame({"patient_id": ["a"], "therapy_start": ["2024-03-01"]})).iloc[0]
+    assert (t["event"], t["time_days"], t["baseline_grade_ge"], t["n_assessments"]) == (0, 14.0, True, 1)
+    # a dose time: the 08:00 lab is still before it; a lab at 14:00 is after it (a day-0 event)
+    dosed = pd.DataFrame({"patient_id": ["a"], "therapy_start": ["2024-03-01 10:30"]})
+    t = time_to_first_grade(labs, dosed).iloc[0]
+    assert (t["event"], t["baseline_grade_ge"]) == (0, True)
+    late = pd.concat([labs, pd.DataFrame([("a", "2024-03-01 14:00", "PLT", 20, "10^9/L")], columns=labs.columns)])
+    t = time_to_first_grade(late, dosed).iloc[0]
+    assert (t["event"], t["time_days"]) == (1, 0.0)
+
+
+def test_exactly_10_point_prorated_fact_p_drop_is_not_worsening():
+    from petfeat.stats.questionnaires import fact_scores
+
+    # GS7 unanswered: SWB = 2 x 7/6 (prorated). FWB drops by exactly 10 points: 64.333... -> 54.333...,
+    # whose floating-point difference is 10.000000000000007.
+    base = {k: v for k, v in (_fact_g_items() | PCS_ANSWERS).items() if k != "GS7"}
+    base |= {"GS1": 2, **{f"GS{i}": 0 for i in range(2, 7)}, "GP1": 2, **{f"GP{i}": 4 for i in range(2, 8)},
+             "GF1": 4, "GF2": 4, "GF3": 2, **{f"GF{i}": 0 for i in range(4, 8)}}
+    later = base | {"GF1": 0, "GF2": 0, "GF3": 0}
+    before, after = fact_scores(base)["fact_p"], fact_scores(later)["fact_p"]
+    assert before - after > 10  # the rounding error the comparison must absorb
+    s = _scores([("a", "2024-01-08", before), ("a", "2024-02-08", after)])
+    t = time_to_worsening(s, _patients(), FACT_P_WORSENING).set_index("patient_id")
+    assert (t.loc["a", "event"], t.loc["a", "status"]) == (0, "censored")
+    s = _scores([("a", "2024-01-08", before), ("a", "2024-02-08", after - 1e-6)])
+    assert time_to_worsening(s, _patients(), FACT_P_WORSENING).set_index("patient_id").loc["a", "event"] == 1
+
+
+def test_lab_value_that_is_not_a_number_is_refused_in_one_line():
+    from petfeat.stats.errors import ClinicalDataError
+
+    labs = pd.DataFrame([("a", "2024-01-09", "ANC", "1.8", "10^9/L"), ("a", "2024-02-07", "ANC", "<0.5", "10^9/L")],
+                        columns=["patient_id", "date", "test", "value", "unit"])
+    with pytest.raises(ClinicalDataError, match=r"column 'value', row 2: '<0.5' is not a number; enter the measured"):
+        grade_labs(labs)
+
+
+def test_mixed_date_formats_are_refused_in_one_line():
+    from petfeat.stats.errors import ClinicalDataError
+
+    labs = pd.DataFrame([("a", "2024-01-09", "PLT", 200, "10^9/L"), ("a", "07/02/2024", "PLT", 180, "10^9/L")],
+                        columns=["patient_id", "date", "test", "value", "unit"])
+    p = pd.DataFrame({"patient_id": ["a"], "therapy_start": ["2024-01-10"]})
+    with pytest.raises(ClinicalDataError, match=r"the labs table, column 'date': '07/02/2024' does not parse"):
+        time_to_first_grade(labs, p)
+
+
+def test_per_sd_of_a_mixed_model_is_the_sd_over_patients():
+    # 3 patients with 2, 3 and 5 score rows: the SD over rows weights patients by their visits
+    df = pd.DataFrame({"patient": ["a"] * 2 + ["b"] * 3 + ["c"] * 5, "feat": [1.0] * 2 + [2.0] * 3 + [4.0] * 5})
+    from petfeat.stats.models import transform
+
+    _, label = transform(df["feat"], "sd", groups=df["patient"])
+    assert label == f"per SD ({np.std([1.0, 2.0, 4.0], ddof=1):.4g})"
+    assert transform(df["feat"], "sd")[1] != label

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from petfeat.errors import PetfeatError
+from petfeat.stats.errors import ClinicalDataError
 
 TESTS = ("haemoglobin", "neutrophils", "platelets", "white_cells", "lymphocytes")
 #: Grade-2, -3, -4 lower bounds in the canonical unit (a value below bound k has at least grade k).
@@ -87,18 +88,38 @@ def grade(test: str, value, lln=None) -> np.ndarray:
     return np.where(np.isnan(v), -1, g)
 
 
+def _numbers(col: pd.Series, name: str) -> pd.Series:
+    """Numeric lab values; empty cells are NaN, anything else that is not a number is refused."""
+    num = pd.to_numeric(col, errors="coerce")
+    bad = num.isna() & col.notna() & (col.astype(str).str.strip() != "")
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ClinicalDataError(f"the labs table, column {name!r}, row {row + 1}: {col.iloc[row]!r} is not a number; "
+                                f"enter the measured value ({bad.sum()} such row(s)), or leave the cell empty (a value "
+                                "reported only as below or above a limit cannot be graded).")
+    return num.astype(np.float64)
+
+
 def grade_labs(labs: pd.DataFrame) -> pd.DataFrame:
     """Grade a long lab table (columns ``test, value, unit`` and optionally ``lln``, ``lln_unit``).
 
-    Returns a copy with ``test`` canonical, ``value_canonical``, ``unit_canonical``, ``lln_used``
-    and ``grade``.
+    Returns a copy (index 0..n-1) with ``test`` canonical, ``value`` numeric, ``value_canonical``,
+    ``unit_canonical``, ``lln_used`` and ``grade`` (-1 for an empty value).
+
+    Raises
+    ------
+    ClinicalDataError
+        A value or LLN that is neither a number nor empty (``"<0.5"``), naming the row.
     """
     for col in ("test", "value", "unit"):
         if col not in labs.columns:
             raise PetfeatError(f"the labs table needs a '{col}' column (columns: patient_id, date, test, value, unit, "
                                "optional lln).")
-    out = labs.copy()
+    out = labs.reset_index(drop=True)  # row positions: a concatenated table may repeat index labels
     out["test"] = [canonical_test(t) for t in out["test"]]
+    out["value"] = _numbers(out["value"], "value")
+    if "lln" in out.columns:
+        out["lln"] = _numbers(out["lln"], "lln")
     vals, llns = np.empty(len(out)), np.empty(len(out))
     for test, idx in out.groupby("test").groups.items():
         sub = out.loc[idx]

@@ -1,12 +1,25 @@
 """Time-to-event endpoints from long clinical tables (dates as ISO strings or datetimes).
 
-Time origin is the first dose (``patients.therapy_start``); times are in days. An event is the
-first assessment after the origin that meets the definition; patients without an event are
-censored at their last assessment after the origin.
+Time origin is the first dose (``patients.therapy_start``); times are whole calendar days from the
+day of the first dose. An event is the first assessment after the first dose that meets the
+definition; patients without an event are censored at their last assessment after the first dose.
+Lab rows without a value and score rows without a score are not assessments: they neither
+extend follow-up nor count.
+
+Baseline and follow-up on the day of the first dose: an assessment dated before that day is
+baseline, one dated after it is follow-up. On the day itself an assessment is baseline (taken
+before the dose), unless both the dose and the assessment carry a time of day
+(``therapy_start = "2024-03-01 10:30"``, ``date = "2024-03-01 14:00"``) and the assessment is
+later than the dose. A value at exactly midnight counts as a date without a time.
+
+Dates: every value of a column in ISO 8601 (``YYYY-MM-DD`` or ``YYYY-MM-DD HH:MM``; date-only and
+timed values may be mixed) or every value in one other format; a column that mixes formats is
+refused with the first value that does not fit.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,10 +27,44 @@ import pandas as pd
 
 from petfeat.errors import PetfeatError
 from petfeat.stats.ctcae import grade_labs
+from petfeat.stats.errors import ClinicalDataError
 
 
-def _dates(s: pd.Series) -> pd.Series:
-    return pd.to_datetime(s, errors="raise")
+def _dates(s: pd.Series, table: str = "clinical", column: str = "date") -> pd.Series:
+    """Parse a date column: ISO 8601 (date-only and timed mixed) or one consistent format."""
+    try:
+        return pd.to_datetime(s, format="ISO8601")
+    except (ValueError, TypeError):
+        pass
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # pandas' "could not infer format" notice
+            return pd.to_datetime(s)
+    except (ValueError, TypeError):
+        pass
+    given = [v for v in s if pd.notna(v)]
+    bad = next((v for v in given if pd.isna(pd.to_datetime(v, format="ISO8601", errors="coerce"))), given[-1])
+    raise ClinicalDataError(f"the {table} table, column {column!r}: {bad!r} does not parse in the format of "
+                            f"{given[0]!r} (the column mixes date formats); write every date as YYYY-MM-DD or "
+                            "'YYYY-MM-DD HH:MM'.") from None
+
+
+def _has_time(ts: pd.Series) -> np.ndarray:
+    return (ts != ts.dt.normalize()).to_numpy()
+
+
+def after_first_dose(dates: pd.Series, start: pd.Timestamp) -> np.ndarray:
+    """Which assessments are follow-up (True) rather than baseline, by the rule of the module docstring."""
+    day, start_day = dates.dt.normalize(), start.normalize()
+    later_day = (day > start_day).to_numpy()
+    if start == start_day:  # no dose time: the day of the first dose is baseline
+        return later_day
+    same_day_after = ((day == start_day) & (dates > start)).to_numpy() & _has_time(dates)
+    return later_day | same_day_after
+
+
+def _days(when: pd.Timestamp, start: pd.Timestamp) -> float:
+    return float((when.normalize() - start.normalize()).days)
 
 
 def _require(df: pd.DataFrame, cols, name: str) -> None:
@@ -36,19 +83,20 @@ def time_to_first_grade(labs: pd.DataFrame, patients: pd.DataFrame, tests=("haem
     _require(labs, ("patient_id", "date", "test", "value", "unit"), "labs")
     _require(patients, ("patient_id", "therapy_start"), "patients")
     g = grade_labs(labs)
-    g = g[g["test"].isin(tests)].copy()
-    g["date"] = _dates(g["date"])
+    g = g[g["test"].isin(tests) & (g["grade"] >= 0)].copy()  # a row without a value is no assessment
+    g["date"] = _dates(g["date"], "labs", "date")
     rows = []
-    for pid, start in zip(patients["patient_id"], _dates(patients["therapy_start"]), strict=True):
-        mine = g[g["patient_id"] == pid].sort_values("date")
-        before = mine[mine["date"] <= start]
-        after = mine[mine["date"] > start]
+    for pid, start in zip(patients["patient_id"], _dates(patients["therapy_start"], "patients", "therapy_start"),
+                          strict=True):
+        mine = g[g["patient_id"] == pid].sort_values("date", kind="stable")
+        later = after_first_dose(mine["date"], start)
+        before, after = mine[~later], mine[later]
         baseline = bool(len(before) and before.groupby("test")["grade"].last().max() >= min_grade)
         hit = after[after["grade"] >= min_grade]
         if len(hit):
-            t, e = (hit["date"].iloc[0] - start).days, 1
+            t, e = _days(hit["date"].iloc[0], start), 1
         else:
-            t, e = ((after["date"].iloc[-1] - start).days if len(after) else 0), 0
+            t, e = (_days(after["date"].iloc[-1], start) if len(after) else 0.0), 0
         rows.append({"patient_id": pid, "time_days": float(t), "event": e, "baseline_grade_ge": baseline,
                      "n_assessments": int(after["date"].nunique())})
     return pd.DataFrame(rows)
@@ -60,7 +108,8 @@ class Worsening:
 
     ``direction``: ``"decrease"`` (FACT-P: lower is worse) or ``"increase"`` (BPI: higher is worse).
     ``absolute``: change in points; ``relative``: fraction of baseline; with both, either suffices.
-    ``strict``: the change must exceed the threshold (``>``) rather than reach it (``>=``).
+    ``strict``: the change must exceed the threshold (``>``) rather than reach it (``>=``); a change
+    within 1e-9 (relative) of the threshold counts as equal to it (prorated scores carry rounding error).
     ``confirmed``: the next assessment must also meet the definition (a last assessment cannot confirm).
     ``zero_baseline``: with a relative threshold and a baseline of 0, ``"absolute"`` judges by the
     absolute threshold only, ``"any"`` counts any change in the worse direction.
@@ -83,7 +132,10 @@ class Worsening:
             raise PetfeatError(f"direction is {self.direction!r}; use 'decrease' or 'increase'.")
 
         def beyond(x, thr):
-            return x > thr if self.strict else x >= thr
+            # prorated scores carry rounding error (62.1667 - 52.1667 = 10.000000000000007): a change equal to
+            # the threshold within 1e-9 of it is equal, not more
+            tol = 1e-9 * max(1.0, abs(thr))
+            return x > thr + tol if self.strict else x >= thr - tol
 
         hits = []
         if self.absolute is not None:
@@ -114,12 +166,15 @@ def time_to_worsening(scores: pd.DataFrame, patients: pd.DataFrame, definition: 
     _require(scores, ("patient_id", "date", score_col), "scores")
     _require(patients, ("patient_id", "therapy_start"), "patients")
     sc = scores.dropna(subset=[score_col]).copy()
-    sc["date"] = _dates(sc["date"])
-    deaths = _dates(patients["death_date"]) if "death_date" in patients.columns else pd.Series([pd.NaT] * len(patients))
+    sc["date"] = _dates(sc["date"], "scores", "date")
+    deaths = (_dates(patients["death_date"], "patients", "death_date") if "death_date" in patients.columns
+              else pd.Series([pd.NaT] * len(patients)))
     rows = []
-    for pid, start, death in zip(patients["patient_id"], _dates(patients["therapy_start"]), deaths, strict=True):
-        mine = sc[sc["patient_id"] == pid].sort_values("date")
-        before, after = mine[mine["date"] <= start], mine[mine["date"] > start]
+    for pid, start, death in zip(patients["patient_id"], _dates(patients["therapy_start"], "patients",
+                                                                "therapy_start"), deaths, strict=True):
+        mine = sc[sc["patient_id"] == pid].sort_values("date", kind="stable")
+        later = after_first_dose(mine["date"], start)
+        before, after = mine[~later], mine[later]
         if not len(before):
             rows.append({"patient_id": pid, "time_days": np.nan, "event": 0, "baseline": np.nan,
                          "status": "no_baseline"})
@@ -138,9 +193,9 @@ def time_to_worsening(scores: pd.DataFrame, patients: pd.DataFrame, definition: 
         if event_at is not None and pd.notna(death) and death < event_at and definition.death == "event":
             event_at, status = death, "death"
         if event_at is None:
-            rows.append({"patient_id": pid, "time_days": float((last - start).days), "event": 0, "baseline": base,
+            rows.append({"patient_id": pid, "time_days": _days(last, start), "event": 0, "baseline": base,
                          "status": "censored"})
         else:
-            rows.append({"patient_id": pid, "time_days": float((event_at - start).days), "event": 1, "baseline": base,
+            rows.append({"patient_id": pid, "time_days": _days(event_at, start), "event": 1, "baseline": base,
                          "status": status})
     return pd.DataFrame(rows)
