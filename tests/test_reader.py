@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import DRO
 
-from petfeat.errors import DicomSeriesError
+from petfeat.errors import DicomSeriesError, PetfeatWarning
 from petfeat.io.dicom import list_series, read_pet_series
 from petfeat.suv import compute_suv_factors
 from petfeat.synth.dicom_writer import read_back_with_pydicom
@@ -83,12 +83,32 @@ def test_mixed_folder_picks_the_pet_series_and_ignores_other_files(pet_folder, t
     assert {i.modality for i in list_series(mixed)} == {"PT", "CT"}
 
 
-def test_several_pet_series_refused_with_a_list_and_the_fix(tmp_path):
+def test_two_pet_series_of_one_study_choice_is_warned_and_recorded(tmp_path):
     _copy((DRO / "DRO_0_0" / "PT").glob("*.dcm"), tmp_path / "two" / "a")
     _copy((DRO / "DRO_1_0" / "PT").glob("*.dcm"), tmp_path / "two" / "b")
-    with pytest.raises(DicomSeriesError, match=r"holds 2 PET series: .*DRO_0_0.*DRO_1_0.*--series-uid"):
+    uids = sorted(pydicom.dcmread(next((DRO / n / "PT").glob("*.dcm"))).SeriesInstanceUID
+                  for n in ("DRO_0_0", "DRO_1_0"))
+    # same study, both attenuation-corrected, 20 files, one SeriesNumber: the UID decides
+    with pytest.warns(PetfeatWarning, match=r"holds 2 PET series of one study.*--series-uid"):
+        s = read_pet_series(tmp_path / "two")
+    choice = s.notes["series_choice"]
+    assert s.series_uid == choice["chosen"] == uids[0]
+    assert [a["series_uid"] for a in choice["alternatives"]] == [uids[1]]
+    assert "sorts after" in choice["alternatives"][0]["why_not"]
+    given = read_pet_series(tmp_path / "two", series_uid=uids[1])  # the override: no warning
+    assert given.series_uid == uids[1] and given.notes["series_choice"]["reason"] == "requested with series_uid"
+
+
+def test_pet_series_of_two_studies_refused_with_a_list_and_the_fix(tmp_path):
+    _copy((DRO / "DRO_0_0" / "PT").glob("*.dcm"), tmp_path / "two" / "a")
+    other = _copy((DRO / "DRO_1_0" / "PT").glob("*.dcm"), tmp_path / "two" / "b")
+    for f in other:
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID = "1.2.3.4.5"
+        ds.save_as(f)
+    with pytest.raises(DicomSeriesError, match=r"belong to 2 studies.*study 1\.2\.3\.4\.5: .*DRO_1_0.*--series-uid"):
         read_pet_series(tmp_path / "two")
-    uid = pydicom.dcmread(next((DRO / "DRO_1_0" / "PT").glob("*.dcm"))).SeriesInstanceUID
+    uid = pydicom.dcmread(other[0]).SeriesInstanceUID
     assert read_pet_series(tmp_path / "two", series_uid=uid).series_uid == uid
 
 

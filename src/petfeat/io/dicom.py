@@ -4,13 +4,26 @@ The reader never builds a float volume. It returns the stored integers (or float
 ``(Z, Y, X)`` array, the per-slice ``RescaleSlope``/``RescaleIntercept`` and the header fields
 that :func:`petfeat.suv.compute_suv_factors` needs. Uncompressed pixel data is taken straight
 from the file bytes (no per-slice pydicom pixel array); compressed transfer syntaxes go through
-pydicom's pixel handlers.
+pydicom's pixel handlers (JPEG Lossless, JPEG-LS, JPEG 2000, RLE through the installed plugins).
+
+:func:`read_pet_header` does everything but the pixels (file selection, series choice, geometry,
+SUV header fields) and never decodes pixel data; :func:`read_pet_series` adds the pixels.
+
+What the reader accepts and records (in ``notes`` of the result) rather than refuses:
+
+* slice spacing that varies by less than :data:`SPACING_JITTER_RTOL` of the median (bed junctions
+  of step-and-shoot scanners): a :class:`~petfeat.errors.PetfeatWarning`, the median spacing is used;
+* several PET series in one study folder: projections (MIPs) are dropped by geometry and one volume
+  is chosen by :func:`choose_pet_series`, with a warning listing the alternatives.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+import re
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,14 +37,28 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from petfeat.errors import DicomSeriesError
+from petfeat.errors import DicomSeriesError, PetfeatError, PetfeatWarning
 from petfeat.io.dicom_fast import PixelDataAt, read_slice_header
 from petfeat.suv import SuvHeader, combine, parse_da, parse_dt, parse_tm
 
 _UNCOMPRESSED = {ImplicitVRLittleEndian, ExplicitVRLittleEndian, "1.2.840.10008.1.2.1.99"}
-#: Relative tolerance on slice spacing and on orientation cosines.
+#: Relative deviation of a slice gap from the median spacing below which the spacing counts as uniform.
 SPACING_RTOL = 1e-3
+#: Relative deviation of a slice gap from the median spacing that is still read (with a warning and a note):
+#: bed junctions of step-and-shoot scanners deviate by up to a few percent (a GE Discovery ST series with
+#: 3.27 mm slices has junction gaps of 3.19-3.29 mm); a missing slice doubles a gap. SimpleITK's series
+#: reader accepts such jitter too. Gaps further off are refused as a missing or duplicated slice.
+SPACING_JITTER_RTOL = 0.10
+#: Absolute tolerance on orientation cosines.
 ORIENTATION_ATOL = 1e-4
+#: Largest stored volume (slices x Rows x Columns x bytes per voxel) the reader allocates, in bytes;
+#: the environment variable named by :data:`MAX_VOLUME_ENV` (GiB) overrides it. A corrupt header
+#: (Rows x Columns = 65535 x 65535) is refused by this check before any allocation.
+MAX_VOLUME_BYTES = 8 * 1024**3
+MAX_VOLUME_ENV = "PETFEAT_MAX_VOLUME_GB"
+#: File names (without extension, upper case) that are never PET slices, whatever their extension.
+NOT_DICOM_NAMES = frozenset({"DICOMDIR", "README", "LICENSE", "LICENCE", "VERSION", "INDEX", "LOCKFILE", "AUTORUN",
+                             "CHECKSUMS", "MANIFEST"})
 #: Defer reading values larger than this until they are used (pixel data of non-PET files).
 _DEFER = 2048
 #: The only elements parsed from each file (pydicom skips the rest): geometry, pixels, SUV fields.
@@ -40,7 +67,8 @@ _TAGS = [
     "StudyInstanceUID", "SeriesInstanceUID", "StudyDate", "SeriesDate", "SeriesTime", "AcquisitionDate",
     "AcquisitionTime", "AcquisitionDateTime", "SeriesDescription", "ImagePositionPatient", "ImageOrientationPatient",
     "PixelSpacing", "SliceThickness", "Rows", "Columns", "BitsAllocated", "PixelRepresentation", "SamplesPerPixel",
-    "NumberOfFrames", "RescaleSlope", "RescaleIntercept", "Units", "DecayCorrection", "CorrectedImage", "SUVType",
+    "NumberOfFrames", "ImageType", "SeriesNumber", "RescaleSlope", "RescaleIntercept", "Units", "DecayCorrection",
+    "CorrectedImage", "SUVType",
     "FrameReferenceTime", "ActualFrameDuration", "RadiopharmaceuticalInformationSequence", "PixelData",
     "FloatPixelData", (0x0009, 0x0010), (0x0009, 0x100D), (0x7053, 0x0010), (0x7053, 0x1000), (0x7053, 0x1009),
 ]
@@ -90,7 +118,8 @@ class PetSeries:
     """One PET series as stored: raw pixels, per-slice rescale, geometry and SUV header fields.
 
     ``stored`` is ``(Z, Y, X)`` in the stored dtype; the rescaled value of voxel ``[z, y, x]`` is
-    ``stored[z, y, x] * slope[z] + intercept[z]``.
+    ``stored[z, y, x] * slope[z] + intercept[z]``. ``notes`` records what the reader accepted
+    with a warning (see :class:`PetHeader`).
     """
 
     stored: np.ndarray
@@ -104,6 +133,7 @@ class PetSeries:
     study_date: dt.date | None
     patient_id: str = field(repr=False)
     description: str = ""
+    notes: dict = field(default_factory=dict)
 
     def rescaled(self, dtype=np.float32) -> np.ndarray:
         """Materialise the rescaled volume (activity or counts); only for callers that need it."""
@@ -111,6 +141,80 @@ class PetSeries:
         out *= self.slope.astype(dtype)[:, None, None]
         out += self.intercept.astype(dtype)[:, None, None]
         return out
+
+    def notes_json(self) -> str:
+        """``notes`` as a compact JSON string ("" when empty), for provenance columns."""
+        return notes_json(self.notes)
+
+
+@dataclass
+class PetHeader:
+    """One PET series without its pixels: what :func:`read_pet_header` returns.
+
+    Attributes
+    ----------
+    geometry : Geometry
+        The voxel grid (slices sorted along the normal).
+    suv_header : SuvHeader
+        The fields :func:`petfeat.suv.compute_suv_factors` needs.
+    files : list of Path
+        The slices, sorted along the normal.
+    notes : dict
+        What was accepted with a warning, JSON-ready, free of file names and patient data:
+        ``slice_spacing_mm``, ``slice_spacing_max_deviation_mm``, ``slice_spacing_max_deviation_after_slice``
+        and ``slice_position_max_offset_mm`` (slice position vs the regular grid) for spacing jitter;
+        ``series_choice`` (see :func:`choose_pet_series`) when several PET series were candidates.
+    """
+
+    geometry: Geometry
+    suv_header: SuvHeader
+    files: list[Path]
+    series_uid: str
+    study_uid: str
+    study_date: dt.date | None
+    patient_id: str = field(repr=False)
+    description: str = ""
+    notes: dict = field(default_factory=dict)
+
+
+def notes_json(notes: dict | None) -> str:
+    """Reader notes as a compact JSON string with sorted keys; "" when there are none."""
+    return json.dumps(notes, separators=(",", ":"), sort_keys=True, default=str) if notes else ""
+
+
+@dataclass(frozen=True)
+class SeriesSummary:
+    """What :func:`choose_pet_series` needs to know about one candidate series (header fields only).
+
+    Build it with :func:`summarize_series` from the per-file headers of :func:`scan_headers`.
+
+    Attributes
+    ----------
+    series_uid, study_uid, description : str
+        SeriesInstanceUID, StudyInstanceUID, SeriesDescription.
+    series_number : int or None
+        SeriesNumber.
+    n_files : int
+        Number of files (images) of the series.
+    n_positions : int
+        Number of distinct ImagePositionPatient values (0.01 mm apart or more); 1 for a projection
+        (one image, or rotating MIP images that share a position).
+    attenuation_corrected : bool
+        CorrectedImage contains ATTN.
+    """
+
+    series_uid: str
+    study_uid: str
+    description: str
+    series_number: int | None
+    n_files: int
+    n_positions: int
+    attenuation_corrected: bool
+
+    @property
+    def is_volume(self) -> bool:
+        """More than one slice position: a volume, not a projection."""
+        return self.n_positions > 1
 
 
 @dataclass(frozen=True)
@@ -149,11 +253,16 @@ _WANTED = frozenset(
 
 def _read_header(path: Path):
     """The header of one file: the fast per-slice scan when it applies, else pydicom (``None``: not DICOM)."""
-    ds = read_slice_header(path, _WANTED)
+    try:
+        ds = read_slice_header(path, _WANTED)
+    except OSError as exc:
+        raise DicomSeriesError(f"{path}: the file cannot be read ({exc}). Check its permissions or replace it."
+                               ) from exc
     return ds if ds is not None else _read_header_pydicom(path)
 
 
 def _read_header_pydicom(path: Path):
+    """Parse the wanted tags with pydicom; ``None`` for a file that is not DICOM; any other failure names the file."""
     try:
         return pydicom.dcmread(path, defer_size=_DEFER, specific_tags=_TAGS)
     except InvalidDicomError:
@@ -163,24 +272,31 @@ def _read_header_pydicom(path: Path):
                                "Remove or replace the file.") from exc
 
 
-def scan_headers(files: Iterable[Path], threads: int = 1) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
-    """Read every file's header once and group by SeriesInstanceUID (non-DICOM files are skipped).
-
-    Parsing is CPU-bound Python (one thread is fastest on local disks); ``threads > 1`` helps on
-    network storage, where each read waits on I/O.
-    """
-    files = list(files)
+def _scan(files: list[Path], threads: int) -> tuple[dict[str, list[tuple[Path, pydicom.Dataset]]], list[Path]]:
+    """Headers grouped by SeriesInstanceUID, and the files that are no series member (not DICOM, no UID)."""
     groups: dict[str, list] = defaultdict(list)
     if threads > 1:
         with ThreadPoolExecutor(max_workers=threads) as pool:
             headers = list(pool.map(_read_header, files))
     else:
         headers = [_read_header(f) for f in files]
+    unread = []
     for path, ds in zip(files, headers):
         uid = None if ds is None else _text(ds, BaseTag(0x0020000E))
-        if uid is not None:
+        if uid is None:
+            unread.append(path)
+        else:
             groups[uid].append((path, ds))
-    return groups
+    return groups, unread
+
+
+def scan_headers(files: Iterable[Path], threads: int = 1) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
+    """Read every file's header once and group by SeriesInstanceUID (non-DICOM files are skipped).
+
+    Parsing is CPU-bound Python (one thread is fastest on local disks); ``threads > 1`` helps on
+    network storage, where each read waits on I/O.
+    """
+    return _scan(list(files), threads)[0]
 
 
 def list_series(source) -> list[SeriesInfo]:
@@ -193,6 +309,211 @@ def list_series(source) -> list[SeriesInfo]:
     return sorted(out, key=lambda s: (s.modality, s.series_uid))
 
 
+_SERIES_NUMBER, _STUDY_UID, _DESCRIPTION = BaseTag(0x00200011), BaseTag(0x0020000D), BaseTag(0x0008103E)
+_CORRECTED, _MODALITY = BaseTag(0x00280051), BaseTag(0x00080060)
+
+
+def summarize_series(series_uid: str, items: Sequence[tuple[Path, pydicom.Dataset]]) -> SeriesSummary:
+    """The header summary of one series for :func:`choose_pet_series`.
+
+    Parameters
+    ----------
+    series_uid : str
+        SeriesInstanceUID of the series.
+    items : sequence of (Path, Dataset)
+        Its files and headers, as grouped by :func:`scan_headers` (fast-path or pydicom datasets).
+
+    Returns
+    -------
+    SeriesSummary
+    """
+    first = items[0][1]
+    positions = set()
+    for _, ds in items:
+        txt = _text(ds, _IPP)
+        try:
+            positions.add(tuple(round(float(v), 2) for v in txt.split("\\")))
+        except (AttributeError, ValueError):
+            continue  # no usable position: counts as no position
+    try:
+        number = int(float(_text(first, _SERIES_NUMBER)))
+    except (TypeError, ValueError, OverflowError):
+        number = None
+    corrected = (_text(first, _CORRECTED) or "").upper().split("\\")
+    return SeriesSummary(series_uid=series_uid, study_uid=_text(first, _STUDY_UID) or "",
+                         description=_text(first, _DESCRIPTION) or "", series_number=number, n_files=len(items),
+                         n_positions=len(positions), attenuation_corrected="ATTN" in [c.strip() for c in corrected])
+
+
+def _rank(c: SeriesSummary) -> tuple:
+    return (not c.attenuation_corrected, -c.n_files, c.series_number if c.series_number is not None else 1 << 62,
+            c.series_uid)
+
+
+def choose_pet_series(candidates: Sequence[SeriesSummary], series_uid: str | None = None) -> tuple[str, dict]:
+    """Choose one PET series among the candidates of one study, deterministically.
+
+    Projections (maximum-intensity projections, one image or rotating-MIP images that share one
+    position) are dropped by geometry when a volume exists, whatever their ImageType says; derived
+    volumes (ImageType DERIVED, SECONDARY: SUV series) stay candidates. Among the volumes the order is:
+    attenuation-corrected first (CorrectedImage contains ATTN), then the most files, then the
+    lowest SeriesNumber (absent: last), then the SeriesInstanceUID as text.
+
+    Parameters
+    ----------
+    candidates : sequence of SeriesSummary
+        The PET series found (see :func:`summarize_series`); at least one.
+    series_uid : str, optional
+        The series the user asked for: chosen when it is a candidate, and the study check is skipped.
+
+    Returns
+    -------
+    uid : str
+        The chosen SeriesInstanceUID.
+    notes : dict
+        ``{}`` for a single candidate; else ``{"series_choice": {"chosen": uid, "reason": str,
+        "alternatives": [{"series_uid", "description", "n_files", "why_not"}, ...]}}``.
+
+    Raises
+    ------
+    DicomSeriesError
+        No candidate, ``series_uid`` not among them, or (without ``series_uid``) candidates from
+        several studies (StudyInstanceUID): the reader never picks across studies.
+    """
+    cands = sorted(candidates, key=lambda c: c.series_uid)
+    if not cands:
+        raise DicomSeriesError("no PET series to choose from. Point to the folder of the PET series.")
+    by_uid = {c.series_uid: c for c in cands}
+    if series_uid is not None:
+        if series_uid not in by_uid:
+            raise DicomSeriesError(f"SeriesInstanceUID {series_uid} is not among the PET series "
+                                   f"{', '.join(by_uid)}. Pass one of them.")
+        chosen = by_uid[series_uid]
+        reason = "requested with series_uid"
+        why = {c.series_uid: "not the requested series" for c in cands}
+    else:
+        studies = sorted({c.study_uid for c in cands})
+        if len(studies) > 1:
+            lines = "; ".join(
+                f"study {st}: " + ", ".join(f"{c.series_uid} ({c.n_files} files, '{c.description}')"
+                                            for c in cands if c.study_uid == st) for st in studies)
+            raise DicomSeriesError(
+                f"the PET series belong to {len(studies)} studies (StudyInstanceUID): {lines}. A study's series "
+                "are never mixed with another's: point to one study's folder, or choose a series with "
+                "series_uid=... (CLI: --series-uid UID).")
+        volumes = [c for c in cands if c.is_volume]
+        pool = volumes or cands
+        chosen = min(pool, key=_rank)
+        reason = (f"{'attenuation-corrected' if chosen.attenuation_corrected else 'not attenuation-corrected'} "
+                  f"{'volume' if chosen.is_volume else 'image'} of {chosen.n_files} files, first of {len(pool)} "
+                  f"{'volume' if volumes else 'candidate'}(s) ranked by attenuation correction, number of files, "
+                  "lowest SeriesNumber, SeriesInstanceUID")
+        why = {}
+        for c in cands:
+            if volumes and not c.is_volume:
+                why[c.series_uid] = f"projection (MIP): {c.n_files} image(s) at {max(c.n_positions, 1)} position"
+            elif chosen.attenuation_corrected and not c.attenuation_corrected:
+                why[c.series_uid] = "not attenuation-corrected (CorrectedImage lacks ATTN)"
+            elif c.n_files < chosen.n_files:
+                why[c.series_uid] = f"fewer files ({c.n_files} < {chosen.n_files})"
+            elif c.series_number != chosen.series_number:
+                why[c.series_uid] = f"SeriesNumber {c.series_number} after {chosen.series_number}"
+            else:
+                why[c.series_uid] = "same rank; its SeriesInstanceUID sorts after the chosen one"
+    if len(cands) == 1:
+        return chosen.series_uid, {}
+    alternatives = [{"series_uid": c.series_uid, "description": c.description, "n_files": c.n_files,
+                     "why_not": why[c.series_uid]} for c in cands if c is not chosen]
+    return chosen.series_uid, {"series_choice": {"chosen": chosen.series_uid, "reason": reason,
+                                                 "alternatives": alternatives}}
+
+
+_NUMERIC_SUFFIX = re.compile(r"^\.\d*$")
+
+
+def _extension(path: Path) -> str:
+    """The extension that says what a file is: ``.dcm``; "" for none or a numeric UID ending (``1.2.840.5``)."""
+    suffix = path.suffix.lower()
+    return "" if _NUMERIC_SUFFIX.match(suffix) else suffix
+
+
+def _check_unread(items: Sequence[tuple[Path, pydicom.Dataset]], unread: Sequence[Path]) -> None:
+    """Refuse files beside the series' slices that look like slices but are empty or not readable.
+
+    A file that is no member of any series (not DICOM, or without SeriesInstanceUID) is an error
+    when it sits in a folder of the chosen series' slices and has their extension (``.dcm``;
+    names without extension or ending in numeric UID parts count as one kind), unless its name is
+    one of :data:`NOT_DICOM_NAMES` (DICOMDIR, README...). Other files (``notes.txt``, ``*.json``,
+    ``*.nii.gz`` beside ``.dcm`` slices, files in other folders) are ignored. A zero-byte file is
+    reported as an empty file, any other as a truncated or corrupt one.
+    """
+    folders = {p.parent for p, _ in items}
+    extensions = {_extension(p) for p, _ in items}
+    for path in unread:
+        if path.parent not in folders or _extension(path) not in extensions:
+            continue
+        stem = path.name.split(".")[0].upper()
+        if path.name.upper() in NOT_DICOM_NAMES or stem in NOT_DICOM_NAMES:
+            continue
+        size = path.stat().st_size
+        if size == 0:
+            raise DicomSeriesError(f"{path}: empty file (0 bytes) among the slices of the PET series; a slice is "
+                                   "probably missing. Re-export the series, or remove the file if it is no slice.")
+        raise DicomSeriesError(f"{path}: not readable as a DICOM slice ({size} bytes: no DICOM header or no "
+                               "SeriesInstanceUID, a truncated or corrupt file) among the slices of the PET series. "
+                               "Replace the file with the complete slice, or remove it if it is no slice.")
+
+
+def _select(source, series_uid: str | None, threads: int):
+    """Scan the files and pick the PET series: ``(uid, items, where, notes)``."""
+    files = _files_of(source)
+    groups, unread = _scan(files, threads)
+    where = str(source) if isinstance(source, (str, os.PathLike)) else f"{len(files)} files"
+    if not groups:
+        raise DicomSeriesError(f"{where}: no DICOM files found ({len(files)} files checked). "
+                               "Point to the folder that holds the PET series.")
+    pets = {uid: items for uid, items in groups.items() if _text(items[0][1], _MODALITY) == "PT"}
+    if series_uid is not None:
+        if series_uid not in groups:
+            raise DicomSeriesError(f"{where}: SeriesInstanceUID {series_uid} is not there; found "
+                                   f"{', '.join(sorted(groups))}.")
+        pets.setdefault(series_uid, groups[series_uid])
+    if not pets:
+        found = ", ".join(sorted({_text(i[0][1], _MODALITY) or "?" for i in groups.values()}))
+        raise DicomSeriesError(f"{where}: no PET series (Modality PT); found modalities {found}. "
+                               "Point to the folder of the PET series.")
+    try:
+        uid, notes = choose_pet_series([summarize_series(u, items) for u, items in pets.items()], series_uid)
+    except DicomSeriesError as exc:
+        raise DicomSeriesError(f"{where}: {exc}") from None
+    if "series_choice" in notes and series_uid is None:
+        choice = notes["series_choice"]
+        others = "; ".join(f"{a['series_uid']} ('{a['description']}', {a['n_files']} files: {a['why_not']})"
+                           for a in choice["alternatives"])
+        warnings.warn(PetfeatWarning(
+            f"the input holds {len(pets)} PET series of one study; read {uid} "
+            f"('{_text(pets[uid][0][1], _DESCRIPTION) or ''}', {choice['reason']}). Not read: {others}. "
+            "Choose another with series_uid=... (CLI: --series-uid UID)."), stacklevel=3)
+    _check_unread(pets[uid], unread)
+    return uid, pets[uid], where, notes
+
+
+def read_pet_header(source, *, series_uid: str | None = None, threads: int = 1) -> PetHeader:
+    """Read one PET series' headers: series choice, slice order, geometry and SUV fields; no pixel data.
+
+    Pixel data is never decoded (a compressed series reads without a decoder), so this is what
+    ``petfeat suv`` needs. Parameters, choice rules and refusals are those of :func:`read_pet_series`
+    except the pixel checks (volume size, truncated or undecodable pixel data).
+
+    Returns
+    -------
+    PetHeader
+    """
+    uid, items, where, notes = _select(source, series_uid, threads)
+    header, _ = _layout(uid, items, where, notes)
+    return header
+
+
 def read_pet_series(source, *, series_uid: str | None = None, threads: int = 1) -> PetSeries:
     """Read one PET series from a folder (searched recursively) or a list of files.
 
@@ -201,7 +522,9 @@ def read_pet_series(source, *, series_uid: str | None = None, threads: int = 1) 
     source : path or sequence of paths
         A folder, one file, or a list of files.
     series_uid : str, optional
-        SeriesInstanceUID to pick when the folder holds several PET series.
+        SeriesInstanceUID to read. Without it, when the folder holds several PET series of one
+        study, :func:`choose_pet_series` picks one (projections dropped, attenuation-corrected and
+        most files preferred), warns, and records the choice in ``notes["series_choice"]``.
     threads : int
         Threads used to read files: 1 is fastest on local disks (parsing holds the GIL); more
         help on network storage.
@@ -210,37 +533,28 @@ def read_pet_series(source, *, series_uid: str | None = None, threads: int = 1) 
     -------
     PetSeries
 
+    Warns
+    -----
+    PetfeatWarning
+        Several PET series (the choice), or slice spacing that varies within
+        :data:`SPACING_JITTER_RTOL` (bed junctions); both recorded in ``notes``.
+
     Raises
     ------
     DicomSeriesError
-        No PET series, several PET series and no ``series_uid``, inconsistent geometry,
-        missing or truncated pixel data.
+        No PET series; PET series of several studies and no ``series_uid``; a file named like the
+        slices that is empty or not readable (see :func:`_check_unread`); a corrupt header (any
+        parse failure names the file); inconsistent geometry; a gap beyond
+        :data:`SPACING_JITTER_RTOL` (a missing slice: the first such gap is named); a volume
+        larger than :data:`MAX_VOLUME_BYTES`; missing, truncated or undecodable pixel data.
     """
-    files = _files_of(source)
-    groups = scan_headers(files, threads)
-    where = str(source) if isinstance(source, (str, os.PathLike)) else f"{len(files)} files"
-    if not groups:
-        raise DicomSeriesError(f"{where}: no DICOM files found ({len(files)} files checked). "
-                               "Point to the folder that holds the PET series.")
-    pets = {uid: items for uid, items in groups.items() if _text(items[0][1], BaseTag(0x00080060)) == "PT"}
-    if series_uid is not None:
-        if series_uid not in groups:
-            raise DicomSeriesError(f"{where}: SeriesInstanceUID {series_uid} is not there; found "
-                                   f"{', '.join(sorted(groups))}.")
-        pets = {series_uid: groups[series_uid]}
-    if not pets:
-        found = ", ".join(sorted({str(i[0][1].get("Modality", "?")) for i in groups.values()}))
-        raise DicomSeriesError(f"{where}: no PET series (Modality PT); found modalities {found}. "
-                               "Point to the folder of the PET series.")
-    if len(pets) > 1:
-        lines = "; ".join(
-            f"{uid} ({len(items)} files, '{items[0][1].get('SeriesDescription', '')}')"
-            for uid, items in sorted(pets.items())
-        )
-        raise DicomSeriesError(f"{where}: holds {len(pets)} PET series: {lines}. Choose one with "
-                               "series_uid=... (CLI: --series-uid UID) or point to a folder with one series.")
-    uid, items = next(iter(pets.items()))
-    return _assemble(uid, items, where)
+    uid, items, where, notes = _select(source, series_uid, threads)
+    header, sorted_items = _layout(uid, items, where, notes)
+    stored, slope, intercept = _read_pixels(sorted_items)
+    return PetSeries(stored=stored, slope=slope, intercept=intercept, geometry=header.geometry,
+                     suv_header=header.suv_header, files=header.files, series_uid=uid, study_uid=header.study_uid,
+                     study_date=header.study_date, patient_id=header.patient_id, description=header.description,
+                     notes=header.notes)
 
 
 def _raw(ds, tag):
@@ -291,7 +605,40 @@ def _float(ds, keyword: str, default: float | None = None) -> float | None:
         return default
 
 
-def _assemble(uid: str, items: list[tuple[Path, pydicom.Dataset]], where: str) -> PetSeries:
+def max_volume_bytes() -> int:
+    """The allocation limit: ``PETFEAT_MAX_VOLUME_GB`` (GiB) when set, else :data:`MAX_VOLUME_BYTES`."""
+    env = os.environ.get(MAX_VOLUME_ENV, "").strip()
+    if not env:
+        return MAX_VOLUME_BYTES
+    try:
+        gib = float(env)
+    except ValueError:
+        gib = float("nan")
+    if not np.isfinite(gib) or gib <= 0:
+        raise DicomSeriesError(f"environment variable {MAX_VOLUME_ENV} is {env!r}; set it to a positive number "
+                               "of GiB (e.g. 16) or unset it.")
+    return int(gib * 1024**3)
+
+
+def _layout(uid: str, items: list[tuple[Path, pydicom.Dataset]], where: str,
+            notes: dict) -> tuple[PetHeader, list[tuple[Path, pydicom.Dataset]]]:
+    """Check the slices' geometry, sort them along the normal and collect the header fields.
+
+    Any exception a corrupt header raises while its values are converted becomes a
+    :class:`DicomSeriesError` naming the file being read.
+    """
+    notes = dict(notes)
+    at = [items[0][0]]  # the file whose fields are being read, for the error message
+    try:
+        return _layout_checked(uid, items, where, notes, at)
+    except PetfeatError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- pydicom's value conversion raises many types on corrupt values
+        raise DicomSeriesError(f"{at[0]}: a header field cannot be read ({type(exc).__name__}: {exc}); the file "
+                               "is corrupt. Replace it or re-export the series.") from exc
+
+
+def _layout_checked(uid, items, where, notes, at):
     first_path, first = items[0]
     if int(first.get("NumberOfFrames", 1) or 1) > 1:
         raise DicomSeriesError(f"{first_path}: multi-frame PET (NumberOfFrames > 1) is not supported. Convert "
@@ -306,9 +653,17 @@ def _assemble(uid: str, items: list[tuple[Path, pydicom.Dataset]], where: str) -
     ref_size = (_raw(first, _ROWS), _raw(first, _COLS))
     iop0 = _numbers(first, _IOP, first_path, "ImageOrientationPatient")
     ps0 = _numbers(first, _PS, first_path, "PixelSpacing")
+    if iop0.size != 6 or ps0.size != 2 or not (np.all(np.isfinite(iop0)) and np.all(np.isfinite(ps0))):
+        raise DicomSeriesError(f"{first_path}: ImageOrientationPatient needs 6 and PixelSpacing 2 finite numbers "
+                               f"(found {iop0.size} and {ps0.size}). Re-export the series.")
     ipps = []
     for path, ds in items:
-        ipps.append(_numbers(ds, _IPP, path, "ImagePositionPatient"))
+        at[0] = path
+        ipp = _numbers(ds, _IPP, path, "ImagePositionPatient")
+        if ipp.size != 3 or not np.all(np.isfinite(ipp)):
+            raise DicomSeriesError(f"{path}: ImagePositionPatient needs 3 finite numbers, found {ipp.tolist()}. "
+                                   "Re-export the series.")
+        ipps.append(ipp)
         if (_raw(ds, _ROWS), _raw(ds, _COLS)) != ref_size and (ds.Rows, ds.Columns) != (first.Rows, first.Columns):
             raise DicomSeriesError(f"{path}: Rows x Columns {ds.Rows}x{ds.Columns} differs from "
                                    f"{first.Rows}x{first.Columns} in {first_path}; the folder mixes images. "
@@ -320,48 +675,21 @@ def _assemble(uid: str, items: list[tuple[Path, pydicom.Dataset]], where: str) -
                                                 - iop0).max() > ORIENTATION_ATOL:
             raise DicomSeriesError(f"{path}: ImageOrientationPatient differs from {first_path}; slices of one volume "
                                    "must share their orientation (gantry tilt or mixed series).")
+    at[0] = first_path
     row, col = iop0[:3], iop0[3:]
     normal = np.cross(row, col)
     pos = np.stack(ipps) @ normal
     order = np.argsort(pos, kind="stable")
     pos_sorted = pos[order]
     if len(items) > 1:
-        gaps = np.diff(pos_sorted)
-        if np.any(gaps < 1e-3):
-            k = int(np.argmin(gaps))
-            raise DicomSeriesError(
-                f"{items[order[k]][0]} and {items[order[k + 1]][0]}: two slices at the same position "
-                f"({pos_sorted[k]:.3f} mm). The series holds several frames or time points (dynamic/gated); "
-                "split it.")
-        dz = float(np.median(gaps))
-        if np.max(np.abs(gaps - dz)) > SPACING_RTOL * dz + 1e-3:
-            k = int(np.argmax(np.abs(gaps - dz)))
-            raise DicomSeriesError(
-                f"{where}: slice spacing is not uniform ({gaps.min():.4f} to {gaps.max():.4f} mm, first "
-                f"irregular gap after {items[order[k]][0]}). A slice is missing or duplicated; "
-                "re-export the complete series.")
+        dz = _slice_spacing(pos_sorted, [items[i][0] for i in order], where, notes)
     else:
         dz = _float(first, "SliceThickness", 1.0) or 1.0
     sorted_items = [items[i] for i in order]
-
-    # --- pixels --------------------------------------------------------------------------------
-    ref_fmt = (_raw(first, _BITS), _raw(first, _PREP))  # raw bytes: taken before any conversion below
     rows, cols = int(first.Rows), int(first.Columns)
-    dtype = _stored_dtype(first, first_path)
-    stored = np.empty((len(items), rows, cols), dtype=dtype)
-    slope = np.empty(len(items))
-    intercept = np.empty(len(items))
-    for z, (path, ds) in enumerate(sorted_items):
-        if (_raw(ds, _BITS), _raw(ds, _PREP)) != ref_fmt and _stored_dtype(ds, path) != dtype:
-            raise DicomSeriesError(f"{path}: BitsAllocated/PixelRepresentation differ from {first_path}. "
-                                   "Re-export the series with one pixel format.")
-        _pixels(ds, path, rows, cols, dtype, stored[z])
-        slope[z] = _numbers(ds, _SLOPE, path, "RescaleSlope")[0] if _raw(ds, _SLOPE) is not None else 1.0
-        intercept[z] = _numbers(ds, _INTER, path, "RescaleIntercept")[0] if _raw(ds, _INTER) is not None else 0.0
-    if not np.all(np.isfinite(slope)) or np.any(slope == 0):
-        z = int(np.flatnonzero(~np.isfinite(slope) | (slope == 0))[0])
-        raise DicomSeriesError(f"{sorted_items[z][0]}: RescaleSlope is {slope[z]}; it must be finite and non-zero.")
-
+    if rows <= 0 or cols <= 0:
+        raise DicomSeriesError(f"{first_path}: Rows x Columns is {rows} x {cols}; an image needs at least one "
+                               "pixel. Replace the file.")
     ps = ps0  # (row spacing = Y, column spacing = X)
     geometry = Geometry(
         shape=(len(items), rows, cols),
@@ -369,14 +697,95 @@ def _assemble(uid: str, items: list[tuple[Path, pydicom.Dataset]], where: str) -
         origin=tuple(float(v) for v in ipps[order[0]]),
         direction=tuple(float(v) for v in np.stack([row, col, normal], axis=1).ravel()),
     )
-    return PetSeries(
-        stored=stored, slope=slope, intercept=intercept, geometry=geometry,
-        suv_header=suv_header_from_datasets([_full_header(*sorted_items[0])] + [ds for _, ds in sorted_items[1:]],
-                                            str(first_path.parent)),
-        files=[p for p, _ in sorted_items], series_uid=uid, study_uid=str(first.get("StudyInstanceUID", "")),
+    at[0] = sorted_items[0][0]
+    full = _full_header(*sorted_items[0])
+    suv_header = suv_header_from_datasets([full] + [ds for _, ds in sorted_items[1:]], str(first_path.parent))
+    header = PetHeader(
+        geometry=geometry, suv_header=suv_header, files=[p for p, _ in sorted_items], series_uid=uid,
+        study_uid=str(first.get("StudyInstanceUID", "")),
         study_date=_safe(parse_da, first.get("StudyDate")) or _safe(parse_da, first.get("SeriesDate")),
         patient_id=str(first.get("PatientID", "")), description=str(first.get("SeriesDescription", "")),
+        notes=notes,
     )
+    return header, sorted_items
+
+
+def _slice_spacing(pos: np.ndarray, paths: list[Path], where: str, notes: dict) -> float:
+    """The median gap of sorted slice positions; jitter within :data:`SPACING_JITTER_RTOL` warns and is noted."""
+    gaps = np.diff(pos)
+    if np.any(gaps < 1e-3):
+        k = int(np.argmax(gaps < 1e-3))
+        raise DicomSeriesError(
+            f"{paths[k]} and {paths[k + 1]}: two slices at the same position "
+            f"({pos[k]:.3f} mm). The series holds several frames or time points (dynamic/gated); "
+            "split it.")
+    dz = float(np.median(gaps))
+    dev = np.abs(gaps - dz)
+    bad = np.flatnonzero(dev > SPACING_JITTER_RTOL * dz)
+    if bad.size:
+        k = int(bad[0])
+        raise DicomSeriesError(
+            f"{where}: slice spacing is not uniform: the gap between {paths[k]} (at {pos[k]:.3f} mm) and "
+            f"{paths[k + 1]} (at {pos[k + 1]:.3f} mm) is {gaps[k]:.3f} mm, the median spacing {dz:.3f} mm "
+            f"(more than {SPACING_JITTER_RTOL:.0%} off; {bad.size} such gap(s), from {gaps.min():.4f} to "
+            f"{gaps.max():.4f} mm). A slice is missing or duplicated; re-export the complete series.")
+    k = int(np.argmax(dev))
+    if dev[k] > SPACING_RTOL * dz + 1e-3:
+        offset = float(np.max(np.abs(pos - (pos[0] + dz * np.arange(len(pos))))))
+        notes.update({"slice_spacing_mm": dz, "slice_spacing_max_deviation_mm": float(dev[k]),
+                      "slice_spacing_max_deviation_after_slice": k, "slice_position_max_offset_mm": offset})
+        warnings.warn(PetfeatWarning(
+            f"slice spacing varies: gaps {gaps.min():.3f} to {gaps.max():.3f} mm around the median {dz:.3f} mm; the "
+            f"largest deviation, {dev[k]:.3f} mm, lies between slices {k} and {k + 1} (at {pos[k]:.2f} and "
+            f"{pos[k + 1]:.2f} mm along the normal; bed junction). Within the {SPACING_JITTER_RTOL:.0%} tolerance: "
+            f"the volume uses the median spacing (slices at most {offset:.3f} mm off their grid positions)."),
+            stacklevel=5)
+    return dz
+
+
+def _read_pixels(sorted_items: list[tuple[Path, pydicom.Dataset]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stored pixels ``(Z, Y, X)`` and per-slice slope and intercept of sorted slices.
+
+    The volume size is checked against :func:`max_volume_bytes` and every slice's uncompressed
+    PixelData length against Rows x Columns before anything is allocated.
+    """
+    first_path, first = sorted_items[0]
+    at = [first_path]
+    try:
+        rows, cols = int(first.Rows), int(first.Columns)
+        dtype = _stored_dtype(first, first_path)
+        need = len(sorted_items) * rows * cols * dtype.itemsize
+        limit = max_volume_bytes()
+        if need > limit:
+            raise DicomSeriesError(
+                f"{first_path}: Rows x Columns = {rows} x {cols} for {len(sorted_items)} slice(s) of {dtype.itemsize} "
+                f"byte(s) needs {need / 1024**3:.2f} GiB, more than the limit of {limit / 1024**3:.2f} GiB. If "
+                f"Rows/Columns are wrong the file is corrupt: re-export the series; if the volume is real, raise "
+                f"the limit with the environment variable {MAX_VOLUME_ENV} (GiB).")
+        ref_fmt = (_raw(first, _BITS), _raw(first, _PREP))  # raw bytes: taken before any conversion below
+        for path, ds in sorted_items:
+            at[0] = path
+            if (_raw(ds, _BITS), _raw(ds, _PREP)) != ref_fmt and _stored_dtype(ds, path) != dtype:
+                raise DicomSeriesError(f"{path}: BitsAllocated/PixelRepresentation differ from {first_path}. "
+                                       "Re-export the series with one pixel format.")
+            _pixel_source(ds, path, rows, cols, dtype)
+        stored = np.empty((len(sorted_items), rows, cols), dtype=dtype)
+        slope = np.empty(len(sorted_items))
+        intercept = np.empty(len(sorted_items))
+        for z, (path, ds) in enumerate(sorted_items):
+            at[0] = path
+            _pixels(ds, path, rows, cols, dtype, stored[z])
+            slope[z] = _numbers(ds, _SLOPE, path, "RescaleSlope")[0] if _raw(ds, _SLOPE) is not None else 1.0
+            intercept[z] = _numbers(ds, _INTER, path, "RescaleIntercept")[0] if _raw(ds, _INTER) is not None else 0.0
+    except PetfeatError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- pydicom's value conversion raises many types on corrupt values
+        raise DicomSeriesError(f"{at[0]}: a header field cannot be read ({type(exc).__name__}: {exc}); the file "
+                               "is corrupt. Replace it or re-export the series.") from exc
+    if not np.all(np.isfinite(slope)) or np.any(slope == 0):
+        z = int(np.flatnonzero(~np.isfinite(slope) | (slope == 0))[0])
+        raise DicomSeriesError(f"{sorted_items[z][0]}: RescaleSlope is {slope[z]}; it must be finite and non-zero.")
+    return stored, slope, intercept
 
 
 def _full_header(path: Path, ds):
@@ -410,27 +819,40 @@ def _stored_dtype(ds, path: Path) -> np.dtype:
 _PIXEL_DATA, _FLOAT_PIXEL_DATA = BaseTag(0x7FE00010), BaseTag(0x7FE00008)
 
 
-def _pixels(ds, path: Path, rows: int, cols: int, dtype: np.dtype, out: np.ndarray) -> None:
-    """Write one slice's stored values into ``out`` (``rows x cols`` of ``dtype``)."""
+def _pixel_source(ds, path: Path, rows: int, cols: int, dtype: np.dtype):
+    """``(raw pixel value, transfer syntax)`` of one slice; missing or short uncompressed data names the file."""
     raw = _raw(ds, _FLOAT_PIXEL_DATA) if dtype == np.float32 else _raw(ds, _PIXEL_DATA)
     if raw is None:
         raise DicomSeriesError(f"{path}: PixelData (7FE0,0010) is missing. Replace the file.")
     meta = getattr(ds, "file_meta", None)
     ts = meta.get("TransferSyntaxUID", ImplicitVRLittleEndian) if meta is not None else ImplicitVRLittleEndian
-    n = rows * cols
+    if ts in _UNCOMPRESSED or ts == ExplicitVRBigEndian:
+        need = rows * cols * dtype.itemsize
+        if len(raw) < need:
+            raise DicomSeriesError(
+                f"{path}: PixelData holds {len(raw)} bytes but {rows}x{cols}x{dtype.itemsize} = "
+                f"{need} are needed (truncated file). Replace the file.")
+    return raw, ts
+
+
+def _pixels(ds, path: Path, rows: int, cols: int, dtype: np.dtype, out: np.ndarray) -> None:
+    """Write one slice's stored values into ``out`` (``rows x cols`` of ``dtype``).
+
+    Uncompressed data is copied from the file bytes; any other transfer syntax (JPEG Lossless,
+    JPEG-LS, JPEG 2000, RLE, deflate) is read whole by pydicom and decoded by its plugins.
+    """
+    raw, ts = _pixel_source(ds, path, rows, cols, dtype)
     try:
         if ts in _UNCOMPRESSED or ts == ExplicitVRBigEndian:
-            if len(raw) < n * dtype.itemsize:
-                raise DicomSeriesError(
-                    f"{path}: PixelData holds {len(raw)} bytes but {rows}x{cols}x{dtype.itemsize} = "
-                    f"{n * dtype.itemsize} are needed (truncated file). Replace the file.")
             if isinstance(raw, PixelDataAt):  # fast path: from the file straight into the volume
                 raw.read_into(out)
                 return
-            arr = np.frombuffer(raw, dtype=dtype.newbyteorder(">" if ts == ExplicitVRBigEndian else "<"), count=n)
+            arr = np.frombuffer(raw, dtype=dtype.newbyteorder(">" if ts == ExplicitVRBigEndian else "<"),
+                                count=rows * cols)
             out[...] = arr.reshape(rows, cols)
             return
-        out[...] = ds.pixel_array.reshape(rows, cols)
+        # the header was parsed with a subset of tags; decoders need the whole pixel module
+        out[...] = pydicom.dcmread(path).pixel_array.reshape(rows, cols)
     except DicomSeriesError:
         raise
     except Exception as exc:  # noqa: BLE001 -- decoder errors come in many types

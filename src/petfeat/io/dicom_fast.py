@@ -139,7 +139,13 @@ def read_slice_header(path: Path, wanted: frozenset[int]) -> Dataset | None:
     -------
     pydicom.Dataset or None
         Raw elements (converted by pydicom on access) with ``file_meta.TransferSyntaxUID`` set;
-        ``None`` when the file has no preamble, another transfer syntax, or does not parse.
+        ``None`` when the file has no preamble, another transfer syntax, or does not parse (any
+        exception while scanning the bytes means "malformed": pydicom then reads the file and names it).
+
+    Raises
+    ------
+    OSError
+        The file cannot be opened or read.
     """
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
@@ -149,13 +155,13 @@ def read_slice_header(path: Path, wanted: frozenset[int]) -> Dataset | None:
         if len(buf) < size:
             try:
                 return _scan(buf, wanted, path, size, partial=True)
-            except (_Malformed, struct.error, IndexError):
-                pass  # a header longer than HEAD_BYTES (or a malformed one): scan the whole file
+            except Exception:  # noqa: BLE001 -- a header longer than HEAD_BYTES (or a malformed one): whole file
+                pass
             f.seek(0)
             buf = f.read()
     try:
         return _scan(buf, wanted, path, size, partial=False)
-    except (_Malformed, struct.error, IndexError):
+    except Exception:  # noqa: BLE001 -- any malformed input (bad lengths, non-ASCII UIDs or VRs): pydicom's path
         return None
 
 
@@ -166,7 +172,7 @@ def _scan(buf: bytes, wanted: frozenset[int], path: Path, size: int, partial: bo
         if length == _UNDEFINED:
             raise _Malformed
         if tag == 0x00020010:
-            ts = buf[vpos:vpos + length].decode("ascii").strip("\x00 ")
+            ts = buf[vpos:vpos + length].decode("ascii").strip("\x00 ")  # UnicodeDecodeError: malformed
         pos = vpos + length
     if ts == ExplicitVRLittleEndian:
         implicit = False
