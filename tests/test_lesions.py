@@ -18,6 +18,10 @@ from petfeat.io.labels import read_label_map, read_totalsegmentator_folder
 from petfeat.lesions import connected_components
 from petfeat.regions import BUILTIN_REGIONS, LabelLayer
 
+#: The built-in regions whose labels these tests' organ maps have (no prostate, no salivary glands).
+REGIONS = {k: BUILTIN_REGIONS[k] for k in ("whole_body_tumor", "tumor_bone", "tumor_visceral",
+                                           "tumor_lymph_node_or_soft_tissue", "bone", "healthy_bone", "liver")}
+
 
 @pytest.mark.parametrize("connectivity, structure", [(26, np.ones((3, 3, 3))), (6, None)])
 def test_components_match_scipy(connectivity, structure):
@@ -113,12 +117,14 @@ def _layout():
 def test_lesion_rows_and_counts(backend, mask_dtype):
     values, organs, lesions = _layout()
     spacing = (2.0, 3.0, 3.0)
-    res = extract(values, [organs], BUILTIN_REGIONS, lesions=lesions.astype(mask_dtype), spacing=spacing,
+    res = extract(values, [organs], REGIONS, lesions=lesions.astype(mask_dtype), spacing=spacing,
                   backend=backend)
     f = res.features.set_index("region")
     assert f.loc["whole_body_tumor", "lesion_count"] == 3
     assert f.loc["bone", "lesion_count"] == 2 and f.loc["healthy_bone", "lesion_count"] == 0
     assert f.loc["liver", "lesion_count"] == 0
+    assert f.loc["tumor_bone", "lesion_count"] == 2 and f.loc["tumor_lymph_node_or_soft_tissue", "lesion_count"] == 1
+    assert f.loc["tumor_visceral", "voxel_count"] == 0 and f.loc["tumor_visceral", "status"] == "empty"
     ref_ids, n = ndimage.label(lesions, structure=np.ones((3, 3, 3)))
     assert len(res.lesions) == n == 3
     for _, row in res.lesions.iterrows():
@@ -141,13 +147,13 @@ def test_deferred_and_upfront_components_give_identical_tables():
     values, organs, lesions = _layout()
     lesions[0, 9, 0] = 1  # one more, one-voxel lesion
     kw = dict(spacing=(2.0, 3.0, 3.0), backend="cpu")
-    upfront = extract(values, [organs], BUILTIN_REGIONS, lesions=lesions, **kw)
-    deferred = extract(values, [organs], BUILTIN_REGIONS, lesions=lesions.astype(bool), **kw)
+    upfront = extract(values, [organs], REGIONS, lesions=lesions, **kw)
+    deferred = extract(values, [organs], REGIONS, lesions=lesions.astype(bool), **kw)
     pd.testing.assert_frame_equal(upfront.features, deferred.features)
     pd.testing.assert_frame_equal(upfront.lesions, deferred.lesions)
     assert upfront.settings == deferred.settings
     # a minimum volume drops the one-voxel lesion on both paths (a boolean mask then goes upfront)
-    small = extract(values, [organs], BUILTIN_REGIONS, lesions=lesions.astype(bool), min_lesion_ml=0.05, **kw)
+    small = extract(values, [organs], REGIONS, lesions=lesions.astype(bool), min_lesion_ml=0.05, **kw)
     assert len(small.lesions) == len(upfront.lesions) - 1 == 3
 
 
@@ -170,7 +176,7 @@ def study(synth_archive):
 
 def test_planted_lesions_are_found(study):
     series, organs, lesion_map, truth = study
-    res = extract(series, [organs], BUILTIN_REGIONS, lesions=lesion_map, backend="cpu")
+    res = extract(series, [organs], REGIONS, lesions=lesion_map, backend="cpu")
     _, n_expected = ndimage.label(lesion_map > 0, structure=np.ones((3, 3, 3)))
     assert len(res.lesions) == n_expected
     assert res.features.set_index("region").loc["whole_body_tumor", "lesion_count"] == n_expected
@@ -189,7 +195,7 @@ def test_planted_lesions_are_found(study):
 
 def test_fixed_threshold_finds_hot_lesions(study):
     series, organs, lesion_map, truth = study
-    res = extract(series, [organs], BUILTIN_REGIONS, threshold={"method": "fixed", "threshold": 4.0},
+    res = extract(series, [organs], REGIONS, threshold={"method": "fixed", "threshold": 4.0},
                   min_lesion_ml=0.5, backend="cpu")
     assert res.settings["lesions"]["threshold_suv"] == 4.0
     assert res.features.lesion_method.iloc[0] == "threshold SUV >= 4; 26-connected, >= 0.5 mL"
@@ -201,7 +207,7 @@ def test_fixed_threshold_finds_hot_lesions(study):
 
 def test_percist_threshold_uses_the_liver_sphere(study):
     series, organs, lesion_map, truth = study
-    res = extract(series, [organs], BUILTIN_REGIONS, threshold={"method": "percist"}, backend="cpu")
+    res = extract(series, [organs], REGIONS, threshold={"method": "percist"}, backend="cpu")
     s = res.settings["lesions"]
     # independent oracle of the liver reference: SUL in a 15 mm sphere around the reported centre
     from petfeat.suv import compute_suv_factors

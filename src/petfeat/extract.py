@@ -6,16 +6,17 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from petfeat import kernels
 from petfeat.backend import resolve_backend
-from petfeat.errors import LabelError, PetfeatError
-from petfeat.features import FEATURE_NAMES, PEAK_RADIUS_MM, region_rows, sphere_offsets
+from petfeat.errors import LabelError, PetfeatError, PetfeatWarning
+from petfeat.features import FEATURE_NAMES, PEAK_NEIGHBOURS, PEAK_RADIUS_MM, region_peaks, region_rows, sphere_offsets
 from petfeat.io.dicom import Geometry, PetSeries
 from petfeat.lesions import centroids_mm, check_connectivity, connected_components, threshold_mask
 from petfeat.regions import (
@@ -24,9 +25,10 @@ from petfeat.regions import (
     build_codes,
     codes_touching_border,
     default_spec,
+    margin_layers,
     normalise_spec,
     region_codes,
-    regions_naming_known_labels,
+    unmatched_regions,
 )
 from petfeat.suv import SuvFactors, compute_suv_factors
 
@@ -66,12 +68,17 @@ def config_hash(settings: Mapping) -> str:
 
 @dataclass
 class ExtractResult:
-    """Features (one row per region), lesions (one row per connected component) and the settings."""
+    """Features (one row per region), lesions (one row per connected component) and the settings.
+
+    ``warnings``: the messages of the :class:`~petfeat.errors.PetfeatWarning` s the extraction raised
+    (regions that match no label...), for ``run.json``.
+    """
 
     features: pd.DataFrame
     lesions: pd.DataFrame
     settings: dict
     timings: dict
+    warnings: list[str] = field(default_factory=list)
 
 
 def extract_features(pet, labels, regions: Mapping | None = None, **kwargs) -> pd.DataFrame:
@@ -97,6 +104,8 @@ def extract(
     spacing: Sequence[float] | None = None,
     factors: SuvFactors | None = None,
     peaks: bool = True,
+    peak_neighbours: str = "image",
+    strict: bool = False,
     id_key: bytes | None = None,
 ) -> ExtractResult:
     """Region features and per-lesion rows of one PET volume.
@@ -109,8 +118,10 @@ def extract(
     labels : (Z, Y, X) unsigned int ndarray, LabelLayer or list of LabelLayer
         Label maps on the PET grid (organs, ...).
     regions : mapping, optional
-        Region name -> label names/globs to include (and exclude); see :mod:`petfeat.regions`.
-        Default: one region per label name. Lesion voxels carry the label name ``lesion``.
+        Region name -> label names/globs to include, require (``within``) and exclude (with an
+        optional ``exclude_margin_mm``); see :mod:`petfeat.regions`. Default: one region per label
+        name. Lesion voxels carry the label ``lesion`` in name space ``lesions``. A region that no
+        label can fill is a :class:`~petfeat.errors.PetfeatWarning` naming the labels that exist.
     label_names : mapping of int to str, optional
         Names of the ids of an ndarray ``labels``.
     lesions : (Z, Y, X) ndarray or LabelLayer, optional
@@ -132,6 +143,11 @@ def extract(
         Precomputed factors (with overrides); computed from the header when omitted.
     peaks : bool
         Compute SUVpeak (local and global).
+    peak_neighbours : {"image", "region"}
+        Voxels the SUVpeak sphere averages: every in-image voxel (IBSI, default) or only the
+        region's own voxels (regions and lesions alike; computed on the CPU whatever the backend).
+    strict : bool
+        A region that matches no label raises :class:`~petfeat.errors.LabelError` instead of a warning.
     id_key : bytes, optional
         Key of the patient pseudonym.
 
@@ -147,6 +163,9 @@ def extract(
 
     t0 = time.perf_counter()
     ran = resolve_backend(backend)
+    if peak_neighbours not in PEAK_NEIGHBOURS:
+        raise PetfeatError(f"peak_neighbours is {peak_neighbours!r}; choose 'image' (IBSI: every voxel in the "
+                           "sphere) or 'region' (only the region's voxels).")
     if isinstance(pet, PetSeries):
         factors = factors or compute_suv_factors(pet.suv_header)
         f = factors.factor(suv_type)
@@ -202,18 +221,23 @@ def extract(
         layers = layers + [comps.as_layer("lesion", mask)]
     elif defer:
         layers = layers + [LabelLayer(mask.view(np.uint8), {1: "lesion"}, "lesion components")]
+    if mask is not None:
+        layers[-1].namespace = "lesions"
+    organ_layers = layers[:-1] if mask is not None else layers
 
+    # --- regions: patterns -> codes (margins are extra layers, so one pass still serves every region) -
     spec = normalise_spec(regions) if regions is not None else default_spec(layers)
-    codemap = build_codes(layers, stored.shape)
+    unmatched = _check_unmatched(spec, layers, strict)
+    codemap = build_codes(layers + margin_layers(spec, layers, sp), stored.shape)
     members = region_codes(spec, codemap)
     t1 = time.perf_counter()
     partials = kernels.fused_reduce(stored, codemap.codes, scale, offset, codemap.n_codes, backend=ran)
     t2 = time.perf_counter()
-    peak_values = _peaks(stored, codemap.codes, codemap.n_codes, scale, offset, sp, members, partials, ran) \
-        if peaks else None
+    peak_values = _peaks(stored, codemap.codes, codemap.n_codes, scale, offset, sp, members, partials, ran,
+                         peak_neighbours) if peaks else None
     t3 = time.perf_counter()
     rows = region_rows(partials, members, voxel_ml, peak_values, codes_touching_border(codemap.codes),
-                       regions_naming_known_labels(spec, layers))
+                       set(spec) - set(unmatched))
     counts = None
     if mask is not None:
         lesion_voxels = np.flatnonzero(mask) if defer else np.flatnonzero(comps.ids)
@@ -223,12 +247,12 @@ def extract(
             comps = connected_components(mask, voxel_ml, connectivity, 0.0, backend=cc_backend)
         lesion_settings.update(comps.settings)
         counts = _lesion_counts(comps.ids.ravel()[lesion_voxels], codes_at, members)
-    lesion_df = _lesion_rows(comps, stored, scale, offset, geometry, layers, peaks, ran) if comps is not None \
-        else pd.DataFrame(columns=list(LESION_COLUMNS))
+    lesion_df = _lesion_rows(comps, stored, scale, offset, geometry, organ_layers, peaks, ran, peak_neighbours) \
+        if comps is not None else pd.DataFrame(columns=list(LESION_COLUMNS))
     t4 = time.perf_counter()
 
     settings = {"regions": spec, "suv_type": suv_type, "peak_radius_mm": PEAK_RADIUS_MM, "peaks": peaks,
-                "lesions": lesion_settings}
+                "peak_neighbours": peak_neighbours, "lesions": lesion_settings}
     chash = config_hash(settings)
     df = pd.DataFrame(rows)
     df["lesion_count"] = [counts[r] if counts is not None else pd.NA for r in df.region]
@@ -246,7 +270,18 @@ def extract(
     lesion_df = lesion_df[["patient_id", "study_date", "series_uid"] + list(LESION_COLUMNS)
                           + list(PROVENANCE_COLUMNS[1:])]
     timings = {"codes_s": t1 - t0, "reduce_s": t2 - t1, "peak_s": t3 - t2, "lesions_s": t4 - t3}
-    return ExtractResult(df, lesion_df, settings, timings)
+    return ExtractResult(df, lesion_df, settings, timings, list(unmatched.values()))
+
+
+def _check_unmatched(spec, layers, strict: bool) -> dict[str, str]:
+    """Regions no label can fill: a PetfeatWarning each (a LabelError with ``strict``); their messages."""
+    unmatched = unmatched_regions(spec, layers)
+    if unmatched and strict:
+        raise LabelError(" ".join(unmatched.values()) + " (strict: a region that matches no label is an error; "
+                         "fix the region names or the label sources, or drop --strict.)")
+    for msg in unmatched.values():
+        warnings.warn(msg, PetfeatWarning, stacklevel=3)
+    return unmatched
 
 
 def describe_lesion_method(s: dict) -> str:
@@ -276,8 +311,8 @@ def _lesion_counts(ids_at: np.ndarray, codes_at: np.ndarray, members) -> dict[st
     return {name: int(np.unique(pairs[np.isin(pairs[:, 1], codes), 0]).size) for name, codes in members.items()}
 
 
-def _lesion_rows(comps, stored, scale, offset, geometry, layers, peaks, backend) -> pd.DataFrame:
-    """One row per component: features from a fused pass over component ids, centroid, site."""
+def _lesion_rows(comps, stored, scale, offset, geometry, layers, peaks, backend, peak_neighbours="image"):
+    """One row per component: features from a fused pass over component ids, centroid, site (from ``layers``)."""
     n = comps.n
     if n == 0:
         return pd.DataFrame(columns=list(LESION_COLUMNS))
@@ -292,13 +327,14 @@ def _lesion_rows(comps, stored, scale, offset, geometry, layers, peaks, backend)
             codes = np.where((ids >= lo) & (ids <= hi), ids - (lo - 1), 0).astype(_code_dtype(hi - lo + 2))
         p = kernels.fused_reduce(stored, codes, scale, offset, hi - lo + 2, backend=backend)
         members = {str(k): np.array([k - lo + 1]) for k in range(lo, hi + 1)}
-        pk = _peaks(stored, codes, hi - lo + 2, scale, offset, geometry.spacing, members, p, backend) if peaks else None
+        pk = _peaks(stored, codes, hi - lo + 2, scale, offset, geometry.spacing, members, p, backend,
+                    peak_neighbours) if peaks else None
         parts.extend(region_rows(p, members, geometry.voxel_volume_ml, pk, codes_touching_border(codes)))
     df = pd.DataFrame(parts).rename(columns={"region": "lesion_id"})
     df["lesion_id"] = df["lesion_id"].astype(int)
     cen = centroids_mm(ids, n, geometry)
     df["centroid_x_mm"], df["centroid_y_mm"], df["centroid_z_mm"] = cen[:, 0], cen[:, 1], cen[:, 2]
-    df["site"] = _sites(ids, n, layers[:-1])
+    df["site"] = _sites(ids, n, layers)
     return df
 
 
@@ -341,8 +377,15 @@ def _gpu_code_limit() -> int:
     return MAX_GPU_CODES
 
 
-def _peaks(stored, codes, n_codes, scale, offset, spacing, members, partials, backend):
+def _peaks(stored, codes, n_codes, scale, offset, spacing, members, partials, backend, neighbours="image"):
+    """``{region: (global peak, local peak)}``; ``neighbours="region"`` averages only the region's voxels."""
     names = list(members)
+    if neighbours == "region":
+        member = np.zeros((n_codes, len(names)), bool)
+        for r, name in enumerate(names):
+            member[members[name], r] = True
+        glob, loc = region_peaks(stored, codes, scale, offset, sphere_offsets(spacing), member)
+        return {n: (float(g), float(lo)) for n, g, lo in zip(names, glob, loc)}
     ptr = np.zeros(n_codes + 1, np.int64)
     per_code: list[list[int]] = [[] for _ in range(n_codes)]
     for r, name in enumerate(names):

@@ -1,18 +1,36 @@
 """Named regions over label layers, and the code volume that serves all of them in one pass.
 
 A *label layer* is an unsigned integer volume on the PET grid with a map from label id to
-name (an organ map, a lesion mask...). Each voxel's *code* identifies the combination of labels
-that cover it across all layers, so one reduction pass serves overlapping regions: "bone" is
-every code whose organ label is a bone, "healthy_bone" the same minus codes with a lesion.
+name (an organ map, a lesion mask...) and a *name space* (the source it came from: a
+TotalSegmentator task such as ``total``, a ``--labels NAME=FILE`` prefix, ``lesions``). Each
+voxel's *code* identifies the combination of labels that cover it across all layers, so one
+reduction pass serves overlapping regions: "bone" is every code whose organ label is a bone,
+"healthy_bone" the same minus codes with a lesion.
 
 A region spec maps a region name to label-name patterns (``fnmatch`` globs)::
 
     {"bone": {"include": ["vertebrae_*", "rib_*", "sacrum"], "exclude": ["costal_cartilages"]},
-     "healthy_bone": {"include": ["vertebrae_*", "rib_*"], "exclude": ["lesion*"]},
+     "tumor_bone": {"include": ["lesion*"], "within": [["vertebrae_*", "rib_*", "sacrum"]]},
+     "healthy_bone": {"include": ["vertebrae_*", "rib_*"], "exclude": ["lesion*"], "exclude_margin_mm": 10},
+     "parotids": ["head_glands_cavities:parotid_gland_*"],
      "liver": ["liver"]}
 
-A code belongs to a region when one of its labels matches an include pattern and none of its
-labels matches an exclude pattern.
+Matching is voxel-wise, on the labels that cover a voxel. A code belongs to a region when
+
+* one of its labels matches an ``include`` pattern,
+* for EVERY group of ``within`` (alias ``require``; a list of groups, each a list of patterns), one of
+  its labels matches a pattern of that group (intersection: lesion AND bone),
+* none of its labels matches an ``exclude`` pattern, and
+* with ``exclude_margin_mm`` > 0, the voxel lies farther than that (physical distance between voxel
+  centres) from every voxel whose labels match an ``exclude`` pattern.
+
+A pattern ``NS:GLOB`` whose ``NS`` is the name space of a layer matches only that layer's labels;
+any other pattern is a bare glob and matches labels of every name space. Labels of the internal
+name space ``margin`` (the exclusion margins, see :func:`margin_layers`) are matched only by the
+margin rule (or an explicit ``margin:GLOB``), never by a bare glob.
+
+A lesion voxel counts for an organ only where the organ's segmentation covers it: a bone lesion
+that grows out of the segmented bone counts, beyond the bone's outline, as lymph node or soft tissue.
 """
 
 from __future__ import annotations
@@ -76,10 +94,14 @@ class CodeMap:
 
     def code_names(self, code: int) -> list[str]:
         """Names of the labels that make up ``code``."""
+        return [name for _, name in self.code_labels(code)]
+
+    def code_labels(self, code: int) -> list[tuple[str, str]]:
+        """``(namespace, name)`` of each label that makes up ``code``."""
         out = []
         for layer, lab in zip(self.layers, self.combos[code]):
             if lab:
-                out.append(layer.names.get(int(lab), f"label_{int(lab)}"))
+                out.append((layer.namespace, layer.names.get(int(lab), f"label_{int(lab)}")))
         return out
 
 
@@ -154,8 +176,39 @@ def _code_layers(layers: list[LabelLayer], sizes: list[int], shape: tuple[int, .
     return CodeMap(np.ascontiguousarray(codes), combos, layers)
 
 
-def normalise_spec(spec) -> dict[str, dict[str, list[str]]]:
-    """Normalise a region spec: a name -> str | list | {"include": [...], "exclude": [...]} mapping."""
+#: Keys a region mapping may hold (``require`` is an alias of ``within``).
+SPEC_KEYS = ("include", "within", "require", "exclude", "exclude_margin_mm")
+#: Name space of the exclusion-margin layers: matched by the margin rule or an explicit ``margin:GLOB`` only.
+MARGIN_NAMESPACE = "margin"
+#: Relative slack on the squared margin: a voxel centre at the margin distance (to float32 rounding) is inside.
+_MARGIN_SLACK = 1e-6
+
+
+def normalise_spec(spec) -> dict[str, dict]:
+    """Normalise a region spec to ``{name: {"include", "within", "exclude", "exclude_margin_mm"}}``.
+
+    Parameters
+    ----------
+    spec : mapping
+        Region name -> a pattern, a list of patterns (include), or a mapping with ``include`` and
+        optionally ``within`` (or its alias ``require``: a list of groups, each a list of patterns),
+        ``exclude`` (patterns) and ``exclude_margin_mm`` (a number >= 0; needs ``exclude``).
+
+    Returns
+    -------
+    dict
+        Every region with all four keys (``within`` a list of lists, ``exclude_margin_mm`` a float).
+
+    Raises
+    ------
+    LabelError
+        A value of another type, an unknown key (with the closest allowed key), an empty include or
+        within group, a flat list under ``within``, a negative or non-numeric margin, a margin
+        without ``exclude``.
+    """
+    import difflib
+    import math
+
     if not isinstance(spec, Mapping):
         raise LabelError(f"regions must be a mapping of region name to label names, got {type(spec).__name__}.")
     out = {}
@@ -166,15 +219,45 @@ def normalise_spec(spec) -> dict[str, dict[str, list[str]]]:
             value = {"include": list(value)}
         if not isinstance(value, Mapping) or "include" not in value:
             raise LabelError(f"region {name!r}: give a list of label names or a mapping with 'include' "
-                             f"(and optionally 'exclude'), got {value!r}.")
-        unknown = set(value) - {"include", "exclude"}
+                             f"(and optionally 'within', 'exclude', 'exclude_margin_mm'), got {value!r}.")
+        unknown = [k for k in value if k not in SPEC_KEYS]
         if unknown:
-            raise LabelError(f"region {name!r}: unknown keys {sorted(unknown)}; allowed: include, exclude.")
+            hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(str(k), SPEC_KEYS, 1))
+                     else repr(k) for k in unknown]
+            raise LabelError(f"region {name!r}: unknown keys {', '.join(hints)}; allowed: {', '.join(SPEC_KEYS)}.")
+        if "within" in value and "require" in value:
+            raise LabelError(f"region {name!r}: give 'within' or its alias 'require', not both.")
         inc = [str(v) for v in _as_list(value["include"])]
-        exc = [str(v) for v in _as_list(value.get("exclude", []))]
         if not inc:
             raise LabelError(f"region {name!r}: 'include' is empty; name at least one label or glob.")
-        out[str(name)] = {"include": inc, "exclude": exc}
+        within = _within_groups(name, value.get("within", value.get("require", [])))
+        exc = [str(v) for v in _as_list(value.get("exclude", []))]
+        margin = value.get("exclude_margin_mm", 0.0)
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) \
+                or margin < 0:
+            raise LabelError(f"region {name!r}: exclude_margin_mm is {margin!r}; give a distance in mm >= 0 "
+                             "(e.g. 10).")
+        if margin > 0 and not exc:
+            raise LabelError(f"region {name!r}: exclude_margin_mm needs 'exclude' patterns (the margin is kept "
+                             "around the excluded labels, e.g. exclude: ['lesion*']).")
+        out[str(name)] = {"include": inc, "within": within, "exclude": exc, "exclude_margin_mm": float(margin)}
+    return out
+
+
+def _within_groups(name, value) -> list[list[str]]:
+    if isinstance(value, str):
+        return [[value]]
+    groups = list(value)
+    if any(isinstance(g, str) for g in groups):
+        raise LabelError(f"region {name!r}: 'within' is a list of groups, each a list of patterns: "
+                         f"[[vertebrae_*, rib_*]] is 'in any of these', [[liver], [lesion*]] 'in all of these'; "
+                         f"got the flat list {groups!r}.")
+    out = []
+    for g in groups:
+        g = [str(x) for x in _as_list(g)]
+        if not g:
+            raise LabelError(f"region {name!r}: a 'within' group is empty; name at least one label or glob in it.")
+        out.append(g)
     return out
 
 
@@ -182,39 +265,227 @@ def _as_list(v):
     return [v] if isinstance(v, str) else list(v)
 
 
+def _escape(name: str) -> str:
+    """A glob that matches ``name`` literally."""
+    return "".join(f"[{ch}]" if ch in "*?[" else ch for ch in name)
+
+
+Label = tuple[str, str]  # (namespace, name)
+
+
+def _labels_of(layers: Sequence[LabelLayer]) -> list[Label]:
+    """Every ``(namespace, name)`` of the layers, once, in layer order."""
+    seen: dict[Label, None] = {}
+    for layer in layers:
+        for n in layer.names.values():
+            seen.setdefault((layer.namespace, n), None)
+    return list(seen)
+
+
+def _matching(patterns: Sequence[str], labels: Sequence[Label], namespaces: set[str]) -> set[Label]:
+    """The labels that match any of ``patterns`` (``NS:GLOB`` only in name space NS; bare globs not in margins)."""
+    out = set()
+    for p in patterns:
+        ns, sep, glob = p.partition(":")
+        if sep and ns in namespaces:
+            out.update(lab for lab in labels if lab[0] == ns and fnmatch.fnmatchcase(lab[1], glob))
+        else:
+            out.update(lab for lab in labels if lab[0] != MARGIN_NAMESPACE and fnmatch.fnmatchcase(lab[1], p))
+    return out
+
+
+def margin_label(exclude: Sequence[str], margin_mm: float) -> str:
+    """Name of the margin layer's label for the ``exclude`` patterns and the margin (namespace ``margin``)."""
+    return f"{'+'.join(exclude)}_margin_{margin_mm:g}mm"
+
+
 def region_codes(spec, codemap: CodeMap) -> dict[str, np.ndarray]:
-    """Codes of each region of ``spec`` (see module docstring for the matching rule)."""
+    """Codes of each region of ``spec`` (see the module docstring for the matching rule).
+
+    A region with ``exclude_margin_mm`` needs the margin layer of :func:`margin_layers` among the
+    code map's layers whenever some voxel carries an excluded label; without one it is refused.
+    """
     spec = normalise_spec(spec)
-    names_per_code = [codemap.code_names(c) for c in range(codemap.n_codes)]
+    namespaces = {layer.namespace for layer in codemap.layers}
+    labels = _labels_of(codemap.layers)
+    per_code = [set(codemap.code_labels(c)) for c in range(codemap.n_codes)]
     out = {}
     for region, rule in spec.items():
-        members = []
-        for c, names in enumerate(names_per_code):
-            if c == 0:
-                continue
-            inc = any(fnmatch.fnmatchcase(n, p) for n in names for p in rule["include"])
-            exc = any(fnmatch.fnmatchcase(n, p) for n in names for p in rule["exclude"])
-            if inc and not exc:
-                members.append(c)
+        inc = _matching(rule["include"], labels, namespaces)
+        groups = [_matching(g, labels, namespaces) for g in rule["within"]]
+        exc = _matching(rule["exclude"], labels, namespaces)
+        if rule["exclude_margin_mm"] > 0:
+            margin = (MARGIN_NAMESPACE, margin_label(rule["exclude"], rule["exclude_margin_mm"]))
+            if margin in labels:
+                exc = exc | {margin}
+            elif any(names & exc for names in per_code[1:]):
+                raise LabelError(f"region {region!r}: exclude_margin_mm is {rule['exclude_margin_mm']:g} but the "
+                                 "label layers hold no margin layer for it; add petfeat.regions.margin_layers(spec, "
+                                 "layers, spacing) to the layers before build_codes.")
+        members = [c for c in range(1, codemap.n_codes)
+                   if per_code[c] & inc and all(per_code[c] & g for g in groups) and not per_code[c] & exc]
         out[region] = np.asarray(members, dtype=np.int64)
     return out
 
 
-def regions_naming_known_labels(spec, layers: Sequence[LabelLayer]) -> set[str]:
-    """Regions whose include patterns match at least one label name of the layers (voxels or not)."""
+def unmatched_regions(spec, layers: Sequence[LabelLayer]) -> dict[str, str]:
+    """Regions that no label can fill, each with a message naming what is missing and what exists.
+
+    A region is unmatched when no label name of ``layers`` (voxels or not) matches its ``include``
+    patterns, or none matches one of its ``within`` groups. The message names those patterns, the
+    closest existing names ("did you mean"), the TotalSegmentator task that has such classes when no
+    layer of that task is present, and the label names that exist. Messages name no file or patient.
+    """
+    import difflib
+
     spec = normalise_spec(spec)
-    names = [n for layer in layers for n in layer.names.values()]
-    return {r for r, rule in spec.items() if any(fnmatch.fnmatchcase(n, p) for n in names for p in rule["include"])}
+    namespaces = {layer.namespace for layer in layers}
+    labels = [lab for lab in _labels_of(layers) if lab[0] != MARGIN_NAMESPACE]
+    several = len({ns for ns, _ in labels}) > 1
+    shown = [f"{ns}:{n}" if several and ns else n for ns, n in labels]
+    out = {}
+    for region, rule in spec.items():
+        missing = [p for p in rule["include"]] if not _matching(rule["include"], labels, namespaces) else []
+        for g in rule["within"]:
+            if not _matching(g, labels, namespaces):
+                missing.extend(g)
+        if not missing:
+            continue
+        msg = f"region {region!r} matches no label: no label name matches {', '.join(map(repr, missing))}"
+        close = []
+        for p in missing:
+            stem = p.split(":", 1)[1] if p.partition(":")[0] in namespaces else p
+            stem = stem.replace("*", "").replace("?", "")
+            close += [c for c in difflib.get_close_matches(stem, [n for _, n in labels], 3, 0.6) if c not in close]
+        msg += f"; did you mean {', '.join(map(repr, close[:5]))}?" if close else "."
+        tasks = _tasks_with(missing, namespaces)
+        if tasks:
+            msg += (f" Such classes come from TotalSegmentator's {' or '.join(tasks)} task "
+                    f"(TotalSegmentator -ta {tasks[0]}); add its output to the labels.")
+        if labels:
+            more = f" and {len(shown) - 30} more" if len(shown) > 30 else ""
+            msg += f" Labels that exist: {', '.join(shown[:30])}{more}."
+        else:
+            msg += " There are no labels."
+        out[region] = msg
+    return out
 
 
-def default_spec(layers: Sequence[LabelLayer]) -> dict[str, dict[str, list[str]]]:
-    """One region per label name of every layer."""
-    names = []
-    for layer in layers:
-        for n in layer.names.values():
-            if n not in names:
-                names.append(n)
-    return {n: {"include": [n], "exclude": []} for n in names}
+def _tasks_with(patterns: Sequence[str], namespaces: set[str]) -> list[str]:
+    """TotalSegmentator tasks (not among ``namespaces``) with a class that one of ``patterns`` matches."""
+    from petfeat.io.totalsegmentator import TASK_CLASSES, TASK_ORDER
+
+    out = []
+    for task in TASK_ORDER:
+        if task in namespaces or task not in TASK_CLASSES:
+            continue
+        for p in patterns:
+            ns, sep, glob = p.partition(":")
+            glob = glob if sep and (ns == task or ns in namespaces) else p
+            if any(fnmatch.fnmatchcase(c, glob) for c in TASK_CLASSES[task]):
+                out.append(task)
+                break
+    return out[:2]
+
+
+def regions_naming_known_labels(spec, layers: Sequence[LabelLayer]) -> set[str]:
+    """Regions whose include patterns and every within group match a label name of the layers (voxels or not)."""
+    spec = normalise_spec(spec)
+    unmatched = unmatched_regions(spec, layers)
+    return {r for r in spec if r not in unmatched}
+
+
+def default_spec(layers: Sequence[LabelLayer]) -> dict[str, dict]:
+    """One region per label of every layer (margins aside).
+
+    A region is named after its label, or ``NS:name`` when the name occurs in more than one name space.
+    """
+    labels = [lab for lab in _labels_of(layers) if lab[0] != MARGIN_NAMESPACE]
+    spaces: dict[str, set[str]] = {}
+    for ns, n in labels:
+        spaces.setdefault(n, set()).add(ns)
+    out = {}
+    for ns, n in labels:
+        if len(spaces[n]) > 1:
+            out[f"{ns}:{n}"] = {"include": [f"{ns}:{_escape(n)}"], "within": [], "exclude": [],
+                                "exclude_margin_mm": 0.0}
+        else:
+            out[n] = {"include": [_escape(n)], "within": [], "exclude": [], "exclude_margin_mm": 0.0}
+    return out
+
+
+def margin_layers(spec, layers: Sequence[LabelLayer], spacing_zyx: Sequence[float]) -> list[LabelLayer]:
+    """The exclusion-margin layers the regions of ``spec`` need (name space ``margin``).
+
+    For every distinct ``(exclude, exclude_margin_mm)`` of the spec with a margin, one uint8 layer
+    marks the voxels whose centre lies within the margin (physical distance, using the voxel
+    spacing; a voxel at exactly the margin is inside) of a voxel that carries an excluded label,
+    those voxels included. The distance is exact (SimpleITK's Maurer distance map, squared, in the
+    excluded voxels' bounding box grown by the margin). No layer is made when no voxel carries an
+    excluded label (then nothing needs a margin).
+    """
+    from petfeat.kernels.label_census import label_census
+
+    spec = normalise_spec(spec)
+    real = [layer for layer in layers if layer.namespace != MARGIN_NAMESPACE]
+    if not real:
+        return []
+    shape = real[0].array.shape
+    namespaces = {layer.namespace for layer in real}
+    labels = _labels_of(real)
+    sp = np.asarray(spacing_zyx, np.float64)
+    out, done = [], set()
+    for rule in spec.values():
+        mm = rule["exclude_margin_mm"]
+        key = (tuple(rule["exclude"]), mm)
+        if mm <= 0 or key in done:
+            continue
+        done.add(key)
+        matched = _matching(rule["exclude"], labels, namespaces)
+        luts, box = [], None
+        for layer in real:
+            ids = [i for i, n in layer.names.items() if (layer.namespace, n) in matched]
+            if not ids:
+                continue
+            census = label_census(layer.array)
+            present = [i for i in ids if i < len(census.counts) and census.counts[i] > 0]
+            if not present:
+                continue
+            lut = np.zeros(len(census.counts), bool)
+            lut[present] = True
+            every = int(census.counts[1:].astype(bool).sum()) == len(present)
+            b = census.box if every else label_census(lut[layer.array]).box
+            luts.append((layer, lut))
+            box = b if box is None else tuple(slice(min(s.start, t.start), max(s.stop, t.stop)) for s, t in zip(box, b))
+        if box is None:
+            continue
+        reach = np.floor(mm / sp + 1e-9).astype(int)
+        grown = tuple(slice(max(0, s.start - r), min(n, s.stop + r)) for s, r, n in zip(box, reach, shape))
+        excluded = np.zeros(tuple(s.stop - s.start for s in grown), bool)
+        for layer, lut in luts:
+            excluded |= lut[layer.array[grown]]
+        arr = np.zeros(shape, np.uint8)
+        arr[grown] = dilate_mm(excluded, sp, mm)
+        out.append(LabelLayer(arr, {1: margin_label(rule["exclude"], mm)}, f"margin {mm:g} mm",
+                              namespace=MARGIN_NAMESPACE))
+    return out
+
+
+def dilate_mm(mask: np.ndarray, spacing_zyx: Sequence[float], margin_mm: float) -> np.ndarray:
+    """Voxels whose centre lies within ``margin_mm`` of the centre of a ``mask`` voxel (``mask`` included).
+
+    Exact Euclidean distance in physical units (SimpleITK ``SignedMaurerDistanceMap`` with the
+    voxel spacing, squared distances compared with ``margin_mm**2``).
+    """
+    import SimpleITK as sitk
+
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    if not mask.any():
+        return np.zeros(mask.shape, bool)
+    img = sitk.GetImageFromArray(mask.view(np.uint8))
+    img.SetSpacing(tuple(float(s) for s in np.asarray(spacing_zyx, np.float64)[::-1]))
+    d2 = sitk.SignedMaurerDistanceMap(img, insideIsPositive=False, squaredDistance=True, useImageSpacing=True)
+    return sitk.GetArrayViewFromImage(d2) <= margin_mm * margin_mm * (1 + _MARGIN_SLACK)
 
 
 def codes_touching_border(codes: np.ndarray) -> np.ndarray:
@@ -223,26 +494,53 @@ def codes_touching_border(codes: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate([np.unique(f) for f in faces]))
 
 
-#: Built-in region sets (TotalSegmentator class names; lesion layers are named ``lesion_<id>``).
+#: Bone classes of TotalSegmentator's ``total`` task (costal cartilage is not bone).
 BONE_PATTERNS = ["vertebrae_*", "rib_*", "sacrum", "hip_*", "femur_*", "humerus_*", "scapula_*", "clavicula_*",
                  "sternum", "skull"]
-BUILTIN_REGIONS: dict[str, dict[str, list[str]]] = {
-    "whole_body_tumor": {"include": ["lesion*"], "exclude": []},
-    "bone": {"include": BONE_PATTERNS, "exclude": []},
-    "healthy_bone": {"include": BONE_PATTERNS, "exclude": ["lesion*"]},
-    "salivary_glands": {"include": ["parotid_gland_*", "submandibular_gland_*"], "exclude": ["lesion*"]},
-    "liver": {"include": ["liver"], "exclude": ["lesion*"]},
+#: Visceral organs of the ``total`` task for the per-site tumour burden (PROMISE miTNM M1c sites): liver, lungs
+#: (every lobe), adrenal glands, kidneys, spleen, pancreas, brain. Hollow organs (bowel, stomach, bladder),
+#: muscle, vessels and fat count as lymph node or soft tissue.
+VISCERAL_PATTERNS = ["liver", "lung_*", "adrenal_gland_*", "kidney_*", "spleen", "pancreas", "brain"]
+PROSTATE_PATTERNS = ["prostate"]
+LESION_PATTERNS = ["lesion*"]
+#: Margin (mm) kept between healthy bone and lesions: about twice the ~5 mm FWHM of PSMA PET (README).
+HEALTHY_BONE_MARGIN_MM = 10.0
+
+_BUILTIN_RAW = {
+    "whole_body_tumor": {"include": LESION_PATTERNS},
+    # Per-site tumour burden: lesion voxels by the organ label that covers them, bone first, then prostate,
+    # then visceral organs; the rest is lymph node or soft tissue. The four partition whole_body_tumor.
+    "tumor_bone": {"include": LESION_PATTERNS, "within": [BONE_PATTERNS]},
+    "tumor_prostate": {"include": LESION_PATTERNS, "within": [PROSTATE_PATTERNS], "exclude": BONE_PATTERNS},
+    "tumor_visceral": {"include": LESION_PATTERNS, "within": [VISCERAL_PATTERNS],
+                       "exclude": BONE_PATTERNS + PROSTATE_PATTERNS},
+    "tumor_lymph_node_or_soft_tissue": {"include": LESION_PATTERNS,
+                                        "exclude": BONE_PATTERNS + PROSTATE_PATTERNS + VISCERAL_PATTERNS},
+    "bone": {"include": BONE_PATTERNS},
+    "healthy_bone": {"include": BONE_PATTERNS, "exclude": LESION_PATTERNS,
+                     "exclude_margin_mm": HEALTHY_BONE_MARGIN_MM},
+    # The glands are classes of TotalSegmentator's head_glands_cavities task (-ta head_glands_cavities), not of
+    # the default total task.
+    "salivary_glands": {"include": ["parotid_gland_*", "submandibular_gland_*"], "exclude": LESION_PATTERNS},
+    "liver": {"include": ["liver"], "exclude": LESION_PATTERNS},
 }
+#: Built-in regions (TotalSegmentator class names; the lesion layer's label is ``lesion``), normalised.
+#: ``salivary_glands`` needs the ``head_glands_cavities`` task's output among the labels.
+BUILTIN_REGIONS: dict[str, dict] = normalise_spec(_BUILTIN_RAW)
 
 
-def load_spec(path: str | Path) -> dict[str, dict[str, list[str]]]:
-    """Read a region spec from YAML; ``builtin: true`` entries (or the name alone) take the built-in sets.
+def load_spec(path: str | Path) -> dict[str, dict]:
+    """Read a region spec from YAML; ``builtin`` entries take the built-in sets.
+
+    A region given as ``builtin`` (or ``true``) is the built-in region of that name; a mapping with
+    ``builtin: true`` is the built-in region with the mapping's other keys replacing its own.
 
     Example::
 
         regions:
           whole_body_tumor: builtin
-          healthy_bone: builtin
+          healthy_bone: {builtin: true, exclude_margin_mm: 6}
+          tumor_bone: {include: ["lesion*"], within: [[vertebrae_*, rib_*, sacrum]]}
           prostate_bed: {include: [prostate], exclude: ["lesion*"]}
     """
     import yaml
@@ -258,11 +556,17 @@ def load_spec(path: str | Path) -> dict[str, dict[str, list[str]]]:
         raise LabelError(f"{path}: expected a mapping 'regions: {{name: {{include: [...], exclude: [...]}}}}'.")
     out = {}
     for name, value in data.items():
-        if value == "builtin" or value is True:
+        builtin = value == "builtin" or value is True or (isinstance(value, Mapping) and value.get("builtin") is True)
+        if builtin:
             if name not in BUILTIN_REGIONS:
                 raise LabelError(f"{path}: region {name!r} is not built in; built-in regions are "
                                  f"{', '.join(BUILTIN_REGIONS)}.")
-            out[name] = BUILTIN_REGIONS[name]
+            base = dict(BUILTIN_REGIONS[name])
+            if isinstance(value, Mapping):
+                if "require" in value:
+                    base.pop("within")
+                base.update({k: v for k, v in value.items() if k != "builtin"})
+            out[name] = base
         else:
             out[name] = value
     try:
