@@ -66,8 +66,23 @@ def _dt(t: dt.datetime) -> str:
 
 def write_pet_series(out_dir: Path, suv: np.ndarray, spacing_zyx, origin_xyz, acq: Acquisition,
                      vendor: str = "siemens", study_uid: str | None = None, series_uid: str | None = None,
-                     ) -> dict:
+                     *, positions_mm=None, series_number: int = 3, description: str | None = None,
+                     corrected_image=None, image_type=None, transfer_syntax: str | None = None,
+                     file_prefix: str = "slice") -> dict:
     """Write ``suv`` ``(Z, Y, X)`` as one single-frame PET DICOM file per slice in ``out_dir``.
+
+    Parameters
+    ----------
+    positions_mm : sequence of float, optional
+        z coordinate (mm) of each slice (e.g. bed-junction jitter); default ``origin z + k * spacing``.
+    series_number, description, corrected_image, image_type : optional
+        SeriesNumber, SeriesDescription, CorrectedImage and ImageType (not written by default) of the
+        series, e.g. a non-attenuation-corrected or derived series.
+    transfer_syntax : str, optional
+        Store the pixels in this transfer syntax (RLE Lossless, JPEG-LS / JPEG 2000 lossless with the
+        encoders installed, or Deflated Explicit VR Little Endian); default Explicit VR Little Endian.
+    file_prefix : str
+        File names are ``{file_prefix}_{k:04d}.dcm``.
 
     Returns the exact SUV volume the files encode (after integer quantisation) and the UIDs.
     """
@@ -96,10 +111,24 @@ def write_pet_series(out_dir: Path, suv: np.ndarray, spacing_zyx, origin_xyz, ac
         encoded[z] = value * factor * (PHILIPS_BQML_PER_COUNT if vendor == "philips" else 1.0)
         ds = _slice_dataset(acq, vendor, z, nz, ny, nx, spacing_zyx, origin_xyz, study_uid, series_uid, frame_uid,
                             series_time)
+        if positions_mm is not None:
+            ds.ImagePositionPatient[2] = f"{float(positions_mm[z]):.4f}"
+        if series_number != 3:
+            ds.SeriesNumber = series_number
+        if description is not None:
+            ds.SeriesDescription = description
+        if corrected_image is not None:
+            ds.CorrectedImage = list(corrected_image)
+        if image_type is not None:
+            ds.ImageType = list(image_type)
         ds.RescaleSlope = f"{slope:.10g}"
         ds.RescaleIntercept = "0"
         ds.PixelData = stored.tobytes()
-        ds.save_as(out_dir / f"slice_{z:04d}.dcm", enforce_file_format=True)
+        if transfer_syntax == pydicom.uid.DeflatedExplicitVRLittleEndian:
+            ds.file_meta.TransferSyntaxUID = transfer_syntax
+        elif transfer_syntax is not None:
+            ds.compress(transfer_syntax)
+        ds.save_as(out_dir / f"{file_prefix}_{z:04d}.dcm", enforce_file_format=True)
     return {"study_uid": study_uid, "series_uid": series_uid, "encoded_suv": encoded, "suv_bw_factor": factor}
 
 
