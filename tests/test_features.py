@@ -14,7 +14,7 @@ from petfeat import extract_features
 from petfeat.backend import resolve_backend
 from petfeat.errors import BackendError, LabelError, PetfeatError, PetfeatWarning
 from petfeat.features import FEATURE_NAMES, FEATURES
-from petfeat.regions import BUILTIN_REGIONS, HEALTHY_BONE_MARGIN_MM, LabelLayer
+from petfeat.regions import BUILTIN_REGIONS, HEALTHY_BONE_MARGIN_MM, LabelLayer, build_codes, region_codes
 
 
 def _ibsi():
@@ -116,6 +116,68 @@ def test_regions_against_oracle(backend):
     assert df.loc["spleen"].status == "empty" and df.loc["nothing"].status == "no_matching_label"
     assert df.loc["salivary_glands"].status == "no_matching_label"
     assert bool(df.loc["whole_body_tumor"].touches_border) and not np.isnan(df.loc["liver"].suv_mean)
+
+
+@pytest.mark.parametrize("slab_voxels, lut_limit", [(None, None), (100, None), (64, 8)])
+def test_codes_are_compact_and_complete(monkeypatch, slab_voxels, lut_limit):
+    # whole volume in one slab; slabs of one or two planes (100 voxels); and the sort path for
+    # key spaces too large for a lookup table
+    import petfeat.regions
+    import petfeat.slabs
+
+    if slab_voxels:
+        monkeypatch.setattr(petfeat.slabs, "SLAB_VOXELS", slab_voxels)
+    if lut_limit:
+        monkeypatch.setattr(petfeat.regions, "_LUT_LIMIT", lut_limit)
+    rng = np.random.default_rng(0)
+    _, organs, lesions, layers = _random_study(rng, (6, 8, 8))
+    cm = build_codes(layers, organs.shape)
+    assert cm.n_codes == len({(a, b) for a, b in zip(organs.ravel(), lesions.ravel(), strict=True)} | {(0, 0)})
+    for c in range(1, cm.n_codes):
+        o, les = cm.combos[c]
+        np.testing.assert_array_equal(cm.codes == c, (organs == o) & (lesions == les))
+    members = region_codes({"x": {"include": ["rib_*"], "exclude": ["lesion_2"]}}, cm)["x"]
+    assert all(cm.combos[c][0] == 2 and cm.combos[c][1] != 2 for c in members)
+
+
+def test_more_layers_than_one_int64_key_holds():
+    """70 overlapping binary layers (2**70 combinations) and a multi-id layer: coded in groups of layers."""
+    rng = np.random.default_rng(7)
+    shape = (8, 10, 12)
+    layers = []
+    for k in range(70):
+        a = np.zeros(shape, np.uint8)
+        z, y, x = rng.integers(0, 6, 3)
+        a[z:z + 3, y:y + 3, x:x + 3] = 1
+        layers.append(LabelLayer(a, {1: f"roi_{k}"}, f"segment {k}"))
+    layers.append(LabelLayer(rng.integers(0, 300, shape).astype(np.uint16), {i: f"organ_{i}" for i in range(1, 300)}))
+    cm = build_codes(layers, shape)
+    stack = np.stack([la.array for la in layers], -1).reshape(-1, len(layers))
+    np.testing.assert_array_equal(cm.combos[cm.codes.reshape(-1)], stack)  # every voxel's code gives its labels
+    assert len(np.unique(cm.combos, axis=0)) == cm.n_codes and not cm.combos[0].any()  # one code per combination
+    members = region_codes({"r": {"include": ["roi_6*"], "exclude": ["organ_1*"]}}, cm)["r"]
+    want = [c for c in range(1, cm.n_codes) if cm.combos[c, 60:70].any() or cm.combos[c, 6]]
+    want = [c for c in want if not str(cm.combos[c, 70]).startswith("1")]
+    assert sorted(members) == want
+
+
+def test_z_slabs_cover_the_slices_in_order():
+    import petfeat.slabs
+
+    assert list(petfeat.slabs.z_slabs((7, 9, 11), voxels=200)) == [slice(0, 2), slice(2, 4), slice(4, 6),
+                                                                   slice(6, 7)]
+    assert list(petfeat.slabs.z_slabs((3, 9, 11), voxels=1)) == [slice(0, 1), slice(1, 2), slice(2, 3)]
+
+
+@pytest.mark.parametrize("dtype, word", [(np.int16, "signed"), (np.float32, "floating-point")])
+def test_float_or_signed_labels_refused(dtype, word):
+    with pytest.raises(LabelError, match=f"{word} dtype.*unsigned integers"):
+        extract_features(np.ones((2, 2, 2)), np.ones((2, 2, 2), dtype), spacing=(1, 1, 1), backend="cpu")
+
+
+def test_label_shape_mismatch_refused():
+    with pytest.raises(LabelError, match=r"shape \(2, 2, 3\) differs from the PET grid \(2, 2, 2\).*Resample"):
+        extract_features(np.ones((2, 2, 2)), np.ones((2, 2, 3), np.uint8), spacing=(1, 1, 1), backend="cpu")
 
 
 @pytest.mark.parametrize("spec, pattern", [
