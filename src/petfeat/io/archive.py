@@ -35,6 +35,7 @@ import csv
 import io
 import os
 import stat
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,6 +222,12 @@ def _study_folder(p: Path, root: Path) -> bool:
 
 def _walk(study: Path) -> _Folder:
     """Headers of the DICOM files and the label files under ``study``; links to folders are not followed."""
+    with warnings.catch_warnings():  # pydicom's warnings on damaged headers quote header bytes (names, ids)
+        warnings.simplefilter("ignore")
+        return _walk_quietly(study)
+
+
+def _walk_quietly(study: Path) -> _Folder:
     found = _Folder()
     for dirpath, dirnames, filenames in os.walk(study, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
