@@ -46,15 +46,17 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
     g.add_argument("--half-life", type=float, help="radionuclide half-life in s")
     g.add_argument("--injection-time", help="injection date/time, YYYY-MM-DDTHH:MM:SS")
     g.add_argument("--lbm", choices=["janmahasatian", "james"], default="janmahasatian", help="SUL formula")
-    p.add_argument("--series-uid", help="SeriesInstanceUID when the folder holds several PET series")
+    p.add_argument("--series-uid", help="SeriesInstanceUID to read; without it, of several PET series of one study "
+                   "the reader takes the attenuation-corrected volume with the most slices (projections/MIPs "
+                   "dropped) and records the choice")
 
 
 def cmd_suv(args) -> int:
-    """``petfeat suv``: print the SUV factors of one series."""
-    from petfeat.io.dicom import read_pet_series
+    """``petfeat suv``: print the SUV factors of one series (headers only: pixel data is never decoded)."""
+    from petfeat.io.dicom import read_pet_header
     from petfeat.suv import compute_suv_factors
 
-    series = read_pet_series(args.path, series_uid=args.series_uid)
+    series = read_pet_header(args.path, series_uid=args.series_uid)
     f = compute_suv_factors(series.suv_header, lbm_formula=args.lbm, **_suv_overrides(args))
     d = f.to_dict()
     if args.json:

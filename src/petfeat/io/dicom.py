@@ -488,8 +488,9 @@ def _select(source, series_uid: str | None, threads: int):
         raise DicomSeriesError(f"{where}: {exc}") from None
     if "series_choice" in notes and series_uid is None:
         choice = notes["series_choice"]
+        alts = choice["alternatives"]
         others = "; ".join(f"{a['series_uid']} ('{a['description']}', {a['n_files']} files: {a['why_not']})"
-                           for a in choice["alternatives"])
+                           for a in alts[:5]) + (f"; and {len(alts) - 5} more" if len(alts) > 5 else "")
         warnings.warn(PetfeatWarning(
             f"the input holds {len(pets)} PET series of one study; read {uid} "
             f"('{_text(pets[uid][0][1], _DESCRIPTION) or ''}', {choice['reason']}). Not read: {others}. "
