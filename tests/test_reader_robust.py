@@ -320,3 +320,34 @@ def test_choose_pet_series_is_total_and_independent_of_order():
     assert choose_pet_series([_summary("1.1", study="A"), _summary("1.2", study="B")], "1.2")[0] == "1.2"
     with pytest.raises(DicomSeriesError, match="1.8 is not among"):
         choose_pet_series([_summary("1.1")], "1.8")
+
+
+# --- provenance: the notes reach the tables and run.json --------------------------------------------------------
+
+
+def test_reader_notes_reach_feature_and_lesion_rows_and_run_json(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from petfeat.cli import main
+
+    z = _three_beds(per_bed=4)
+    _write(tmp_path / "pet", n=len(z), positions_mm=z)
+    with pytest.warns(PetfeatWarning, match="slice spacing varies"):
+        notes = read_pet_header(tmp_path / "pet").notes
+    with warnings.catch_warnings(record=True) as seen:  # built-in regions without organ labels warn too
+        warnings.simplefilter("always")
+        rc = main(["extract", "--pet", str(tmp_path / "pet"), "--threshold", "fixed:2", "--backend", "cpu",
+                   "--no-peak", "-o", str(tmp_path / "out")])
+    assert rc == 0
+    assert any(issubclass(w.category, PetfeatWarning) and "slice spacing varies" in str(w.message) for w in seen)
+    features = pd.read_parquet(tmp_path / "out" / "features.parquet")
+    lesions = pd.read_parquet(tmp_path / "out" / "lesions.parquet")
+    assert len(lesions) > 0
+    for table in (features, lesions):
+        assert set(table.input_notes) == {dicom.notes_json(notes)}
+        assert json.loads(table.input_notes.iloc[0])["slice_spacing_max_deviation_mm"] == pytest.approx(0.08, abs=1e-4)
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["pet_series"] == json.loads(dicom.notes_json(notes))
+    assert str(tmp_path) not in features.input_notes.iloc[0]

@@ -335,7 +335,7 @@ def cmd_extract(args) -> int:
     run = {"petfeat_version": __version__, "command": "extract", "backend": res.features.backend.iloc[0],
            "settings": res.settings, "timings_s": {**res.timings, "total": time.perf_counter() - t0},
            "suv": {k: v for k, v in factors.to_dict().items() if k not in ("scan_datetime", "injection_datetime")},
-           "outputs": [p.name for p in written]}
+           "pet_series": series.notes, "outputs": [p.name for p in written]}
     (out / "run.json").write_text(json.dumps(run, indent=1, default=str))
     cols = ["region", "suv_mean", "suv_max", "suv_peak_global", "volume_ml", "total_uptake", "lesion_count", "status"]
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):

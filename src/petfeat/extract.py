@@ -17,7 +17,7 @@ from petfeat import kernels
 from petfeat.backend import resolve_backend
 from petfeat.errors import LabelError, PetfeatError, PetfeatWarning
 from petfeat.features import FEATURE_NAMES, PEAK_NEIGHBOURS, PEAK_RADIUS_MM, region_peaks, region_rows, sphere_offsets
-from petfeat.io.dicom import Geometry, PetSeries
+from petfeat.io.dicom import Geometry, PetSeries, notes_json
 from petfeat.lesions import centroids_mm, check_connectivity, connected_components, threshold_mask
 from petfeat.regions import (
     LabelLayer,
@@ -33,7 +33,8 @@ from petfeat.regions import (
 from petfeat.suv import SuvFactors, compute_suv_factors
 
 KEY_COLUMNS = ("patient_id", "study_date", "series_uid", "region")
-PROVENANCE_COLUMNS = ("status", "suv_type", "backend", "lesion_method", "petfeat_version", "config_hash")
+PROVENANCE_COLUMNS = ("status", "suv_type", "backend", "lesion_method", "petfeat_version", "config_hash",
+                      "input_notes")
 LESION_COLUMNS = ("lesion_id", "site", "suv_mean", "suv_max", "suv_min", "suv_std", "suv_peak_local", "suv_peak_global",
                   "volume_ml", "total_uptake", "voxel_count", "nan_voxel_count", "touches_border", "centroid_x_mm",
                   "centroid_y_mm", "centroid_z_mm", "status")
@@ -156,7 +157,8 @@ def extract(
     ExtractResult
         ``features``: keys (patient_id, study_date, series_uid, region), the features of
         :data:`petfeat.features.FEATURES`, provenance (status, suv_type, backend, lesion_method,
-        petfeat_version, config_hash). ``lesions``: one row per component with its features and
+        petfeat_version, config_hash, input_notes: the reader's notes as compact JSON, "" when none).
+        ``lesions``: one row per component with its features and
         centroid (mm).
     """
     from petfeat import __version__
@@ -266,6 +268,7 @@ def extract(
         frame["lesion_method"] = describe_lesion_method(lesion_settings)
         frame["petfeat_version"] = __version__
         frame["config_hash"] = chash
+        frame["input_notes"] = notes_json(pet.notes) if isinstance(pet, PetSeries) else ""
     df = df[list(KEY_COLUMNS) + list(FEATURE_NAMES) + list(PROVENANCE_COLUMNS)]
     lesion_df = lesion_df[["patient_id", "study_date", "series_uid"] + list(LESION_COLUMNS)
                           + list(PROVENANCE_COLUMNS[1:])]
