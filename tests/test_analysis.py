@@ -44,13 +44,25 @@ def test_planted_effects_recovered_and_report_written(cohort, tmp_path):
     assert time.perf_counter() - t0 < 60
     pv = planted_vs_recovered(res)
     assert len(pv) == 4 and pv.inside_ci.all(), pv  # seed 3; see the issue note for the coverage across seeds
-    assert (res.status == "ok").all() and res["p_fdr"].notna().all() and (res["p_fdr"] >= res["p"] - 1e-12).all()
-    cox = res[res.model == "cox"]
-    assert cox.result.str.match(r"^HR = \d+\.\d\d, 95% CI \d+\.\d\d-\d+\.\d\d, p (=|<) \d\.\d{3}$").all()
+    tested, covs = res[res.status != "ok (covariate)"], res[res.status == "ok (covariate)"]
+    assert (tested.status == "ok").all() and tested["p_fdr"].notna().all()
+    assert (tested["p_fdr"] >= tested["p"] - 1e-12).all() and covs["p_fdr"].isna().all()
+    # the adjusted toxicity analysis: one baseline-haemoglobin row per feature, after that feature's row
+    assert len(covs) == 3 and (covs.term == "baseline_haemoglobin").all() and covs.hr.gt(0).all()
+    assert res[res.model == "cox"].result.str.match(
+        r"^HR = \d+\.\d\d, 95% CI \d+\.\d\d-\d+\.\d\d, p (=|<) \d\.\d{3}$").all()
+    cox = tested[tested.model == "cox"]
     assert (cox.n == 61).all() and (cox.events_per_variable > 0).all() and cox.concordance.between(0, 1).all()
+    assert cox.ph_test_p.between(0, 1).all() and cox.ph_global_p.between(0, 1).all() and cox.se.gt(0).all()
+    low = cox.events_per_variable < 10  # this cohort has 15-38 events per variable: no row is flagged
+    assert (cox["flag"].str.contains("EPV") == low).all() and cox.converged.all()
     html = paths["html"].read_text()
     assert "data:image/png;base64," in html and "Forest plot" in html and "Kaplan-Meier" in html
     assert paths["csv"].exists() and paths["md"].exists() and list((tmp_path / "report").glob("forest_*.png"))
+    csv = pd.read_csv(paths["csv"])
+    assert {"term", "se", "loglik", "ph_global_p", "flag", "warnings"} <= set(csv.columns) and len(csv) == len(res)
+    md = paths["md"].read_text()
+    assert " flag " in md and "warnings" in md and "ph_global_p" in html
 
 
 @pytest.mark.parametrize("total", [0, 1, 38, 39, 40, 104.6, 155, 156, 170, -3])
@@ -144,3 +156,27 @@ def test_analyze_command(cohort, tmp_path):
                         "--clinical", str(d / "clinical"), "-o", str(tmp_path / "rep2")], capture_output=True,
                        text=True)
     assert r.returncode == 2 and "no such feature table" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_separation_and_warnings_reach_the_report(tmp_path):
+    """A model under complete separation is 'not converged' (no HR); fitter warnings name their model."""
+    ids = [f"P{i:03d}" for i in range(12)]
+    f = pd.DataFrame({"patient_id": ids, "study_date": "2023-01-01", "region": "whole_body_tumor",
+                      "suv_mean": [30.0] * 6 + [10.0] * 6, "suv_max": np.linspace(10, 40, 12)})
+    patients = pd.DataFrame({"patient_id": ids, "therapy_start": "2024-01-10"})
+    labs = [(p, "2024-01-09", "PLT", 200, "10^9/L") for p in ids]
+    # high uptake: grade-3 platelets at 3-8 weeks; low uptake: never (complete separation by suv_mean)
+    labs += [(p, f"2024-{2 + i // 3:02d}-{1 + i:02d}", "PLT", 40 if i < 6 else 180, "10^9/L") for i, p in
+             enumerate(ids)]
+    labs = pd.DataFrame(labs, columns=["patient_id", "date", "test", "value", "unit"])
+    spec = {"name": "sep", "endpoints": {"tox": {"type": "first_grade", "tests": ["platelets"], "min_grade": 3}},
+            "analyses": [{"name": "tox", "model": "cox", "region": "whole_body_tumor", "features": ["suv_mean"],
+                          "endpoint": "tox"}]}
+    res, ctx = run_analyses(f, {"patients": patients, "labs": labs, "scores": None}, spec)
+    r = res.iloc[0]
+    assert r.status == "not converged" and np.isnan(r.hr) and np.isnan(r.p) and "may be infinite" in r["flag"]
+    assert r.result.startswith("not converged") and isinstance(r.warnings, list) and r.warnings
+    paths = write_report(res, ctx, spec, tmp_path / "rep")
+    csv = pd.read_csv(paths["csv"])
+    assert csv.loc[0, "status"] == "not converged" and "ConvergenceWarning" in csv.loc[0, "warnings"]
+    assert "tox / whole_body_tumor.suv_mean: ConvergenceWarning" in paths["html"].read_text()

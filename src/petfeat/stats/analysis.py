@@ -29,7 +29,7 @@ import pandas as pd
 
 from petfeat.errors import PetfeatError
 from petfeat.stats.endpoints import Worsening, time_to_first_grade, time_to_worsening
-from petfeat.stats.models import TRANSFORMS, fdr, fit_cox, fit_mixed, format_hr
+from petfeat.stats.models import TRANSFORMS, ZPH_TRANSFORMS, fdr, fit_cox, fit_mixed, format_hr
 from petfeat.stats.questionnaires import FACT_P_PCS, bpi_scores, fact_scores, xerostomia_score
 
 ENDPOINT_TYPES = ("first_grade", "worsening")
@@ -74,6 +74,9 @@ def load_study(path: str | Path | None = None) -> dict:
         if a["model"] == "cox" and a.get("endpoint") not in endpoints:
             raise StudySpecError(f"{where}: {label}: endpoint {a.get('endpoint')!r} is not defined under 'endpoints' "
                                  f"({', '.join(endpoints)}).")
+        if spec.get("ph_transform", "km") not in ZPH_TRANSFORMS:
+            raise StudySpecError(f"{where}: ph_transform is {spec.get('ph_transform')!r}; choose one of "
+                                 f"{', '.join(ZPH_TRANSFORMS)}.")
         if a["model"] == "mixed" and "score" not in a:
             raise StudySpecError(f"{where}: {label}: a mixed model needs 'score' (an instrument of the scores table).")
     return spec
@@ -161,7 +164,13 @@ def feature_wide(features: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict) -> tuple[pd.DataFrame, dict]:
-    """Fit every analysis of the spec; returns the result table (FDR across all tests) and the data used."""
+    """Fit every analysis of the spec; returns the result table (FDR across all tests) and the data used.
+
+    One row per analysis and feature (``term`` = the feature; ``status`` ``ok``, ``not converged``
+    or the reason the model could not be fitted), followed for Cox models by one row per covariate
+    (``status`` ``ok (covariate)``: reported, not part of the FDR family). ``flag`` names what
+    weakens a row (not converged, events per variable below 10); ``warnings`` holds the fitter's.
+    """
     endpoints = derive_endpoints(spec, clinical)
     wide = feature_wide(features)
     base = clinical["patients"].merge(wide, on="patient_id", how="inner")
@@ -178,12 +187,25 @@ def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict) -> tuple[pd
                 continue
             rec = {"analysis": a.get("name", ""), "model": a["model"], "region": a["region"], "feature": col,
                    "endpoint": a.get("endpoint", a.get("score"))}
+            extra = []
             try:
                 if a["model"] == "cox":
                     d = base.merge(endpoints[a["endpoint"]], on="patient_id").dropna(subset=["time_days"])
-                    r = fit_cox(d, "time_days", "event", col, a.get("covariates", []), a.get("transform", "unit"))
+                    r = fit_cox(d, "time_days", "event", col, a.get("covariates", []), a.get("transform", "unit"),
+                                ph_transform=spec.get("ph_transform", "km"))
                     data[(a.get("name", ""), col)] = d
-                    rec.update(r, result=format_hr(r), status="ok")
+                    terms = r.pop("terms")
+                    rec.update(r, term=col, result=format_hr(r), status="ok")
+                    if not r["converged"]:
+                        # an estimate at the step where the fitter stopped is no result: no HR, no p, no FDR
+                        rec.update(hr=np.nan, ci_low=np.nan, ci_high=np.nan, p=np.nan, coef=np.nan, se=np.nan,
+                                   result="not converged (monotone likelihood)", status="not converged")
+                    else:
+                        for t in terms[1:]:  # the covariates' own rows: reported, not tested
+                            extra.append({**{k: rec[k] for k in ("analysis", "model", "region", "feature", "endpoint",
+                                                                 "n", "events", "flag")},
+                                          **t, "transform": "per unit", "result": format_hr(t),
+                                          "status": "ok (covariate)"})
                 else:
                     sc = clinical["scores"]
                     sc = sc[sc["instrument"] == a["score"]]
@@ -194,17 +216,19 @@ def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict) -> tuple[pd
                     r = fit_mixed(d, "score", col, a.get("time", "cycle"), "patient_id", a.get("covariates", []),
                                   a.get("transform", "unit"))
                     p = f"p = {r['p']:.3f}" if r["p"] >= 0.001 else "p < 0.001"
-                    rec.update(r, result=f"estimate = {r['estimate']:.3g}, 95% CI {r['ci_low']:.3g} to "
-                                         f"{r['ci_high']:.3g}, {p}", status="ok")
+                    rec.update(r, term=col, result=f"estimate = {r['estimate']:.3g}, 95% CI {r['ci_low']:.3g} to "
+                                                   f"{r['ci_high']:.3g}, {p}", status="ok",
+                               flag="" if r["converged"] else "not converged")
             except PetfeatError as exc:
                 rec["status"] = str(exc)
             except (np.linalg.LinAlgError, ValueError, ArithmeticError) as exc:
                 # a degenerate model (no spread, separation, singular design) is this row's result, not a crash
                 rec["status"] = f"model failed: {type(exc).__name__}: {exc}"
             rows.append(rec)
+            rows.extend(extra)
     res = pd.DataFrame(rows)
     if spec.get("fdr", True) and "p" in res.columns:
-        ok = res["p"].notna()
+        ok = res["p"].notna() & (res["status"] == "ok")  # the tested features, not the covariates
         res.loc[ok, "p_fdr"] = fdr(res.loc[ok, "p"].to_numpy())
     return res, {"endpoints": endpoints, "data": data, "base": base}
 
@@ -227,9 +251,12 @@ def write_report(results: pd.DataFrame, context: dict, spec: dict, out: str | Pa
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "results.csv", "md": out / "results.md", "html": out / "report.html"}
-    results.drop(columns=["warnings"], errors="ignore").to_csv(paths["csv"], index=False)
-    cols = [c for c in ("analysis", "feature", "transform", "n", "events", "result", "p_fdr", "concordance",
-                        "ph_test_p", "status") if c in results.columns]
+    if "warnings" in results.columns:
+        results = results.assign(warnings=[" | ".join(" ".join(str(w).split()) for w in ws)
+                                           if isinstance(ws, list) else "" for ws in results["warnings"]])
+    results.drop(columns=["covariates"], errors="ignore").to_csv(paths["csv"], index=False)
+    cols = [c for c in ("analysis", "feature", "term", "transform", "n", "events", "result", "p_fdr", "concordance",
+                        "ph_test_p", "ph_global_p", "flag", "status", "warnings") if c in results.columns]
     md = results[cols].to_markdown(index=False) if _has_tabulate() else results[cols].to_string(index=False)
     paths["md"].write_text(f"# {spec.get('name', 'Study')}\n\n{md}\n")
     figures = []
@@ -263,8 +290,9 @@ def write_report(results: pd.DataFrame, context: dict, spec: dict, out: str | Pa
                                   classes="results")
     imgs = "\n".join(f"<figure><img src='data:image/png;base64,{b64}' alt='{html.escape(t)}'>"
                      f"<figcaption>{html.escape(t)}</figcaption></figure>" for t, b64 in figures)
-    warnings = results["warnings"].explode().dropna() if "warnings" in results.columns else []
-    warn_html = "".join(f"<li>{html.escape(str(w))}</li>" for w in warnings) or "<li>none</li>"
+    warned = results[results["warnings"] != ""] if "warnings" in results.columns else results.iloc[:0]
+    warn_html = "".join(f"<li>{html.escape(str(r['analysis']))} / {html.escape(str(r['feature']))}: "
+                        f"{html.escape(r['warnings'])}</li>" for _, r in warned.iterrows()) or "<li>none</li>"
     paths["html"].write_text(f"""<!doctype html><html><head><meta charset="utf-8">
 <title>{html.escape(spec.get('name', 'petfeat report'))}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
@@ -276,7 +304,9 @@ figcaption{{font-size:12px;color:#555}}</style></head><body>
 <h2>Results</h2>{table}
 <h2>Figures</h2>{imgs}
 <h2>Model warnings</h2><ul>{warn_html}</ul>
-<p style="font-size:12px;color:#777">petfeat; p_fdr: Benjamini-Hochberg across all tests of the study.</p>
+<p style="font-size:12px;color:#777">petfeat; p_fdr: Benjamini-Hochberg across all tests of the study;
+ph_test_p / ph_global_p: R's cox.zph score test ({html.escape(str(spec.get('ph_transform', 'km')))} transform);
+flag: not converged, events per variable below 10.</p>
 </body></html>""")
     return paths
 
