@@ -358,10 +358,13 @@ def cmd_analyze(args) -> int:
     features = pd.read_parquet(fpath) if fpath.suffix == ".parquet" else pd.read_csv(fpath)
     results, context = run_analyses(features, read_clinical(args.clinical), spec)
     paths = write_report(results, context, spec, args.out)
-    ok = results[results.get("status") == "ok"] if len(results) else results
-    for _, r in ok.iterrows():
-        print(f"{r['analysis'][:60]:<60} {r['feature']:<34} {r['result']}")
-    print(f"{len(ok)} of {len(results)} models fitted in {time.perf_counter() - t0:.1f} s; report {paths['html']}")
+    models = results[results.get("status") != "ok (covariate)"] if len(results) else results
+    ok = models[models.get("status") == "ok"] if len(models) else models
+    for _, r in models.iterrows():
+        flag = r["flag"] if isinstance(r.get("flag"), str) else ""
+        shown = r["result"] if r["status"] in ("ok", "not converged") else r["status"]
+        print(f"{r['analysis'][:60]:<60} {r['feature']:<34} {shown}" + (f" [{flag}]" if flag else ""))
+    print(f"{len(ok)} of {len(models)} models fitted in {time.perf_counter() - t0:.1f} s; report {paths['html']}")
     return 0
 
 
