@@ -106,7 +106,8 @@ def test_pet_series_of_two_studies_refused_with_a_list_and_the_fix(tmp_path):
         ds = pydicom.dcmread(f)
         ds.StudyInstanceUID = "1.2.3.4.5"
         ds.save_as(f)
-    with pytest.raises(DicomSeriesError, match=r"belong to 2 studies.*study 1\.2\.3\.4\.5: .*DRO_1_0.*--series-uid"):
+    with pytest.raises(DicomSeriesError,
+                       match=r"two: holds 2 PET series of 2 studies.*study 1\.2\.3\.4\.5: .*DRO_1_0.*--series-uid"):
         read_pet_series(tmp_path / "two")
     uid = pydicom.dcmread(other[0]).SeriesInstanceUID
     assert read_pet_series(tmp_path / "two", series_uid=uid).series_uid == uid

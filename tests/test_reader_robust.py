@@ -315,7 +315,7 @@ def test_choose_pet_series_is_total_and_independent_of_order():
     uid, notes = choose_pet_series([_summary("1.4", n=1, pos=1), _summary("1.5", n=12, pos=1)])
     assert uid == "1.5" and notes["series_choice"]["reason"].startswith("attenuation-corrected image")
     assert choose_pet_series([_summary("1.7")]) == ("1.7", {})
-    with pytest.raises(DicomSeriesError, match=r"belong to 2 studies.*study A: 1\.1 .*study B: 1\.2"):
+    with pytest.raises(DicomSeriesError, match=r"holds 2 PET series of 2 studies.*study A: 1\.1 .*study B: 1\.2"):
         choose_pet_series([_summary("1.1", study="A"), _summary("1.2", study="B")])
     assert choose_pet_series([_summary("1.1", study="A"), _summary("1.2", study="B")], "1.2")[0] == "1.2"
     with pytest.raises(DicomSeriesError, match="1.8 is not among"):

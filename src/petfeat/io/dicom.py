@@ -398,8 +398,8 @@ def choose_pet_series(candidates: Sequence[SeriesSummary], series_uid: str | Non
                 f"study {st}: " + ", ".join(f"{c.series_uid} ({c.n_files} files, '{c.description}')"
                                             for c in cands if c.study_uid == st) for st in studies)
             raise DicomSeriesError(
-                f"the PET series belong to {len(studies)} studies (StudyInstanceUID): {lines}. A study's series "
-                "are never mixed with another's: point to one study's folder, or choose a series with "
+                f"holds {len(cands)} PET series of {len(studies)} studies (StudyInstanceUID): {lines}. A study's "
+                "series are never mixed with another's: point to one study's folder, or choose a series with "
                 "series_uid=... (CLI: --series-uid UID).")
         volumes = [c for c in cands if c.is_volume]
         pool = volumes or cands
