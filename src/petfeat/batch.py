@@ -41,6 +41,10 @@ class BatchSettings:
     threshold: dict | None = None
     peaks: bool = True
     resample: str = "nearest"
+    #: SUVpeak sphere neighbours: "image" (IBSI) or "region" (see petfeat.extract.extract).
+    peak_neighbours: str = "image"
+    #: A region that matches no label fails the study (LabelError) instead of a warning.
+    strict: bool = False
 
     def as_dict(self) -> dict:
         """Plain dictionary (JSON-ready)."""
@@ -180,7 +184,7 @@ def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, th
         res = extract(series, layers, settings.regions, lesions=lesions, threshold=settings.threshold,
                       connectivity=settings.connectivity, min_lesion_ml=settings.min_lesion_ml,
                       backend=settings.backend, suv_type=settings.suv_type, factors=factors, peaks=settings.peaks,
-                      id_key=bytes.fromhex(key_hex))
+                      peak_neighbours=settings.peak_neighbours, strict=settings.strict, id_key=bytes.fromhex(key_hex))
         t["kernel_s"] = time.perf_counter() - t0 - sum(t.values())
         raw_bytes = series.stored.nbytes
         for df in (res.features, res.lesions):

@@ -283,7 +283,8 @@ def cmd_batch(args) -> int:
     settings = BatchSettings(regions=load_spec(args.regions) if args.regions else BUILTIN_REGIONS,
                              backend=args.backend, suv_type=args.suv_type, connectivity=args.connectivity,
                              min_lesion_ml=args.min_lesion_ml, threshold=_parse_threshold(args.threshold),
-                             peaks=not args.no_peak, resample=args.resample)
+                             peaks=not args.no_peak, resample=args.resample,
+                             peak_neighbours=args.peak_neighbours, strict=args.strict)
     rep = run_batch(rows, out, settings, key, scheduler=args.scheduler, n_workers=args.workers,
                     trace_memory=args.trace_memory)
     print(f"{rep.done} done, {rep.skipped} already done, {rep.failed} failed; {rep.outputs.get('features', 0)} "
@@ -323,7 +324,8 @@ def cmd_extract(args) -> int:
     regions = load_spec(args.regions) if args.regions else BUILTIN_REGIONS
     res = extract(series, layers, regions, lesions=lesions, threshold=_parse_threshold(args.threshold),
                   connectivity=args.connectivity, min_lesion_ml=args.min_lesion_ml, backend=args.backend,
-                  suv_type=args.suv_type, factors=factors, peaks=not args.no_peak, id_key=key)
+                  suv_type=args.suv_type, factors=factors, peaks=not args.no_peak, id_key=key,
+                  peak_neighbours=args.peak_neighbours, strict=args.strict)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     label_rows = [{"label": n, "source": la.source, "native_volume_ml": (la.native_volume_ml or {}).get(n),
@@ -333,7 +335,8 @@ def cmd_extract(args) -> int:
     written += _write_table(res.lesions, out / "lesions", args.csv)
     written += _write_table(pd.DataFrame(label_rows), out / "labels", args.csv)
     run = {"petfeat_version": __version__, "command": "extract", "backend": res.features.backend.iloc[0],
-           "settings": res.settings, "timings_s": {**res.timings, "total": time.perf_counter() - t0},
+           "settings": res.settings, "warnings": res.warnings,
+           "timings_s": {**res.timings, "total": time.perf_counter() - t0},
            "suv": {k: v for k, v in factors.to_dict().items() if k not in ("scan_datetime", "injection_datetime")},
            "pet_series": series.notes, "outputs": [p.name for p in written]}
     (out / "run.json").write_text(json.dumps(run, indent=1, default=str))
@@ -407,13 +410,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", help="segment lesions without a mask: 'fixed:SUV' or 'percist'")
     s.add_argument("--connectivity", type=int, choices=[6, 26], default=26)
     s.add_argument("--min-lesion-ml", type=float, default=0.0)
-    s.add_argument("--regions", help="regions YAML (default: the built-in whole_body_tumor, bone, healthy_bone, "
-                   "salivary_glands, liver)")
+    s.add_argument("--regions", help="regions YAML (default: the built-in whole_body_tumor, tumor_bone, "
+                   "tumor_prostate, tumor_visceral, tumor_lymph_node_or_soft_tissue, bone, healthy_bone, "
+                   "salivary_glands (needs TotalSegmentator's head_glands_cavities task), liver)")
+    s.add_argument("--strict", action="store_true", help="a region that matches no label is an error (default: a "
+                   "warning that lists the labels that exist)")
     s.add_argument("--resample", choices=["nearest", "fraction"], default="nearest",
                    help="label resampling onto the PET grid")
     s.add_argument("--suv-type", choices=["bw", "lbm", "bsa"], default="bw")
     s.add_argument("--backend", choices=["auto", "cpu", "gpu"], default="auto")
     s.add_argument("--no-peak", action="store_true", help="skip SUVpeak")
+    s.add_argument("--peak-neighbours", choices=["image", "region"], default="image",
+                   help="voxels the SUVpeak sphere averages: every voxel in the image (IBSI, default) or only the "
+                   "region's own voxels (no spill-in from a lesion next to healthy tissue)")
     s.add_argument("--csv", action="store_true", help="write CSV beside Parquet")
     s.add_argument("-o", "--out", required=True, help="output folder")
     _add_overrides(s)
