@@ -303,8 +303,8 @@ def test_study_folder_without_the_ac_series_prefers_the_nac_volume_over_projecti
     assert s.series_uid == uids["suv"]  # attenuation-corrected beats more slices (NAC 7)
 
 
-def _summary(uid, study="S", n=5, pos=5, ac=True, number=None):
-    return SeriesSummary(uid, study, f"series {uid}", number, n, pos, ac)
+def _summary(uid, study="S", n=5, pos=5, ac=True, number=None, orientations=1):
+    return SeriesSummary(uid, study, f"series {uid}", number, n, pos, ac, orientations)
 
 
 def test_choose_pet_series_is_total_and_independent_of_order():
@@ -315,6 +315,10 @@ def test_choose_pet_series_is_total_and_independent_of_order():
     uid, notes = choose_pet_series([_summary("1.4", n=1, pos=1), _summary("1.5", n=12, pos=1)])
     assert uid == "1.5" and notes["series_choice"]["reason"].startswith("attenuation-corrected image")
     assert choose_pet_series([_summary("1.7")]) == ("1.7", {})
+    # rotating-MIP planes that turn (each image its own position and orientation) are no volume either
+    uid, notes = choose_pet_series([_summary("1.1", n=36, pos=36, orientations=36), _summary("1.2")])
+    assert uid == "1.2"
+    assert notes["series_choice"]["alternatives"][0]["why_not"] == "projection (MIP): 36 image(s) in 36 orientations"
     with pytest.raises(DicomSeriesError, match=r"holds 2 PET series of 2 studies.*study A: 1\.1 .*study B: 1\.2"):
         choose_pet_series([_summary("1.1", study="A"), _summary("1.2", study="B")])
     assert choose_pet_series([_summary("1.1", study="A"), _summary("1.2", study="B")], "1.2")[0] == "1.2"

@@ -201,6 +201,9 @@ class SeriesSummary:
         (one image, or rotating MIP images that share a position).
     attenuation_corrected : bool
         CorrectedImage contains ATTN.
+    n_orientations : int
+        Number of distinct ImageOrientationPatient values (cosines 0.001 apart or more); more than
+        one for rotating-MIP images whose planes turn (and whose positions then differ too).
     """
 
     series_uid: str
@@ -210,11 +213,12 @@ class SeriesSummary:
     n_files: int
     n_positions: int
     attenuation_corrected: bool
+    n_orientations: int = 1
 
     @property
     def is_volume(self) -> bool:
-        """More than one slice position: a volume, not a projection."""
-        return self.n_positions > 1
+        """More than one slice position in one orientation: a volume, not a projection."""
+        return self.n_positions > 1 and self.n_orientations <= 1
 
 
 @dataclass(frozen=True)
@@ -328,13 +332,14 @@ def summarize_series(series_uid: str, items: Sequence[tuple[Path, pydicom.Datase
     SeriesSummary
     """
     first = items[0][1]
-    positions = set()
+    positions, orientations = set(), set()
     for _, ds in items:
-        txt = _text(ds, _IPP)
-        try:
-            positions.add(tuple(round(float(v), 2) for v in txt.split("\\")))
-        except (AttributeError, ValueError):
-            continue  # no usable position: counts as no position
+        for found, tag, digits in ((positions, _IPP, 2), (orientations, _IOP, 3)):
+            txt = _text(ds, tag)
+            try:
+                found.add(tuple(round(float(v), digits) + 0.0 for v in txt.split("\\")))
+            except (AttributeError, ValueError, OverflowError):
+                continue  # no usable value: counts as none
     try:
         number = int(float(_text(first, _SERIES_NUMBER)))
     except (TypeError, ValueError, OverflowError):
@@ -342,7 +347,8 @@ def summarize_series(series_uid: str, items: Sequence[tuple[Path, pydicom.Datase
     corrected = (_text(first, _CORRECTED) or "").upper().split("\\")
     return SeriesSummary(series_uid=series_uid, study_uid=_text(first, _STUDY_UID) or "",
                          description=_text(first, _DESCRIPTION) or "", series_number=number, n_files=len(items),
-                         n_positions=len(positions), attenuation_corrected="ATTN" in [c.strip() for c in corrected])
+                         n_positions=len(positions), attenuation_corrected="ATTN" in [c.strip() for c in corrected],
+                         n_orientations=len(orientations))
 
 
 def _rank(c: SeriesSummary) -> tuple:
@@ -353,11 +359,12 @@ def _rank(c: SeriesSummary) -> tuple:
 def choose_pet_series(candidates: Sequence[SeriesSummary], series_uid: str | None = None) -> tuple[str, dict]:
     """Choose one PET series among the candidates of one study, deterministically.
 
-    Projections (maximum-intensity projections, one image or rotating-MIP images that share one
-    position) are dropped by geometry when a volume exists, whatever their ImageType says; derived
-    volumes (ImageType DERIVED, SECONDARY: SUV series) stay candidates. Among the volumes the order is:
-    attenuation-corrected first (CorrectedImage contains ATTN), then the most files, then the
-    lowest SeriesNumber (absent: last), then the SeriesInstanceUID as text.
+    Projections (maximum-intensity projections: one image, rotating-MIP images that share one
+    position, or images in several orientations) are dropped by geometry when a volume exists,
+    whatever their ImageType says; derived volumes (ImageType DERIVED, SECONDARY: SUV series)
+    stay candidates. Among the volumes the order is: attenuation-corrected first (CorrectedImage
+    contains ATTN), then the most files, then the lowest SeriesNumber (absent: last), then the
+    SeriesInstanceUID as text.
 
     Parameters
     ----------
@@ -410,7 +417,9 @@ def choose_pet_series(candidates: Sequence[SeriesSummary], series_uid: str | Non
                   "lowest SeriesNumber, SeriesInstanceUID")
         why = {}
         for c in cands:
-            if volumes and not c.is_volume:
+            if volumes and not c.is_volume and c.n_positions > 1:
+                why[c.series_uid] = f"projection (MIP): {c.n_files} image(s) in {c.n_orientations} orientations"
+            elif volumes and not c.is_volume:
                 why[c.series_uid] = f"projection (MIP): {c.n_files} image(s) at {max(c.n_positions, 1)} position"
             elif chosen.attenuation_corrected and not c.attenuation_corrected:
                 why[c.series_uid] = "not attenuation-corrected (CorrectedImage lacks ATTN)"
