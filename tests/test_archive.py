@@ -91,19 +91,20 @@ def test_ac_nac_and_mip_of_one_study_give_one_row_with_the_ac_series(base, tmp_p
     _copy_series(study / "pet", root / "P1" / "pet_nac", SeriesInstanceUID=nac,
                  CorrectedImage=["NORM", "DTIM", "DECY"])
     (root / "P1" / "mip").mkdir()
-    for i, f in enumerate(sorted((study / "pet").glob("*.dcm"))[:4]):
+    for i, f in enumerate(sorted((study / "pet").glob("*.dcm"))[:4]):  # a rotating MIP: 4 images, one position
         d = pydicom.dcmread(f)
-        d.SeriesInstanceUID, d.ImageType = mip, ["DERIVED", "SECONDARY", "MIP"]
+        d.SeriesInstanceUID, d.ImagePositionPatient = mip, ds.ImagePositionPatient
         d.save_as(root / "P1" / "mip" / f"{i}.dcm")
     (row,) = scan_archive(root, KEY)
     assert row.match_status == "ok" and row.series_uid == ds.SeriesInstanceUID
-    assert row.series_choice == "attenuation-corrected" and row.alternatives == sorted([nac, mip])
+    assert row.series_choice.startswith("attenuation-corrected volume of") and row.alternatives == sorted([nac, mip])
+    assert "not attenuation-corrected" in row.series_choice and "projection (MIP)" in row.series_choice
     assert row.pet_path == str(root / "P1" / "pet") and row.study_path == str(root / "P1")
     assert row.n_files == len(list((study / "pet").glob("*.dcm")))
     # the MIP alone against the NAC series: the projection loses although it is attenuation-corrected
     shutil.rmtree(root / "P1" / "pet")
     (row,) = scan_archive(root, KEY)
-    assert row.series_uid == nac and row.series_choice == "not a projection (MIP)"
+    assert row.series_uid == nac and row.series_choice.startswith("not attenuation-corrected volume")
 
 
 def test_two_time_points_in_one_folder_are_two_studies(base, tmp_path):

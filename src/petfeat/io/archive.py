@@ -5,7 +5,8 @@ and label maps. Inside it:
 
 * **Studies.** PET series (Modality PT) are grouped by StudyInstanceUID; each study is one manifest
   row (a patient folder with baseline and follow-up gives two rows). Within a study one PET series is
-  chosen deterministically (not a projection/MIP, attenuation-corrected, most slices, lowest UID);
+  chosen deterministically by :func:`petfeat.io.dicom.choose_pet_series` (projections/MIPs dropped by
+  geometry, then attenuation-corrected, most files, lowest SeriesNumber, UID);
   the row records the reason (``series_choice``) and the other PET series (``alternatives``). Edit
   ``series_uid`` to override.
 * **Label maps by content.** A folder of ``<class>.nii.gz`` files whose names a TotalSegmentator task
@@ -127,14 +128,16 @@ class StudyRow:
 
 # ---------------------------------------------------------------------------------------------- scanning
 
-_STUDY_DATE, _MODALITY, _PATIENT_ID, _STUDY_UID, _SERIES_UID, _FRAME_UID, _IMAGE_TYPE, _CORRECTED = (
-    BaseTag(t) for t in (0x00080020, 0x00080060, 0x00100020, 0x0020000D, 0x0020000E, 0x00200052, 0x00080008,
-                         0x00280051))
-#: SpecificCharacterSet and the fields above: what the fast header scan reads of every file.
+_STUDY_DATE, _MODALITY, _PATIENT_ID, _STUDY_UID, _SERIES_UID, _FRAME_UID = (
+    BaseTag(t) for t in (0x00080020, 0x00080060, 0x00100020, 0x0020000D, 0x0020000E, 0x00200052))
+#: What the fast header scan reads of every file: SpecificCharacterSet, the fields above, and what
+#: :func:`petfeat.io.dicom.summarize_series` needs to choose a series (SeriesDescription, SeriesNumber,
+#: ImagePositionPatient, ImageOrientationPatient, CorrectedImage).
 _SCAN_TAGS = frozenset({0x00080005, _STUDY_DATE, _MODALITY, _PATIENT_ID, _STUDY_UID, _SERIES_UID, _FRAME_UID,
-                        _IMAGE_TYPE, _CORRECTED})
-_PYDICOM_TAGS = ["SpecificCharacterSet", "ImageType", "StudyDate", "Modality", "PatientID", "StudyInstanceUID",
-                 "SeriesInstanceUID", "FrameOfReferenceUID", "CorrectedImage", "ReferencedSeriesSequence",
+                        0x0008103E, 0x00200011, 0x00200032, 0x00200037, 0x00280051})
+_PYDICOM_TAGS = ["SpecificCharacterSet", "StudyDate", "Modality", "SeriesDescription", "PatientID",
+                 "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber", "ImagePositionPatient",
+                 "ImageOrientationPatient", "FrameOfReferenceUID", "CorrectedImage", "ReferencedSeriesSequence",
                  "ReferencedFrameOfReferenceSequence"]
 
 
@@ -147,8 +150,7 @@ class _Header:
     patient_id: str
     date: str
     frame_uid: str
-    image_type: str
-    corrected: str
+    ds: object = field(repr=False, default=None)  # the header, for choosing among PET series
     ref_series: frozenset[str] = frozenset()
     ref_frames: frozenset[str] = frozenset()
 
@@ -270,7 +272,7 @@ def _read_header(path: Path) -> _Header | None:
     modality = _text(ds, _MODALITY) or ""  # raw text: no pydicom value conversion per file
     h = _Header(path, modality, _text(ds, _STUDY_UID) or "", _text(ds, _SERIES_UID) or "",
                 _text(ds, _PATIENT_ID) or "", _text(ds, _STUDY_DATE) or "", _text(ds, _FRAME_UID) or "",
-                (_text(ds, _IMAGE_TYPE) or "").upper(), (_text(ds, _CORRECTED) or "").upper())
+                ds if modality == "PT" else None)
     if modality in ("SEG", "RTSTRUCT"):
         h.ref_series, h.ref_frames = _references(ds)
     return h
@@ -292,26 +294,22 @@ def _references(ds) -> tuple[frozenset[str], frozenset[str]]:
     return frozenset(series), frozenset(frames)
 
 
-def _is_projection(h: _Header) -> bool:
-    return any("MIP" in t or "PROJECTION" in t for t in h.image_type.split("\\"))
-
-
 def _choose_series(series: dict[str, list[_Header]]) -> tuple[str, str]:
-    """The PET series of one study to use, and why.
+    """The PET series of one study to use (:func:`petfeat.io.dicom.choose_pet_series`), and a short reason.
 
-    Preferred in this order: not a projection (MIP), attenuation-corrected (CorrectedImage has
-    ATTN), most slices, lowest SeriesInstanceUID.
+    The reader's rule: projections (MIP) dropped by geometry, then attenuation-corrected, most
+    files, lowest SeriesNumber, SeriesInstanceUID.
     """
+    from petfeat.io.dicom import choose_pet_series, summarize_series
+
     if len(series) == 1:
         return next(iter(series)), "only PET series"
-    criteria = (("not a projection (MIP)", lambda u: _is_projection(series[u][0])),
-                ("attenuation-corrected", lambda u: "ATTN" not in series[u][0].corrected.split("\\")),
-                ("most slices", lambda u: -len(series[u])),
-                ("lowest series UID", lambda u: u))
-    ranked = sorted(series, key=lambda u: tuple(f(u) for _, f in criteria))
-    best, runner = ranked[0], ranked[1]
-    reason = next(name for name, f in criteria if f(best) != f(runner))
-    return best, reason
+    summaries = {u: summarize_series(u, [(h.path, h.ds) for h in hs]) for u, hs in series.items()}
+    uid, notes = choose_pet_series(list(summaries.values()))
+    c = summaries[uid]
+    others = dict.fromkeys(a["why_not"] for a in notes["series_choice"]["alternatives"])
+    return uid, (f"{'attenuation-corrected' if c.attenuation_corrected else 'not attenuation-corrected'} "
+                 f"{'volume' if c.is_volume else 'image'} of {c.n_files} files (others: {'; '.join(others)})")
 
 
 def _scan_study(study: Path, root: Path, key: bytes) -> list[tuple[StudyRow, tuple[str, str] | None, str]]:
