@@ -132,3 +132,26 @@ def test_what_the_scan_cannot_read_goes_to_pydicom(monkeypatch, tmp_path):
         assert str(exc) == str(slow.value)
     else:
         _assert_same(fast, _pydicom_only(monkeypatch, tmp_path / "s"))
+
+
+def test_non_ascii_transfer_syntax_goes_to_pydicom_and_errors_name_the_file(tmp_path):
+    import warnings
+
+    files = _series(tmp_path / "s", n=3)
+    raw = bytearray(files[1].read_bytes())
+    at = raw.index(b"1.2.840.10008.1.2.1\x00", 132)
+    raw[at + 4] = 0xB0  # one flipped byte in the transfer syntax UID of the file meta
+    files[1].write_bytes(bytes(raw))
+    assert read_slice_header(files[1], _WANTED) is None  # was a UnicodeDecodeError
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the unknown transfer syntax
+        try:
+            ds = dicom._read_header(files[1])
+        except DicomSeriesError as exc:
+            assert files[1].name in str(exc)
+        else:
+            assert ds is None or isinstance(ds, pydicom.Dataset)
+        try:
+            read_pet_series(tmp_path / "s")
+        except DicomSeriesError as exc:
+            assert files[1].name in str(exc)
