@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
+import os
 import struct
+import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -26,6 +30,7 @@ import SimpleITK as sitk
 
 from petfeat.errors import LabelError
 from petfeat.io.dicom import Geometry
+from petfeat.io.totalsegmentator import TASK_LABELS, UNKNOWN, identify_task, split_by_task
 from petfeat.kernels.label_census import Census, label_census
 from petfeat.regions import LabelLayer
 
@@ -44,9 +49,312 @@ def reference_image(geometry: Geometry) -> sitk.Image:
     return img
 
 
-def read_label_image(path: str | Path) -> sitk.Image:
-    """Read a label image (NIfTI, NRRD, MHA...) and refuse float or signed pixel types."""
+#: Largest label image, in GB of voxel data as its header declares, read by default; the environment variable
+#: ``PETFEAT_MAX_LABEL_GB`` overrides it. A whole-body CT class file is 0.15 GB.
+MAX_LABEL_GB = 4.0
+#: Bytes a NIfTI stream may hold after the voxel data its header declares (writers pad: TotalSegmentator's
+#: ``--ml`` file carries 48 zero bytes); more is refused as a stream that does not belong to its header.
+TRAILING_BYTES_ALLOWED = 1 << 20
+_NIFTI_DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8",
+                 1280: "u8"}
+_NRRD_BYTES = {**dict.fromkeys(("signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8", "uint8_t"), 1),
+               **dict.fromkeys(("short", "short int", "signed short", "signed short int", "int16", "int16_t",
+                                "ushort", "unsigned short", "unsigned short int", "uint16", "uint16_t"), 2),
+               **dict.fromkeys(("int", "signed int", "int32", "int32_t", "uint", "unsigned int", "uint32",
+                                "uint32_t", "float"), 4),
+               **dict.fromkeys(("longlong", "long long", "long long int", "signed long long",
+                                "signed long long int", "int64", "int64_t", "ulonglong", "unsigned long long",
+                                "unsigned long long int", "uint64", "uint64_t", "double"), 8)}
+
+
+def max_label_bytes() -> int:
+    """The label-image size limit in bytes: ``PETFEAT_MAX_LABEL_GB`` (GB, 2**30 bytes) or :data:`MAX_LABEL_GB`."""
+    env = os.environ.get("PETFEAT_MAX_LABEL_GB", "").strip()
+    try:
+        gb = float(env) if env else MAX_LABEL_GB
+    except ValueError:
+        gb = -1.0
+    if not gb > 0:
+        raise LabelError(f"PETFEAT_MAX_LABEL_GB={env!r} is not a positive number of GB; set it to e.g. 8, or unset "
+                         f"it for the default {MAX_LABEL_GB:g} GB.")
+    return int(gb * 2**30)
+
+
+@dataclass(frozen=True)
+class NiftiLayout:
+    """Where a single-file NIfTI-1/2 keeps its voxels, as its header declares."""
+
+    dims: tuple[int, ...]  #: ``dim[1..dim[0]]``
+    bitpix: int
+    datatype: int
+    vox_offset: int  #: bytes before the voxel data
+    big_endian: bool
+
+    @property
+    def data_bytes(self) -> int:
+        """Bytes of voxel data."""
+        return (math.prod(self.dims) * self.bitpix + 7) // 8
+
+    @property
+    def declared_bytes(self) -> int:
+        """Bytes of the whole (inflated) file: header, extensions and voxel data."""
+        return self.vox_offset + self.data_bytes
+
+
+def _open_nifti(path: Path):
+    """The file, or its gzip stream when it starts with the gzip magic (a ``.nii.gz`` need not be compressed)."""
+    with open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    return (gzip.open(path, "rb") if gz else open(path, "rb")), gz
+
+
+def nifti_layout(path: str | Path) -> NiftiLayout | None:
+    """The voxel layout a single-file NIfTI-1 or NIfTI-2 header declares; None for anything else.
+
+    Raises
+    ------
+    LabelError
+        The header is cut short or declares impossible dimensions.
+    """
     path = Path(path)
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return None
+    f, _ = _open_nifti(path)
+    try:
+        with f:
+            head = f.read(540)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise LabelError(f"{path}: the NIfTI header cannot be read ({exc}); the file is truncated or corrupt. "
+                         "Copy or export it again.") from exc
+    for order in "<>":
+        if len(head) >= 348 and struct.unpack_from(order + "i", head, 0)[0] == 348:
+            if head[344:348] != b"n+1\x00":
+                return None  # an .hdr/.img pair or an Analyze header: SimpleITK's own checks apply
+            n = struct.unpack_from(order + "h", head, 40)[0]
+            dim = struct.unpack_from(order + "8h", head, 40)
+            datatype, bitpix = struct.unpack_from(order + "hh", head, 70)
+            offset = max(int(struct.unpack_from(order + "f", head, 108)[0]), 352)
+            break
+        if len(head) >= 540 and struct.unpack_from(order + "i", head, 0)[0] == 540:
+            if head[4:8] != b"n+2\x00":
+                return None
+            n = struct.unpack_from(order + "q", head, 16)[0]
+            dim = struct.unpack_from(order + "8q", head, 16)
+            datatype, bitpix = struct.unpack_from(order + "hh", head, 12)
+            offset = max(struct.unpack_from(order + "q", head, 168)[0], 544)
+            break
+    else:
+        if len(head) < 348:
+            raise LabelError(f"{path}: the NIfTI header is cut short ({len(head)} of at least 348 bytes); the file "
+                             "is truncated. Copy or export it again.")
+        return None
+    dims = tuple(int(d) for d in dim[1:n + 1]) if 1 <= n <= 7 else ()
+    if not dims or min(dims) < 1 or bitpix < 1:
+        raise LabelError(f"{path}: the NIfTI header declares dim {list(dim)} and bitpix {bitpix}, not an image; the "
+                         "file is corrupt. Export the label map again.")
+    return NiftiLayout(dims, int(bitpix), int(datatype), int(offset), order == ">")
+
+
+def _check_size(path: Path, dims, voxel_bytes: float, declared: int) -> None:
+    """Refuse a label image whose declared voxel data exceeds :func:`max_label_bytes`, before reading it."""
+    limit = max_label_bytes()
+    if declared > limit:
+        shape = " x ".join(str(d) for d in dims)
+        raise LabelError(f"{path}: the header declares {shape} voxels of {voxel_bytes:g} bytes ({declared / 2**30:.3g} "
+                         f"GB), above the {limit / 2**30:.3g} GB limit for a label image. A header this large is "
+                         "corrupt or the file is not a label map; if the image is genuine, raise the limit with the "
+                         "environment variable PETFEAT_MAX_LABEL_GB.")
+
+
+def nrrd_declared_bytes(path: str | Path) -> tuple[tuple[int, ...], int, int] | None:
+    """``(sizes, bytes per voxel, voxel data bytes)`` from an NRRD header's ``sizes`` and ``type``; None if absent."""
+    sizes, nbytes = None, None
+    with open(path, "rb") as f:
+        for _ in range(256):
+            line = f.readline(4096).strip()
+            if not line:
+                break
+            key, _, value = line.decode("latin-1").partition(":")
+            key, value = key.strip().lower(), value.strip().lstrip("=").strip()
+            if key == "sizes":
+                try:
+                    sizes = tuple(int(v) for v in value.split())
+                except ValueError:
+                    return None
+            elif key == "type":
+                nbytes = _NRRD_BYTES.get(value.lower())
+    if not sizes or nbytes is None or min(sizes) < 1:
+        return None
+    return sizes, nbytes, math.prod(sizes) * nbytes
+
+
+def check_label_file(path: str | Path) -> NiftiLayout | None:
+    """Checks on a label file before SimpleITK reads it: its declared size, and that a NIfTI holds all of it.
+
+    The declared voxel data (NIfTI or NRRD header) must be within :func:`max_label_bytes`, so a small
+    file that inflates to gigabytes is refused before anything is allocated. An uncompressed NIfTI
+    must be as long as its header declares. A gzipped NIfTI's trailer must give the declared length
+    (modulo 2**32, as gzip stores it, up to :data:`TRAILING_BYTES_ALLOWED` more); otherwise the stream
+    is inflated (bounded by the declared length) to find where it ends: SimpleITK would fill a
+    stream cut short with zeros and report no error. The CRC of the voxels is checked after the read
+    (:func:`_verify_gzip_crc`). Returns the NIfTI layout, None for other formats.
+
+    Raises
+    ------
+    LabelError
+        Naming the file: too large, truncated, or a stream that is corrupt or longer than declared.
+    """
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith((".nrrd", ".nhdr")):
+        found = nrrd_declared_bytes(path)
+        if found is not None:
+            _check_size(path, found[0], found[1], found[2])
+        return None
+    layout = nifti_layout(path)
+    if layout is None:
+        return None
+    _check_size(path, layout.dims, layout.bitpix / 8, layout.declared_bytes)
+    with open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        if gz and size >= 18:
+            f.seek(-4, os.SEEK_END)
+            isize = struct.unpack("<I", f.read(4))[0]
+    if not gz:
+        if size < layout.declared_bytes:
+            raise LabelError(f"{path}: truncated NIfTI file (expected {layout.declared_bytes} bytes, got {size}); "
+                             "SimpleITK would read the missing voxels as 0. Copy or export the file again.")
+        return layout
+    if size < 18 or (isize - layout.declared_bytes) % 2**32 > TRAILING_BYTES_ALLOWED:
+        inflate_check(path, layout)
+    return layout
+
+
+def inflate_check(path: str | Path, layout: NiftiLayout) -> int:
+    """Inflate a gzipped NIfTI stream to its end, keeping nothing; returns its length.
+
+    At most the declared length plus :data:`TRAILING_BYTES_ALLOWED` is inflated, 16 MiB at a time.
+    Concatenated gzip members are read in turn (zlib checks each member's CRC-32 and length).
+
+    Raises
+    ------
+    LabelError
+        The stream ends before the declared length (truncated), fails its CRC or is not deflate data
+        (corrupt), or goes on past the declared length.
+    """
+    path = Path(path)
+    want, limit = layout.declared_bytes, layout.declared_bytes + TRAILING_BYTES_ALLOWED
+    got, ended = 0, False
+    d = zlib.decompressobj(31)
+    try:
+        with open(path, "rb") as f:
+            while True:
+                data = f.read(1 << 20)
+                if not data:
+                    break
+                while data:
+                    out = d.decompress(data, 1 << 24)
+                    got += len(out)
+                    if got > limit:
+                        raise LabelError(f"{path}: the gzip stream inflates beyond the size its NIfTI header "
+                                         f"declares (dims {' x '.join(map(str, layout.dims))}, {want} bytes); stopped "
+                                         f"at {got} bytes. The file is corrupt or not what its header says; export "
+                                         "it again.")
+                    if d.eof:
+                        ended, data = True, d.unused_data
+                        if data[:2] != b"\x1f\x8b":
+                            data = b""  # bytes after the last member: ignored, as gzip does
+                        else:
+                            d, ended = zlib.decompressobj(31), False
+                    else:
+                        data = d.unconsumed_tail
+    except zlib.error as exc:
+        raise LabelError(f"{path}: truncated or corrupt gzip stream (expected {want} bytes, got {got} before the "
+                         f"error: {exc}). Copy or export the file again.") from exc
+    if not ended or got < want:
+        raise LabelError(f"{path}: truncated or corrupt gzip stream (expected {want} bytes, got {got}). SimpleITK "
+                         "would read the missing voxels as 0. Copy or export the file again.")
+    return got
+
+
+_CRC_POLY = 0xEDB88320
+
+
+def _gf2_mult(a: int, b: int) -> int:
+    """``a * b`` modulo the CRC-32 polynomial (reflected bit order, as zlib's ``multmodp``)."""
+    m, p = 1 << 31, 0
+    while True:
+        if a & m:
+            p ^= b
+            if a & (m - 1) == 0:
+                return p
+        m >>= 1
+        b = (b >> 1) ^ _CRC_POLY if b & 1 else b >> 1
+
+
+_X_POW_2K = [1 << 30]  # x^(2^k) modulo the polynomial, k = 0..31
+for _ in range(31):
+    _X_POW_2K.append(_gf2_mult(_X_POW_2K[-1], _X_POW_2K[-1]))
+
+
+def crc32_zeros(crc: int, n: int) -> int:
+    """``zlib.crc32(bytes(n), crc)`` in O(log n): the CRC register times x^(8 n)."""
+    p, k = 1 << 31, 3  # x^0; x^(8 n) = product of x^(2^k) over the bits of n, shifted by 3
+    while n:
+        if n & 1:
+            p = _gf2_mult(_X_POW_2K[k & 31], p)
+        n >>= 1
+        k += 1
+    return _gf2_mult(p, crc ^ 0xFFFFFFFF) ^ 0xFFFFFFFF
+
+
+def _verify_gzip_crc(path: Path, layout: NiftiLayout, arr: np.ndarray, found: Census) -> None:
+    """Check a gzipped NIfTI's CRC-32 against the voxels SimpleITK read, without inflating it again.
+
+    The CRC is computed over the header bytes, the voxels as read (only the Z slabs the census found
+    labelled; the zero bytes around them by :func:`crc32_zeros`) and the trailing bytes (zeros). When
+    the voxels are not the file's bytes (byte order, a converted type) or the CRC differs, the stream
+    is inflated (:func:`inflate_check`): it raises for a corrupt stream and accepts a sound one.
+    """
+    with open(path, "rb") as f:
+        f.seek(-8, os.SEEK_END)
+        crc_want, isize = struct.unpack("<II", f.read(8))
+    same_bytes = (not layout.big_endian and arr.dtype.itemsize * 8 == layout.bitpix and arr.flags.c_contiguous
+                  and arr.nbytes == layout.data_bytes and arr.dtype.str.lstrip("<|=") == _NIFTI_DTYPES.get(
+                      layout.datatype, "?"))
+    if same_bytes:
+        with gzip.open(path, "rb") as g:
+            crc = zlib.crc32(g.read(layout.vox_offset))
+        flat = arr.reshape(-1).view(np.uint8)
+        slab = flat.size // arr.shape[0] if arr.ndim == 3 and arr.shape[0] else flat.size
+        if found.box is None:
+            crc = crc32_zeros(crc, flat.size)
+        else:
+            lo, hi = (found.box[0].start * slab, found.box[0].stop * slab) if arr.ndim == 3 else (0, flat.size)
+            crc = crc32_zeros(zlib.crc32(flat[lo:hi], crc32_zeros(crc, lo)), flat.size - hi)
+        crc = crc32_zeros(crc, (isize - layout.declared_bytes) % 2**32)
+        if crc == crc_want:
+            return
+    inflate_check(path, layout)
+
+
+def read_label_image(path: str | Path) -> sitk.Image:
+    """Read a label image (NIfTI, NRRD, MHA...), checked whole (:func:`check_label_file`), unsigned ids only."""
+    return read_checked(path)[0]
+
+
+def read_checked(path: str | Path) -> tuple[sitk.Image, Census]:
+    """A label image read by SimpleITK after :func:`check_label_file`, its :func:`census`, its gzip CRC checked.
+
+    Raises
+    ------
+    LabelError
+        Naming the file: unreadable, too large, truncated or corrupt, or float or signed pixels.
+    """
+    path = Path(path)
+    layout = check_label_file(path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -55,7 +363,16 @@ def read_label_image(path: str | Path) -> sitk.Image:
         raise LabelError(f"{path}: pixel type {img.GetPixelIDTypeAsString()} is not an unsigned integer; label "
                          "maps must hold unsigned integer ids. Re-save it as uint8/uint16 (e.g. "
                          "sitk.Cast(img, sitk.sitkUInt16)) after checking its values are whole numbers.")
-    return img
+    arr = sitk.GetArrayViewFromImage(img)
+    found = label_census(arr)
+    if layout is not None and _is_gzip(path):
+        _verify_gzip_crc(path, layout, arr, found)
+    return img, found
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
 
 
 RESAMPLE_MODES = ("nearest", "fraction")
@@ -151,37 +468,101 @@ def resample_box(img: sitk.Image, geometry: Geometry, interpolator: int, pixel_i
     return box, sitk.GetArrayFromImage(sub)
 
 
-def read_totalsegmentator_folder(folder: str | Path, geometry: Geometry) -> LabelLayer:
-    """Read a TotalSegmentator output folder (one ``<class>.nii.gz`` per class) onto the PET grid.
+def read_totalsegmentator(folder: str | Path, geometry: Geometry, namespace: str | None = None) -> list[LabelLayer]:
+    """Read TotalSegmentator output folder(s) (one ``<class>.nii.gz`` per class) onto the PET grid.
 
-    Classes are numbered in sorted name order; a voxel claimed by several classes keeps the
-    last in that order.
+    The folder may hold the classes of several tasks (``total`` and ``head_glands_cavities`` written
+    to one ``-o``): :func:`petfeat.io.totalsegmentator.split_by_task` decides which class belongs to
+    which task. Each task gets its own layers, name space ``namespace`` or else the task's name,
+    and its classes keep the task's label ids (those of its ``--ml`` output); classes no task knows
+    get ids 1, 2... in name order and the name space ``namespace`` or else the folder's name. Within
+    a task, a class whose PET-grid voxels meet a class already placed goes to a further layer of the
+    task, so no class erases another (each placement tests only the class's own PET-grid box).
+    Every class file is in a layer's names, so a class without voxels is a region that is ``empty``.
+
+    Raises
+    ------
+    LabelError
+        No class files; a class file unreadable, truncated or corrupt; classes but none in the
+        PET field of view.
     """
     folder = Path(folder)
     files = sorted(folder.glob("*.nii.gz")) + sorted(folder.glob("*.nii"))
     if not files:
         raise LabelError(f"{folder}: no <class>.nii.gz files; point to a TotalSegmentator output folder.")
-    out = np.zeros(geometry.shape, np.uint8 if len(files) < 0xFF else np.uint16)
-    names, native = {}, {}
-    for i, (f, img) in enumerate(zip(files, _read_ahead(files), strict=True), start=1):
-        name = f.name.removesuffix(".gz").removesuffix(".nii")
-        found = census(img)
-        native[name] = sum(native_volumes_ml(img, found.counts).values())
+    names = [f.name.removesuffix(".gz").removesuffix(".nii") for f in files]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise LabelError(f"{folder}: classes {', '.join(twice)} are there both as .nii and .nii.gz; keep one file "
+                         "per class.")
+    task_of, label_id = {}, {}
+    for task, members in split_by_task(names).items():
+        ids = {n: i for i, n in TASK_LABELS[task].items()} if task != UNKNOWN else {
+            n: i for i, n in enumerate(sorted(members), start=1)}
+        for n in members:
+            task_of[n], label_id[n] = task, ids[n]
+    top = {}
+    for n in names:
+        top[task_of[n]] = max(top.get(task_of[n], 0), label_id[n])
+    layers: dict[str, list[LabelLayer]] = {}
+
+    def layer_for(task: str, box, mask) -> LabelLayer:
+        for layer in layers.setdefault(task, []):
+            if box is None or not layer.array[box][mask].any():
+                return layer
+        ns = namespace or (task if task != UNKNOWN else folder.name)
+        layer = LabelLayer(np.zeros(geometry.shape, np.uint8 if top[task] <= 0xFF else np.uint16), {}, str(folder),
+                           namespace=ns)
+        layer.native_volume_ml = {}
+        layers[task].append(layer)
+        return layer
+
+    labelled = False
+    for name, (img, found) in zip(names, _read_ahead(files), strict=True):
+        task, i = task_of[name], label_id[name]
+        native = sum(native_volumes_ml(img, found.counts).values())
+        labelled |= native > 0
         hit = resample_box(img, geometry, sitk.sitkNearestNeighbor, img.GetPixelID(), found.box)
-        if hit is not None:  # a class may lie outside the PET field of view (e.g. the skull in a torso scan)
-            sub = out[hit[0]]
-            sub[hit[1] > 0] = i
-        names[i] = name
-    if not out.any() and any(native.values()):
+        box, mask = (hit[0], hit[1] > 0) if hit is not None else (None, None)
+        layer = layer_for(task, box, mask)
+        if box is not None:  # a class may lie outside the PET field of view (e.g. the skull in a torso scan)
+            layer.array[box][mask] = i
+        layer.names[i] = name
+        layer.native_volume_ml[name] = native
+    out = [layer for task_layers in layers.values() for layer in task_layers]
+    if labelled and not any(layer.array.any() for layer in out):
         raise LabelError(f"{folder}: none of the classes overlaps the PET field of view. Check that the "
                          "segmentation belongs to this study.")
-    layer = LabelLayer(out, names, str(folder))
-    layer.native_volume_ml = native
-    return layer
+    return out
 
 
-def _read_ahead(files: list[Path]) -> Iterator[sitk.Image]:
-    """The label images of ``files`` in order, decompressed by SimpleITK's thread budget of readers at a time.
+def read_totalsegmentator_folder(folder: str | Path, geometry: Geometry) -> LabelLayer:
+    """A TotalSegmentator folder as ONE layer, for callers that take a single organ layer.
+
+    The layers of :func:`read_totalsegmentator` are merged in their order into one array (ids
+    renumbered 1, 2...): where classes overlap, the class of the later layer keeps the voxel, so a
+    task's class can cut into another's (``skull`` into the parotid glands). Use :func:`read_labels`,
+    which keeps every class whole, to measure regions.
+    """
+    layers = read_totalsegmentator(folder, geometry)
+    n = sum(len(layer.names) for layer in layers)
+    out = np.zeros(geometry.shape, np.uint8 if n <= 0xFF else np.uint16)
+    names, native, nxt = {}, {}, 1
+    for layer in layers:
+        lut = np.zeros(int(max(layer.names, default=0)) + 1, out.dtype)
+        for i, name in sorted(layer.names.items()):
+            lut[i], names[nxt] = nxt, name
+            native[name] = layer.native_volume_ml[name]
+            nxt += 1
+        ids = lut[layer.array]
+        np.copyto(out, ids, where=ids > 0)
+    merged = LabelLayer(out, names, str(folder), namespace=layers[0].namespace if len(layers) == 1 else "")
+    merged.native_volume_ml = native
+    return merged
+
+
+def _read_ahead(files: list[Path]) -> Iterator[tuple[sitk.Image, Census]]:
+    """``files`` read by :func:`read_checked`, in order, by SimpleITK's thread budget of readers at a time.
 
     SimpleITK reads without holding the GIL, so a whole-body folder's class files (one gzip
     stream each, most of a folder's time) decompress in parallel: on 2 cores 1.6-1.8x. At most
@@ -190,12 +571,12 @@ def _read_ahead(files: list[Path]) -> Iterator[sitk.Image]:
     """
     threads = max(1, sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())
     if threads == 1:
-        yield from map(read_label_image, files)
+        yield from map(read_checked, files)
         return
     with ThreadPoolExecutor(threads) as pool:
         pending = deque()
         for f in files:
-            pending.append(pool.submit(read_label_image, f))
+            pending.append(pool.submit(read_checked, f))
             if len(pending) > threads:
                 yield pending.popleft().result()
         while pending:
@@ -211,21 +592,38 @@ def _allow_empty(fn, geometry):
 
 
 def read_label_map(path: str | Path, geometry: Geometry, names: dict[int, str] | None = None,
-                   prefix: str = "label", mode: str = "nearest") -> LabelLayer:
+                   prefix: str = "label", mode: str = "nearest", namespace: str | None = None) -> LabelLayer:
     """Read a multilabel image (NIfTI, NRRD, MHA) onto the PET grid.
 
-    Ids without a name in ``names`` are called ``{prefix}_{id}``.
+    Names come from ``names``, else from the label table a NIfTI carries in its header extension
+    (TotalSegmentator's ``--ml`` output). Every id they name is in the layer, with or without voxels
+    (a named id without voxels is a region that is ``empty``, as in a TotalSegmentator folder); an id
+    with voxels and no name is called ``{prefix}_{id}``. The layer's name space is ``namespace``, else
+    the TotalSegmentator task the names identify (:func:`petfeat.io.totalsegmentator.identify_task`),
+    else the file's stem (``ct_seg`` for ``ct_seg.nii.gz``).
     """
-    img = read_label_image(path)
-    found = census(img)
+    img, found = read_checked(path)
     native_ids = native_volumes_ml(img, found.counts)
     arr = to_pet_grid(img, geometry, str(path), mode, found)
     if names is None:
-        names = nifti_label_table(path)  # TotalSegmentator --ml files carry their class names
-    names = {i: (names or {}).get(i, f"{prefix}_{i}") for i in native_ids}
-    layer = LabelLayer(arr, names, str(path))
-    layer.native_volume_ml = {names[i]: v for i, v in native_ids.items()}
+        names = nifti_label_table(path)
+    named = {int(i): str(n) for i, n in (names or {}).items() if int(i) != 0}
+    all_names = {i: named.get(i, f"{prefix}_{i}") for i in sorted(set(native_ids) | set(named))}
+    layer = LabelLayer(arr, all_names, str(path), namespace=namespace or identify_task(named.values())
+                       or file_stem(path))
+    layer.native_volume_ml = {}
+    for i, name in all_names.items():
+        layer.native_volume_ml[name] = layer.native_volume_ml.get(name, 0.0) + native_ids.get(i, 0.0)
     return layer
+
+
+def file_stem(path: str | Path) -> str:
+    """A label file's name without its image suffixes: ``ct_seg`` for ``ct_seg.nii.gz``, ``seg`` for ``seg.dcm``."""
+    name = Path(path).name
+    for suffix in (".gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm"):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            name = name[:-len(suffix)]
+    return name
 
 
 def nifti_label_table(path: str | Path) -> dict[int, str] | None:
@@ -446,27 +844,36 @@ def _fill_polygon(px: np.ndarray, py: np.ndarray, ny: int, nx: int) -> np.ndarra
 
 
 def read_labels(path: str | Path, geometry: Geometry, names: dict[int, str] | None = None,
-                mode: str = "nearest") -> list[LabelLayer]:
-    """Read any supported label source onto the PET grid.
+                mode: str = "nearest", namespace: str | None = None) -> list[LabelLayer]:
+    """Read any supported label source onto the PET grid; every layer gets a name space.
 
-    A folder is a TotalSegmentator output (one ``<class>.nii.gz`` per class); a DICOM file is a
-    SEG or an RTSTRUCT (by Modality); anything else is a multilabel image read by SimpleITK
-    (NIfTI, NRRD, MHA), named with ``names``, else with the label table a NIfTI carries in its
-    header extension (TotalSegmentator's ``--ml`` output), else ``label_<id>``.
+    A folder is a TotalSegmentator output (one ``<class>.nii.gz`` per class, one or several tasks;
+    :func:`read_totalsegmentator`, nearest-neighbour resampling); a DICOM file is a SEG or an
+    RTSTRUCT (by Modality); anything else is a multilabel image read by SimpleITK (NIfTI, NRRD, MHA),
+    named with ``names``, else with the label table a NIfTI carries in its header extension
+    (TotalSegmentator's ``--ml`` output), else ``label_<id>`` (:func:`read_label_map`).
+
+    ``namespace`` names the layers' name space (``NAMESPACE:GLOB`` in a region spec); by default it is
+    the TotalSegmentator task (a folder's tasks, an ``--ml`` file's label table), else the file's stem
+    (``ct_seg`` for ``ct_seg.nii.gz``) or the folder's name.
     """
     path = Path(path)
     if path.is_dir():
-        return [read_totalsegmentator_folder(path, geometry)]
+        return read_totalsegmentator(path, geometry, namespace)
     if not path.exists():
         raise LabelError(f"{path}: no such file or folder.")
     if path.suffix.lower() in (".dcm", "") or _is_dicom(path):
         modality = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality", ""))
         if modality == "SEG":
-            return read_dicom_seg(path, geometry, mode)
-        if modality == "RTSTRUCT":
-            return read_rtstruct(path, geometry)
-        raise LabelError(f"{path}: a DICOM {modality or 'file'} is not a label map; give a SEG or RTSTRUCT.")
-    return [read_label_map(path, geometry, names, mode=mode)]
+            layers = read_dicom_seg(path, geometry, mode)
+        elif modality == "RTSTRUCT":
+            layers = read_rtstruct(path, geometry)
+        else:
+            raise LabelError(f"{path}: a DICOM {modality or 'file'} is not a label map; give a SEG or RTSTRUCT.")
+        for layer in layers:
+            layer.namespace = namespace or file_stem(path)
+        return layers
+    return [read_label_map(path, geometry, names, mode=mode, namespace=namespace)]
 
 
 def _is_dicom(path: Path) -> bool:
