@@ -10,7 +10,6 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from conftest import DRO
 
 from petfeat.errors import LabelError
 from petfeat.io.dicom import read_pet_series
@@ -284,48 +283,6 @@ def test_dicom_seg_written_by_highdicom(study, tmp_path, seg_type, monkeypatch):
     truncated.write_bytes((tmp_path / "seg.dcm").read_bytes()[:2000])
     with pytest.raises(LabelError, match="truncated.dcm: not a readable DICOM SEG"):
         read_labels(truncated, series.geometry)
-
-
-def test_rtstruct_matches_an_independent_rasteriser_and_the_reference_suvs():
-    """DRO_0_0's RTSTRUCT: petfeat's fill vs matplotlib point-in-polygon at voxel centres; SUVs 0.2/1/4."""
-    from matplotlib.path import Path as MPath
-
-    from petfeat.suv import compute_suv_factors
-
-    series = read_pet_series(DRO / "DRO_0_0" / "PT")
-    g = series.geometry
-    rs = next((DRO / "DRO_0_0" / "RS").glob("*.dcm"))
-    (layer,) = read_labels(rs, g)
-    got = layer.array > 0
-    ref = np.zeros(g.shape, bool)
-    yy, xx = np.mgrid[0:g.shape[1], 0:g.shape[2]]
-    centres = np.stack([xx.ravel() * g.spacing[2] + g.origin[0], yy.ravel() * g.spacing[1] + g.origin[1]], 1)
-    for c in pydicom.dcmread(rs).ROIContourSequence[0].ContourSequence:
-        p = np.asarray(c.ContourData, float).reshape(-1, 3)
-        k = int(round((p[0, 2] - g.origin[2]) / g.spacing[0]))
-        ref[k] ^= MPath(p[:, :2]).contains_points(centres).reshape(g.shape[1:])
-    assert (ref != got).sum() <= 1e-4 * ref.sum()  # ties where a vertex sits exactly on a voxel centre
-    assert layer.names == {1: "region_1"}
-    suv = series.rescaled(np.float64) * compute_suv_factors(series.suv_header).suv_bw_factor
-    v = suv[got]
-    assert (v.min(), np.median(v), v.max()) == pytest.approx((0.2, 1.0, 4.0), abs=1e-4)
-
-
-def test_rtstruct_refusals_name_the_file(tmp_path):
-    from petfeat.io.labels import read_rtstruct
-
-    series = read_pet_series(DRO / "DRO_0_0" / "PT")
-    rs = next((DRO / "DRO_0_0" / "RS").glob("*.dcm"))
-    far = dataclasses.replace(series.geometry, origin=tuple(v + 5000.0 for v in series.geometry.origin))
-    with pytest.raises(LabelError, match=f"{rs.name}: no ROI contour lies inside the PET field of view"):
-        read_rtstruct(rs, far)
-    empty = pydicom.dcmread(rs)
-    empty.ROIContourSequence = []
-    empty.save_as(tmp_path / "empty_rs.dcm")
-    with pytest.raises(LabelError, match="empty_rs.dcm: the RTSTRUCT holds no ROI contours"):
-        read_rtstruct(tmp_path / "empty_rs.dcm", series.geometry)
-    with pytest.raises(LabelError, match="Modality is 'PT', not RTSTRUCT"):
-        read_rtstruct(series.files[0], series.geometry)
 
 
 def test_label_map_outside_the_pet_field_of_view_is_refused(study, tmp_path):

@@ -30,6 +30,7 @@ import SimpleITK as sitk
 
 from petfeat.errors import LabelError
 from petfeat.io.dicom import Geometry
+from petfeat.io.rtstruct import read_rtstruct
 from petfeat.io.totalsegmentator import TASK_LABELS, UNKNOWN, identify_task, split_by_task
 from petfeat.kernels.label_census import Census, label_census
 from petfeat.regions import LabelLayer
@@ -762,44 +763,6 @@ def read_dicom_seg(path: str | Path, geometry: Geometry, mode: str = "nearest") 
     return layers
 
 
-def read_rtstruct(path: str | Path, geometry: Geometry) -> list[LabelLayer]:
-    """An RTSTRUCT rasterised onto the PET grid, ROIs packed into layers (ROIs may overlap; :func:`packed_layers`).
-
-    Closed planar contours are filled with the even-odd rule on the slice nearest to their plane
-    (voxel centres inside the polygon); contours of one ROI on one slice combine by XOR (holes).
-    """
-    path = Path(path)
-    ds = pydicom.dcmread(path)
-    if str(ds.get("Modality", "")) != "RTSTRUCT":
-        raise LabelError(f"{path}: Modality is {ds.get('Modality')!r}, not RTSTRUCT.")
-    names = {int(r.ROINumber): str(r.ROIName) for r in ds.get("StructureSetROISequence", [])}
-    d = np.asarray(geometry.direction, float).reshape(3, 3)
-    inv = np.linalg.inv(d * np.asarray(geometry.spacing[::-1])[None, :])  # LPS -> (x, y, z) index
-
-    def rois():
-        for roi in ds.get("ROIContourSequence", []):
-            number = int(roi.ReferencedROINumber)
-            mask = np.zeros(geometry.shape, bool)
-            for contour in roi.get("ContourSequence", []):
-                if str(contour.get("ContourGeometricType", "CLOSED_PLANAR")) != "CLOSED_PLANAR":
-                    continue
-                pts = np.asarray(contour.ContourData, float).reshape(-1, 3)
-                idx = (pts - np.asarray(geometry.origin)) @ inv.T  # (x, y, z) continuous indices
-                k = int(round(float(np.mean(idx[:, 2]))))
-                if not 0 <= k < geometry.shape[0]:
-                    continue
-                mask[k] ^= _fill_polygon(idx[:, 0], idx[:, 1], geometry.shape[1], geometry.shape[2])
-            yield names.get(number, f"roi_{number}"), mask, float(mask.sum()) * geometry.voxel_volume_ml
-
-    layers = packed_layers(rois(), geometry.shape, str(path))
-    if not layers:
-        raise LabelError(f"{path}: the RTSTRUCT holds no ROI contours.")
-    if not any(layer.array.any() for layer in layers):
-        raise LabelError(f"{path}: no ROI contour lies inside the PET field of view. Check that the RTSTRUCT belongs "
-                         "to this study.")
-    return layers
-
-
 def packed_layers(masks: Iterable[tuple[str, np.ndarray, float]], shape: tuple[int, int, int],
                   source: str) -> list[LabelLayer]:
     """Masks of labels that may overlap (name, boolean PET-grid mask, native volume in mL), packed into layers.
@@ -824,23 +787,6 @@ def packed_layers(masks: Iterable[tuple[str, np.ndarray, float]], shape: tuple[i
         layer.names[i] = name
         layer.native_volume_ml[name] = native_ml
     return layers
-
-
-def _fill_polygon(px: np.ndarray, py: np.ndarray, ny: int, nx: int) -> np.ndarray:
-    """Even-odd fill of a polygon given in continuous (x, y) voxel indices; voxel centres inside."""
-    out = np.zeros((ny, nx), bool)
-    x0, y0 = px, py
-    x1, y1 = np.roll(px, -1), np.roll(py, -1)
-    for y in range(max(0, int(np.ceil(py.min()))), min(ny - 1, int(np.floor(py.max()))) + 1):
-        crosses = ((y0 <= y) & (y1 > y)) | ((y1 <= y) & (y0 > y))
-        if not crosses.any():
-            continue
-        xs = np.sort(x0[crosses] + (y - y0[crosses]) * (x1[crosses] - x0[crosses]) / (y1[crosses] - y0[crosses]))
-        for a, b in zip(xs[0::2], xs[1::2], strict=False):
-            lo, hi = max(0, int(np.ceil(a))), min(nx - 1, int(np.floor(b)))
-            if lo <= hi:
-                out[y, lo:hi + 1] = True
-    return out
 
 
 def read_labels(path: str | Path, geometry: Geometry, names: dict[int, str] | None = None,
