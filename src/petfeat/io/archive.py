@@ -374,20 +374,17 @@ def _label_sources(files: list[Path]) -> tuple[list[str], str]:
     for d in sorted(by_dir, key=lambda p: (len(p.parts), str(p))):
         rest = []
         for f in sorted(by_dir[d]):
-            low = f.name.lower()
-            if "lesion" in low:
-                lesion_files.append(f)
-            elif low.endswith((".nii", ".nii.gz")) and nifti_label_table(f):  # TotalSegmentator --ml
-                labels.append(str(f))
-            else:
-                rest.append(f)
+            (lesion_files if "lesion" in f.name.lower() else rest).append(f)
         classes = [f.name[:-7] if f.name.endswith(".nii.gz") else f.name[:-4] for f in rest
                    if f.name.endswith((".nii.gz", ".nii"))]
         if classes and len(classes) == len(rest) and (
-                identify_task(classes) is not None or d.name.lower() in _TS_FOLDER_NAMES):
+                d.name.lower() in _TS_FOLDER_NAMES or identify_task(classes) is not None):
             labels.append(str(d))  # one <class>.nii.gz per class: a TotalSegmentator output folder
             continue
-        labels += [str(f) for f in rest if "seg" in f.name.lower() or "label" in f.name.lower()]
+        for f in rest:
+            low = f.name.lower()
+            if (low.endswith((".nii", ".nii.gz")) and nifti_label_table(f)) or "seg" in low or "label" in low:
+                labels.append(str(f))  # TotalSegmentator --ml (found by its label table), or named as labels
     return labels, str(lesion_files[0]) if lesion_files else ""
 
 
