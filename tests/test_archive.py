@@ -237,9 +237,12 @@ def test_links_loops_and_fifos_neither_hang_nor_stop_the_scan(base, tmp_path):
     os.symlink("..", s / "up")  # a loop back into the archive
     os.symlink(root, root / "alias")  # the archive inside itself
     os.mkfifo(s / "pipe.dcm")  # opening it would block forever
-    (row,) = scan_archive(root, KEY)
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", root / "linked")  # a study folder linked from outside: scanned
+    row, linked = scan_archive(root, KEY)
     assert row.match_status == "ok" and row.n_unreadable == 3  # the two looping links and the broken one
     assert stat.S_ISFIFO(os.lstat(s / "pipe.dcm").st_mode)
+    assert linked.study_id == _hid("F", "folder|linked") and linked.match_status == "no_pet_series"
 
 
 def test_manifests_from_spreadsheets_load(base, tmp_path):
@@ -261,6 +264,7 @@ def test_manifests_from_spreadsheets_load(base, tmp_path):
 
 
 @pytest.mark.parametrize("line, message", [
+    ("S1,,,,{pet}/a\x00b,,,,,,ok,1,0", r"line 3 \(study S1\): .*a\x00b does not exist"),
     ("S1,,,,{pet},,,,,,ok,many,0", r"line 3: n_files is 'many', not a number"),
     ("S1,,,,{pet},,,,,,ok,2.5,0", r"line 3: n_files is '2.5'; write a whole number"),
     ("S1,,,,{pet},,,,,,ok,1,0,extra", r"line 3: 14 fields where the header has 13"),

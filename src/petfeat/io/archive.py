@@ -436,6 +436,13 @@ def _absolute(p: str, base: Path) -> str:
     return os.path.normpath(q if q.is_absolute() else base / q)
 
 
+def _exists(p: str) -> bool:
+    try:
+        return Path(p).exists()
+    except (OSError, ValueError):  # a NUL byte, a name too long
+        return False
+
+
 def read_manifest(path: str | Path) -> list[StudyRow]:
     """Read and validate a manifest: columns, unique study ids, existing paths.
 
@@ -490,7 +497,7 @@ def read_manifest(path: str | Path) -> list[StudyRow]:
         labels = [_absolute(p, base) for p in rec.get("labels", "").split(";") if p.strip()]
         lesions = _absolute(rec.get("lesions", ""), base)
         for p in [pet, *labels, lesions]:
-            if p and not Path(p).exists():
+            if p and not _exists(p):
                 raise ManifestError(f"{where} (study {sid}): {p} does not exist. Fix the path or drop the row.")
         rows.append(StudyRow(
             sid, rec.get("study_date", ""), pet, rec.get("series_uid", ""), labels, lesions,
