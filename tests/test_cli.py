@@ -33,8 +33,30 @@ def test_suv_override_from_the_command_line():
     assert d["weight_kg"] == 80 and d["uptake_seconds"] == 1800
 
 
+def test_suv_refuses_a_folder_of_two_studies(tmp_path):
+    """Series of two StudyInstanceUIDs are two studies: the reader never picks across them."""
+    import shutil
+
+    import pydicom
+
+    shutil.copytree(DRO / "DRO_0_0" / "PT", tmp_path / "a")
+    shutil.copytree(DRO / "DRO_1_0" / "PT", tmp_path / "b")
+    for f in (tmp_path / "b").glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+        ds.save_as(f)
+    r = run("suv", str(tmp_path))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "holds 2 PET series of 2 studies" in r.stderr and r.stderr.startswith("petfeat suv: error:")
+
+
+def test_suv_of_a_folder_of_one_study_picks_a_series_and_says_which():
+    r = run("suv", str(DRO), "--json")
+    assert r.returncode == 0, r.stderr
+    assert "first of 17 volume(s)" in r.stderr and "Not read:" in r.stderr  # the choice and the alternatives
+
+
 @pytest.mark.parametrize("args, pattern", [
-    (["suv", str(DRO)], "holds 17 PET series"),
     (["suv", "/no/such/folder"], "no such file or folder"),
     (["suv", str(DRO / "DRO_0_0" / "PT"), "--injection-time", "yesterday"], "is not YYYY-MM-DDTHH:MM:SS"),
 ])
