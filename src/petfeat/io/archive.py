@@ -101,7 +101,8 @@ class StudyRow:
     alternatives : list of str
         The study's other PET series UIDs.
     n_unreadable : int
-        Files of the folder skipped because their header could not be read.
+        Entries of the study folder skipped: files whose header could not be read, broken or
+        looping links, subfolders that cannot be listed.
     """
 
     study_id: str
@@ -231,7 +232,11 @@ def _walk(study: Path) -> _Folder:
 
 def _walk_quietly(study: Path) -> _Folder:
     found = _Folder()
-    for dirpath, dirnames, filenames in os.walk(study, followlinks=False):
+
+    def unreadable_folder(_exc: OSError) -> None:
+        found.n_unreadable += 1
+
+    for dirpath, dirnames, filenames in os.walk(study, onerror=unreadable_folder, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith("."):
