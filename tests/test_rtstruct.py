@@ -262,3 +262,45 @@ def test_rtstruct_refusals_name_the_file(tmp_path):
         read_rtstruct(points, series.geometry)
     with pytest.raises(LabelError, match="Modality is 'PT', not RTSTRUCT"):
         read_rtstruct(series.files[0], series.geometry)
+
+
+def test_roi_contoured_on_every_other_plane_is_read_as_continuous_with_a_warning(tmp_path):
+    """One ROI on every 2 mm plane, another only on every second one: both keep the sphere's volume."""
+    g = _pet()
+    rois = {"every": _sphere_contours((0.0, 0.0, -30.0), 20.0, 2.0, z0=0.3),
+            "every_other": _sphere_contours((0.0, 0.0, 30.0), RADIUS, 4.0, z0=0.3)}
+    rs = _write_rtstruct(tmp_path / "rs.dcm", rois)
+    with pytest.warns(PetfeatWarning, match=r"1 ROI\(s\) are contoured on fewer planes.*2 mm.*'every_other' every 4"):
+        (layer,) = read_rtstruct(rs, g)
+    ids = {name: i for i, name in layer.names.items()}
+    assert np.count_nonzero(layer.array == ids["every_other"]) * g.voxel_volume_ml == pytest.approx(SPHERE_ML, rel=0.05)
+    assert layer.native_volume_ml["every_other"] == pytest.approx(SPHERE_ML, rel=0.03)
+    small = 4 / 3 * np.pi * 20.0**3 / 1000
+    assert np.count_nonzero(layer.array == ids["every"]) * g.voxel_volume_ml == pytest.approx(small, rel=0.05)
+
+
+def test_rois_drawn_on_planes_of_different_normals(tmp_path):
+    """An axial ROI (every 2 mm) and a sagittal one (every 3 mm) in one structure set, each on its own stack."""
+    g = _pet()
+    rois = {"axial": _sphere_contours((-35.0, 0.0, 0.0), 25.0, 2.0, z0=0.3),
+            "sagittal": _sphere_contours((35.0, 0.0, 0.0), 25.0, 3.0, z0=0.9, axis=(1, 0, 0))}
+    rs = _write_rtstruct(tmp_path / "rs.dcm", rois)
+    (layer,) = read_rtstruct(rs, g)
+    want = 4 / 3 * np.pi * 25.0**3 / 1000
+    for i, name in layer.names.items():
+        assert np.count_nonzero(layer.array == i) * g.voxel_volume_ml == pytest.approx(want, rel=0.05), name
+        assert layer.native_volume_ml[name] == pytest.approx(want, rel=0.03), name
+
+
+def test_a_coarser_own_grid_for_large_rois_gives_the_same_pet_mask(tmp_path, monkeypatch):
+    """An ROI's fine grid over the voxel budget gets pixels of a smaller odd fraction of the PET's: same PET mask."""
+    import petfeat.io.rtstruct as rt
+
+    g = _pet()
+    rs = _write_rtstruct(tmp_path / "rs.dcm", {"sphere": _sphere_contours((1.1, -2.3, 0.0), RADIUS, 2.0, z0=-0.6)})
+    (fine,) = read_rtstruct(rs, g)
+    monkeypatch.setattr(rt, "MAX_FINE_VOXELS", 40_000)
+    (coarse,) = read_rtstruct(rs, g)
+    assert np.array_equal(fine.array, coarse.array)
+    assert coarse.native_volume_ml["sphere"] == pytest.approx(SPHERE_ML, rel=0.05)
+    assert coarse.native_volume_ml["sphere"] != fine.native_volume_ml["sphere"]  # the budget did coarsen the grid

@@ -127,6 +127,7 @@ def read_rtstruct(path: str | Path, geometry: Geometry) -> list[LabelLayer]:
     stacks = _stacks(rois, normals, geometry)
 
     notes: dict[str, dict[str, float]] = {}
+    sparse: dict[str, tuple[float, float]] = {}
 
     def masks():
         for name, polys in rois:
@@ -137,10 +138,12 @@ def read_rtstruct(path: str | Path, geometry: Geometry) -> list[LabelLayer]:
                 if id(p) in normals:
                     groups.setdefault(stacks[0][id(p)], []).append(p)
             for g, members in groups.items():
-                m, ml, out_ml = _rasterise(members, stacks[1][g], geometry)
+                m, ml, out_ml, own = _rasterise(members, stacks[1][g], geometry)
                 mask |= m
                 native += ml
                 outside += out_ml
+                if own is not None:
+                    sparse[name] = (own, stacks[1][g].spacing)
             notes[name] = {"outside_fov_fraction": outside / native if native > 0 else 0.0}
             yield name, mask, native
 
@@ -151,6 +154,12 @@ def read_rtstruct(path: str | Path, geometry: Geometry) -> list[LabelLayer]:
     if not any(layer.array.any() for layer in layers):
         raise LabelError(f"{path}: no ROI contour lies inside the PET field of view. Check that the RTSTRUCT belongs "
                          "to this study.")
+    if sparse:
+        listed = ", ".join(f"{n!r} every {a:g} mm" for n, (a, _) in sorted(sparse.items()))
+        warnings.warn(f"RTSTRUCT: {len(sparse)} ROI(s) are contoured on fewer planes than the structure set's "
+                      f"{min(b for _, b in sparse.values()):g} mm plane spacing ({listed}); each is read as "
+                      "continuous, every contour plane covering half its own gap to the next.", PetfeatWarning,
+                      stacklevel=2)
     if cut:
         listed = ", ".join(f"{n!r} {100 * f:.1f}%" for n, f in sorted(cut.items()))
         warnings.warn(f"RTSTRUCT: {len(cut)} ROI(s) reach outside the PET field of view; the part outside is not "
@@ -187,7 +196,8 @@ def _polygon_normal(pts: np.ndarray, toward: np.ndarray) -> np.ndarray | None:
     if size <= 1e-9 * max(float(np.abs(c).max()), 1e-9) ** 2:
         return None
     n = n / size
-    if float(n @ toward) < 0 or (abs(float(n @ toward)) < 1e-9 and float(n[np.argmax(np.abs(n))]) < 0):
+    along = float(n @ toward)
+    if (along if abs(along) > 1e-6 else float(n[np.argmax(np.abs(n))])) < 0:
         n = -n
     return n
 
@@ -234,8 +244,13 @@ def _distinct(w: np.ndarray) -> np.ndarray:
     return np.add.reduceat(w, starts) / np.diff(np.append(starts, w.size))
 
 
-def _rasterise(polys: list[np.ndarray], stack: _Stack, geometry: Geometry) -> tuple[np.ndarray, float, float]:
-    """One ROI's contours of one stack on the PET grid: (PET mask, native mL, native mL outside the PET view)."""
+def _rasterise(polys: list[np.ndarray], stack: _Stack,
+               geometry: Geometry) -> tuple[np.ndarray, float, float, float | None]:
+    """One ROI's contours of one stack on the PET grid.
+
+    Returns the PET mask, the native volume (mL), the native volume outside the PET field of view
+    (mL), and the ROI's own plane spacing when it skips planes of the stack (else None).
+    """
     from petfeat.io.labels import resample_box
 
     n, spacing = stack.normal, stack.spacing
@@ -256,6 +271,11 @@ def _rasterise(polys: list[np.ndarray], stack: _Stack, geometry: Geometry) -> tu
     w_each = np.array([float(q[:, 2].mean()) for q in local])
     planes = _distinct(w_each)
     plane_of = np.abs(w_each[:, None] - planes[None, :]).argmin(axis=1)
+    own = None
+    if planes.size >= 3:  # contoured on every n-th plane of the stack: its own gap is the spacing
+        values, counts = np.unique(np.round(np.diff(planes), 2), return_counts=True)
+        if values[np.argmax(counts)] > CONTIGUOUS_GAP * spacing:
+            own = spacing = float(values[np.argmax(counts)])
 
     # slabs: +-spacing/2; towards a neighbouring plane of this ROI up to CONTIGUOUS_GAP spacings away, the midpoint
     lo = planes - spacing / 2
@@ -278,22 +298,20 @@ def _rasterise(polys: list[np.ndarray], stack: _Stack, geometry: Geometry) -> tu
     # in-plane grid: the PET's (refined by an odd factor) when the planes are parallel to its slices
     allpts = np.concatenate(local)
     lo_uv, hi_uv = allpts[:, :2].min(axis=0), allpts[:, :2].max(axis=0)
-    if aligned:
-        step = np.array([s / _odd_refinement(s) for s in pet_xy])
-    else:
-        step = np.full(2, FINE_MM)
+    refine = np.array([_odd_refinement(s) for s in pet_xy])
+    step = pet_xy / refine if aligned else np.full(2, FINE_MM)
     while True:
         if aligned:  # grid nodes on PET voxel centres
             first = (np.floor(lo_uv / pet_xy) - 1) * pet_xy
             last = (np.ceil(hi_uv / pet_xy) + 1) * pet_xy
         else:
             first, last = lo_uv - step, hi_uv + step
-        size = (np.round((last - first) / step).astype(np.int64) + 1)
-        if int(size[0]) * int(size[1]) * nz <= MAX_FINE_VOXELS or (aligned and np.allclose(step, pet_xy)):
+        size = np.round((last - first) / step).astype(np.int64) + 1
+        if int(size[0]) * int(size[1]) * nz <= MAX_FINE_VOXELS or (aligned and np.all(refine == 1)):
             break
-        if aligned:
-            step = np.array([s / max(_odd_refinement(s, float(h) * 1.5), 1) for s, h in zip(pet_xy, step,
-                                                                                          strict=True)])
+        if aligned:  # coarser, still odd: PET voxel centres stay pixel centres
+            refine = np.maximum(refine - 2, 1)
+            step = pet_xy / refine
         else:
             step = step * 1.5
     nx, ny = int(size[0]), int(size[1])
@@ -316,7 +334,7 @@ def _rasterise(polys: list[np.ndarray], stack: _Stack, geometry: Geometry) -> tu
         if hit is not None:
             mask[hit[0]] = hit[1] >= KEEP_FRACTION
     outside_ml = _outside_count(filled, lookup, img, geometry) * voxel_ml if count else 0.0
-    return mask, native_ml, outside_ml
+    return mask, native_ml, outside_ml, own
 
 
 def _odd_refinement(pet_mm: float, fine_mm: float = FINE_MM) -> int:
