@@ -305,3 +305,17 @@ def test_a_folder_without_pet_gets_a_keyed_id_without_its_name(tmp_path):
     (tmp_path / "arch" / "Mustermann_Max" / "notes.txt").write_text("x")
     (row,) = scan_archive(tmp_path / "arch", KEY)
     assert row.study_id == _hid("F", "folder|Mustermann_Max") and row.match_status == "no_pet_series"
+
+
+def test_real_totalsegmentator_outputs_and_rtstruct_beside_a_pet_series(reference_dir, tmp_path):
+    # DRO_0_0: a PET series and its RTSTRUCT; TotalSegmentator's own test outputs: a --fast class folder and an
+    # --ml file, under names no convention knows
+    study = tmp_path / "arch" / "S1"
+    shutil.copytree(reference_dir / "suv-dro" / "DRO" / "DRO_0_0", study)
+    ts = reference_dir / "totalsegmentator"
+    shutil.copytree(ts / "example_seg_fast", study / "ct_out" / "fast")
+    shutil.copy(ts / "example_seg_ml.nii.gz", study / "ct_out" / "total.nii.gz")
+    (row,) = scan_archive(tmp_path / "arch", KEY)
+    rs = next((study / "RS").glob("*.dcm"))
+    assert row.labels == [str(study / "ct_out" / "total.nii.gz"), str(study / "ct_out" / "fast"), str(rs)]
+    assert row.match_status == "ok" and row.n_unreadable == 0
