@@ -66,3 +66,66 @@ def test_split_by_task_merged_folder():
     mr = split_by_task(list(TASK_CLASSES["total_mr"]) + ["parotid_gland_left"])
     assert sorted(mr["total_mr"]) == sorted(TASK_CLASSES["total_mr"]) and mr["head_glands_cavities"] == [
         "parotid_gland_left"]
+
+
+# --- TotalSegmentator's real outputs of a real CT, read onto the CT's own grid ----------------------------------
+
+@pytest.fixture(scope="module")
+def ct_grid(reference_dir):
+    import SimpleITK as sitk
+
+    from petfeat.io.dicom import Geometry
+
+    ct = sitk.ReadImage(str(reference_dir / "totalsegmentator" / "example_ct_sm.nii.gz"))
+    return Geometry(tuple(ct.GetSize()[::-1]), tuple(ct.GetSpacing()[::-1]), tuple(ct.GetOrigin()),
+                    tuple(ct.GetDirection()))
+
+
+def _nibabel_counts(path) -> dict[int, int]:
+    import nibabel as nib
+    import numpy as np
+
+    ids, counts = np.unique(np.asarray(nib.load(str(path)).dataobj), return_counts=True)
+    return {int(i): int(c) for i, c in zip(ids, counts, strict=True) if i}
+
+
+def test_real_folder_every_class_counted_as_nibabel_counts_it(reference_dir, ct_grid):
+    """Each of the 117 class files (77 of them empty) gives exactly nibabel's voxel count on the CT grid, in the
+    ``total`` name space with the task's ids; empty classes are kept with count 0."""
+    import numpy as np
+
+    from petfeat.io.labels import read_labels
+
+    folder = reference_dir / "totalsegmentator" / "example_seg_fast"
+    layers = read_labels(folder, ct_grid)
+    assert {la.namespace for la in layers} == {"total"}
+    where = {n: (la, i) for la in layers for i, n in la.names.items()}
+    assert sorted(where) == sorted(TASK_CLASSES["total"])
+    empty = 0
+    voxel_ml = float(np.prod(ct_grid.spacing)) / 1000
+    for f in folder.glob("*.nii.gz"):
+        name = f.name.removesuffix(".nii.gz")
+        layer, i = where[name]
+        want = _nibabel_counts(f).get(1, 0)
+        assert TASK_LABELS["total"][i] == name
+        assert int((layer.array == i).sum()) == want, name
+        assert layer.native_volume_ml[name] == pytest.approx(want * voxel_ml)
+        empty += want == 0
+    assert empty == 77
+
+
+def test_real_ml_file_every_label_counted_as_nibabel_counts_it(reference_dir, ct_grid):
+    """The --ml file: its label table names all 117 classes; every id's count equals nibabel's, absent ids
+    included (count 0, still named); the name space is the task the table identifies."""
+    from petfeat.io.labels import read_labels
+
+    path = reference_dir / "totalsegmentator" / "example_seg_ml.nii.gz"
+    (layer,) = read_labels(path, ct_grid)
+    assert layer.namespace == "total"
+    assert layer.names == TASK_LABELS["total"]
+    counts = _nibabel_counts(path)
+    assert 0 < len(counts) < 117
+    for i, name in layer.names.items():
+        assert int((layer.array == i).sum()) == counts.get(i, 0), name
+        assert (layer.native_volume_ml[name] == 0) == (i not in counts)
+

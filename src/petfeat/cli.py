@@ -214,6 +214,23 @@ def _write_table(df, path: Path, csv: bool) -> list[Path]:
     return written
 
 
+def _label_sources(values: list[str]) -> list[tuple[str | None, Path]]:
+    """``--labels`` values as ``(name space or None, path)``: ``PATH`` or ``NAME=PATH``.
+
+    A value that exists as a path is that path even if it holds '='; NAME is letters, digits, ``_``, ``.``, ``-``.
+    """
+    import re
+
+    out = []
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if sep and rest and not Path(value).exists() and re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            out.append((name, Path(rest)))
+        else:
+            out.append((None, Path(value)))
+    return out
+
+
 def _parse_threshold(text: str | None) -> dict | None:
     if text is None:
         return None
@@ -307,7 +324,7 @@ def cmd_extract(args) -> int:
     from petfeat import __version__
     from petfeat.extract import extract
     from petfeat.io.dicom import read_pet_series
-    from petfeat.io.labels import read_labels, read_lesion_mask, read_names_file
+    from petfeat.io.labels import nifti_label_table, read_labels, read_lesion_mask, read_names_file
     from petfeat.pseudonyms import load_or_create_key
     from petfeat.regions import BUILTIN_REGIONS, load_spec
     from petfeat.suv import compute_suv_factors
@@ -318,8 +335,9 @@ def cmd_extract(args) -> int:
     factors = compute_suv_factors(series.suv_header, lbm_formula=args.lbm, **_suv_overrides(args))
     names = read_names_file(args.label_names) if args.label_names else None
     layers = []
-    for path in args.labels:
-        layers.extend(read_labels(path, series.geometry, names=names, mode=args.resample))
+    for namespace, path in _label_sources(args.labels):  # --label-names: for files without their own label table
+        own = names if names is not None and not (path.is_file() and nifti_label_table(path)) else None
+        layers.extend(read_labels(path, series.geometry, names=own, mode=args.resample, namespace=namespace))
     lesions = read_lesion_mask(args.lesions, series.geometry) if args.lesions else None
     regions = load_spec(args.regions) if args.regions else BUILTIN_REGIONS
     res = extract(series, layers, regions, lesions=lesions, threshold=_parse_threshold(args.threshold),
@@ -328,7 +346,8 @@ def cmd_extract(args) -> int:
                   peak_neighbours=args.peak_neighbours, strict=args.strict)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    label_rows = [{"label": n, "source": la.source, "native_volume_ml": (la.native_volume_ml or {}).get(n),
+    label_rows = [{"label": n, "namespace": la.namespace, "source": la.source,
+                   "native_volume_ml": (la.native_volume_ml or {}).get(n),
                    "pet_grid_volume_ml": float((la.array == i).sum()) * series.geometry.voxel_volume_ml}
                   for la in layers for i, n in la.names.items()]
     written = _write_table(res.features, out / "features", args.csv)
@@ -403,9 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "allocations (peak_traced_mb in parts/*.timing.json; reading DICOM gets ~10x slower)")
     s.add_argument("--key-file", help="pseudonymisation key, for batch and --pet alike (default: "
                    "$PETFEAT_KEY_FILE, else ~/.config/petfeat/petfeat.key; created when missing)")
-    s.add_argument("--labels", nargs="+", default=[], help="label sources: TotalSegmentator folder, NIfTI/NRRD "
-                   "multilabel, DICOM SEG or RTSTRUCT file")
-    s.add_argument("--label-names", help="JSON or CSV id -> name for multilabel images (e.g. TotalSegmentator --ml)")
+    s.add_argument("--labels", nargs="+", default=[], help="label sources: TotalSegmentator folder (one or several "
+                   "tasks), NIfTI/NRRD multilabel, DICOM SEG or RTSTRUCT file; NAME=PATH names the source's name "
+                   "space (region pattern NAME:GLOB), by default the TotalSegmentator task or the file's stem")
+    s.add_argument("--label-names", help="JSON or CSV id -> name for the multilabel images that carry no label table "
+                   "of their own (a TotalSegmentator --ml file carries one)")
     s.add_argument("--lesions", help="lesion mask (NIfTI/NRRD) on any grid; resampled onto the PET grid")
     s.add_argument("--threshold", help="segment lesions without a mask: 'fixed:SUV' or 'percist'")
     s.add_argument("--connectivity", type=int, choices=[6, 26], default=26)
