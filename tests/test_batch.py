@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import io
+import json
+import os
 import shutil
 import signal
 import socket
@@ -17,7 +22,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from petfeat.batch import BatchSettings, run_batch
+from petfeat.batch import BatchError, BatchSettings, _stat_signature, run_batch, run_study
 from petfeat.io.archive import ManifestError, read_manifest, scan_archive, write_manifest
 from petfeat.regions import BUILTIN_REGIONS
 
@@ -52,22 +57,180 @@ def archive(synth_archive, tmp_path_factory):
     return root
 
 
-def test_local_run_then_rerun_does_no_work(archive, tmp_path):
+def test_local_run_then_rerun_does_no_work_and_writes_the_same_bytes(archive, tmp_path):
     rows = scan_archive(archive, KEY)
     assert [r.match_status for r in rows] == ["ok"] * 4
     out = tmp_path / "out"
-    rep = run_batch(rows, out, _settings(), KEY, n_workers=2, progress=None)
+    log = io.StringIO()  # not a terminal: whole progress lines, no carriage returns
+    rep = run_batch(rows, out, _settings(), KEY, n_workers=2, progress=log)
     assert (rep.done, rep.skipped, rep.failed) == (4, 0, 0)
+    assert "\r" not in log.getvalue() and log.getvalue().splitlines()[-1].startswith("studies 4/4: 4 done")
     f = pd.read_parquet(out / "features.parquet")
     assert sorted(f.study_id.unique()) == sorted(r.study_id for r in rows) and len(f) == 4 * len(BUILTIN_REGIONS)
-    first = _sorted(f)
+    # rows in a fixed order: features by (study_id, region), lesions by (study_id, lesion_id)
+    pd.testing.assert_frame_equal(f, _sorted(f))
+    les = pd.read_parquet(out / "lesions.parquet")
+    pd.testing.assert_frame_equal(les, les.sort_values(["study_id", "lesion_id"]).reset_index(drop=True))
+    first = {n: (out / f"{n}.parquet").read_bytes() for n in ("features", "lesions", "failures")}
     rep2 = run_batch(rows, out, _settings(), KEY, n_workers=2, progress=None)
     assert (rep2.done, rep2.skipped, rep2.failed) == (0, 4, 0)
-    pd.testing.assert_frame_equal(_sorted(pd.read_parquet(out / "features.parquet")), first)
-    import json
-
+    for name, data in first.items():
+        assert (out / f"{name}.parquet").read_bytes() == data, name
     run = json.loads((out / "run.json").read_text())
     assert (run["done"], run["skipped"], run["studies"]) == (0, 4, 4) and run["outputs"]["features"] == len(f)
+
+
+def test_relative_paths_reach_workers_that_run_elsewhere(archive, tmp_path, external_cluster, monkeypatch):
+    # A manifest with relative paths and a relative -o: the workers of an external cluster run in
+    # another working directory, so they must get absolute paths and write where the client reads.
+    addr, _, elsewhere = external_cluster
+    shutil.copytree(archive, tmp_path / "arch")
+    monkeypatch.chdir(tmp_path)
+    rows = [dataclasses.replace(r, pet_path=os.path.relpath(r.pet_path), labels=[os.path.relpath(p) for p in r.labels],
+                                lesions=os.path.relpath(r.lesions), study_path=os.path.relpath(r.study_path))
+            for r in scan_archive(Path("arch"), KEY)]
+    assert not Path(rows[0].pet_path).is_absolute()
+    rep = run_batch(rows, "out", _settings(), KEY, scheduler=addr, progress=None)
+    assert (rep.done, rep.failed) == (4, 0)
+    assert pd.read_parquet(tmp_path / "out" / "features.parquet").study_id.nunique() == 4
+    assert not list(elsewhere.rglob("*.parquet"))
+
+
+def test_what_a_task_cannot_record_the_client_records(archive, tmp_path):
+    # A task that kills its worker process, one that raises, one that reports done without a part the
+    # client can see, one healthy study: every study ends in exactly one table.
+    import dask
+
+    rows = scan_archive(archive, KEY)
+    boom, ghost, healthy, kill = (r.study_id for r in rows)  # the killer last: no other task queued behind it
+
+    finished = tmp_path / "finished"
+    finished.mkdir()
+
+    def task(row, *args, **kwargs):
+        if row.study_id == kill:  # dies once the others are through (a death also blames the tasks beside it)
+            deadline = time.time() + 120
+            while len(list(finished.iterdir())) < 3 and time.time() < deadline:
+                time.sleep(0.05)
+            time.sleep(1.0)
+            os._exit(1)  # as the kernel's OOM killer would
+        try:
+            if row.study_id == boom:
+                raise OSError(f"{row.pet_path}/slice_0000.dcm: disk gone")
+            if row.study_id == ghost:
+                return {"study_id": row.study_id, "key": kwargs["part_key"], "status": "done",
+                        "part": "/elsewhere/parts/x.features.parquet"}
+            return run_study(row, *args, **kwargs)
+        finally:
+            (finished / row.study_id).touch()
+
+    # one task per worker at a time: the killer holds one worker, the others run on the other
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0, "distributed.scheduler.worker-saturation": 1.0}):
+        rep = run_batch(rows, tmp_path / "out", _settings(), KEY, n_workers=2, progress=None, task=task)
+    assert (rep.done, rep.failed) == (1, 3)
+    fails = pd.read_parquet(tmp_path / "out" / "failures.parquet").set_index("study_id")
+    feats = pd.read_parquet(tmp_path / "out" / "features.parquet")
+    assert set(fails.index) == {kill, boom, ghost} and set(feats.study_id) == {healthy}
+    assert fails.loc[kill, "error_class"] == "KilledWorker" and "died on every try" in fails.loc[kill, "message"]
+    assert fails.loc[boom, "error_class"] == "OSError"
+    assert fails.loc[boom, "message"] == f"the study's task raised OSError: <{boom}>/pet/slice_0000.dcm: disk gone"
+    assert fails.loc[ghost, "error_class"] == "PartMissing", fails.to_dict("records")
+    assert fails.loc[ghost, "message"].startswith("part missing: the worker wrote to /elsewhere/parts/")
+    assert all(fails.pet_path.str.startswith("<"))
+
+
+def test_a_lost_scheduler_turns_every_unfinished_study_into_a_failure(archive, tmp_path, external_cluster):
+    addr, procs, _ = external_cluster
+    rows = scan_archive(archive, KEY)
+    started = tmp_path / "started"
+    started.mkdir()
+
+    def task(row, *args, **kwargs):
+        (started / row.study_id).touch()
+        time.sleep(60)
+
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("rep", run_batch(
+        rows, tmp_path / "out", _settings(), KEY, scheduler=addr, progress=None, task=task)))
+    t.start()
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(started.iterdir()):
+        time.sleep(0.05)
+    procs[0].kill()  # the scheduler
+    t.join(timeout=60)
+    assert not t.is_alive()
+    rep = result["rep"]
+    assert (rep.done, rep.failed) == (0, 4)
+    fails = pd.read_parquet(tmp_path / "out" / "failures.parquet")
+    assert sorted(fails.study_id) == sorted(r.study_id for r in rows)
+    assert set(fails.message) == {"the scheduler was lost; rerun to resume"}
+
+
+def test_study_inputs_that_cannot_be_described_are_failures_not_crashes(archive, tmp_path, monkeypatch):
+    import petfeat.batch
+
+    loops = tmp_path / "loops"
+    loops.mkdir()
+    os.symlink("b.dcm", loops / "a.dcm")
+    os.symlink("a.dcm", loops / "b.dcm")
+    os.symlink("..", loops / "loop")
+    (tmp_path / "fifo").mkdir()
+    os.mkfifo(tmp_path / "fifo" / "pipe.dcm")
+    assert _stat_signature(tmp_path / "fifo")[1:] == [("pipe.dcm", "fifo")]  # recorded, never opened
+    sig = _stat_signature(loops)  # nothing followed
+    assert ("loop", "link", "..", "folder") in sig
+    assert ("a.dcm", "link", "b.dcm", "broken", errno.ELOOP) in sig
+    assert _stat_signature(Path("/dev/zero")) == ["/dev/zero", "char-device"]
+    with pytest.raises(BatchError, match=r"^/: pet_path holds more than 1000 files; point to the study's PET"):
+        _stat_signature(Path("/"), limit=1000)
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(200):
+        (many / f"{i}.dcm").touch()
+    monkeypatch.setattr(petfeat.batch, "MAX_SIGNATURE_ENTRIES", 150)  # more than the healthy study's 112 slices
+    good = scan_archive(archive, KEY)[0]
+    rows = [dataclasses.replace(good, study_id=f"S00000000000{i}", pet_path=p, study_path=str(Path(p).parent))
+            for i, p in enumerate(["/dev/zero", str(tmp_path / "fifo" / "pipe.dcm"), str(loops), str(many)])]
+    rep = run_batch([good, *rows], tmp_path / "out", _settings(), KEY, n_workers=1, progress=None)
+    assert (rep.done, rep.failed) == (1, 4)
+    fails = pd.read_parquet(tmp_path / "out" / "failures.parquet").set_index("study_id")
+    assert "pet_path is a char-device, not a folder or DICOM file" in fails.loc["S000000000000", "message"]
+    assert "pet_path is a fifo" in fails.loc["S000000000001", "message"]
+    assert fails.loc["S000000000003", "message"] == ("<S000000000003>/many: pet_path holds more than 150 files; "
+                                                     "point to the study's PET folder.")
+
+
+def test_an_unreachable_scheduler_is_one_line_and_exit_2(archive, tmp_path, capsys):
+    from petfeat.cli import main
+
+    write_manifest(scan_archive(archive, KEY), tmp_path / "m.csv")
+    (tmp_path / "key").write_text(KEY.hex())
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    t0 = time.perf_counter()
+    code = main(["extract", str(tmp_path / "m.csv"), "-o", str(tmp_path / "out"), "--scheduler", addr,
+                 "--scheduler-timeout", "2", "--key-file", str(tmp_path / "key")])
+    err = capsys.readouterr().err
+    assert code == 2 and time.perf_counter() - t0 < 20
+    assert err.startswith(f"petfeat extract: error: cannot reach the Dask scheduler at {addr}: ")
+    assert err.rstrip().endswith("Start it (dask scheduler) or drop --scheduler.") and len(err.splitlines()) == 1
+
+
+def test_the_local_cluster_listens_on_loopback_only():
+    import psutil
+
+    from petfeat.batch import _client
+
+    client, cluster = _client(None, 1, "cpu")
+    try:
+        me = psutil.Process()
+        listening = [c.laddr for p in [me, *me.children(recursive=True)] for c in p.net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN]
+        assert len(listening) >= 3  # scheduler, dashboard, worker (and its nanny)
+        assert {a.ip for a in listening} <= {"127.0.0.1", "::1"}, listening
+        assert client.dashboard_link.startswith("http://127.0.0.1:")
+    finally:
+        client.close()
+        cluster.close()
 
 
 def test_memory_tracing_is_asked_for_and_changes_no_number_or_part_name(archive, tmp_path):
@@ -102,20 +265,32 @@ def test_bad_studies_are_recorded_and_the_rest_completes(archive, tmp_path):
     rows = scan_archive(root, KEY)
     rep = run_batch(rows, tmp_path / "out", _settings(), KEY, n_workers=2, progress=None)
     fails = pd.read_parquet(tmp_path / "out" / "failures.parquet")
-    by_path = {Path(p).parts[-2] if Path(p).name == "pet" else Path(p).name: (c, m)
-               for p, c, m in zip(fails.pet_path, fails.error_class, fails.message, strict=True)}
-    assert set(by_path) == {"SYN0001", "SYN0002", "SYN0003", "EMPTY"}
-    assert by_path["SYN0001"][0] == "DicomSeriesError" and "truncated" in by_path["SYN0001"][1]
-    assert by_path["SYN0002"][0] == "SuvError" and "PatientWeight (0010,1030)" in by_path["SYN0002"][1]
-    assert by_path["SYN0003"][0] == "LabelError" and "does not overlap" in by_path["SYN0003"][1]
-    assert by_path["EMPTY"][0] == "DicomSeriesError"
+    folder_of = {r.study_id: Path(r.study_path).name for r in rows}
+    by_folder = {folder_of[s]: (c, m) for s, c, m in zip(fails.study_id, fails.error_class, fails.message, strict=True)}
+    assert set(by_folder) == {"SYN0001", "SYN0002", "SYN0003", "EMPTY"}
+    assert by_folder["SYN0001"][0] == "DicomSeriesError" and "truncated" in by_folder["SYN0001"][1]
+    assert by_folder["SYN0002"][0] == "SuvError" and "PatientWeight (0010,1030)" in by_folder["SYN0002"][1]
+    assert by_folder["SYN0003"][0] == "LabelError" and "does not overlap" in by_folder["SYN0003"][1]
+    assert by_folder["EMPTY"][0] == "DicomSeriesError"
+    # no archive folder name in the failures: files are named relative to <study_id>
+    blob = fails.to_csv()
+    for name in ("SYN0001", "SYN0002", "SYN0003", "EMPTY", str(root)):
+        assert name not in blob
+    for sid, pet, msg in zip(fails.study_id, fails.pet_path, fails.message, strict=True):
+        assert pet.startswith(f"<{sid}>") and f"<{sid}>" in msg
+    syn1 = next(s for s in fails.study_id if folder_of[s] == "SYN0001")
+    assert f"<{syn1}>/pet/slice_" in by_folder["SYN0001"][1]
     f = pd.read_parquet(tmp_path / "out" / "features.parquet")
     assert f.study_id.nunique() == 1 and rep.failed == 4 and rep.done == 1
-    # the CLI says so in its exit status
+    # the CLI says so in its exit status, with the failures by class and no traceback
     r = subprocess.run([sys.executable, "-m", "petfeat.cli", "extract", str(root), "-o", str(tmp_path / "out2"),
                         "--workers", "2", "--backend", "cpu", "--key-file", str(tmp_path / "k")], capture_output=True,
                        text=True, timeout=600)
-    assert r.returncode == 3 and "failures are listed" in r.stderr
+    assert r.returncode == 3
+    assert "failures (2 DicomSeriesError, 1 LabelError, 1 SuvError) are listed with their reasons" in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    for name in ("SYN0001", "SYN0002", "SYN0003", "EMPTY"):
+        assert name not in r.stderr + r.stdout
 
 
 def _free_port():
@@ -132,25 +307,30 @@ def external_cluster(tmp_path):
         pytest.fail("the 'dask' command (from distributed) is missing; install petfeat's dependencies")
     port = _free_port()
     addr = f"tcp://127.0.0.1:{port}"
+    elsewhere = tmp_path / "workers_cwd"  # the workers run in another working directory than the client
+    elsewhere.mkdir()
     procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address",
-                               ":0", "--no-show"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    time.sleep(2.0)
-    for i in range(2):
-        procs.append(subprocess.Popen([dask, "worker", addr, "--nworkers", "1", "--nthreads", "1", "--name", f"w{i}",
-                                       "--local-directory", str(tmp_path / f"w{i}"), "--no-nanny"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    from distributed import Client
+                               "127.0.0.1:0", "--no-show"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        time.sleep(2.0)
+        for i in range(2):
+            procs.append(subprocess.Popen([dask, "worker", addr, "--nworkers", "1", "--nthreads", "1", "--name",
+                                           f"w{i}", "--local-directory", str(tmp_path / f"w{i}"), "--no-nanny",
+                                           "--host", "127.0.0.1"], cwd=elsewhere, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+        from distributed import Client
 
-    with Client(addr, timeout="30s") as c:
-        c.wait_for_workers(2, timeout=60)
-    yield addr, procs
-    for p in procs:
-        p.kill()
-        p.wait(timeout=30)
+        with Client(addr, timeout="30s") as c:
+            c.wait_for_workers(2, timeout=60)
+        yield addr, procs, elsewhere
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(timeout=30)
 
 
 def test_external_scheduler_gives_the_local_results(archive, tmp_path, external_cluster):
-    addr, _ = external_cluster
+    addr, _, _ = external_cluster
     rows = scan_archive(archive, KEY)
     write_manifest(rows, tmp_path / "manifest.csv")
     local = run_batch(rows, tmp_path / "local", _settings(), KEY, n_workers=2, progress=None)
@@ -167,7 +347,7 @@ def test_external_scheduler_gives_the_local_results(archive, tmp_path, external_
 
 
 def test_a_killed_worker_loses_no_study(archive, tmp_path, external_cluster):
-    addr, procs = external_cluster
+    addr, procs, _ = external_cluster
     rows = scan_archive(archive, KEY)
     result = {}
     t = threading.Thread(target=lambda: result.setdefault("rep", run_batch(rows, tmp_path / "out", _settings(), KEY,

@@ -6,23 +6,36 @@ failure record instead; the task itself never raises, so one bad study never sto
 part names are a hash of the study's inputs (paths, file sizes and times) and of the settings, so a
 rerun of the same command skips finished studies and retries failed ones. At the end the parts of
 this run are consolidated into ``features.parquet``, ``lesions.parquet``, ``failures.parquet`` and
-``run.json``.
+``run.json``, each in a fixed row order.
+
+Every study of the manifest ends in exactly one of the features or the failures: what a task cannot
+record itself (a worker killed past the retries, a lost scheduler, an unwritable output folder, a
+part the client cannot see) the client records. Paths are made absolute before they reach a worker;
+failure records and console lines name files relative to ``<study_id>``, never by archive folder.
+The local cluster listens on loopback only unless asked otherwise.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import os
+import re
+import stat
 import sys
 import time
 import tracemalloc
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from petfeat.errors import PetfeatError
 from petfeat.io.archive import StudyRow
 from petfeat.io.atomic import atomic_write
 
@@ -67,28 +80,141 @@ class BatchReport:
     dashboard: str | None = None
 
 
-def _stat_signature(path: Path) -> list:
-    if not path.exists():
-        return [str(path), None]
-    if path.is_file():
-        st = path.stat()
-        return [str(path), st.st_size, st.st_mtime_ns]
-    sig = [str(path)]
-    with os.scandir(path) as it:
-        for e in sorted(it, key=lambda e: e.name):
-            if e.is_file():
-                st = e.stat()
-                sig.append((e.name, st.st_size, st.st_mtime_ns))
-            elif e.is_dir():
-                sig.append(_stat_signature(Path(e.path)))
+#: Entries (files, folders, links) one study's inputs may hold before its signature is refused.
+MAX_SIGNATURE_ENTRIES = 200_000
+
+
+class BatchError(PetfeatError):
+    """A batch run cannot start or a study's inputs cannot be processed (scheduler, input paths)."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "fifo"), (stat.S_ISCHR, "char-device"), (stat.S_ISBLK, "block-device"),
+                       (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "folder"), (stat.S_ISREG, "file")):
+        if test(mode):
+            return name
+    return "other"
+
+
+def _entry_signature(path: str, rel: str) -> tuple:
+    """One folder entry, stat-ed without opening it and without following a symlinked folder."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        return (rel, "unreadable", exc.errno)
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        try:
+            tst = os.stat(path)  # the target's size and time, never its contents
+        except OSError as exc:  # a loop (ELOOP) or a dangling link
+            return (rel, "link", target, "broken", exc.errno)
+        if stat.S_ISREG(tst.st_mode):
+            return (rel, "link", target, tst.st_size, tst.st_mtime_ns)
+        return (rel, "link", target, _kind(tst.st_mode))
+    if stat.S_ISREG(st.st_mode):
+        return (rel, st.st_size, st.st_mtime_ns)
+    return (rel, _kind(st.st_mode))
+
+
+def _stat_signature(path: Path, limit: int | None = None) -> list:
+    """Names, sizes and times of a file or of every entry under a folder; nothing is opened.
+
+    The path itself may be a symlink (followed); inside a folder, symlinks are recorded by their
+    target string (plus the target's size and time when it is a file) and never walked into, so a
+    link loop cannot recurse. FIFOs and devices are recorded by type. A folder holding more than
+    ``limit`` entries (default :data:`MAX_SIGNATURE_ENTRIES`) raises :class:`BatchError`.
+    """
+    limit = MAX_SIGNATURE_ENTRIES if limit is None else limit
+    top = str(path)
+    try:
+        st = os.stat(top)
+    except FileNotFoundError:
+        return [top, None]
+    except OSError as exc:
+        return [top, "unreadable", exc.errno]
+    if not stat.S_ISDIR(st.st_mode):
+        return [top, st.st_size, st.st_mtime_ns] if stat.S_ISREG(st.st_mode) else [top, _kind(st.st_mode)]
+    sig: list = [top]
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        folder = os.path.join(top, rel_dir) if rel_dir else top
+        try:
+            with os.scandir(folder) as it:
+                names = sorted(e.name for e in it)
+        except OSError as exc:
+            sig.append((rel_dir, "unreadable", exc.errno))
+            continue
+        if len(sig) + len(names) > limit:
+            raise BatchError(f"{top}: pet_path holds more than {limit} files; point to the study's PET folder.")
+        subdirs = []
+        for name in names:
+            rel = os.path.join(rel_dir, name) if rel_dir else name
+            entry = _entry_signature(os.path.join(folder, name), rel)
+            sig.append(entry)
+            if entry[1:] == ("folder",):
+                subdirs.append(rel)
+        stack.extend(reversed(subdirs))
     return sig
 
 
 def study_key(row: StudyRow, settings: BatchSettings) -> str:
-    """Key of a study's parts: its inputs (paths, sizes, times) and the settings."""
+    """Key of a study's parts: its inputs (paths, sizes, times) and the settings.
+
+    Raises :class:`BatchError` when an input folder is too large to describe (see :func:`_stat_signature`).
+    """
     sig = [settings.digest(), row.study_id, row.series_uid, _stat_signature(Path(row.pet_path)),
            [_stat_signature(Path(p)) for p in row.labels], _stat_signature(Path(row.lesions)) if row.lesions else None]
     return hashlib.sha256(json.dumps(sig, default=str).encode()).hexdigest()[:20]
+
+
+def _absolute_row(row: StudyRow) -> StudyRow:
+    """The row with every path absolute (``Path.absolute``: a user's symlinks are kept, not resolved).
+
+    Workers of an external cluster run in their own working directories: relative paths would
+    point elsewhere there.
+    """
+    def ab(p: str) -> str:
+        return str(Path(p).absolute()) if p else p
+
+    changes = {"pet_path": ab(row.pet_path), "labels": [ab(p) for p in row.labels], "lesions": ab(row.lesions)}
+    if getattr(row, "study_path", ""):
+        changes["study_path"] = ab(row.study_path)
+    return dataclasses.replace(row, **changes)
+
+
+def _study_folder(row: StudyRow) -> str:
+    return getattr(row, "study_path", "") or str(Path(row.pet_path).parent)
+
+
+def redact(text: str, row: StudyRow, out: str | Path | None = None) -> str:
+    """``text`` with the study's folder replaced by ``<study_id>`` (and the output folder by ``OUT``).
+
+    Archive folder names often carry patient names or record numbers; failure records and console
+    lines name files relative to the study instead (``<S1a2b3c4d5e6f>/pet/slice_0007.dcm``). The
+    study folder is ``row.study_path`` when the manifest has it, else the PET path's parent.
+    """
+    forms = {}
+    folder = _study_folder(row)
+    for f in (folder, str(Path(folder).absolute()), os.path.realpath(folder)):
+        forms[f] = f"<{row.study_id}>"
+    if out is not None:
+        for f in (str(out), str(Path(out).absolute()), os.path.realpath(out)):
+            forms.setdefault(f, "OUT")
+    for f in sorted(forms, key=len, reverse=True):
+        if f.rstrip("/") in ("", "."):
+            continue
+        text = re.sub(re.escape(f.rstrip("/")) + r"(?=$|[/\\\s'\":,;)\]])", lambda _m, r=forms[f]: r, text)
+    return text
+
+
+def _failure(row: StudyRow, error_class: str, message: str, out: str | Path | None = None) -> dict:
+    """A failure record (the columns of ``failures.parquet``), with folder names redacted."""
+    return {"study_id": row.study_id, "pet_path": redact(row.pet_path, row, out), "error_class": error_class,
+            "message": redact(message, row, out)}
 
 
 def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
@@ -140,38 +266,69 @@ def _peak_rss(start: float | None) -> tuple[float | None, float | None]:
     return hwm, None if start is None or hwm is None else max(0.0, hwm - start)
 
 
+def _check_inputs(row: StudyRow) -> None:
+    """Refuse a study whose inputs cannot be a PET series, before any reader opens them."""
+    status = row.match_status
+    if status.startswith("duplicate"):
+        if status.strip() == "duplicate":
+            status = "duplicate: the same PET series is also in another folder of the archive; remove one copy"
+        raise BatchError(f"{row.pet_path}: {status}.")
+    if status.startswith(("no_pet_series", "several_pet_series")):
+        from petfeat.errors import DicomSeriesError
+
+        raise DicomSeriesError(f"{row.pet_path}: {status.replace('_', ' ')}.")
+    try:
+        mode = os.stat(row.pet_path).st_mode
+    except OSError as exc:
+        raise BatchError(f"{row.pet_path}: pet_path cannot be read ({exc.strerror}); fix the manifest row.") from None
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        raise BatchError(f"{row.pet_path}: pet_path is a {_kind(mode)}, not a folder or DICOM file; point the "
+                         "manifest row to the study's PET folder.")
+
+
 def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, threads: int = 1,
-              trace_memory: bool = False) -> dict:
+              trace_memory: bool = False, part_key: str | None = None) -> dict:
     """Process one study (runs on a worker); never raises. Returns a small status record.
 
     ``threads`` bounds Numba's and SimpleITK's threads inside the task (default 1: one task per core).
     ``trace_memory`` adds ``peak_traced_mb`` (tracemalloc) to the timings; it makes reading the
     DICOM series about 10x slower (every Python object pydicom makes is traced), so it is off
-    unless asked for. The peak RSS is always measured.
+    unless asked for. The peak RSS is always measured. ``part_key`` is the name of the study's
+    parts as the client computed it (:func:`study_key`); computed here when not given.
+
+    The record's ``status`` is ``done``, ``skipped`` (parts exist) or ``failed`` with ``error``, the
+    failure record (folder names redacted, see :func:`redact`). Warnings raised while the study is
+    processed are kept, not printed: a done study lists them (redacted, deduplicated) under
+    ``warnings`` in its record and in ``parts/<key>.timing.json``. A failure record that cannot be
+    written (an output folder the worker cannot write) is still returned: the client keeps it.
     """
-    _limit_threads(threads)
     parts = Path(out) / "parts"
-    key = study_key(row, settings)
+    try:
+        key = part_key or study_key(row, settings)
+    except Exception as exc:  # noqa: BLE001 - a study whose inputs cannot be described is a failure
+        return {"study_id": row.study_id, "status": "failed", "error": _failure(row, type(exc).__name__, str(exc),
+                                                                                out)}
     feat_path, fail_path = parts / f"{key}.features.parquet", parts / f"{key}.failure.json"
     if feat_path.exists():
-        return {"study_id": row.study_id, "key": key, "status": "skipped"}
-    if fail_path.exists():
-        fail_path.unlink()  # a rerun retries failed studies
+        return {"study_id": row.study_id, "key": key, "status": "skipped", "part": str(feat_path)}
     t = {}
     t0 = time.perf_counter()
     rss_start = _reset_peak_rss()
     if trace_memory:
         tracemalloc.start()
+    caught = warnings.catch_warnings(record=True)
+    seen = caught.__enter__()
+    warnings.simplefilter("always")
     try:
+        if fail_path.exists():
+            fail_path.unlink()  # a rerun retries failed studies
+        _limit_threads(threads)
         from petfeat.extract import extract
         from petfeat.io.dicom import read_pet_series
         from petfeat.io.labels import read_labels, read_lesion_mask
         from petfeat.suv import compute_suv_factors
 
-        if row.match_status.startswith(("no_pet_series", "several_pet_series")):
-            from petfeat.errors import DicomSeriesError
-
-            raise DicomSeriesError(f"{row.pet_path}: {row.match_status.replace('_', ' ')}.")
+        _check_inputs(row)
         series = read_pet_series(row.pet_path, series_uid=row.series_uid or None)
         t["read_s"] = time.perf_counter() - t0
         factors = compute_suv_factors(series.suv_header)
@@ -200,50 +357,143 @@ def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, th
         suv = {"units": factors.units, "suv_bw_factor": float(factors.suv_bw_per_slice[0]),
                "sul_factor": factors.sul_factor, "uptake_seconds": factors.uptake_seconds,
                "scan_time_source": factors.scan_time_source, "warnings": factors.warnings}
-        _atomic_json({"study_id": row.study_id, **t, "suv": suv}, parts / f"{key}.timing.json")
+        notes = sorted({redact(f"{w.category.__name__}: {w.message}", row, out) for w in seen})
+        _atomic_json({"study_id": row.study_id, **t, "suv": suv, "warnings": notes}, parts / f"{key}.timing.json")
         _atomic_parquet(res.features, feat_path)  # last: its presence marks the study done
-        return {"study_id": row.study_id, "key": key, "status": "done", "timings": t, "suv": suv}
+        return {"study_id": row.study_id, "key": key, "status": "done", "timings": t, "suv": suv,
+                "warnings": notes, "part": str(feat_path)}
     except Exception as exc:  # noqa: BLE001 - every failure becomes a record, never a stopped batch
-        parts.mkdir(parents=True, exist_ok=True)
-        rec = {"study_id": row.study_id, "pet_path": row.pet_path, "error_class": type(exc).__name__,
-               "message": str(exc)}
-        _atomic_json(rec, fail_path)
+        rec = _failure(row, type(exc).__name__, str(exc), out)
+        try:
+            parts.mkdir(parents=True, exist_ok=True)
+            _atomic_json(rec, fail_path)
+        except Exception:  # noqa: BLE001,S110 - the client writes the returned record
+            pass
         return {"study_id": row.study_id, "key": key, "status": "failed", "error": rec}
     finally:
+        caught.__exit__(None, None, None)
         if trace_memory:
             tracemalloc.stop()
 
 
-def _client(scheduler: str | None, n_workers: int | None, backend: str):
+def _client(scheduler: str | None, n_workers: int | None, backend: str, *, timeout: float = 30.0,
+            dashboard_address: str = "127.0.0.1:0"):
+    """A Dask client: on ``scheduler``, or on a new local cluster listening on loopback only (default).
+
+    The local cluster's scheduler, workers and dashboard bind to ``127.0.0.1`` unless
+    ``dashboard_address`` names another interface (then the scheduler and workers listen there too).
+    """
     from distributed import Client, LocalCluster
 
     if scheduler:
-        return Client(scheduler, timeout="30s"), None
+        try:
+            return Client(scheduler, timeout=f"{timeout}s"), None
+        except (OSError, TimeoutError, ValueError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise BatchError(f"cannot reach the Dask scheduler at {scheduler}: {reason}. Start it (dask scheduler) "
+                             "or drop --scheduler.") from None
+    host = dashboard_address.rpartition(":")[0] or "127.0.0.1"
+    if host in ("0.0.0.0", "::", "[::]", "*"):
+        host = None  # asked for every interface
+    quiet = logging.CRITICAL + 1
     if backend == "gpu":
         try:
             from dask_cuda import LocalCUDACluster
 
-            cluster = LocalCUDACluster(threads_per_worker=1, silence_logs=logging.ERROR, dashboard_address=":0")
+            cluster = LocalCUDACluster(threads_per_worker=1, silence_logs=quiet, host=host,
+                                       dashboard_address=dashboard_address)
             return Client(cluster), cluster
         except ImportError:
             n_workers = 1  # one GPU worker without dask-cuda
     n = n_workers or os.cpu_count() or 1
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, silence_logs=logging.ERROR,
-                           dashboard_address=":0")
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, silence_logs=quiet, host=host,
+                           dashboard_address=dashboard_address)
     return Client(cluster), cluster
+
+
+@contextlib.contextmanager
+def _quiet_dask_logs():
+    """Keep distributed's and tornado's log records off the console while a batch runs.
+
+    Worker deaths and lost connections are logged with tracebacks; the batch's own summary says
+    what happened instead. The levels are restored afterwards.
+    """
+    names = [n for n in list(logging.root.manager.loggerDict) if n.split(".")[0] in ("distributed", "tornado")]
+    loggers = [logging.getLogger(n) for n in {"distributed", "tornado", *names}]
+    saved = [(lg, lg.level) for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for lg, level in saved:
+            lg.setLevel(level)
+
+
+class _Progress:
+    """One progress line: rewritten in place on a terminal, one line per ``every`` seconds otherwise."""
+
+    def __init__(self, stream, total: int, every: float = 10.0):
+        self.stream, self.total, self.every = stream, total, every
+        self.tty = bool(stream) and hasattr(stream, "isatty") and stream.isatty()
+        self.t0 = time.perf_counter()
+        self.last, self.shown = -float("inf"), -1
+
+    def update(self, i: int, report: BatchReport, final: bool = False) -> None:
+        if not self.stream:
+            return
+        now = time.perf_counter()
+        if not (self.tty or final or now - self.last >= self.every) or (final and not self.tty and i == self.shown):
+            return
+        self.last, self.shown = now, i
+        elapsed = max(now - self.t0, 1e-9)
+        rate = i / elapsed * 60
+        eta = (self.total - i) * elapsed / i if i else float("nan")
+        eta_text = f", ETA {eta:.0f} s" if i and i < self.total else ""
+        line = (f"studies {i}/{self.total}: {report.done} done, {report.skipped} skipped, {report.failed} failed "
+                f"({rate:.1f}/min{eta_text})")
+        if self.tty:
+            print(f"\r{line}", end="\n" if final else "", file=self.stream, flush=True)
+        else:
+            print(line, file=self.stream, flush=True)
+
+
+_LOST = "the scheduler was lost; rerun to resume"
+
+
+def _task_error(exc: BaseException, row: StudyRow) -> str:
+    """The failure message of a task that raised on its worker instead of returning a record."""
+    if type(exc).__name__ == "KilledWorker":
+        return (f"the worker processing {row.pet_path} died on every try (killed, or out of memory); run the study "
+                "alone with 'petfeat extract --pet' to see why, or give the workers more memory")
+    return f"the study's task raised {type(exc).__name__}: {exc}"
+
+
+def _is_connection_loss(exc: BaseException, client) -> bool:
+    from distributed.comm.core import CommClosedError
+
+    return (isinstance(exc, CommClosedError) or "scheduler-connection-lost" in str(exc)
+            or getattr(client, "status", "running") not in ("running", "connecting"))
 
 
 def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, key: bytes, *,
               scheduler: str | None = None, n_workers: int | None = None, threads_per_task: int = 1,
-              trace_memory: bool = False, progress=sys.stderr) -> BatchReport:
+              trace_memory: bool = False, progress=sys.stderr, scheduler_timeout: float = 30.0,
+              dashboard_address: str = "127.0.0.1:0", task: Callable[..., dict] | None = None) -> BatchReport:
     """Run every study on Dask and consolidate the outputs (see module docstring).
+
+    Every study ends in exactly one of ``features.parquet`` (done or skipped) or ``failures.parquet``:
+    a study whose inputs cannot be described, whose task died past its retries (``KilledWorker``),
+    whose part is missing after the worker reported it done (the worker wrote elsewhere), or that was
+    unfinished when the scheduler was lost gets a failure record written by the client.
 
     Parameters
     ----------
     rows : list of StudyRow
-        Studies (from :func:`petfeat.io.archive.read_manifest` or ``scan_archive``).
+        Studies (from :func:`petfeat.io.archive.read_manifest` or ``scan_archive``). Their paths are
+        made absolute here (against this process's working directory) before they reach a worker.
     out : path
-        Output folder.
+        Output folder (made absolute likewise).
     settings : BatchSettings
         Extraction settings.
     key : bytes
@@ -258,42 +508,91 @@ def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, ke
         Also trace each study's Python and NumPy allocations (``peak_traced_mb``; slows reading, see
         :func:`run_study`). Not part of the settings: it changes no number, so it does not change part names.
     progress : file-like or None
-        Where the progress line goes.
+        Where the progress line goes (rewritten in place on a terminal, one line per 10 s otherwise).
+    scheduler_timeout : float
+        Seconds to wait for ``scheduler`` before :class:`BatchError`.
+    dashboard_address : str
+        Where the local cluster's dashboard listens (``HOST:PORT``; default loopback, a free port).
+    task : callable, optional
+        The function run per study, with :func:`run_study`'s signature (default: ``run_study``).
+
+    Raises
+    ------
+    BatchError
+        The scheduler cannot be reached.
     """
     from distributed import as_completed
 
-    out = Path(out)
+    task = task or run_study
+    out = Path(out).absolute()
     (out / "parts").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    client, cluster = _client(scheduler, n_workers, settings.backend)
-    report = BatchReport(dashboard=client.dashboard_link)
-    try:
-        if progress:
-            print(f"Dask dashboard: {client.dashboard_link}  ({len(client.scheduler_info()['workers'])} workers)",
-                  file=progress, flush=True)
-        futures = client.map(run_study, rows, settings=settings, out=str(out), key_hex=key.hex(),
-                             threads=threads_per_task, trace_memory=trace_memory,
-                             key=[f"study-{study_key(r, settings)}" for r in rows], retries=2, pure=False)
-        results = []
-        for i, fut in enumerate(as_completed(futures), start=1):
-            try:
-                res = fut.result()
-            except Exception as exc:  # noqa: BLE001 - a task that died past its retries
-                res = {"status": "failed", "error": {"study_id": "?", "pet_path": "?",
-                                                     "error_class": type(exc).__name__, "message": str(exc)}}
-            results.append(res)
-            setattr(report, res["status"], getattr(report, res["status"]) + 1)
+    rows = [_absolute_row(r) for r in rows]
+    results: list[dict] = []
+    todo: list[tuple[StudyRow, str]] = []
+    for r in rows:  # the part names, from the client's view of the inputs
+        try:
+            todo.append((r, study_key(r, settings)))
+        except Exception as exc:  # noqa: BLE001 - becomes the study's failure record
+            results.append({"study_id": r.study_id, "status": "failed",
+                            "error": _failure(r, type(exc).__name__, str(exc), out)})
+    report = BatchReport(failed=len(results))
+    bar = _Progress(progress, len(rows))
+    with _quiet_dask_logs():
+        client, cluster = _client(scheduler, n_workers, settings.backend, timeout=scheduler_timeout,
+                                  dashboard_address=dashboard_address)
+        report.dashboard = client.dashboard_link
+        try:
             if progress:
-                rate = i / max(time.perf_counter() - t0, 1e-9) * 60
-                print(f"\rstudies {i}/{len(rows)}: {report.done} done, {report.skipped} skipped, {report.failed} "
-                      f"failed ({rate:.1f}/min)", end="", file=progress, flush=True)
-        if progress:
-            print(file=progress)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-    report.outputs = consolidate(out, [r["key"] for r in results if "key" in r])
+                print(f"Dask dashboard: {client.dashboard_link}  ({len(client.scheduler_info()['workers'])} "
+                      "workers)", file=progress, flush=True)
+            futures = [client.submit(task, r, settings=settings, out=str(out), key_hex=key.hex(),
+                                     threads=threads_per_task, trace_memory=trace_memory, part_key=k,
+                                     key=f"study-{k}", retries=2, pure=False) for r, k in todo]
+            pending = {f.key: (r, k) for f, (r, k) in zip(futures, todo)}
+            lost = None
+            done_iter = as_completed(futures)
+            while True:
+                try:
+                    fut = next(done_iter)
+                except StopIteration:
+                    break
+                except Exception as exc:  # noqa: BLE001 - the client's own connection failed
+                    if not _is_connection_loss(exc, client):
+                        raise
+                    lost = exc
+                    break
+                row, k = pending.pop(fut.key)
+                try:
+                    res = fut.result()
+                except Exception as exc:  # noqa: BLE001 - a task that died past its retries, or a lost scheduler
+                    if _is_connection_loss(exc, client):
+                        lost = exc
+                        pending[fut.key] = (row, k)
+                        break
+                    res = {"study_id": row.study_id, "key": k, "status": "failed",
+                           "error": _failure(row, type(exc).__name__, _task_error(exc, row), out)}
+                res = _checked(res, row, k, out)
+                results.append(res)
+                setattr(report, res["status"], getattr(report, res["status"]) + 1)
+                bar.update(len(results), report)
+            if lost is not None:
+                for row, k in pending.values():
+                    if (out / "parts" / f"{k}.features.parquet").exists():
+                        res = {"study_id": row.study_id, "key": k, "status": "done"}
+                    else:
+                        res = {"study_id": row.study_id, "key": k, "status": "failed",
+                               "error": _failure(row, "SchedulerLost", _LOST, out)}
+                    results.append(res)
+                    setattr(report, res["status"], getattr(report, res["status"]) + 1)
+            bar.update(len(results), report, final=True)
+        finally:
+            with contextlib.suppress(Exception):
+                client.close(timeout=5)
+            if cluster is not None:
+                with contextlib.suppress(Exception):
+                    cluster.close(timeout=10)
+    report.outputs = consolidate(out, results)
     stage = pd.DataFrame([r["timings"] for r in results if r.get("timings")])
     report.timings = {"wall_s": time.perf_counter() - t0,
                       "per_study_median": stage.median().to_dict() if len(stage) else {},
@@ -302,18 +601,45 @@ def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, ke
     return report
 
 
-def consolidate(out: Path, keys: list[str]) -> dict:
-    """Concatenate this run's parts into the final tables (atomically)."""
+def _checked(res: dict, row: StudyRow, key: str, out: Path) -> dict:
+    """A task's record, with a failure when a study reported done has no part where the client looks."""
+    if res.get("status") in ("done", "skipped") and not (out / "parts" / f"{key}.features.parquet").exists():
+        where = redact(str(res.get("part", "?")), row, out)
+        return {"study_id": row.study_id, "key": key, "status": "failed", "error": _failure(
+            row, "PartMissing", f"part missing: the worker wrote to {where}, which this client does not see; give "
+            "absolute paths and an output folder every worker shares", out)}
+    if res.get("status") == "failed" and not res.get("error"):
+        res = {**res, "error": _failure(row, "TaskFailed", "the study's task returned no failure record", out)}
+    return {**res, "key": key}
+
+
+FEATURE_ORDER = ("study_id", "region")
+LESION_ORDER = ("study_id", "lesion_id")
+
+
+def consolidate(out: Path, results: list[dict]) -> dict:
+    """Concatenate this run's parts into the final tables (atomically), in a fixed row order.
+
+    ``results`` are the records of :func:`run_study` (``key`` and ``status``; failures carry their
+    record in ``error``). Features are sorted by (study_id, region), lesions by (study_id, lesion_id),
+    failures by study_id: a rerun writes byte-identical tables.
+    """
+    out = Path(out)
     parts = out / "parts"
     outputs = {}
-    for name in ("features", "lesions"):
-        frames = [pd.read_parquet(p) for k in keys if (p := parts / f"{k}.{name}.parquet").exists()]
+    ok = [r["key"] for r in results if r.get("status") in ("done", "skipped") and r.get("key")]
+    for name, order in (("features", FEATURE_ORDER), ("lesions", LESION_ORDER)):
+        frames = [pd.read_parquet(p) for k in ok if (p := parts / f"{k}.{name}.parquet").exists()]
         frames = [f for f in frames if len(f)]
         df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        by = [c for c in order if c in df.columns]
+        if by:
+            df = df.sort_values(by, kind="mergesort").reset_index(drop=True)
         _atomic_parquet(df, out / f"{name}.parquet")
         outputs[name] = len(df)
-    fails = [json.loads(p.read_text()) for k in keys if (p := parts / f"{k}.failure.json").exists()]
-    _atomic_parquet(pd.DataFrame(fails, columns=list(FAILURE_COLUMNS)), out / "failures.parquet")
+    fails = [r["error"] for r in results if r.get("status") == "failed"]
+    fdf = pd.DataFrame(fails, columns=list(FAILURE_COLUMNS)).sort_values("study_id", kind="mergesort")
+    _atomic_parquet(fdf.reset_index(drop=True), out / "failures.parquet")
     outputs["failures"] = len(fails)
     return outputs
 

@@ -303,12 +303,17 @@ def cmd_batch(args) -> int:
                              peaks=not args.no_peak, resample=args.resample,
                              peak_neighbours=args.peak_neighbours, strict=args.strict)
     rep = run_batch(rows, out, settings, key, scheduler=args.scheduler, n_workers=args.workers,
-                    trace_memory=args.trace_memory)
+                    trace_memory=args.trace_memory, scheduler_timeout=args.scheduler_timeout,
+                    dashboard_address=args.dashboard_address)
     print(f"{rep.done} done, {rep.skipped} already done, {rep.failed} failed; {rep.outputs.get('features', 0)} "
           f"feature rows, {rep.outputs.get('lesions', 0)} lesion rows in {out} "
           f"({rep.timings['wall_s']:.1f} s)")
     if rep.failed:
-        print(f"failures are listed in {out / 'failures.parquet'}", file=sys.stderr)
+        import pandas as pd
+
+        classes = pd.read_parquet(out / "failures.parquet").error_class.value_counts().sort_index()
+        print(f"failures ({', '.join(f'{n} {c}' for c, n in classes.items())}) are listed with their reasons in "
+              f"{out / 'failures.parquet'}", file=sys.stderr)
     return 3 if rep.failed else 0
 
 
@@ -417,6 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("source", nargs="?", help="manifest CSV or archive folder (batch mode)")
     s.add_argument("--pet", help="PET DICOM folder of one study")
     s.add_argument("--scheduler", help="address of an existing Dask scheduler, tcp://HOST:PORT (batch mode)")
+    s.add_argument("--scheduler-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="how long to wait for --scheduler before giving up (default 30)")
+    s.add_argument("--dashboard-address", default="127.0.0.1:0", metavar="HOST:PORT",
+                   help="local cluster: where its dashboard (and scheduler) listen (default 127.0.0.1:0, loopback "
+                   "on a free port; 0.0.0.0:8787 exposes it to the network without authentication)")
     s.add_argument("--workers", type=int, help="local cluster workers (default: cores)")
     s.add_argument("--trace-memory", action="store_true", help="batch mode: also trace each study's NumPy and Python "
                    "allocations (peak_traced_mb in parts/*.timing.json; reading DICOM gets ~10x slower)")
