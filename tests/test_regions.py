@@ -169,10 +169,11 @@ def test_healthy_bone_margin_in_one_fused_pass(monkeypatch):
     values = rng.gamma(2.0, 1.0, shape)
     organs = np.zeros(shape, np.uint8)
     organs[:, :10] = 1
+    organs[:3, 14:] = 2  # a kidney next to the bone: its spill-in is kept out as well
     lesions = np.zeros(shape, np.uint8)
     lesions[6:9, 7:11, 8:12] = 1  # half in bone, half out
     values[lesions > 0] += 40.0  # hot: spills into its neighbours' SUVpeak
-    layers = [LabelLayer(organs, {1: "vertebrae_L1"}, namespace="total"),
+    layers = [LabelLayer(organs, {1: "vertebrae_L1", 2: "kidney_left"}, namespace="total"),
               LabelLayer(lesions, {1: "lesion"}, namespace="lesions")]
     calls = []
     real = kernels.fused_reduce
@@ -182,7 +183,8 @@ def test_healthy_bone_margin_in_one_fused_pass(monkeypatch):
     assert len(calls) == 1  # margins are label layers: still one pass
     f = res.features.set_index("region")
     bone = organs == 1
-    healthy = bone & (ndimage.distance_transform_edt(lesions == 0, sampling=spacing) > 10.0)
+    healthy = bone & (ndimage.distance_transform_edt((lesions == 0) & (organs != 2), sampling=spacing) > 10.0)
+    assert healthy.sum() < (bone & (ndimage.distance_transform_edt(lesions == 0, sampling=spacing) > 10.0)).sum()
     ref = naive.region_stats(values, healthy)
     assert f.loc["healthy_bone", "voxel_count"] == ref["count"] and f.loc["healthy_bone", "suv_max"] == ref["max"]
     g, loc = naive.peaks(values, healthy, spacing)

@@ -424,8 +424,6 @@ def margin_layers(spec, layers: Sequence[LabelLayer], spacing_zyx: Sequence[floa
     excluded voxels' bounding box grown by the margin). No layer is made when no voxel carries an
     excluded label (then nothing needs a margin).
     """
-    from petfeat.kernels.label_census import label_census
-
     spec = normalise_spec(spec)
     real = [layer for layer in layers if layer.namespace != MARGIN_NAMESPACE]
     if not real:
@@ -442,33 +440,41 @@ def margin_layers(spec, layers: Sequence[LabelLayer], spacing_zyx: Sequence[floa
             continue
         done.add(key)
         matched = _matching(rule["exclude"], labels, namespaces)
-        luts, box = [], None
+        excluded = None
         for layer in real:
             ids = [i for i, n in layer.names.items() if (layer.namespace, n) in matched]
             if not ids:
                 continue
-            census = label_census(layer.array)
-            present = [i for i in ids if i < len(census.counts) and census.counts[i] > 0]
-            if not present:
-                continue
-            lut = np.zeros(len(census.counts), bool)
-            lut[present] = True
-            every = int(census.counts[1:].astype(bool).sum()) == len(present)
-            b = census.box if every else label_census(lut[layer.array]).box
-            luts.append((layer, lut))
-            box = b if box is None else tuple(slice(min(s.start, t.start), max(s.stop, t.stop)) for s, t in zip(box, b))
+            top = int(layer.array.max())
+            if top < 1 << 20:  # a lookup table per id
+                lut = np.zeros(max(top, max(ids)) + 1, bool)
+                lut[ids] = True
+                hit = lut[layer.array]
+            else:
+                hit = np.isin(layer.array, ids)
+            excluded = hit if excluded is None else np.logical_or(excluded, hit, out=excluded)
+        box = _box(excluded) if excluded is not None else None
         if box is None:
             continue
         reach = np.floor(mm / sp + 1e-9).astype(int)
         grown = tuple(slice(max(0, s.start - r), min(n, s.stop + r)) for s, r, n in zip(box, reach, shape))
-        excluded = np.zeros(tuple(s.stop - s.start for s in grown), bool)
-        for layer, lut in luts:
-            excluded |= lut[layer.array[grown]]
+        excluded = excluded[grown]
         arr = np.zeros(shape, np.uint8)
         arr[grown] = dilate_mm(excluded, sp, mm)
         out.append(LabelLayer(arr, {1: margin_label(rule["exclude"], mm)}, f"margin {mm:g} mm",
                               namespace=MARGIN_NAMESPACE))
     return out
+
+
+def _box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Per axis, the smallest slice that holds every True voxel of ``mask`` (None when there is none)."""
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    if not zs.size:
+        return None
+    sub = mask[zs[0]:zs[-1] + 1]
+    ys = np.flatnonzero(sub.any(axis=(0, 2)))
+    xs = np.flatnonzero(sub[:, ys[0]:ys[-1] + 1].any(axis=(0, 1)))
+    return slice(zs[0], zs[-1] + 1), slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1)
 
 
 def dilate_mm(mask: np.ndarray, spacing_zyx: Sequence[float], margin_mm: float) -> np.ndarray:
@@ -503,7 +509,12 @@ BONE_PATTERNS = ["vertebrae_*", "rib_*", "sacrum", "hip_*", "femur_*", "humerus_
 VISCERAL_PATTERNS = ["liver", "lung_*", "adrenal_gland_*", "kidney_*", "spleen", "pancreas", "brain"]
 PROSTATE_PATTERNS = ["prostate"]
 LESION_PATTERNS = ["lesion*"]
-#: Margin (mm) kept between healthy bone and lesions: about twice the ~5 mm FWHM of PSMA PET (README).
+#: Organs of high physiological PSMA uptake that touch or overlap bone: the parotid label of the head_glands_cavities
+#: task overlaps the total task's skull; liver, spleen and kidneys lie on the lower ribs, the bladder on the pubic
+#: bones. (FDG adds brain and heart: give healthy_bone your own exclude list for it.)
+HIGH_UPTAKE_PATTERNS = ["parotid_gland_*", "submandibular_gland_*", "liver", "spleen", "kidney_*", "urinary_bladder"]
+#: Margin (mm) kept between healthy bone and lesions or high-uptake organs: about twice the ~5 mm FWHM of PSMA
+#: PET (README, "Definitions").
 HEALTHY_BONE_MARGIN_MM = 10.0
 
 _BUILTIN_RAW = {
@@ -517,7 +528,8 @@ _BUILTIN_RAW = {
     "tumor_lymph_node_or_soft_tissue": {"include": LESION_PATTERNS,
                                         "exclude": BONE_PATTERNS + PROSTATE_PATTERNS + VISCERAL_PATTERNS},
     "bone": {"include": BONE_PATTERNS},
-    "healthy_bone": {"include": BONE_PATTERNS, "exclude": LESION_PATTERNS,
+    # Bone farther than the margin from every lesion and high-uptake organ voxel: no spill-in into its SUVmax.
+    "healthy_bone": {"include": BONE_PATTERNS, "exclude": LESION_PATTERNS + HIGH_UPTAKE_PATTERNS,
                      "exclude_margin_mm": HEALTHY_BONE_MARGIN_MM},
     # The glands are classes of TotalSegmentator's head_glands_cavities task (-ta head_glands_cavities), not of
     # the default total task.
