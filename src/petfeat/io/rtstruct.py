@@ -68,14 +68,18 @@ def read_rtstruct(path: str | Path, geometry: Geometry) -> list[LabelLayer]:
 
     Only ``CLOSED_PLANAR`` contours are read; ``POINT``, ``OPEN_PLANAR`` and ``OPEN_NONPLANAR``
     contours (markers, lines) and polygons of fewer than 3 points or no area are skipped. The
-    plane normal is taken from the polygons. Contours of all ROIs that share a normal form one
-    plane stack whose spacing is the most common gap between its distinct plane positions (the
-    slice spacing of the image they were drawn on); a stack of one plane gets the PET's extent
-    along the normal. Each contour plane covers +-half that spacing along the normal, cut at the
-    midpoint to a closer neighbouring plane of the same ROI; several contours on one plane combine
-    by the even-odd rule (holes, islands). Each ROI is rasterised over its own bounding box on its
-    own grid (see the module docstring) and kept on the PET grid where its resampled fraction is
-    >= 0.5. ROIs may overlap; they are packed into layers by :func:`~petfeat.io.labels.packed_layers`.
+    plane normal is taken from the polygons (an RTSTRUCT does not carry the image orientation).
+    Contours of all ROIs that share a normal form one plane stack whose spacing is the most common
+    gap between its distinct plane positions (the slice spacing of the image they were drawn on);
+    a stack of one plane gets the PET's extent along the normal. Each contour plane covers
+    +-half that spacing along the normal; towards a neighbouring plane of the same ROI up to
+    :data:`CONTIGUOUS_GAP` spacings away (irregular slice gaps) it covers up to the midpoint, and a
+    wider gap stays empty. An ROI whose own most common gap is wider than that (contoured on
+    every n-th plane only) takes its own gap as its spacing, with a warning. Several contours on
+    one plane combine by the even-odd rule (holes, islands). Each ROI is rasterised over its own
+    bounding box on its own grid (see the module docstring) and kept on the PET grid where its
+    resampled fraction is >= 0.5. ROIs drawn on planes of another normal form stacks of their own.
+    ROIs may overlap; they are packed into layers by :func:`~petfeat.io.labels.packed_layers`.
 
     Each layer's ``native_volume_ml`` is each ROI's volume on its own grid, and ``notes[roi]``
     holds ``{"outside_fov_fraction": f}``, the fraction of that native volume outside the PET
