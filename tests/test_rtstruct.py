@@ -73,7 +73,7 @@ def _circle(centre, r, z_axis=(0, 0, 1), n=256, clockwise=False):
     return np.asarray(centre, float) + r * (np.cos(t)[:, None] * u + np.sin(t)[:, None] * v)
 
 
-def _sphere_contours(centre, r, step, z0=0.0, axis=(0, 0, 1)):
+def _sphere_contours(centre, r, step, z0=0.0, axis=(0, 0, 1), n=256):
     """A sphere contoured as circles on planes ``z0 + k * step`` along ``axis`` (the planes that cut it)."""
     axis = np.asarray(axis, float) / np.linalg.norm(axis)
     c0 = float(np.asarray(centre) @ axis)
@@ -82,7 +82,7 @@ def _sphere_contours(centre, r, step, z0=0.0, axis=(0, 0, 1)):
     for k in ks:
         h = z0 + k * step - c0
         if r * r - h * h > 1e-6:
-            out.append(_circle(np.asarray(centre) + h * axis, np.sqrt(r * r - h * h), axis))
+            out.append(_circle(np.asarray(centre) + h * axis, np.sqrt(r * r - h * h), axis, n=n))
     return out
 
 
@@ -205,7 +205,7 @@ def test_fifty_roi_structure_set_reads_in_seconds(tmp_path):
     rois = {}
     for i in range(50):
         c = rng.uniform([-200, -120, -340], [200, 120, 40])
-        rois[f"roi_{i:02d}"] = _sphere_contours(c, rng.uniform(5, 40), 2.0, z0=0.5)
+        rois[f"roi_{i:02d}"] = _sphere_contours(c, rng.uniform(5, 40), 2.0, z0=0.5, n=96)
     n_contours = sum(len(v) for v in rois.values())
     rs = _write_rtstruct(tmp_path / "rs.dcm", rois)
     start = time.perf_counter()
@@ -304,3 +304,19 @@ def test_a_coarser_own_grid_for_large_rois_gives_the_same_pet_mask(tmp_path, mon
     assert np.array_equal(fine.array, coarse.array)
     assert coarse.native_volume_ml["sphere"] == pytest.approx(SPHERE_ML, rel=0.05)
     assert coarse.native_volume_ml["sphere"] != fine.native_volume_ml["sphere"]  # the budget did coarsen the grid
+
+
+def test_contour_points_parsed_from_the_raw_bytes_equal_pydicoms_values(reference_dir):
+    """The fast ContourData parse against pydicom's own DS values, on the real RTSTRUCTs and on an in-memory item."""
+    from petfeat.io.rtstruct import _contour_data
+
+    files = [next((DRO / "DRO_0_0" / "RS").glob("*.dcm")),
+             reference_dir / "mirp-sts" / "STS_001" / "dicom" / "mask" / "RS.dcm"]
+    for f in files:
+        fast = [_contour_data(c) for roi in pydicom.dcmread(f).ROIContourSequence for c in roi.ContourSequence]
+        slow = [np.asarray(c.ContourData, float) for roi in pydicom.dcmread(f).ROIContourSequence
+                for c in roi.ContourSequence]
+        assert len(fast) == len(slow) > 0 and all(np.array_equal(a, b) for a, b in zip(fast, slow, strict=True))
+    item = Dataset()
+    item.ContourData = [1.5, -2.25, 3.0]
+    assert np.array_equal(_contour_data(item), [1.5, -2.25, 3.0])

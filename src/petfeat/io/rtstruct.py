@@ -388,10 +388,16 @@ def _outside_count(filled: np.ndarray, lookup: np.ndarray, img: sitk.Image, geom
                         for z in (-0.5, size[2] - 0.5)]) @ a.T + b
     if np.all(corners >= -0.5) and np.all(corners <= shape_xyz - 0.5):
         return 0
+    counts = np.count_nonzero(filled, axis=(1, 2))
+    if np.any(np.all(corners < -0.5, axis=0)) or np.any(np.all(corners > shape_xyz - 0.5, axis=0)):
+        return int(counts[lookup].sum())  # the whole box lies beyond one face of the field of view
+    ix = np.arange(int(size[0]), dtype=float)[None, :]
+    iy = np.arange(int(size[1]), dtype=float)[:, None]
     out = 0
-    for k in np.unique(lookup[lookup < filled.shape[0] - 1]):
-        iy, ix = np.nonzero(filled[k])
-        for z in np.flatnonzero(lookup == k):
-            idx = np.stack([ix, iy, np.full(ix.size, z)], axis=1) @ a.T + b
-            out += int(np.count_nonzero(np.any((idx < -0.5) | (idx > shape_xyz - 0.5), axis=1)))
+    for z in np.flatnonzero(counts[lookup]):
+        inside = np.ones((int(size[1]), int(size[0])), bool)
+        for axis in range(3):  # PET index along each axis, an affine function of the ROI grid's (x, y)
+            idx = a[axis, 0] * ix + a[axis, 1] * iy + (a[axis, 2] * z + b[axis])
+            inside &= (idx >= -0.5) & (idx <= shape_xyz[axis] - 0.5)
+        out += int(counts[lookup[z]]) - int(np.count_nonzero(filled[lookup[z]] & inside))
     return out
