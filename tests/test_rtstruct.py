@@ -320,3 +320,14 @@ def test_contour_points_parsed_from_the_raw_bytes_equal_pydicoms_values(referenc
     item = Dataset()
     item.ContourData = [1.5, -2.25, 3.0]
     assert np.array_equal(_contour_data(item), [1.5, -2.25, 3.0])
+
+
+def test_plane_spacing_of_a_thin_slice_stack_is_not_rounded():
+    """A 0.625 mm CT stack with 4 micron jitter: the spacing is 0.625 mm (0.62 or 0.63 drifts 2 mm over 400 planes)."""
+    from petfeat.io.rtstruct import _common_gap
+
+    planes = np.arange(400) * 0.625 - 130.0 + np.random.default_rng(0).uniform(-0.004, 0.004, 400)
+    assert _common_gap(planes) == pytest.approx(0.625, abs=5e-4)
+    assert _common_gap(np.array([3.0])) is None
+    gaps = np.array([0.0, 2.0, 4.0, 9.0, 11.0, 14.0, 16.0])  # mostly 2 mm, one 5 mm and one 3 mm gap
+    assert _common_gap(gaps) == pytest.approx(2.0)

@@ -57,7 +57,7 @@ KEEP_FRACTION = 0.5 - 1e-4
 
 @dataclass
 class _Stack:
-    """Contours of one normal: plane positions along it and their nominal spacing."""
+    """The contours of one plane normal: the normal (unit, LPS) and the plane spacing along it (mm)."""
 
     normal: np.ndarray
     spacing: float
@@ -128,7 +128,7 @@ def read_rtstruct(path: str | Path, geometry: Geometry) -> list[LabelLayer]:
     if not normals:
         raise LabelError(f"{path}: the RTSTRUCT holds no ROI contours (no CLOSED_PLANAR polygon with an area). "
                          "Check that the file holds the contours of the structures, not only points or lines.")
-    stacks = _stacks(rois, normals, geometry)
+    stack_of, stacks = _stacks(rois, normals, geometry)
 
     notes: dict[str, dict[str, float]] = {}
     sparse: dict[str, tuple[float, float]] = {}
@@ -140,14 +140,14 @@ def read_rtstruct(path: str | Path, geometry: Geometry) -> list[LabelLayer]:
             groups: dict[int, list[np.ndarray]] = {}
             for p in polys:
                 if id(p) in normals:
-                    groups.setdefault(stacks[0][id(p)], []).append(p)
+                    groups.setdefault(stack_of[id(p)], []).append(p)
             for g, members in groups.items():
-                m, ml, out_ml, own = _rasterise(members, stacks[1][g], geometry)
+                m, ml, out_ml, own = _rasterise(members, stacks[g], geometry)
                 mask |= m
                 native += ml
                 outside += out_ml
                 if own is not None:
-                    sparse[name] = (own, stacks[1][g].spacing)
+                    sparse[name] = (own, stacks[g].spacing)
             notes[name] = {"outside_fov_fraction": outside / native if native > 0 else 0.0}
             yield name, mask, native
 
@@ -207,7 +207,7 @@ def _polygon_normal(pts: np.ndarray, toward: np.ndarray) -> np.ndarray | None:
 
 
 def _stacks(rois, normals: dict[int, np.ndarray], geometry: Geometry) -> tuple[dict[int, int], list[_Stack]]:
-    """Group the contours by normal; each group's normal and plane spacing."""
+    """Group the contours by normal: the group of each contour (by ``id``) and each group's stack."""
     cos_tol = np.cos(np.deg2rad(NORMAL_TOLERANCE_DEG))
     pet_normal = _pet_normal(geometry)
     refs: list[np.ndarray] = []
@@ -228,17 +228,27 @@ def _stacks(rois, normals: dict[int, np.ndarray], geometry: Geometry) -> tuple[d
     stacks = []
     for ref, polys in zip(refs, members, strict=True):
         n = pet_normal if float(ref @ pet_normal) >= np.cos(np.deg2rad(0.05)) else ref
-        w = _distinct(np.array([float(p.mean(axis=0) @ n) for p in polys]))
-        gaps = np.round(np.diff(w), 2)
-        gaps = gaps[gaps > 0]
-        if gaps.size:
-            values, counts = np.unique(gaps, return_counts=True)
-            spacing = float(values[np.argmax(counts)])
-        else:  # one plane: the PET's extent along the normal
+        spacing = _common_gap(_distinct(np.array([float(p.mean(axis=0) @ n) for p in polys])))
+        if spacing is None:  # one plane: the PET's extent along the normal
             d = np.asarray(geometry.direction, float).reshape(3, 3)
             spacing = float(np.abs(n @ d) @ np.asarray(geometry.spacing[::-1]))
         stacks.append(_Stack(n, spacing))
     return which, stacks
+
+
+def _common_gap(planes: np.ndarray) -> float | None:
+    """The most common gap between sorted plane positions (mean of the gaps within 0.02 mm of it); None for one plane.
+
+    Gaps are grouped with a tolerance instead of rounded, so that a 0.625 mm stack is 0.625 mm, not 0.62 or 0.63
+    (which would drift by millimetres over hundreds of planes).
+    """
+    g = np.sort(np.diff(planes))
+    if not g.size:
+        return None
+    lo = np.searchsorted(g, g - 0.02, side="left")
+    hi = np.searchsorted(g, g + 0.02, side="right")
+    i = int(np.argmax(hi - lo))
+    return float(g[lo[i]:hi[i]].mean())
 
 
 def _distinct(w: np.ndarray) -> np.ndarray:
@@ -277,9 +287,9 @@ def _rasterise(polys: list[np.ndarray], stack: _Stack,
     plane_of = np.abs(w_each[:, None] - planes[None, :]).argmin(axis=1)
     own = None
     if planes.size >= 3:  # contoured on every n-th plane of the stack: its own gap is the spacing
-        values, counts = np.unique(np.round(np.diff(planes), 2), return_counts=True)
-        if values[np.argmax(counts)] > CONTIGUOUS_GAP * spacing:
-            own = spacing = float(values[np.argmax(counts)])
+        gap = _common_gap(planes)
+        if gap > CONTIGUOUS_GAP * spacing:
+            own = spacing = gap
 
     # slabs: +-spacing/2; towards a neighbouring plane of this ROI up to CONTIGUOUS_GAP spacings away, the midpoint
     lo = planes - spacing / 2
