@@ -168,7 +168,7 @@ def test_roi_half_outside_the_field_of_view_warns_and_records_the_cut(tmp_path):
 
 
 def test_oblique_pet_grid_and_oblique_contour_planes(tmp_path):
-    """Axial contours onto a PET grid rotated 20 and 30 degrees; contours drawn on tilted planes onto an axial grid."""
+    """Axial contours onto a PET grid rotated 20 and 30 degrees; tilted planes onto an axial and a tilted grid."""
     a, b = np.deg2rad(20), np.deg2rad(30)
     rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
     rz = np.array([[np.cos(b), -np.sin(b), 0], [np.sin(b), np.cos(b), 0], [0, 0, 1]])
@@ -180,9 +180,10 @@ def test_oblique_pet_grid_and_oblique_contour_planes(tmp_path):
     tilted = rot[:, 2]
     rs = _write_rtstruct(tmp_path / "tilted.dcm",
                          {"sphere": _sphere_contours((0.0, 0.0, 0.0), RADIUS, 3.0, 0.4, axis=tilted)})
-    (layer,) = read_rtstruct(rs, _pet())
-    assert np.count_nonzero(layer.array) * _pet().voxel_volume_ml == pytest.approx(SPHERE_ML, rel=0.05)
-    assert layer.native_volume_ml["sphere"] == pytest.approx(SPHERE_ML, rel=0.03)
+    for grid in (_pet(), g):  # tilted planes onto the axial grid, and onto the grid of the same tilt
+        (layer,) = read_rtstruct(rs, grid)
+        assert np.count_nonzero(layer.array) * grid.voxel_volume_ml == pytest.approx(SPHERE_ML, rel=0.05)
+        assert layer.native_volume_ml["sphere"] == pytest.approx(SPHERE_ML, rel=0.03)
 
 
 def test_irregular_plane_gaps_and_points_and_lines_skipped(tmp_path):
