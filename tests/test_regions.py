@@ -282,7 +282,11 @@ def test_unmatched_region_warns_with_the_labels_that_exist_and_strict_refuses():
     # a within group that matches nothing makes the region unmatched too; an exclude pattern does not
     msg = unmatched_regions({"r": {"include": ["liver"], "within": [["prostate"]], "exclude": ["lesion*"]}}, layers)
     assert list(msg) == ["r"] and "'prostate'" in msg["r"] and "lesion" not in msg["r"]
+    assert "TotalSegmentator's total task segments such classes, but the 'total' labels here lack them" in msg["r"]
     assert unmatched_regions({"r": {"include": ["liver"], "exclude": ["lesion*"]}}, layers) == {}
+    msg = unmatched_regions({"p": ["head_glands_cavities:parotid_gland_*"]}, layers)["p"]
+    assert "No label source has the name space 'head_glands_cavities' (name spaces: 'total')" in msg
+    assert "TotalSegmentator's head_glands_cavities task" in msg
 
 
 def test_load_spec_builtin_overrides_and_typos(tmp_path):

@@ -358,7 +358,15 @@ def unmatched_regions(spec, layers: Sequence[LabelLayer]) -> dict[str, str]:
             stem = stem.replace("*", "").replace("?", "")
             close += [c for c in difflib.get_close_matches(stem, [n for _, n in labels], 3, 0.6) if c not in close]
         msg += f"; did you mean {', '.join(map(repr, close[:5]))}?" if close else "."
-        tasks = _tasks_with(missing, namespaces)
+        absent = sorted({p.partition(":")[0] for p in missing if ":" in p and p.partition(":")[0] not in namespaces})
+        if absent:
+            msg += (f" No label source has the name space {', '.join(map(repr, absent))} (name spaces: "
+                    f"{', '.join(repr(ns) for ns in sorted(namespaces - {MARGIN_NAMESPACE}))}).")
+        present = _tasks_with(missing, set(), only=namespaces)
+        tasks = [] if present else _tasks_with(missing, namespaces)
+        if present:
+            msg += (f" TotalSegmentator's {present[0]} task segments such classes, but the {present[0]!r} labels "
+                    "here lack them: a partial output (--roi_subset) or files removed from its folder?")
         if tasks:
             msg += (f" Such classes come from TotalSegmentator's {' or '.join(tasks)} task "
                     f"(TotalSegmentator -ta {tasks[0]}); add its output to the labels.")
@@ -371,13 +379,13 @@ def unmatched_regions(spec, layers: Sequence[LabelLayer]) -> dict[str, str]:
     return out
 
 
-def _tasks_with(patterns: Sequence[str], namespaces: set[str]) -> list[str]:
-    """TotalSegmentator tasks (not among ``namespaces``) with a class that one of ``patterns`` matches."""
+def _tasks_with(patterns: Sequence[str], namespaces: set[str], only: set[str] | None = None) -> list[str]:
+    """TotalSegmentator tasks (not among ``namespaces``; among ``only`` if given) with a class a pattern matches."""
     from petfeat.io.totalsegmentator import TASK_CLASSES, TASK_ORDER
 
     out = []
     for task in TASK_ORDER:
-        if task in namespaces or task not in TASK_CLASSES:
+        if task in namespaces or task not in TASK_CLASSES or (only is not None and task not in only):
             continue
         for p in patterns:
             ns, sep, glob = p.partition(":")
