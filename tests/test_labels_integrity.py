@@ -92,7 +92,7 @@ def test_header_declaring_a_huge_volume_is_refused_before_reading(tmp_path, dims
     path = tmp_path / "bomb.nii.gz"
     path.write_bytes(gzip.compress(_nifti(dims, version=version) + bytes(1 << 20)))  # a 1 MB file
     shape = " x ".join(map(str, dims))
-    with pytest.raises(LabelError, match=rf"bomb.nii.gz: the header declares {shape} voxels of 1 bytes .*above the 4 "
+    with pytest.raises(LabelError, match=rf"bomb.nii.gz: the header declares {shape} voxels, 1 byte each .*above the 4 "
                                          r"GB limit.*PETFEAT_MAX_LABEL_GB"):
         read_label_image(path)
 
@@ -100,7 +100,7 @@ def test_header_declaring_a_huge_volume_is_refused_before_reading(tmp_path, dims
 def test_size_limit_comes_from_the_environment(liver, monkeypatch):
     monkeypatch.setenv("PETFEAT_MAX_LABEL_GB", "0.0001")  # 107 kB < the liver file's 370 kB
     assert max_label_bytes() == int(0.0001 * 2**30)
-    with pytest.raises(LabelError, match=r"122 x 101 x 30 voxels of 1 bytes"):
+    with pytest.raises(LabelError, match=r"122 x 101 x 30 voxels, 1 byte each"):
         read_label_image(liver)
     monkeypatch.setenv("PETFEAT_MAX_LABEL_GB", "lots")
     with pytest.raises(LabelError, match="PETFEAT_MAX_LABEL_GB='lots' is not a positive number"):
@@ -177,7 +177,7 @@ def test_sound_files_read_as_simpleitk_reads_them(liver, tmp_path):
 def test_nrrd_limit_and_truncation(tmp_path, monkeypatch):
     (tmp_path / "huge.nrrd").write_bytes(b"NRRD0004\ntype: unsigned short\ndimension: 3\nsizes: 65535 65535 65535\n"
                                          b"encoding: gzip\n\n" + gzip.compress(bytes(1000)))
-    with pytest.raises(LabelError, match=r"huge.nrrd: the header declares 65535 x 65535 x 65535 voxels of 2 bytes"):
+    with pytest.raises(LabelError, match=r"huge.nrrd: the header declares 65535 x 65535 x 65535 voxels, 2 bytes each"):
         read_label_image(tmp_path / "huge.nrrd")
     arr = np.zeros((20, 30, 40), np.uint8)
     arr[5:15, 10:20, 10:30] = 2

@@ -6,6 +6,14 @@ fraction kept at >= 0.5 (``mode="fraction"``). Float and signed label images are
 is a label map that does not overlap the PET field of view. Every layer records each label's
 volume on its native grid beside the PET-grid volume (``LabelLayer.native_volume_ml``).
 
+Each source is its own name space (``LabelLayer.namespace``): a TotalSegmentator task (its classes
+keep the task's ids, and tasks written to one folder are told apart by
+:mod:`petfeat.io.totalsegmentator`), else the name the caller gives, else the file's stem. Labels of
+one source that overlap go to separate layers of that source; no source erases another. A label
+file is checked whole before its voxels are trusted (:func:`check_label_file`,
+:func:`read_checked`): its declared size against :func:`max_label_bytes`, a NIfTI's length and
+gzip CRC-32.
+
 :func:`read_labels` takes any of these paths and returns label layers on the PET grid.
 """
 
@@ -161,7 +169,8 @@ def _check_size(path: Path, dims, voxel_bytes: float, declared: int) -> None:
     limit = max_label_bytes()
     if declared > limit:
         shape = " x ".join(str(d) for d in dims)
-        raise LabelError(f"{path}: the header declares {shape} voxels of {voxel_bytes:g} bytes ({declared / 2**30:.3g} "
+        each = f"{voxel_bytes:g} byte{'' if voxel_bytes == 1 else 's'} each"
+        raise LabelError(f"{path}: the header declares {shape} voxels, {each} ({declared / 2**30:.3g} "
                          f"GB), above the {limit / 2**30:.3g} GB limit for a label image. A header this large is "
                          "corrupt or the file is not a label map; if the image is genuine, raise the limit with the "
                          "environment variable PETFEAT_MAX_LABEL_GB.")
