@@ -36,9 +36,12 @@ from petfeat.io.dicom import Geometry
 from petfeat.regions import LabelLayer
 
 _CONTOUR_DATA = Tag(0x3006, 0x0050)
-#: Largest in-plane pixel (mm) of the grid an ROI is rasterised on. Fine enough that the ROI's
-#: native volume is within about 1% for structures of a few mL (a 1 mm CT pixel is the usual
-#: contouring grid) and that PET voxels of an oblique grid are classified to within half a pixel.
+#: Largest in-plane pixel (mm) of the grid an ROI is rasterised on. With the PET-aligned grid the
+#: PET-grid mask does not depend on it (PET voxel centres are pixel centres); it sets the native
+#: volume's accuracy and the PET mask's on oblique grids. Native volume of a sphere contoured every
+#: 2 mm against the exact volume of its slab stack, pixels from a 4 mm PET grid: r = 5 / 10 / 30 mm
+#: give -8.2 / +3.6 / +0.5 % with 4 mm pixels, -0.6 / +0.7 / +0.03 % with 0.8 mm (this bound), and
+#: -0.5 / +0.03 / -0.02 % with 0.5 mm at 4x the memory. The usual contouring grid (CT) has ~1 mm pixels.
 FINE_MM = 1.0
 #: Most voxels of one ROI's own grid; larger ROIs (a body outline) get coarser in-plane pixels.
 MAX_FINE_VOXELS = 1 << 24
@@ -351,9 +354,9 @@ def _rasterise(polys: list[np.ndarray], stack: _Stack,
     return mask, native_ml, outside_ml, own
 
 
-def _odd_refinement(pet_mm: float, fine_mm: float = FINE_MM) -> int:
-    """Smallest odd m with ``pet_mm / m <= fine_mm``: PET voxel centres stay pixel centres of the fine grid."""
-    m = max(int(np.ceil(pet_mm / fine_mm - 1e-9)), 1)
+def _odd_refinement(pet_mm: float) -> int:
+    """Smallest odd m with ``pet_mm / m <= FINE_MM``: PET voxel centres stay pixel centres of the fine grid."""
+    m = max(int(np.ceil(pet_mm / FINE_MM - 1e-9)), 1)
     return m if m % 2 else m + 1
 
 
