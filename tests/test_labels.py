@@ -274,6 +274,8 @@ def test_dicom_seg_written_by_highdicom(study, tmp_path, seg_type, monkeypatch):
     # overlapping segments take a layer each; the LABELMAP's (disjoint) segments share one
     want = [["organ_a", "organ_b"]] if seg_type == "LABELMAP" else [["organ_a"], ["organ_b"]]
     assert [list(la.names.values()) for la in layers] == want
+    assert {la.namespace for la in layers} == {"seg"}  # the file's stem
+    assert {la.namespace for la in read_labels(tmp_path / "seg.dcm", series.geometry, namespace="ct")} == {"ct"}
     np.testing.assert_array_equal(_mask_of(layers, "organ_a"), a)
     np.testing.assert_array_equal(_mask_of(layers, "organ_b"), b)
     far = dataclasses.replace(series.geometry, origin=tuple(v + 5000.0 for v in series.geometry.origin))
