@@ -126,8 +126,8 @@ def read_rtstruct(path: str | Path, geometry: Geometry) -> list[LabelLayer]:
                 polygons.append(pts.reshape(-1, 3))
         rois.append((names.get(number, f"roi_{number}"), polygons))
     pet_normal = _pet_normal(geometry)
-    normals = {id(p): _polygon_normal(p, pet_normal) for _, polys in rois for p in polys}
-    normals = {k: n for k, n in normals.items() if n is not None}
+    every = [p for _, polys in rois for p in polys]
+    normals = {id(p): n for p, n in zip(every, _polygon_normals(every, pet_normal), strict=True) if n is not None}
     if not normals:
         raise LabelError(f"{path}: the RTSTRUCT holds no ROI contours (no CLOSED_PLANAR polygon with an area). "
                          "Check that the file holds the contours of the structures, not only points or lines.")
@@ -195,18 +195,31 @@ def _pet_normal(geometry: Geometry) -> np.ndarray:
     return n / np.linalg.norm(n)
 
 
-def _polygon_normal(pts: np.ndarray, toward: np.ndarray) -> np.ndarray | None:
-    """Unit normal of a polygon (Newell's method), pointing to the side of ``toward``; None without area."""
-    c = pts - pts.mean(axis=0)
-    n = np.cross(c, np.roll(c, -1, axis=0)).sum(axis=0)
-    size = float(np.linalg.norm(n))
-    if size <= 1e-9 * max(float(np.abs(c).max()), 1e-9) ** 2:
-        return None
-    n = n / size
-    along = float(n @ toward)
-    if (along if abs(along) > 1e-6 else float(n[np.argmax(np.abs(n))])) < 0:
-        n = -n
-    return n
+def _polygon_normals(polys: list[np.ndarray], toward: np.ndarray) -> list[np.ndarray | None]:
+    """Unit normal of each polygon (Newell's method, all polygons in one pass), pointing to the side of ``toward``.
+
+    None for a polygon without area (collinear points).
+    """
+    if not polys:
+        return []
+    sizes = np.array([len(p) for p in polys])
+    starts = np.cumsum(sizes) - sizes
+    pts = np.concatenate(polys)
+    c = pts - np.repeat(np.add.reduceat(pts, starts) / sizes[:, None], sizes, axis=0)
+    following = np.arange(len(pts)) + 1
+    following[starts + sizes - 1] = starts  # each polygon closes on its first point
+    n = np.add.reduceat(np.cross(c, c[following]), starts)
+    norm = np.linalg.norm(n, axis=1)
+    extent = np.maximum.reduceat(np.abs(c).max(axis=1), starts)
+    out: list[np.ndarray | None] = []
+    for v, size, ext in zip(n, norm, extent, strict=True):
+        if size <= 1e-9 * max(float(ext), 1e-9) ** 2:
+            out.append(None)
+            continue
+        v = v / size
+        along = float(v @ toward)
+        out.append(-v if (along if abs(along) > 1e-6 else float(v[np.argmax(np.abs(v))])) < 0 else v)
+    return out
 
 
 def _stacks(rois, normals: dict[int, np.ndarray], geometry: Geometry) -> tuple[dict[int, int], list[_Stack]]:
