@@ -187,6 +187,15 @@ def test_nrrd_limit_and_truncation(tmp_path, monkeypatch):
     (tmp_path / "cut.nrrd").write_bytes(raw[:len(raw) * 2 // 3])
     with pytest.raises(LabelError, match="cut.nrrd: cannot be read as an image"):  # SimpleITK refuses these itself
         read_label_image(tmp_path / "cut.nrrd")
+    start = raw.index(b"\n\n") + 2  # and a gzip stream whose CRC-32 fails
+    whole = bytearray(gzip.decompress(raw[start:]))
+    crc = zlib.crc32(whole)
+    whole[7000] ^= 1
+    bad = bytearray(gzip.compress(bytes(whole)))
+    struct.pack_into("<I", bad, len(bad) - 8, crc)
+    (tmp_path / "crc.nrrd").write_bytes(raw[:start] + bytes(bad))
+    with pytest.raises(LabelError, match="crc.nrrd: cannot be read as an image"):
+        read_label_image(tmp_path / "crc.nrrd")
 
 
 def test_crc32_of_zero_runs():
