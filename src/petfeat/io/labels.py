@@ -479,7 +479,7 @@ def resample_box(img: sitk.Image, geometry: Geometry, interpolator: int, pixel_i
 
 
 def read_totalsegmentator(folder: str | Path, geometry: Geometry, namespace: str | None = None) -> list[LabelLayer]:
-    """Read TotalSegmentator output folder(s) (one ``<class>.nii.gz`` per class) onto the PET grid.
+    """Read a TotalSegmentator output folder (one ``<class>.nii.gz`` per class) onto the PET grid.
 
     The folder may hold the classes of several tasks (``total`` and ``head_glands_cavities`` written
     to one ``-o``): :func:`petfeat.io.totalsegmentator.split_by_task` decides which class belongs to
@@ -550,9 +550,9 @@ def read_totalsegmentator_folder(folder: str | Path, geometry: Geometry) -> Labe
     """A TotalSegmentator folder as ONE layer, for callers that take a single organ layer.
 
     The layers of :func:`read_totalsegmentator` are merged in their order into one array (ids
-    renumbered 1, 2...): where classes overlap, the class of the later layer keeps the voxel, so a
-    task's class can cut into another's (``skull`` into the parotid glands). Use :func:`read_labels`,
-    which keeps every class whole, to measure regions.
+    renumbered 1, 2...): where classes overlap, the class of the later layer keeps the voxel, so one
+    class cuts into another (the parotid glands of ``head_glands_cavities`` into ``total``'s
+    ``skull``). Use :func:`read_labels`, which keeps every class whole, to measure regions.
     """
     layers = read_totalsegmentator(folder, geometry)
     n = sum(len(layer.names) for layer in layers)
