@@ -16,6 +16,12 @@ exactly on the nearer plane's side (the slab rule). A stack drawn on the PET's o
 comes out as the PET voxel centres inside each polygon, the usual rasterisation (MIRP's reference
 masks of ``reference/mirp-sts`` match it). Contours on other planes or with another normal (and
 oblique PET grids) are resampled the same way from a grid of :data:`FINE_MM` pixels.
+
+An ROI's own grid covers its bounding box only, with at most :data:`MAX_FINE_VOXELS` voxels (a
+body outline gets coarser in-plane pixels). Measured on 2 busy cores: 50 spheres (1 135 contours)
+onto a 120x90x130 grid read in 1.8 s; 60 spheres and a 1.1 m body outline (2 438 contours) onto a
+260x150x200 grid in 4.3 s, of which 2 s rasterising and resampling, the rest parsing the file and
+packing the PET-grid layers; the three MIRP sarcoma RTSTRUCTs in 50-150 ms each.
 """
 
 from __future__ import annotations
@@ -287,7 +293,7 @@ def _rasterise(polys: list[np.ndarray], stack: _Stack,
     origin = np.asarray(geometry.origin, float)
     d = np.asarray(geometry.direction, float).reshape(3, 3)
     pet_xy = np.asarray(geometry.spacing[::-1][:2], float)
-    aligned = n is not None and bool(np.allclose(n, _pet_normal(geometry)))
+    aligned = bool(np.allclose(n, _pet_normal(geometry)))
     if aligned:
         u, v = d[:, 0], d[:, 1]
     else:
