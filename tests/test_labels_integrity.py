@@ -203,3 +203,20 @@ def test_crc32_of_zero_runs():
     for n in [0, 1, 7, 4096, 1_000_003]:
         for start in [0, 1, 0xFFFFFFFF, int(rng.integers(0, 2**32))]:
             assert crc32_zeros(start, n) == zlib.crc32(bytes(n), start)
+
+
+def test_sound_gzip_files_are_not_inflated_twice(reference_dir, liver, tmp_path, monkeypatch):
+    """TotalSegmentator's own files (the --ml file with 48 padding bytes included) pass on the CRC over the
+    voxels SimpleITK read; only a stream whose trailer cannot speak for it (several members) is inflated, once."""
+    import petfeat.io.labels as labels
+
+    calls = []
+    real = labels.inflate_check
+    monkeypatch.setattr(labels, "inflate_check", lambda p, lay: calls.append(p.name) or real(p, lay))
+    read_checked(liver)
+    read_checked(reference_dir / "totalsegmentator" / "example_seg_ml.nii.gz")
+    assert calls == []
+    whole = gzip.decompress(liver.read_bytes())
+    (tmp_path / "members.nii.gz").write_bytes(gzip.compress(whole[:5000]) + gzip.compress(whole[5000:]))
+    read_checked(tmp_path / "members.nii.gz")
+    assert calls == ["members.nii.gz"]

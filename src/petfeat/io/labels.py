@@ -214,16 +214,20 @@ def check_label_file(path: str | Path) -> NiftiLayout | None:
     LabelError
         Naming the file: too large, truncated, or a stream that is corrupt or longer than declared.
     """
-    path = Path(path)
+    return _check_label_file(Path(path))[0]
+
+
+def _check_label_file(path: Path) -> tuple[NiftiLayout | None, bool]:
+    """:func:`check_label_file`, and whether it inflated the whole gzip stream (then its CRC is checked)."""
     name = path.name.lower()
     if name.endswith((".nrrd", ".nhdr")):
         found = nrrd_declared_bytes(path)
         if found is not None:
             _check_size(path, found[0], found[1], found[2])
-        return None
+        return None, False
     layout = nifti_layout(path)
     if layout is None:
-        return None
+        return None, False
     _check_size(path, layout.dims, layout.bitpix / 8, layout.declared_bytes)
     with open(path, "rb") as f:
         gz = f.read(2) == b"\x1f\x8b"
@@ -236,10 +240,11 @@ def check_label_file(path: str | Path) -> NiftiLayout | None:
         if size < layout.declared_bytes:
             raise LabelError(f"{path}: truncated NIfTI file (expected {layout.declared_bytes} bytes, got {size}); "
                              "SimpleITK would read the missing voxels as 0. Copy or export the file again.")
-        return layout
+        return layout, False
     if size < 18 or (isize - layout.declared_bytes) % 2**32 > TRAILING_BYTES_ALLOWED:
         inflate_check(path, layout)
-    return layout
+        return layout, True
+    return layout, False
 
 
 def inflate_check(path: str | Path, layout: NiftiLayout) -> int:
@@ -364,7 +369,7 @@ def read_checked(path: str | Path) -> tuple[sitk.Image, Census]:
         Naming the file: unreadable, too large, truncated or corrupt, or float or signed pixels.
     """
     path = Path(path)
-    layout = check_label_file(path)
+    layout, inflated = _check_label_file(path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -375,7 +380,7 @@ def read_checked(path: str | Path) -> tuple[sitk.Image, Census]:
                          "sitk.Cast(img, sitk.sitkUInt16)) after checking its values are whole numbers.")
     arr = sitk.GetArrayViewFromImage(img)
     found = label_census(arr)
-    if layout is not None and _is_gzip(path):
+    if layout is not None and not inflated and _is_gzip(path):
         _verify_gzip_crc(path, layout, arr, found)
     return img, found
 
