@@ -22,7 +22,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from petfeat.batch import BatchError, BatchSettings, _stat_signature, run_batch, run_study
+from petfeat.batch import BatchError, BatchSettings, _absolute_row, _stat_signature, run_batch, run_study, study_key
 from petfeat.io.archive import ManifestError, read_manifest, scan_archive, write_manifest
 from petfeat.regions import BUILTIN_REGIONS
 
@@ -137,6 +137,20 @@ def test_what_a_task_cannot_record_the_client_records(archive, tmp_path):
     assert fails.loc[ghost, "error_class"] == "PartMissing", fails.to_dict("records")
     assert fails.loc[ghost, "message"].startswith("part missing: the worker wrote to /elsewhere/parts/")
     assert all(fails.pet_path.str.startswith("<"))
+
+
+def test_a_failure_the_worker_cannot_write_is_returned_to_the_client(tmp_path):
+    # the output folder refuses the worker's failure record (here: a folder sits where the file goes)
+    empty = tmp_path / "arch" / "EMPTY"
+    empty.mkdir(parents=True)
+    (row,) = scan_archive(tmp_path / "arch", KEY)
+    row = _absolute_row(row)
+    key = study_key(row, _settings())
+    (tmp_path / "out" / "parts" / f"{key}.failure.json").mkdir(parents=True)
+    res = run_study(row, _settings(), str(tmp_path / "out"), KEY.hex(), part_key=key)
+    assert res["status"] == "failed" and res["error"]["study_id"] == row.study_id
+    assert res["error"]["error_class"] == "IsADirectoryError" and res["error"]["pet_path"] == f"<{row.study_id}>"
+    assert "OUT/parts/" in res["error"]["message"] and str(tmp_path) not in res["error"]["message"]
 
 
 def test_a_lost_scheduler_turns_every_unfinished_study_into_a_failure(archive, tmp_path, external_cluster):
