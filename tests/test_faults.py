@@ -77,19 +77,38 @@ def _external_cluster(work: Path):
     return addr, procs
 
 
-def _run(kind: str, base: Path) -> dict:
-    """Generate the archive, scan it, extract it twice on one cluster kind; the record of what happened."""
-    work = base / kind
-    work.mkdir()
+def _once(shared: Path, name: str, make) -> dict:
+    """``make()``'s JSON record, made by the first test process that asks for it (a file lock)."""
+    done = shared / f"{name}.json"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not done.exists():
+                done.write_text(json.dumps(make(), default=str))
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return json.loads(done.read_text())
+
+
+def _scan(work: Path) -> dict:
+    """Generate the archive and scan it: the expected outcomes, the manifest, the console."""
     archive = work / "archive"
     expected = generate_fault_archive(archive)
     key = work / "petfeat.key"
     key.write_text(KEY + "\n")
     os.chmod(key, 0o600)
-    rec = {"archive": str(archive), "expected": expected}
-    rec["scan"] = _cli(["scan", str(archive), "-o", str(work / "manifest.csv"), "--key-file", str(key)], work, key)
+    scan = _cli(["scan", str(archive), "-o", str(work / "manifest.csv"), "--key-file", str(key)], work, key)
     with open(work / "manifest.csv", newline="") as f:
-        rec["manifest"] = list(csv.DictReader(f))
+        manifest = list(csv.DictReader(f))
+    return {"archive": str(archive), "expected": expected, "scan": scan, "manifest": manifest,
+            "manifest_path": str(work / "manifest.csv"), "key": str(key)}
+
+
+def _extract(kind: str, work: Path, arch: dict) -> dict:
+    """Extract the manifest twice on one cluster kind; the record of what happened."""
+    work.mkdir()
+    key = Path(arch["key"])
+    rec = {}
     procs = []
     try:
         if kind == "external":
@@ -97,7 +116,7 @@ def _run(kind: str, base: Path) -> dict:
             where = ["--scheduler", addr]
         else:
             where = ["--workers", "2"]
-        args = ["extract", "manifest.csv", "-o", "out", "--backend", "cpu", "--key-file", str(key), *where]
+        args = ["extract", arch["manifest_path"], "-o", "out", "--backend", "cpu", "--key-file", str(key), *where]
         rec["first"] = _cli(args, work, key)
         out = work / "out"
         rec["features"] = sorted(pd.read_parquet(out / "features.parquet").study_id.unique())
@@ -113,20 +132,14 @@ def _run(kind: str, base: Path) -> dict:
 
 @pytest.fixture(scope="module", params=KINDS)
 def e2e(request, tmp_path_factory) -> dict:
-    """The record of one cluster kind's run, made once per test session (shared across xdist processes)."""
+    """One archive per session, extracted once per cluster kind (shared across xdist processes)."""
     base = tmp_path_factory.getbasetemp()
     # xdist processes have their own base under the session's; a plain session uses its own base
     shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "petfeat_faults_e2e"
     shared.mkdir(exist_ok=True)
+    arch = _once(shared, "archive", lambda: _scan(shared))
     kind = request.param
-    done = shared / f"{kind}.json"
-    with open(shared / f"{kind}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not done.exists():
-            base = Path(tmp_path_factory.mktemp(f"faults_{kind}"))
-            done.write_text(json.dumps(_run(kind, base), default=str))
-        fcntl.flock(lock, fcntl.LOCK_UN)
-    return json.loads(done.read_text())
+    return {**arch, **_once(shared, kind, lambda: _extract(kind, shared / kind, arch))}
 
 
 def _counts(stdout: str) -> tuple[int, int, int]:
