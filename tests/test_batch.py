@@ -78,6 +78,9 @@ def test_local_run_then_rerun_does_no_work_and_writes_the_same_bytes(archive, tm
         assert (out / f"{name}.parquet").read_bytes() == data, name
     run = json.loads((out / "run.json").read_text())
     assert (run["done"], run["skipped"], run["studies"]) == (0, 4, 4) and run["outputs"]["features"] == len(f)
+    # the extraction's warnings stayed off the console and are listed per study
+    assert set(run["warnings"]) == {r.study_id for r in rows}
+    assert all(w.startswith("PetfeatWarning: ") for ws in run["warnings"].values() for w in ws)
 
 
 def test_relative_paths_reach_workers_that_run_elsewhere(archive, tmp_path, external_cluster, monkeypatch):

@@ -78,6 +78,8 @@ class BatchReport:
     outputs: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     dashboard: str | None = None
+    #: study_id -> the warnings its extraction raised (kept off the console; listed in run.json).
+    warnings: dict = field(default_factory=dict)
 
 
 #: Entries (files, folders, links) one study's inputs may hold before its signature is refused.
@@ -310,7 +312,11 @@ def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, th
                                                                                 out)}
     feat_path, fail_path = parts / f"{key}.features.parquet", parts / f"{key}.failure.json"
     if feat_path.exists():
-        return {"study_id": row.study_id, "key": key, "status": "skipped", "part": str(feat_path)}
+        try:
+            notes = json.loads((parts / f"{key}.timing.json").read_text()).get("warnings", [])
+        except (OSError, ValueError):
+            notes = []
+        return {"study_id": row.study_id, "key": key, "status": "skipped", "part": str(feat_path), "warnings": notes}
     t = {}
     t0 = time.perf_counter()
     rss_start = _reset_peak_rss()
@@ -593,6 +599,8 @@ def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, ke
                 with contextlib.suppress(Exception):
                     cluster.close(timeout=10)
     report.outputs = consolidate(out, results)
+    report.warnings = {r["study_id"]: r["warnings"] for r in sorted(results, key=lambda r: r["study_id"])
+                       if r.get("warnings")}
     stage = pd.DataFrame([r["timings"] for r in results if r.get("timings")])
     report.timings = {"wall_s": time.perf_counter() - t0,
                       "per_study_median": stage.median().to_dict() if len(stage) else {},
@@ -656,6 +664,7 @@ def _write_run_json(out: Path, settings: BatchSettings, report: BatchReport, n: 
     run = {"petfeat_version": __version__, "settings": settings.as_dict(), "settings_digest": settings.digest(),
            "scheduler": scheduler or "local", "studies": n, "done": report.done, "skipped": report.skipped,
            "failed": report.failed, "outputs": report.outputs, "timings": report.timings,
+           "warnings": report.warnings,
            "versions": {"numpy": numpy.__version__, "numba": numba.__version__, "dask": dask.__version__,
                         "pydicom": pydicom.__version__, "SimpleITK": SimpleITK.Version.VersionString()}}
     _atomic_json(run, out / "run.json")
