@@ -230,6 +230,13 @@ def test_an_unreachable_scheduler_is_one_line_and_exit_2(archive, tmp_path, caps
     assert code == 2 and time.perf_counter() - t0 < 20
     assert err.startswith(f"petfeat extract: error: cannot reach the Dask scheduler at {addr}: ")
     assert err.rstrip().endswith("Start it (dask scheduler) or drop --scheduler.") and len(err.splitlines()) == 1
+    # an output folder that cannot be made is one line too (a file stands where the folder goes)
+    (tmp_path / "taken").write_text("")
+    code = main(["extract", str(tmp_path / "m.csv"), "-o", str(tmp_path / "taken"), "--key-file",
+                 str(tmp_path / "key")])
+    err = capsys.readouterr().err
+    assert code == 2 and err == (f"petfeat extract: error: {tmp_path / 'taken'}: the output folder cannot be created "
+                                 "(Not a directory); choose another -o.\n")
 
 
 def test_the_local_cluster_listens_on_loopback_only():

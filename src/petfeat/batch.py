@@ -525,13 +525,16 @@ def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, ke
     Raises
     ------
     BatchError
-        The scheduler cannot be reached.
+        The scheduler cannot be reached, or the output folder cannot be created.
     """
     from distributed import as_completed
 
     task = task or run_study
     out = Path(out).absolute()
-    (out / "parts").mkdir(parents=True, exist_ok=True)
+    try:
+        (out / "parts").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BatchError(f"{out}: the output folder cannot be created ({exc.strerror}); choose another -o.") from None
     t0 = time.perf_counter()
     rows = [_absolute_row(r) for r in rows]
     results: list[dict] = []
