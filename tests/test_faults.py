@@ -190,7 +190,7 @@ def _expected_cases():
     cases = [*faults.HEALTHY, "truncated_slice", "zero_byte_last_slice", "zero_byte_middle_slice",
              "flipped_meta_byte", "missing_weight", "rows_columns_65535", "label_gzip_truncated",
              "lesion_mask_truncated", "label_size_bomb", "symlink_loops", "fifo_in_folder", "duplicate_a",
-             "duplicate_b", "no_dicom", "lesions_off_view", "ac_and_nac", "two_time_points"]
+             "duplicate_b", "no_dicom", "lesions_off_view", "labels_off_view", "ac_and_nac", "two_time_points"]
     return [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=PENDING[c])) if c in PENDING else c
             for c in cases]
 

@@ -229,6 +229,14 @@ def generate_fault_archive(out: str | Path, seed: int = 0, voxel_mm: float = 10.
     expected[s.name] = _failure("LabelError", "does not overlap",
                                 fault="a lesion mask of another frame of reference, 9 m off the field of view")
 
+    s = case("labels_off_view")
+    img = sitk.GetImageFromArray(np.repeat(np.arange(3, dtype=np.uint8), 8).reshape(3, 2, 4))
+    img.SetOrigin((9000.0, 9000.0, 9000.0))
+    img.SetSpacing((4.0, 4.0, 4.0))
+    sitk.WriteImage(img, str(s / "organs_seg.nii.gz"), useCompression=True)
+    expected[s.name] = _failure("LabelError", "organs_seg.nii.gz", "does not overlap",
+                                fault="a multilabel map of another frame of reference, 9 m off the field of view")
+
     s = case("ac_and_nac")
     shutil.copytree(s / "pet", s / "pet_nac")
     nac_uid = generate_uid()
