@@ -156,6 +156,15 @@ def test_a_failure_the_worker_cannot_write_is_returned_to_the_client(tmp_path):
     assert "OUT/parts/" in res["error"]["message"] and str(tmp_path) not in res["error"]["message"]
 
 
+def test_a_study_whose_labels_scan_could_not_attribute_fails_saying_so(archive, tmp_path):
+    row = dataclasses.replace(scan_archive(archive, KEY)[0], labels=[], lesions="",
+                              match_status="unattributed_labels: 2 label file(s) or folder(s) lie in a folder of 2 "
+                              "studies; add the right ones to this row's labels/lesions")
+    res = run_study(row, _settings(), str(tmp_path / "out"), KEY.hex())
+    assert res["status"] == "failed" and res["error"]["error_class"] == "BatchError"
+    assert res["error"]["message"] == (f"<{row.study_id}>/pet: no label source for this study; {row.match_status}.")
+
+
 def test_a_lost_scheduler_turns_every_unfinished_study_into_a_failure(archive, tmp_path, external_cluster):
     addr, procs, _ = external_cluster
     rows = scan_archive(archive, KEY)

@@ -268,9 +268,11 @@ def _peak_rss(start: float | None) -> tuple[float | None, float | None]:
     return hwm, None if start is None or hwm is None else max(0.0, hwm - start)
 
 
-def _check_inputs(row: StudyRow) -> None:
-    """Refuse a study whose inputs cannot be a PET series, before any reader opens them."""
+def _check_inputs(row: StudyRow, settings: BatchSettings) -> None:
+    """Refuse a study whose inputs cannot give features, before any reader opens them."""
     status = row.match_status
+    if status.startswith("unattributed_labels") and not (row.labels or row.lesions or settings.threshold):
+        raise BatchError(f"{row.pet_path}: no label source for this study; {status}.")
     if status.startswith("duplicate"):
         if status.strip() == "duplicate":
             status = "duplicate: the same PET series is also in another folder of the archive; remove one copy"
@@ -334,7 +336,7 @@ def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, th
         from petfeat.io.labels import read_labels, read_lesion_mask
         from petfeat.suv import compute_suv_factors
 
-        _check_inputs(row)
+        _check_inputs(row, settings)
         series = read_pet_series(row.pet_path, series_uid=row.series_uid or None)
         t["read_s"] = time.perf_counter() - t0
         factors = compute_suv_factors(series.suv_header)
