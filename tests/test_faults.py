@@ -37,8 +37,8 @@ _MAIN = "import sys; from petfeat.cli import main; sys.exit(main(sys.argv[1:]))"
 #: Faults whose fix lies outside the batch engine and is not in place yet (per study folder).
 PENDING: dict[str, str] = {
     "two_time_points": "scan: label maps in each time point's own subfolder (baseline/seg, follow_up/seg) are not "
-                       "attributed to that time point's study (match_status unattributed_labels), so extraction "
-                       "refuses 'no label layers were given'",
+                       "attributed to that time point's study (match_status unattributed_labels), so both "
+                       "studies fail 'no label source for this study'",
 }
 
 
