@@ -248,19 +248,33 @@ def test_an_unreachable_scheduler_is_one_line_and_exit_2(archive, tmp_path, caps
                                  "(Not a directory); choose another -o.\n")
 
 
-def test_the_local_cluster_listens_on_loopback_only():
+def _listening(cluster) -> dict[int, str]:
     import psutil
 
+    me = psutil.Process()
+    return {c.laddr.port: c.laddr.ip for p in [me, *me.children(recursive=True)] for c in p.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN}
+
+
+def test_the_local_cluster_listens_on_loopback_only():
     from petfeat.batch import _client
 
     client, cluster = _client(None, 1, "cpu")
     try:
-        me = psutil.Process()
-        listening = [c.laddr for p in [me, *me.children(recursive=True)] for c in p.net_connections(kind="inet")
-                     if c.status == psutil.CONN_LISTEN]
+        listening = _listening(cluster)
         assert len(listening) >= 3  # scheduler, dashboard, worker (and its nanny)
-        assert {a.ip for a in listening} <= {"127.0.0.1", "::1"}, listening
+        assert set(listening.values()) <= {"127.0.0.1", "::1"}, listening
         assert client.dashboard_link.startswith("http://127.0.0.1:")
+    finally:
+        client.close()
+        cluster.close()
+    # a dashboard asked for on every interface: only the dashboard is there, the scheduler stays on loopback
+    client, cluster = _client(None, 1, "cpu", dashboard_address="0.0.0.0:0")
+    try:
+        listening = _listening(cluster)
+        dash = cluster.scheduler.http_server.port
+        assert listening[dash] == "0.0.0.0"
+        assert {ip for port, ip in listening.items() if port != dash} <= {"127.0.0.1", "::1"}, listening
     finally:
         client.close()
         cluster.close()

@@ -388,8 +388,8 @@ def _client(scheduler: str | None, n_workers: int | None, backend: str, *, timeo
             dashboard_address: str = "127.0.0.1:0"):
     """A Dask client: on ``scheduler``, or on a new local cluster listening on loopback only (default).
 
-    The local cluster's scheduler, workers and dashboard bind to ``127.0.0.1`` unless
-    ``dashboard_address`` names another interface (then the scheduler and workers listen there too).
+    The local cluster's scheduler and workers listen on ``127.0.0.1`` only (nothing outside this
+    machine needs them); the dashboard listens at ``dashboard_address`` (default loopback, a free port).
     """
     from distributed import Client, LocalCluster
 
@@ -400,9 +400,7 @@ def _client(scheduler: str | None, n_workers: int | None, backend: str, *, timeo
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise BatchError(f"cannot reach the Dask scheduler at {scheduler}: {reason}. Start it (dask scheduler) "
                              "or drop --scheduler.") from None
-    host = dashboard_address.rpartition(":")[0] or "127.0.0.1"
-    if host in ("0.0.0.0", "::", "[::]", "*"):
-        host = None  # asked for every interface
+    host = "127.0.0.1"
     quiet = logging.CRITICAL + 1
     if backend == "gpu":
         try:

@@ -425,8 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scheduler-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long to wait for --scheduler before giving up (default 30)")
     s.add_argument("--dashboard-address", default="127.0.0.1:0", metavar="HOST:PORT",
-                   help="local cluster: where its dashboard (and scheduler) listen (default 127.0.0.1:0, loopback "
-                   "on a free port; 0.0.0.0:8787 exposes it to the network without authentication)")
+                   help="local cluster: where its dashboard listens (default 127.0.0.1:0, loopback on a free port; "
+                   "0.0.0.0:8787 exposes it to the network without authentication); the scheduler stays on loopback")
     s.add_argument("--workers", type=int, help="local cluster workers (default: cores)")
     s.add_argument("--trace-memory", action="store_true", help="batch mode: also trace each study's NumPy and Python "
                    "allocations (peak_traced_mb in parts/*.timing.json; reading DICOM gets ~10x slower)")
