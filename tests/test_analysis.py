@@ -59,8 +59,13 @@ def test_planted_effects_recovered_and_report_written(cohort, tmp_path):
     html = paths["html"].read_text()
     assert "data:image/png;base64," in html and "Forest plot" in html and "Kaplan-Meier" in html
     assert paths["csv"].exists() and paths["md"].exists() and list((tmp_path / "report").glob("forest_*.png"))
+    mixed = tested[tested.model == "mixed"]  # random slope for cycle, Satterthwaite df; the 2nd analysis adds x cycle
+    assert len(mixed) == 6 and mixed.df.between(5, 400).all() and mixed.var_slope.ge(0).all()
+    assert mixed.time_estimate.notna().all() and mixed.reml_criterion.notna().all() and mixed.converged.all()
+    assert mixed.interaction_p.notna().sum() == 2 and mixed.formula.str.endswith("(cycle | patient_id)").all()
     csv = pd.read_csv(paths["csv"])
-    assert {"term", "se", "loglik", "ph_global_p", "flag", "warnings"} <= set(csv.columns) and len(csv) == len(res)
+    assert {"term", "se", "loglik", "ph_global_p", "flag", "warnings", "interaction_estimate", "var_slope",
+            "reml_criterion", "df"} <= set(csv.columns) and len(csv) == len(res)
     md = paths["md"].read_text()
     assert " flag " in md and "warnings" in md and "ph_global_p" in html
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,7 +11,9 @@ import pytest
 from petfeat.errors import PetfeatError
 from petfeat.stats.ctcae import grade, grade_labs, to_canonical
 from petfeat.stats.endpoints import BPI_WORSENING, FACT_P_WORSENING, Worsening, time_to_first_grade, time_to_worsening
-from petfeat.stats.models import fdr, fit_cox, fit_mixed, format_hr
+from petfeat.stats.models import fdr, fit_cox, fit_lmm, fit_mixed, format_hr
+
+DATA = Path(__file__).parent / "data"
 
 # (test, value at the edge, grade at the edge, grade just below the edge); LLN given explicitly
 EDGES = [
@@ -277,7 +281,7 @@ def test_ph_test_matches_r_cox_zph_on_rossi():
     res = fit_cox(rossi, "week", "arrest", "age", ["fin", "race", "wexp", "mar", "paro", "prio"])
     assert res["ph_test_chisq"] == pytest.approx(5.9740, abs=1e-3) and res["ph_global_chisq"] == pytest.approx(
         17.6944, abs=1e-3)
-    assert res["converged"] and res["flags"] == "" and res["loglik"] == pytest.approx(-658.7477, abs=1e-3)
+    assert res["converged"] and res["flag"] == "" and res["loglik"] == pytest.approx(-658.7477, abs=1e-3)
     hb_like = {t["term"]: t for t in res["terms"]}
     assert set(hb_like) == set(cols) and hb_like["prio"]["hr"] == pytest.approx(np.exp(0.0914971), rel=1e-5)
 
@@ -287,11 +291,11 @@ def test_complete_separation_is_reported_as_not_converged():
     df = pd.DataFrame({"t": np.arange(1.0, 11.0), "e": [1, 1, 1, 0, 1, 0, 1, 0, 0, 0],
                        "x": [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]})
     res = fit_cox(df, "t", "e", "x")
-    assert not res["converged"] and res["flags"].startswith("not converged: coefficient of x may be infinite")
-    assert "EPV 5.0 < 10" in res["flags"]
+    assert not res["converged"] and res["flag"].startswith("not converged: coefficient of x may be infinite")
+    assert "EPV 5.0 < 10" in res["flag"]
     df["x"] = [1, 0, 1, 1, 0, 0, 1, 0, 1, 0]  # no separation: settles
     res = fit_cox(df, "t", "e", "x")
-    assert res["converged"] and res["flags"] == "EPV 5.0 < 10"
+    assert res["converged"] and res["flag"] == "EPV 5.0 < 10"
 
 
 def test_model_without_events_is_refused_in_one_line():
@@ -371,3 +375,47 @@ def test_per_sd_of_a_mixed_model_is_the_sd_over_patients():
     _, label = transform(df["feat"], "sd", groups=df["patient"])
     assert label == f"per SD ({np.std([1.0, 2.0, 4.0], ddof=1):.4g})"
     assert transform(df["feat"], "sd")[1] != label
+
+
+def test_random_slope_mixed_model_matches_lme4_and_lmertest_on_sleepstudy():
+    """R 4.2.2, lme4 1.1-31, lmerTest 3.1:
+
+    fm <- lmer(Reaction ~ Days + (Days | Subject), sleepstudy)   # REML
+    REMLcrit(fm)           # 1743.628272
+    fixef(fm)              # 251.405105 10.467286
+    sqrt(diag(vcov(fm)))   # 6.8246 1.5458
+    VarCorr(fm)            # Std.Dev. Subject (Intercept) 24.741, Days 5.922, Corr 0.066; Residual 25.592
+    summary(lmerTest::lmer(Reaction ~ Days + (Days | Subject), sleepstudy))   # df 17.000 17.000
+    """
+    sleep = pd.read_csv(DATA / "sleepstudy.csv")
+    table, extra = fit_lmm(sleep, "Reaction ~ Days", "Subject", slope="Days", df_method="satterthwaite")
+    assert extra["reml_criterion"] == pytest.approx(1743.628272, abs=1e-5)
+    np.testing.assert_allclose(table["estimate"], [251.405105, 10.467286], atol=1e-5)
+    np.testing.assert_allclose(table["se"], [6.8246, 1.5458], atol=1e-4)
+    np.testing.assert_allclose(table["df"], [17.0, 17.0], atol=5e-3)
+    # the criterion is flat to 1e-9 over the last printed digit of the variances: compare lme4's printed SDs
+    sd0, sd1 = np.sqrt(extra["var_intercept"]), np.sqrt(extra["var_slope"])
+    assert (sd0, sd1, extra["cov_intercept_slope"] / (sd0 * sd1), np.sqrt(extra["var_residual"])) == (
+        pytest.approx(24.741, abs=1e-3), pytest.approx(5.922, abs=1e-3), pytest.approx(0.066, abs=1e-3),
+        pytest.approx(25.592, abs=1e-3))
+    normal, _ = fit_lmm(sleep, "Reaction ~ Days", "Subject", slope="Days")
+    assert np.isinf(normal["df"]).all() and normal.loc["Days", "ci_low"] > table.loc["Days", "ci_low"]
+
+
+def test_mixed_model_random_slope_and_feature_by_cycle_interaction():
+    # planted: each SD of the feature raises the score by 2 at cycle 0 and its slope by 0.8 per cycle
+    rng = np.random.default_rng(7)
+    rows = []
+    for pid in range(61):
+        feat = rng.normal(50, 15)
+        z = (feat - 50) / 15
+        u0, u1 = rng.normal(0, 3), rng.normal(0, 0.7)
+        for cycle in range(4):
+            rows.append((pid, cycle, feat, 20 + 2 * z + (1.2 + 0.8 * z + u1) * cycle + u0 + rng.normal(0, 1.5)))
+    df = pd.DataFrame(rows, columns=["patient", "cycle", "tlp", "xq"])
+    res = fit_mixed(df, "xq", "tlp", "cycle", "patient", how="sd", random_slope=True, interaction=True,
+                    df_method="satterthwaite")
+    per_sd = 0.8 * df.groupby("patient").tlp.first().std(ddof=1) / 15  # planted per 15 units; fitted per sample SD
+    assert res["interaction_ci_low"] <= per_sd <= res["interaction_ci_high"] and res["interaction_p"] < 1e-6
+    assert res["time_se"] > 0 and res["var_slope"] > 0 and res["converged"]
+    assert 30 < res["interaction_df"] < 70 and res["formula"] == "xq ~ tlp + cycle + tlp:cycle + (cycle | patient)"

@@ -29,7 +29,7 @@ import pandas as pd
 
 from petfeat.errors import PetfeatError
 from petfeat.stats.endpoints import Worsening, time_to_first_grade, time_to_worsening
-from petfeat.stats.models import TRANSFORMS, ZPH_TRANSFORMS, fdr, fit_cox, fit_mixed, format_hr
+from petfeat.stats.models import DF_METHODS, TRANSFORMS, ZPH_TRANSFORMS, fdr, fit_cox, fit_mixed, format_hr
 from petfeat.stats.questionnaires import FACT_P_PCS, bpi_scores, fact_scores, xerostomia_score
 
 ENDPOINT_TYPES = ("first_grade", "worsening")
@@ -77,6 +77,8 @@ def load_study(path: str | Path | None = None) -> dict:
         if spec.get("ph_transform", "km") not in ZPH_TRANSFORMS:
             raise StudySpecError(f"{where}: ph_transform is {spec.get('ph_transform')!r}; choose one of "
                                  f"{', '.join(ZPH_TRANSFORMS)}.")
+        if a.get("df", "normal") not in DF_METHODS:
+            raise StudySpecError(f"{where}: {label}: df is {a.get('df')!r}; choose one of {', '.join(DF_METHODS)}.")
         if a["model"] == "mixed" and "score" not in a:
             raise StudySpecError(f"{where}: {label}: a mixed model needs 'score' (an instrument of the scores table).")
     return spec
@@ -214,7 +216,8 @@ def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict) -> tuple[pd
                                            "column.")
                     d = sc.merge(base, on="patient_id")
                     r = fit_mixed(d, "score", col, a.get("time", "cycle"), "patient_id", a.get("covariates", []),
-                                  a.get("transform", "unit"))
+                                  a.get("transform", "unit"), random_slope=bool(a.get("random_slope", False)),
+                                  interaction=bool(a.get("interaction", False)), df_method=a.get("df", "normal"))
                     p = f"p = {r['p']:.3f}" if r["p"] >= 0.001 else "p < 0.001"
                     rec.update(r, term=col, result=f"estimate = {r['estimate']:.3g}, 95% CI {r['ci_low']:.3g} to "
                                                    f"{r['ci_high']:.3g}, {p}", status="ok",

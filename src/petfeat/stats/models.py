@@ -203,7 +203,7 @@ def fit_cox(df: pd.DataFrame, duration: str, event: str, feature: str, covariate
 
     Returns a dict with ``hr, ci_low, ci_high, p, coef, se`` of the feature, ``loglik``,
     ``concordance``, ``converged``, ``ph_test_chisq`` / ``ph_test_p`` (the feature's row of
-    :func:`cox_zph`), ``ph_global_chisq`` / ``ph_global_p``, ``events_per_variable``, ``flags``
+    :func:`cox_zph`), ``ph_global_chisq`` / ``ph_global_p``, ``events_per_variable``, ``flag``
     (``not converged``, ``EPV < 10``), ``terms`` (one dict per coefficient: the covariates' HRs
     too) and the fitter's ``warnings``.
 
@@ -236,11 +236,11 @@ def fit_cox(df: pd.DataFrame, duration: str, event: str, feature: str, covariate
     settled, b_end = newton_settles(data[duration], data[event], X.to_numpy(), beta)
     change = np.abs(b_end - beta)
     moving = [nm for nm, c in zip(names, change, strict=True) if c > 1e-4 and c >= 0.5 * change.max()]
-    flags = []
+    notes = []
     if not settled:
-        flags.append("not converged" + (f": coefficient of {', '.join(moving)} may be infinite" if moving else ""))
+        notes.append("not converged" + (f": coefficient of {', '.join(moving)} may be infinite" if moving else ""))
     if out["events_per_variable"] < MIN_EVENTS_PER_VARIABLE:
-        flags.append(f"EPV {out['events_per_variable']:.1f} < {MIN_EVENTS_PER_VARIABLE:g}")
+        notes.append(f"EPV {out['events_per_variable']:.1f} < {MIN_EVENTS_PER_VARIABLE:g}")
     ph = cox_zph(data[duration], data[event], X, beta, ph_transform)
     s = cph.summary
     terms = [{"term": nm, "hr": float(s.loc[nm, "exp(coef)"]), "ci_low": float(s.loc[nm, "exp(coef) lower 95%"]),
@@ -251,32 +251,244 @@ def fit_cox(df: pd.DataFrame, duration: str, event: str, feature: str, covariate
                loglik=float(cph.log_likelihood_), concordance=float(cph.concordance_index_), converged=settled,
                ph_transform=ph_transform, ph_test_chisq=float(ph.loc[feature, "chisq"]),
                ph_test_p=float(ph.loc[feature, "p"]), ph_global_chisq=float(ph.loc["GLOBAL", "chisq"]),
-               ph_global_p=float(ph.loc["GLOBAL", "p"]), flags="; ".join(flags), terms=terms,
+               ph_global_p=float(ph.loc["GLOBAL", "p"]), flag="; ".join(notes), terms=terms,
                warnings=[f"{w.category.__name__}: {w.message}" for w in caught])
     return out
 
 
-def fit_mixed(df: pd.DataFrame, score: str, feature: str, time: str, group: str, covariates: Sequence[str] = (),
-              how: str = "unit") -> dict:
-    """``score ~ feature + time (+ covariates)`` with a random intercept per ``group`` (REML)."""
-    import statsmodels.formula.api as smf
+DF_METHODS = ("normal", "satterthwaite")
 
-    cols = [score, feature, time, group, *covariates]
+
+class _Lmm:
+    """REML pieces of a fitted linear mixed model as functions of its variance parameters.
+
+    ``theta = (sigma2, lower triangle of G)``: residual variance and the random-effect covariance.
+    ``deviance`` is lme4's REML criterion; ``cov_fixed`` is lme4's covariance of the fixed effects,
+    ``(sum_i X_i' V_i^-1 X_i)^-1`` at ``theta``.
+    """
+
+    def __init__(self, y, X, Z, rows):
+        self.y, self.X, self.Z, self.rows = y, X, Z, rows
+        self.q = Z.shape[1]
+        self.tril = np.tril_indices(self.q)
+        self.batches = []  # groups of equal size, stacked: (y, X, Z) as (g, m), (g, m, p), (g, m, q)
+        sizes = np.array([len(r) for r in rows])
+        for m in np.unique(sizes):
+            idx = np.stack([rows[i] for i in np.flatnonzero(sizes == m)])
+            self.batches.append((y[idx], X[idx], Z[idx]))
+
+    def pieces(self, theta):
+        s2 = theta[0]
+        G = np.zeros((self.q, self.q))
+        G[self.tril] = theta[1:]
+        G = G + np.tril(G, -1).T
+        p = self.X.shape[1]
+        xvx, xvy, logdet, parts = np.zeros((p, p)), np.zeros(p), 0.0, []
+        for yb, Xb, Zb in self.batches:
+            V = Zb @ G @ np.swapaxes(Zb, 1, 2) + s2 * np.eye(yb.shape[1])
+            Vi = np.linalg.inv(V)
+            logdet += float(np.linalg.slogdet(V)[1].sum())
+            ViX = Vi @ Xb
+            xvx += np.einsum("gmp,gmr->pr", Xb, ViX)
+            xvy += np.einsum("gmp,gm->p", ViX, yb)
+            parts.append((yb, Xb, Vi))
+        cov = np.linalg.inv(xvx)
+        beta = cov @ xvy
+        quad = 0.0
+        for yb, Xb, Vi in parts:
+            r = yb - Xb @ beta
+            quad += float(np.einsum("gm,gmn,gn->", r, Vi, r))
+        dev = logdet + np.linalg.slogdet(xvx)[1] + quad + (len(self.y) - p) * np.log(2 * np.pi)
+        return dev, cov, beta
+
+    def _relative(self, par) -> np.ndarray:
+        L = np.zeros((self.q, self.q))
+        L[self.tril] = par
+        return L @ L.T
+
+    def profiled(self, par) -> tuple[float, float]:
+        """REML criterion with sigma2 profiled out, at ``G = sigma2 L L'`` (``par``: lower triangle of L)."""
+        dev, cov, beta = self.pieces(np.concatenate([[1.0], self._relative(par)[self.tril]]))
+        n, p = len(self.y), self.X.shape[1]
+        quad = 0.0
+        for yb, Xb, Zb in self.batches:
+            V = Zb @ self._relative(par) @ np.swapaxes(Zb, 1, 2) + np.eye(yb.shape[1])
+            r = yb - Xb @ beta
+            quad += float(np.einsum("gm,gm->", r, np.linalg.solve(V, r[..., None])[..., 0]))
+        s2 = quad / (n - p)
+        # pieces at sigma2 = 1 holds log|V*| + log|X'V*^-1 X| + quad + (n-p) log 2 pi
+        return dev - quad + (n - p) * (1.0 + np.log(s2)), s2
+
+    def optimise(self) -> tuple[np.ndarray, bool]:
+        """Minimise the REML criterion over the relative Cholesky factor of G (sigma2 profiled out, as lme4).
+
+        Starts from ``L = I`` (lme4's start); variances on the boundary (0) are reached. Returns
+        ``theta = (sigma2, lower triangle of G)`` and whether the optimiser converged.
+        """
+        from scipy.optimize import minimize
+
+        def crit(par):
+            try:
+                return self.profiled(par)[0]
+            except np.linalg.LinAlgError:
+                return np.inf
+
+        start = np.eye(self.q)[self.tril]
+        best = minimize(crit, start, method="L-BFGS-B", options={"ftol": 1e-14, "gtol": 1e-8})
+        x, fx = best.x, best.fun
+        ok = bool(np.isfinite(fx)) and bool(best.success)
+        n = len(x)
+        for _ in range(20):  # Newton steps on central differences: the criterion is flat along some directions
+            h = 1e-4 * np.maximum(np.abs(x), 1e-1)
+            E = np.diag(h)
+            g = np.array([(crit(x + E[i]) - crit(x - E[i])) / (2 * h[i]) for i in range(n)])
+            H = np.empty((n, n))
+            for i in range(n):
+                for j in range(i, n):
+                    H[i, j] = H[j, i] = (crit(x + E[i] + E[j]) - crit(x + E[i] - E[j]) - crit(x - E[i] + E[j])
+                                         + crit(x - E[i] - E[j])) / (4 * h[i] * h[j])
+            try:
+                step = -np.linalg.solve(H, g)
+            except np.linalg.LinAlgError:
+                break
+            if not np.all(np.isfinite(step)) or np.linalg.eigvalsh(H).min() <= 0:
+                break  # at a boundary (a variance at 0) Newton does not apply: keep the quasi-Newton optimum
+            f_new = crit(x + step)
+            if not f_new < fx:
+                break
+            x, fx = x + step, f_new
+            if np.all(np.abs(step) <= 1e-10 * (1 + np.abs(x))):
+                break
+        s2 = self.profiled(x)[1]
+        return np.concatenate([[s2], (s2 * self._relative(x))[self.tril]]), ok
+
+    def satterthwaite(self, theta) -> np.ndarray:
+        """Satterthwaite degrees of freedom of each fixed effect (lmerTest's: ``2 v^2 / (g' A g)``)."""
+        h = 1e-4 * np.maximum(np.abs(theta), 1e-2 * max(abs(theta[0]), 1e-12))
+        n = len(theta)
+        steps = np.diag(h)
+        H = np.zeros((n, n))
+        for i in range(n):
+            for j in range(i, n):
+                f = [self.pieces(theta + a * steps[i] + b * steps[j])[0] for a, b in ((1, 1), (1, -1), (-1, 1),
+                                                                                        (-1, -1))]
+                H[i, j] = H[j, i] = (f[0] - f[1] - f[2] + f[3]) / (4 * h[i] * h[j])
+        A = 2 * np.linalg.inv(H)  # asymptotic covariance of theta
+        cov = self.pieces(theta)[1]
+        grads = np.array([(self.pieces(theta + e)[1] - self.pieces(theta - e)[1]) / (2 * e[i])
+                          for i, e in enumerate(steps)])  # n x p x p
+        out = []
+        for k in range(cov.shape[0]):
+            g = grads[:, k, k]
+            out.append(2 * cov[k, k] ** 2 / float(g @ A @ g))
+        return np.array(out)
+
+
+def fit_lmm(data: pd.DataFrame, formula: str, group: str, slope: str | None = None,
+            df_method: str = "normal") -> tuple[pd.DataFrame, dict]:
+    """Linear mixed model by REML (lme4's profiled criterion), reported as lme4 and lmerTest report it.
+
+    statsmodels builds the design matrices; the variance components minimise lme4's REML criterion
+    over the relative Cholesky factor of the random-effect covariance (statsmodels' own optimiser
+    stalls on boundary fits, a random-slope variance near 0).
+
+    Parameters
+    ----------
+    data
+        One row per observation, formula-safe column names.
+    formula
+        Fixed effects, ``"y ~ a + b + a:b"``.
+    group
+        Column of the grouping factor (random intercept per group).
+    slope
+        A column with a random slope per group as well (``(slope | group)``), or None.
+    df_method
+        ``"normal"`` (Wald z) or ``"satterthwaite"`` (t with lmerTest's Satterthwaite df).
+
+    Returns
+    -------
+    (pandas.DataFrame, dict)
+        Fixed effects (``estimate, se, df, ci_low, ci_high, p`` per term; SEs from
+        ``(X' V^-1 X)^-1`` at the REML variance components, as lme4), and ``var_intercept``,
+        ``var_slope``, ``cov_intercept_slope``, ``var_residual``, ``reml_criterion`` (lme4's),
+        ``converged``, ``warnings``.
+    """
+    import statsmodels.formula.api as smf
+    from scipy import stats
+
+    if df_method not in DF_METHODS:
+        raise PetfeatError(f"df_method is {df_method!r}; choose one of {', '.join(DF_METHODS)}.")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = smf.mixedlm(formula, data, groups=data[group], re_formula=f"~{slope}" if slope else None)
+    lmm = _Lmm(np.asarray(model.endog, dtype=np.float64), np.asarray(model.exog, dtype=np.float64),
+               np.asarray(model.exog_re, dtype=np.float64), [np.asarray(v) for v in model.row_indices.values()])
+    with warnings.catch_warnings(record=True) as more:
+        warnings.simplefilter("always")
+        theta, converged = lmm.optimise()
+    notes = [f"{w.category.__name__}: {w.message}" for w in [*caught, *more]]
+    if not converged:
+        notes.append("the REML optimiser did not converge")
+    G = np.zeros((lmm.q, lmm.q))
+    G[lmm.tril] = theta[1:]
+    G = G + np.tril(G, -1).T
+    if np.linalg.eigvalsh(G).min() <= 1e-6 * max(float(theta[0]), 1e-300):
+        notes.append("boundary (singular) fit: a random-effect variance is estimated at or near 0")
+    dev, cov, beta = lmm.pieces(theta)
+    se = np.sqrt(np.diag(cov))
+    dfs = lmm.satterthwaite(theta) if df_method == "satterthwaite" else np.full(len(beta), np.inf)
+    normal = np.isinf(dfs)
+    q = np.where(normal, stats.norm.ppf(0.975), stats.t.ppf(0.975, np.where(normal, 1.0, dfs)))
+    z = np.abs(beta / se)
+    pval = np.where(normal, 2 * stats.norm.sf(z), 2 * stats.t.sf(z, np.where(normal, 1.0, dfs)))
+    table = pd.DataFrame({"estimate": beta, "se": se, "df": dfs, "ci_low": beta - q * se, "ci_high": beta + q * se,
+                          "p": pval}, index=list(model.exog_names))
+    extra = {"var_intercept": float(G[0, 0]), "var_slope": float(G[1, 1]) if slope else np.nan,
+             "cov_intercept_slope": float(G[1, 0]) if slope else np.nan, "var_residual": float(theta[0]),
+             "reml_criterion": float(dev), "converged": converged, "warnings": notes}
+    return table, extra
+
+
+def fit_mixed(df: pd.DataFrame, score: str, feature: str, time: str, group: str, covariates: Sequence[str] = (),
+              how: str = "unit", random_slope: bool = False, interaction: bool = False,
+              df_method: str = "normal") -> dict:
+    """Linear mixed model ``score ~ feature + time (+ feature:time) (+ covariates)``, REML (:func:`fit_lmm`).
+
+    Parameters
+    ----------
+    random_slope
+        A random slope for ``time`` beside the random intercept per ``group`` (``(time | group)``).
+    interaction
+        Add ``feature x time``: whether the feature predicts the change per unit of ``time``.
+    df_method
+        ``"normal"``: Wald z tests and intervals; ``"satterthwaite"``: t with Satterthwaite df.
+
+    Returns
+    -------
+    dict
+        The feature's ``estimate, se, df, ci_low, ci_high, p``, the same for ``time`` (``time_*``)
+        and, with ``interaction``, for ``feature x time`` (``interaction_*``); the variance
+        components, ``reml_criterion``, ``converged``, ``formula`` and the fitter's ``warnings``.
+    """
+    cols = list(dict.fromkeys([score, feature, time, group, *covariates]))
     data = df[cols].dropna().copy()
     data[feature], scale = transform(data[feature], how, groups=data[group])
     safe = {c: f"v{i}" for i, c in enumerate(cols)}  # formula-safe names (features are 'region.feature')
     data = data.rename(columns=safe)
-    formula = f"{safe[score]} ~ {safe[feature]} + {safe[time]}" + "".join(f" + {safe[c]}" for c in covariates)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        res = smf.mixedlm(formula, data, groups=data[safe[group]]).fit(reml=True)
-    ci = res.conf_int().loc[safe[feature]]
-    readable = f"{score} ~ {feature} + {time}" + "".join(f" + {c}" for c in covariates) + f" + (1 | {group})"
-    return {"feature": feature, "transform": scale, "n_obs": int(len(data)),
-            "n_groups": int(data[safe[group]].nunique()), "estimate": float(res.params[safe[feature]]),
-            "ci_low": float(ci[0]), "ci_high": float(ci[1]), "p": float(res.pvalues[safe[feature]]),
-            "converged": bool(res.converged), "formula": readable,
-            "warnings": [f"{w.category.__name__}: {w.message}" for w in caught]}
+    sf, st = safe[feature], safe[time]
+    formula = (f"{safe[score]} ~ {sf} + {st}" + (f" + {sf}:{st}" if interaction else "")
+               + "".join(f" + {safe[c]}" for c in covariates))
+    table, extra = fit_lmm(data, formula, safe[group], st if random_slope else None, df_method)
+    out = {"feature": feature, "transform": scale, "n_obs": int(len(data)),
+           "n_groups": int(data[safe[group]].nunique()), "df_method": df_method}
+    for prefix, name in (("", sf), ("time_", st), ("interaction_", f"{sf}:{st}")):
+        if name in table.index:
+            out.update({f"{prefix}{k}": float(v) for k, v in table.loc[name].items()})
+    out.update(extra)
+    re = f"({time} | {group})" if random_slope else f"(1 | {group})"
+    out["formula"] = (f"{score} ~ {feature} + {time}" + (f" + {feature}:{time}" if interaction else "")
+                      + "".join(f" + {c}" for c in covariates) + f" + {re}")
+    return out
 
 
 def fdr(pvalues: Sequence[float]) -> np.ndarray:
