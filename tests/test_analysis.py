@@ -105,6 +105,7 @@ def test_item_level_questionnaires_are_scored(tmp_path):
         tmp_path / "questionnaires.csv", index=False)
     sc = read_clinical(tmp_path)["scores"].set_index("instrument")
     assert sc.loc["bpi_severity", "score"] == 4.0 and sc.loc["bpi_interference", "score"] == 2.0
+    assert sc.loc["bpi_worst", "score"] == 6.0
     assert sc.loc["xerostomia", "score"] == 50.0
 
 
@@ -136,6 +137,8 @@ def test_item_level_fact_p_gives_the_worsening_endpoint(tmp_path):
     ("endpoints: {e: {type: worsening, score: s}}\nanalyses: []\n", "needs 'score' and 'direction'"),
     ("endpoints: {}\nanalyses: [{model: mixed, region: r, features: [a], score: s, transform: z}]\n", "transform 'z'"),
     ("nothing: 1\n", "needs 'endpoints' and 'analyses'"),
+    ("endpoints: {t: {type: first_grade, tests: [wbc]}}\nanalyses: []\n", "tests \\['wbc'\\]; choose from"),
+    ("endpoints: {}\nanalyses: [{model: mixed, region: r, features: [a], score: s, df: kr}]\n", "df is 'kr'"),
 ])
 def test_bad_study_specs_refused(tmp_path, text, pattern):
     (tmp_path / "s.yaml").write_text(text)

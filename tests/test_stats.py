@@ -45,15 +45,16 @@ def test_units(test, value, unit, canonical):
     assert float(to_canonical(test, value, unit)) == pytest.approx(canonical)
 
 
-def test_haemoglobin_in_mmol_is_graded_in_g_per_dl():
-    # petfeat converts with the physical factor (1.611 g/dL per mmol/L) and grades in g/dL; CTCAE's mmol/L
-    # column is that bound rounded (8.0 g/dL printed as 4.9 mmol/L), so the edge in mmol/L is 8.0 / 1.611
-    edge = 8.0 / 1.611
-    assert grade("haemoglobin", to_canonical("haemoglobin", edge + 1e-9, "mmol/L"), 13) == 2
-    assert grade("haemoglobin", to_canonical("haemoglobin", edge - 1e-9, "mmol/L"), 13) == 3
-    assert grade("haemoglobin", to_canonical("haemoglobin", 4.9, "mmol/L"), 13) == 3
-    assert grade("haemoglobin", to_canonical("haemoglobin", 80.0, "g/L"), 13) == 2
-    assert grade("haemoglobin", to_canonical("haemoglobin", 79.9, "g/L"), 13) == 3
+def test_haemoglobin_in_mmol_is_graded_by_ctcae_printed_mmol_bounds():
+    # CTCAE v5.0 anaemia: grade 2 <6.2 mmol/L, grade 3 <4.9 mmol/L. Converting to g/dL (x 1.611) would give
+    # grade 3 at 4.95 mmol/L (7.97 g/dL) and grade 2 at 6.205 mmol/L (9.996 g/dL): the ranges where they disagree.
+    labs = pd.DataFrame({"test": "haemoglobin", "value": [4.95, 4.9, 4.89, 6.205, 6.2, 6.19, 8.0, 80.0, 79.9],
+                         "unit": ["mmol/L"] * 7 + ["g/L"] * 2, "lln": [8.1] * 7 + [130] * 2})
+    assert list(grade_labs(labs)["grade"]) == [2, 2, 3, 1, 1, 2, 1, 2, 3]
+    assert grade("haemoglobin", to_canonical("haemoglobin", 4.95, "mmol/L"), 13) == 3  # the conversion's answer
+    assert grade_labs(labs)["value_canonical"].iloc[0] == pytest.approx(4.95 * 1.611)
+    no_lln = grade_labs(labs.drop(columns="lln").iloc[[6]])  # 8.0 mmol/L < default LLN 13 g/dL / 1.611 = 8.07
+    assert no_lln["grade"].iloc[0] == 1
 
 
 def test_bad_units_and_tests_refused():
@@ -419,3 +420,28 @@ def test_mixed_model_random_slope_and_feature_by_cycle_interaction():
     assert res["interaction_ci_low"] <= per_sd <= res["interaction_ci_high"] and res["interaction_p"] < 1e-6
     assert res["time_se"] > 0 and res["var_slope"] > 0 and res["converged"]
     assert 30 < res["interaction_df"] < 70 and res["formula"] == "xq ~ tlp + cycle + tlp:cycle + (cycle | patient)"
+
+
+def test_toxicity_with_white_cells_and_lymphocytes_and_treatment_emergent_option():
+    p = pd.DataFrame({"patient_id": ["a", "b"], "therapy_start": ["2024-01-10"] * 2})
+    labs = pd.DataFrame([
+        ("a", "2024-01-08", "ALC", 0.4, "10^9/L"), ("a", "2024-02-07", "ALC", 0.35, "10^9/L"),  # grade 3 at baseline
+        ("a", "2024-03-06", "ALC", 0.15, "10^9/L"),  # grade 4: worse than baseline on day 56
+        ("b", "2024-01-08", "WBC", 4.5, "10^9/L"), ("b", "2024-02-21", "WBC", 1.5, "10^9/L"),  # grade 3, day 42
+    ], columns=["patient_id", "date", "test", "value", "unit"])
+    tests = ("white_cells", "lymphocytes")
+    t = time_to_first_grade(labs, p, tests).set_index("patient_id")
+    assert (t.loc["a", "event"], t.loc["a", "time_days"]) == (1, 28.0) and t.loc["a", "baseline_grade_ge"]
+    assert (t.loc["b", "event"], t.loc["b", "time_days"]) == (1, 42.0)
+    te = time_to_first_grade(labs, p, tests, treatment_emergent=True).set_index("patient_id")
+    assert (te.loc["a", "event"], te.loc["a", "time_days"]) == (1, 56.0)  # grade 3 = baseline is not emergent
+    assert (te.loc["b", "event"], te.loc["b", "time_days"]) == (1, 42.0)
+    assert time_to_first_grade(labs, p).event.sum() == 0  # the default tests: Hb, neutrophils, platelets
+
+
+def test_bpi_worst_pain_is_item_3():
+    from petfeat.stats.questionnaires import bpi_scores
+
+    r = {"3": 8, "4": 2, "5": 5, "6": 5, "9A": 4, "9B": 6, "9D": 2, "9G": 4}
+    assert bpi_scores(r)["bpi_worst"] == 8.0
+    assert np.isnan(bpi_scores({**r, "3": np.nan})["bpi_worst"])

@@ -9,7 +9,8 @@ Clinical folder (CSV or Parquet, one file per table):
   ``bpi_severity``, ``bpi_interference``, ``xerostomia`` (already-scored values), and/or
 * ``questionnaires``: ``patient_id, date, instrument, item, response`` (+ ``cycle``), instruments
   ``fact_p`` (items GP1-GF7 and the 12 PCS items; gives ``fact_p``, ``fact_g``, ``pcs``,
-  ``fact_p_toi`` and the four FACT-G subscales), ``fact_g``, ``bpi``, ``xq8``, ``xi11``, scored by
+  ``fact_p_toi`` and the four FACT-G subscales), ``fact_g``, ``bpi`` (gives ``bpi_severity``,
+  ``bpi_interference`` and ``bpi_worst``, item 3), ``xq8``, ``xi11``, scored by
   :mod:`petfeat.stats.questionnaires`.
 
 ``patient_id`` must be the pseudonymised id of the feature table (``petfeat scan --linkage``
@@ -28,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from petfeat.errors import PetfeatError
+from petfeat.stats.ctcae import TESTS as CTCAE_TESTS
 from petfeat.stats.endpoints import Worsening, time_to_first_grade, time_to_worsening
 from petfeat.stats.models import DF_METHODS, TRANSFORMS, ZPH_TRANSFORMS, fdr, fit_cox, fit_mixed, format_hr
 from petfeat.stats.questionnaires import FACT_P_PCS, bpi_scores, fact_scores, xerostomia_score
@@ -55,6 +57,11 @@ def load_study(path: str | Path | None = None) -> dict:
         if e.get("type") not in ENDPOINT_TYPES:
             raise StudySpecError(f"{where}: endpoint {name!r} has type {e.get('type')!r}; choose one of "
                                  f"{', '.join(ENDPOINT_TYPES)}.")
+        if e["type"] == "first_grade":
+            unknown = [t for t in e.get("tests", ()) if t not in CTCAE_TESTS]
+            if unknown or not e.get("tests"):
+                raise StudySpecError(f"{where}: endpoint {name!r}: tests {unknown or '(none)'}; choose from "
+                                     f"{', '.join(CTCAE_TESTS)}.")
         if e["type"] == "worsening":
             if e.get("direction") not in ("decrease", "increase") or "score" not in e:
                 raise StudySpecError(f"{where}: worsening endpoint {name!r} needs 'score' and 'direction' "
@@ -142,7 +149,7 @@ def derive_endpoints(spec: dict, clinical: dict) -> dict[str, pd.DataFrame]:
             if clinical["labs"] is None:
                 raise PetfeatError(f"endpoint {name!r} needs the labs table.")
             out[name] = time_to_first_grade(clinical["labs"], clinical["patients"], tuple(e.get("tests", ())),
-                                            int(e.get("min_grade", 3)))
+                                            int(e.get("min_grade", 3)), bool(e.get("treatment_emergent", False)))
         else:
             sc = clinical["scores"]
             sc = sc[sc["instrument"] == e["score"]]

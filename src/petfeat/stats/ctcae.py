@@ -13,9 +13,10 @@ white cells (count decreased) 10^9/L      <LLN - 3.0        <3.0 - 2.0      <2.0
 lymphocytes (count decreased) 10^9/L      <LLN - 0.8        <0.8 - 0.5      <0.5 - 0.2      <0.2
 ============================  ==========  ================  ==============  ==============  ===========
 
-"<a - b" means b <= value < a. Haemoglobin in mmol/L is converted with the physical factor
-(1.611 g/dL per mmol/L) and graded in g/dL; CTCAE's own mmol/L column is those bounds rounded
-(8.0 g/dL printed as 4.9 mmol/L), so values between 4.9 and 4.97 mmol/L are grade 3 here.
+"<a - b" means b <= value < a. Haemoglobin reported in mmol/L is graded by CTCAE's own printed
+mmol/L bounds (grade 2 below 6.2, grade 3 below 4.9 mmol/L; grade 1 below the LLN in mmol/L), not by
+converting to g/dL: the printed bounds are rounded (8.0 g/dL is 4.966 mmol/L), and the two disagree
+at 4.9-4.966 and 6.2-6.207 mmol/L. ``value_canonical`` still holds g/dL (factor 1.611).
 Anaemia grade 4 needs clinical information (life-threatening
 consequences), so laboratory values grade anaemia 0-3. Grade 1 needs the lower limit of normal
 (LLN): the lab's own when given, else :data:`DEFAULT_LLN` (recorded in the output).
@@ -44,6 +45,8 @@ CANONICAL_UNIT = {"haemoglobin": "g/dL", "neutrophils": "10^9/L", "platelets": "
 DEFAULT_LLN = {"haemoglobin": 13.0, "neutrophils": 2.0, "platelets": 150.0, "white_cells": 4.0, "lymphocytes": 1.0}
 #: Haemoglobin: g/dL per mmol/L (CTCAE: 8.0 g/dL = 4.9 mmol/L).
 HB_GDL_PER_MMOLL = 1.611
+#: CTCAE v5.0 anaemia grade-2 and -3 bounds as printed in mmol/L.
+HB_BOUNDS_MMOLL = (6.2, 4.9, None)
 _ALIASES = {"hb": "haemoglobin", "hgb": "haemoglobin", "hemoglobin": "haemoglobin", "anc": "neutrophils",
             "neutrophil": "neutrophils", "plt": "platelets", "platelet": "platelets", "wbc": "white_cells",
             "leukocytes": "white_cells", "white_blood_cells": "white_cells", "lymphocyte": "lymphocytes",
@@ -60,9 +63,13 @@ def canonical_test(name: str) -> str:
     return key
 
 
+def _unit_key(unit) -> str:
+    return str(unit).strip().lower().replace(" ", "").replace("µ", "u").replace("**", "^").replace("e9", "^9")
+
+
 def to_canonical(test: str, value, unit: str) -> np.ndarray:
     """Convert values to the canonical unit of ``test`` (g/dL for haemoglobin, 10^9/L for counts)."""
-    u = str(unit).strip().lower().replace(" ", "").replace("µ", "u").replace("**", "^").replace("e9", "^9")
+    u = _unit_key(unit)
     v = np.asarray(value, dtype=np.float64)
     if test == "haemoglobin":
         factors = {"g/dl": 1.0, "g/l": 0.1, "mmol/l": HB_GDL_PER_MMOLL}
@@ -74,15 +81,21 @@ def to_canonical(test: str, value, unit: str) -> np.ndarray:
     return v * factors[u]
 
 
-def grade(test: str, value, lln=None) -> np.ndarray:
-    """CTCAE v5.0 grade (0-4) of values in the canonical unit; NaN values give grade -1 (missing)."""
+def grade(test: str, value, lln=None, mmol: bool = False) -> np.ndarray:
+    """CTCAE v5.0 grade (0-4) of values in the canonical unit; NaN values give grade -1 (missing).
+
+    ``mmol``: haemoglobin value and LLN in mmol/L, graded by CTCAE's printed mmol/L bounds.
+    """
     test = canonical_test(test)
     v = np.asarray(value, dtype=np.float64)
-    lln_v = np.asarray(DEFAULT_LLN[test] if lln is None else lln, dtype=np.float64)
-    lln_v = np.where(np.isnan(lln_v), DEFAULT_LLN[test], lln_v)
+    default = DEFAULT_LLN[test] / HB_GDL_PER_MMOLL if mmol else DEFAULT_LLN[test]
+    lln_v = np.asarray(default if lln is None else lln, dtype=np.float64)
+    lln_v = np.where(np.isnan(lln_v), default, lln_v)
     g = np.zeros(v.shape, np.int64)
     g = np.where(v < lln_v, 1, g)
-    for k, bound in enumerate(BOUNDS[test], start=2):
+    if mmol and test != "haemoglobin":
+        raise PetfeatError(f"mmol/L grading applies to haemoglobin only, not {test}.")
+    for k, bound in enumerate(HB_BOUNDS_MMOLL if mmol else BOUNDS[test], start=2):
         if bound is not None:
             g = np.where(v < bound, k, g)
     return np.where(np.isnan(v), -1, g)
@@ -134,5 +147,13 @@ def grade_labs(labs: pd.DataFrame) -> pd.DataFrame:
     out["value_canonical"] = vals
     out["unit_canonical"] = [CANONICAL_UNIT[t] for t in out["test"]]
     out["lln_used"] = [DEFAULT_LLN[t] if np.isnan(lv) else lv for t, lv in zip(out["test"], llns, strict=True)]
-    out["grade"] = [int(grade(t, v, lv)) for t, v, lv in zip(out["test"], vals, out["lln_used"], strict=True)]
+    grades = [int(grade(t, v, lv)) for t, v, lv in zip(out["test"], vals, out["lln_used"], strict=True)]
+    mmol = ((out["test"] == "haemoglobin") & (out["unit"].map(_unit_key) == "mmol/l")).to_numpy()
+    for i in np.flatnonzero(mmol):  # CTCAE's printed mmol/L bounds, on the value as reported
+        lln_raw, lln_unit = (out["lln"].iloc[i], (out["lln_unit"].iloc[i] if "lln_unit" in out.columns
+                                                   else out["unit"].iloc[i])) if "lln" in out.columns else (np.nan, "")
+        lln_mmol = (lln_raw if pd.notna(lln_raw) and _unit_key(lln_unit) == "mmol/l"
+                    else out["lln_used"].iloc[i] / HB_GDL_PER_MMOLL)
+        grades[i] = int(grade("haemoglobin", out["value"].iloc[i], lln_mmol, mmol=True))
+    out["grade"] = grades
     return out

@@ -74,8 +74,12 @@ def _require(df: pd.DataFrame, cols, name: str) -> None:
 
 
 def time_to_first_grade(labs: pd.DataFrame, patients: pd.DataFrame, tests=("haemoglobin", "neutrophils", "platelets"),
-                        min_grade: int = 3) -> pd.DataFrame:
+                        min_grade: int = 3, treatment_emergent: bool = False) -> pd.DataFrame:
     """Time to the first lab of grade >= ``min_grade`` among ``tests`` after the first dose.
+
+    ``tests`` may name any of :data:`petfeat.stats.ctcae.TESTS` (``white_cells``, ``lymphocytes``
+    too). With ``treatment_emergent`` a lab counts only when its grade is also worse than the
+    baseline grade of the same test (the last baseline value; 0 without one).
 
     Returns one row per patient: ``time_days``, ``event`` (0/1), ``baseline_grade_ge`` (the last
     value on or before the first dose already had grade >= ``min_grade``), ``n_assessments``.
@@ -91,8 +95,10 @@ def time_to_first_grade(labs: pd.DataFrame, patients: pd.DataFrame, tests=("haem
         mine = g[g["patient_id"] == pid].sort_values("date", kind="stable")
         later = after_first_dose(mine["date"], start)
         before, after = mine[~later], mine[later]
-        baseline = bool(len(before) and before.groupby("test")["grade"].last().max() >= min_grade)
-        hit = after[after["grade"] >= min_grade]
+        base_grades = before.groupby("test")["grade"].last()
+        baseline = bool(len(before) and base_grades.max() >= min_grade)
+        emergent = after["grade"] > after["test"].map(base_grades).fillna(0) if treatment_emergent else True
+        hit = after[(after["grade"] >= min_grade) & emergent]
         if len(hit):
             t, e = _days(hit["date"].iloc[0], start), 1
         else:

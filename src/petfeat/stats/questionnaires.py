@@ -12,7 +12,7 @@ wide mapping item -> response for one assessment. Missing items are NaN.
   (0-48). FACT-P total = FACT-G + PCS (0-156); trial outcome index TOI = PWB + FWB + PCS (0-104).
   ``pcs_key`` overrides the PCS key for another version of the instrument.
 * BPI-SF: pain severity = mean of items 3-6 (worst, least, average, now; all four needed);
-  interference = mean of items 9A-9G when at least 4 of the 7 are answered.
+  interference = mean of items 9A-9G when at least 4 of the 7 are answered; worst pain = item 3.
 * Xerostomia: ``xq8`` = the 8-item Xerostomia Questionnaire, items 0-10, summed and scaled to 0-100
   (all items needed); ``xi11`` = an 11-item inventory scored 1-3 per item, summed (11-33; all needed).
 """
@@ -105,7 +105,11 @@ def fact_p_total(responses: Mapping, pcs_key: Mapping[str, bool] = FACT_P_PCS) -
 
 
 def bpi_scores(responses: Mapping) -> dict[str, float]:
-    """BPI-SF pain severity (mean of items 3-6, all needed) and interference (mean of 9A-9G, >= 4 answered)."""
+    """BPI-SF scores of one assessment: severity, interference and worst pain.
+
+    ``bpi_severity``: mean of items 3-6 (all needed); ``bpi_interference``: mean of 9A-9G (at least
+    4 answered); ``bpi_worst``: item 3, worst pain in the last 24 hours (NaN when unanswered).
+    """
     sev = [_get(responses, i) for i in BPI_SEVERITY]
     inter = [_get(responses, i) for i in BPI_INTERFERENCE]
     for item, v in zip(BPI_SEVERITY + BPI_INTERFERENCE, sev + inter, strict=True):
@@ -113,7 +117,8 @@ def bpi_scores(responses: Mapping) -> dict[str, float]:
             raise PetfeatError(f"BPI item {item} = {v}: responses must be 0-10.")
     answered = [v for v in inter if not np.isnan(v)]
     return {"bpi_severity": float(np.mean(sev)) if not np.isnan(sev).any() else np.nan,
-            "bpi_interference": float(np.mean(answered)) if len(answered) >= 4 else np.nan}
+            "bpi_interference": float(np.mean(answered)) if len(answered) >= 4 else np.nan,
+            "bpi_worst": sev[0]}
 
 
 def xerostomia_score(responses: Mapping, instrument: str) -> float:
