@@ -188,3 +188,21 @@ def test_separation_and_warnings_reach_the_report(tmp_path):
     csv = pd.read_csv(paths["csv"])
     assert csv.loc[0, "status"] == "not converged" and "ConvergenceWarning" in csv.loc[0, "warnings"]
     assert "tox / whole_body_tumor.suv_mean: ConvergenceWarning" in paths["html"].read_text()
+
+
+def test_multiplicity_per_family_with_holm_and_bh(cohort):
+    from petfeat.stats.models import fdr, holm
+
+    d, f = cohort
+    spec = load_study()
+    spec["analyses"] = [a for a in spec["analyses"] if a["model"] == "cox"][:2]
+    spec["multiplicity"] = {"methods": ["bh", "holm"], "family": "analysis"}
+    res, _ = run_analyses(f, read_clinical(d / "clinical"), spec)
+    assert res.analysis.nunique() == 2
+    for _, g in res.groupby("analysis"):
+        np.testing.assert_allclose(g.p_fdr, fdr(g.p))
+        np.testing.assert_allclose(g.p_holm, holm(g.p))
+    spec["multiplicity"]["family"] = "study"
+    res2, _ = run_analyses(f, read_clinical(d / "clinical"), spec)
+    np.testing.assert_allclose(res2.p_holm, holm(res2.p))
+    assert (res2.p_holm >= res.p_holm - 1e-12).all() and (res2.p_holm > res.p_holm).any()

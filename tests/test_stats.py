@@ -169,7 +169,10 @@ def test_mixed_model_recovers_a_planted_slope():
 
 
 def test_fdr_and_transform_refusals():
+    from petfeat.stats.models import holm
+
     np.testing.assert_allclose(fdr([0.01, 0.04, 0.03]), [0.03, 0.04, 0.04])
+    np.testing.assert_allclose(holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])  # 3 x 0.01, 2 x 0.03, then monotone
     df = pd.DataFrame({"t": [1, 2, 3], "e": [1, 0, 1], "x": [0.0, 1.0, 2.0]})
     with pytest.raises(PetfeatError, match="log2 needs positive values"):
         fit_cox(df, "t", "e", "x", how="log2")

@@ -31,7 +31,7 @@ import pandas as pd
 from petfeat.errors import PetfeatError
 from petfeat.stats.ctcae import TESTS as CTCAE_TESTS
 from petfeat.stats.endpoints import Worsening, time_to_first_grade, time_to_worsening
-from petfeat.stats.models import DF_METHODS, TRANSFORMS, ZPH_TRANSFORMS, fdr, fit_cox, fit_mixed, format_hr
+from petfeat.stats.models import DF_METHODS, TRANSFORMS, ZPH_TRANSFORMS, fdr, fit_cox, fit_mixed, format_hr, holm
 from petfeat.stats.questionnaires import FACT_P_PCS, bpi_scores, fact_scores, xerostomia_score
 
 ENDPOINT_TYPES = ("first_grade", "worsening")
@@ -68,6 +68,10 @@ def load_study(path: str | Path | None = None) -> dict:
                                      "(decrease or increase).")
             if e.get("absolute") is None and e.get("relative") is None:
                 raise StudySpecError(f"{where}: worsening endpoint {name!r} needs 'absolute' and/or 'relative'.")
+    methods, family = _multiplicity(spec)
+    if not set(methods) <= {"bh", "holm"} or family not in ("study", "analysis"):
+        raise StudySpecError(f"{where}: multiplicity is methods {methods}, family {family!r}; methods are 'bh' "
+                             "(Benjamini-Hochberg) and/or 'holm', family 'study' (all tests) or 'analysis'.")
     for i, a in enumerate(spec["analyses"]):
         label = a.get("name", f"analysis {i + 1}")
         if a.get("model") not in MODELS:
@@ -89,6 +93,15 @@ def load_study(path: str | Path | None = None) -> dict:
         if a["model"] == "mixed" and "score" not in a:
             raise StudySpecError(f"{where}: {label}: a mixed model needs 'score' (an instrument of the scores table).")
     return spec
+
+
+def _multiplicity(spec: dict) -> tuple[list[str], str]:
+    """Adjustment methods (``bh``, ``holm``) and family (``study``: all tests; ``analysis``: per analysis)."""
+    m = spec.get("multiplicity")
+    if m is None:
+        return (["bh"] if spec.get("fdr", True) else []), "study"
+    methods = m.get("methods", ["bh"])
+    return ([methods] if isinstance(methods, str) else list(methods)), m.get("family", "study")
 
 
 def _read_table(folder: Path, name: str, required: bool = True) -> pd.DataFrame | None:
@@ -173,7 +186,10 @@ def feature_wide(features: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict) -> tuple[pd.DataFrame, dict]:
-    """Fit every analysis of the spec; returns the result table (FDR across all tests) and the data used.
+    """Fit every analysis of the spec; returns the result table and the data used.
+
+    Multiplicity (spec ``multiplicity``): ``p_fdr`` (Benjamini-Hochberg) and/or ``p_holm`` over a
+    family of tests, all tests of the study (default) or each analysis.
 
     One row per analysis and feature (``term`` = the feature; ``status`` ``ok``, ``not converged``
     or the reason the model could not be fitted), followed for Cox models by one row per covariate
@@ -237,9 +253,15 @@ def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict) -> tuple[pd
             rows.append(rec)
             rows.extend(extra)
     res = pd.DataFrame(rows)
-    if spec.get("fdr", True) and "p" in res.columns:
+    methods, family = _multiplicity(spec)
+    if "p" in res.columns:
         ok = res["p"].notna() & (res["status"] == "ok")  # the tested features, not the covariates
-        res.loc[ok, "p_fdr"] = fdr(res.loc[ok, "p"].to_numpy())
+        groups = res.loc[ok, "analysis"] if family == "analysis" else pd.Series("study", index=res.index[ok])
+        for _, idx in groups.groupby(groups).groups.items():
+            if "bh" in methods:
+                res.loc[idx, "p_fdr"] = fdr(res.loc[idx, "p"].to_numpy())
+            if "holm" in methods:
+                res.loc[idx, "p_holm"] = holm(res.loc[idx, "p"].to_numpy())
     return res, {"endpoints": endpoints, "data": data, "base": base}
 
 
@@ -265,7 +287,8 @@ def write_report(results: pd.DataFrame, context: dict, spec: dict, out: str | Pa
         results = results.assign(warnings=[" | ".join(" ".join(str(w).split()) for w in ws)
                                            if isinstance(ws, list) else "" for ws in results["warnings"]])
     results.drop(columns=["covariates"], errors="ignore").to_csv(paths["csv"], index=False)
-    cols = [c for c in ("analysis", "feature", "term", "transform", "n", "events", "result", "p_fdr", "concordance",
+    cols = [c for c in ("analysis", "feature", "term", "transform", "n", "events", "result", "p_fdr", "p_holm",
+                        "concordance",
                         "ph_test_p", "ph_global_p", "flag", "status", "warnings") if c in results.columns]
     md = results[cols].to_markdown(index=False) if _has_tabulate() else results[cols].to_string(index=False)
     paths["md"].write_text(f"# {spec.get('name', 'Study')}\n\n{md}\n")
@@ -314,7 +337,9 @@ figcaption{{font-size:12px;color:#555}}</style></head><body>
 <h2>Results</h2>{table}
 <h2>Figures</h2>{imgs}
 <h2>Model warnings</h2><ul>{warn_html}</ul>
-<p style="font-size:12px;color:#777">petfeat; p_fdr: Benjamini-Hochberg across all tests of the study;
+<p style="font-size:12px;color:#777">petfeat; p_fdr: Benjamini-Hochberg, p_holm: Holm, per family of tests
+({html.escape(_multiplicity(spec)[1])}: {'all tests of the study' if _multiplicity(spec)[1] == 'study'
+                                         else 'the tests of one analysis'}; covariate rows are not tested);
 ph_test_p / ph_global_p: R's cox.zph score test ({html.escape(str(spec.get('ph_transform', 'km')))} transform);
 flag: not converged, events per variable below 10.</p>
 </body></html>""")

@@ -499,6 +499,14 @@ def fdr(pvalues: Sequence[float]) -> np.ndarray:
     return multipletests(p, method="fdr_bh")[1] if len(p) else p
 
 
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm step-down adjusted p-values (family-wise error rate)."""
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.asarray(pvalues, dtype=float)
+    return multipletests(p, method="holm")[1] if len(p) else p
+
+
 def format_hr(r: dict) -> str:
     """``HR = 0.74, 95% CI 0.56-0.98, p = 0.033``: the way the study reports it."""
     p = f"p = {r['p']:.3f}" if r["p"] >= 0.001 else "p < 0.001"
