@@ -137,6 +137,7 @@ def test_item_level_fact_p_gives_the_worsening_endpoint(tmp_path):
     ("endpoints: {e: {type: worsening, score: s}}\nanalyses: []\n", "needs 'score' and 'direction'"),
     ("endpoints: {}\nanalyses: [{model: mixed, region: r, features: [a], score: s, transform: z}]\n", "transform 'z'"),
     ("nothing: 1\n", "needs 'endpoints' and 'analyses'"),
+    ("endpoints: {}\nridge: -1\nanalyses: [{model: mixed, region: r, features: [a], score: s}]\n", "ridge is -1"),
     ("endpoints: {t: {type: first_grade, tests: [wbc]}}\nanalyses: []\n", "tests \\['wbc'\\]; choose from"),
     ("endpoints: {}\nanalyses: [{model: mixed, region: r, features: [a], score: s, df: kr}]\n", "df is 'kr'"),
 ])
@@ -184,6 +185,10 @@ def test_separation_and_warnings_reach_the_report(tmp_path):
     r = res.iloc[0]
     assert r.status == "not converged" and np.isnan(r.hr) and np.isnan(r.p) and "may be infinite" in r["flag"]
     assert r.result.startswith("not converged") and isinstance(r.warnings, list) and r.warnings
+    assert "ridge_result" not in res.columns  # no ridge in this spec
+    spec["ridge"] = 0.1
+    ridge = run_analyses(f, {"patients": patients, "labs": labs, "scores": None}, spec)[0].iloc[0]
+    assert ridge.ridge_result.startswith("ridge sensitivity (penalizer 0.1): HR = ") and ridge.status == "not converged"
     paths = write_report(res, ctx, spec, tmp_path / "rep")
     csv = pd.read_csv(paths["csv"])
     assert csv.loc[0, "status"] == "not converged" and "ConvergenceWarning" in csv.loc[0, "warnings"]

@@ -294,9 +294,13 @@ def test_complete_separation_is_reported_as_not_converged():
     # every patient with x = 1 has the event before any patient with x = 0: the likelihood rises without bound
     df = pd.DataFrame({"t": np.arange(1.0, 11.0), "e": [1, 1, 1, 0, 1, 0, 1, 0, 0, 0],
                        "x": [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]})
-    res = fit_cox(df, "t", "e", "x")
+    res = fit_cox(df, "t", "e", "x", ridge=0.1)
     assert not res["converged"] and res["flag"].startswith("not converged: coefficient of x may be infinite")
     assert "EPV 5.0 < 10" in res["flag"]
+    # the ridge sensitivity fit stays finite and shrinks towards 1, below the runaway estimate
+    assert 1 < res["ridge_hr"] < res["hr"] and np.isfinite(res["ridge_ci_high"]) and res["ridge_penalizer"] == 0.1
+    with pytest.raises(PetfeatError, match="ridge is 0; the penalizer"):
+        fit_cox(df, "t", "e", "x", ridge=0)
     df["x"] = [1, 0, 1, 1, 0, 0, 1, 0, 1, 0]  # no separation: settles
     res = fit_cox(df, "t", "e", "x")
     assert res["converged"] and res["flag"] == "EPV 5.0 < 10"

@@ -85,6 +85,10 @@ def load_study(path: str | Path | None = None) -> dict:
         if a["model"] == "cox" and a.get("endpoint") not in endpoints:
             raise StudySpecError(f"{where}: {label}: endpoint {a.get('endpoint')!r} is not defined under 'endpoints' "
                                  f"({', '.join(endpoints)}).")
+        ridge = a.get("ridge", spec.get("ridge"))
+        if ridge is not None and not (isinstance(ridge, int | float) and ridge > 0):
+            raise StudySpecError(f"{where}: {label}: ridge is {ridge!r}; give the penalizer of the ridge sensitivity "
+                                 "fit, a number > 0 (e.g. 0.1), or leave it out.")
         if spec.get("ph_transform", "km") not in ZPH_TRANSFORMS:
             raise StudySpecError(f"{where}: ph_transform is {spec.get('ph_transform')!r}; choose one of "
                                  f"{', '.join(ZPH_TRANSFORMS)}.")
@@ -217,10 +221,14 @@ def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict) -> tuple[pd
                 if a["model"] == "cox":
                     d = base.merge(endpoints[a["endpoint"]], on="patient_id").dropna(subset=["time_days"])
                     r = fit_cox(d, "time_days", "event", col, a.get("covariates", []), a.get("transform", "unit"),
-                                ph_transform=spec.get("ph_transform", "km"))
+                                ph_transform=spec.get("ph_transform", "km"), ridge=a.get("ridge", spec.get("ridge")))
                     data[(a.get("name", ""), col)] = d
                     terms = r.pop("terms")
                     rec.update(r, term=col, result=format_hr(r), status="ok")
+                    if "ridge_hr" in r:
+                        rec["ridge_result"] = f"ridge sensitivity (penalizer {r['ridge_penalizer']:g}): " + format_hr(
+                            {"hr": r["ridge_hr"], "ci_low": r["ridge_ci_low"], "ci_high": r["ridge_ci_high"],
+                             "p": r["ridge_p"]})
                     if not r["converged"]:
                         # an estimate at the step where the fitter stopped is no result: no HR, no p, no FDR
                         rec.update(hr=np.nan, ci_low=np.nan, ci_high=np.nan, p=np.nan, coef=np.nan, se=np.nan,
@@ -288,8 +296,8 @@ def write_report(results: pd.DataFrame, context: dict, spec: dict, out: str | Pa
                                            if isinstance(ws, list) else "" for ws in results["warnings"]])
     results.drop(columns=["covariates"], errors="ignore").to_csv(paths["csv"], index=False)
     cols = [c for c in ("analysis", "feature", "term", "transform", "n", "events", "result", "p_fdr", "p_holm",
-                        "concordance",
-                        "ph_test_p", "ph_global_p", "flag", "status", "warnings") if c in results.columns]
+                        "concordance", "ph_test_p", "ph_global_p", "flag", "ridge_result", "status", "warnings")
+            if c in results.columns]
     md = results[cols].to_markdown(index=False) if _has_tabulate() else results[cols].to_string(index=False)
     paths["md"].write_text(f"# {spec.get('name', 'Study')}\n\n{md}\n")
     figures = []

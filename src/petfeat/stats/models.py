@@ -198,14 +198,16 @@ def newton_settles(time, event, X, beta, max_steps: int = 30, tol: float = 1e-8)
 
 
 def fit_cox(df: pd.DataFrame, duration: str, event: str, feature: str, covariates: Sequence[str] = (),
-            how: str = "unit", ph_transform: str = "km") -> dict:
+            how: str = "unit", ph_transform: str = "km", ridge: float | None = None) -> dict:
     """Multivariable Cox model of ``feature`` (transformed) adjusted for ``covariates``.
 
     Returns a dict with ``hr, ci_low, ci_high, p, coef, se`` of the feature, ``loglik``,
     ``concordance``, ``converged``, ``ph_test_chisq`` / ``ph_test_p`` (the feature's row of
     :func:`cox_zph`), ``ph_global_chisq`` / ``ph_global_p``, ``events_per_variable``, ``flag``
     (``not converged``, ``EPV < 10``), ``terms`` (one dict per coefficient: the covariates' HRs
-    too) and the fitter's ``warnings``.
+    too) and the fitter's ``warnings``. With ``ridge`` (a lifelines ``penalizer``, L2 on the
+    standardised coefficients) also ``ridge_hr, ridge_ci_low, ridge_ci_high, ridge_p`` of the
+    feature from the penalised fit: a sensitivity analysis for few events, not the main result.
 
     Raises
     ------
@@ -247,6 +249,17 @@ def fit_cox(df: pd.DataFrame, duration: str, event: str, feature: str, covariate
               "ci_high": float(s.loc[nm, "exp(coef) upper 95%"]), "coef": float(s.loc[nm, "coef"]),
               "se": float(s.loc[nm, "se(coef)"]), "p": float(s.loc[nm, "p"]), "ph_test_p": float(ph.loc[nm, "p"])}
              for nm in names]
+    if ridge is not None:
+        if not ridge > 0:
+            raise PetfeatError(f"ridge is {ridge!r}; the penalizer of the sensitivity fit must be > 0 (e.g. 0.1).")
+        with warnings.catch_warnings(record=True) as more:
+            warnings.simplefilter("always")
+            pen = CoxPHFitter(penalizer=float(ridge), l1_ratio=0.0).fit(data, duration_col=duration, event_col=event)
+        caught.extend(more)
+        r = pen.summary.loc[feature]
+        out.update(ridge_penalizer=float(ridge), ridge_hr=float(r["exp(coef)"]),
+                   ridge_ci_low=float(r["exp(coef) lower 95%"]), ridge_ci_high=float(r["exp(coef) upper 95%"]),
+                   ridge_p=float(r["p"]))
     out.update({k: terms[0][k] for k in ("hr", "ci_low", "ci_high", "p", "coef", "se")},
                loglik=float(cph.log_likelihood_), concordance=float(cph.concordance_index_), converged=settled,
                ph_transform=ph_transform, ph_test_chisq=float(ph.loc[feature, "chisq"]),
