@@ -319,3 +319,39 @@ def test_real_totalsegmentator_outputs_and_rtstruct_beside_a_pet_series(referenc
     rs = next((study / "RS").glob("*.dcm"))
     assert row.labels == [str(study / "ct_out" / "total.nii.gz"), str(study / "ct_out" / "fast"), str(rs)]
     assert row.match_status == "ok" and row.n_unreadable == 0
+
+
+def test_time_points_in_their_own_subfolders_get_their_own_labels(tmp_path, synth_archive):
+    """baseline/{pet,seg,lesions} and follow_up/{pet,seg,lesions} of one patient: each study gets its own labels."""
+    src, truths = synth_archive
+    study = tmp_path / "archive" / "patient"
+    for name, t in (("baseline", truths[0]), ("follow_up", truths[1])):
+        shutil.copytree(src / t["patient"], study / name)
+        uid = generate_uid()
+        for f in (study / name / "pet").glob("*.dcm"):
+            ds = pydicom.dcmread(f)
+            ds.PatientID, ds.StudyInstanceUID = "MRN1", uid
+            ds.save_as(f)
+    rows = scan_archive(tmp_path / "archive", bytes(32))
+    assert len(rows) == 2 and [r.match_status for r in rows] == ["ok", "ok"]
+    for r in rows:
+        time_point = Path(r.pet_path).parent
+        assert r.labels == [str(time_point / "seg")] and r.lesions == str(time_point / "lesions.nii.gz")
+    assert len({r.patient_id for r in rows}) == 1
+
+
+def test_labels_beside_two_time_points_stay_unattributed(tmp_path, synth_archive):
+    """A label folder at the level of both time points belongs to neither: the rows say so."""
+    src, truths = synth_archive
+    study = tmp_path / "archive" / "patient"
+    for name, t in (("baseline", truths[0]), ("follow_up", truths[1])):
+        shutil.copytree(src / t["patient"] / "pet", study / name)
+        uid = generate_uid()
+        for f in (study / name).glob("*.dcm"):
+            ds = pydicom.dcmread(f)
+            ds.StudyInstanceUID = uid
+            ds.save_as(f)
+    shutil.copytree(src / truths[0]["patient"] / "seg", study / "seg")
+    rows = scan_archive(tmp_path / "archive", bytes(32))
+    assert len(rows) == 2 and all(r.match_status.startswith("unattributed_labels") for r in rows)
+    assert all(r.labels == [] for r in rows)

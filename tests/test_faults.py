@@ -7,8 +7,6 @@ no work for finished studies. Once on a local cluster (2 workers) and once on a 
 
 The runs are shared by the tests of a cluster kind; under pytest-xdist the first process to need a
 run makes it (a file lock in the session's shared temporary folder) and the others read its record.
-Faults whose fix belongs to another part of petfeat and is not in place yet are listed in
-``PENDING`` and expected to fail (strictly: the mark must go when the fix lands).
 """
 
 from __future__ import annotations
@@ -33,14 +31,6 @@ from petfeat.synth.faults import generate_fault_archive
 KEY = bytes(range(32)).hex()
 KINDS = ("local", "external")
 _MAIN = "import sys; from petfeat.cli import main; sys.exit(main(sys.argv[1:]))"
-
-#: Faults whose fix lies outside the batch engine and is not in place yet (per study folder).
-PENDING: dict[str, str] = {
-    "two_time_points": "scan: label maps in each time point's own subfolder (baseline/seg, follow_up/seg) are not "
-                       "attributed to that time point's study (match_status unattributed_labels), so both "
-                       "studies fail 'no label source for this study'",
-}
-
 
 def _cli(args: list[str], cwd: Path, key: Path, timeout: float = 240) -> dict:
     env = {**os.environ, "PETFEAT_KEY_FILE": str(key)}
@@ -191,8 +181,7 @@ def _expected_cases():
              "flipped_meta_byte", "missing_weight", "rows_columns_65535", "label_gzip_truncated",
              "lesion_mask_truncated", "label_size_bomb", "symlink_loops", "fifo_in_folder", "duplicate_a",
              "duplicate_b", "no_dicom", "lesions_off_view", "labels_off_view", "ac_and_nac", "two_time_points"]
-    return [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=PENDING[c])) if c in PENDING else c
-            for c in cases]
+    return cases
 
 
 @pytest.mark.parametrize("folder", _expected_cases())

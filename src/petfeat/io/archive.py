@@ -320,7 +320,8 @@ def _choose_series(series: dict[str, list[_Header]]) -> tuple[str, str]:
 def _scan_study(study: Path, root: Path, key: bytes) -> list[tuple[StudyRow, tuple[str, str] | None, str]]:
     """Rows of one study folder, each with its (study uid, series uid) and raw PatientID."""
     found = _walk(study)
-    labels, lesions = _label_sources(found.label_files)
+    labels, lesion_files = _label_sources(found.label_files)
+    lesions = lesion_files[0] if lesion_files else ""
     pets: dict[str, dict[str, list[_Header]]] = {}  # study uid -> series uid -> headers
     study_of_series: dict[str, str] = {}
     refs: list[_Header] = []
@@ -353,22 +354,51 @@ def _scan_study(study: Path, root: Path, key: bytes) -> list[tuple[StudyRow, tup
                        series_choice=reason, alternatives=sorted(u for u in series if u != uid),
                        n_unreadable=found.n_unreadable)
         out.append((row, (study_uid, uid), first.patient_id))
+    if len(out) == 1:
+        out[0][0].labels = labels + out[0][0].labels
+        out[0][0].lesions = lesions
+        unattributed = []
+    else:  # several studies in one folder: each label source goes to the study whose PET files lie nearest it
+        pet_folders = [{h.path.parent for hs in pets[ids[0]].values() for h in hs} for _, ids, _ in out]
+        unattributed = []
+        for source in labels:
+            k = _nearest_study(Path(source), pet_folders, study)
+            (out[k][0].labels.append(source) if k is not None else unattributed.append(source))
+        for source in lesion_files:
+            k = _nearest_study(Path(source), pet_folders, study)
+            if k is not None and not out[k][0].lesions:
+                out[k][0].lesions = source
+            else:
+                unattributed.append(source)
     for row, _, _ in out:
-        if len(out) == 1:
-            row.labels = labels + row.labels
-            row.lesions = lesions
-        elif labels or lesions:
-            n = len(labels) + bool(lesions)
-            row.match_status = (f"unattributed_labels: {n} label file(s) or folder(s) lie in a folder of {len(out)} "
-                                "studies; add the right ones to this row's labels/lesions")
-            continue
-        if not (row.labels or row.lesions):
+        if unattributed:
+            row.match_status = (f"unattributed_labels: {len(unattributed)} label file(s) or folder(s) lie in a folder "
+                                f"of {len(out)} studies, none inside one study's own subfolder; add the right ones to "
+                                "this row's labels/lesions")
+        elif not (row.labels or row.lesions):
             row.match_status = "no_labels"
     return out
 
 
-def _label_sources(files: list[Path]) -> tuple[list[str], str]:
-    """Label sources (folders and files) and the lesion mask among a study folder's image files."""
+def _nearest_study(source: Path, pet_folders: list[set[Path]], study: Path) -> int | None:
+    """The study (index) whose PET folders share the deepest common folder with ``source``, below ``study``.
+
+    A patient's time points often sit side by side (``baseline/pet``, ``baseline/seg``,
+    ``follow_up/pet``...): a label source belongs to the one study whose PET files share a folder
+    with it that no other study's PET files are in. None when no such study exists.
+    """
+    def depth(folders: set[Path]) -> int:
+        return max(len(os.path.commonpath([str(source), str(f)]).split(os.sep)) for f in folders)
+
+    depths = [depth(f) for f in pet_folders]
+    best = max(depths)
+    if best <= len(str(study).split(os.sep)) or depths.count(best) != 1:
+        return None
+    return depths.index(best)
+
+
+def _label_sources(files: list[Path]) -> tuple[list[str], list[str]]:
+    """Label sources (folders and files) and the lesion masks among a study folder's image files."""
     from petfeat.io.labels import nifti_label_table
     from petfeat.io.totalsegmentator import identify_task
 
@@ -390,7 +420,7 @@ def _label_sources(files: list[Path]) -> tuple[list[str], str]:
             low = f.name.lower()
             if (low.endswith((".nii", ".nii.gz")) and nifti_label_table(f)) or "seg" in low or "label" in low:
                 labels.append(str(f))  # TotalSegmentator --ml (found by its label table), or named as labels
-    return labels, str(lesion_files[0]) if lesion_files else ""
+    return labels, [str(f) for f in lesion_files]
 
 
 # ---------------------------------------------------------------------------------------------- manifest
