@@ -211,3 +211,29 @@ def test_multiplicity_per_family_with_holm_and_bh(cohort):
     res2, _ = run_analyses(f, read_clinical(d / "clinical"), spec)
     np.testing.assert_allclose(res2.p_holm, holm(res2.p))
     assert (res2.p_holm >= res.p_holm - 1e-12).all() and (res2.p_holm > res.p_holm).any()
+
+
+def test_competing_death_gives_cause_specific_cox_and_aalen_johansen_figure(tmp_path):
+    rng = np.random.default_rng(4)
+    ids = [f"P{i:03d}" for i in range(30)]
+    f = pd.DataFrame({"patient_id": ids, "study_date": "2023-01-01", "region": "whole_body_tumor",
+                      "suv_mean": rng.lognormal(3, 0.4, 30)})
+    died = [f"2024-0{3 + i % 4}-1{i % 9}" if i % 3 == 0 else None for i in range(30)]
+    patients = pd.DataFrame({"patient_id": ids, "therapy_start": "2024-01-10", "death_date": died})
+    labs = [(p, "2024-01-09", "PLT", 200, "10^9/L") for p in ids]
+    labs += [(p, f"2024-02-{1 + i % 27:02d}", "PLT", 40 if i % 3 == 1 else 180, "10^9/L") for i, p in enumerate(ids)]
+    labs = pd.DataFrame(labs, columns=["patient_id", "date", "test", "value", "unit"])
+    spec = {"name": "cr", "endpoints": {"tox": {"type": "first_grade", "tests": ["platelets"]}},
+            "analyses": [{"name": "tox", "model": "cox", "region": "whole_body_tumor", "features": ["suv_mean"],
+                          "endpoint": "tox"}]}
+    clinical = {"patients": patients, "labs": labs, "scores": None}
+    res, ctx = run_analyses(f, clinical, spec)
+    ep = ctx["endpoints"]["tox"]
+    assert ep.competing.sum() == 10 and ep.event.sum() == 10 and (ep[ep.competing == 1].event == 0).all()
+    assert res.loc[0, "death"] == "competing event (cause-specific Cox)" and res.loc[0, "events"] == 10
+    html = write_report(res, ctx, spec, tmp_path / "rep")["html"].read_text()
+    assert "Cumulative incidence (Aalen-Johansen, death as competing event)" in html
+    spec["endpoints"]["tox"]["death"] = "censor"
+    res, ctx = run_analyses(f, clinical, spec)
+    assert ctx["endpoints"]["tox"].competing.sum() == 0 and res.loc[0, "death"] == "censored at last assessment"
+    assert "Kaplan-Meier: " in write_report(res, ctx, spec, tmp_path / "rep2")["html"].read_text()

@@ -78,7 +78,10 @@ def test_time_to_first_grade_3():
     ], columns=["patient_id", "date", "test", "value", "unit"])
     t = time_to_first_grade(labs, _patients()).set_index("patient_id")
     assert (t.loc["a", "time_days"], t.loc["a", "event"]) == (41.0, 1)  # platelets 40 x10^9/L on day 41
-    assert (t.loc["b", "time_days"], t.loc["b", "event"], t.loc["b", "baseline_grade_ge"]) == (31.0, 0, True)
+    assert (t.loc["b", "time_days"], t.loc["b", "event"], t.loc["b", "baseline_grade_ge"]) == (51.0, 0, True)
+    assert (t.loc["b", "competing"], t.loc["b", "status"]) == (1, "death")  # died 2024-03-01: competing event
+    cens = time_to_first_grade(labs, _patients(), death="censor").set_index("patient_id")
+    assert (cens.loc["b", "time_days"], cens.loc["b", "competing"]) == (31.0, 0)  # last lab
     assert (t.loc["c", "time_days"], t.loc["c", "event"]) == (31.0, 0)  # white cells are not among the tests
 
 
@@ -452,3 +455,29 @@ def test_bpi_worst_pain_is_item_3():
     r = {"3": 8, "4": 2, "5": 5, "6": 5, "9A": 4, "9B": 6, "9D": 2, "9G": 4}
     assert bpi_scores(r)["bpi_worst"] == 8.0
     assert np.isnan(bpi_scores({**r, "3": np.nan})["bpi_worst"])
+
+
+def test_death_competes_with_toxicity_and_cumulative_incidence_is_aalen_johansen():
+    from petfeat.stats.endpoints import cumulative_incidence
+
+    # hand-computed: 5 patients; day 10 toxicity, day 20 death, day 30 toxicity, censored at 40 and 50
+    t, e, c = [10, 20, 30, 40, 50], [1, 0, 1, 0, 0], [0, 1, 0, 0, 0]
+    cif = cumulative_incidence(t, e, c).set_index("time")["cif"]
+    # S(10-) = 1: 1/5; S(20-) = 4/5 (death only moves S); S(30-) = 4/5 x 3/4 = 3/5: + 3/5 x 1/3 = 0.2
+    assert cif[10.0] == pytest.approx(0.2) and cif[20.0] == pytest.approx(0.2) and cif[30.0] == pytest.approx(0.4)
+    from lifelines import KaplanMeierFitter
+
+    one_minus_km = 1 - KaplanMeierFitter().fit(t, e).survival_function_.loc[30.0].iloc[0]  # death censored
+    assert one_minus_km == pytest.approx(1 - 0.8 * 2 / 3) and one_minus_km > cif[30.0]  # 0.467 overstates
+    np.testing.assert_allclose(cumulative_incidence(t, e, [0] * 5).cif.iloc[1:],
+                               1 - KaplanMeierFitter().fit(t, e).survival_function_.loc[[10.0, 30.0]].to_numpy()[:, 0])
+    p = pd.DataFrame({"patient_id": ["a"], "therapy_start": ["2024-01-10"], "death_date": ["2024-02-20"]})
+    labs = pd.DataFrame([("a", "2024-01-09", "PLT", 200, "10^9/L"), ("a", "2024-02-07", "PLT", 190, "10^9/L")],
+                        columns=["patient_id", "date", "test", "value", "unit"])
+    r = time_to_first_grade(labs, p).iloc[0]
+    assert (r.time_days, r.event, r.competing, r.status) == (41.0, 0, 1, "death")
+    r = time_to_first_grade(labs, p, death="event").iloc[0]
+    assert (r.time_days, r.event, r.competing) == (41.0, 1, 0)
+    s = _scores([("a", "2024-01-08", 100), ("a", "2024-02-08", 99)])
+    w = time_to_worsening(s, p, Worsening("decrease", absolute=10.0, death="competing")).iloc[0]
+    assert (w.time_days, w.event, w.competing, w.status) == (41.0, 0, 1, "death")

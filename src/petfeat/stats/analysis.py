@@ -30,7 +30,13 @@ import pandas as pd
 
 from petfeat.errors import PetfeatError
 from petfeat.stats.ctcae import TESTS as CTCAE_TESTS
-from petfeat.stats.endpoints import Worsening, time_to_first_grade, time_to_worsening
+from petfeat.stats.endpoints import (
+    DEATH_RULES,
+    Worsening,
+    cumulative_incidence,
+    time_to_first_grade,
+    time_to_worsening,
+)
 from petfeat.stats.models import DF_METHODS, TRANSFORMS, ZPH_TRANSFORMS, fdr, fit_cox, fit_mixed, format_hr, holm
 from petfeat.stats.questionnaires import FACT_P_PCS, bpi_scores, fact_scores, xerostomia_score
 
@@ -57,6 +63,9 @@ def load_study(path: str | Path | None = None) -> dict:
         if e.get("type") not in ENDPOINT_TYPES:
             raise StudySpecError(f"{where}: endpoint {name!r} has type {e.get('type')!r}; choose one of "
                                  f"{', '.join(ENDPOINT_TYPES)}.")
+        if e.get("death", "competing" if e["type"] == "first_grade" else "censor") not in DEATH_RULES:
+            raise StudySpecError(f"{where}: endpoint {name!r}: death is {e.get('death')!r}; choose one of "
+                                 f"{', '.join(DEATH_RULES)} (competing: cause-specific Cox, Aalen-Johansen incidence).")
         if e["type"] == "first_grade":
             unknown = [t for t in e.get("tests", ()) if t not in CTCAE_TESTS]
             if unknown or not e.get("tests"):
@@ -166,7 +175,8 @@ def derive_endpoints(spec: dict, clinical: dict) -> dict[str, pd.DataFrame]:
             if clinical["labs"] is None:
                 raise PetfeatError(f"endpoint {name!r} needs the labs table.")
             out[name] = time_to_first_grade(clinical["labs"], clinical["patients"], tuple(e.get("tests", ())),
-                                            int(e.get("min_grade", 3)), bool(e.get("treatment_emergent", False)))
+                                            int(e.get("min_grade", 3)), bool(e.get("treatment_emergent", False)),
+                                            e.get("death", "competing"))
         else:
             sc = clinical["scores"]
             sc = sc[sc["instrument"] == e["score"]]
@@ -216,6 +226,11 @@ def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict) -> tuple[pd
                 continue
             rec = {"analysis": a.get("name", ""), "model": a["model"], "region": a["region"], "feature": col,
                    "endpoint": a.get("endpoint", a.get("score"))}
+            if a["model"] == "cox":
+                e = spec["endpoints"][a["endpoint"]]
+                rule = e.get("death", "competing" if e["type"] == "first_grade" else "censor")
+                rec["death"] = {"competing": "competing event (cause-specific Cox)", "event": "event (composite)",
+                                "censor": "censored at last assessment"}[rule]
             extra = []
             try:
                 if a["model"] == "cox":
@@ -295,7 +310,7 @@ def write_report(results: pd.DataFrame, context: dict, spec: dict, out: str | Pa
         results = results.assign(warnings=[" | ".join(" ".join(str(w).split()) for w in ws)
                                            if isinstance(ws, list) else "" for ws in results["warnings"]])
     results.drop(columns=["covariates"], errors="ignore").to_csv(paths["csv"], index=False)
-    cols = [c for c in ("analysis", "feature", "term", "transform", "n", "events", "result", "p_fdr", "p_holm",
+    cols = [c for c in ("analysis", "feature", "term", "transform", "n", "events", "death", "result", "p_fdr", "p_holm",
                         "concordance", "ph_test_p", "ph_global_p", "flag", "ridge_result", "status", "warnings")
             if c in results.columns]
     md = results[cols].to_markdown(index=False) if _has_tabulate() else results[cols].to_string(index=False)
@@ -305,8 +320,8 @@ def write_report(results: pd.DataFrame, context: dict, spec: dict, out: str | Pa
     for name, g in cox.groupby("analysis", sort=False):
         fig, ax = plt.subplots(figsize=(6.5, 0.5 + 0.45 * len(g)))
         y = np.arange(len(g))[::-1]
-        ax.errorbar(g["hr"], y, xerr=[g["hr"] - g["ci_low"], g["ci_high"] - g["hr"]], fmt="s", color="#1f4e79",
-                    capsize=3)
+        hr, lo, hi = (g[c].to_numpy(dtype=np.float64) for c in ("hr", "ci_low", "ci_high"))
+        ax.errorbar(hr, y, xerr=np.vstack([hr - lo, hi - hr]), fmt="s", color="#1f4e79", capsize=3)
         ax.axvline(1.0, color="grey", lw=1, ls="--")
         ax.set_xscale("log")
         ax.set_yticks(y, [f"{f.split('.', 1)[1]} ({t})" for f, t in zip(g["feature"], g["transform"], strict=True)])
@@ -318,14 +333,23 @@ def write_report(results: pd.DataFrame, context: dict, spec: dict, out: str | Pa
     for (name, col), d in context["data"].items():
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
         med = d[col].median()
+        competing = "competing" in d.columns and bool(d["competing"].sum())
         for label, part in (("above median", d[d[col] > med]), ("at or below median", d[d[col] <= med])):
-            if len(part):
+            if not len(part):
+                continue
+            if competing:  # death competes: Aalen-Johansen cumulative incidence, not 1 - Kaplan-Meier
+                cif = cumulative_incidence(part["time_days"], part["event"], part["competing"])
+                ax.step(cif["time"], cif["cif"], where="post", label=f"{label} (n={len(part)})")
+            else:
                 km = KaplanMeierFitter(label=f"{label} (n={len(part)})").fit(part["time_days"], part["event"])
                 km.plot_survival_function(ax=ax)
         ax.set_xlabel("days since first dose")
-        ax.set_ylabel("event-free")
+        ax.set_ylabel("cumulative incidence (death competing)" if competing else "event-free")
+        if competing:
+            ax.legend(fontsize=8)
         ax.set_title(f"{col} - {name}", fontsize=9)
-        figures.append((f"Kaplan-Meier: {col} ({name})", _png(fig)))
+        kind = "Cumulative incidence (Aalen-Johansen, death as competing event)" if competing else "Kaplan-Meier"
+        figures.append((f"{kind}: {col} ({name})", _png(fig)))
         plt.close(fig)
     table = results[cols].to_html(index=False, na_rep="", float_format=lambda v: f"{v:.3g}", border=0,
                                   classes="results")

@@ -12,6 +12,13 @@ before the dose), unless both the dose and the assessment carry a time of day
 (``therapy_start = "2024-03-01 10:30"``, ``date = "2024-03-01 14:00"``) and the assessment is
 later than the dose. A value at exactly midnight counts as a date without a time.
 
+Death (``patients.death_date``), per endpoint: ``"competing"`` ends follow-up at death as a
+competing event (``event`` 0, ``competing`` 1, time = day of death): a Cox model of ``event`` is then
+the cause-specific hazard, and the cumulative incidence is Aalen-Johansen's (:func:`cumulative_incidence`),
+not 1 - Kaplan-Meier; ``"event"`` counts death as an event (composite endpoint); ``"censor"``
+censors at the last assessment. Toxicity endpoints default to ``"competing"``, worsening endpoints
+to ``"censor"``.
+
 Dates: every value of a column in ISO 8601 (``YYYY-MM-DD`` or ``YYYY-MM-DD HH:MM``; date-only and
 timed values may be mixed) or every value in one other format; a column that mixes formats is
 refused with the first value that does not fit.
@@ -73,25 +80,40 @@ def _require(df: pd.DataFrame, cols, name: str) -> None:
         raise PetfeatError(f"the {name} table lacks column(s) {', '.join(missing)}.")
 
 
+DEATH_RULES = ("competing", "event", "censor")
+
+
+def _deaths(patients: pd.DataFrame) -> pd.Series:
+    if "death_date" in patients.columns:
+        return _dates(patients["death_date"], "patients", "death_date")
+    return pd.Series([pd.NaT] * len(patients), dtype="datetime64[ns]")
+
+
 def time_to_first_grade(labs: pd.DataFrame, patients: pd.DataFrame, tests=("haemoglobin", "neutrophils", "platelets"),
-                        min_grade: int = 3, treatment_emergent: bool = False) -> pd.DataFrame:
+                        min_grade: int = 3, treatment_emergent: bool = False, death: str = "competing") -> pd.DataFrame:
     """Time to the first lab of grade >= ``min_grade`` among ``tests`` after the first dose.
 
     ``tests`` may name any of :data:`petfeat.stats.ctcae.TESTS` (``white_cells``, ``lymphocytes``
     too). With ``treatment_emergent`` a lab counts only when its grade is also worse than the
     baseline grade of the same test (the last baseline value; 0 without one).
 
-    Returns one row per patient: ``time_days``, ``event`` (0/1), ``baseline_grade_ge`` (the last
-    value on or before the first dose already had grade >= ``min_grade``), ``n_assessments``.
+    ``death``: how a death without a prior event ends follow-up (module docstring).
+
+    Returns one row per patient: ``time_days``, ``event`` (0/1), ``competing`` (0/1: death first,
+    with ``death="competing"``), ``status`` (``event``, ``death``, ``censored``),
+    ``baseline_grade_ge`` (the last value on or before the first dose already had grade >=
+    ``min_grade``), ``n_assessments``.
     """
+    if death not in DEATH_RULES:
+        raise PetfeatError(f"death is {death!r}; choose one of {', '.join(DEATH_RULES)}.")
     _require(labs, ("patient_id", "date", "test", "value", "unit"), "labs")
     _require(patients, ("patient_id", "therapy_start"), "patients")
     g = grade_labs(labs)
     g = g[g["test"].isin(tests) & (g["grade"] >= 0)].copy()  # a row without a value is no assessment
     g["date"] = _dates(g["date"], "labs", "date")
     rows = []
-    for pid, start in zip(patients["patient_id"], _dates(patients["therapy_start"], "patients", "therapy_start"),
-                          strict=True):
+    for pid, start, died in zip(patients["patient_id"], _dates(patients["therapy_start"], "patients", "therapy_start"),
+                                _deaths(patients), strict=True):
         mine = g[g["patient_id"] == pid].sort_values("date", kind="stable")
         later = after_first_dose(mine["date"], start)
         before, after = mine[~later], mine[later]
@@ -99,12 +121,15 @@ def time_to_first_grade(labs: pd.DataFrame, patients: pd.DataFrame, tests=("haem
         baseline = bool(len(before) and base_grades.max() >= min_grade)
         emergent = after["grade"] > after["test"].map(base_grades).fillna(0) if treatment_emergent else True
         hit = after[(after["grade"] >= min_grade) & emergent]
-        if len(hit):
-            t, e = _days(hit["date"].iloc[0], start), 1
+        c, status = 0, "censored"
+        if len(hit) and not (pd.notna(died) and died.normalize() < hit["date"].iloc[0].normalize()):
+            t, e, status = _days(hit["date"].iloc[0], start), 1, "event"
+        elif pd.notna(died) and death != "censor":
+            t, e, c, status = _days(died, start), int(death == "event"), int(death == "competing"), "death"
         else:
             t, e = (_days(after["date"].iloc[-1], start) if len(after) else 0.0), 0
-        rows.append({"patient_id": pid, "time_days": float(t), "event": e, "baseline_grade_ge": baseline,
-                     "n_assessments": int(after["date"].nunique())})
+        rows.append({"patient_id": pid, "time_days": float(t), "event": e, "competing": c, "status": status,
+                     "baseline_grade_ge": baseline, "n_assessments": int(after["date"].nunique())})
     return pd.DataFrame(rows)
 
 
@@ -120,7 +145,7 @@ class Worsening:
     ``zero_baseline``: with a relative threshold and a baseline of 0, ``"absolute"`` judges by the
     absolute threshold only, ``"any"`` counts any change in the worse direction.
     ``death``: ``"event"`` counts death before worsening as an event at the death date, ``"censor"``
-    censors at the last assessment.
+    censors at the last assessment, ``"competing"`` ends follow-up at death as a competing event.
     """
 
     direction: str
@@ -173,8 +198,9 @@ def time_to_worsening(scores: pd.DataFrame, patients: pd.DataFrame, definition: 
     _require(patients, ("patient_id", "therapy_start"), "patients")
     sc = scores.dropna(subset=[score_col]).copy()
     sc["date"] = _dates(sc["date"], "scores", "date")
-    deaths = (_dates(patients["death_date"], "patients", "death_date") if "death_date" in patients.columns
-              else pd.Series([pd.NaT] * len(patients)))
+    deaths = _deaths(patients)
+    if definition.death not in DEATH_RULES:
+        raise PetfeatError(f"death is {definition.death!r}; choose one of {', '.join(DEATH_RULES)}.")
     rows = []
     for pid, start, death in zip(patients["patient_id"], _dates(patients["therapy_start"], "patients",
                                                                 "therapy_start"), deaths, strict=True):
@@ -182,7 +208,7 @@ def time_to_worsening(scores: pd.DataFrame, patients: pd.DataFrame, definition: 
         later = after_first_dose(mine["date"], start)
         before, after = mine[~later], mine[later]
         if not len(before):
-            rows.append({"patient_id": pid, "time_days": np.nan, "event": 0, "baseline": np.nan,
+            rows.append({"patient_id": pid, "time_days": np.nan, "event": 0, "competing": 0, "baseline": np.nan,
                          "status": "no_baseline"})
             continue
         base = float(before[score_col].iloc[-1])
@@ -194,14 +220,40 @@ def time_to_worsening(scores: pd.DataFrame, patients: pd.DataFrame, definition: 
                 break
         last = after["date"].iloc[-1] if len(after) else start
         status = "worsened"
-        if event_at is None and pd.notna(death) and definition.death == "event":
+        dies_first = pd.notna(death) and (event_at is None or death < event_at)
+        if dies_first and definition.death == "event":
             event_at, status = death, "death"
-        if event_at is not None and pd.notna(death) and death < event_at and definition.death == "event":
-            event_at, status = death, "death"
-        if event_at is None:
-            rows.append({"patient_id": pid, "time_days": _days(last, start), "event": 0, "baseline": base,
-                         "status": "censored"})
+        if dies_first and definition.death == "competing":
+            rows.append({"patient_id": pid, "time_days": _days(death, start), "event": 0, "competing": 1,
+                         "baseline": base, "status": "death"})
+        elif event_at is None:
+            rows.append({"patient_id": pid, "time_days": _days(last, start), "event": 0, "competing": 0,
+                         "baseline": base, "status": "censored"})
         else:
-            rows.append({"patient_id": pid, "time_days": _days(event_at, start), "event": 1, "baseline": base,
-                         "status": status})
+            rows.append({"patient_id": pid, "time_days": _days(event_at, start), "event": 1, "competing": 0,
+                         "baseline": base, "status": status})
     return pd.DataFrame(rows)
+
+
+def cumulative_incidence(time, event, competing) -> pd.DataFrame:
+    """Aalen-Johansen cumulative incidence of ``event`` with ``competing`` events (e.g. death).
+
+    ``CIF(t) = sum over event times t_j <= t of S(t_j-) d_j / n_j``, with ``S`` the Kaplan-Meier
+    of being free of either event, ``d_j`` the events of interest and ``n_j`` the number at risk at
+    ``t_j``. Without competing events it equals 1 - Kaplan-Meier. Returns ``time, cif`` at each
+    distinct time with an event of either kind (and 0 at time 0).
+    """
+    t = np.asarray(time, dtype=np.float64)
+    e = np.asarray(event, dtype=np.int64) == 1
+    c = np.asarray(competing, dtype=np.int64) == 1
+    if np.any(e & c):
+        raise PetfeatError("a row is both an event and a competing event; each patient ends follow-up once.")
+    times = np.unique(t[e | c])
+    surv, cif, out = 1.0, 0.0, [(0.0, 0.0)]
+    for tj in times:
+        n = float(np.sum(t >= tj))
+        d1, d2 = float(np.sum(e & (t == tj))), float(np.sum(c & (t == tj)))
+        cif += surv * d1 / n
+        surv *= 1.0 - (d1 + d2) / n
+        out.append((float(tj), cif))
+    return pd.DataFrame(out, columns=["time", "cif"])
