@@ -237,3 +237,26 @@ def test_competing_death_gives_cause_specific_cox_and_aalen_johansen_figure(tmp_
     res, ctx = run_analyses(f, clinical, spec)
     assert ctx["endpoints"]["tox"].competing.sum() == 0 and res.loc[0, "death"] == "censored at last assessment"
     assert "Kaplan-Meier: " in write_report(res, ctx, spec, tmp_path / "rep2")["html"].read_text()
+
+
+@pytest.mark.parametrize("labs, message", [
+    ([("P000", "2024-01-09", "ANC", "1.8", "10^9/L"), ("P000", "2024-02-07", "ANC", "<0.5", "10^9/L")],
+     "column 'value', row 2: '<0.5' is not a number"),
+    ([("P000", "2024-01-09", "ANC", "1.8", "10^9/L"), ("P000", "07/02/2024", "ANC", "1.2", "10^9/L")],
+     "column 'date': '07/02/2024' does not parse"),
+])
+def test_analyze_bad_clinical_values_are_one_line_errors(cohort, tmp_path, capsys, labs, message):
+    from petfeat.cli import main
+
+    d, _ = cohort
+    clinical = tmp_path / "clinical"
+    clinical.mkdir()
+    for name in ("patients.csv", "scores.csv", "questionnaires.csv"):
+        if (d / "clinical" / name).exists():
+            (clinical / name).write_bytes((d / "clinical" / name).read_bytes())
+    pd.DataFrame(labs, columns=["patient_id", "date", "test", "value", "unit"]).to_csv(clinical / "labs.csv",
+                                                                                       index=False)
+    rc = main(["analyze", "--features", str(d / "features.parquet"), "--clinical", str(clinical), "-o",
+               str(tmp_path / "rep")])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
