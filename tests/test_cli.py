@@ -113,8 +113,12 @@ def test_extract_one_study(synth_archive, tmp_path):
     les = pd.read_parquet(tmp_path / "out" / "lesions.parquet")
     assert len(les) == f.set_index("region").loc["whole_body_tumor", "lesion_count"] >= 1
     assert (tmp_path / "out" / "features.csv").exists() and (tmp_path / "out" / "run.json").exists()
-    labels = pd.read_parquet(tmp_path / "out" / "labels.parquet")
-    assert {"label", "native_volume_ml", "pet_grid_volume_ml"} <= set(labels.columns)
+    labels = pd.read_parquet(tmp_path / "out" / "labels.parquet").set_index("label")
+    assert {"namespace", "source", "native_volume_ml", "pet_grid_volume_ml", "outside_fov_fraction"} <= set(
+        labels.columns)
+    assert set(labels.source) == {"seg"} and not labels.source.str.contains(str(out)).any()  # no archive path
+    liver = truths[0]["regions"]["liver"]
+    assert labels.loc["liver", "pet_grid_volume_ml"] == pytest.approx(liver["volume_ml"], rel=0.05)
     assert not list((tmp_path / "out").glob(".*.tmp"))  # atomic writes leave no temporaries
 
 

@@ -231,6 +231,26 @@ def _label_sources(values: list[str]) -> list[tuple[str | None, Path]]:
     return out
 
 
+def _label_table(layers, voxel_ml: float) -> list[dict]:
+    """One row per label of the layers (the ``labels`` table of ``petfeat extract``).
+
+    Each row: name space, the file or folder name the label came from (never its archive path), volume on
+    its own grid and on the PET grid, and the fraction outside the PET field of view (RTSTRUCT ROIs).
+    """
+    from petfeat.kernels.label_census import label_census
+
+    rows = []
+    for la in layers:
+        counts = label_census(la.array).counts
+        notes = getattr(la, "notes", None) or {}
+        for i, n in la.names.items():
+            rows.append({"label": n, "namespace": la.namespace, "source": Path(la.source).name,
+                         "native_volume_ml": (la.native_volume_ml or {}).get(n),
+                         "pet_grid_volume_ml": float(counts[i] if i < len(counts) else 0) * voxel_ml,
+                         "outside_fov_fraction": (notes.get(n) or {}).get("outside_fov_fraction")})
+    return rows
+
+
 def _parse_threshold(text: str | None) -> dict | None:
     if text is None:
         return None
@@ -351,10 +371,7 @@ def cmd_extract(args) -> int:
                   peak_neighbours=args.peak_neighbours, strict=args.strict)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    label_rows = [{"label": n, "namespace": la.namespace, "source": la.source,
-                   "native_volume_ml": (la.native_volume_ml or {}).get(n),
-                   "pet_grid_volume_ml": float((la.array == i).sum()) * series.geometry.voxel_volume_ml}
-                  for la in layers for i, n in la.names.items()]
+    label_rows = _label_table(layers, series.geometry.voxel_volume_ml)
     written = _write_table(res.features, out / "features", args.csv)
     written += _write_table(res.lesions, out / "lesions", args.csv)
     written += _write_table(pd.DataFrame(label_rows), out / "labels", args.csv)
