@@ -63,6 +63,7 @@ def test_planted_effects_recovered_and_report_written(cohort, tmp_path):
     assert len(mixed) == 6 and mixed.df.between(5, 400).all() and mixed.var_slope.ge(0).all()
     assert mixed.time_estimate.notna().all() and mixed.reml_criterion.notna().all() and mixed.converged.all()
     assert mixed.interaction_p.notna().sum() == 2 and mixed.formula.str.endswith("(cycle | patient_id)").all()
+    assert mixed.interaction_result.dropna().str.match(r"^x cycle: -?[\d.e-]+ per cycle, 95% CI ").sum() == 2
     csv = pd.read_csv(paths["csv"])
     assert {"term", "se", "loglik", "ph_global_p", "flag", "warnings", "interaction_estimate", "var_slope",
             "reml_criterion", "df"} <= set(csv.columns) and len(csv) == len(res)

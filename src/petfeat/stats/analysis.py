@@ -268,6 +268,12 @@ def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict) -> tuple[pd
                     rec.update(r, term=col, result=f"estimate = {r['estimate']:.3g}, 95% CI {r['ci_low']:.3g} to "
                                                    f"{r['ci_high']:.3g}, {p}", status="ok",
                                flag="" if r["converged"] else "not converged")
+                    if "interaction_estimate" in r:
+                        pi = r["interaction_p"]
+                        rec["interaction_result"] = (
+                            f"x {a.get('time', 'cycle')}: {r['interaction_estimate']:.3g} per "
+                            f"{a.get('time', 'cycle')}, 95% CI {r['interaction_ci_low']:.3g} to "
+                            f"{r['interaction_ci_high']:.3g}, " + (f"p = {pi:.3f}" if pi >= 0.001 else "p < 0.001"))
             except PetfeatError as exc:
                 rec["status"] = str(exc)
             except (np.linalg.LinAlgError, ValueError, ArithmeticError) as exc:
@@ -310,9 +316,9 @@ def write_report(results: pd.DataFrame, context: dict, spec: dict, out: str | Pa
         results = results.assign(warnings=[" | ".join(" ".join(str(w).split()) for w in ws)
                                            if isinstance(ws, list) else "" for ws in results["warnings"]])
     results.drop(columns=["covariates"], errors="ignore").to_csv(paths["csv"], index=False)
-    cols = [c for c in ("analysis", "feature", "term", "transform", "n", "events", "death", "result", "p_fdr", "p_holm",
-                        "concordance", "ph_test_p", "ph_global_p", "flag", "ridge_result", "status", "warnings")
-            if c in results.columns]
+    cols = [c for c in ("analysis", "feature", "term", "transform", "n", "events", "death", "result", "p_fdr",
+                        "p_holm", "concordance", "ph_test_p", "ph_global_p", "flag", "ridge_result",
+                        "interaction_result", "status", "warnings") if c in results.columns]
     md = results[cols].to_markdown(index=False) if _has_tabulate() else results[cols].to_string(index=False)
     paths["md"].write_text(f"# {spec.get('name', 'Study')}\n\n{md}\n")
     figures = []
