@@ -1,20 +1,178 @@
 """Command line: a thin layer over the Python API.
 
-``petfeat suv PATH`` prints SUV factors, ``petfeat synth OUT`` writes a synthetic archive,
-``petfeat demo`` generates an archive and extracts a first feature table. Bad input exits with
-status 2 and a one-line error on stderr, never a traceback.
+``petfeat suv`` prints SUV factors, ``scan`` writes a manifest, ``extract`` computes features of
+one study or of an archive on Dask, ``analyze`` fits the study's models and writes the report,
+``synth`` writes a synthetic archive, ``demo`` runs all of it on a generated cohort
+(:mod:`petfeat.demo`). Every option's help shows its default and each subcommand's help ends
+with examples. A user error (a mistyped or abbreviated option, a bad value, a missing or
+unreadable input) is one line on stderr, ``petfeat COMMAND: error: ...``, with exit status 2,
+never a traceback; options are never abbreviated, and a mistyped option, command or choice gets a
+"did you mean".
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import difflib
 import json
+import os
+import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from petfeat.errors import PetfeatError
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that shows each option's default (unless its help already states it) and keeps epilog layout."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or "(default" in text or default in (None, False, [], argparse.SUPPRESS)
+                or not (action.option_strings or action.nargs in ("?", "*"))):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _did_you_mean(word: str, choices) -> str:
+    """``"; did you mean X?"`` for the closest of ``choices`` (an unambiguous prefix first), or ``""``."""
+    choices = [str(c) for c in choices]
+    prefixed = [c for c in choices if c.startswith(word) and word not in ("-", "--")]
+    close = prefixed[:1] if len(prefixed) == 1 else difflib.get_close_matches(word, choices, 1, 0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line with a suggestion, and that never abbreviates options."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def unrecognized(self, extras: list[str]) -> str:
+        """The message for arguments this parser does not know, with the closest option for each."""
+        options = [o for o in self._option_string_actions if o.startswith("--")]
+        parts = []
+        for e in extras:
+            name = e.split("=", 1)[0]
+            parts.append(f"{e}{_did_you_mean(name, options)}" if name.startswith("-") else e)
+        return f"unrecognized argument{'s' if len(extras) > 1 else ''}: {', '.join(parts)}"
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            message += _did_you_mean(m.group(1), re.findall(r"'([^']*)'", m.group(2)))
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+@contextlib.contextmanager
+def _native_noise_filtered():
+    """Drop the error stacks native libraries print on file descriptor 2 (``HDF5-DIAG`` from SimpleITK's HDF5).
+
+    SimpleITK tries every image reader on a file it cannot read; ITK's HDF5 prints its error stack
+    straight to the descriptor before SimpleITK raises the exception petfeat turns into a message.
+    Other native output written meanwhile is passed on to ``sys.stderr`` afterwards.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no descriptor 2 to redirect
+        yield
+        return
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept, in_stack = [], False
+            for line in tmp.read().decode(errors="replace").splitlines():
+                if line.startswith("HDF5-DIAG"):
+                    in_stack = True
+                elif not (in_stack and line.startswith(" ")):
+                    in_stack = False
+                    kept.append(line)
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
+
+
+class _CompileNotice:
+    """Prints one line when Numba starts compiling a kernel (first run after install; cached afterwards)."""
+
+    def __init__(self, stream=None):
+        self.stream, self.said = stream or sys.stderr, False
+
+    def __enter__(self):
+        from numba.core import event
+
+        notice = self
+
+        class Listener(event.Listener):
+            def on_start(self, ev) -> None:
+                notice.on_compile()
+
+            def on_end(self, ev) -> None:
+                pass
+
+        self._listener = Listener()
+        event.register("numba:compile", self._listener)
+        return self
+
+    def on_compile(self) -> None:
+        """Say once that kernels are being compiled."""
+        if not self.said:
+            self.said = True
+            print("compiling petfeat's kernels for this machine (about a minute, once: later runs load them "
+                  "from Numba's cache) ...", file=self.stream, flush=True)
+
+    def __exit__(self, *exc):
+        from numba.core import event
+
+        event.unregister("numba:compile", self._listener)
+        return False
+
+
+class _Progress:
+    """``progress(i, n)`` callback: a bar with ETA rewritten in place on a terminal, else a line every ``every`` s.
+
+    In a log (stderr not a terminal) it writes one line when ``every`` seconds have passed since the
+    last one, and the last line when ``i == n``.
+    """
+
+    def __init__(self, what: str, stream=None, every: float = 5.0, width: int = 30):
+        self.what, self.stream, self.every, self.width = what, stream or sys.stderr, every, width
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.t0 = time.perf_counter()
+        self.last = self.t0
+
+    def __call__(self, i: int, n: int) -> None:
+        now = time.perf_counter()
+        final = i >= n
+        if not (self.tty or final or now - self.last >= self.every):
+            return
+        self.last = now
+        elapsed = now - self.t0
+        eta = f", ETA {_duration(elapsed * (n - i) / i)}" if 0 < i < n else ""
+        text = f"{self.what} {i}/{n} ({_duration(elapsed)}{eta})"
+        if self.tty:
+            filled = int(self.width * i / n) if n else self.width
+            bar = "#" * filled + "-" * (self.width - filled)
+            print(f"\r[{bar}] {text}\033[K", end="\n" if final else "", file=self.stream, flush=True)
+        else:
+            print(text, file=self.stream, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d} min" if seconds >= 60 else f"{seconds} s"
 
 
 def _suv_overrides(args) -> dict:
@@ -95,11 +253,12 @@ def cmd_demo(args) -> int:
     return run_demo(args)
 
 
-def _write_table(df, path: Path, csv: bool) -> list[Path]:
-    """Write ``df`` as Parquet (and CSV) atomically."""
+def _write_table(df, path: Path, csv: bool, registry=()) -> list[Path]:
+    """Write ``df`` as Parquet (field metadata: unit, description, SUV type) and CSV, atomically."""
+    from petfeat.features import write_parquet
     from petfeat.io.atomic import atomic_write
 
-    written = [atomic_write(path.with_suffix(".parquet"), lambda f: df.to_parquet(f, index=False))]
+    written = [atomic_write(path.with_suffix(".parquet"), lambda f: write_parquet(df, f, registry))]
     if csv:
         written.append(atomic_write(path.with_suffix(".csv"), lambda f: df.to_csv(f, index=False)))
     return written
@@ -169,13 +328,7 @@ def cmd_scan(args) -> int:
     out = Path(args.out)
     key = load_or_create_key(args.key_file)
     linkage = {} if args.linkage else None
-    tty = sys.stderr.isatty()
-
-    def progress(i: int, n: int) -> None:
-        if tty or i == n or i % 100 == 0:
-            print(f"\rscanned {i}/{n} folders", end="" if tty and i < n else "\n", file=sys.stderr, flush=True)
-
-    rows = scan_archive(args.archive, key, linkage, progress=progress)
+    rows = scan_archive(args.archive, key, linkage, progress=_Progress("scanned folders"))
     write_manifest(rows, out)
     if args.linkage:
         def write(tmp: str) -> None:  # mkstemp's file is mode 600; the rename keeps it
@@ -207,7 +360,13 @@ def cmd_batch(args) -> int:
     out = Path(args.out)
     key = load_or_create_key(args.key_file)
     src = Path(args.source)
-    rows = scan_archive(src, key) if src.is_dir() else read_manifest(src)
+    if args.pet:
+        raise PetfeatError(f"give either a manifest or archive ({src}) or --pet PET_FOLDER, not both.")
+    if not src.exists():
+        raise PetfeatError(f"{src}: no such manifest or archive folder.")
+    rows = scan_archive(src, key, progress=_Progress("scanned folders")) if src.is_dir() else read_manifest(src)
+    if not rows:
+        raise PetfeatError(_no_studies(src))
     settings = BatchSettings(regions=load_spec(args.regions) if args.regions else BUILTIN_REGIONS,
                              backend=args.backend, suv_type=args.suv_type, connectivity=args.connectivity,
                              min_lesion_ml=args.min_lesion_ml, threshold=_parse_threshold(args.threshold),
@@ -215,7 +374,7 @@ def cmd_batch(args) -> int:
                              peak_neighbours=args.peak_neighbours, strict=args.strict)
     rep = run_batch(rows, out, settings, key, scheduler=args.scheduler, n_workers=args.workers,
                     trace_memory=args.trace_memory, scheduler_timeout=args.scheduler_timeout,
-                    dashboard_address=args.dashboard_address)
+                    dashboard_address=args.dashboard_address, csv=args.csv, wide=args.wide)
     print(f"{rep.done} done, {rep.skipped} already done, {rep.failed} failed; {rep.outputs.get('features', 0)} "
           f"feature rows, {rep.outputs.get('lesions', 0)} lesion rows in {out} "
           f"({rep.timings['wall_s']:.1f} s)")
@@ -226,6 +385,23 @@ def cmd_batch(args) -> int:
         print(f"failures ({', '.join(f'{n} {c}' for c, n in classes.items())}) are listed with their reasons in "
               f"{out / 'failures.parquet'}", file=sys.stderr)
     return 3 if rep.failed else 0
+
+
+def _no_studies(src: Path) -> str:
+    """Why a folder given to ``petfeat extract`` as an archive holds no study, and what to give instead."""
+    def is_dicom(f: Path) -> bool:
+        try:
+            with open(f, "rb") as fh:
+                return fh.read(132)[128:] == b"DICM"
+        except OSError:
+            return False
+
+    files = [f for f in sorted(src.iterdir())[:50] if f.is_file()]
+    if any(is_dicom(f) for f in files):
+        return (f"{src} holds DICOM files itself: it is one series, not an archive (one folder per study) or a "
+                f"manifest; for one study run 'petfeat extract --pet {src} --labels ... -o OUT'.")
+    return (f"{src}: no study found: it is not an archive (one folder per study, each with a PET series) or a "
+            "manifest CSV (petfeat scan writes one); for one study's PET folder use --pet PET_FOLDER.")
 
 
 def cmd_extract(args) -> int:
@@ -239,9 +415,11 @@ def cmd_extract(args) -> int:
 
     from petfeat import __version__
     from petfeat.extract import extract
+    from petfeat.features import wide_table
     from petfeat.io.dicom import read_pet_series
     from petfeat.io.labels import nifti_label_table, read_labels, read_lesion_mask, read_names_file
     from petfeat.pseudonyms import load_or_create_key
+    from petfeat.quantities import QUANTITIES, study_quantities
     from petfeat.regions import BUILTIN_REGIONS, load_spec
     from petfeat.suv import compute_suv_factors
 
@@ -251,21 +429,29 @@ def cmd_extract(args) -> int:
     factors = compute_suv_factors(series.suv_header, lbm_formula=args.lbm, **_suv_overrides(args))
     names = read_names_file(args.label_names) if args.label_names else None
     layers = []
-    for namespace, path in _label_sources(args.labels):  # --label-names: for files without their own label table
-        own = names if names is not None and not (path.is_file() and nifti_label_table(path)) else None
-        layers.extend(read_labels(path, series.geometry, names=own, mode=args.resample, namespace=namespace))
-    lesions = read_lesion_mask(args.lesions, series.geometry) if args.lesions else None
+    if args.lesions and Path(args.lesions).is_dir():
+        raise PetfeatError(f"--lesions {args.lesions} is a folder; give the lesion mask file (NIfTI/NRRD, any grid). "
+                           "Label folders (TotalSegmentator) go to --labels.")
+    with _native_noise_filtered():  # SimpleITK's HDF5 reader prints its error stack for a file it cannot read
+        for namespace, path in _label_sources(args.labels):  # --label-names: for files without their own label table
+            own = names if names is not None and not (path.is_file() and nifti_label_table(path)) else None
+            layers.extend(read_labels(path, series.geometry, names=own, mode=args.resample, namespace=namespace))
+        lesions = read_lesion_mask(args.lesions, series.geometry) if args.lesions else None
     regions = load_spec(args.regions) if args.regions else BUILTIN_REGIONS
-    res = extract(series, layers, regions, lesions=lesions, threshold=_parse_threshold(args.threshold),
-                  connectivity=args.connectivity, min_lesion_ml=args.min_lesion_ml, backend=args.backend,
-                  suv_type=args.suv_type, factors=factors, peaks=not args.no_peak, id_key=key,
-                  peak_neighbours=args.peak_neighbours, strict=args.strict)
+    with _CompileNotice():
+        res = extract(series, layers, regions, lesions=lesions, threshold=_parse_threshold(args.threshold),
+                      connectivity=args.connectivity, min_lesion_ml=args.min_lesion_ml, backend=args.backend,
+                      suv_type=args.suv_type, factors=factors, peaks=not args.no_peak, id_key=key,
+                      peak_neighbours=args.peak_neighbours, strict=args.strict)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     label_rows = _label_table(layers, series.geometry.voxel_volume_ml)
     written = _write_table(res.features, out / "features", args.csv)
     written += _write_table(res.lesions, out / "lesions", args.csv)
     written += _write_table(pd.DataFrame(label_rows), out / "labels", args.csv)
+    written += _write_table(study_quantities(res.features, res.lesions), out / "quantities", args.csv, QUANTITIES)
+    if args.wide:
+        written += _write_table(wide_table(res.features), out / "features_wide", args.csv)
     run = {"petfeat_version": __version__, "command": "extract", "backend": res.features.backend.iloc[0],
            "settings": res.settings, "warnings": res.warnings,
            "timings_s": {**res.timings, "total": time.perf_counter() - t0},
@@ -279,19 +465,61 @@ def cmd_extract(args) -> int:
     return 0
 
 
-def cmd_analyze(args) -> int:
-    """``petfeat analyze``: endpoints, models, tables, figures and an HTML report."""
+def _load_study_spec(load_study, path: str | None) -> dict:
+    """The study spec, with a missing file or malformed YAML as a one-line :class:`PetfeatError`."""
+    import yaml
+
+    if path is not None and not Path(path).is_file():
+        raise PetfeatError(f"--study {path}: no such study spec file; give a YAML file, or leave --study out for "
+                           "the shipped 177Lu-PSMA study.")
+    try:
+        return load_study(path)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise PetfeatError(f"--study {path}:{where}: not valid YAML ({problem}); fix the file's indentation or "
+                           "quoting.") from None
+
+
+def _read_feature_table(path: Path):
+    """The feature table of ``petfeat extract`` (Parquet or CSV), refused when it is another table."""
     import pandas as pd
 
+    try:
+        table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow's and pandas' many parser errors: one message
+        raise PetfeatError(f"--features {path}: cannot be read as a Parquet or CSV table ({type(exc).__name__}); "
+                           "give the features.parquet that petfeat extract writes.") from None
+    missing = [c for c in ("patient_id", "region") if c not in table.columns]
+    if missing:
+        what = " (it is a lesion table)" if "lesion_id" in table.columns else ""
+        raise PetfeatError(f"--features {path}: no {' or '.join(repr(c) for c in missing)} column{what}; give the "
+                           "features.parquet that petfeat extract writes (one row per study and region).")
+    return table
+
+
+def cmd_analyze(args) -> int:
+    """``petfeat analyze``: endpoints, models, tables, figures and an HTML report."""
     from petfeat.stats.analysis import load_study, read_clinical, run_analyses, write_report
 
     t0 = time.perf_counter()
-    spec = load_study(args.study)
+    spec = _load_study_spec(load_study, args.study)
     fpath = Path(args.features)
     if not fpath.exists():
         raise PetfeatError(f"{fpath}: no such feature table; run 'petfeat extract' first.")
-    features = pd.read_parquet(fpath) if fpath.suffix == ".parquet" else pd.read_csv(fpath)
-    results, context = run_analyses(features, read_clinical(args.clinical), spec)
+    features = _read_feature_table(fpath)
+    clinical = Path(args.clinical)
+    if not clinical.is_dir():
+        raise PetfeatError(f"--clinical {clinical}: no such folder; give the folder of the patients, labs and "
+                           "scores/questionnaires tables.")
+    print("analyze: reading the clinical tables and deriving endpoints ...", file=sys.stderr, flush=True)
+    data = read_clinical(clinical)
+    print(f"analyze: fitting {sum(len(a.get('features', ())) for a in spec.get('analyses', ()))} models "
+          f"({_duration(time.perf_counter() - t0)} so far) ...", file=sys.stderr, flush=True)
+    results, context = run_analyses(features, data, spec)
+    print(f"analyze: writing tables, figures and the report ({_duration(time.perf_counter() - t0)} so far) ...",
+          file=sys.stderr, flush=True)
     paths = write_report(results, context, spec, args.out)
     models = results[results.get("status") != "ok (covariate)"] if len(results) else results
     ok = models[models.get("status") == "ok"] if len(models) else models
@@ -303,21 +531,60 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+#: The examples at the end of each command's help.
+EPILOGS = {
+    "petfeat": """examples:
+  petfeat demo --patients 12                       # the whole pipeline on a generated cohort
+  petfeat suv STUDY/pet                            # SUV factors of one series, from its headers
+  petfeat scan ARCHIVE -o manifest.csv             # find the studies of an archive
+  petfeat extract manifest.csv -o results          # features of every study, on Dask
+  petfeat analyze --features results/features.parquet --clinical CLINICAL -o report
+run 'petfeat COMMAND --help' for a command's options.""",
+    "suv": """examples:
+  petfeat suv STUDY/pet
+  petfeat suv STUDY/pet --json
+  petfeat suv STUDY/pet --weight 82 --injection-time 2025-03-15T09:12:00   # override header fields""",
+    "scan": """examples:
+  petfeat scan ARCHIVE -o manifest.csv
+  petfeat scan ARCHIVE -o manifest.csv --linkage linkage.csv   # also the map back to PatientID (keep private)""",
+    "extract": """examples:
+  one study:
+    petfeat extract --pet STUDY/pet --labels STUDY/seg --lesions STUDY/lesions.nii.gz -o out
+    petfeat extract --pet STUDY/pet --labels STUDY/seg --threshold percist -o out
+  an archive or manifest, one Dask task per study:
+    petfeat extract ARCHIVE -o results
+    petfeat extract manifest.csv -o results --workers 8
+    petfeat extract manifest.csv -o results --scheduler tcp://HOST:8786""",
+    "analyze": """examples:
+  petfeat analyze --features results/features.parquet --clinical CLINICAL -o report
+  petfeat analyze --features results/features.parquet --clinical CLINICAL --study my_study.yaml -o report""",
+    "synth": """examples:
+  petfeat synth archive --patients 4
+  petfeat synth archive --patients 61 --voxel-mm 4 --seed 1""",
+    "demo": """examples:
+  petfeat demo                                     # 12 patients in ./petfeat-demo
+  petfeat demo --patients 61 --out demo61          # the study's size
+  petfeat demo --patients 4 --voxel-mm 8 --backend cpu   # a quick look""",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``petfeat`` command."""
     from petfeat import __version__
 
-    p = argparse.ArgumentParser(prog="petfeat", description="PET imaging features from DICOM archives.")
+    p = _Parser(prog="petfeat", description="PET imaging features from DICOM archives: SUV, labelled-region and "
+                "lesion features, batch extraction on Dask, outcome statistics.", epilog=EPILOGS["petfeat"])
     p.add_argument("--version", action="version", version=f"petfeat {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.set_defaults(_subparsers=sub.choices)
 
-    s = sub.add_parser("suv", help="print the SUV factors of a PET series")
+    s = sub.add_parser("suv", help="print the SUV factors of a PET series", epilog=EPILOGS["suv"])
     s.add_argument("path", help="folder (searched recursively) or file of the PET series")
     s.add_argument("--json", action="store_true", help="print JSON")
     _add_overrides(s)
     s.set_defaults(func=cmd_suv)
 
-    s = sub.add_parser("scan", help="find the studies of an archive and write a manifest")
+    s = sub.add_parser("scan", help="find the studies of an archive and write a manifest", epilog=EPILOGS["scan"])
     s.add_argument("archive", help="archive root: one folder per study")
     s.add_argument("-o", "--out", required=True, help="manifest CSV to write")
     s.add_argument("--key-file", help="pseudonymisation key (default: $PETFEAT_KEY_FILE, else "
@@ -326,67 +593,82 @@ def build_parser() -> argparse.ArgumentParser:
                    "private)")
     s.set_defaults(func=cmd_scan)
 
-    s = sub.add_parser("extract", help="features and lesions: one study (--pet) or a manifest/archive on Dask")
+    s = sub.add_parser("extract", help="features and lesions: one study (--pet) or a manifest/archive on Dask",
+                       epilog=EPILOGS["extract"])
     s.add_argument("source", nargs="?", help="manifest CSV or archive folder (batch mode)")
-    s.add_argument("--pet", help="PET DICOM folder of one study")
-    s.add_argument("--scheduler", help="address of an existing Dask scheduler, tcp://HOST:PORT (batch mode)")
+    s.add_argument("--pet", metavar="PET_FOLDER", help="PET DICOM folder of one study")
+    s.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="address of an existing Dask scheduler (batch mode)")
     s.add_argument("--scheduler-timeout", type=float, default=30.0, metavar="SECONDS",
-                   help="how long to wait for --scheduler before giving up (default 30)")
+                   help="how long to wait for --scheduler before giving up")
     s.add_argument("--dashboard-address", default="127.0.0.1:0", metavar="HOST:PORT",
-                   help="local cluster: where its dashboard listens (default 127.0.0.1:0, loopback on a free port; "
+                   help="local cluster: where its dashboard listens (127.0.0.1:0: loopback, a free port; "
                    "0.0.0.0:8787 exposes it to the network without authentication); the scheduler stays on loopback")
-    s.add_argument("--workers", type=int, help="local cluster workers (default: cores)")
+    s.add_argument("--workers", type=int, metavar="N", help="local cluster workers (default: cores)")
     s.add_argument("--trace-memory", action="store_true", help="batch mode: also trace each study's NumPy and Python "
                    "allocations (peak_traced_mb in parts/*.timing.json; reading DICOM gets ~10x slower)")
     s.add_argument("--key-file", help="pseudonymisation key, for batch and --pet alike (default: "
                    "$PETFEAT_KEY_FILE, else ~/.config/petfeat/petfeat.key; created when missing)")
-    s.add_argument("--labels", nargs="+", default=[], help="label sources: TotalSegmentator folder (one or several "
-                   "tasks), NIfTI/NRRD multilabel, DICOM SEG or RTSTRUCT file; NAME=PATH names the source's name "
+    s.add_argument("--labels", nargs="+", default=[], metavar="SOURCE",
+                   help="label sources: TotalSegmentator folder (one or several tasks), NIfTI/NRRD multilabel, "
+                   "DICOM SEG or RTSTRUCT file; NAME=PATH names the source's name "
                    "space (region pattern NAME:GLOB), by default the TotalSegmentator task or the file's stem")
     s.add_argument("--label-names", help="JSON or CSV id -> name for the multilabel images that carry no label table "
                    "of their own (a TotalSegmentator --ml file carries one)")
-    s.add_argument("--lesions", help="lesion mask (NIfTI/NRRD) on any grid; resampled onto the PET grid")
-    s.add_argument("--threshold", help="segment lesions without a mask: 'fixed:SUV' or 'percist'")
-    s.add_argument("--connectivity", type=int, choices=[6, 26], default=26)
-    s.add_argument("--min-lesion-ml", type=float, default=0.0)
-    s.add_argument("--regions", help="regions YAML (default: the built-in whole_body_tumor, tumor_bone, "
-                   "tumor_prostate, tumor_visceral, tumor_lymph_node_or_soft_tissue, bone, healthy_bone, "
+    s.add_argument("--lesions", metavar="FILE",
+                   help="lesion mask (NIfTI/NRRD) on any grid; resampled onto the PET grid")
+    s.add_argument("--threshold", metavar="fixed:SUV|percist",
+                   help="segment lesions without a mask: 'fixed:SUV' or 'percist'")
+    s.add_argument("--connectivity", type=int, choices=[6, 26], default=26,
+                   help="lesions are connected components of the lesion mask: 6 (faces) or 26 (faces, edges, corners)")
+    s.add_argument("--min-lesion-ml", type=float, default=0.0, metavar="ML",
+                   help="drop components smaller than this volume in mL")
+    s.add_argument("--regions", metavar="YAML",
+                   help="regions YAML (default: the built-in whole_body_tumor, tumor_bone, tumor_prostate, "
+                   "tumor_visceral, tumor_lymph_node_or_soft_tissue, bone, healthy_bone, "
                    "salivary_glands (needs TotalSegmentator's head_glands_cavities task), liver)")
     s.add_argument("--strict", action="store_true", help="a region that matches no label is an error (default: a "
                    "warning that lists the labels that exist)")
     s.add_argument("--resample", choices=["nearest", "fraction"], default="nearest",
                    help="label resampling onto the PET grid")
-    s.add_argument("--suv-type", choices=["bw", "lbm", "bsa"], default="bw")
-    s.add_argument("--backend", choices=["auto", "cpu", "gpu"], default="auto")
+    s.add_argument("--suv-type", choices=["bw", "lbm", "bsa"], default="bw",
+                   help="SUV normalisation: body weight, lean body mass (SUL; needs height and sex) or body surface "
+                   "area (needs height)")
+    s.add_argument("--backend", choices=["auto", "cpu", "gpu"], default="auto",
+                   help="where the kernels run: auto takes the GPU when one is usable and records which ran")
     s.add_argument("--no-peak", action="store_true", help="skip SUVpeak")
     s.add_argument("--peak-neighbours", choices=["image", "region"], default="image",
-                   help="voxels the SUVpeak sphere averages: every voxel in the image (IBSI, default) or only the "
+                   help="voxels the SUVpeak sphere averages: every voxel in the image (IBSI) or only the "
                    "region's own voxels (no spill-in from a lesion next to healthy tissue)")
-    s.add_argument("--csv", action="store_true", help="write CSV beside Parquet")
+    s.add_argument("--csv", action="store_true", help="write every table as CSV beside Parquet (one study or batch)")
+    s.add_argument("--wide", action="store_true", help="also write features_wide: one row per study, a "
+                   "region__feature column per region and feature")
     s.add_argument("-o", "--out", required=True, help="output folder")
     _add_overrides(s)
     s.set_defaults(func=cmd_extract)
 
-    s = sub.add_parser("analyze", help="endpoints, Cox and mixed models, tables, figures, HTML report")
+    s = sub.add_parser("analyze", help="endpoints, Cox and mixed models, tables, figures, HTML report",
+                       epilog=EPILOGS["analyze"])
     s.add_argument("--features", required=True, help="feature table (features.parquet or CSV from petfeat extract)")
     s.add_argument("--clinical", required=True, help="folder with patients, labs, scores/questionnaires tables")
     s.add_argument("--study", help="study spec YAML (default: the shipped 177Lu-PSMA study)")
     s.add_argument("-o", "--out", required=True, help="report folder")
     s.set_defaults(func=cmd_analyze)
 
-    s = sub.add_parser("synth", help="write a synthetic PSMA PET archive with ground truth")
+    s = sub.add_parser("synth", help="write a synthetic PSMA PET archive with ground truth", epilog=EPILOGS["synth"])
     s.add_argument("out", help="output folder")
-    s.add_argument("--patients", type=int, default=4)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--voxel-mm", type=float, default=4.0, help="PET voxel size (isotropic)")
+    s.add_argument("--patients", type=int, default=4, help="number of patients (one study each)")
+    s.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same archive")
+    s.add_argument("--voxel-mm", type=float, default=4.0, help="PET voxel size in mm (isotropic)")
     s.set_defaults(func=cmd_synth)
 
-    s = sub.add_parser("demo", help="the whole study on a generated cohort: archive, extraction, analysis, report")
+    s = sub.add_parser("demo", help="the whole study on a generated cohort: archive, extraction, analysis, report",
+                       epilog=EPILOGS["demo"])
     s.add_argument("--patients", type=int, default=12, help="patients (61 mirrors the study)")
-    s.add_argument("--out", default="petfeat-demo")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--voxel-mm", type=float, default=4.0)
-    s.add_argument("--backend", choices=["auto", "cpu", "gpu"], default="auto")
+    s.add_argument("--out", default="petfeat-demo", help="folder for the archive, tables and report")
+    s.add_argument("--seed", type=int, default=0, help="random seed of the images and the clinical cohort")
+    s.add_argument("--voxel-mm", type=float, default=4.0, help="PET voxel size in mm (isotropic)")
+    s.add_argument("--backend", choices=["auto", "cpu", "gpu"], default="auto",
+                   help="where the kernels run: auto takes the GPU when one is usable")
     s.add_argument("--workers", type=int, help="local Dask workers (default: cores)")
     s.add_argument("--scheduler", help="run on an existing Dask cluster, tcp://HOST:PORT")
     s.add_argument("--key-file", help="pseudonymisation key (default: OUT/petfeat.key; the archive is synthetic)")
@@ -395,16 +677,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``petfeat`` console script."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``petfeat`` console script.
+
+    Returns the exit status: 0 success, 2 a user error (one line on stderr), 3 a batch with failed
+    studies, 1 a demo whose numbers miss the ground truth.
+    """
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        sub = args._subparsers[args.command]
+        sub.error(sub.unrecognized(extras))
     try:
         return int(args.func(args) or 0)
     except PetfeatError as exc:
-        print(f"petfeat {args.command}: error: {exc}", file=sys.stderr)
+        print(f"petfeat {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"petfeat {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        print(f"petfeat {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # pragma: no cover
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":  # pragma: no cover
