@@ -5,8 +5,9 @@ parts, atomically (temporary file + rename), under ``OUT/parts/``. A study that 
 failure record instead; the task itself never raises, so one bad study never stops the batch. The
 part names are a hash of the study's inputs (paths, file sizes and times) and of the settings, so a
 rerun of the same command skips finished studies and retries failed ones. At the end the parts of
-this run are consolidated into ``features.parquet``, ``lesions.parquet``, ``failures.parquet`` and
-``run.json``, each in a fixed row order.
+this run are consolidated into ``features.parquet``, ``lesions.parquet``, ``labels.parquet``,
+``quantities.parquet`` (PSMA reference quantities), ``failures.parquet`` and ``run.json``, each in a
+fixed row order (CSV copies and a wide feature table on request).
 
 Every study of the manifest ends in exactly one of the features or the failures: what a task cannot
 record itself (a worker killed past the retries, a lost scheduler, an unwritable output folder, a
@@ -338,6 +339,9 @@ def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, th
 
         _check_inputs(row, settings)
         series = read_pet_series(row.pet_path, series_uid=row.series_uid or None)
+        if row.alternatives and "series_choice" not in series.notes:  # scan chose among the study's series
+            series.notes["series_choice"] = {"chosen": series.series_uid, "reason": row.series_choice,
+                                             "alternatives": [{"series_uid": u} for u in row.alternatives]}
         t["read_s"] = time.perf_counter() - t0
         factors = compute_suv_factors(series.suv_header)
         t["suv_s"] = time.perf_counter() - t0 - sum(t.values())
@@ -356,6 +360,11 @@ def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, th
             df.insert(0, "study_id", row.study_id)
         parts.mkdir(parents=True, exist_ok=True)
         _atomic_parquet(res.lesions, parts / f"{key}.lesions.parquet")
+        from petfeat.cli import _label_table
+
+        labels = pd.DataFrame(_label_table(layers, series.geometry.voxel_volume_ml))
+        labels.insert(0, "study_id", row.study_id)
+        _atomic_parquet(labels, parts / f"{key}.labels.parquet")
         t["write_s"] = time.perf_counter() - t0 - sum(t.values())
         hwm, over_start = _peak_rss(rss_start)
         t.update(total_s=time.perf_counter() - t0, raw_pixel_mb=raw_bytes / 1e6, peak_rss_over_start_mb=over_start,
@@ -485,7 +494,8 @@ def _is_connection_loss(exc: BaseException, client) -> bool:
 def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, key: bytes, *,
               scheduler: str | None = None, n_workers: int | None = None, threads_per_task: int = 1,
               trace_memory: bool = False, progress=sys.stderr, scheduler_timeout: float = 30.0,
-              dashboard_address: str = "127.0.0.1:0", task: Callable[..., dict] | None = None) -> BatchReport:
+              dashboard_address: str = "127.0.0.1:0", task: Callable[..., dict] | None = None,
+              csv: bool = False, wide: bool = False) -> BatchReport:
     """Run every study on Dask and consolidate the outputs (see module docstring).
 
     Every study ends in exactly one of ``features.parquet`` (done or skipped) or ``failures.parquet``:
@@ -521,6 +531,9 @@ def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, ke
         Where the local cluster's dashboard listens (``HOST:PORT``; default loopback, a free port).
     task : callable, optional
         The function run per study, with :func:`run_study`'s signature (default: ``run_study``).
+    csv, wide : bool
+        Also write every table as CSV; also write ``features_wide`` (see :func:`consolidate`). Output
+        options only: not part of the settings, they change no number and no part name.
 
     Raises
     ------
@@ -601,7 +614,7 @@ def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, ke
             if cluster is not None:
                 with contextlib.suppress(Exception):
                     cluster.close(timeout=10)
-    report.outputs = consolidate(out, results)
+    report.outputs = consolidate(out, results, csv=csv, wide=wide)
     report.warnings = {r["study_id"]: r["warnings"] for r in sorted(results, key=lambda r: r["study_id"])
                        if r.get("warnings")}
     stage = pd.DataFrame([r["timings"] for r in results if r.get("timings")])
@@ -628,29 +641,60 @@ FEATURE_ORDER = ("study_id", "region")
 LESION_ORDER = ("study_id", "lesion_id")
 
 
-def consolidate(out: Path, results: list[dict]) -> dict:
+LABEL_ORDER = ("study_id", "namespace", "label")
+
+
+def _write_output(df: pd.DataFrame, path: Path, csv: bool, registry=()) -> None:
+    """``path`` (.parquet, with unit and description field metadata) and, with ``csv``, the same table as .csv."""
+    from petfeat.features import write_parquet
+
+    atomic_write(path, lambda f: write_parquet(df, f, registry))
+    if csv:
+        atomic_write(path.with_suffix(".csv"), lambda f: df.to_csv(f, index=False))
+
+
+def consolidate(out: Path, results: list[dict], *, csv: bool = False, wide: bool = False) -> dict:
     """Concatenate this run's parts into the final tables (atomically), in a fixed row order.
 
     ``results`` are the records of :func:`run_study` (``key`` and ``status``; failures carry their
     record in ``error``). Features are sorted by (study_id, region), lesions by (study_id, lesion_id),
-    failures by study_id: a rerun writes byte-identical tables.
+    labels by (study_id, namespace, label), failures by study_id: a rerun writes byte-identical tables.
+    ``quantities.parquet`` holds the PSMA reference quantities of every study
+    (:func:`petfeat.quantities.study_quantities`); with ``wide``, ``features_wide.parquet`` one row per
+    study (:func:`petfeat.features.wide_table`); with ``csv``, every table also as CSV. Parquet fields
+    carry their unit and description (the feature registry), SUV units naming the SUV type.
     """
+    from petfeat.features import wide_table
+    from petfeat.quantities import QUANTITIES, study_quantities
+
     out = Path(out)
     parts = out / "parts"
     outputs = {}
+    tables = {}
     ok = [r["key"] for r in results if r.get("status") in ("done", "skipped") and r.get("key")]
-    for name, order in (("features", FEATURE_ORDER), ("lesions", LESION_ORDER)):
+    for name, order in (("features", FEATURE_ORDER), ("lesions", LESION_ORDER), ("labels", LABEL_ORDER)):
         frames = [pd.read_parquet(p) for k in ok if (p := parts / f"{k}.{name}.parquet").exists()]
         frames = [f for f in frames if len(f)]
         df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         by = [c for c in order if c in df.columns]
         if by:
             df = df.sort_values(by, kind="mergesort").reset_index(drop=True)
-        _atomic_parquet(df, out / f"{name}.parquet")
+        _write_output(df, out / f"{name}.parquet", csv)
         outputs[name] = len(df)
+        tables[name] = df
+    feats, lesions = tables["features"], tables["lesions"]
+    if not len(lesions):  # no study of the run has a lesion: each study's count is 0 (or <NA> without a source)
+        lesions = pd.DataFrame(columns=["study_id", "suv_max", "volume_ml"])
+    quant = study_quantities(feats, lesions)
+    _write_output(quant, out / "quantities.parquet", csv, QUANTITIES)
+    outputs["quantities"] = len(quant)
+    if wide:
+        wdf = wide_table(feats)
+        _write_output(wdf, out / "features_wide.parquet", csv)
+        outputs["features_wide"] = len(wdf)
     fails = [r["error"] for r in results if r.get("status") == "failed"]
     fdf = pd.DataFrame(fails, columns=list(FAILURE_COLUMNS)).sort_values("study_id", kind="mergesort")
-    _atomic_parquet(fdf.reset_index(drop=True), out / "failures.parquet")
+    _write_output(fdf.reset_index(drop=True), out / "failures.parquet", csv)
     outputs["failures"] = len(fails)
     return outputs
 
