@@ -60,6 +60,158 @@ FEATURES: tuple[Feature, ...] = (
 )
 FEATURE_NAMES = tuple(f.name for f in FEATURES)
 
+#: Unit of an SUV column per ``suv_type`` (the same number means a different thing under each).
+SUV_UNITS = {"bw": "SUVbw (g/mL)", "lbm": "SUL (SUV by lean body mass, g/mL)", "bsa": "SUVbsa (cm2/mL)"}
+
+#: Unit and description of the columns of the output tables that are not features.
+COLUMN_DOCS: dict[str, tuple[str, str]] = {
+    "study_id": ("", "study id of the manifest (pseudonymised)"),
+    "patient_id": ("", "pseudonymised patient id (keyed hash of PatientID)"),
+    "study_date": ("", "StudyDate of the PET series"),
+    "series_uid": ("", "SeriesInstanceUID of the PET series"),
+    "region": ("", "region name (the regions spec)"),
+    "status": ("", "ok, empty (no voxel), no_matching_label (no label name matches) or nan_voxels_excluded"),
+    "suv_type": ("", "SUV normalisation of every SUV value of the row: bw (body weight), lbm (SUL), bsa"),
+    "backend": ("", "compute backend that ran: cpu or gpu"),
+    "lesion_method": ("", "how lesions were found: mask or threshold, connectivity and minimum volume"),
+    "petfeat_version": ("", "petfeat version that wrote the row"),
+    "config_hash": ("", "hash of the extraction settings (regions, SUV type, SUVpeak, lesion settings)"),
+    "input_notes": ("", "the PET reader's notes on deviations it accepted, compact JSON (empty when none)"),
+    "lesion_id": ("1", "connected-component number of the lesion within its study"),
+    "site": ("", "most frequent organ label under the lesion (soft_tissue when none)"),
+    "centroid_x_mm": ("mm", "lesion centroid, patient x (DICOM LPS)"),
+    "centroid_y_mm": ("mm", "lesion centroid, patient y (DICOM LPS)"),
+    "centroid_z_mm": ("mm", "lesion centroid, patient z (DICOM LPS)"),
+    "label": ("", "label name"),
+    "namespace": ("", "name space of the label: the label source (TotalSegmentator task, --labels NAME, lesions)"),
+    "source": ("", "the label source's own file or folder name"),
+    "native_volume_ml": ("mL", "label volume on the grid it was drawn on"),
+    "pet_grid_volume_ml": ("mL", "label volume on the PET grid"),
+    "outside_fov_fraction": ("1", "fraction of the label outside the PET field of view (RTSTRUCT ROIs)"),
+    "pet_path": ("", "PET input of the study, relative to <study_id>"),
+    "error_class": ("", "class of the error that stopped the study"),
+    "message": ("", "what went wrong and how to fix it"),
+}
+#: Separator of region and feature in the column names of the wide table (``liver__suv_mean``).
+WIDE_SEPARATOR = "__"
+
+
+def table_suv_type(df) -> str | None:
+    """The one ``suv_type`` of a table's rows, ``"mixed"`` when they differ, None without the column."""
+    if "suv_type" not in getattr(df, "columns", ()):
+        return None
+    kinds = sorted({str(v) for v in df["suv_type"].dropna().unique()})
+    return kinds[0] if len(kinds) == 1 else ("mixed" if kinds else None)
+
+
+def _unit(unit: str, suv_type: str | None) -> str:
+    """The registry unit with the SUV type spelled out (``SUV`` -> ``SUL (...)`` for SUL tables)."""
+    if "SUV" not in unit or suv_type is None:
+        return unit
+    name = SUV_UNITS.get(suv_type, "SUV of mixed types (see each row's suv_type)")
+    return unit.replace("SUV", name.split(" (")[0] if "*" in unit else name)
+
+
+def column_metadata(column: str, suv_type: str | None, registry=()) -> dict[str, str] | None:
+    """Unit and description of one column (registry features, ``registry``, wide ``region__feature`` names).
+
+    Parameters
+    ----------
+    column : str
+        Column name.
+    suv_type : str or None
+        The table's SUV type (:func:`table_suv_type`); SUV units name it, so SUL is never read as SUVbw.
+    registry : sequence of Feature
+        More registered columns (for example :data:`petfeat.quantities.QUANTITIES`).
+
+    Returns
+    -------
+    dict or None
+        ``{"unit", "description"}`` (plus ``"suv_type"`` for SUV-valued columns); None for an unknown column.
+    """
+    known = {f.name: f for f in (*FEATURES, *registry)}
+    region = None
+    if column not in known and column not in COLUMN_DOCS and WIDE_SEPARATOR in column:
+        region, _, column = column.rpartition(WIDE_SEPARATOR)
+    if column in known:
+        f = known[column]
+        meta = {"unit": _unit(f.unit, suv_type), "description": f.definition}
+        if "SUV" in f.unit and suv_type is not None:
+            meta["suv_type"] = suv_type
+    elif column in COLUMN_DOCS:
+        unit, text = COLUMN_DOCS[column]
+        meta = {"unit": unit, "description": text}
+    else:
+        return None
+    if region is not None:
+        meta["description"] = f"region {region}: {meta['description']}"
+    return meta
+
+
+def arrow_table(df, registry=()):
+    """``df`` as a pyarrow Table whose fields carry unit and description metadata (bytes keys and values).
+
+    The schema's metadata also holds ``petfeat.suv_type`` (the table's SUV type) beside pandas' own.
+    """
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    suv_type = table_suv_type(df)
+    fields = []
+    for fld in table.schema:
+        meta = column_metadata(fld.name, suv_type, registry)
+        fields.append(fld.with_metadata({k.encode(): v.encode() for k, v in meta.items()}) if meta else fld)
+    schema_meta = dict(table.schema.metadata or {})
+    if suv_type is not None:
+        schema_meta[b"petfeat.suv_type"] = suv_type.encode()
+    return table.cast(pa.schema(fields, metadata=schema_meta))
+
+
+def write_parquet(df, path, registry=()) -> None:
+    """Write ``df`` to Parquet with the field metadata of :func:`arrow_table`."""
+    import pyarrow.parquet as pq
+
+    pq.write_table(arrow_table(df, registry), str(path))
+
+
+def field_metadata(path) -> dict[str, dict[str, str]]:
+    """The per-column metadata of a Parquet file written by :func:`write_parquet` (column -> dict)."""
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(str(path))
+    return {f.name: {k.decode(): v.decode() for k, v in (f.metadata or {}).items()} for f in schema}
+
+
+#: Per-study columns the wide table keeps from the long one (equal on every row of a study).
+WIDE_STUDY_COLUMNS = ("study_id", "patient_id", "study_date", "series_uid", "suv_type", "backend", "lesion_method",
+                      "petfeat_version", "config_hash")
+
+
+def wide_table(features):
+    """One row per study with a ``region__feature`` column for every region and feature (and status).
+
+    Studies are told apart by ``study_id`` when the table has it, else by (patient_id, study_date,
+    series_uid). Regions keep their order of first appearance, features the registry's order.
+    """
+    import pandas as pd
+
+    keys = ["study_id"] if "study_id" in features.columns else [
+        c for c in ("patient_id", "study_date", "series_uid") if c in features.columns]
+    values = [c for c in (*FEATURE_NAMES, "status") if c in features.columns]
+    keep = [c for c in WIDE_STUDY_COLUMNS if c in features.columns]
+    if not len(features):
+        return pd.DataFrame(columns=keep)
+    f = features.copy()
+    f["_study"] = f.groupby(keys, dropna=False, sort=False).ngroup()
+    head = f.drop_duplicates("_study").set_index("_study")[keep]
+    regions = list(dict.fromkeys(f["region"]))
+    cols = {}
+    for region in regions:
+        part = f[f["region"] == region].set_index("_study")
+        for v in values:
+            cols[f"{region}{WIDE_SEPARATOR}{v}"] = part[v].reindex(head.index)
+    return pd.concat([head, pd.DataFrame(cols, index=head.index)], axis=1).reset_index(drop=True)
+
 
 def sphere_offsets(spacing_zyx, radius_mm: float = PEAK_RADIUS_MM) -> np.ndarray:
     """Integer ``(dz, dy, dx)`` offsets whose voxel centres lie within ``radius_mm`` (physical units)."""
