@@ -33,7 +33,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if ("%(default)" in text or "(default" in text or default in (None, False, [], argparse.SUPPRESS)
+        if ("%(default)" in text or "(default" in text or any(default is v for v in (None, False, argparse.SUPPRESS))
+                or (isinstance(default, list) and not default)
                 or not (action.option_strings or action.nargs in ("?", "*"))):
             return text
         return f"{text} (default: %(default)s)"
@@ -97,7 +98,7 @@ def _native_noise_filtered():
             for line in tmp.read().decode(errors="replace").splitlines():
                 if line.startswith("HDF5-DIAG"):
                     in_stack = True
-                elif not (in_stack and line.startswith(" ")):
+                elif not (in_stack and line[:1] in (" ", "\t", ",")):  # the stack's lines, its file name too
                     in_stack = False
                     kept.append(line)
             if kept:
@@ -144,11 +145,13 @@ class _Progress:
     """``progress(i, n)`` callback: a bar with ETA rewritten in place on a terminal, else a line every ``every`` s.
 
     In a log (stderr not a terminal) it writes one line when ``every`` seconds have passed since the
-    last one, and the last line when ``i == n``.
+    last one, and the last line when ``i == n``. Nothing is written before ``delay`` seconds: a quick
+    step stays silent.
     """
 
-    def __init__(self, what: str, stream=None, every: float = 5.0, width: int = 30):
+    def __init__(self, what: str, stream=None, every: float = 5.0, width: int = 30, delay: float = 1.0):
         self.what, self.stream, self.every, self.width = what, stream or sys.stderr, every, width
+        self.delay = delay
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.t0 = time.perf_counter()
         self.last = self.t0
@@ -156,7 +159,7 @@ class _Progress:
     def __call__(self, i: int, n: int) -> None:
         now = time.perf_counter()
         final = i >= n
-        if not (self.tty or final or now - self.last >= self.every):
+        if now - self.t0 < self.delay or not (self.tty or final or now - self.last >= self.every):
             return
         self.last = now
         elapsed = now - self.t0
@@ -365,7 +368,7 @@ def cmd_batch(args) -> int:
     if not src.exists():
         raise PetfeatError(f"{src}: no such manifest or archive folder.")
     rows = scan_archive(src, key, progress=_Progress("scanned folders")) if src.is_dir() else read_manifest(src)
-    if not rows:
+    if not any(r.study_id.startswith("S") for r in rows):  # F...: folders without a PET series
         raise PetfeatError(_no_studies(src))
     settings = BatchSettings(regions=load_spec(args.regions) if args.regions else BUILTIN_REGIONS,
                              backend=args.backend, suv_type=args.suv_type, connectivity=args.connectivity,
@@ -374,7 +377,8 @@ def cmd_batch(args) -> int:
                              peak_neighbours=args.peak_neighbours, strict=args.strict)
     rep = run_batch(rows, out, settings, key, scheduler=args.scheduler, n_workers=args.workers,
                     trace_memory=args.trace_memory, scheduler_timeout=args.scheduler_timeout,
-                    dashboard_address=args.dashboard_address, csv=args.csv, wide=args.wide)
+                    dashboard_address=args.dashboard_address, csv=args.csv, wide=args.wide,
+                    progress=sys.stderr)
     print(f"{rep.done} done, {rep.skipped} already done, {rep.failed} failed; {rep.outputs.get('features', 0)} "
           f"feature rows, {rep.outputs.get('lesions', 0)} lesion rows in {out} "
           f"({rep.timings['wall_s']:.1f} s)")
