@@ -29,83 +29,28 @@ import numpy as np
 import pandas as pd
 
 from petfeat.errors import PetfeatError
-from petfeat.stats.ctcae import TESTS as CTCAE_TESTS
 from petfeat.stats.endpoints import (
-    DEATH_RULES,
     Worsening,
     cumulative_incidence,
     time_to_first_grade,
     time_to_worsening,
 )
-from petfeat.stats.models import DF_METHODS, TRANSFORMS, ZPH_TRANSFORMS, fdr, fit_cox, fit_mixed, format_hr, holm
+from petfeat.stats.models import fdr, fit_cox, fit_mixed, format_hr, holm
 from petfeat.stats.questionnaires import FACT_P_PCS, bpi_scores, fact_scores, xerostomia_score
+from petfeat.stats.spec import ENDPOINT_TYPES, MODELS, StudySpecError, read_study  # noqa: F401 - re-exported
 
-ENDPOINT_TYPES = ("first_grade", "worsening")
-MODELS = ("cox", "mixed")
 STUDY_SPEC = files("petfeat.stats") / "study_psma_lu.yaml"
 
 
-class StudySpecError(PetfeatError):
-    """A study spec is invalid; the message names the entry and the allowed values."""
-
-
 def load_study(path: str | Path | None = None) -> dict:
-    """Read and validate a study spec (default: the shipped 177Lu-PSMA study)."""
-    import yaml
+    """Read and validate a study spec (default: the shipped 177Lu-PSMA study).
 
-    text = Path(path).read_text() if path else STUDY_SPEC.read_text()
-    where = str(path or "study_psma_lu.yaml")
-    spec = yaml.safe_load(text)
-    if not isinstance(spec, dict) or "analyses" not in spec:
-        raise StudySpecError(f"{where}: a study spec needs 'endpoints' and 'analyses'.")
-    endpoints = spec.get("endpoints") or {}
-    for name, e in endpoints.items():
-        if e.get("type") not in ENDPOINT_TYPES:
-            raise StudySpecError(f"{where}: endpoint {name!r} has type {e.get('type')!r}; choose one of "
-                                 f"{', '.join(ENDPOINT_TYPES)}.")
-        if e.get("death", "competing" if e["type"] == "first_grade" else "censor") not in DEATH_RULES:
-            raise StudySpecError(f"{where}: endpoint {name!r}: death is {e.get('death')!r}; choose one of "
-                                 f"{', '.join(DEATH_RULES)} (competing: cause-specific Cox, Aalen-Johansen incidence).")
-        if e["type"] == "first_grade":
-            unknown = [t for t in e.get("tests", ()) if t not in CTCAE_TESTS]
-            if unknown or not e.get("tests"):
-                raise StudySpecError(f"{where}: endpoint {name!r}: tests {unknown or '(none)'}; choose from "
-                                     f"{', '.join(CTCAE_TESTS)}.")
-        if e["type"] == "worsening":
-            if e.get("direction") not in ("decrease", "increase") or "score" not in e:
-                raise StudySpecError(f"{where}: worsening endpoint {name!r} needs 'score' and 'direction' "
-                                     "(decrease or increase).")
-            if e.get("absolute") is None and e.get("relative") is None:
-                raise StudySpecError(f"{where}: worsening endpoint {name!r} needs 'absolute' and/or 'relative'.")
-    methods, family = _multiplicity(spec)
-    if not set(methods) <= {"bh", "holm"} or family not in ("study", "analysis"):
-        raise StudySpecError(f"{where}: multiplicity is methods {methods}, family {family!r}; methods are 'bh' "
-                             "(Benjamini-Hochberg) and/or 'holm', family 'study' (all tests) or 'analysis'.")
-    for i, a in enumerate(spec["analyses"]):
-        label = a.get("name", f"analysis {i + 1}")
-        if a.get("model") not in MODELS:
-            raise StudySpecError(f"{where}: {label}: model is {a.get('model')!r}; choose one of {', '.join(MODELS)}.")
-        if a.get("transform", "unit") not in TRANSFORMS:
-            raise StudySpecError(f"{where}: {label}: transform {a.get('transform')!r}; choose one of "
-                                 f"{', '.join(TRANSFORMS)}.")
-        for key in ("region", "features"):
-            if key not in a:
-                raise StudySpecError(f"{where}: {label}: '{key}' is missing.")
-        if a["model"] == "cox" and a.get("endpoint") not in endpoints:
-            raise StudySpecError(f"{where}: {label}: endpoint {a.get('endpoint')!r} is not defined under 'endpoints' "
-                                 f"({', '.join(endpoints)}).")
-        ridge = a.get("ridge", spec.get("ridge"))
-        if ridge is not None and not (isinstance(ridge, int | float) and ridge > 0):
-            raise StudySpecError(f"{where}: {label}: ridge is {ridge!r}; give the penalizer of the ridge sensitivity "
-                                 "fit, a number > 0 (e.g. 0.1), or leave it out.")
-        if spec.get("ph_transform", "km") not in ZPH_TRANSFORMS:
-            raise StudySpecError(f"{where}: ph_transform is {spec.get('ph_transform')!r}; choose one of "
-                                 f"{', '.join(ZPH_TRANSFORMS)}.")
-        if a.get("df", "normal") not in DF_METHODS:
-            raise StudySpecError(f"{where}: {label}: df is {a.get('df')!r}; choose one of {', '.join(DF_METHODS)}.")
-        if a["model"] == "mixed" and "score" not in a:
-            raise StudySpecError(f"{where}: {label}: a mixed model needs 'score' (an instrument of the scores table).")
-    return spec
+    Validation is strict (:mod:`petfeat.stats.spec`): an unknown key is an error with the closest
+    allowed key, and a missing file or malformed YAML is a one-line :class:`StudySpecError`.
+    """
+    if path:
+        return read_study(path)
+    return read_study(STUDY_SPEC, "study_psma_lu.yaml")
 
 
 def _multiplicity(spec: dict) -> tuple[list[str], str]:
