@@ -151,3 +151,12 @@ def test_extract_one_study_writes_quantities_and_wide(synth_archive, tmp_path):
     assert len(w) == 1 and w["liver__suv_mean"].iloc[0] == f.loc["liver", "suv_mean"]
     assert (tmp_path / "out" / "quantities.csv").exists() and (tmp_path / "out" / "features_wide.csv").exists()
     assert field_metadata(tmp_path / "out" / "features.parquet")["suv_mean"]["unit"] == "SUVbw (g/mL)"
+
+
+def test_consolidation_of_failures_only_writes_empty_tables(tmp_path):
+    (tmp_path / "parts").mkdir()
+    err = {"study_id": "S1", "pet_path": "<S1>/pet", "error_class": "SuvError", "message": "no weight"}
+    out = consolidate(tmp_path, [{"study_id": "S1", "status": "failed", "error": err}], csv=True, wide=True)
+    assert out == {"features": 0, "lesions": 0, "labels": 0, "quantities": 0, "features_wide": 0, "failures": 1}
+    assert len(pd.read_parquet(tmp_path / "quantities.parquet")) == 0
+    assert pd.read_csv(tmp_path / "failures.csv").error_class.tolist() == ["SuvError"]
