@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree
 
+import numba
 import numpy as np
 import pydicom
 import SimpleITK as sitk
@@ -385,6 +386,217 @@ def read_checked(path: str | Path) -> tuple[sitk.Image, Census]:
     return img, found
 
 
+#: Bytes of whole z-slices inflated at a time by :func:`read_streamed` (each chunk is counted while in cache).
+STREAM_CHUNK_BYTES = 1 << 20
+try:  # zlib-ng inflates these streams 4-5x faster than the system zlib; optional (pip install zlib-ng)
+    from zlib_ng import zlib_ng as _inflate_zlib
+except ImportError:  # pragma: no cover - depends on the installation
+    _inflate_zlib = zlib
+_UNSIGNED_NIFTI = {2: sitk.sitkUInt8, 512: sitk.sitkUInt16, 768: sitk.sitkUInt32, 1280: sitk.sitkUInt64}
+
+
+def _nifti_scaling(path: Path, layout: NiftiLayout) -> tuple[float, float]:
+    """``(scl_slope, scl_inter)`` of a NIfTI-1/2 header (the header is read again: it is small)."""
+    f, _ = _open_nifti(path)
+    with f:
+        head = f.read(540)
+    order = ">" if layout.big_endian else "<"
+    if struct.unpack_from(order + "i", head, 0)[0] == 348:
+        return struct.unpack_from(order + "ff", head, 112)
+    return struct.unpack_from(order + "dd", head, 176)
+
+
+def _stream_chunks(path: Path, layout: NiftiLayout, buf: np.ndarray) -> Iterator[int]:
+    """Fill ``buf`` with the voxel bytes of a NIfTI, chunk after chunk; yields the bytes of each chunk.
+
+    A gzip stream is inflated with the checks of :func:`inflate_check` (declared length, CRC-32 and
+    length of every member by zlib, nothing more than :data:`TRAILING_BYTES_ALLOWED` after the
+    voxels); the inflated pieces are copied into ``buf``, so no buffer of the whole image is allocated.
+    """
+    want, limit = layout.declared_bytes, layout.declared_bytes + TRAILING_BYTES_ALLOWED
+    view = memoryview(buf).cast("B")
+    cap = len(view)
+    if not _is_gzip(path):
+        with open(path, "rb") as f:
+            f.seek(layout.vox_offset)
+            left = layout.data_bytes
+            while left:
+                n = f.readinto(view[:min(cap, left)])
+                if not n:
+                    raise LabelError(f"{path}: truncated NIfTI file (expected {want} bytes); SimpleITK would read the "
+                                     "missing voxels as 0. Copy or export the file again.")
+                left -= n
+                yield n
+        return
+    skip, got, fill, ended = layout.vox_offset, 0, 0, False
+    d = _inflate_zlib.decompressobj(31)
+    try:
+        with open(path, "rb") as f:
+            data, at_end = b"", False
+            while True:
+                if not data:
+                    if not at_end:
+                        data = f.read(1 << 18)
+                        at_end = not data
+                    if at_end and (ended or d.eof):
+                        break
+                if got < skip:  # header and extensions: up to the voxels
+                    room = skip - got
+                elif got < want:
+                    room = min(cap - fill, 1 << 18)  # small pieces stay in cache and below malloc's mmap threshold
+                else:
+                    room = 1 << 18
+                out = d.decompress(data, room)
+                data = d.unconsumed_tail
+                if got < want and got + len(out) > skip:
+                    part = out[max(skip - got, 0):min(len(out), want - got)]
+                    view[fill:fill + len(part)] = part
+                    fill += len(part)
+                got += len(out)
+                if fill == cap or (fill and got >= want):
+                    yield fill
+                    fill = 0
+                if got > limit:
+                    raise LabelError(f"{path}: the gzip stream inflates beyond the size its NIfTI header "
+                                     f"declares (dims {' x '.join(map(str, layout.dims))}, {want} bytes); stopped "
+                                     f"at {got} bytes. The file is corrupt or not what its header says; export "
+                                     "it again.")
+                if d.eof:
+                    ended, data = True, d.unused_data
+                    if data[:2] == b"\x1f\x8b":  # a further gzip member
+                        d, ended = _inflate_zlib.decompressobj(31), False
+                    else:
+                        data = b""  # bytes after the last member: ignored, as gzip does
+                        at_end = True
+                elif not out and at_end and not data:
+                    break  # the stream ends before its end-of-stream marker
+    except (zlib.error, _inflate_zlib.error) as exc:
+        raise LabelError(f"{path}: truncated or corrupt gzip stream (expected {want} bytes, got {got} before the "
+                         f"error: {exc}). Copy or export the file again.") from exc
+    if not ended or got < want:
+        raise LabelError(f"{path}: truncated or corrupt gzip stream (expected {want} bytes, got {got}). SimpleITK "
+                         "would read the missing voxels as 0. Copy or export the file again.")
+
+
+class _StreamCensus:
+    """The census of a label volume merged chunk by chunk (whole z-slices), keeping the slices of its labelled box."""
+
+    def __init__(self, shape: tuple[int, int, int]):
+        self.shape = shape
+        self.counts = np.zeros(1, np.int64)
+        self.box: list[int] | None = None  # z0, z1, y0, y1, x0, x1 of the labelled voxels
+        self.z = 0  # slices seen
+        self.kept_from = 0  # z of the first kept slice
+        self.kept: list[np.ndarray] = []  # chunks from the first labelled one on
+
+    def add(self, chunk: np.ndarray) -> None:
+        """Count ``chunk`` (the next ``k`` slices), grow the box, keep a copy from the first labelled slice on."""
+        found = label_census(chunk)
+        if len(found.counts) > len(self.counts):
+            self.counts = np.concatenate([self.counts, np.zeros(len(found.counts) - len(self.counts), np.int64)])
+        self.counts[:len(found.counts)] += found.counts
+        z = self.z
+        if found.box is not None:
+            zb, yb, xb = found.box
+            if self.box is None:
+                self.kept_from = z
+                self.box = [z + zb.start, z + zb.stop, yb.start, yb.stop, xb.start, xb.stop]
+            else:
+                b = self.box
+                self.box = [b[0], z + zb.stop, min(b[2], yb.start), max(b[3], yb.stop), min(b[4], xb.start),
+                            max(b[5], xb.stop)]
+        if self.box is not None:
+            self.kept.append(chunk.copy())
+        self.z += chunk.shape[0]
+
+
+def read_streamed(path: str | Path) -> tuple[sitk.Image, Census] | None:
+    """A 3-D unsigned NIfTI label file, inflated chunk by chunk and counted as it inflates; its labelled box only.
+
+    The voxels are inflated a few whole z-slices at a time (:data:`STREAM_CHUNK_BYTES`) into one reused
+    buffer and each chunk goes through :func:`petfeat.kernels.label_census.label_census` while in
+    cache; only the slices from the first to the last labelled one are kept. Returned: the image of
+    the labelled box grown by one voxel (clipped to the image), with the geometry SimpleITK gives
+    that part of the file (origin, spacing, direction from SimpleITK's own reading of the header,
+    so orientation matches :func:`sitk.ReadImage` exactly), and the census of the whole file whose
+    ``box`` is relative to the returned image. An unlabelled file gives a 1-voxel image and box None.
+    The checks of :func:`read_checked` apply (size limit, truncation, gzip CRC and length, unsigned ids).
+
+    Returns None for what this path does not read (not a single-file NIfTI, not 3-D, big-endian,
+    scaled by ``scl_slope``/``scl_inter``, signed or float pixels): :func:`read_checked` reads those.
+    """
+    path = Path(path)
+    layout = nifti_layout(path)
+    if layout is None or len(layout.dims) != 3 or layout.big_endian or layout.datatype not in _UNSIGNED_NIFTI:
+        return None
+    slope, inter = _nifti_scaling(path, layout)
+    if not ((slope == 0 or slope == 1 or not math.isfinite(slope)) and (inter == 0 or not math.isfinite(inter))):
+        return None
+    _check_size(path, layout.dims, layout.bitpix / 8, layout.declared_bytes)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise LabelError(f"{path}: cannot be read as an image ({str(exc).strip().splitlines()[-1]}).") from exc
+    nx, ny, nz = layout.dims
+    if reader.GetSize() != (nx, ny, nz) or reader.GetPixelID() != _UNSIGNED_NIFTI[layout.datatype]:
+        return None
+    dtype = np.dtype(_NIFTI_DTYPES[layout.datatype])
+    slice_bytes = nx * ny * dtype.itemsize
+    per = max(1, STREAM_CHUNK_BYTES // slice_bytes)
+    buf = np.empty(per * nx * ny, dtype)
+    acc = _StreamCensus((nz, ny, nx))
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)  # this thread only: a chunk is counted in ~1 ms, a parallel launch costs more
+    try:
+        for n in _stream_chunks(path, layout, buf):
+            k = n // slice_bytes
+            acc.add(buf[:k * nx * ny].reshape(k, ny, nx))
+    finally:
+        numba.set_num_threads(threads)
+    del buf
+    box, counts = acc.box, acc.counts
+    if box is None:
+        img = sitk.Image([1, 1, 1], _UNSIGNED_NIFTI[layout.datatype])
+        lo = (0, 0, 0)
+        found = Census(counts, None)
+    else:
+        lo = (max(box[0] - 1, 0), max(box[2] - 1, 0), max(box[4] - 1, 0))
+        hi = (min(box[1] + 1, nz), min(box[3] + 1, ny), min(box[5] + 1, nx))
+        z0 = lo[0] - acc.kept_from  # the box grown by one slice may start in the chunk before the first kept
+        kept = acc.kept
+        if z0 < 0:  # that slice is background: a zero slice stands for it
+            kept = [np.zeros((-z0, ny, nx), kept[0].dtype), *kept]
+            z0 = 0
+        whole = kept[0] if len(kept) == 1 else np.concatenate(kept)
+        del acc, kept
+        part = whole[z0:z0 + hi[0] - lo[0], lo[1]:hi[1], lo[2]:hi[2]]
+        img = sitk.GetImageFromArray(np.ascontiguousarray(part))
+        del whole, part
+        top = int(np.flatnonzero(counts)[-1]) + 1
+        found = Census(counts[:top], (slice(box[0] - lo[0], box[1] - lo[0]), slice(box[2] - lo[1], box[3] - lo[1]),
+                                      slice(box[4] - lo[2], box[5] - lo[2])))
+    full = sitk.Image([1, 1, 1], sitk.sitkUInt8)
+    full.SetSpacing(reader.GetSpacing())
+    full.SetOrigin(reader.GetOrigin())
+    full.SetDirection(reader.GetDirection())
+    img.SetSpacing(reader.GetSpacing())
+    img.SetDirection(reader.GetDirection())
+    img.SetOrigin(full.TransformIndexToPhysicalPoint((lo[2], lo[1], lo[0])))
+    return img, found
+
+
+def read_label_box(path: str | Path) -> tuple[sitk.Image, Census]:
+    """:func:`read_streamed`, else :func:`read_checked`: an image holding every labelled voxel, and its census.
+
+    The image is the file's labelled box (streamed NIfTI) or the whole file (other formats); either
+    resamples to the same PET-grid values (:func:`resample_box`), voxels outside it being 0.
+    """
+    got = read_streamed(path)
+    return got if got is not None else read_checked(path)
+
+
 def _is_gzip(path: Path) -> bool:
     with open(path, "rb") as f:
         return f.read(2) == b"\x1f\x8b"
@@ -577,21 +789,21 @@ def read_totalsegmentator_folder(folder: str | Path, geometry: Geometry) -> Labe
 
 
 def _read_ahead(files: list[Path]) -> Iterator[tuple[sitk.Image, Census]]:
-    """``files`` read by :func:`read_checked`, in order, by SimpleITK's thread budget of readers at a time.
+    """``files`` read by :func:`read_label_box`, in order, by SimpleITK's thread budget of readers at a time.
 
-    SimpleITK reads without holding the GIL, so a whole-body folder's class files (one gzip
-    stream each, most of a folder's time) decompress in parallel: on 2 cores 1.6-1.8x. At most
-    one more image than that is read ahead of the one in use, so memory stays a few CT-grid images. In a
-    batch task the budget is 1 (:func:`petfeat.batch.run_study`): files are read one by one.
+    Inflation and the census run without the GIL, so a whole-body folder's class files (one gzip
+    stream each, most of a folder's time) are read in parallel. At most one more file than that is
+    read ahead of the one in use; each holds only its labelled box. In a batch task the budget is 1
+    (:func:`petfeat.batch.run_study`): files are read one by one.
     """
     threads = max(1, sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())
     if threads == 1:
-        yield from map(read_checked, files)
+        yield from map(read_label_box, files)
         return
     with ThreadPoolExecutor(threads) as pool:
         pending = deque()
         for f in files:
-            pending.append(pool.submit(read_checked, f))
+            pending.append(pool.submit(read_label_box, f))
             if len(pending) > threads:
                 yield pending.popleft().result()
         while pending:
@@ -617,7 +829,7 @@ def read_label_map(path: str | Path, geometry: Geometry, names: dict[int, str] |
     the TotalSegmentator task the names identify (:func:`petfeat.io.totalsegmentator.identify_task`),
     else the file's stem (``ct_seg`` for ``ct_seg.nii.gz``).
     """
-    img, found = read_checked(path)
+    img, found = read_label_box(path)
     native_ids = native_volumes_ml(img, found.counts)
     arr = to_pet_grid(img, geometry, str(path), mode, found)
     if names is None:
