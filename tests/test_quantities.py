@@ -99,7 +99,7 @@ def test_missing_reference_regions_give_nan_and_a_note_naming_the_spec():
     q = study_quantities(r.features, r.lesions).iloc[0]
     assert np.isnan(q.parotid_suv_mean) and np.isnan(q.tumour_to_parotid_ratio) and np.isnan(q.blood_pool_suv_mean)
     assert q.tumour_to_liver_ratio == pytest.approx(1146 / 89 / 5.0)
-    assert "no region 'aorta'" in q.notes and "aorta: {'include': ['aorta']" in q.notes
+    assert "no region 'aorta' in the features table" in q.notes and "aorta: {'include': ['aorta']" in q.notes
     assert "no region 'parotid_glands'" in q.notes
 
 
@@ -139,3 +139,20 @@ def test_no_lesions_zero_burden_and_no_lesion_source_unknown():
                        peaks=False)
     q = study_quantities(none.features, none.lesions).iloc[0]
     assert np.isnan(q.psma_tv_ml) and q.lesion_count is pd.NA and "no lesion rows" in q.notes
+
+
+def test_a_site_whose_organ_is_not_segmented_is_unknown_not_zero():
+    shape = (8, 8, 8)
+    organs = np.zeros(shape, np.uint8)
+    organs[1:4, 1:4, 1:4] = 1
+    pet = np.full(shape, 2.0, np.float32)
+    mask = np.zeros(shape, bool)
+    mask[5:7, 5:7, 5:7] = True
+    spec = {k: BUILTIN_REGIONS[k] for k in ("whole_body_tumor", "tumor_prostate", "liver")}
+    with pytest.warns(UserWarning, match="tumor_prostate"):  # no prostate label
+        r = extract(pet, LabelLayer(organs, {1: "liver"}), spec, lesions=mask, spacing=(4.0, 4.0, 4.0),
+                    backend="cpu", peaks=False)
+    q = study_quantities(r.features, r.lesions).iloc[0]
+    assert np.isnan(q.psma_tv_prostate_ml) and np.isnan(q.tl_psma_prostate)
+    assert "prostate site: region 'tumor_prostate' matched no label" in q.notes
+    assert q.psma_tv_ml == pytest.approx(8 * VOXEL_ML)

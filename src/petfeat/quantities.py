@@ -130,10 +130,13 @@ def _mean(row: pd.Series | None) -> float:
     return np.nan if row is None else float(row["suv_mean"])
 
 
-def _absent(role: str, region: str) -> str:
+def _absent(role: str, region: str, rows: pd.DataFrame) -> str:
+    """Why ``region`` gives no value: matched no label (say which spec entry adds it), or is not in the table."""
     spec = REFERENCE_REGIONS.get(region)
     add = f" (regions YAML: {region}: {spec})" if spec else ""
-    return f"{role}: no region {region!r} with labels in the features table{add}"
+    if (rows["region"] == region).any():
+        return f"{role}: region {region!r} matched no label{add}"
+    return f"{role}: no region {region!r} in the features table{add}"
 
 
 def _one_study(rows: pd.DataFrame, lesions: pd.DataFrame | None, refs: Mapping[str, str],
@@ -144,7 +147,7 @@ def _one_study(rows: pd.DataFrame, lesions: pd.DataFrame | None, refs: Mapping[s
     region = {role: _region(rows, name) for role, name in refs.items()}
     for role, name in refs.items():
         if region[role] is None:
-            notes.append(_absent(role, name))
+            notes.append(_absent(role, name, rows))
         elif role != "tumour" and int(region[role].get("voxel_count", 0) or 0) == 0:
             notes.append(f"{role}: region {name!r} is empty")
     tumour = region["tumour"]
@@ -160,7 +163,7 @@ def _one_study(rows: pd.DataFrame, lesions: pd.DataFrame | None, refs: Mapping[s
     for site, name in SITES.items():
         r = _region(rows, name)
         if r is None and tumour is not None:
-            notes.append(_absent(f"{site} site", name))
+            notes.append(_absent(f"{site} site", name, rows))
         out[f"psma_tv_{site}_ml"], out[f"tl_psma_{site}"] = _burden(r)
 
     count = above = measurable = pd.NA
