@@ -160,3 +160,27 @@ def test_consolidation_of_failures_only_writes_empty_tables(tmp_path):
     assert out == {"features": 0, "lesions": 0, "labels": 0, "quantities": 0, "features_wide": 0, "failures": 1}
     assert len(pd.read_parquet(tmp_path / "quantities.parquet")) == 0
     assert pd.read_csv(tmp_path / "failures.csv").error_class.tolist() == ["SuvError"]
+
+
+def test_batch_command_passes_csv_and_wide_to_consolidation(synth_archive, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import petfeat.batch
+    from petfeat.batch import BatchReport
+    from petfeat.io.archive import write_manifest
+
+    def serial(rows, out, settings, key, *, csv=False, wide=False, **_):  # run_batch without Dask
+        recs = [run_study(r, settings, str(out), key.hex()) for r in rows]
+        return BatchReport(done=len(recs), outputs=consolidate(Path(out), recs, csv=csv, wide=wide),
+                           timings={"wall_s": 0.0})
+
+    monkeypatch.setattr(petfeat.batch, "run_batch", serial)
+    src, _ = synth_archive
+    write_manifest(scan_archive(src, KEY)[:1], tmp_path / "manifest.csv")
+    (tmp_path / "regions.yaml").write_text("regions:\n  whole_body_tumor: builtin\n  liver: builtin\n")
+    assert main(["extract", str(tmp_path / "manifest.csv"), "-o", str(tmp_path / "out"), "--regions",
+                 str(tmp_path / "regions.yaml"), "--no-peak", "--backend", "cpu", "--csv", "--wide"]) == 0
+    for name in ("features", "lesions", "labels", "quantities", "features_wide", "failures"):
+        assert (tmp_path / "out" / f"{name}.csv").exists(), name
+    w = pd.read_parquet(tmp_path / "out" / "features_wide.parquet")
+    assert len(w) == 1 and {"study_id", "liver__suv_mean", "whole_body_tumor__total_uptake"} <= set(w.columns)
