@@ -59,7 +59,8 @@ B = {"bone": 18.0, "prostate": 6.0, "visceral": 12.0, "lymph_node_or_soft_tissue
 def test_quantities_match_hand_computed_values_for_two_studies():
     a, b = _study(A, study_id="S_a"), _study(B, study_id="S_b")
     q = study_quantities(pd.concat([a.features, b.features]), pd.concat([a.lesions, b.lesions])).set_index("study_id")
-    assert list(q.index) == ["S_a", "S_b"] and list(q.columns) == ["suv_type", *QUANTITY_NAMES]
+    assert list(q.index) == ["S_a", "S_b"]
+    assert list(q.columns) == ["patient_id", "study_date", "series_uid", "suv_type", *QUANTITY_NAMES]
     qa, qb = q.loc["S_a"], q.loc["S_b"]
     # study A: 27 bone voxels at 25, 8 prostate at 15, 27 lung at 9, 27 soft tissue at 4 -> 89 voxels, sum 1146
     assert qa.tumour_suv_mean == pytest.approx(1146 / 89)

@@ -130,6 +130,8 @@ def test_a_batch_study_writes_its_labels_part(synth_archive, tmp_path):
     assert "liver" in set(labels.label) and set(labels.source) == {"seg"}  # the folder's own name, no archive path
     q = pd.read_parquet(tmp_path / "quantities.parquet")
     assert q.study_id.tolist() == [row.study_id] and q.lesion_count.iloc[0] >= 1 and q.tl_psma.iloc[0] > 0
+    f = pd.read_parquet(tmp_path / "features.parquet")
+    assert q.patient_id.tolist() == [f.patient_id.iloc[0]] and q.patient_id.iloc[0].startswith("P")  # joins clinical
 
 
 def test_extract_one_study_writes_quantities_and_wide(synth_archive, tmp_path):

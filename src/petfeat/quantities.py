@@ -209,7 +209,8 @@ def study_quantities(features: pd.DataFrame, lesions: pd.DataFrame | None = None
     Returns
     -------
     DataFrame
-        The study keys (``study_id``, or ``patient_id, study_date, series_uid``), ``suv_type`` (the SUV
+        The study keys (``study_id``, then ``patient_id, study_date, series_uid`` as the features table
+        has them: the clinical tables join on ``patient_id``), ``suv_type`` (the SUV
         type of every SUV value of the row) and the columns of :data:`QUANTITIES`, in the order of the
         studies' first rows.
     """
@@ -221,7 +222,8 @@ def study_quantities(features: pd.DataFrame, lesions: pd.DataFrame | None = None
         raise PetfeatError(f"references: unknown role(s) {sorted(unknown)}; roles are {', '.join(refs)}.")
     refs.update(references or {})
     keys = study_keys(features)
-    columns = keys + ["suv_type", *QUANTITY_NAMES]
+    ids = keys + [c for c in ("patient_id", "study_date", "series_uid") if c in features.columns and c not in keys]
+    columns = ids + ["suv_type", *QUANTITY_NAMES]
     if not len(features):
         return _typed(pd.DataFrame(columns=columns))
     lesion_groups = {}
@@ -237,7 +239,9 @@ def study_quantities(features: pd.DataFrame, lesions: pd.DataFrame | None = None
             les = lesions if len(groups) == 1 else lesion_groups.get(key, lesions.iloc[0:0])
             if "lesion_method" in group.columns and (group["lesion_method"] == "none").all():
                 les = None
-        rows.append({**dict(zip(keys, key)), **_one_study(group, les, refs, measurable_min_ml)})
+        first = group.iloc[0]
+        rows.append({**{c: first[c] for c in ids}, **dict(zip(keys, key)),
+                     **_one_study(group, les, refs, measurable_min_ml)})
     return _typed(pd.DataFrame(rows, columns=columns))
 
 
