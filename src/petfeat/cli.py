@@ -251,6 +251,7 @@ def cmd_synth(args) -> int:
 
 def cmd_demo(args) -> int:
     """``petfeat demo``: the whole pipeline on a generated cohort (:func:`petfeat.demo.run_demo`)."""
+    _require("dask", "distributed", "lifelines", "statsmodels", "matplotlib")
     from petfeat.demo import run_demo
 
     return run_demo(args)
@@ -356,6 +357,7 @@ def cmd_scan(args) -> int:
 
 def cmd_batch(args) -> int:
     """``petfeat extract MANIFEST|ARCHIVE -o OUT``: every study on Dask."""
+    _require("dask", "distributed")
     from petfeat.batch import BatchSettings, run_batch
     from petfeat.io.archive import load_or_create_key, read_manifest, scan_archive
     from petfeat.regions import BUILTIN_REGIONS, load_spec
@@ -505,6 +507,7 @@ def _read_feature_table(path: Path):
 
 def cmd_analyze(args) -> int:
     """``petfeat analyze``: endpoints, models, tables, figures and an HTML report."""
+    _require("lifelines", "statsmodels", "matplotlib")
     from petfeat.stats.analysis import load_study, read_clinical, run_analyses, write_report
 
     t0 = time.perf_counter()
@@ -701,11 +704,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"petfeat {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except ImportError as exc:
-        print(f"petfeat {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
+        print(f"petfeat {args.command}: error: {_missing_extra(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # pragma: no cover
         print("interrupted", file=sys.stderr)
         return 130
+
+
+#: The optional dependencies by extra (pyproject.toml): a command that needs one names its pip command.
+EXTRAS = {"dask": "batch", "distributed": "batch", "lifelines": "stats", "statsmodels": "stats",
+          "matplotlib": "stats", "jinja2": "stats", "tabulate": "stats", "pydantic": "stats", "cupy": "gpu",
+          "cupyx": "gpu"}
+
+
+def _missing_extra(exc: ImportError) -> str:
+    """One line for a failed import: the extra that provides the module and its pip command."""
+    top = (exc.name or "").split(".")[0]
+    if isinstance(exc, ModuleNotFoundError) and top in EXTRAS:
+        extra = EXTRAS[top]
+        return (f"this command needs petfeat's [{extra}] extra ({top} is not installed): "
+                f"pip install 'petfeat[{extra}]' (or 'petfeat[all]')")
+    return _one_line(str(exc))
+
+
+def _require(*modules: str) -> None:
+    """Refuse, before any work, a command whose extra is not installed (:func:`_missing_extra`'s message)."""
+    import importlib.util
+
+    for m in modules:
+        try:
+            found = importlib.util.find_spec(m) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise PetfeatError(_missing_extra(ModuleNotFoundError(f"No module named {m!r}", name=m)))
 
 
 def _one_line(text: str) -> str:
