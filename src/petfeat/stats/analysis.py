@@ -1,4 +1,4 @@
-"""Study spec (YAML), endpoints from the clinical folder, models, result tables, figures, HTML report.
+"""Study spec (YAML), endpoints from the clinical folder, models, result tables; the report (:mod:`petfeat.report`).
 
 Clinical folder (CSV or Parquet, one file per table):
 
@@ -19,9 +19,6 @@ gives the map).
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 from importlib.resources import files
 from pathlib import Path
 
@@ -31,7 +28,6 @@ import pandas as pd
 from petfeat.errors import PetfeatError
 from petfeat.stats.endpoints import (
     Worsening,
-    cumulative_incidence,
     time_to_first_grade,
     time_to_worsening,
 )
@@ -161,7 +157,7 @@ def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict) -> tuple[pd
     if not len(base):
         raise PetfeatError("no patient_id of the clinical tables matches the feature table; the clinical tables must "
                            "use the pseudonymised ids (petfeat scan --linkage writes the map).")
-    rows, data = [], {}
+    rows, data, mixed = [], {}, {}
     for a in spec["analyses"]:
         for feat in a["features"]:
             col = f"{a['region']}.{feat}"
@@ -206,6 +202,7 @@ def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict) -> tuple[pd
                         raise PetfeatError(f"mixed model {a.get('name')!r}: the {a['score']} scores need a 'cycle' "
                                            "column.")
                     d = sc.merge(base, on="patient_id")
+                    mixed[(a.get("name", ""), col)] = d
                     r = fit_mixed(d, "score", col, a.get("time", "cycle"), "patient_id", a.get("covariates", []),
                                   a.get("transform", "unit"), random_slope=bool(a.get("random_slope", False)),
                                   interaction=bool(a.get("interaction", False)), df_method=a.get("df", "normal"))
@@ -236,103 +233,12 @@ def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict) -> tuple[pd
                 res.loc[idx, "p_fdr"] = fdr(res.loc[idx, "p"].to_numpy())
             if "holm" in methods:
                 res.loc[idx, "p_holm"] = holm(res.loc[idx, "p"].to_numpy())
-    return res, {"endpoints": endpoints, "data": data, "base": base}
+    return res, {"endpoints": endpoints, "data": data, "mixed": mixed, "base": base}
 
 
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode()
+def write_report(results: pd.DataFrame, context: dict, spec: dict, out: str | Path, extra_html: str = "",
+                 **kwargs) -> dict[str, Path]:
+    """Tables (CSV, Markdown), figure files and the HTML report: :func:`petfeat.report.write_report`."""
+    from petfeat.report import write_report as build
 
-
-def write_report(results: pd.DataFrame, context: dict, spec: dict, out: str | Path,
-                 extra_html: str = "") -> dict[str, Path]:
-    """Tables (CSV, Markdown), forest plots, Kaplan-Meier curves and one offline HTML report."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from lifelines import KaplanMeierFitter
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": out / "results.csv", "md": out / "results.md", "html": out / "report.html"}
-    if "warnings" in results.columns:
-        results = results.assign(warnings=[" | ".join(" ".join(str(w).split()) for w in ws)
-                                           if isinstance(ws, list) else "" for ws in results["warnings"]])
-    results.drop(columns=["covariates"], errors="ignore").to_csv(paths["csv"], index=False)
-    cols = [c for c in ("analysis", "feature", "term", "transform", "n", "events", "death", "result", "p_fdr",
-                        "p_holm", "concordance", "ph_test_p", "ph_global_p", "flag", "ridge_result",
-                        "interaction_result", "status", "warnings") if c in results.columns]
-    md = results[cols].to_markdown(index=False) if _has_tabulate() else results[cols].to_string(index=False)
-    paths["md"].write_text(f"# {spec.get('name', 'Study')}\n\n{md}\n")
-    figures = []
-    cox = results[(results.get("model") == "cox") & (results.get("status") == "ok")] if len(results) else results
-    for name, g in cox.groupby("analysis", sort=False):
-        fig, ax = plt.subplots(figsize=(6.5, 0.5 + 0.45 * len(g)))
-        y = np.arange(len(g))[::-1]
-        hr, lo, hi = (g[c].to_numpy(dtype=np.float64) for c in ("hr", "ci_low", "ci_high"))
-        ax.errorbar(hr, y, xerr=np.vstack([hr - lo, hi - hr]), fmt="s", color="#1f4e79", capsize=3)
-        ax.axvline(1.0, color="grey", lw=1, ls="--")
-        ax.set_xscale("log")
-        ax.set_yticks(y, [f"{f.split('.', 1)[1]} ({t})" for f, t in zip(g["feature"], g["transform"], strict=True)])
-        ax.set_xlabel("hazard ratio (95% CI)")
-        ax.set_title(name, fontsize=10)
-        figures.append((f"Forest plot: {name}", _png(fig)))
-        fig.savefig(out / f"forest_{len(figures):02d}.png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-    for (name, col), d in context["data"].items():
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        med = d[col].median()
-        competing = "competing" in d.columns and bool(d["competing"].sum())
-        for label, part in (("above median", d[d[col] > med]), ("at or below median", d[d[col] <= med])):
-            if not len(part):
-                continue
-            if competing:  # death competes: Aalen-Johansen cumulative incidence, not 1 - Kaplan-Meier
-                cif = cumulative_incidence(part["time_days"], part["event"], part["competing"])
-                ax.step(cif["time"], cif["cif"], where="post", label=f"{label} (n={len(part)})")
-            else:
-                km = KaplanMeierFitter(label=f"{label} (n={len(part)})").fit(part["time_days"], part["event"])
-                km.plot_survival_function(ax=ax)
-        ax.set_xlabel("days since first dose")
-        ax.set_ylabel("cumulative incidence (death competing)" if competing else "event-free")
-        if competing:
-            ax.legend(fontsize=8)
-        ax.set_title(f"{col} - {name}", fontsize=9)
-        kind = "Cumulative incidence (Aalen-Johansen, death as competing event)" if competing else "Kaplan-Meier"
-        figures.append((f"{kind}: {col} ({name})", _png(fig)))
-        plt.close(fig)
-    table = results[cols].to_html(index=False, na_rep="", float_format=lambda v: f"{v:.3g}", border=0,
-                                  classes="results")
-    imgs = "\n".join(f"<figure><img src='data:image/png;base64,{b64}' alt='{html.escape(t)}'>"
-                     f"<figcaption>{html.escape(t)}</figcaption></figure>" for t, b64 in figures)
-    warned = results[results["warnings"] != ""] if "warnings" in results.columns else results.iloc[:0]
-    warn_html = "".join(f"<li>{html.escape(str(r['analysis']))} / {html.escape(str(r['feature']))}: "
-                        f"{html.escape(r['warnings'])}</li>" for _, r in warned.iterrows()) or "<li>none</li>"
-    paths["html"].write_text(f"""<!doctype html><html><head><meta charset="utf-8">
-<title>{html.escape(spec.get('name', 'petfeat report'))}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
-table.results{{border-collapse:collapse;font-size:13px}} table.results td,table.results th{{padding:3px 8px;
-border-bottom:1px solid #ddd;text-align:left}} figure{{display:inline-block;margin:8px}} img{{max-width:520px}}
-figcaption{{font-size:12px;color:#555}}</style></head><body>
-<h1>{html.escape(spec.get('name', 'petfeat report'))}</h1>
-{extra_html}
-<h2>Results</h2>{table}
-<h2>Figures</h2>{imgs}
-<h2>Model warnings</h2><ul>{warn_html}</ul>
-<p style="font-size:12px;color:#777">petfeat; p_fdr: Benjamini-Hochberg, p_holm: Holm, per family of tests
-({html.escape(_multiplicity(spec)[1])}: {'all tests of the study' if _multiplicity(spec)[1] == 'study'
-                                         else 'the tests of one analysis'}; covariate rows are not tested);
-ph_test_p / ph_global_p: R's cox.zph score test ({html.escape(str(spec.get('ph_transform', 'km')))} transform);
-flag: not converged, events per variable below 10.</p>
-</body></html>""")
-    return paths
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-
-        return True
-    except ImportError:
-        return False
+    return build(results, context, spec, out, extra_html, **kwargs)
