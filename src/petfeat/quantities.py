@@ -179,7 +179,7 @@ def _one_study(rows: pd.DataFrame, lesions: pd.DataFrame | None, refs: Mapping[s
         if np.isfinite(out["liver_suv_mean"]):
             above = int((smax > out["liver_suv_mean"]).sum())
         if suv_type != "bw":
-            notes.append(f"TheraP flags: thresholds are SUVbw values and this table is suv_type {suv_type}")
+            notes.append(f"TheraP flags: thresholds are SUVbw values and this table is suv_type {out['suv_type']}")
         else:
             ge20 = bool(count and np.nanmax(smax) >= THERAP_ANY_SUV_MAX)
             ge10 = bool((smax[big] >= THERAP_ALL_SUV_MAX).all()) if measurable else pd.NA
