@@ -118,3 +118,25 @@ def test_every_extra_module_the_cli_names_is_in_its_extra():
     for module, extra in EXTRAS.items():
         names = " ".join(reqs[extra])
         assert module.rstrip("x") in names, (module, extra)
+
+
+def test_run_json_records_every_dependency_version(tmp_path, synth_archive):
+    import json
+
+    from petfeat.cli import main
+
+    out, truths = synth_archive
+    d = out / truths[0]["patient"]
+    regions = "regions:\n  whole_body_tumor: builtin\n  kidneys: {include: [kidney_left]}\n"
+    (tmp_path / "regions.yaml").write_text(regions)
+    assert main(["extract", "--pet", str(d / "pet"), "--labels", str(d / "seg"), "--lesions", str(d / "lesions.nii.gz"),
+                 "--regions", str(tmp_path / "regions.yaml"), "-o", str(tmp_path / "o"), "--backend", "cpu",
+                 "--no-peak"]) == 0
+    versions = json.loads((tmp_path / "o" / "run.json").read_text())["versions"]
+    reqs = _requirements()
+    declared = {r.split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip()
+                for extra, rs in reqs.items() if extra != "test" for r in rs} - {"petfeat"}
+    assert declared <= {k.lower() for k in versions}
+    for name in ("highdicom", "pandas", "lifelines", "numba", "llvmlite", "python"):
+        assert versions[name] or versions.get(name.lower()), name
+    assert "cupy-cuda12x" in versions  # listed even when not installed (None)

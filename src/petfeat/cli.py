@@ -420,6 +420,7 @@ def cmd_extract(args) -> int:
         raise PetfeatError("give a manifest or archive folder (batch), or --pet PET_FOLDER (one study).")
 
     from petfeat import __version__
+    from petfeat.batch import dependency_versions
     from petfeat.extract import extract
     from petfeat.features import wide_table
     from petfeat.io.dicom import read_pet_series
@@ -462,7 +463,7 @@ def cmd_extract(args) -> int:
            "settings": res.settings, "warnings": res.warnings,
            "timings_s": {**res.timings, "total": time.perf_counter() - t0},
            "suv": {k: v for k, v in factors.to_dict().items() if k not in ("scan_datetime", "injection_datetime")},
-           "pet_series": series.notes, "outputs": [p.name for p in written]}
+           "pet_series": series.notes, "outputs": [p.name for p in written], "versions": dependency_versions()}
     (out / "run.json").write_text(json.dumps(run, indent=1, default=str))
     cols = ["region", "suv_mean", "suv_max", "suv_peak_global", "volume_ml", "total_uptake", "lesion_count", "status"]
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
