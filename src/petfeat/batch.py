@@ -345,9 +345,13 @@ def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, th
         t["read_s"] = time.perf_counter() - t0
         factors = compute_suv_factors(series.suv_header)
         t["suv_s"] = time.perf_counter() - t0 - sum(t.values())
+        from petfeat.label_cache import from_env
+
+        cache = from_env()  # the folder $PETFEAT_LABEL_CACHE names (petfeat extract sets it), else none
+        read = cache.read_labels if cache is not None else read_labels
         layers = []
         for p in row.labels:
-            layers.extend(read_labels(p, series.geometry, mode=settings.resample))
+            layers.extend(read(p, series.geometry, mode=settings.resample))
         lesions = read_lesion_mask(row.lesions, series.geometry) if row.lesions else None
         t["labels_s"] = time.perf_counter() - t0 - sum(t.values())
         res = extract(series, layers, settings.regions, lesions=lesions, threshold=settings.threshold,

@@ -410,12 +410,45 @@ def _no_studies(src: Path) -> str:
             "manifest CSV (petfeat scan writes one); for one study's PET folder use --pet PET_FOLDER.")
 
 
+def _label_cache(args):
+    """The label cache of ``petfeat extract``: ``--label-cache DIR``, else the default; None with ``--no-label-cache``.
+
+    The default is ``$PETFEAT_LABEL_CACHE`` (``off`` turns it off), else the user's cache folder
+    (:func:`petfeat.label_cache.default_dir`).
+    """
+    import os
+
+    from petfeat.label_cache import OFF, LabelCache, default_dir
+
+    env = os.environ.get("PETFEAT_LABEL_CACHE", "").strip()
+    if getattr(args, "no_label_cache", False) or (not getattr(args, "label_cache", None) and env.lower() in OFF
+                                                   and env):
+        return None
+    return LabelCache(args.label_cache or default_dir())
+
+
+def _batch_with_cache(args, cache) -> int:
+    """:func:`cmd_batch` with ``PETFEAT_LABEL_CACHE`` naming the cache (or ``off``) for the workers it starts."""
+    import os
+
+    before = os.environ.get("PETFEAT_LABEL_CACHE")
+    os.environ["PETFEAT_LABEL_CACHE"] = str(cache.root) if cache is not None else "off"
+    try:
+        return cmd_batch(args)
+    finally:
+        if before is None:
+            os.environ.pop("PETFEAT_LABEL_CACHE", None)
+        else:
+            os.environ["PETFEAT_LABEL_CACHE"] = before
+
+
 def cmd_extract(args) -> int:
     """``petfeat extract``: one study (``--pet``), or a manifest/archive on Dask (positional source)."""
     import pandas as pd
 
+    cache = _label_cache(args)
     if args.source:
-        return cmd_batch(args)
+        return _batch_with_cache(args, cache)
     if not args.pet:
         raise PetfeatError("give a manifest or archive folder (batch), or --pet PET_FOLDER (one study).")
 
@@ -442,7 +475,8 @@ def cmd_extract(args) -> int:
     with _native_noise_filtered():  # SimpleITK's HDF5 reader prints its error stack for a file it cannot read
         for namespace, path in _label_sources(args.labels):  # --label-names: for files without their own label table
             own = names if names is not None and not (path.is_file() and nifti_label_table(path)) else None
-            layers.extend(read_labels(path, series.geometry, names=own, mode=args.resample, namespace=namespace))
+            read = cache.read_labels if cache is not None else read_labels
+            layers.extend(read(path, series.geometry, names=own, mode=args.resample, namespace=namespace))
         lesions = read_lesion_mask(args.lesions, series.geometry) if args.lesions else None
     regions = load_spec(args.regions) if args.regions else BUILTIN_REGIONS
     with _CompileNotice():
@@ -648,6 +682,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="voxels the SUVpeak sphere averages: every voxel in the image (IBSI) or only the "
                    "region's own voxels (no spill-in from a lesion next to healthy tissue)")
     s.add_argument("--csv", action="store_true", help="write every table as CSV beside Parquet (one study or batch)")
+    s.add_argument("--label-cache", metavar="DIR", help="keep each study's labels on the PET grid here, so a rerun "
+                   "with other regions, thresholds or SUV type skips reading them (default: $PETFEAT_LABEL_CACHE, "
+                   "else ~/.cache/petfeat/labels; keyed by the label files' names, sizes and times and the PET "
+                   "grid; 2 GB, least recently used removed first, $PETFEAT_LABEL_CACHE_GB)")
+    s.add_argument("--no-label-cache", action="store_true", help="read the labels afresh and store nothing")
     s.add_argument("--wide", action="store_true", help="also write features_wide: one row per study, a "
                    "region__feature column per region and feature")
     s.add_argument("-o", "--out", required=True, help="output folder")

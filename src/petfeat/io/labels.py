@@ -527,8 +527,8 @@ def read_streamed(path: str | Path) -> tuple[sitk.Image, Census] | None:
 
     The voxels are inflated a few whole z-slices at a time (:data:`STREAM_CHUNK_BYTES`) into one reused
     buffer; a chunk of background is told by one vector test, the others go through
-    :func:`petfeat.kernels.label_census.label_census` while in cache, and only their labelled boxes are kept. Returned: the image of
-    the labelled box grown by one voxel (clipped to the image), with the geometry SimpleITK gives
+    :func:`petfeat.kernels.label_census.label_census` while in cache, and only their labelled boxes are kept.
+    Returned: the image of the labelled box grown by one voxel (clipped to the image), with the geometry SimpleITK gives
     that part of the file (origin, spacing, direction from SimpleITK's own reading of the header,
     so orientation matches :func:`sitk.ReadImage` exactly), and the census of the whole file whose
     ``box`` is relative to the returned image. An unlabelled file gives a 1-voxel image and box None.
