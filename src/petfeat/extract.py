@@ -1,4 +1,8 @@
-"""The single public entry point from a PET volume and label maps to a feature table."""
+"""The single public entry point from a PET volume and label maps to a feature table.
+
+:func:`extract` runs the stages of one study in order (input, lesions, codes, reduce, peaks, rows);
+each stage is a function of its own, testable alone.
+"""
 
 from __future__ import annotations
 
@@ -111,6 +115,12 @@ def extract(
 ) -> ExtractResult:
     """Region features and per-lesion rows of one PET volume.
 
+    A short pipeline of stages, each callable alone: :func:`study_input` (stored pixels, SUV scale,
+    keys), :func:`stage_lesions` (mask or threshold, components, lesion layer), :func:`stage_codes`
+    (label combinations -> codes, regions -> codes), :func:`stage_reduce` (the fused pass),
+    :func:`stage_peaks` (SUVpeak), then the region and lesion rows and :func:`stage_rows` (keys and
+    provenance).
+
     Parameters
     ----------
     pet : PetSeries or (Z, Y, X) ndarray
@@ -161,35 +171,119 @@ def extract(
         ``lesions``: one row per component with its features and
         centroid (mm).
     """
-    from petfeat import __version__
-
     t0 = time.perf_counter()
     ran = resolve_backend(backend)
     if peak_neighbours not in PEAK_NEIGHBOURS:
         raise PetfeatError(f"peak_neighbours is {peak_neighbours!r}; choose 'image' (IBSI: every voxel in the "
                            "sphere) or 'region' (only the region's voxels).")
+    study = study_input(pet, suv_type=suv_type, spacing=spacing, factors=factors, id_key=id_key)
+    layers = _layers(labels, label_names, study.stored.shape)
+    les = stage_lesions(study, layers, lesions, threshold, connectivity, min_lesion_ml, ran)
+    spec = normalise_spec(regions) if regions is not None else default_spec(les.layers)
+    unmatched = _check_unmatched(spec, les.layers, strict)
+    codemap, members = stage_codes(spec, les.layers, study)
+    t1 = time.perf_counter()
+    partials = stage_reduce(study, codemap, ran)
+    t2 = time.perf_counter()
+    peak_values = stage_peaks(study, codemap, members, partials, ran, peak_neighbours) if peaks else None
+    t3 = time.perf_counter()
+    rows = region_rows(partials, members, study.geometry.voxel_volume_ml, peak_values,
+                       codes_touching_border(codemap.codes), set(spec) - set(unmatched))
+    codes_at = les.codes_at_lesions(codemap)
+    del codemap  # the code volume is not needed any more: the deferred components are labelled without it
+    counts = les.counts(codes_at, members)
+    lesion_df = _lesion_rows(les.comps, study.stored, study.scale, study.offset, study.geometry, les.organ_layers,
+                             peaks, ran, peak_neighbours) if les.comps is not None else \
+        pd.DataFrame(columns=list(LESION_COLUMNS))
+    t4 = time.perf_counter()
+    settings = {"regions": spec, "suv_type": suv_type, "peak_radius_mm": PEAK_RADIUS_MM, "peaks": peaks,
+                "peak_neighbours": peak_neighbours, "lesions": les.settings}
+    df, lesion_df = stage_rows(rows, counts, lesion_df, study, settings, ran)
+    timings = {"codes_s": t1 - t0, "reduce_s": t2 - t1, "peak_s": t3 - t2, "lesions_s": t4 - t3}
+    return ExtractResult(df, lesion_df, settings, timings, list(unmatched.values()))
+
+
+@dataclass
+class StudyInput:
+    """The PET volume as the stages use it: stored pixels, per-slice SUV scale and offset, grid, key columns.
+
+    ``scale``/``offset`` map a stored pixel to SUV of ``suv_type`` (slope and intercept times the SUV
+    factor); for an array already in SUV they are 1 and 0. ``series`` is the PetSeries, or None.
+    """
+
+    stored: np.ndarray
+    scale: np.ndarray
+    offset: np.ndarray
+    geometry: Geometry
+    keys: dict
+    series: PetSeries | None = None
+    factors: SuvFactors | None = None
+
+
+def study_input(pet: PetSeries | np.ndarray, *, suv_type: str = "bw", spacing: Sequence[float] | None = None,
+                factors: SuvFactors | None = None, id_key: bytes | None = None) -> StudyInput:
+    """Stage 0: the PET series (or an SUV array with ``spacing``) as a :class:`StudyInput`."""
     if isinstance(pet, PetSeries):
         factors = factors or compute_suv_factors(pet.suv_header)
         f = factors.factor(suv_type)
-        stored, scale, offset = pet.stored, pet.slope * f, pet.intercept * f
-        geometry = pet.geometry
         keys = {"patient_id": pseudonym(pet.patient_id, id_key, pet.study_uid), "study_date": pet.study_date,
                 "series_uid": pet.series_uid}
-    else:
-        stored = np.ascontiguousarray(pet)
-        if spacing is None:
-            raise PetfeatError("an array pet needs spacing=(dz, dy, dx) in mm.")
-        if stored.ndim != 3:
-            raise PetfeatError(f"pet is {stored.ndim}-dimensional and must be (Z, Y, X).")
-        geometry = Geometry(tuple(stored.shape), tuple(float(s) for s in spacing), (0.0, 0.0, 0.0),
-                            (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-        scale, offset = np.ones(stored.shape[0]), np.zeros(stored.shape[0])
-        keys = {"patient_id": None, "study_date": None, "series_uid": None}
-    sp = geometry.spacing
-    voxel_ml = geometry.voxel_volume_ml
-    layers = _layers(labels, label_names, stored.shape)
+        return StudyInput(pet.stored, pet.slope * f, pet.intercept * f, pet.geometry, keys, pet, factors)
+    stored = np.ascontiguousarray(pet)
+    if spacing is None:
+        raise PetfeatError("an array pet needs spacing=(dz, dy, dx) in mm.")
+    if stored.ndim != 3:
+        raise PetfeatError(f"pet is {stored.ndim}-dimensional and must be (Z, Y, X).")
+    geometry = Geometry(tuple(stored.shape), tuple(float(s) for s in spacing), (0.0, 0.0, 0.0),
+                        (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    return StudyInput(stored, np.ones(stored.shape[0]), np.zeros(stored.shape[0]), geometry,
+                      {"patient_id": None, "study_date": None, "series_uid": None})
 
-    # --- lesions: given mask or threshold segmentation, then connected components ---------------
+
+@dataclass
+class LesionStage:
+    """The lesions of a study: the mask, its components, and the label layers with the lesion layer appended.
+
+    With no minimum volume and a boolean mask the components are ``deferred``: the mask itself is the
+    lesion layer of the region pass, and the components are labelled after it (:meth:`counts`), once
+    the code volume is freed, so one volume fewer is alive at a time.
+    """
+
+    layers: list
+    organ_layers: list
+    mask: np.ndarray | None = None
+    comps: object = None
+    deferred: bool = False
+    settings: dict = field(default_factory=dict)
+    voxel_ml: float = 0.0
+    connectivity: int = 26
+    backend: str = "cpu"
+
+    def codes_at_lesions(self, codemap) -> np.ndarray | None:
+        """The codes under the lesion voxels (None without lesions)."""
+        if self.mask is None:
+            return None
+        self._voxels = np.flatnonzero(self.mask) if self.deferred else np.flatnonzero(self.comps.ids)
+        return codemap.codes.ravel()[self._voxels]
+
+    def counts(self, codes_at: np.ndarray | None, members) -> dict[str, int] | None:
+        """Components per region (labelling the deferred components first); None without lesions."""
+        if self.mask is None:
+            return None
+        if self.deferred:
+            self.comps = connected_components(self.mask, self.voxel_ml, self.connectivity, 0.0, backend=self.backend)
+        self.settings.update(self.comps.settings)
+        return _lesion_counts(self.comps.ids.ravel()[self._voxels], codes_at, members)
+
+
+def stage_lesions(study: StudyInput, layers: list, lesions=None, threshold: Mapping | None = None,
+                  connectivity: int = 26, min_lesion_ml: float = 0.0, backend: str = "cpu") -> LesionStage:
+    """Stage 1, lesions: the given mask or a threshold segmentation, its components, the lesion layer.
+
+    The lesion layer (label ``lesion``, name space ``lesions``) is appended to ``layers`` in the
+    returned stage; ``organ_layers`` are the layers without it (they name each lesion's site).
+    """
+    stored, scale, offset = study.stored, study.scale, study.offset
     lesion_settings: dict = {}
     mask = None
     if lesions is not None:
@@ -203,20 +297,18 @@ def extract(
         values = _suv_volume(stored, scale, offset)
         sul = None
         if th.get("method") == "percist":
-            if not isinstance(pet, PetSeries) or factors.sul_factor is None:
+            if study.series is None or study.factors.sul_factor is None:
                 raise LabelError("PERCIST thresholding needs SUL: a DICOM series with PatientSize and PatientSex.")
-            fl = factors.factor("lbm")
-            sul = _suv_volume(stored, pet.slope * fl, pet.intercept * fl)
-        mask, params = threshold_mask(values, layers, sp, method=th.get("method", "fixed"),
+            fl = study.factors.factor("lbm")
+            sul = _suv_volume(stored, study.series.slope * fl, study.series.intercept * fl)
+        mask, params = threshold_mask(values, layers, study.geometry.spacing, method=th.get("method", "fixed"),
                                       threshold=float(th.get("threshold", 3.0)), sul=sul, exclude=th.get("exclude"))
         del values, sul
         lesion_settings.update(source="threshold", **params)
     comps = None
-    cc_backend = "gpu" if ran == "gpu" and _cupy_usable() else "cpu"
+    voxel_ml = study.geometry.voxel_volume_ml
+    cc_backend = "gpu" if backend == "gpu" and _cupy_usable() else "cpu"
     check_connectivity(connectivity)  # before the region pass: components may only be labelled after it
-    # With no minimum volume every mask voxel belongs to a kept component, so the boolean mask is the
-    # lesion layer itself: components are labelled after the region pass, once the code volume is
-    # freed (one volume fewer alive at a time). Otherwise components come first, to drop the small ones.
     defer = mask is not None and mask.dtype == bool and min_lesion_ml <= 0
     if mask is not None and not defer:
         comps = connected_components(mask, voxel_ml, connectivity, min_lesion_ml, backend=cc_backend)
@@ -226,54 +318,56 @@ def extract(
     if mask is not None:
         layers[-1].namespace = "lesions"
     organ_layers = layers[:-1] if mask is not None else layers
+    return LesionStage(layers, organ_layers, mask, comps, defer, lesion_settings, voxel_ml, connectivity, cc_backend)
 
-    # --- regions: patterns -> codes (margins are extra layers, so one pass still serves every region) -
-    spec = normalise_spec(regions) if regions is not None else default_spec(layers)
-    unmatched = _check_unmatched(spec, layers, strict)
-    codemap = build_codes(layers + margin_layers(spec, layers, sp), stored.shape)
-    members = region_codes(spec, codemap)
-    t1 = time.perf_counter()
-    partials = kernels.fused_reduce(stored, codemap.codes, scale, offset, codemap.n_codes, backend=ran)
-    t2 = time.perf_counter()
-    peak_values = _peaks(stored, codemap.codes, codemap.n_codes, scale, offset, sp, members, partials, ran,
-                         peak_neighbours) if peaks else None
-    t3 = time.perf_counter()
-    rows = region_rows(partials, members, voxel_ml, peak_values, codes_touching_border(codemap.codes),
-                       set(spec) - set(unmatched))
-    counts = None
-    if mask is not None:
-        lesion_voxels = np.flatnonzero(mask) if defer else np.flatnonzero(comps.ids)
-        codes_at = codemap.codes.ravel()[lesion_voxels]
-        del codemap  # the code volume is not needed any more
-        if defer:
-            comps = connected_components(mask, voxel_ml, connectivity, 0.0, backend=cc_backend)
-        lesion_settings.update(comps.settings)
-        counts = _lesion_counts(comps.ids.ravel()[lesion_voxels], codes_at, members)
-    lesion_df = _lesion_rows(comps, stored, scale, offset, geometry, organ_layers, peaks, ran, peak_neighbours) \
-        if comps is not None else pd.DataFrame(columns=list(LESION_COLUMNS))
-    t4 = time.perf_counter()
 
-    settings = {"regions": spec, "suv_type": suv_type, "peak_radius_mm": PEAK_RADIUS_MM, "peaks": peaks,
-                "peak_neighbours": peak_neighbours, "lesions": lesion_settings}
+def stage_codes(spec: Mapping, layers: list, study: StudyInput):
+    """Stage 2, codes: one code per combination of labels, and each region's codes.
+
+    Exclusion margins are extra layers, so one pass still serves every region. Returns the code map
+    (:func:`petfeat.regions.build_codes`) and ``{region: codes}``.
+    """
+    sp = study.geometry.spacing
+    codemap = build_codes(layers + margin_layers(spec, layers, sp), study.stored.shape)
+    return codemap, region_codes(spec, codemap)
+
+
+def stage_reduce(study: StudyInput, codemap, backend: str):
+    """Stage 3, reduce: the fused pass, stored pixels -> SUV -> per-code partials (:func:`kernels.fused_reduce`)."""
+    return kernels.fused_reduce(study.stored, codemap.codes, study.scale, study.offset, codemap.n_codes,
+                                backend=backend)
+
+
+def stage_peaks(study: StudyInput, codemap, members, partials, backend: str, neighbours: str = "image") -> dict:
+    """Stage 4, peaks: IBSI global and local SUVpeak of each region, ``{region: (global, local)}``."""
+    return _peaks(study.stored, codemap.codes, codemap.n_codes, study.scale, study.offset, study.geometry.spacing,
+                  members, partials, backend, neighbours)
+
+
+def stage_rows(rows: list[dict], counts: dict | None, lesion_df: pd.DataFrame, study: StudyInput, settings: dict,
+               backend: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stage 5, rows: the feature and lesion tables with their key and provenance columns, in schema order."""
+    from petfeat import __version__
+
+    suv_type = settings["suv_type"]
     chash = config_hash(settings)
     df = pd.DataFrame(rows)
     df["lesion_count"] = [counts[r] if counts is not None else pd.NA for r in df.region]
     df["lesion_count"] = df["lesion_count"].astype("Int64")
-    for k, v in keys.items():
+    for k, v in study.keys.items():
         df[k] = v
         lesion_df[k] = v
     for frame in (df, lesion_df):
         frame["suv_type"] = suv_type
-        frame["backend"] = ran
-        frame["lesion_method"] = describe_lesion_method(lesion_settings)
+        frame["backend"] = backend
+        frame["lesion_method"] = describe_lesion_method(settings["lesions"])
         frame["petfeat_version"] = __version__
         frame["config_hash"] = chash
-        frame["input_notes"] = notes_json(pet.notes) if isinstance(pet, PetSeries) else ""
+        frame["input_notes"] = notes_json(study.series.notes) if study.series is not None else ""
     df = df[list(KEY_COLUMNS) + list(FEATURE_NAMES) + list(PROVENANCE_COLUMNS)]
     lesion_df = lesion_df[["patient_id", "study_date", "series_uid"] + list(LESION_COLUMNS)
                           + list(PROVENANCE_COLUMNS[1:])]
-    timings = {"codes_s": t1 - t0, "reduce_s": t2 - t1, "peak_s": t3 - t2, "lesions_s": t4 - t3}
-    return ExtractResult(df, lesion_df, settings, timings, list(unmatched.values()))
+    return df, lesion_df
 
 
 def _check_unmatched(spec, layers, strict: bool) -> dict[str, str]:
