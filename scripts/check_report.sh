@@ -3,7 +3,8 @@
 # the screen layout at 1400 px and the print layout (A4 PDF, each page rasterised when pdftoppm is present,
 # else a screenshot at A4 width, 794 px).
 # Usage: scripts/check_report.sh REPORT.html [OUT_PREFIX]  -> OUT_PREFIX-1400.png, OUT_PREFIX-print.pdf and
-#        OUT_PREFIX-print-N.png (pdftoppm, Debian package poppler-utils) or OUT_PREFIX-794.png.
+#        OUT_PREFIX-print.png (the A4 pages side by side; pdftoppm, Debian package poppler-utils) or
+#        OUT_PREFIX-794.png.
 # REPORT_HEIGHT (default 9000) is the window height in px: the screenshot is cut to the page's end.
 set -euo pipefail
 report=$(realpath "$1"); prefix=${2:-${report%.html}}
@@ -27,7 +28,15 @@ shot 1400 "$rows" "$prefix-1400.png"
 chrome --print-to-pdf="$prefix-print.pdf" --no-pdf-header-footer "file://$report"
 test -s "$prefix-print.pdf" && echo "print: $prefix-print.pdf"
 if command -v pdftoppm >/dev/null; then
-  pdftoppm -png -r 60 "$prefix-print.pdf" "$prefix-print" && ls "$prefix"-print*.png
+  pdftoppm -png -r 72 "$prefix-print.pdf" "$prefix-print"
+  # the pages side by side in rows of four, as one image
+  python3 -c "import sys; from PIL import Image
+pages = [Image.open(p).convert('RGB') for p in sys.argv[2:]]; w, h = pages[0].size; cols = min(4, len(pages))
+sheet = Image.new('RGB', (cols * (w + 12) + 12, -(-len(pages) // cols) * (h + 12) + 12), (160, 160, 160))
+for i, p in enumerate(pages): sheet.paste(p, (12 + (i % cols) * (w + 12), 12 + (i // cols) * (h + 12)))
+sheet.save(sys.argv[1], optimize=True)" "$prefix-print.png" $(ls "$prefix"-print-*.png | sort -V)
+  rm -f "$prefix"-print-*.png
+  echo "print pages: $prefix-print.png"
 else
   shot 794 "$((rows * 2))" "$prefix-794.png"
 fi

@@ -16,7 +16,7 @@ from petfeat.report.tables import fmt_ci, fmt_p, planted_table, planted_verdict,
 from petfeat.stats.analysis import read_clinical, run_analyses
 from petfeat.synth.clinical import generate_clinical, planted_vs_recovered
 
-N = 20
+N = 16
 SPEC = {
     "name": "Report test study",
     "endpoints": {"fact_p_worsening": {"type": "worsening", "score": "fact_p", "direction": "decrease",
@@ -88,7 +88,7 @@ def report(tmp_path_factory):
         liver[8:12, 2:6, 2:5] = True
         les = np.zeros(vol.shape, bool)
         les[15:17, 3:5, 7:9] = True
-        qc.append({"study_id": sid, "png": qc_png(vol, geo, {"liver": liver}, les, sid)})
+        qc.append({"study_id": sid, "png": qc_png(vol, geo, {"liver": liver}, les, sid, dpi=30)})
     pv = planted_vs_recovered(res)
     paths = write_report(res, ctx, SPEC, d / "out", features=f, qc=qc,
                          demo={"planted": pv, "n_patients": N, "backend": "cpu", "text": "Synthetic cohort."})
@@ -100,7 +100,7 @@ def test_html_has_every_section_in_order_table2_columns_and_one_mip_per_study(re
     page = paths["html"].read_text()
     where = [page.index(f'<section id="{s.lower().replace(" ", "-")}">') for s in SECTIONS]
     assert where == sorted(where)  # cohort, methods, results, figures, warnings, QC, provenance
-    for text in ("Table 1. Baseline characteristics (n = 20)", "Whole-body PSMA-TV, mL, median [IQR]",
+    for text in (f"Table 1. Baseline characteristics (n = {N})", "Whole-body PSMA-TV, mL, median [IQR]",
                  "Planted vs recovered effects", "Coronal MIPs", "Backend: <b>cpu</b>", "Log-rank p = "):
         assert text in page
     assert 'class="dataframe"' not in page and 'border="1"' not in page  # no pandas default tables

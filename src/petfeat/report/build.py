@@ -241,7 +241,8 @@ def write_report(results: pd.DataFrame, context: dict, spec: dict, out: str | Pa
     cohort = table1(base, features) if base is not None else []
     qc_rows = []
     for q in qc or []:
-        qc_rows.append({"study_id": q["study_id"], "png": q["png"], "numbers": _key_numbers(features, q["study_id"])})
+        qc_rows.append({"study_id": q["study_id"], "png": q["png"], "numbers": _key_numbers(features, q["study_id"]),
+                        "missing": _missing_regions(features, q["study_id"])})
     demo_ctx = None
     if demo is not None:
         pt = planted_table(demo["planted"], results) if demo.get("planted") is not None else pd.DataFrame()
@@ -270,6 +271,14 @@ def write_report(results: pd.DataFrame, context: dict, spec: dict, out: str | Pa
     return paths
 
 
+def _missing_regions(features: pd.DataFrame | None, study_id: str) -> str:
+    if features is None or "study_id" not in features.columns or "status" not in features.columns:
+        return ""
+    f = features[features["study_id"] == study_id]
+    bad = [(r, s) for r, s in zip(f["region"], f["status"]) if isinstance(s, str) and s not in ("ok", "")]
+    return ", ".join(f"{r} ({s})" for r, s in bad)
+
+
 def _key_numbers(features: pd.DataFrame | None, study_id: str) -> list[tuple[str, str]]:
     """A study's key numbers for the QC gallery: tumour burden and the reference organs."""
     if features is None or "study_id" not in features.columns:
@@ -279,20 +288,16 @@ def _key_numbers(features: pd.DataFrame | None, study_id: str) -> list[tuple[str
     for region, col, label, digits in (
             ("whole_body_tumor", "lesion_count", "lesions", 0),
             ("whole_body_tumor", "suv_max", "tumour SUVmax", 1),
-            ("whole_body_tumor", "volume_ml", "PSMA-TV (mL)", 1),
+            ("whole_body_tumor", "volume_ml", "PSMA-TV, mL", 1),
             ("whole_body_tumor", "total_uptake", "TL-PSMA", 0),
             ("liver", "suv_mean", "liver SUVmean", 2),
-            ("healthy_bone", "suv_mean", "healthy bone SUVmean", 2),
+            ("healthy_bone", "suv_mean", "bone SUVmean", 2),
             ("salivary_glands", "suv_mean", "salivary SUVmean", 1)):
         if region in f.index and col in f.columns:
             v = f.loc[region, col]
             v = v.iloc[0] if isinstance(v, pd.Series) else v
             if pd.notna(v):
                 out.append((label, f"{float(v):.{digits}f}"))
-    if "status" in f.columns:
-        bad = [f"{r}: {s}" for r, s in f["status"].items() if isinstance(s, str) and s not in ("ok", "")]
-        if bad:
-            out.append(("status", "; ".join(bad[:3])))
     return out
 
 

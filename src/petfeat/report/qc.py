@@ -70,8 +70,8 @@ def coronal_mip(volume: np.ndarray, geometry) -> CoronalMip:
     return CoronalMip(v.max(axis=1), (sp[0], sp[2]), oblique)
 
 
-def qc_png(suv: np.ndarray, geometry, regions: dict[str, np.ndarray], lesions: np.ndarray | None, title: str,
-           vmax: float = 10.0, dpi: int = 110) -> str:
+def qc_png(suv: np.ndarray, geometry, regions: dict[str, np.ndarray], lesions: np.ndarray | None, title: str = "",
+           vmax: float = 10.0, dpi: int = 150) -> str:
     """Base64 PNG: coronal SUV MIP (inverted grey, 0 to ``vmax``) with colour bar, orientation markers and outlines.
 
     Parameters
@@ -83,7 +83,7 @@ def qc_png(suv: np.ndarray, geometry, regions: dict[str, np.ndarray], lesions: n
     lesions
         Boolean lesion mask, contoured in red; ``None`` when the study has none.
     title
-        Text above the image (a pseudonymised study id, never a patient name).
+        Small text in the image's corner ("" for none; a pseudonymised study id, never a patient name).
     """
     from petfeat.report.figures import _plt
 
@@ -92,38 +92,36 @@ def qc_png(suv: np.ndarray, geometry, regions: dict[str, np.ndarray], lesions: n
     rows, cols = m.image.shape
     h_mm, w_mm = rows * m.spacing[0], cols * m.spacing[1]
     extent = (0, w_mm, h_mm, 0)
-    fig_w = 3.3
-    fig_h = max(2.5, min(7.0, 2.55 * h_mm / w_mm + 0.5))
-    fig = plt.figure(figsize=(fig_w, fig_h))
-    ax = fig.add_axes((0.03, 0.04, 0.72, 0.88))
+    img_w = 1.9  # inches; the colour bar and its labels take the rest
+    img_h = min(6.0, img_w * h_mm / w_mm)
+    fig = plt.figure(figsize=(img_w + 0.75, img_h + 0.1))
+    ax = fig.add_axes((0.0, 0.05 / (img_h + 0.1), img_w / (img_w + 0.75), img_h / (img_h + 0.1)))
     im = ax.imshow(m.image, cmap="gray_r", vmin=0, vmax=vmax, extent=extent, interpolation="nearest")
-    handles = []
+    yy = (np.arange(rows) + 0.5) * m.spacing[0]
+    xx = (np.arange(cols) + 0.5) * m.spacing[1]
     for name, mask in list(regions.items()) + ([("lesions", lesions)] if lesions is not None else []):
         if mask is None or not mask.any():
             continue
         proj, _, _ = reorient(mask, geometry.direction, geometry.spacing)
         proj = proj.any(axis=1).astype(float)
         colour = LESION_COLOUR if name == "lesions" else REGION_COLOURS.get(name, "#ff7f0e")
-        yy = (np.arange(rows) + 0.5) * m.spacing[0]
-        xx = (np.arange(cols) + 0.5) * m.spacing[1]
-        ax.contour(xx, yy, proj, levels=[0.5], colors=[colour], linewidths=0.9 if name == "lesions" else 0.8)
-        handles.append(plt.Line2D([0], [0], color=colour, lw=1.5, label=name.replace("_", " ")))
+        ax.contour(xx, yy, proj, levels=[0.5], colors=[colour], linewidths=1.1 if name == "lesions" else 0.9)
     ax.set_xlim(0, w_mm)
     ax.set_ylim(h_mm, 0)
     ax.set_axis_off()
-    style = {"fontsize": 8, "fontweight": "bold", "color": "#0b3d91", "transform": ax.transAxes}
+    style = {"fontsize": 10, "fontweight": "bold", "color": "#0b3d91", "transform": ax.transAxes}
     ax.text(0.02, 0.5, "R", ha="left", va="center", **style)
     ax.text(0.98, 0.5, "L", ha="right", va="center", **style)
-    ax.text(0.5, 0.99, "H", ha="center", va="top", **style)
-    ax.text(0.5, 0.01, "F", ha="center", va="bottom", **style)
-    ax.set_title(title + (" (oblique)" if m.oblique else ""), fontsize=8)
-    cax = fig.add_axes((0.78, 0.3, 0.04, 0.5))
+    ax.text(0.5, 0.995, "H", ha="center", va="top", **style)
+    ax.text(0.5, 0.005, "F", ha="center", va="bottom", **style)
+    if title or m.oblique:
+        ax.text(0.02, 0.995, (title + " " if title else "") + ("(oblique)" if m.oblique else ""), ha="left",
+                va="top", fontsize=7, color="#555", transform=ax.transAxes)
+    x0 = (img_w + 0.1) / (img_w + 0.75)
+    cax = fig.add_axes((x0, 0.25, 0.12 / (img_w + 0.75), 0.5))
     cb = fig.colorbar(im, cax=cax)
-    cb.set_label("SUV", fontsize=7)
-    cb.ax.tick_params(labelsize=6.5)
-    if handles:
-        fig.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.74, 0.03), fontsize=6.5, frameon=False,
-                   handlelength=1.2)
+    cb.set_label("SUV", fontsize=10)
+    cb.ax.tick_params(labelsize=9)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
@@ -134,7 +132,7 @@ def qc_png(suv: np.ndarray, geometry, regions: dict[str, np.ndarray], lesions: n
 QC_REGIONS = ("liver", "bone", "salivary_glands")
 
 
-def render_study(pet_path: str | Path, seg: str | Path, lesions: str | Path | None, title: str,
+def render_study(pet_path: str | Path, seg: str | Path, lesions: str | Path | None, title: str = "",
                  regions: dict | None = None, names: tuple[str, ...] = QC_REGIONS, vmax: float = 10.0) -> str:
     """QC image of one study from its files: SUVbw MIP with the outlines of ``names`` and the lesion contours.
 

@@ -150,8 +150,9 @@ def table2(results: pd.DataFrame) -> list[dict]:
                 epv = r.get("events_per_variable")
                 row["epv"] = "" if cov or epv is None or not np.isfinite(epv) else f"{epv:.1f}"
                 row["ph"] = fmt_p(r.get("ph_test_p"))
-                if r.get("ridge_result") and isinstance(r.get("ridge_result"), str) and not cov:
-                    row["sensitivity"] = r["ridge_result"].replace("ridge sensitivity", "ridge")
+                if pd.notna(r.get("ridge_hr", np.nan)) and not cov:
+                    row["sensitivity"] = (f"ridge {r['ridge_penalizer']:g}: " + fmt_ci(
+                        r["ridge_hr"], r["ridge_ci_low"], r["ridge_ci_high"]) + f", p {fmt_p(r['ridge_p'])}")
             else:
                 row["effect"] = fmt_ci(r.get("estimate", np.nan), r.get("ci_low", np.nan), r.get("ci_high", np.nan))
                 no, ng = r.get("n_obs"), r.get("n_groups")
