@@ -562,7 +562,7 @@ def cmd_analyze(args) -> int:
     results, context = run_analyses(features, data, spec)
     print(f"analyze: writing tables, figures and the report ({_duration(time.perf_counter() - t0)} so far) ...",
           file=sys.stderr, flush=True)
-    paths = write_report(results, context, spec, args.out)
+    paths = write_report(results, context, spec, args.out, features=features)  # provenance: SUV type, config hash
     models = results[results.get("status") != "ok (covariate)"] if len(results) else results
     ok = models[models.get("status") == "ok"] if len(models) else models
     for _, r in models.iterrows():
