@@ -209,3 +209,32 @@ def test_compile_notice_is_said_once_while_numba_compiles():
     with _CompileNotice(stream=quiet):
         pass
     assert quiet.getvalue() == ""
+
+
+def test_batch_says_when_the_kernels_will_be_compiled(monkeypatch, capsys, tmp_path, synth_archive):
+    from numba.core import config
+
+    import petfeat.batch
+    from petfeat.batch import BatchReport
+
+    monkeypatch.setattr(petfeat.batch, "run_batch", lambda *a, **k: BatchReport(timings={"wall_s": 0.0}))
+    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path / "cache"))  # an empty Numba cache
+    archive, _ = synth_archive
+    assert main(["extract", str(archive), "-o", str(tmp_path / "o")]) == 0
+    assert "compiles petfeat's kernels" in capsys.readouterr().err
+    (tmp_path / "cache" / "kernels_0123").mkdir(parents=True)
+    (tmp_path / "cache" / "kernels_0123" / "reduce_cpu._fused-10.py311.nbi").write_bytes(b"")
+    assert main(["extract", str(archive), "-o", str(tmp_path / "o")]) == 0
+    assert "compiles petfeat's kernels" not in capsys.readouterr().err
+
+
+def test_suv_text_is_aligned_with_units_and_no_none(capsys):
+    assert main(["suv", str(DRO / "DRO_3_3" / "PT")]) == 0  # no height/sex: SUL cannot be computed
+    lines = capsys.readouterr().out.splitlines()
+    table = [ln for ln in lines if not ln.startswith("note:")]
+    value_column = {len(ln) - len(ln.split("  ", 1)[1].lstrip()) for ln in table}
+    assert len(value_column) == 1  # every value starts in the same column
+    text = "\n".join(lines)
+    assert "None" not in text and "SUL factor" in text and "n/a" in text
+    assert "uptake time       60.0 min (3600 s)" in text
+    assert "weight            70 kg" in text and "injected dose     368.08 MBq" in text

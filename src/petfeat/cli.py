@@ -223,19 +223,46 @@ def cmd_suv(args) -> int:
     if args.json:
         print(json.dumps(d, indent=2))
     else:
-        bw = d["suv_bw_factor"]
-        print(f"series            {series.description or '(no description)'}  {series.geometry.shape} voxels")
-        print(f"units             {d['units']}   decay correction {d['decay_correction']}")
-        if isinstance(bw, list):
-            print(f"SUVbw factor      per slice, {min(bw):.6g} .. {max(bw):.6g} (x rescaled pixel)")
-        else:
-            print(f"SUVbw factor      {bw:.6g} (x rescaled pixel)")
-        for k in ("sul_factor", "suv_bsa_factor", "scan_datetime", "scan_time_source", "injection_datetime",
-                  "uptake_seconds", "half_life_seconds", "injected_dose_bq", "decayed_dose_bq", "weight_kg"):
-            print(f"{k:<17} {d[k]}")
+        z, y, x = series.geometry.shape
+        lines = [("series", f"{series.description or '(no description)'}, {z} x {y} x {x} voxels"),
+                 ("units", d["units"]), ("decay correction", d["decay_correction"]),
+                 ("SUVbw factor", _factor_text(d["suv_bw_factor"])),
+                 ("SUL factor", _factor_text(d["sul_factor"])),
+                 ("SUVbsa factor", _factor_text(d["suv_bsa_factor"])),
+                 ("scan time", f"{_value_text(d['scan_datetime'])} (from {d['scan_time_source']})"),
+                 ("injection time", _value_text(d["injection_datetime"])),
+                 ("uptake time", "n/a" if d["uptake_seconds"] is None else
+                  f"{d['uptake_seconds'] / 60:.1f} min ({d['uptake_seconds']:.0f} s)"),
+                 ("half-life", _value_text(d["half_life_seconds"], "s")),
+                 ("injected dose", _value_text(None if d["injected_dose_bq"] is None else d["injected_dose_bq"] / 1e6,
+                                               "MBq")),
+                 ("decayed dose", _value_text(None if d["decayed_dose_bq"] is None else d["decayed_dose_bq"] / 1e6,
+                                              "MBq")),
+                 ("weight", _value_text(d["weight_kg"], "kg"))]
+        width = max(len(k) for k, _ in lines)
+        for k, v in lines:
+            print(f"{k:<{width}}  {v}")
         for w in d["warnings"]:
             print(f"note: {w}")
     return 0
+
+
+def _value_text(v, unit: str = "") -> str:
+    """A header value for ``petfeat suv``: 6 significant digits with its unit, 'n/a' when missing."""
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.6g} {unit}".rstrip()
+    return f"{v} {unit}".rstrip()
+
+
+def _factor_text(v) -> str:
+    """An SUV factor (one value or one per slice) times the rescaled pixel; 'n/a' when it cannot be computed."""
+    if v is None:
+        return "n/a (see the notes below)"
+    if isinstance(v, list):
+        return f"per slice, {min(v):.6g} .. {max(v):.6g} (x rescaled pixel)"
+    return f"{v:.6g} (x rescaled pixel)"
 
 
 def cmd_synth(args) -> int:
@@ -372,6 +399,9 @@ def cmd_batch(args) -> int:
     rows = scan_archive(src, key, progress=_Progress("scanned folders")) if src.is_dir() else read_manifest(src)
     if not any(r.study_id.startswith("S") for r in rows):  # F...: folders without a PET series
         raise PetfeatError(_no_studies(src))
+    if not _kernels_cached():
+        print("the first study on each worker compiles petfeat's kernels for this machine (about a minute, once: "
+              "later runs load them from Numba's cache)", file=sys.stderr, flush=True)
     settings = BatchSettings(regions=load_spec(args.regions) if args.regions else BUILTIN_REGIONS,
                              backend=args.backend, suv_type=args.suv_type, connectivity=args.connectivity,
                              min_lesion_ml=args.min_lesion_ml, threshold=_parse_threshold(args.threshold),
@@ -391,6 +421,19 @@ def cmd_batch(args) -> int:
         print(f"failures ({', '.join(f'{n} {c}' for c, n in classes.items())}) are listed with their reasons in "
               f"{out / 'failures.parquet'}", file=sys.stderr)
     return 3 if rep.failed else 0
+
+
+def _kernels_cached() -> bool:
+    """Whether Numba's cache holds compiled CPU kernels of petfeat (``NUMBA_CACHE_DIR`` or ``kernels/__pycache__``)."""
+    from numba.core import config
+
+    import petfeat.kernels as kernels
+
+    if config.CACHE_DIR:
+        where = [d for d in Path(config.CACHE_DIR).glob("kernels_*") if d.is_dir()]
+    else:
+        where = [Path(kernels.__file__).parent / "__pycache__"]
+    return any(any(d.glob("reduce_cpu.*.nbi")) for d in where)
 
 
 def _no_studies(src: Path) -> str:
