@@ -170,12 +170,12 @@ def test_progress_in_a_log_is_a_line_every_few_seconds_with_eta(monkeypatch):
     clock = iter([0.0, 1.0, 2.0, 6.0, 6.5, 20.0])
     monkeypatch.setattr(cli.time, "perf_counter", lambda: next(clock))
     buf = io.StringIO()  # not a terminal
-    p = _Progress("scanned folders", stream=buf, every=5.0, delay=0.0)  # t0 = 0
+    p = _Progress("scanned {i}/{n} folders", stream=buf, every=5.0, delay=0.0)  # t0 = 0
     for i in (1, 2, 3, 4):  # at 1, 2 (quiet), 6 (a line), 6.5 (quiet)
         p(i, 8)
     p(8, 8)  # the last one is always written
     lines = buf.getvalue().splitlines()
-    assert lines == ["scanned folders 3/8 (6 s, ETA 10 s)", "scanned folders 8/8 (20 s)"]
+    assert lines == ["scanned 3/8 folders (6 s, ETA 10 s)", "scanned 8/8 folders (20 s)"]
 
 
 def test_progress_on_a_terminal_is_a_bar_rewritten_in_place():
@@ -184,14 +184,14 @@ def test_progress_on_a_terminal_is_a_bar_rewritten_in_place():
             return True
 
     buf = Tty()
-    p = _Progress("studies", stream=buf, width=10, delay=0.0)
+    p = _Progress("studies {i}/{n}", stream=buf, width=10, delay=0.0)
     p(5, 10)
     p(10, 10)
     out = buf.getvalue()
     assert out.startswith("\r[#####-----] studies 5/10") and "\r[##########] studies 10/10" in out
     assert out.endswith("\n") and out.count("\n") == 1
     quick = Tty()
-    p = _Progress("studies", stream=quick)  # the default delay: a step done within a second says nothing
+    p = _Progress("studies {i}/{n}", stream=quick)  # the default delay: a step done within a second says nothing
     p(1, 1)
     assert quick.getvalue() == ""
 
@@ -238,3 +238,19 @@ def test_suv_text_is_aligned_with_units_and_no_none(capsys):
     assert "None" not in text and "SUL factor" in text and "n/a" in text
     assert "uptake time       60.0 min (3600 s)" in text
     assert "weight            70 kg" in text and "injected dose     368.08 MBq" in text
+
+
+def test_heartbeat_says_nothing_for_a_quick_step_and_the_time_for_a_slow_one():
+    import time as _time
+
+    from petfeat.cli import _Heartbeat
+
+    quick = io.StringIO()
+    with _Heartbeat("analyze: fitting 3 models", stream=quick, delay=5.0):
+        pass
+    assert quick.getvalue() == ""
+    slow = io.StringIO()
+    with _Heartbeat("analyze: fitting 3 models", stream=slow, delay=0.05, every=0.1):
+        _time.sleep(0.3)
+    lines = slow.getvalue().splitlines()
+    assert len(lines) >= 2 and all(ln.startswith("analyze: fitting 3 models ... ") for ln in lines)

@@ -144,6 +144,8 @@ class _CompileNotice:
 class _Progress:
     """``progress(i, n)`` callback: a bar with ETA rewritten in place on a terminal, else a line every ``every`` s.
 
+    ``what`` is the text, with ``{i}`` and ``{n}`` filled in (``"scanned {i}/{n} folders"``).
+
     In a log (stderr not a terminal) it writes one line when ``every`` seconds have passed since the
     last one, and the last line when ``i == n``. Nothing is written before ``delay`` seconds: a quick
     step stays silent.
@@ -164,13 +166,47 @@ class _Progress:
         self.last = now
         elapsed = now - self.t0
         eta = f", ETA {_duration(elapsed * (n - i) / i)}" if 0 < i < n else ""
-        text = f"{self.what} {i}/{n} ({_duration(elapsed)}{eta})"
+        text = f"{self.what.format(i=i, n=n)} ({_duration(elapsed)}{eta})"
         if self.tty:
             filled = int(self.width * i / n) if n else self.width
             bar = "#" * filled + "-" * (self.width - filled)
             print(f"\r[{bar}] {text}\033[K", end="\n" if final else "", file=self.stream, flush=True)
         else:
             print(text, file=self.stream, flush=True)
+
+
+class _Heartbeat:
+    """While a step runs: its name and the time so far after ``delay`` s, then every ``every`` s (quick steps: silent).
+
+    On a terminal the line is rewritten in place; in a log each is a line of its own.
+    """
+
+    def __init__(self, what: str, stream=None, delay: float = 2.0, every: float = 5.0):
+        self.what, self.stream, self.delay, self.every = what, stream or sys.stderr, delay, every
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def __enter__(self):
+        import threading
+
+        self.t0, self.done, self.said = time.perf_counter(), threading.Event(), False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        wait = self.delay
+        while not self.done.wait(wait):
+            self.said = True
+            line = f"{self.what} ... {_duration(time.perf_counter() - self.t0)}"
+            print(f"\r{line}\033[K" if self.tty else line, end="" if self.tty else "\n", file=self.stream, flush=True)
+            wait = 1.0 if self.tty else self.every
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+        if self.said and self.tty:
+            print(file=self.stream, flush=True)
+        return False
 
 
 def _duration(seconds: float) -> str:
@@ -359,7 +395,7 @@ def cmd_scan(args) -> int:
     out = Path(args.out)
     key = load_or_create_key(args.key_file)
     linkage = {} if args.linkage else None
-    rows = scan_archive(args.archive, key, linkage, progress=_Progress("scanned folders"))
+    rows = scan_archive(args.archive, key, linkage, progress=_Progress("scanned {i}/{n} folders", delay=0.0))
     write_manifest(rows, out)
     if args.linkage:
         def write(tmp: str) -> None:  # mkstemp's file is mode 600; the rename keeps it
@@ -396,7 +432,8 @@ def cmd_batch(args) -> int:
         raise PetfeatError(f"give either a manifest or archive ({src}) or --pet PET_FOLDER, not both.")
     if not src.exists():
         raise PetfeatError(f"{src}: no such manifest or archive folder.")
-    rows = scan_archive(src, key, progress=_Progress("scanned folders")) if src.is_dir() else read_manifest(src)
+    rows = scan_archive(src, key, progress=_Progress("scanned {i}/{n} folders")) if src.is_dir() else \
+        read_manifest(src)
     if not any(r.study_id.startswith("S") for r in rows):  # F...: folders without a PET series
         raise PetfeatError(_no_studies(src))
     if not _kernels_cached():
@@ -598,14 +635,12 @@ def cmd_analyze(args) -> int:
     if not clinical.is_dir():
         raise PetfeatError(f"--clinical {clinical}: no such folder; give the folder of the patients, labs and "
                            "scores/questionnaires tables.")
-    print("analyze: reading the clinical tables and deriving endpoints ...", file=sys.stderr, flush=True)
     data = read_clinical(clinical)
-    print(f"analyze: fitting {sum(len(a.get('features', ())) for a in spec.get('analyses', ()))} models "
-          f"({_duration(time.perf_counter() - t0)} so far) ...", file=sys.stderr, flush=True)
-    results, context = run_analyses(features, data, spec)
-    print(f"analyze: writing tables, figures and the report ({_duration(time.perf_counter() - t0)} so far) ...",
-          file=sys.stderr, flush=True)
-    paths = write_report(results, context, spec, args.out, features=features)  # provenance: SUV type, config hash
+    n_models = sum(len(a.get("features", ())) for a in spec.get("analyses", ()))
+    with _Heartbeat(f"analyze: fitting {n_models} models"):
+        results, context = run_analyses(features, data, spec)
+    with _Heartbeat("analyze: writing tables, figures and the report"):
+        paths = write_report(results, context, spec, args.out, features=features)  # provenance: SUV type, config hash
     models = results[results.get("status") != "ok (covariate)"] if len(results) else results
     ok = models[models.get("status") == "ok"] if len(models) else models
     for _, r in models.iterrows():
