@@ -254,3 +254,12 @@ def test_heartbeat_says_nothing_for_a_quick_step_and_the_time_for_a_slow_one():
         _time.sleep(0.3)
     lines = slow.getvalue().splitlines()
     assert len(lines) >= 2 and all(ln.startswith("analyze: fitting 3 models ... ") for ln in lines)
+
+
+def test_a_mistyped_label_in_a_region_gets_a_suggestion(capsys, tmp_path, synth_archive):
+    out, truths = synth_archive
+    d = out / truths[0]["patient"]
+    (tmp_path / "r.yaml").write_text("regions:\n  liver: {include: [livr]}\n")
+    line = one_line_error(capsys, ["extract", "--pet", str(d / "pet"), "--labels", str(d / "seg"), "--regions",
+                                   str(tmp_path / "r.yaml"), "--strict", "-o", str(tmp_path / "o"), "--backend", "cpu"])
+    assert "no label name matches 'livr'; did you mean 'liver'?" in line
