@@ -406,12 +406,14 @@ def _nifti_scaling(path: Path, layout: NiftiLayout) -> tuple[float, float]:
     return struct.unpack_from(order + "dd", head, 176)
 
 
-def _stream_chunks(path: Path, layout: NiftiLayout, buf: np.ndarray) -> Iterator[int]:
-    """Fill ``buf`` with the voxel bytes of a NIfTI, chunk after chunk; yields the bytes of each chunk.
+def _stream_chunks(path: Path, layout: NiftiLayout, buf: np.ndarray) -> Iterator[memoryview]:
+    """The voxel bytes of a NIfTI, chunk after chunk of ``len(buf)`` bytes (the last may be shorter).
 
     A gzip stream is inflated with the checks of :func:`inflate_check` (declared length, CRC-32 and
     length of every member by zlib, nothing more than :data:`TRAILING_BYTES_ALLOWED` after the
-    voxels); the inflated pieces are copied into ``buf``, so no buffer of the whole image is allocated.
+    voxels). A chunk is the inflater's own output when it gives a whole chunk at once, else its
+    pieces copied into ``buf``: no buffer of the whole image is allocated. Each chunk is valid until
+    the next is asked for.
     """
     want, limit = layout.declared_bytes, layout.declared_bytes + TRAILING_BYTES_ALLOWED
     view = memoryview(buf).cast("B")
@@ -421,12 +423,15 @@ def _stream_chunks(path: Path, layout: NiftiLayout, buf: np.ndarray) -> Iterator
             f.seek(layout.vox_offset)
             left = layout.data_bytes
             while left:
-                n = f.readinto(view[:min(cap, left)])
-                if not n:
-                    raise LabelError(f"{path}: truncated NIfTI file (expected {want} bytes); SimpleITK would read the "
-                                     "missing voxels as 0. Copy or export the file again.")
+                n, size = 0, min(cap, left)
+                while n < size:
+                    got = f.readinto(view[n:size])
+                    if not got:
+                        raise LabelError(f"{path}: truncated NIfTI file (expected {want} bytes); SimpleITK would read "
+                                         "the missing voxels as 0. Copy or export the file again.")
+                    n += got
                 left -= n
-                yield n
+                yield view[:n]
         return
     skip, got, fill, ended = layout.vox_offset, 0, 0, False
     d = _inflate_zlib.decompressobj(31)
@@ -443,18 +448,23 @@ def _stream_chunks(path: Path, layout: NiftiLayout, buf: np.ndarray) -> Iterator
                 if got < skip:  # header and extensions: up to the voxels
                     room = skip - got
                 elif got < want:
-                    room = min(cap - fill, 1 << 20)  # pieces stay in cache
+                    room = min(cap - fill, want - got)
                 else:
                     room = 1 << 18
                 out = d.decompress(data, room)
                 data = d.unconsumed_tail
                 if got < want and got + len(out) > skip:
                     part = memoryview(out)[max(skip - got, 0):min(len(out), want - got)]
-                    view[fill:fill + len(part)] = part
-                    fill += len(part)
+                    if fill == 0 and (len(part) == cap or got + len(out) >= want):
+                        got += len(out)
+                        yield part  # a whole chunk at once: no copy
+                        out = b""
+                    else:
+                        view[fill:fill + len(part)] = part
+                        fill += len(part)
                 got += len(out)
                 if fill == cap or (fill and got >= want):
-                    yield fill
+                    yield view[:fill]
                     fill = 0
                 if got > limit:
                     raise LabelError(f"{path}: the gzip stream inflates beyond the size its NIfTI header "
@@ -562,9 +572,8 @@ def read_streamed(path: str | Path) -> tuple[sitk.Image, Census] | None:
     threads = numba.get_num_threads()
     numba.set_num_threads(1)  # this thread only: a chunk is counted in ~1 ms, a parallel launch costs more
     try:
-        for n in _stream_chunks(path, layout, buf):
-            k = n // slice_bytes
-            acc.add(buf[:k * nx * ny].reshape(k, ny, nx))
+        for piece in _stream_chunks(path, layout, buf):
+            acc.add(np.frombuffer(piece, dtype).reshape(-1, ny, nx))
     finally:
         numba.set_num_threads(threads)
     del buf
