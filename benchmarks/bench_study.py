@@ -136,7 +136,7 @@ def floor_s(study: Path, label_files: list[Path]) -> dict:
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu()
     n = 0
     for f in sorted((study / "pet").iterdir()):
         n += len(f.read_bytes())
@@ -158,7 +158,7 @@ def floor_s(study: Path, label_files: list[Path]) -> dict:
     with ThreadPoolExecutor(2) as pool:
         inflated = list(pool.map(inflate, label_files))
     return {"pet_bytes_s": pet, "labels_inflate_s": time.perf_counter() - t1, "floor_s": pet + time.perf_counter() - t1,
-            "largest_inflated_mb": max(inflated) / 2**20}
+            "floor_cpu_s": _cpu() - c0, "largest_inflated_mb": max(inflated) / 2**20}
 
 
 def stages(study: Path, labels: list[Path], cache_dir: Path | None) -> dict:
@@ -170,12 +170,17 @@ def stages(study: Path, labels: list[Path], cache_dir: Path | None) -> dict:
     from petfeat.regions import BUILTIN_REGIONS
     from petfeat.suv import compute_suv_factors
 
-    t = {}
-    t0 = time.perf_counter()
+    t, cpu = {}, {}
+    mark = [time.perf_counter(), _cpu()]
+
+    def lap(name: str) -> None:
+        now = [time.perf_counter(), _cpu()]
+        t[name], cpu[name] = now[0] - mark[0], now[1] - mark[1]
+        mark[:] = now
+
     series = read_pet_series(study / "pet")
     factors = compute_suv_factors(series.suv_header)
-    t["pet_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    lap("pet_s")
     if cache_dir is not None:
         from petfeat.label_cache import LabelCache
 
@@ -183,20 +188,25 @@ def stages(study: Path, labels: list[Path], cache_dir: Path | None) -> dict:
         layers = [la for p in labels for la in cache.read_labels(p, series.geometry)]
     else:
         layers = [la for p in labels for la in read_labels(p, series.geometry)]
-    t["labels_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    lap("labels_s")
     lesions = read_lesion_mask(study / "lesions.nii.gz", series.geometry)
-    t["lesion_mask_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    lap("lesion_mask_s")
     _label_table(layers, series.geometry.voxel_volume_ml)
-    t["label_table_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    lap("label_table_s")
     res = extract(series, layers, BUILTIN_REGIONS, lesions=lesions, backend="cpu", factors=factors,
                   id_key=bytes(32))
-    t["extract_s"] = time.perf_counter() - t0
+    lap("extract_s")
+    t["total_s"] = sum(t.values())
+    cpu["total_s"] = sum(cpu.values())
+    t["cpu"] = cpu
     t["extract_timings"] = {k: float(v) for k, v in res.timings.items()}
-    t["total_s"] = sum(v for k, v in t.items() if k.endswith("_s"))
     return t
+
+
+def _cpu() -> float:
+    """CPU seconds of this process, all threads, user + system."""
+    r = os.times()
+    return r.user + r.system
 
 
 def process_start_s() -> float:
@@ -247,14 +257,20 @@ def run(study: Path, repeats: int, out: str | None, cli: bool) -> dict:
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k.endswith("_s")}
         fl = {k: statistics.median(f[k] for f in floors) for k in floors[0]}
         rerun = {k: statistics.median(r[k] for r in cached) for k in cached[0] if k.endswith("_s")}
-        entry = {"stages_median_s": med, "stages_all": runs, "floor_median": fl, "floors_all": floors,
+        med_cpu = {k: statistics.median(r["cpu"][k] for r in runs) for k in runs[0]["cpu"]}
+        entry = {"stages_median_s": med, "stages_cpu_median_s": med_cpu,
+                 "whole_over_floor_cpu": med_cpu["total_s"] / fl["floor_cpu_s"] if fl["floor_cpu_s"] else float("nan"),
+                 "stages_all": runs,
+                 "floor_median": fl, "floors_all": floors,
                  "whole_over_floor": med["total_s"] / fl["floor_s"], "rerun_median_s": rerun,
                  "rerun_speedup_labels": med["labels_s"] / rerun["labels_s"],
                  "rerun_speedup_total": med["total_s"] / rerun["total_s"]}
         result["layouts"][name] = entry
         print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in med.items()) + f"; floor {fl['floor_s']:.3f} s "
               f"(PET {fl['pet_bytes_s']:.3f}, labels {fl['labels_inflate_s']:.3f}); whole / floor "
-              f"{entry['whole_over_floor']:.2f}; rerun {rerun['total_s']:.3f} s (labels {rerun['labels_s']:.3f} s, "
+              f"{entry['whole_over_floor']:.2f} (CPU {med_cpu['total_s']:.2f} s / {fl['floor_cpu_s']:.2f} s = "
+              f"{entry['whole_over_floor_cpu']:.2f}; labels CPU {med_cpu['labels_s']:.2f} s); rerun "
+              f"{rerun['total_s']:.3f} s (labels {rerun['labels_s']:.3f} s, "
               f"{entry['rerun_speedup_labels']:.0f}x; whole {entry['rerun_speedup_total']:.1f}x)", flush=True)
     starts = [process_start_s() for _ in range(repeats)]
     result["process_start_s"] = {"median": statistics.median(starts), "all": starts}
