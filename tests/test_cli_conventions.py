@@ -263,3 +263,24 @@ def test_a_mistyped_label_in_a_region_gets_a_suggestion(capsys, tmp_path, synth_
     line = one_line_error(capsys, ["extract", "--pet", str(d / "pet"), "--labels", str(d / "seg"), "--regions",
                                    str(tmp_path / "r.yaml"), "--strict", "-o", str(tmp_path / "o"), "--backend", "cpu"])
     assert "no label name matches 'livr'; did you mean 'liver'?" in line
+
+
+def test_batch_console_has_no_native_noise_and_no_archive_names(tmp_path, synth_archive):
+    """A lesion 'mask' that is a folder: the worker's SimpleITK printed HDF5-DIAG stacks naming the archive folder."""
+    import dataclasses
+
+    from petfeat.io.archive import scan_archive, write_manifest
+    from petfeat.pseudonyms import load_or_create_key
+
+    out, _ = synth_archive
+    rows = scan_archive(out, load_or_create_key(None))[:1]
+    seg = rows[0].labels[0] if isinstance(rows[0].labels, list | tuple) else rows[0].labels
+    rows = [dataclasses.replace(rows[0], lesions=seg)]  # the label folder given as the lesion mask
+    write_manifest(rows, tmp_path / "m.csv")
+    r = subprocess.run([sys.executable, "-m", "petfeat.cli", "extract", str(tmp_path / "m.csv"), "-o",
+                        str(tmp_path / "o"), "--workers", "1", "--backend", "cpu"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 3, r.stderr  # the study failed, with its reason in failures.parquet
+    assert "HDF5" not in r.stderr and "major:" not in r.stderr, r.stderr
+    assert str(out) not in r.stderr + r.stdout  # no archive path on the console
+    assert "1 LabelError" in r.stderr

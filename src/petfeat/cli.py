@@ -105,6 +105,68 @@ def _native_noise_filtered():
                 print("\n".join(kept), file=sys.stderr)
 
 
+def _drop_native_stacks(lines: list[bytes], in_stack: bool) -> tuple[list[bytes], bool]:
+    """``lines`` without native error stacks (``HDF5-DIAG`` and its indented lines, which name the file)."""
+    kept = []
+    for line in lines:
+        if line.startswith(b"HDF5-DIAG"):
+            in_stack = True
+        elif not (in_stack and line[:1] in (b" ", b"\t", b",")):
+            in_stack = False
+            kept.append(line)
+    return kept, in_stack
+
+
+@contextlib.contextmanager
+def _native_noise_piped():
+    """File descriptor 2 through a pipe that drops native error stacks and passes every other line on at once.
+
+    For a batch: the local Dask workers, started inside, inherit the pipe, so SimpleITK's HDF5 stacks
+    (which name archive files) never reach the console or a log. Yields the stream for the progress
+    line: the console itself when ``sys.stderr`` is the process's own (a bar stays a bar on a terminal),
+    else ``sys.stderr``.
+    """
+    import threading
+
+    own = sys.stderr is sys.__stderr__
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no descriptor 2
+        yield sys.stderr
+        return
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump() -> None:
+        pending, in_stack = b"", False
+        while chunk := os.read(read_end, 65536):
+            *lines, pending = (pending + chunk).split(b"\n")
+            kept, in_stack = _drop_native_stacks(lines, in_stack)
+            if kept:
+                os.write(saved, b"".join(line + b"\n" for line in kept))
+        kept, _ = _drop_native_stacks([pending] if pending else [], in_stack)
+        if kept:
+            os.write(saved, kept[0])
+        os.close(read_end)
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    console = open(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="replace") if own else sys.stderr  # noqa: SIM115
+    try:
+        yield console
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        if console is not sys.stderr:
+            console.close()
+        os.dup2(saved, 2)  # the pipe's last writer in this process: the pump sees its end once the workers exit
+        thread.join(timeout=10)
+        if not thread.is_alive():  # a worker that outlived the cluster may still write: keep the console open then
+            os.close(saved)
+
+
 class _CompileNotice:
     """Prints one line when Numba starts compiling a kernel (first run after install; cached afterwards)."""
 
@@ -444,10 +506,11 @@ def cmd_batch(args) -> int:
                              min_lesion_ml=args.min_lesion_ml, threshold=_parse_threshold(args.threshold),
                              peaks=not args.no_peak, resample=args.resample,
                              peak_neighbours=args.peak_neighbours, strict=args.strict)
-    rep = run_batch(rows, out, settings, key, scheduler=args.scheduler, n_workers=args.workers,
-                    trace_memory=args.trace_memory, scheduler_timeout=args.scheduler_timeout,
-                    dashboard_address=args.dashboard_address, csv=args.csv, wide=args.wide,
-                    progress=sys.stderr)
+    with _native_noise_piped() as console:  # the local workers inherit the filtered descriptor 2
+        rep = run_batch(rows, out, settings, key, scheduler=args.scheduler, n_workers=args.workers,
+                        trace_memory=args.trace_memory, scheduler_timeout=args.scheduler_timeout,
+                        dashboard_address=args.dashboard_address, csv=args.csv, wide=args.wide,
+                        progress=console)
     print(f"{rep.done} done, {rep.skipped} already done, {rep.failed} failed; {rep.outputs.get('features', 0)} "
           f"feature rows, {rep.outputs.get('lesions', 0)} lesion rows in {out} "
           f"({rep.timings['wall_s']:.1f} s)")
