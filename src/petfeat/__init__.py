@@ -28,8 +28,37 @@ _LAZY = {
 
 __all__ = [
     "BackendError", "DicomSeriesError", "LabelError", "LabelLayer", "PetfeatError", "SuvError",
-    "__version__", "compute_suv_factors", "extract_features", "read_pet_series",
+    "__version__", "compute_suv_factors", "dependency_versions", "extract_features", "read_pet_series",
 ]
+
+
+def dependency_versions() -> dict[str, str | None]:
+    """Installed versions of Python and of every runtime dependency petfeat declares (core and extras).
+
+    Read from petfeat's package metadata (``pyproject.toml``), so a new dependency is listed without
+    a code change; the test extra is left out. A dependency that is not installed maps to None.
+    """
+    import platform
+    import re
+    from importlib.metadata import requires
+
+    try:
+        declared = requires("petfeat") or []
+    except PackageNotFoundError:  # pragma: no cover - a source tree without metadata
+        declared = []
+    names = []
+    for req in declared:
+        spec, _, marker = req.partition(";")
+        name = re.match(r"[A-Za-z0-9._-]+", spec.strip()).group(0)
+        if name.lower() != "petfeat" and "extra == \"test\"" not in marker.replace("'", '"') and name not in names:
+            names.append(name)
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def __getattr__(name: str):

@@ -703,32 +703,8 @@ def consolidate(out: Path, results: list[dict], *, csv: bool = False, wide: bool
     return outputs
 
 
-def dependency_versions() -> dict[str, str | None]:
-    """Installed versions of Python and of every runtime dependency petfeat declares (core and extras).
-
-    Read from petfeat's package metadata (``pyproject.toml``), so a new dependency is listed without
-    a code change; the test extra is left out. A dependency that is not installed maps to None.
-    """
-    import platform
-    from importlib.metadata import PackageNotFoundError, requires, version
-
-    names = []
-    for req in requires("petfeat") or []:
-        spec, _, marker = req.partition(";")
-        name = re.match(r"[A-Za-z0-9._-]+", spec.strip()).group(0)
-        if name.lower() != "petfeat" and "extra == \"test\"" not in marker.replace("'", '"') and name not in names:
-            names.append(name)
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in [*names, "llvmlite"]:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def _write_run_json(out: Path, settings: BatchSettings, report: BatchReport, n: int, scheduler: str | None) -> None:
-    from petfeat import __version__
+    from petfeat import __version__, dependency_versions
 
     run = {"petfeat_version": __version__, "settings": settings.as_dict(), "settings_digest": settings.digest(),
            "scheduler": scheduler or "local", "studies": n, "done": report.done, "skipped": report.skipped,

@@ -595,8 +595,7 @@ def cmd_extract(args) -> int:
     if not args.pet:
         raise PetfeatError("give a manifest or archive folder (batch), or --pet PET_FOLDER (one study).")
 
-    from petfeat import __version__
-    from petfeat.batch import dependency_versions
+    from petfeat import __version__, dependency_versions
     from petfeat.extract import extract
     from petfeat.features import wide_table
     from petfeat.io.dicom import read_pet_series
