@@ -5,7 +5,7 @@
 # Usage: scripts/check_report.sh REPORT.html [OUT_PREFIX]  -> OUT_PREFIX-1400.png, OUT_PREFIX-print.pdf and
 #        OUT_PREFIX-print.png (the A4 pages side by side; pdftoppm, Debian package poppler-utils) or
 #        OUT_PREFIX-794.png.
-# REPORT_HEIGHT (default 9000) is the window height in px: the screenshot is cut to the page's end.
+# REPORT_HEIGHT (default 16000) is the window height in px: the screenshot is cut to the page's end.
 set -euo pipefail
 report=$(realpath "$1"); prefix=${2:-${report%.html}}
 command -v chromium >/dev/null || { echo "chromium is not installed: apt-get update && apt-get install -y chromium" >&2
@@ -23,7 +23,7 @@ im = Image.open(sys.argv[1]).convert('RGB'); box = ImageChops.invert(im).getbbox
 im.crop((0, 0, im.width, min(im.height, box[3] + 24) if box else im.height)).save(sys.argv[1], optimize=True)" "$3"
   test -s "$3" && echo "screenshot: $3 (width $1)"
 }
-rows=${REPORT_HEIGHT:-9000}
+rows=${REPORT_HEIGHT:-16000}
 shot 1400 "$rows" "$prefix-1400.png"
 chrome --print-to-pdf="$prefix-print.pdf" --no-pdf-header-footer "file://$report"
 test -s "$prefix-print.pdf" && echo "print: $prefix-print.pdf"

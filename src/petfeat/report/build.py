@@ -275,8 +275,11 @@ def _missing_regions(features: pd.DataFrame | None, study_id: str) -> str:
     if features is None or "study_id" not in features.columns or "status" not in features.columns:
         return ""
     f = features[features["study_id"] == study_id]
-    bad = [(r, s) for r, s in zip(f["region"], f["status"]) if isinstance(s, str) and s not in ("ok", "")]
-    return ", ".join(f"{r} ({s})" for r, s in bad)
+    by: dict[str, list[str]] = {}
+    for r, s in zip(f["region"], f["status"]):
+        if isinstance(s, str) and s not in ("ok", ""):
+            by.setdefault(s.replace("_", " "), []).append(str(r).replace("_", " "))
+    return "; ".join(f"{s}: {', '.join(rs)}" for s, rs in by.items())
 
 
 def _key_numbers(features: pd.DataFrame | None, study_id: str) -> list[tuple[str, str]]:

@@ -90,7 +90,7 @@ def forest(block_rows: pd.DataFrame, title: str, folder: Path | None, stem: str)
     k = len(g)
     height = 0.85 + 0.32 * k
     fig = plt.figure(figsize=(WIDTH_IN, height))
-    ax = fig.add_axes((0.33, 0.5 / height, 0.29, 0.32 * k / height))
+    ax = fig.add_axes((0.31, 0.5 / height, 0.27, 0.32 * k / height))
     y = np.arange(k)[::-1].astype(float)
     hr, lo, hi = (g[c].to_numpy(dtype=np.float64) for c in ("hr", "ci_low", "ci_high"))
     ax.errorbar(hr, y, xerr=np.vstack([hr - lo, hi - hr]), fmt="s", color=COLOURS[0], ms=5, capsize=2.5, lw=1.2)
@@ -105,8 +105,8 @@ def forest(block_rows: pd.DataFrame, title: str, folder: Path | None, stem: str)
     ax.spines["left"].set_visible(False)
     ax.set_xlabel("hazard ratio (log scale)")
     tr = blended_transform_factory(fig.transFigure, ax.transData)
-    cols = ((0.01, "Feature", "left"), (0.64, "HR (95% CI)", "left"), (0.865, "n/events", "left"),
-            (0.99, "p", "right"))
+    cols = ((0.01, "Feature", "left"), (0.60, "HR (95% CI)", "left"), (0.82, "n/events", "left"),
+            (0.995, "p", "right"))
     for x, head, ha in cols:
         ax.text(x, k - 0.3, head, transform=tr, fontweight="bold", va="bottom", ha=ha)
     for yi, (_, r) in zip(y, g.iterrows()):
