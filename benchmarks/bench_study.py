@@ -209,14 +209,14 @@ def _cpu() -> float:
     return r.user + r.system
 
 
-def process_start_s() -> float:
-    """``petfeat extract --help``-free start: the interpreter, ``petfeat.cli`` and what ``extract`` imports."""
-    code = ("import time; t=time.perf_counter(); import petfeat.cli as c; "
-            "c.build_parser(); import petfeat.extract, petfeat.io.dicom, petfeat.io.labels, petfeat.suv, "
-            "petfeat.regions; print(time.perf_counter()-t)")
+def process_start() -> tuple[float, float]:
+    """Wall seconds of a process that imports what ``petfeat extract --pet`` imports, and its peak RSS (MB)."""
+    code = ("import resource; import petfeat.cli as c; c.build_parser(); import petfeat.extract, petfeat.io.dicom, "
+            "petfeat.io.labels, petfeat.suv, petfeat.regions, petfeat.label_cache; "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
-    return time.perf_counter() - t0
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return time.perf_counter() - t0, int(done.stdout.split()[-1]) / 1024
 
 
 def cli_run(study: Path, labels: list[Path], out: Path, extra: list[str]) -> dict:
@@ -272,10 +272,12 @@ def run(study: Path, repeats: int, out: str | None, cli: bool) -> dict:
               f"{entry['whole_over_floor_cpu']:.2f}; labels CPU {med_cpu['labels_s']:.2f} s); rerun "
               f"{rerun['total_s']:.3f} s (labels {rerun['labels_s']:.3f} s, "
               f"{entry['rerun_speedup_labels']:.0f}x; whole {entry['rerun_speedup_total']:.1f}x)", flush=True)
-    starts = [process_start_s() for _ in range(repeats)]
+    runs = [process_start() for _ in range(repeats)]
+    starts = [r[0] for r in runs]
     result["process_start_s"] = {"median": statistics.median(starts), "all": starts}
+    result["imports_rss_mb"] = statistics.median(r[1] for r in runs)
     print(f"process start + imports: median {statistics.median(starts):.2f} s "
-          f"({', '.join(f'{s:.2f}' for s in starts)})")
+          f"({', '.join(f'{s:.2f}' for s in starts)}); peak RSS after imports {result['imports_rss_mb']:.0f} MB")
     if cli:
         with tempfile.TemporaryDirectory() as tmp:
             for name, labels in layouts.items():
