@@ -83,7 +83,7 @@ def test_every_relative_link_resolves(page):
 def test_readme_links_every_docs_page_it_relies_on():
     linked = {(README.parent / t.partition("#")[0]).resolve() for t in LINK.findall(README.read_text(encoding="utf-8"))}
     for name in ("real-data.md", "definitions.md", "validation.md", "regions.md", "archives.md",
-                 "analysis.md", "backends.md", "outputs.md"):
+                 "analysis.md", "backends.md", "outputs.md", "modules.md"):
         assert (ROOT / "docs" / name).resolve() in linked, f"README.md does not link docs/{name}"
     assert (ROOT / "benchmarks" / "results" / "README.md").resolve() in linked
 
