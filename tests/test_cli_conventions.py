@@ -281,3 +281,8 @@ def test_batch_workers_native_noise_is_dropped_and_other_lines_pass(capfd, tmp_p
     err = capfd.readouterr().err
     assert "worker line" in err and "after" in err and "progress line" in err
     assert "HDF5" not in err and "SECRET_STUDY" not in err and "major:" not in err
+
+
+def test_batch_options_with_pet_are_refused(capsys, tmp_path):
+    line = one_line_error(capsys, ["extract", "--pet", str(PET), "--workers", "4", "-o", str(tmp_path / "o")])
+    assert "--workers: batch options" in line

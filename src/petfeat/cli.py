@@ -410,6 +410,16 @@ def _label_sources(values: list[str]) -> list[tuple[str | None, Path]]:
     return out
 
 
+def _source_kind(source: str) -> str:
+    """What a label source is, without its name (archive files are often named after the patient)."""
+    from petfeat.io.label_sources import dicom_label_kind
+
+    path = Path(source)
+    if path.is_dir():
+        return "TotalSegmentator folder"
+    return dicom_label_kind(path) or ("label image" if path.is_file() else "array")
+
+
 def _label_table(layers, voxel_ml: float) -> list[dict]:
     """One row per label of the layers (the ``labels`` table of ``petfeat extract``).
 
@@ -423,7 +433,7 @@ def _label_table(layers, voxel_ml: float) -> list[dict]:
         counts = label_census(la.array).counts
         notes = getattr(la, "notes", None) or {}
         for i, n in la.names.items():
-            rows.append({"label": n, "namespace": la.namespace, "source": Path(la.source).name,
+            rows.append({"label": n, "namespace": la.namespace, "source": _source_kind(la.source),
                          "native_volume_ml": (la.native_volume_ml or {}).get(n),
                          "pet_grid_volume_ml": float(counts[i] if i < len(counts) else 0) * voxel_ml,
                          "outside_fov_fraction": (notes.get(n) or {}).get("outside_fov_fraction")})
@@ -594,12 +604,18 @@ def cmd_extract(args) -> int:
         return _batch_with_cache(args, cache)
     if not args.pet:
         raise PetfeatError("give a manifest or archive folder (batch), or --pet PET_FOLDER (one study).")
+    batch_only = [o for o, v in (("--scheduler", args.scheduler), ("--workers", args.workers),
+                                 ("--trace-memory", args.trace_memory)) if v]
+    if batch_only:
+        raise PetfeatError(f"{', '.join(batch_only)}: batch options (a manifest or archive); one study (--pet) runs "
+                           "in this process. Drop them, or give a manifest or archive instead of --pet.")
 
     from petfeat import __version__, dependency_versions
     from petfeat.extract import extract
     from petfeat.features import wide_table
     from petfeat.io.dicom import read_pet_series
-    from petfeat.io.labels import nifti_label_table, read_labels, read_lesion_mask, read_names_file
+    from petfeat.io.label_sources import read_label_sources
+    from petfeat.io.labels import read_lesion_mask, read_names_file
     from petfeat.pseudonyms import load_or_create_key
     from petfeat.quantities import QUANTITIES, study_quantities
     from petfeat.regions import BUILTIN_REGIONS, load_spec
@@ -615,10 +631,8 @@ def cmd_extract(args) -> int:
         raise PetfeatError(f"--lesions {args.lesions} is a folder; give the lesion mask file (NIfTI/NRRD, any grid). "
                            "Label folders (TotalSegmentator) go to --labels.")
     with _native_noise_filtered():  # SimpleITK's HDF5 reader prints its error stack for a file it cannot read
-        for namespace, path in _label_sources(args.labels):  # --label-names: for files without their own label table
-            own = names if names is not None and not (path.is_file() and nifti_label_table(path)) else None
-            read = cache.read_labels if cache is not None else read_labels
-            layers.extend(read(path, series.geometry, names=own, mode=args.resample, namespace=namespace))
+        layers = read_label_sources(_label_sources(args.labels), series, names=names, mode=args.resample,
+                                    read=cache.read_labels if cache is not None else None)
         lesions = read_lesion_mask(args.lesions, series.geometry) if args.lesions else None
     regions = load_spec(args.regions) if args.regions else BUILTIN_REGIONS
     with _CompileNotice():
