@@ -6,7 +6,7 @@ README.md and ``docs/*.md`` describe petfeat as it is: no line speaks of session
 from __future__ import annotations
 
 import ast
-import importlib
+import importlib.util
 import re
 import shlex
 from pathlib import Path
@@ -120,20 +120,48 @@ def test_the_command_check_catches_a_wrong_option(tmp_path, capsys):
     assert "--lesion" in capsys.readouterr().err
 
 
+def _module_names(module: str) -> set[str]:
+    """Names a petfeat module defines or imports at top level, read from its source (nothing heavy is imported)."""
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin, f"no module {module}"
+    names = set()
+    for node in ast.parse(Path(spec.origin).read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
+def _public(name: str) -> bool:
+    """Whether ``petfeat.NAME`` exists, without importing the module a lazy name comes from."""
+    import petfeat
+
+    lazy = getattr(petfeat, "_LAZY", {})
+    return name in lazy and name in _module_names(lazy[name]) or name in vars(petfeat)
+
+
 def test_python_example_names_exist():
     """Every ``from petfeat... import`` and ``petfeat.NAME`` of README's Python blocks exists."""
     blocks = _code_blocks(README.read_text(encoding="utf-8"), "python")
     assert blocks, "README.md has no Python example"
     for block in blocks:
-        tree = ast.parse(block)
-        for node in ast.walk(tree):
+        for node in ast.walk(ast.parse(block)):
             if isinstance(node, ast.ImportFrom) and node.module.startswith("petfeat"):
-                module = importlib.import_module(node.module)
+                defined = _module_names(node.module)
                 for alias in node.names:
-                    assert hasattr(module, alias.name), f"{node.module} has no {alias.name}"
-            elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                  and node.value.id == "petfeat"):
-                assert hasattr(importlib.import_module("petfeat"), node.attr), f"petfeat has no {node.attr}"
+                    assert alias.name in defined, f"{node.module} has no {alias.name}"
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "petfeat":
+                assert _public(node.attr), f"petfeat has no {node.attr}"
+
+
+def test_the_name_check_catches_a_missing_name():
+    assert "extract" in _module_names("petfeat.extract") and "read_lesion_mask" in _module_names("petfeat.io.labels")
+    assert "read_lesions" not in _module_names("petfeat.io.labels")
+    assert _public("read_pet_series") and _public("compute_suv_factors") and not _public("read_series")
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
