@@ -39,6 +39,7 @@ def test_batch_settings_carry_the_region_options(monkeypatch, tmp_path):
     import petfeat.batch
     import petfeat.io.archive
     from petfeat.cli import main
+    from petfeat.io.archive import StudyRow
 
     seen = {}
 
@@ -47,7 +48,8 @@ def test_batch_settings_carry_the_region_options(monkeypatch, tmp_path):
         return BatchReport(timings={"wall_s": 0.0})
 
     monkeypatch.setattr(petfeat.batch, "run_batch", fake_run_batch)
-    monkeypatch.setattr(petfeat.io.archive, "scan_archive", lambda *a, **k: [])
+    row = StudyRow("S000000000001", "", str(tmp_path), "1.2.3", [], "", "ok", 1)
+    monkeypatch.setattr(petfeat.io.archive, "scan_archive", lambda *a, **k: [row])
     assert main(["extract", str(tmp_path), "-o", str(tmp_path / "o"), "--strict", "--peak-neighbours", "region"]) == 0
     assert seen["settings"].strict and seen["settings"].peak_neighbours == "region"
     assert main(["extract", str(tmp_path), "-o", str(tmp_path / "o")]) == 0

@@ -127,7 +127,7 @@ def test_a_batch_study_writes_its_labels_part(synth_archive, tmp_path):
     outputs = consolidate(tmp_path, [rec])
     labels = pd.read_parquet(tmp_path / "labels.parquet")
     assert outputs["labels"] == len(labels) > 40 and set(labels.study_id) == {row.study_id}
-    assert "liver" in set(labels.label) and set(labels.source) == {"seg"}  # the folder's own name, no archive path
+    assert "liver" in set(labels.label) and set(labels.source) == {"TotalSegmentator folder"}  # no file name
     q = pd.read_parquet(tmp_path / "quantities.parquet")
     assert q.study_id.tolist() == [row.study_id] and q.lesion_count.iloc[0] >= 1 and q.tl_psma.iloc[0] > 0
     f = pd.read_parquet(tmp_path / "features.parquet")

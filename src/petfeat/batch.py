@@ -334,7 +334,8 @@ def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, th
         _limit_threads(threads)
         from petfeat.extract import extract
         from petfeat.io.dicom import read_pet_series
-        from petfeat.io.labels import read_labels, read_lesion_mask
+        from petfeat.io.label_sources import read_label_sources
+        from petfeat.io.labels import read_lesion_mask
         from petfeat.suv import compute_suv_factors
 
         _check_inputs(row, settings)
@@ -348,10 +349,8 @@ def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, th
         from petfeat.label_cache import from_env
 
         cache = from_env()  # the folder $PETFEAT_LABEL_CACHE names (petfeat extract sets it), else none
-        read = cache.read_labels if cache is not None else read_labels
-        layers = []
-        for p in row.labels:
-            layers.extend(read(p, series.geometry, mode=settings.resample))
+        layers = read_label_sources([(None, p) for p in row.labels], series, mode=settings.resample,
+                                    read=cache.read_labels if cache is not None else None)
         lesions = read_lesion_mask(row.lesions, series.geometry) if row.lesions else None
         t["labels_s"] = time.perf_counter() - t0 - sum(t.values())
         res = extract(series, layers, settings.regions, lesions=lesions, threshold=settings.threshold,

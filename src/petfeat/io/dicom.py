@@ -63,7 +63,8 @@ NOT_DICOM_NAMES = frozenset({"DICOMDIR", "README", "LICENSE", "LICENCE", "VERSIO
 _DEFER = 2048
 #: The only elements parsed from each file (pydicom skips the rest): geometry, pixels, SUV fields.
 _TAGS = [
-    "SOPClassUID", "Modality", "Manufacturer", "PatientID", "PatientSex", "PatientWeight", "PatientSize",
+    "SOPClassUID", "SOPInstanceUID", "FrameOfReferenceUID", "Modality", "Manufacturer", "PatientID", "PatientSex",
+    "PatientWeight", "PatientSize",
     "StudyInstanceUID", "SeriesInstanceUID", "StudyDate", "SeriesDate", "SeriesTime", "AcquisitionDate",
     "AcquisitionTime", "AcquisitionDateTime", "SeriesDescription", "ImagePositionPatient", "ImageOrientationPatient",
     "PixelSpacing", "SliceThickness", "Rows", "Columns", "BitsAllocated", "PixelRepresentation", "SamplesPerPixel",
@@ -134,6 +135,8 @@ class PetSeries:
     patient_id: str = field(repr=False)
     description: str = ""
     notes: dict = field(default_factory=dict)
+    #: FrameOfReferenceUID: label objects drawn in another frame (another patient or scan) are refused.
+    frame_uid: str = ""
 
     def rescaled(self, dtype=np.float32) -> np.ndarray:
         """Materialise the rescaled volume (activity or counts); only for callers that need it."""
@@ -175,6 +178,7 @@ class PetHeader:
     patient_id: str = field(repr=False)
     description: str = ""
     notes: dict = field(default_factory=dict)
+    frame_uid: str = ""
 
 
 def notes_json(notes: dict | None) -> str:
@@ -564,7 +568,7 @@ def read_pet_series(source, *, series_uid: str | None = None, threads: int = 1) 
     return PetSeries(stored=stored, slope=slope, intercept=intercept, geometry=header.geometry,
                      suv_header=header.suv_header, files=header.files, series_uid=uid, study_uid=header.study_uid,
                      study_date=header.study_date, patient_id=header.patient_id, description=header.description,
-                     notes=header.notes)
+                     notes=header.notes, frame_uid=header.frame_uid)
 
 
 def _raw(ds, tag):
@@ -648,7 +652,32 @@ def _layout(uid: str, items: list[tuple[Path, pydicom.Dataset]], where: str,
                                "is corrupt. Replace it or re-export the series.") from exc
 
 
+_SOP_UID, _FRAME_UID = BaseTag(0x00080018), BaseTag(0x00200052)
+
+
+def _without_copies(items: list[tuple[Path, pydicom.Dataset]], notes: dict) -> list[tuple[Path, pydicom.Dataset]]:
+    """The slices with each SOPInstanceUID once: a second file of one image is a copy (e.g. ``pet/`` and a backup).
+
+    The first file in path order is kept; the number of copies is noted and warned about.
+    """
+    seen, keep = set(), []
+    for path, ds in items:
+        sop = _text(ds, _SOP_UID)
+        if sop is not None and sop in seen:
+            continue
+        if sop is not None:
+            seen.add(sop)
+        keep.append((path, ds))
+    copies = len(items) - len(keep)
+    if copies:
+        notes["duplicate_files"] = copies
+        warnings.warn(f"{copies} file(s) of the series are copies of other slices (the same SOPInstanceUID, e.g. a "
+                      "backup folder beside the series); each image is read once.", PetfeatWarning, stacklevel=4)
+    return keep
+
+
 def _layout_checked(uid, items, where, notes, at):
+    items = _without_copies(items, notes)
     first_path, first = items[0]
     if int(first.get("NumberOfFrames", 1) or 1) > 1:
         raise DicomSeriesError(f"{first_path}: multi-frame PET (NumberOfFrames > 1) is not supported. Convert "
@@ -715,7 +744,7 @@ def _layout_checked(uid, items, where, notes, at):
         study_uid=str(first.get("StudyInstanceUID", "")),
         study_date=_safe(parse_da, first.get("StudyDate")) or _safe(parse_da, first.get("SeriesDate")),
         patient_id=str(first.get("PatientID", "")), description=str(first.get("SeriesDescription", "")),
-        notes=notes,
+        notes=notes, frame_uid=_text(first, _FRAME_UID) or "",
     )
     return header, sorted_items
 
