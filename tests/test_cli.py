@@ -140,3 +140,16 @@ def test_demo_with_analysis_writes_the_report(tmp_path):
     for section in ("Planted vs recovered effects", "Coronal MIPs", "Timings", "Forest plot", "Kaplan-Meier", "Cohort"):
         assert section in page
     assert page.count("data:image/png;base64,") >= 5 and "Backend: <b>cpu</b>" in page
+
+
+@pytest.mark.parametrize("extra, option", [
+    (["--weight", "50"], "--weight"), (["--labels", "x.nii.gz"], "--labels"), (["--series-uid", "1.2.3"],
+                                                                               "--series-uid"),
+    (["--lesions", "m.nii.gz"], "--lesions"), (["--lbm", "james"], "--lbm"),
+])
+def test_batch_refuses_options_of_one_study(tmp_path, extra, option):
+    """A batch takes labels, lesions, series and header fields from the manifest: such options were ignored."""
+    (tmp_path / "m.csv").write_text("study_id,pet_path\nS000000000001,.\n")
+    r = run("extract", str(tmp_path / "m.csv"), "-o", str(tmp_path / "o"), *extra)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert option in r.stderr and "options of one study" in r.stderr

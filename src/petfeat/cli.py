@@ -502,6 +502,19 @@ def cmd_batch(args) -> int:
     src = Path(args.source)
     if args.pet:
         raise PetfeatError(f"give either a manifest or archive ({src}) or --pet PET_FOLDER, not both.")
+    one_study = [o for o, v in (("--labels", args.labels), ("--lesions", args.lesions),
+                                ("--label-names", args.label_names), ("--series-uid", args.series_uid),
+                                ("--weight", args.weight), ("--height", args.height), ("--sex", args.sex),
+                                ("--dose", args.dose), ("--half-life", args.half_life),
+                                ("--injection-time", args.injection_time),
+                                ("--lbm", args.lbm if args.lbm != "janmahasatian" else None)) if v]
+    if one_study:
+        raise PetfeatError(f"{', '.join(one_study)}: options of one study (--pet); a batch takes each study's labels, "
+                           "lesions and series from the manifest (edit its labels, lesions and series_uid columns). "
+                           "Drop them, or run the study alone with --pet.")
+    if args.threshold and src.is_file() and any(r.lesions for r in read_manifest(src)):
+        raise PetfeatError("--threshold: the manifest gives lesion masks, which a batch uses instead of a threshold; "
+                           "clear the manifest's lesions column to segment by threshold.")
     if not src.exists():
         raise PetfeatError(f"{src}: no such manifest or archive folder.")
     rows = scan_archive(src, key, progress=_Progress("scanned {i}/{n} folders")) if src.is_dir() else \
