@@ -229,3 +229,21 @@ def test_mip_png_import_path_still_draws():
     import base64
 
     assert base64.b64decode(b64)[:4] == b"\x89PNG"
+
+
+def test_cumulative_incidence_figure_when_death_competes(tmp_path):
+    from petfeat.report.figures import km
+
+    rng = np.random.default_rng(2)
+    n = 24
+    d = pd.DataFrame({"time_days": rng.integers(20, 250, n).astype(float), "event": [1, 0, 0] * (n // 3),
+                      "competing": [0, 1, 0] * (n // 3), "healthy_bone.suv_max": rng.lognormal(1, 0.3, n)})
+    fig = km(d, "healthy_bone.suv_max", "toxicity", tmp_path, "km_01", endpoint="toxicity",
+             adjusted_for=["baseline_haemoglobin"])
+    assert fig.title.startswith("Cumulative incidence (Aalen-Johansen, death as competing event)")
+    assert "cause-specific hazard, death censored" in fig.caption and "adjusted for baseline_haemoglobin" in fig.caption
+    med = d["healthy_bone.suv_max"].median()
+    high = d[d["healthy_bone.suv_max"] > med]
+    label, counts = fig.at_risk["groups"][0]
+    assert label.startswith("high") and counts == [int((high.time_days >= t).sum()) for t in fig.at_risk["days"]]
+    assert {p.name for p in fig.files} == {"km_01.png", "km_01.svg"}
