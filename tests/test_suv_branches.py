@@ -93,6 +93,24 @@ def test_gml_bw_is_already_suv():
     assert compute_suv_factors(header(units="GML", suv_type="BW")).suv_bw_factor == 1.0
 
 
+def test_gml_weight_override_rescales_the_pixels_and_the_sul_alike():
+    """A GML/BW pixel is activity x header weight / dose: the true SUVbw of weight W is pixel x W / header weight.
+
+    Hand case: header 80 kg, override 64 kg -> SUVbw factor 0.8; SUL = SUVbw x LBM(64 kg) / 64.
+    """
+    f = compute_suv_factors(header(units="GML", suv_type="BW"), weight_kg=64.0)
+    assert f.suv_bw_factor == pytest.approx(0.8, rel=1e-12)
+    lbm64 = 9270 * 64 / (6680 + 216 * 64 / 1.8**2)  # Janmahasatian, men
+    assert f.sul_factor == pytest.approx(0.8 * lbm64 / 64, rel=1e-12)
+    assert any("rescaled to the weight 64 kg" in w for w in f.warnings)
+
+
+def test_gml_lbm_with_weight_override_converts_with_the_header_body_size():
+    lbm_header = 1.10 * 80 - 128 * (80 / 180) ** 2  # the vendor's LBM (header 80 kg, 1.80 m)
+    f = compute_suv_factors(header(units="GML", suv_type="LBMJAMES128"), weight_kg=90.0)
+    assert f.suv_bw_factor == pytest.approx(90 / lbm_header, rel=1e-12)
+
+
 def test_gml_lbm_james128_converted_back_to_bw():
     # James, men: 1.10 W - 128 (W/H)^2 with H in cm: 1.10*80 - 128*(80/180)^2 = 62.7160...
     lbm = 1.10 * 80 - 128 * (80 / 180) ** 2

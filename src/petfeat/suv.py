@@ -360,7 +360,19 @@ def compute_suv_factors(
         suv_type = (h.suv_type or ("BSA" if units == "CM2ML" else "BW")).strip().upper()
         if units == "CM2ML":
             suv_type = "BSA"
-        to_bw = _suvtype_to_bw(suv_type, weight, height, sex_v, src)
+        # The pixels were normalised with the header's body size; an override corrects them:
+        # SUVbw = pixel x (override weight / header weight) x (the header's SUVType -> BW conversion).
+        vendor_w = h.weight_kg if _positive(h.weight_kg) and 20.0 <= h.weight_kg <= 350.0 else weight
+        vendor_h = h.height_m
+        if vendor_h is not None and 50 <= vendor_h <= 260:
+            vendor_h = vendor_h / 100.0
+        if vendor_h is None or not 0.5 <= vendor_h <= 2.6:
+            vendor_h = height
+        vendor_sex = (h.sex or "").strip().upper()[:1] or sex_v
+        to_bw = (weight / vendor_w) * _suvtype_to_bw(suv_type, vendor_w, vendor_h, vendor_sex, src)
+        if weight != vendor_w:
+            notes.append(f"Units {units}: the pixels are SUV of the header weight {vendor_w:g} kg; rescaled to the "
+                         f"weight {weight:g} kg (x{weight / vendor_w:.6g})")
         per_slice = np.full(n_slices, to_bw)
         return _finish(per_slice, units, decay or "UNKNOWN", None, None, None, None, None, None,
                        weight, height, sex_v, lbm, lbm_formula, bsa, f"not needed (Units {units})", notes)
