@@ -93,8 +93,8 @@ def methods_text(spec: dict, features: pd.DataFrame | None = None, regions: dict
         "algorithm (decay correction and scan time from each series' header). Region features were computed on "
         "the PET grid: SUVmean, SUVmax, SUVpeak (IBSI local and global, 1 mL sphere), volume (voxel count x voxel "
         "volume) and total uptake (SUVmean x volume; TL-PSMA for the whole-body tumour, whose volume is the PSMA-TV). "
-        "Lesions are connected components (26-connectivity) of the lesion mask"
-        + (f" (lesion source: {lesion})" if lesion else "") + ".",
+        + (f"Lesions as recorded in the feature table: {lesion}." if lesion else
+           "Lesions are connected components of the lesion mask."),
         "Regions: " + "; ".join(_region_text(r, regions[r]) for r in used if r in regions) + ".",
         "Endpoints: " + "; ".join(_endpoint_text(n, e) for n, e in (spec.get("endpoints") or {}).items()) + ".",
     ]
