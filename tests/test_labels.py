@@ -11,7 +11,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from petfeat.errors import LabelError
+from petfeat.errors import LabelError, PetfeatWarning
 from petfeat.io.dicom import read_pet_series
 from petfeat.io.labels import (
     read_label_image,
@@ -310,12 +310,26 @@ def test_lesion_mask_equals_the_binarised_label_map(study, tmp_path):
                                   read_label_map(tmp_path / "les.nrrd", series.geometry).array > 0)
 
 
-@pytest.mark.parametrize("pixel, word", [(sitk.sitkFloat32, "32-bit float"), (sitk.sitkInt16, "16-bit signed")])
-def test_float_and_signed_label_images_refused(tmp_path, pixel, word):
-    img = sitk.Cast(sitk.GetImageFromArray(np.ones((3, 3, 3), np.uint8)), pixel)
-    sitk.WriteImage(img, str(tmp_path / "bad.nii.gz"))
-    with pytest.raises(LabelError, match=f"pixel type {word}.*not an unsigned integer"):
-        read_label_image(tmp_path / "bad.nii.gz")
+@pytest.mark.parametrize("pixel", [sitk.sitkFloat32, sitk.sitkInt16, sitk.sitkFloat64])
+def test_whole_number_float_and_signed_label_images_are_read_with_a_warning(tmp_path, pixel):
+    """0/1 masks written as int16 or float32 (the SUV reference objects' own mask is int16) keep their exact ids."""
+    ids = np.random.default_rng(3).integers(0, 300, (4, 5, 6)).astype(np.uint16)
+    sitk.WriteImage(sitk.Cast(sitk.GetImageFromArray(ids), pixel), str(tmp_path / "m.nii.gz"))
+    with pytest.warns(PetfeatWarning, match="read as unsigned integers"):
+        img = read_label_image(tmp_path / "m.nii.gz")
+    assert img.GetPixelID() == sitk.sitkUInt16
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(img), ids)
+
+
+@pytest.mark.parametrize("values, pixel, word", [
+    ([0, 1, -1], sitk.sitkInt16, "negative values"), ([0, 0.5, 1], sitk.sitkFloat32, "fractional values"),
+    ([0, np.nan, 1], sitk.sitkFloat32, "non-finite values")])
+def test_negative_fractional_and_nan_label_images_refused(tmp_path, values, pixel, word):
+    arr = np.zeros((3, 3, 3), np.float32 if pixel == sitk.sitkFloat32 else np.int16)
+    arr.flat[:3] = values
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / "bad.mha"))  # NIfTI writes NaN as 0
+    with pytest.raises(LabelError, match=f"bad.mha: pixel type .* with {word}"):
+        read_label_image(tmp_path / "bad.mha")
 
 
 def test_names_files(tmp_path):

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import struct
+import warnings
 import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -37,7 +38,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
-from petfeat.errors import LabelError
+from petfeat.errors import LabelError, PetfeatWarning
 from petfeat.io.dicom import Geometry
 from petfeat.io.rtstruct import read_rtstruct
 from petfeat.io.totalsegmentator import TASK_LABELS, UNKNOWN, identify_task, split_by_task
@@ -356,6 +357,35 @@ def _verify_gzip_crc(path: Path, layout: NiftiLayout, arr: np.ndarray, found: Ce
     inflate_check(path, layout)
 
 
+def _as_unsigned(img: sitk.Image, path: Path) -> sitk.Image:
+    """A signed or float label image whose values are all whole and >= 0, as unsigned ids (with a warning).
+
+    Tools write 0/1 masks as int16 or float32 (the SUV reference objects' own mask is int16): their
+    ids are exact. Negative, fractional or non-finite values are refused, naming the file and the value.
+    """
+    arr = sitk.GetArrayViewFromImage(img)
+    kind = img.GetPixelIDTypeAsString()
+    if arr.dtype.kind not in "iuf":
+        raise LabelError(f"{path}: pixel type {kind} is not a label map; label maps hold whole-number ids.")
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    bad = None
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        bad = "non-finite values"
+    elif lo < 0:
+        bad = f"negative values (min {lo:g})"
+    elif arr.dtype.kind == "f" and not np.array_equal(arr, np.floor(arr)):
+        bad = "fractional values (a probability map?)"
+    elif hi > 0xFFFFFFFF:
+        bad = f"ids above 2^32 (max {hi:g})"
+    if bad is not None:
+        raise LabelError(f"{path}: pixel type {kind} with {bad}; label maps must hold whole-number ids >= 0. Threshold "
+                         "a probability map first, or re-save the ids as uint8/uint16.")
+    target = sitk.sitkUInt8 if hi <= 0xFF else sitk.sitkUInt16 if hi <= 0xFFFF else sitk.sitkUInt32
+    warnings.warn(f"{path}: label ids stored as {kind} (whole numbers 0-{hi:g}) are read as unsigned "
+                  "integers.", PetfeatWarning, stacklevel=3)
+    return sitk.Cast(img, target)
+
+
 def read_label_image(path: str | Path) -> sitk.Image:
     """Read a label image (NIfTI, NRRD, MHA...), checked whole (:func:`check_label_file`), unsigned ids only."""
     return read_checked(path)[0]
@@ -376,9 +406,7 @@ def read_checked(path: str | Path) -> tuple[sitk.Image, Census]:
     except RuntimeError as exc:
         raise LabelError(f"{path}: cannot be read as an image ({str(exc).strip().splitlines()[-1]}).") from exc
     if img.GetPixelID() not in _UNSIGNED:
-        raise LabelError(f"{path}: pixel type {img.GetPixelIDTypeAsString()} is not an unsigned integer; label "
-                         "maps must hold unsigned integer ids. Re-save it as uint8/uint16 (e.g. "
-                         "sitk.Cast(img, sitk.sitkUInt16)) after checking its values are whole numbers.")
+        img = _as_unsigned(img, path)
     arr = sitk.GetArrayViewFromImage(img)
     found = label_census(arr)
     if layout is not None and not inflated and _is_gzip(path):
