@@ -640,6 +640,9 @@ def cmd_extract(args) -> int:
     factors = compute_suv_factors(series.suv_header, lbm_formula=args.lbm, **_suv_overrides(args))
     names = read_names_file(args.label_names) if args.label_names else None
     layers = []
+    if not (args.labels or args.lesions or args.threshold):
+        raise PetfeatError("nothing to measure: give label maps (--labels), a lesion mask (--lesions) or a threshold "
+                           "segmentation (--threshold fixed:SUV or percist).")
     if args.lesions and Path(args.lesions).is_dir():
         raise PetfeatError(f"--lesions {args.lesions} is a folder; give the lesion mask file (NIfTI/NRRD, any grid). "
                            "Label folders (TotalSegmentator) go to --labels.")
@@ -901,12 +904,21 @@ def main(argv: list[str] | None = None) -> int:
     if extras:
         sub = args._subparsers[args.command]
         sub.error(sub.unrecognized(extras))
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):  # one line, no source echo
+        print(f"petfeat {args.command}: warning: {_one_line(str(message))}", file=file or sys.stderr)
+
+    shown, warnings.showwarning = warnings.showwarning, show
     try:
         return int(args.func(args) or 0)
     except PetfeatError as exc:
         print(f"petfeat {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+    except BrokenPipeError:  # the reader of our output (e.g. `| head`) closed it: nothing left to say
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit flush from failing again
+        return 0
+    except (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"petfeat {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
@@ -916,6 +928,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # pragma: no cover
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
 
 
 #: The optional dependencies by extra (pyproject.toml): a command that needs one names its pip command.

@@ -109,5 +109,6 @@ def _demo_analysis(out: Path, rows, table, rep, timings: dict, args) -> Path:
     paths = write_report(results, context, spec, out / "report", features=table, qc=qc, demo=demo)
     print(planted_verdict(planted_table(pv, results), len(rows)))
     inside = int(pv.inside_ci.sum())
-    print(f"planted effects recovered inside the 95% CI: {inside} of {len(pv)}")
+    print(f"planted values inside their 95% CI: {inside} of {len(pv)} (the intervals cover the truth; detection is "
+          "the sentence above)")
     return paths["html"]

@@ -176,8 +176,8 @@ def read_rtstruct(path: str | Path, geometry: Geometry) -> list[LabelLayer]:
     if cut:
         listed = ", ".join(f"{n!r} {100 * f:.1f}%" for n, f in sorted(cut.items()))
         warnings.warn(f"RTSTRUCT: {len(cut)} ROI(s) reach outside the PET field of view; the part outside is not "
-                      f"in the PET-grid label (fraction of each ROI's volume cut: {listed}). The fractions are "
-                      "in the layer's notes[roi]['outside_fov_fraction'].", PetfeatWarning, stacklevel=2)
+                      f"in the PET-grid label (fraction of each ROI's volume cut: {listed}; labels.parquet's "
+                      "outside_fov_fraction).", PetfeatWarning, stacklevel=2)
     return layers
 
 
