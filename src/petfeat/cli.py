@@ -906,10 +906,10 @@ def main(argv: list[str] | None = None) -> int:
         sub.error(sub.unrecognized(extras))
     import warnings
 
-    def show(message, category, filename, lineno, file=None, line=None):  # one line, no source echo
-        print(f"petfeat {args.command}: warning: {_one_line(str(message))}", file=file or sys.stderr)
+    def one_line(message, category, filename, lineno, line=None):  # no file:line prefix, no source echo
+        return f"petfeat {args.command}: warning: {_one_line(str(message))}\n"
 
-    shown, warnings.showwarning = warnings.showwarning, show
+    shown, warnings.formatwarning = warnings.formatwarning, one_line
     try:
         return int(args.func(args) or 0)
     except PetfeatError as exc:
@@ -929,7 +929,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
-        warnings.showwarning = shown
+        warnings.formatwarning = shown
 
 
 #: The optional dependencies by extra (pyproject.toml): a command that needs one names its pip command.

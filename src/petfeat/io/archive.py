@@ -345,9 +345,11 @@ def _scan_study(study: Path, root: Path, key: bytes) -> list[tuple[StudyRow, tup
         folders = {h.path.parent for h in chosen}
         pet_dir = next(iter(folders)) if len(folders) == 1 else study
         frames = {h.frame_uid for hs in series.values() for h in hs if h.frame_uid}
+        others = set(series) - {uid}  # the study's PET series that were not chosen
         matched = [str(r.path) for r in refs
-                   if uid in r.ref_series or frames & (r.ref_frames | {r.frame_uid})
-                   or any(study_of_series.get(s) == study_uid for s in r.ref_series)]
+                   if uid in r.ref_series or (not r.ref_series & others and (
+                       frames & (r.ref_frames | {r.frame_uid})
+                       or any(study_of_series.get(s) == study_uid for s in r.ref_series)))]
         first = chosen[0]
         row = StudyRow(study_pseudonym(study_uid, uid, key), first.date, str(pet_dir), uid, matched, "", "ok",
                        len(chosen), study_path=str(study), patient_id=pseudonym(first.patient_id, key, study_uid),

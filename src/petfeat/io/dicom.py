@@ -746,6 +746,12 @@ def _layout_checked(uid, items, where, notes, at):
         patient_id=str(first.get("PatientID", "")), description=str(first.get("SeriesDescription", "")),
         notes=notes, frame_uid=_text(first, _FRAME_UID) or "",
     )
+    corrected = {c.strip().upper() for c in suv_header.corrected_image}
+    if corrected and "ATTN" not in corrected:
+        notes["attenuation_corrected"] = False
+        warnings.warn(f"{where}: the series is not attenuation-corrected (CorrectedImage {sorted(corrected)}); its "
+                      "SUVs are not quantitative. Use the attenuation-corrected series of the study.", PetfeatWarning,
+                      stacklevel=4)
     return header, sorted_items
 
 
@@ -895,6 +901,11 @@ def _pixels(ds, path: Path, rows: int, cols: int, dtype: np.dtype, out: np.ndarr
     except DicomSeriesError:
         raise
     except Exception as exc:  # noqa: BLE001 -- decoder errors come in many types
+        from pydicom._uid_dict import UID_dictionary
+
+        if UID_dictionary.get(str(ts), ("", ""))[1] != "Transfer Syntax":  # a damaged header names none
+            raise DicomSeriesError(f"{path}: TransferSyntaxUID {str(ts)!r} is not a DICOM transfer syntax; the "
+                                   "file's header is damaged. Replace the file.") from exc
         raise DicomSeriesError(f"{path}: pixel data cannot be decoded ({type(exc).__name__}: {exc}). "
                                "Replace the file or install the decoder pydicom names.") from exc
 
