@@ -601,7 +601,9 @@ def read_streamed(path: str | Path) -> tuple[sitk.Image, Census] | None:
     numba.set_num_threads(1)  # this thread only: a chunk is counted in ~1 ms, a parallel launch costs more
     try:
         for piece in _stream_chunks(path, layout, buf):
-            acc.add(np.frombuffer(piece, dtype).reshape(-1, ny, nx))
+            chunk = np.frombuffer(piece, dtype).reshape(-1, ny, nx)
+            chunk.flags.writeable = False  # one compiled census for chunks of the buffer and of the inflater
+            acc.add(chunk)
     finally:
         numba.set_num_threads(threads)
     del buf
