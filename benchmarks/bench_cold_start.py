@@ -1,0 +1,58 @@
+"""Cold start: ``petfeat extract`` on one study with an empty Numba cache, and which kernels compile for how long.
+
+    python benchmarks/bench_cold_start.py STUDY_FOLDER      # a folder with pet/, seg/ and lesions.nii.gz
+
+Runs the command in this process with ``NUMBA_CACHE_DIR`` set to a new empty folder (so every
+kernel compiles), listening to Numba's compile events, and prints the wall time and the compile
+time of each top-level compiled function (nested compiles are counted in their caller).
+For a small study: ``petfeat synth /tmp/small --patients 1 --voxel-mm 4``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+import warnings
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    study = argv[0]
+    cache = tempfile.mkdtemp(prefix="numba-empty-")
+    os.environ["NUMBA_CACHE_DIR"] = cache  # before Numba is imported
+    from numba.core import event
+
+    compiles, stack = {}, []
+
+    class Listener(event.Listener):
+        def on_start(self, ev):
+            stack.append(time.perf_counter())
+
+        def on_end(self, ev):
+            t0 = stack.pop()
+            fn = getattr(ev.data.get("dispatcher"), "py_func", None)
+            name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}"
+            if not stack:
+                compiles.setdefault(name, []).append(time.perf_counter() - t0)
+
+    event.register("numba:compile", Listener())
+    from petfeat.cli import main as petfeat_main
+
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            petfeat_main(["extract", "--pet", f"{study}/pet", "--labels", f"{study}/seg", "--lesions",
+                          f"{study}/lesions.nii.gz", "--backend", "cpu", "--no-label-cache", "--key-file",
+                          f"{out}/key", "-o", f"{out}/out"])
+        wall = time.perf_counter() - t0
+    rows = sorted(((sum(v), k, len(v)) for k, v in compiles.items()), reverse=True)
+    print(f"\ncold run {wall:.1f} s; top-level compiles {sum(r[0] for r in rows):.1f} s; load {os.getloadavg()}")
+    for total, name, n in rows:
+        print(f"{total:8.2f} s  {n} specialisation(s)  {name}")
+
+
+if __name__ == "__main__":
+    main()
