@@ -24,6 +24,8 @@ GPU_GROUPS_PER_LANE = int(os.environ.get("PETFEAT_CUDA_GROUPS", 1 if SIMULATOR e
 GPU_STEPS_PER_TILE = int(os.environ.get("PETFEAT_CUDA_STEPS", 2 if SIMULATOR else 4))
 #: Integer GPU kernel: register cap per thread (0: the compiler's choice, 88 on sm_90; 64 fits 4 blocks per SM).
 GPU_MAX_REGISTERS = int(os.environ.get("PETFEAT_CUDA_MAX_REGISTERS", 0))
+#: The CPU fused pass's vector-IR helpers (``run_moments``, ``prefetch``); ``PETFEAT_LLVM_IR=0`` takes plain loops.
+LLVM_IR = os.environ.get("PETFEAT_LLVM_IR", "1") != "0"
 #: CPU chunks per thread (load balance of the parallel loop over rows).
 CPU_CHUNKS_PER_THREAD = 4
 #: How many image rows ahead the CPU fused pass prefetches pixels (after a row that held a region).

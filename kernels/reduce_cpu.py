@@ -38,12 +38,19 @@ import numba
 import numpy as np
 from numba import njit, prange, types
 from numba.core.extending import overload
-from numba.cpython.unsafe.numbers import trailing_zeros
 
-from .config import CPU_CHUNKS_PER_THREAD, CPU_PREFETCH_ROWS
+from .config import CPU_CHUNKS_PER_THREAD, CPU_PREFETCH_ROWS, LLVM_IR
 from .partials import INDEX_NONE, Partials, merge_stack
-from .prefetch import prefetch
-from .run_moments import BLOCK, FLOAT_BLOCK, run_moments16, run_moments_float
+
+try:  # vector-IR run moments, a prefetch hint and a bit scan, written against Numba's extension internals
+    if not LLVM_IR:
+        raise ImportError("PETFEAT_LLVM_IR=0")
+    from numba.cpython.unsafe.numbers import trailing_zeros
+
+    from .prefetch import prefetch
+    from .run_moments import BLOCK, FLOAT_BLOCK, run_moments16, run_moments_float
+except ImportError:  # those internals moved (a newer Numba), or turned off: plain loops, the same results
+    from .run_loops import BLOCK, FLOAT_BLOCK, prefetch, run_moments16, run_moments_float, trailing_zeros
 
 #: Index type of the hot loops: an unsigned index needs no negative-index wraparound test.
 _u = np.uint64

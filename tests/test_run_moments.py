@@ -172,3 +172,39 @@ def test_fused_pass_on_float_pixels_with_nan(dtype, shape):
     scale, offset = rng.uniform(-2.0, 2.0, shape[0]), rng.uniform(-1.0, 1.0, shape[0])
     p = fused_reduce_cpu(stored, codes, scale, offset, 3)
     naive.assert_partials_match(p, stored, codes, scale, offset, 3, 1e-12)
+
+
+def test_plain_loop_fallback_gives_the_oracle_results(tmp_path):
+    """With the vector-IR helpers off (as when a Numba release moves its internals), the fused pass is the same.
+
+    Runs in a fresh process with an empty Numba cache, so the kernels are compiled against the plain loops.
+    """
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import numpy as np
+import naive
+from petfeat.kernels import fused_reduce
+import petfeat.kernels.reduce_cpu as rc
+assert rc.run_moments16.__module__.endswith("run_loops"), rc.run_moments16
+rng = np.random.default_rng(5)
+codes = rng.integers(0, 7, (6, 17, 70)).astype(np.uint8)
+codes[:, :, 20:60] = np.repeat(rng.integers(0, 7, (6, 17, 1)), 40, axis=2)  # long runs: the block paths
+for stored in (rng.integers(-3000, 30000, codes.shape).astype(np.int16),
+               rng.integers(0, 60000, codes.shape).astype(np.uint16),
+               rng.normal(3, 1, codes.shape).astype(np.float32)):
+    if stored.dtype == np.float32:
+        stored[0, 0, :5] = np.nan
+    scale, offset = rng.uniform(0.5, 2, 6), rng.uniform(-1, 1, 6)
+    p = fused_reduce(stored, codes, scale, offset, 7)
+    naive.assert_partials_match(p, stored, codes, scale, offset, 7, 1e-9)
+print("ok")
+"""
+    env = {**os.environ, "PETFEAT_LLVM_IR": "0", "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-3000:]
