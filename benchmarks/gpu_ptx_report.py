@@ -3,7 +3,7 @@
 Registers per thread, spills and shared memory decide how many blocks a multiprocessor holds
 (occupancy); the SASS instruction mix shows atomics that became compare-and-swap loops, shuffles
 and loads. Static facts, not timings: they check that the kernels compile for a real device (the
-simulator in CI never compiles them) and guide tuning between the sessions that have a GPU.
+simulator in CI never compiles them) and guide tuning when no GPU is at hand.
 
 Needs numba-cuda and a CUDA toolkit (NVVM, NVRTC, ptxas; cuobjdump and nvdisasm for ``--sass``);
 no driver and no device::

@@ -24,15 +24,9 @@ for smaller ones). Exactness: an int32 sum lane adds one value (at most 2**15 in
 block, so runs of up to 2**16 blocks (2 million values) are exact; callers' runs are image rows of
 at most 32768 voxels. Square pairs go into int64 lanes.
 
-Measured (``benchmarks/fused_in_cache.py``, one thread, the 60-label slab, runs of 31 voxels on
-average): 21.7 ns per run against 22.7 with Numba's loop, of which about 8 ns are the moments
-(13.7 ns with them knocked out). On the whole benchmark volume the fused pass is 1.06-1.16x faster
-(``benchmarks/ab_fused_word_scan.py``). Runs of hundreds of voxels gain about 2x on the moments.
-
-Float pixels (ninth session): the shifted sums of the SUV in float64 lanes and the stored min/max,
-which were a vectorised loop with a scalar epilogue plus a four-chain scalar extreme loop, are one
-pass; the float fused pass on the benchmark volume in float32 is 1.10-1.24x faster with 10 labels
-and 1.26-1.27x with 60 (three runs of ``benchmarks/ab_fused_word_scan.py REV float32``).
+Float pixels: the shifted sums of the SUV in float64 lanes and the stored min/max are one pass
+(no scalar epilogue, no separate extreme loop). Current timings are in ``benchmarks/results/README.md``;
+:mod:`.run_loops` holds plain-loop twins with the same results, taken when Numba's internals move.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def simulator_pace():
 
     Only when called from the main thread: in a host such as a Dask worker, whose kernels run on a
     task thread, the process and its other threads are not ours to pace. There it also hung the
-    GPU batch test once (CI rehearsal, seventh session). py-spy's native stacks showed every thread
+    GPU batch test once in a CI rehearsal. py-spy's native stacks showed every thread
     waiting: the worker's main thread in Dask's gc callback inside ``sys._current_frames`` (Dask's
     profiler), a simulator thread in an import, a thread starting up in a lock acquire. That fits a
     known CPython 3.11 deadlock between ``sys._current_frames`` and a garbage collection that runs
