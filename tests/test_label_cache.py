@@ -151,3 +151,28 @@ def test_cli_rerun_with_other_regions_reuses_the_cache(synth_archive, tmp_path, 
                                   pd.read_parquet(tmp_path / "fresh" / "labels.parquet"))
     with pytest.raises(AssertionError, match="the labels were read"):
         main([*common, "--no-label-cache", "--regions", str(spec), "-o", str(tmp_path / "off")])
+
+
+def test_batch_task_reuses_the_cache_petfeat_extract_names(synth_archive, tmp_path, monkeypatch):
+    from petfeat.batch import BatchSettings, run_study
+    from petfeat.io.archive import scan_archive
+
+    root, _ = synth_archive
+    key = bytes(range(32))
+    row = scan_archive(root, key)[0]
+    spec = {"liver": {"include": ["liver"], "exclude": [], "within": [], "exclude_margin_mm": 0.0}}
+    settings = BatchSettings(regions=spec, backend="cpu", peaks=False)
+    monkeypatch.delenv("PETFEAT_LABEL_CACHE", raising=False)
+    plain = run_study(row, settings, str(tmp_path / "plain"), key.hex())
+    monkeypatch.setenv("PETFEAT_LABEL_CACHE", str(tmp_path / "cache"))
+    first = run_study(row, settings, str(tmp_path / "first"), key.hex())
+    assert len(list((tmp_path / "cache").iterdir())) == len(row.labels) >= 1
+    monkeypatch.setattr(labels_module, "read_labels", _no_read)
+    again = run_study(row, settings, str(tmp_path / "again"), key.hex())
+    assert plain["status"] == first["status"] == again["status"] == "done", again
+    part = f"parts/{again['key']}.features.parquet"
+    again_df, plain_df = (pd.read_parquet(tmp_path / name / part) for name in ("again", "plain"))
+    pd.testing.assert_frame_equal(again_df, plain_df)
+    monkeypatch.setenv("PETFEAT_LABEL_CACHE", "off")  # off: the labels are read (here: the patched reader fails)
+    off = run_study(row, settings, str(tmp_path / "off"), key.hex())
+    assert off["status"] == "failed"
