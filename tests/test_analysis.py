@@ -39,9 +39,12 @@ def test_planted_effects_recovered_and_report_written(cohort, tmp_path):
     d, f = cohort
     t0 = time.perf_counter()
     spec = load_study()
-    res, ctx = run_analyses(f, read_clinical(d / "clinical"), spec)
+    calls = []
+    res, ctx = run_analyses(f, read_clinical(d / "clinical"), spec, progress=lambda i, n: calls.append((i, n)))
     paths = write_report(res, ctx, spec, tmp_path / "report")
     assert time.perf_counter() - t0 < 60
+    n_models = sum(len(a["features"]) for a in spec["analyses"])
+    assert calls == [(i, n_models) for i in range(1, n_models)]  # the CLI's progress line (ETA) counts these
     pv = planted_vs_recovered(res)
     assert len(pv) == 4 and pv.inside_ci.all(), pv  # seed 3; see the issue note for the coverage across seeds
     tested, covs = res[res.status != "ok (covariate)"], res[res.status == "ok (covariate)"]

@@ -729,8 +729,9 @@ def cmd_analyze(args) -> int:
                            "scores/questionnaires tables.")
     data = read_clinical(clinical)
     n_models = sum(len(a.get("features", ())) for a in spec.get("analyses", ()))
-    with _Heartbeat(f"analyze: fitting {n_models} models"):
-        results, context = run_analyses(features, data, spec)
+    progress = _Progress("analyze: fitted {i}/{n} models", delay=2.0)
+    results, context = run_analyses(features, data, spec, progress=progress)
+    progress(n_models, n_models)
     with _Heartbeat("analyze: writing tables, figures and the report"):
         paths = write_report(results, context, spec, args.out, features=features)  # provenance: SUV type, config hash
     models = results[results.get("status") != "ok (covariate)"] if len(results) else results

@@ -140,8 +140,10 @@ def feature_wide(features: pd.DataFrame) -> pd.DataFrame:
     return wide.reset_index()
 
 
-def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict) -> tuple[pd.DataFrame, dict]:
+def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict, progress=None) -> tuple[pd.DataFrame, dict]:
     """Fit every analysis of the spec; returns the result table and the data used.
+
+    ``progress(i, n)``, when given, is called after each of the ``n`` models (analysis x feature).
 
     Multiplicity (spec ``multiplicity``): ``p_fdr`` (Benjamini-Hochberg) and/or ``p_holm`` over a
     family of tests, all tests of the study (default) or each analysis.
@@ -158,8 +160,12 @@ def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict) -> tuple[pd
         raise PetfeatError("no patient_id of the clinical tables matches the feature table; the clinical tables must "
                            "use the pseudonymised ids (petfeat scan --linkage writes the map).")
     rows, data, mixed = [], {}, {}
+    n_models, done = sum(len(a["features"]) for a in spec["analyses"]), 0
     for a in spec["analyses"]:
         for feat in a["features"]:
+            if progress is not None and done:
+                progress(done, n_models)
+            done += 1
             col = f"{a['region']}.{feat}"
             if col not in base.columns:
                 rows.append({"analysis": a.get("name", ""), "model": a["model"], "feature": col, "status":
