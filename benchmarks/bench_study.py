@@ -2,6 +2,7 @@
 
     python benchmarks/bench_study.py generate /tmp/petfeat-study          # once (~3 min, ~1 GB on disk)
     python benchmarks/bench_study.py run /tmp/petfeat-study [--repeats 3] [--out results.json]
+    python benchmarks/bench_study.py workers /tmp/petfeat-study [--copies 6] [--out results.json]
 
 ``generate`` writes: PET 200 x 200 x 450 int16 at 2 mm as 450 DICOM files (``pet/``); on a CT grid of
 512 x 512 x 700 at 0.977 x 0.977 x 1.5 mm, TotalSegmentator ``total``'s 117 classes and
@@ -295,6 +296,66 @@ def run(study: Path, repeats: int, out: str | None, cli: bool) -> dict:
     return result
 
 
+def workers(study: Path, copies: int, counts: list[int], out: str | None) -> dict:
+    """Archive rate of ``copies`` hard-linked copies of the study (folder layout) with 1 and 2 local Dask workers.
+
+    The copies lie beside the study (label files hard-linked: the same file system) and are removed after;
+    each copy's PET files are written again with their own patient and UIDs, so each is a study of its own.
+    The label cache is off (``PETFEAT_LABEL_CACHE=off``): every study reads its labels.
+    """
+    import shutil
+
+    from petfeat.batch import BatchSettings, run_batch
+    from petfeat.io.archive import scan_archive
+    from petfeat.regions import BUILTIN_REGIONS
+
+    os.environ["PETFEAT_LABEL_CACHE"] = "off"
+    root = study.parent / f".bench-archive-{os.getpid()}"
+    result = {"benchmark": "study-workers", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "cpus": os.cpu_count(), "copies": copies, "load_before": _load(), "runs": []}
+    try:
+        import pydicom
+        from pydicom.uid import generate_uid
+
+        for i in range(copies):
+            dst = root / f"S{i + 1}"
+            dst.mkdir(parents=True)
+            shutil.copytree(study / "seg", dst / "seg", copy_function=os.link)
+            os.link(study / "lesions.nii.gz", dst / "lesions.nii.gz")
+            (dst / "pet").mkdir()
+            uids = {"StudyInstanceUID": generate_uid(), "SeriesInstanceUID": generate_uid(),
+                    "FrameOfReferenceUID": generate_uid()}
+            for f in sorted((study / "pet").iterdir()):  # a study of its own: its own patient and UIDs
+                ds = pydicom.dcmread(f)
+                for k, v in uids.items():
+                    setattr(ds, k, v)
+                ds.SOPInstanceUID = generate_uid()
+                ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+                ds.PatientID = f"BENCH{i + 1:02d}"
+                ds.save_as(dst / "pet" / f.name)
+        rows = scan_archive(root, bytes(32))
+        settings = BatchSettings(regions=BUILTIN_REGIONS, backend="cpu")
+        with tempfile.TemporaryDirectory() as tmp:
+            for n in counts:
+                t0 = time.perf_counter()
+                rep = run_batch(rows, Path(tmp) / f"out{n}", settings, bytes(32), n_workers=n, progress=None)
+                wall = time.perf_counter() - t0
+                run = {"workers": n, "wall_s": wall, "studies_per_min": len(rows) / wall * 60, "done": rep.done,
+                       "failed": rep.failed, "per_study_median": rep.timings["per_study_median"]}
+                result["runs"].append(run)
+                print(json.dumps(run), flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    base = result["runs"][0]["studies_per_min"]
+    for r in result["runs"]:
+        r["speedup_vs_first"] = r["studies_per_min"] / base
+        print(f"{r['workers']} worker(s): {r['studies_per_min']:.2f} studies/min ({r['speedup_vs_first']:.2f}x)")
+    result["load_after"] = _load()
+    if out:
+        Path(out).write_text(json.dumps(result, indent=1))
+    return result
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -305,9 +366,16 @@ def main(argv=None):
     r.add_argument("--repeats", type=int, default=3)
     r.add_argument("--no-cli", action="store_true", help="skip the petfeat extract subprocesses (peak RSS)")
     r.add_argument("--out")
+    w = sub.add_parser("workers", help="archive rate of hard-linked copies of the study, 1 and 2 workers")
+    w.add_argument("study", type=Path)
+    w.add_argument("--copies", type=int, default=6)
+    w.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    w.add_argument("--out")
     a = p.parse_args(argv)
     if a.cmd == "generate":
         generate(a.study)
+    elif a.cmd == "workers":
+        workers(a.study, a.copies, a.workers, a.out)
     else:
         run(a.study, a.repeats, a.out, not a.no_cli)
 
