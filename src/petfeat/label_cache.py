@@ -180,8 +180,14 @@ class LabelCache:
         """Remove the least recently used entries until the cache is within ``max_bytes``; returns those removed."""
         if not self.root.is_dir():
             return []
-        entries = sorted(((p.stat().st_mtime_ns, p.stat().st_size, p) for p in self.root.glob(f"*{_SUFFIX}")),
-                         key=lambda e: e[0])
+        entries = []
+        for p in self.root.glob(f"*{_SUFFIX}"):
+            try:
+                st = p.stat()
+            except FileNotFoundError:  # removed meanwhile by another process using the same cache
+                continue
+            entries.append((st.st_mtime_ns, st.st_size, p))
+        entries.sort(key=lambda e: e[0])
         total, gone = sum(e[1] for e in entries), []
         for _, size, p in entries:
             if total <= self.max_bytes:
