@@ -75,5 +75,7 @@ def synth_archive(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _key_file_in_tmp(monkeypatch, tmp_path_factory):
-    """Tests never write the pseudonymisation key to the real home: the default key file lives in pytest's tmp."""
+    """Tests never write the pseudonymisation key or the label cache to the real home: both live in pytest's tmp."""
     monkeypatch.setenv("PETFEAT_KEY_FILE", str(tmp_path_factory.getbasetemp() / "petfeat-test.key"))
+    # and no label cache in ~/.cache: off, unless a test sets its own folder (subprocesses inherit the variable)
+    monkeypatch.setenv("PETFEAT_LABEL_CACHE", "off")
