@@ -416,7 +416,7 @@ def read_checked(path: str | Path) -> tuple[sitk.Image, Census]:
 
 #: Bytes of whole z-slices inflated at a time by :func:`read_streamed` (each chunk is counted while in cache).
 STREAM_CHUNK_BYTES = 2 << 20
-try:  # zlib-ng inflates these streams 4-5x faster than the system zlib; optional (pip install zlib-ng)
+try:  # zlib-ng (a dependency) inflates these streams 4-5x faster than the system zlib
     from zlib_ng import zlib_ng as _inflate_zlib
 except ImportError:  # pragma: no cover - depends on the installation
     _inflate_zlib = zlib
