@@ -1,6 +1,6 @@
 """PSMA reference quantities: one row per study, derived from the features and lesions tables.
 
-The quantities nuclear-medicine readers report beside a PSMA PET study (README, "PSMA reference
+The quantities nuclear-medicine readers report beside a PSMA PET study (docs/definitions.md, "PSMA reference
 quantities", gives each definition with its source):
 
 * reference uptake: liver, parotid and blood-pool (aorta) SUVmean, and the whole-body tumour SUVmean

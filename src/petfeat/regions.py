@@ -581,7 +581,7 @@ LESION_PATTERNS = ["lesion*"]
 #: bones. (FDG adds brain and heart: give healthy_bone your own exclude list for it.)
 HIGH_UPTAKE_PATTERNS = ["parotid_gland_*", "submandibular_gland_*", "liver", "spleen", "kidney_*", "urinary_bladder"]
 #: Margin (mm) kept between healthy bone and lesions or high-uptake organs: about twice the ~5 mm FWHM of PSMA
-#: PET (README, "Definitions").
+#: PET (docs/regions.md).
 HEALTHY_BONE_MARGIN_MM = 10.0
 
 _BUILTIN_RAW = {
