@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What a session with a lent GPU runs, in one command (the device tool's `run`, repository root):
+# What to run on a machine with a CUDA GPU, in one command (the device tool's `run`, repository root):
 #
 #     bash benchmarks/gpu_session.sh            # env, GPU tests, benchmark of both fused kernels
 #     bash benchmarks/gpu_session.sh sweep      # the integer kernel's launch shapes and register caps

@@ -6,7 +6,7 @@ no work for finished studies. Once on a local cluster (2 workers) and once on a 
 ``dask scheduler`` with two ``dask worker`` processes running in another working directory.
 
 The runs are shared by the tests of a cluster kind; under pytest-xdist the first process to need a
-run makes it (a file lock in the session's shared temporary folder) and the others read its record.
+run makes it (a file lock in pytest's shared temporary folder) and the others read its record.
 """
 
 from __future__ import annotations
@@ -122,9 +122,9 @@ def _extract(kind: str, work: Path, arch: dict) -> dict:
 
 @pytest.fixture(scope="module", params=KINDS)
 def e2e(request, tmp_path_factory) -> dict:
-    """One archive per session, extracted once per cluster kind (shared across xdist processes)."""
+    """One archive per test run, extracted once per cluster kind (shared across xdist processes)."""
     base = tmp_path_factory.getbasetemp()
-    # xdist processes have their own base under the session's; a plain session uses its own base
+    # xdist processes have their own base under the run's common one; a plain run uses its own base
     shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "petfeat_faults_e2e"
     shared.mkdir(exist_ok=True)
     arch = _once(shared, "archive", lambda: _scan(shared))

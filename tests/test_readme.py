@@ -1,6 +1,6 @@
 """The user documentation: README.md stays short, its commands parse, its Python names exist, every link resolves.
 
-README.md and ``docs/*.md`` describe petfeat as it is: no line speaks of sessions or rounds.
+README.md and ``docs/*.md`` describe petfeat as it is, never the history of its making.
 """
 
 from __future__ import annotations

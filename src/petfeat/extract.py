@@ -42,14 +42,14 @@ PROVENANCE_COLUMNS = ("status", "suv_type", "backend", "lesion_method", "petfeat
 LESION_COLUMNS = ("lesion_id", "site", "suv_mean", "suv_max", "suv_min", "suv_std", "suv_peak_local", "suv_peak_global",
                   "volume_ml", "total_uptake", "voxel_count", "nan_voxel_count", "touches_border", "centroid_x_mm",
                   "centroid_y_mm", "centroid_z_mm", "status")
-_SESSION_KEY = os.urandom(16)
+_PROCESS_KEY = os.urandom(16)
 
 
 def pseudonym(patient_id: str, key: bytes | None = None, study_uid: str = "") -> str:
     """Patient pseudonym (:func:`petfeat.pseudonyms.pseudonym`); a per-process key when ``key`` is None."""
     from petfeat.pseudonyms import pseudonym as keyed
 
-    return keyed(patient_id, key or _SESSION_KEY, study_uid)
+    return keyed(patient_id, key or _PROCESS_KEY, study_uid)
 
 
 def _layers(labels, label_names, shape) -> list[LabelLayer]:

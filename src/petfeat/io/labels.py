@@ -249,6 +249,22 @@ def _check_label_file(path: Path) -> tuple[NiftiLayout | None, bool]:
     return layout, False
 
 
+def _inflates_past(path: Path, layout: NiftiLayout, got: int) -> LabelError:
+    """The refusal of a gzip stream that inflates past the size its NIfTI header declares."""
+    return LabelError(f"{path}: the gzip stream inflates beyond the size its NIfTI header declares (dims "
+                      f"{' x '.join(map(str, layout.dims))}, {layout.declared_bytes} bytes); stopped at {got} bytes. "
+                      "The file is corrupt or not what its header says; export it again.")
+
+
+def _gzip_broken(path: Path, want: int, got: int, exc: Exception | None = None) -> LabelError:
+    """The refusal of a truncated or corrupt gzip stream (``exc``: the inflater's error, when it raised one)."""
+    if exc is not None:
+        return LabelError(f"{path}: truncated or corrupt gzip stream (expected {want} bytes, got {got} before the "
+                          f"error: {exc}). Copy or export the file again.")
+    return LabelError(f"{path}: truncated or corrupt gzip stream (expected {want} bytes, got {got}). SimpleITK "
+                      "would read the missing voxels as 0. Copy or export the file again.")
+
+
 def inflate_check(path: str | Path, layout: NiftiLayout) -> int:
     """Inflate a gzipped NIfTI stream to its end, keeping nothing; returns its length.
 
@@ -275,10 +291,7 @@ def inflate_check(path: str | Path, layout: NiftiLayout) -> int:
                     out = d.decompress(data, 1 << 24)
                     got += len(out)
                     if got > limit:
-                        raise LabelError(f"{path}: the gzip stream inflates beyond the size its NIfTI header "
-                                         f"declares (dims {' x '.join(map(str, layout.dims))}, {want} bytes); stopped "
-                                         f"at {got} bytes. The file is corrupt or not what its header says; export "
-                                         "it again.")
+                        raise _inflates_past(path, layout, got)
                     if d.eof:
                         ended, data = True, d.unused_data
                         if data[:2] != b"\x1f\x8b":
@@ -288,11 +301,9 @@ def inflate_check(path: str | Path, layout: NiftiLayout) -> int:
                     else:
                         data = d.unconsumed_tail
     except zlib.error as exc:
-        raise LabelError(f"{path}: truncated or corrupt gzip stream (expected {want} bytes, got {got} before the "
-                         f"error: {exc}). Copy or export the file again.") from exc
+        raise _gzip_broken(path, want, got, exc) from exc
     if not ended or got < want:
-        raise LabelError(f"{path}: truncated or corrupt gzip stream (expected {want} bytes, got {got}). SimpleITK "
-                         "would read the missing voxels as 0. Copy or export the file again.")
+        raise _gzip_broken(path, want, got)
     return got
 
 
@@ -495,10 +506,7 @@ def _stream_chunks(path: Path, layout: NiftiLayout, buf: np.ndarray) -> Iterator
                     yield view[:fill]
                     fill = 0
                 if got > limit:
-                    raise LabelError(f"{path}: the gzip stream inflates beyond the size its NIfTI header "
-                                     f"declares (dims {' x '.join(map(str, layout.dims))}, {want} bytes); stopped "
-                                     f"at {got} bytes. The file is corrupt or not what its header says; export "
-                                     "it again.")
+                    raise _inflates_past(path, layout, got)
                 if d.eof:
                     ended, data = True, d.unused_data
                     if data[:2] == b"\x1f\x8b":  # a further gzip member
@@ -509,11 +517,9 @@ def _stream_chunks(path: Path, layout: NiftiLayout, buf: np.ndarray) -> Iterator
                 elif not out and at_end and not data:
                     break  # the stream ends before its end-of-stream marker
     except (zlib.error, _inflate_zlib.error) as exc:
-        raise LabelError(f"{path}: truncated or corrupt gzip stream (expected {want} bytes, got {got} before the "
-                         f"error: {exc}). Copy or export the file again.") from exc
+        raise _gzip_broken(path, want, got, exc) from exc
     if not ended or got < want:
-        raise LabelError(f"{path}: truncated or corrupt gzip stream (expected {want} bytes, got {got}). SimpleITK "
-                         "would read the missing voxels as 0. Copy or export the file again.")
+        raise _gzip_broken(path, want, got)
 
 
 class _StreamCensus:
