@@ -115,42 +115,6 @@ class Geometry:
 
 
 @dataclass
-class PetSeries:
-    """One PET series as stored: raw pixels, per-slice rescale, geometry and SUV header fields.
-
-    ``stored`` is ``(Z, Y, X)`` in the stored dtype; the rescaled value of voxel ``[z, y, x]`` is
-    ``stored[z, y, x] * slope[z] + intercept[z]``. ``notes`` records what the reader accepted
-    with a warning (see :class:`PetHeader`).
-    """
-
-    stored: np.ndarray
-    slope: np.ndarray
-    intercept: np.ndarray
-    geometry: Geometry
-    suv_header: SuvHeader
-    files: list[Path]
-    series_uid: str
-    study_uid: str
-    study_date: dt.date | None
-    patient_id: str = field(repr=False)
-    description: str = ""
-    notes: dict = field(default_factory=dict)
-    #: FrameOfReferenceUID: label objects drawn in another frame (another patient or scan) are refused.
-    frame_uid: str = ""
-
-    def rescaled(self, dtype=np.float32) -> np.ndarray:
-        """Materialise the rescaled volume (activity or counts); only for callers that need it."""
-        out = self.stored.astype(dtype)
-        out *= self.slope.astype(dtype)[:, None, None]
-        out += self.intercept.astype(dtype)[:, None, None]
-        return out
-
-    def notes_json(self) -> str:
-        """``notes`` as a compact JSON string ("" when empty), for provenance columns."""
-        return notes_json(self.notes)
-
-
-@dataclass
 class PetHeader:
     """One PET series without its pixels: what :func:`read_pet_header` returns.
 
@@ -178,7 +142,33 @@ class PetHeader:
     patient_id: str = field(repr=False)
     description: str = ""
     notes: dict = field(default_factory=dict)
+    #: FrameOfReferenceUID: label objects drawn in another frame (another patient or scan) are refused.
     frame_uid: str = ""
+
+    def notes_json(self) -> str:
+        """``notes`` as a compact JSON string ("" when empty), for provenance columns."""
+        return notes_json(self.notes)
+
+
+@dataclass
+class PetSeries(PetHeader):
+    """One PET series as stored: the header fields of :class:`PetHeader`, raw pixels and per-slice rescale.
+
+    ``stored`` is ``(Z, Y, X)`` in the stored dtype; the rescaled value of voxel ``[z, y, x]`` is
+    ``stored[z, y, x] * slope[z] + intercept[z]``. ``notes`` records what the reader accepted
+    with a warning (see :class:`PetHeader`).
+    """
+
+    stored: np.ndarray = field(kw_only=True)
+    slope: np.ndarray = field(kw_only=True)
+    intercept: np.ndarray = field(kw_only=True)
+
+    def rescaled(self, dtype=np.float32) -> np.ndarray:
+        """Materialise the rescaled volume (activity or counts); only for callers that need it."""
+        out = self.stored.astype(dtype)
+        out *= self.slope.astype(dtype)[:, None, None]
+        out += self.intercept.astype(dtype)[:, None, None]
+        return out
 
 
 def notes_json(notes: dict | None) -> str:
@@ -565,10 +555,7 @@ def read_pet_series(source, *, series_uid: str | None = None, threads: int = 1) 
     uid, items, where, notes = _select(source, series_uid, threads)
     header, sorted_items = _layout(uid, items, where, notes)
     stored, slope, intercept = _read_pixels(sorted_items)
-    return PetSeries(stored=stored, slope=slope, intercept=intercept, geometry=header.geometry,
-                     suv_header=header.suv_header, files=header.files, series_uid=uid, study_uid=header.study_uid,
-                     study_date=header.study_date, patient_id=header.patient_id, description=header.description,
-                     notes=header.notes, frame_uid=header.frame_uid)
+    return PetSeries(**vars(header), stored=stored, slope=slope, intercept=intercept)
 
 
 def _raw(ds, tag):
