@@ -237,6 +237,39 @@ def _limit_threads(threads: int) -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, threads))
 
 
+#: glibc ``mallopt`` parameters (malloc.h) and the values set in batch workers (:func:`_allocator_for_volumes`).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_WORKER_MMAP_THRESHOLD = 32 << 20  # glibc's own upper bound for its dynamic threshold
+_WORKER_TRIM_THRESHOLD = 128 << 20
+
+
+def _allocator_for_volumes() -> bool:
+    """Let glibc reuse freed buffers below 32 MB in this process, as it does when no malloc setting is given.
+
+    Dask's nanny starts each worker with ``MALLOC_TRIM_THRESHOLD_=65536``. Any explicit malloc setting
+    turns off glibc's dynamic mmap threshold, so every buffer of 128 kB or more (each inflated label
+    chunk, each slab temporary) becomes a fresh ``mmap`` whose pages fault in again: reading a
+    real-sized study's labels took 12.4 s instead of 4.2 s in one process with that variable set,
+    with 6.6 M page faults instead of 0.26 M. Raising the mmap threshold to 32 MB and the trim
+    threshold to 128 MB gives the in-process speed back (5.2 s, 0.05 M faults) and leaves at most
+    128 MB of freed heap unreturned to the system. Returns whether the settings were applied (glibc
+    only; elsewhere nothing changes).
+    """
+    import ctypes
+    import ctypes.util
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _WORKER_MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD,
+                                                                                _WORKER_TRIM_THRESHOLD))
+
+
 def _proc_status_mb(field: str) -> float | None:
     try:
         with open("/proc/self/status") as f:
@@ -332,6 +365,7 @@ def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, th
         if fail_path.exists():
             fail_path.unlink()  # a rerun retries failed studies
         _limit_threads(threads)
+        _allocator_for_volumes()
         from petfeat.extract import extract
         from petfeat.io.dicom import read_pet_series
         from petfeat.io.label_sources import read_label_sources
