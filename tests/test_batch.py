@@ -24,7 +24,7 @@ import SimpleITK as sitk
 
 from petfeat.batch import BatchError, BatchSettings, _absolute_row, _stat_signature, run_batch, run_study, study_key
 from petfeat.io.archive import ManifestError, read_manifest, scan_archive, write_manifest
-from petfeat.regions import BUILTIN_REGIONS
+from petfeat.regions import BUILTIN_REGIONS, normalise_spec
 
 KEY = bytes(range(32))
 NUMERIC = ["suv_mean", "suv_max", "suv_peak_global", "volume_ml", "voxel_count", "lesion_count"]
@@ -62,17 +62,20 @@ def test_local_run_then_rerun_does_no_work_and_writes_the_same_bytes(archive, tm
     assert [r.match_status for r in rows] == ["ok"] * 4
     out = tmp_path / "out"
     log = io.StringIO()  # not a terminal: whole progress lines, no carriage returns
-    rep = run_batch(rows, out, _settings(), KEY, n_workers=2, progress=log)
+    # the built-in regions and one that no synthetic label fills: a warning in every study
+    settings = dataclasses.replace(_settings(), regions={**BUILTIN_REGIONS,
+                                                         **normalise_spec({"pancreas": ["pancreas"]})})
+    rep = run_batch(rows, out, settings, KEY, n_workers=2, progress=log)
     assert (rep.done, rep.skipped, rep.failed) == (4, 0, 0)
     assert "\r" not in log.getvalue() and log.getvalue().splitlines()[-1].startswith("studies 4/4: 4 done")
     f = pd.read_parquet(out / "features.parquet")
-    assert sorted(f.study_id.unique()) == sorted(r.study_id for r in rows) and len(f) == 4 * len(BUILTIN_REGIONS)
+    assert sorted(f.study_id.unique()) == sorted(r.study_id for r in rows) and len(f) == 4 * (len(BUILTIN_REGIONS) + 1)
     # rows in a fixed order: features by (study_id, region), lesions by (study_id, lesion_id)
     pd.testing.assert_frame_equal(f, _sorted(f))
     les = pd.read_parquet(out / "lesions.parquet")
     pd.testing.assert_frame_equal(les, les.sort_values(["study_id", "lesion_id"]).reset_index(drop=True))
     first = {n: (out / f"{n}.parquet").read_bytes() for n in ("features", "lesions", "failures")}
-    rep2 = run_batch(rows, out, _settings(), KEY, n_workers=2, progress=None)
+    rep2 = run_batch(rows, out, settings, KEY, n_workers=2, progress=None)
     assert (rep2.done, rep2.skipped, rep2.failed) == (0, 4, 0)
     for name, data in first.items():
         assert (out / f"{name}.parquet").read_bytes() == data, name
@@ -81,6 +84,7 @@ def test_local_run_then_rerun_does_no_work_and_writes_the_same_bytes(archive, tm
     # the extraction's warnings stayed off the console and are listed per study
     assert set(run["warnings"]) == {r.study_id for r in rows}
     assert all(w.startswith("PetfeatWarning: ") for ws in run["warnings"].values() for w in ws)
+    assert all(any("'pancreas' matches no label" in w for w in ws) for ws in run["warnings"].values())
 
 
 def test_relative_paths_reach_workers_that_run_elsewhere(archive, tmp_path, external_cluster, monkeypatch):

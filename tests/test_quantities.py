@@ -100,13 +100,57 @@ def test_missing_reference_regions_give_nan_and_a_note_naming_the_spec():
     q = study_quantities(r.features, r.lesions).iloc[0]
     assert np.isnan(q.parotid_suv_mean) and np.isnan(q.tumour_to_parotid_ratio) and np.isnan(q.blood_pool_suv_mean)
     assert q.tumour_to_liver_ratio == pytest.approx(1146 / 89 / 5.0)
-    assert "no region 'aorta' in the features table" in q.notes and "aorta: {'include': ['aorta']" in q.notes
-    assert "no region 'parotid_glands'" in q.notes
+    assert "no region 'aorta' in the features table (regions YAML: 'aorta: builtin')" in q.notes
+    assert "no region 'parotid_glands' in the features table (regions YAML: 'parotid_glands: builtin')" in q.notes
+
+
+def test_reference_regions_without_their_labels_name_the_label_they_need():
+    shape = (8, 8, 8)
+    organs = np.zeros(shape, np.uint8)
+    organs[2:6, 2:6, 2:6] = 1
+    mask = np.zeros(shape, bool)
+    mask[3:5, 3:5, 3:5] = True
+    spec = {k: BUILTIN_REGIONS[k] for k in ("whole_body_tumor", "liver", "parotid_glands", "aorta")}
+    with pytest.warns(UserWarning) as caught:  # the total task alone, without head_glands_cavities or an aorta
+        r = extract(np.full(shape, 3.0, np.float32), LabelLayer(organs, {1: "liver"}), spec, lesions=mask,
+                    spacing=(4.0, 4.0, 4.0), backend="cpu", peaks=False)
+    assert sorted(str(w.message).split("'")[1] for w in caught) == ["aorta", "parotid_glands"]
+    q = study_quantities(r.features, r.lesions).iloc[0]
+    assert np.isnan(q.parotid_suv_mean) and np.isnan(q.blood_pool_suv_mean) and q.liver_suv_mean == 3.0
+    assert "parotid: region 'parotid_glands' matched no label (needs parotid_gland_left/right labels" in q.notes
+    assert "head_glands_cavities" in q.notes
+    assert "blood_pool: region 'aorta' matched no label (needs the aorta label" in q.notes
+
+
+def test_default_regions_give_parotid_and_blood_pool_by_hand_with_lesion_voxels_excluded():
+    """Every built-in region on a study with both parotid glands, an aorta of graded uptake and lesions inside both."""
+    shape = (16, 24, 24)
+    names = {**ORGANS, 7: "parotid_gland_right"}
+    organs = np.zeros(shape, np.uint8)
+    pet = np.ones(shape, np.float32)
+    for i, (box, suv) in BOXES.items():
+        organs[box] = i
+        pet[box] = suv
+    organs[12:15, 7:10, 2:6], pet[12:15, 7:10, 2:6] = 7, 10.0  # right parotid: 36 voxels at 10
+    for z in range(2, 14):  # aorta (2 x 2 voxels a slice, z 2..13): SUV 1.5 + 0.1 z
+        pet[z, 12:14, 12:14] = 1.5 + 0.1 * z
+    mask = np.zeros(shape, bool)
+    mask[2:5, 12:14, 12:14], pet[2:5, 12:14, 12:14] = True, 30.0  # 12 lesion voxels in the aorta
+    mask[12, 2:4, 2:4], pet[12, 2:4, 2:4] = True, 20.0  # 4 in the left parotid (48 voxels at 12)
+    res = extract(pet, LabelLayer(organs, names, namespace="total"), BUILTIN_REGIONS, lesions=mask,
+                  spacing=(4.0, 4.0, 4.0), backend="cpu", peaks=False)  # no label missing: no warning
+    q = study_quantities(res.features, res.lesions).iloc[0]
+    assert q.notes == ""
+    assert q.blood_pool_suv_mean == pytest.approx(np.mean([1.5 + 0.1 * z for z in range(5, 14)]))  # = 2.4
+    assert q.parotid_suv_mean == pytest.approx((44 * 12.0 + 36 * 10.0) / 80)  # = 11.1, both glands voxel-weighted
+    assert q.tumour_suv_mean == pytest.approx((12 * 30.0 + 4 * 20.0) / 16)  # = 27.5
+    assert q.tumour_to_parotid_ratio == pytest.approx(27.5 / 11.1)
+    assert q.tumour_to_liver_ratio == pytest.approx(27.5 / 5.0)
 
 
 def test_other_region_names_as_references():
-    spec = {**{k: BUILTIN_REGIONS[k] for k in TUMOUR_REGIONS}, "parotids": REFERENCE_REGIONS["parotid_glands"],
-            "aorta": REFERENCE_REGIONS["aorta"]}
+    spec = {**{k: BUILTIN_REGIONS[k] for k in TUMOUR_REGIONS}, "parotids": BUILTIN_REGIONS["parotid_glands"],
+            "aorta": BUILTIN_REGIONS["aorta"]}
     r = _study(A, regions=spec)
     q = study_quantities(r.features, r.lesions, references={"parotid": "parotids"}).iloc[0]
     assert q.parotid_suv_mean == pytest.approx(12.0)

@@ -13,9 +13,12 @@ quantities", gives each definition with its source):
   volume is at least that of a 10 mm sphere).
 
 Nothing is measured again: every number comes from a region row of the features table or from the
-lesion rows. A reference region that the features table lacks (no ``aorta`` region, say) gives NaN
-and a note naming the region spec entry that adds it. The TheraP thresholds are SUVbw values: for a
-table of SUL or SUVbsa the flags are <NA> with a note, never a comparison of SUL with an SUVbw cut-off.
+lesion rows. The reference regions ``liver``, ``parotid_glands`` and ``aorta`` are built-in regions
+(:data:`petfeat.regions.BUILTIN_REGIONS`), so a run with the default regions has them. A reference region
+that the features table lacks (a regions YAML without ``aorta``, say) gives NaN and a note naming the
+spec entry that adds it; one that matched no label gives NaN and a note naming the label it needs. The
+TheraP thresholds are SUVbw values: for a table of SUL or SUVbsa the flags are <NA> with a note, never a
+comparison of SUL with an SUVbw cut-off.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from petfeat.features import Feature
+from petfeat.regions import BUILTIN_REGIONS
 
 #: Region the whole-body tumour, each reference organ and each site is read from (features table ``region``).
 DEFAULT_REFERENCES: dict[str, str] = {
@@ -42,11 +46,15 @@ SITES: dict[str, str] = {
     "visceral": "tumor_visceral",
     "prostate": "tumor_prostate",
 }
-#: Region specs of the reference organs that are not built-in regions (TotalSegmentator class names): add them to a
-#: regions YAML (``petfeat extract --regions``) for the tumour-to-parotid ratio and the blood-pool SUVmean.
-REFERENCE_REGIONS: dict[str, dict] = {
-    "parotid_glands": {"include": ["parotid_gland_*"], "exclude": ["lesion*"]},
-    "aorta": {"include": ["aorta"], "exclude": ["lesion*"]},
+#: Region specs of the reference organs: the built-in regions of the same name (TotalSegmentator class names,
+#: lesion voxels excluded). A regions YAML (``petfeat extract --regions``) takes them as ``NAME: builtin``.
+REFERENCE_REGIONS: dict[str, dict] = {name: BUILTIN_REGIONS[name] for name in ("liver", "parotid_glands", "aorta")}
+#: The label each reference region needs, and where it comes from.
+REFERENCE_LABELS: dict[str, str] = {
+    "liver": "the liver label of TotalSegmentator's total task",
+    "parotid_glands": "parotid_gland_left/right labels of TotalSegmentator's head_glands_cavities task "
+                      "(--task head_glands_cavities)",
+    "aorta": "the aorta label of TotalSegmentator's total task",
 }
 #: TheraP (Hofman et al., Lancet 2021): SUVmax >= 20 at one site at least, >= 10 at every measurable site (SUVbw).
 THERAP_ANY_SUV_MAX = 20.0
@@ -74,9 +82,10 @@ QUANTITIES: tuple[Feature, ...] = (
             "whole-body tumour SUVmean, voxel-weighted over every lesion voxel", ("whole_body_tumor",)),
     Feature("tumour_suv_max", "SUV", "float64", "highest voxel SUV of any lesion", ("whole_body_tumor",)),
     Feature("liver_suv_mean", "SUV", "float64", "liver SUVmean (lesion voxels excluded)", ("liver",)),
-    Feature("parotid_suv_mean", "SUV", "float64", "parotid glands SUVmean, both glands voxel-weighted",
-            ("parotid_glands",)),
-    Feature("blood_pool_suv_mean", "SUV", "float64", "blood-pool SUVmean: the aorta region", ("aorta",)),
+    Feature("parotid_suv_mean", "SUV", "float64",
+            "parotid glands SUVmean, both glands voxel-weighted (lesion voxels excluded)", ("parotid_glands",)),
+    Feature("blood_pool_suv_mean", "SUV", "float64", "blood-pool SUVmean: the aorta (lesion voxels excluded)",
+            ("aorta",)),
     Feature("tumour_to_liver_ratio", "1", "float64", "whole-body tumour SUVmean / liver SUVmean",
             ("whole_body_tumor", "liver")),
     Feature("tumour_to_parotid_ratio", "1", "float64", "whole-body tumour SUVmean / parotid glands SUVmean",
@@ -131,11 +140,11 @@ def _mean(row: pd.Series | None) -> float:
 
 
 def _absent(role: str, region: str, rows: pd.DataFrame) -> str:
-    """Why ``region`` gives no value: matched no label (say which spec entry adds it), or is not in the table."""
-    spec = REFERENCE_REGIONS.get(region)
-    add = f" (regions YAML: {region}: {spec})" if spec else ""
+    """Why ``region`` gives no value: matched no label (names the label it needs), or absent (names the spec)."""
     if (rows["region"] == region).any():
-        return f"{role}: region {region!r} matched no label{add}"
+        need = f" (needs {REFERENCE_LABELS[region]})" if region in REFERENCE_LABELS else ""
+        return f"{role}: region {region!r} matched no label{need}"
+    add = f" (regions YAML: '{region}: builtin')" if region in BUILTIN_REGIONS else ""
     return f"{role}: no region {region!r} in the features table{add}"
 
 

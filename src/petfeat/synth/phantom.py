@@ -14,8 +14,13 @@ import numpy as np
 #: Uptake (SUVbw) of each structure in a PSMA PET, roughly as seen in 68Ga-PSMA-11 scans.
 UPTAKE = {
     "body": 0.6, "bone": 1.4, "liver": 6.0, "spleen": 5.0, "kidney": 22.0, "urinary_bladder": 28.0,
-    "parotid_gland": 14.0, "submandibular_gland": 12.0,
+    "parotid_gland": 14.0, "submandibular_gland": 12.0, "aorta": 1.8, "prostate": 2.5,
 }
+#: Organs whose per-patient uptake scale comes from a child of the patient's generator (:func:`make_anatomy`).
+CHILD_STREAM_ORGANS = ("aorta", "prostate")
+#: Organs painted with their own uptake over body and bone (lesions are painted last).
+PAINTED_ORGANS = ("liver", "spleen", "kidney", "urinary_bladder", "parotid_gland", "submandibular_gland", "aorta",
+                  "prostate")
 BONE_CLASSES = ("vertebrae", "rib", "sacrum", "hip", "femur", "humerus", "scapula", "clavicula", "sternum", "skull")
 
 
@@ -118,8 +123,17 @@ def make_anatomy(rng: np.random.Generator, height_mm: float = 900.0, n_lesions: 
     s["liver"] = [Ellipsoid((-70 + j(4), -5, 0.57 * h), (85, 70, 60))]
     s["spleen"] = [Ellipsoid((95, 30, 0.56 * h), (30, 30, 40))]
     s["urinary_bladder"] = [Ellipsoid((0, -25, 0.27 * h), (35, 30, 28))]
+    s["prostate"] = [Ellipsoid((0, -12, 0.225 * h), (18, 13, 12))]
+    # Descending and abdominal aorta: a chain of overlapping ellipsoids left of the midline, in front of the
+    # vertebral bodies (their front edge is near y = 35 mm), from the thoracic spine down to the lumbar spine;
+    # 9 mm radius (an aortic lumen of about 18 mm) keeps it clear of the liver and kidneys.
+    s["aorta"] = [Ellipsoid((25, 24, zc), (9, 9, 24)) for zc in np.linspace(0.47 * h, 0.72 * h, 11)]
 
-    a.uptake_scale = {organ: float(rng.lognormal(0.0, 0.2)) for organ in UPTAKE}
+    a.uptake_scale = {organ: float(rng.lognormal(0.0, 0.2)) for organ in UPTAKE if organ not in CHILD_STREAM_ORGANS}
+    # A child generator draws the scales of these organs: the parent's stream (lesions here, noise and
+    # acquisition in synth.archive) is the same as without them.
+    child = rng.spawn(1)[0]
+    a.uptake_scale.update({organ: float(child.lognormal(0.0, 0.2)) for organ in CHILD_STREAM_ORGANS})
     # lesions: mostly bone (the skeleton of mCRPC), some lymph nodes
     n = int(rng.integers(3, 9)) if n_lesions is None else n_lesions
     bone_sites = [k for k in s if k.startswith(("vertebrae_L", "vertebrae_T", "hip_", "rib_", "sacrum", "femur_"))]
@@ -170,7 +184,7 @@ def uptake_volume(anatomy: Anatomy, masks: dict[str, np.ndarray], lesion_map: np
         if name.startswith(BONE_CLASSES):
             suv[m & masks["body"]] = up("bone")
     for name, m in masks.items():
-        for organ in ("liver", "spleen", "kidney", "urinary_bladder", "parotid_gland", "submandibular_gland"):
+        for organ in PAINTED_ORGANS:
             if name.startswith(organ):
                 suv[m] = up(organ)
     for les in anatomy.lesions:
