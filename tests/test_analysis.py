@@ -53,7 +53,7 @@ def test_planted_effects_recovered_and_report_written(cohort, tmp_path):
     # the adjusted toxicity analysis: one baseline-haemoglobin row per feature, after that feature's row
     assert len(covs) == 3 and (covs.term == "baseline_haemoglobin").all() and covs.hr.gt(0).all()
     assert res[res.model == "cox"].result.str.match(
-        r"^HR = \d+\.\d\d, 95% CI \d+\.\d\d-\d+\.\d\d, p (=|<) \d\.\d{3}$").all()
+        r"^HR = \d+\.\d\d, 95% CI \d+\.\d\d to \d+\.\d\d, p (=|<) \d\.\d{3}$").all()
     cox = tested[tested.model == "cox"]
     assert (cox.n == 61).all() and (cox.events_per_variable > 0).all() and cox.concordance.between(0, 1).all()
     assert cox.ph_test_p.between(0, 1).all() and cox.ph_global_p.between(0, 1).all() and cox.se.gt(0).all()

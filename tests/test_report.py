@@ -203,6 +203,18 @@ def test_planted_table_on_the_hr_scale_with_power_and_an_honest_verdict():
     assert v.startswith("1 of 2 planted effects were detected") and "12 patients cannot recover" in v
 
 
+def test_results_csv_writes_each_interval_as_the_report_does(report):
+    """results.csv's ``result`` and the HTML table give a Cox interval alike: "lo to hi", never "lo-hi"."""
+    paths, res, ctx, f = report
+    csv = pd.read_csv(paths["csv"])
+    page = paths["html"].read_text()
+    cox = csv[csv.model.eq("cox") & csv.status.eq("ok") & csv.ci_high.lt(100)]  # below 100 both give 2 decimals
+    assert len(cox) >= 2
+    for r in cox.itertuples():
+        interval = re.fullmatch(r"HR = \S+, 95% CI (\S+ to \S+), p .*", r.result).group(1)
+        assert f"({interval})" in fmt_ci(r.hr, r.ci_low, r.ci_high) and f"({interval})" in page
+
+
 def test_formats_are_one_style():
     assert fmt_p(1.14e-05) == "<0.001" and fmt_p(0.578) == "0.578" and fmt_p(np.nan) == ""
     assert fmt_ci(2.58, 0.34, 78.96) == "2.58 (0.34 to 78.96)"

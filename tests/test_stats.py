@@ -139,7 +139,7 @@ def test_cox_matches_r_on_rossi():
     assert res["coef"] == pytest.approx(0.0914971, abs=1e-5) and res["hr"] == pytest.approx(np.exp(0.0914971), rel=1e-5)
     assert (res["n"], res["events"]) == (432, 114) and res["events_per_variable"] == pytest.approx(114 / 7)
     assert 0 <= res["ph_test_p"] <= 1 and isinstance(res["warnings"], list)
-    assert format_hr(res) == f"HR = 1.10, 95% CI 1.04-1.16, p = {res['p']:.3f}" and 0.001 <= res["p"] < 0.002
+    assert format_hr(res) == f"HR = 1.10, 95% CI 1.04 to 1.16, p = {res['p']:.3f}" and 0.001 <= res["p"] < 0.002
     assert format_hr({**res, "p": 0.0004}).endswith("p < 0.001")
 
 

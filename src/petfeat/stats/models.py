@@ -521,6 +521,10 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
 
 
 def format_hr(r: dict) -> str:
-    """``HR = 0.74, 95% CI 0.56-0.98, p = 0.033``: the way the study reports it."""
+    """``HR = 0.74, 95% CI 0.56 to 0.98, p = 0.033``: the way the study reports it.
+
+    The interval is written "lo to hi", as the report's tables and forest plots write it
+    (:func:`petfeat.report.tables.fmt_ci`): a hyphen would read as a minus sign before a negative bound.
+    """
     p = f"p = {r['p']:.3f}" if r["p"] >= 0.001 else "p < 0.001"
-    return f"HR = {r['hr']:.2f}, 95% CI {r['ci_low']:.2f}-{r['ci_high']:.2f}, {p}"
+    return f"HR = {r['hr']:.2f}, 95% CI {r['ci_low']:.2f} to {r['ci_high']:.2f}, {p}"
