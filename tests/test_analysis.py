@@ -171,6 +171,27 @@ def test_analyze_command(cohort, tmp_path):
     assert r.returncode == 2 and "no such feature table" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_analyze_puts_the_quantities_beside_the_features_into_table_1(cohort, tmp_path):
+    import shutil
+
+    d, f = cohort
+    shutil.copy(d / "features.parquet", tmp_path / "features.parquet")
+    ids = sorted(f.patient_id.unique())
+    q = pd.DataFrame({"patient_id": ids, "study_date": "2023-01-01",
+                      "tumour_to_parotid_ratio": np.arange(1, len(ids) + 1) / 10})  # 0.1 ... 6.1: median 3.1
+    q.to_parquet(tmp_path / "quantities.parquet")
+    cmd = [sys.executable, "-m", "petfeat.cli", "analyze", "--features", str(tmp_path / "features.parquet"),
+           "--clinical", str(d / "clinical")]
+    r = subprocess.run([*cmd, "-o", str(tmp_path / "rep")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "<td>Tumour-to-parotid SUVmean ratio, median [IQR]</td><td class=\"num\">3.10 [1.60-4.60]</td>" in page
+    (tmp_path / "quantities.parquet").write_text("not parquet")  # unreadable: a warning, the report without it
+    r = subprocess.run([*cmd, "-o", str(tmp_path / "rep2")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "quantities.parquet: not readable" in r.stderr and "Traceback" not in r.stderr
+    assert "Tumour-to-parotid" not in (tmp_path / "rep2" / "report.html").read_text()
+
+
 def test_separation_and_warnings_reach_the_report(tmp_path):
     """A model under complete separation is 'not converged' (no HR); fitter warnings name their model."""
     ids = [f"P{i:03d}" for i in range(12)]

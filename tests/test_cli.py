@@ -89,6 +89,25 @@ def test_demo_runs_and_recovers_ground_truth(tmp_path):
     assert (tmp_path / "demo" / "results" / "features.parquet").exists()
     assert (tmp_path / "demo" / "manifest.csv").exists()
     assert len(list((tmp_path / "demo" / "archive").glob("SYN*/pet/*.dcm"))) == 2 * 90
+    # the default regions give every PSMA reference quantity, near the phantom's planted truth
+    from pathlib import Path
+
+    import numpy as np
+    import pandas as pd
+
+    assert "PSMA reference quantities" in r.stdout and "reference quantities missing" not in r.stdout
+    q = pd.read_parquet(tmp_path / "demo" / "results" / "quantities.parquet")
+    refs = ["liver_suv_mean", "parotid_suv_mean", "blood_pool_suv_mean", "tumour_to_liver_ratio",
+            "tumour_to_parotid_ratio"]
+    assert len(q) == 2 and np.isfinite(q[refs].to_numpy(dtype=float)).all() and (q.notes == "").all()
+    rows = pd.read_csv(tmp_path / "demo" / "manifest.csv")
+    for sid, pet in zip(rows.study_id, rows.pet_path, strict=True):
+        t = json.loads((Path(pet).parent / "truth.json").read_text())  # the manifest's paths are absolute
+        got = q.set_index("study_id").loc[sid]
+        glands = [t["regions"][f"parotid_gland_{s}"] for s in ("left", "right")]
+        parotid = sum(g["suv_mean"] * g["voxel_count"] for g in glands) / sum(g["voxel_count"] for g in glands)
+        assert got.blood_pool_suv_mean == pytest.approx(t["regions"]["aorta"]["suv_mean"], rel=0.1)
+        assert got.tumour_to_parotid_ratio == pytest.approx(t["lesion_mask_stats"]["suv_mean"] / parotid, rel=0.1)
 
 
 def test_synth_command(tmp_path):
@@ -141,6 +160,11 @@ def test_demo_with_analysis_writes_the_report(tmp_path):
     for section in ("Planted vs recovered effects", "Coronal MIPs", "Timings", "Forest plot", "Kaplan-Meier", "Cohort"):
         assert section in page
     assert page.count("data:image/png;base64,") >= 5 and "Backend: <b>cpu</b>" in page
+    import re
+
+    for label in ("Tumour-to-parotid SUVmean ratio", "Blood-pool (aorta) SUVmean"):  # Table 1, from quantities
+        assert re.search(rf"<td>{re.escape(label)}, median \[IQR\]</td><td class=\"num\">\d+\.\d\d \[", page)
+    assert page.count("<dt>blood-pool SUVmean</dt>") == 8  # the QC gallery's key numbers, one per study
 
 
 @pytest.mark.parametrize("extra, option", [

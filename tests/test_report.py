@@ -12,7 +12,7 @@ import pytest
 
 from petfeat.report import SECTIONS, coronal_mip, qc_png, write_report
 from petfeat.report.build import _warnings, spec_hash
-from petfeat.report.tables import fmt_ci, fmt_p, planted_table, planted_verdict, power_two_sided
+from petfeat.report.tables import fmt_ci, fmt_p, planted_table, planted_verdict, power_two_sided, table1
 from petfeat.stats.analysis import read_clinical, run_analyses
 from petfeat.synth.clinical import generate_clinical, planted_vs_recovered
 
@@ -213,6 +213,19 @@ def test_results_csv_writes_each_interval_as_the_report_does(report):
     for r in cox.itertuples():
         interval = re.fullmatch(r"HR = \S+, 95% CI (\S+ to \S+), p .*", r.result).group(1)
         assert f"({interval})" in fmt_ci(r.hr, r.ci_low, r.ci_high) and f"({interval})" in page
+
+
+def test_table1_gives_the_reference_quantities_of_each_patients_first_study():
+    base = pd.DataFrame({"patient_id": ["A", "B", "C"]})
+    q = pd.DataFrame({"patient_id": ["A", "A", "B", "C", "Z"],
+                      "study_date": ["2024-05-01", "2024-01-01", "2024-02-01", "2024-03-01", "2024-01-01"],
+                      "tumour_to_parotid_ratio": [99.0, 1.0, 2.0, 4.0, 50.0],  # A's follow-up and Z are not counted
+                      "blood_pool_suv_mean": [9.0, 1.5, 1.7, np.nan, 9.0]})
+    rows = dict(table1(base, quantities=q))
+    assert rows["Tumour-to-parotid SUVmean ratio, median [IQR]"] == "2.00 [1.50-3.00]"
+    assert rows["Blood-pool (aorta) SUVmean, median [IQR]"] == "1.60 [1.55-1.65]"  # C has no aorta: left out
+    assert "Liver SUVmean, median [IQR]" not in rows and "Parotid SUVmean, median [IQR]" not in rows  # no column
+    assert not any("ratio" in k for k in dict(table1(base)))  # no quantities table: no such rows
 
 
 def test_formats_are_one_style():

@@ -712,6 +712,24 @@ def _read_feature_table(path: Path):
     return table
 
 
+def _read_quantities(path: Path):
+    """The PSMA reference quantities table beside the features, None (with a warning when unreadable) without it."""
+    import warnings
+
+    import pandas as pd
+
+    from petfeat.errors import PetfeatWarning
+
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow's and pandas' many parser errors: one message
+        warnings.warn(f"{path}: not readable ({type(exc).__name__}); the report's Table 1 goes without the PSMA "
+                      "reference quantities. Rerun petfeat extract to write it again.", PetfeatWarning, stacklevel=2)
+        return None
+
+
 def cmd_analyze(args) -> int:
     """``petfeat analyze``: endpoints, models, tables, figures and an HTML report."""
     _require("lifelines", "statsmodels", "matplotlib")
@@ -732,8 +750,10 @@ def cmd_analyze(args) -> int:
     progress = _Progress("analyze: fitted {i}/{n} models", delay=2.0)
     results, context = run_analyses(features, data, spec, progress=progress)
     progress(n_models, n_models)
+    quantities = _read_quantities(fpath.with_name(f"quantities{fpath.suffix}"))  # extract writes it beside features
     with _Heartbeat("analyze: writing tables, figures and the report"):
-        paths = write_report(results, context, spec, args.out, features=features)  # provenance: SUV type, config hash
+        paths = write_report(results, context, spec, args.out, features=features,  # provenance: SUV type, config hash
+                             quantities=quantities)  # reference uptake and tumour ratios in Table 1
     models = results[results.get("status") != "ok (covariate)"] if len(results) else results
     ok = models[models.get("status") == "ok"] if len(models) else models
     for _, r in models.iterrows():

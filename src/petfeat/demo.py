@@ -1,9 +1,10 @@
 """The demo: a generated cohort through the whole pipeline, checked against its ground truth.
 
 ``petfeat demo`` generates a synthetic PSMA PET archive (:mod:`petfeat.synth`), scans it, extracts
-features on a local Dask cluster (:func:`petfeat.batch.run_batch`), compares the whole-body tumour
-SUVmean with the planted truth, and, for 8 patients or more, generates a clinical cohort with planted
-effects, runs the study's analyses and writes the HTML report.
+features on a local Dask cluster (:func:`petfeat.batch.run_batch`) with the built-in regions, compares
+the whole-body tumour SUVmean with the planted truth, prints the PSMA reference quantities (every one
+finite: the synthetic studies have a label for each reference organ), and, for 8 patients or more,
+generates a clinical cohort with planted effects, runs the study's analyses and writes the HTML report.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ def run_demo(args) -> int:
     Returns
     -------
     int
-        0 when every study succeeded and the SUVmean matches the truth to 1e-6, else 1.
+        0 when every study succeeded, the SUVmean matches the truth to 1e-6 and every study's reference
+        quantities (liver, parotid and blood-pool SUVmean, tumour-to-liver and tumour-to-parotid ratios) are
+        finite, else 1.
     """
     import os
 
@@ -72,19 +75,46 @@ def run_demo(args) -> int:
         errs.append(abs(float(got.iloc[0]) / t["lesion_mask_stats"]["suv_mean"] - 1.0) if len(got) else float("inf"))
     worst = max(errs) if errs else float("inf")
     print(f"whole-body tumour SUVmean vs ground truth: max relative error {worst:.2e}")
+    quantities = pd.read_parquet(out / "results" / "quantities.parquet")
+    finite = _print_quantities(quantities)
     print(f"backend {table.backend.iloc[0] if len(table) else '?'}; generate {t1 - t0:.1f} s, scan+extract "
           f"{t2 - t1:.1f} s; {rep.done} studies done, {rep.failed} failed; tables in {out / 'results'}")
-    ok = worst < 1e-6 and rep.failed == 0
+    ok = worst < 1e-6 and rep.failed == 0 and finite
     if len(rows) < 8:
         print(f"analysis skipped: the outcome models need at least 8 patients (this demo has {len(rows)}); "
               "run petfeat demo --patients 61 for the study's size")
         return 0 if ok else 1
-    report = _demo_analysis(out, rows, table, rep, {"generate_s": t1 - t0, "scan_extract_s": t2 - t1}, args)
+    report = _demo_analysis(out, rows, table, quantities, rep, {"generate_s": t1 - t0, "scan_extract_s": t2 - t1},
+                            args)
     print(f"report: {report}")
     return 0 if ok else 1
 
 
-def _demo_analysis(out: Path, rows, table, rep, timings: dict, args) -> Path:
+#: Columns of the quantities table the demo prints, and their headings.
+REFERENCE_COLUMNS = {"liver_suv_mean": "liver", "parotid_suv_mean": "parotid", "blood_pool_suv_mean": "blood pool",
+                     "tumour_to_liver_ratio": "tumour/liver", "tumour_to_parotid_ratio": "tumour/parotid",
+                     "psma_tv_ml": "PSMA-TV mL", "tl_psma": "TL-PSMA"}
+
+
+def _print_quantities(quantities) -> bool:
+    """Print each study's PSMA reference quantities; True when every reference value is finite."""
+    import numpy as np
+
+    cols = [c for c in REFERENCE_COLUMNS if c in quantities.columns]
+    shown = quantities[["study_id", *cols]].rename(columns=REFERENCE_COLUMNS).sort_values("study_id")
+    print("PSMA reference quantities (SUVmean of liver, parotid glands and blood pool (aorta); tumour ratios):")
+    print(shown.to_string(index=False, float_format="{:.2f}".format))
+    refs = [c for c in REFERENCE_COLUMNS if not c.startswith(("psma_tv", "tl_psma"))]
+    if not len(quantities) or not set(refs) <= set(cols):
+        print("no reference quantities: quantities.parquet lacks studies or columns")
+        return False
+    missing = int((~np.isfinite(quantities[refs].to_numpy(dtype=float))).any(axis=1).sum())
+    if missing:
+        print(f"reference quantities missing in {missing} of {len(quantities)} studies (see quantities.parquet notes)")
+    return missing == 0
+
+
+def _demo_analysis(out: Path, rows, table, quantities, rep, timings: dict, args) -> Path:
     """Clinical cohort with planted effects, the study's analyses, and the HTML report with a MIP per study."""
     from petfeat.report import render_study, write_report
     from petfeat.report.tables import planted_table, planted_verdict
@@ -106,7 +136,8 @@ def _demo_analysis(out: Path, rows, table, rep, timings: dict, args) -> Path:
             "timings": {**timings, "analysis_s": t1 - t0, "qc_images_s": t2 - t1,
                         **{f"{k} (median per study)": v for k, v in rep.timings.get("per_study_median", {}).items()
                            if not k.endswith("_mb")}}}
-    paths = write_report(results, context, spec, out / "report", features=table, qc=qc, demo=demo)
+    paths = write_report(results, context, spec, out / "report", features=table, qc=qc, demo=demo,
+                         quantities=quantities)
     print(planted_verdict(planted_table(pv, results), len(rows)))
     inside = int(pv.inside_ci.sum())
     print(f"planted values inside their 95% CI: {inside} of {len(pv)} (the intervals cover the truth; detection is "

@@ -169,7 +169,7 @@ def _km_feature(g: pd.DataFrame) -> str:
 
 def write_report(results: pd.DataFrame, context: dict, spec: dict, out: str | Path, extra_html: str = "", *,
                  features: pd.DataFrame | None = None, qc: list[dict] | None = None, demo: dict | None = None,
-                 regions: dict | None = None) -> dict[str, Path]:
+                 regions: dict | None = None, quantities: pd.DataFrame | None = None) -> dict[str, Path]:
     """Write ``results.csv``, ``results.md``, the figure files and ``report.html`` under ``out``.
 
     Parameters
@@ -191,6 +191,9 @@ def write_report(results: pd.DataFrame, context: dict, spec: dict, out: str | Pa
         ``backend``, ``timings`` (stage -> seconds) and ``text`` (a plain-text introduction).
     regions
         Region definitions used by the methods text (default: the built-in set).
+    quantities
+        The PSMA reference quantities (``quantities.parquet``, :func:`petfeat.quantities.study_quantities`):
+        reference uptake and tumour-to-liver and tumour-to-parotid ratios in Table 1.
 
     Returns
     -------
@@ -238,7 +241,7 @@ def write_report(results: pd.DataFrame, context: dict, spec: dict, out: str | Pa
     paths["figures"] = [p for f in forest + curves + trajectories for p in f.files]
 
     base = context.get("base")
-    cohort = table1(base, features) if base is not None else []
+    cohort = table1(base, features, quantities) if base is not None else []
     qc_rows = []
     for q in qc or []:
         qc_rows.append({"study_id": q["study_id"], "png": q["png"], "numbers": _key_numbers(features, q["study_id"]),
@@ -283,7 +286,7 @@ def _missing_regions(features: pd.DataFrame | None, study_id: str) -> str:
 
 
 def _key_numbers(features: pd.DataFrame | None, study_id: str) -> list[tuple[str, str]]:
-    """A study's key numbers for the QC gallery: tumour burden and the reference organs."""
+    """A study's key numbers for the QC gallery: tumour burden, reference organs (liver, parotid, blood pool)."""
     if features is None or "study_id" not in features.columns:
         return []
     f = features[features["study_id"] == study_id].set_index("region")
@@ -294,6 +297,8 @@ def _key_numbers(features: pd.DataFrame | None, study_id: str) -> list[tuple[str
             ("whole_body_tumor", "volume_ml", "PSMA-TV, mL", 1),
             ("whole_body_tumor", "total_uptake", "TL-PSMA", 0),
             ("liver", "suv_mean", "liver SUVmean", 2),
+            ("parotid_glands", "suv_mean", "parotid SUVmean", 1),
+            ("aorta", "suv_mean", "blood-pool SUVmean", 2),
             ("healthy_bone", "suv_mean", "bone SUVmean", 2),
             ("salivary_glands", "suv_mean", "salivary SUVmean", 1)):
         if region in f.index and col in f.columns:

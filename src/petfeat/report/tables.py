@@ -83,11 +83,25 @@ def transform_label(transform: str) -> str:
     return "per doubling" if t.startswith("per doubling") else t
 
 
-def table1(base: pd.DataFrame, features: pd.DataFrame | None = None) -> list[tuple[str, str]]:
+#: Table 1 rows of the PSMA reference quantities (columns of the quantities table, petfeat.quantities).
+REFERENCE_ROWS = (
+    ("liver_suv_mean", "Liver SUVmean"),
+    ("parotid_suv_mean", "Parotid SUVmean"),
+    ("blood_pool_suv_mean", "Blood-pool (aorta) SUVmean"),
+    ("tumour_to_liver_ratio", "Tumour-to-liver SUVmean ratio"),
+    ("tumour_to_parotid_ratio", "Tumour-to-parotid SUVmean ratio"),
+)
+
+
+def table1(base: pd.DataFrame, features: pd.DataFrame | None = None,
+           quantities: pd.DataFrame | None = None) -> list[tuple[str, str]]:
     """Rows of Table 1 (characteristic, value) from the analysis' patient table (patients joined to features).
 
     Age, every ``baseline_*`` lab, PSA and ECOG when present, lesions per patient and the whole-body
-    PSMA-TV and TL-PSMA as median [IQR]; the number of studies when ``features`` is given.
+    PSMA-TV and TL-PSMA as median [IQR]; the number of studies when ``features`` is given. With
+    ``quantities`` (the table of :func:`petfeat.quantities.study_quantities`), the reference uptake and the
+    tumour-to-liver and tumour-to-parotid ratios as median [IQR] over the patients of ``base``, each at the
+    first study, as the features of ``base`` are; "n/a" when no study has the value.
     """
     rows = [("Patients, n", str(len(base)))]
     if features is not None and "study_id" in features.columns:
@@ -109,6 +123,13 @@ def table1(base: pd.DataFrame, features: pd.DataFrame | None = None) -> list[tup
                        ("whole_body_tumor.suv_max", "Whole-body SUVmax, median [IQR]")):
         if col in base.columns:
             rows.append((label, fmt_median_iqr(base[col], 0 if col.endswith("lesion_count") else 1)))
+    if quantities is not None and "patient_id" in quantities.columns and "patient_id" in base.columns:
+        order = [c for c in ("patient_id", "study_date") if c in quantities.columns]
+        first = quantities.sort_values(order, kind="mergesort").drop_duplicates("patient_id")
+        first = first[first["patient_id"].isin(base["patient_id"])]
+        for col, label in REFERENCE_ROWS:
+            if col in first.columns:
+                rows.append((f"{label}, median [IQR]", fmt_median_iqr(first[col], 2)))
     return rows
 
 

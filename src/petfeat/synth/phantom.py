@@ -14,7 +14,7 @@ import numpy as np
 #: Uptake (SUVbw) of each structure in a PSMA PET, roughly as seen in 68Ga-PSMA-11 scans.
 UPTAKE = {
     "body": 0.6, "bone": 1.4, "liver": 6.0, "spleen": 5.0, "kidney": 22.0, "urinary_bladder": 28.0,
-    "parotid_gland": 14.0, "submandibular_gland": 12.0, "aorta": 1.8, "prostate": 2.5,
+    "parotid_gland": 14.0, "submandibular_gland": 12.0, "aorta": 1.7, "prostate": 2.5,
 }
 #: Organs whose per-patient uptake scale comes from a child of the patient's generator (:func:`make_anatomy`).
 CHILD_STREAM_ORGANS = ("aorta", "prostate")
