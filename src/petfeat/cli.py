@@ -858,7 +858,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--regions", metavar="YAML",
                    help="regions YAML (default: the built-in whole_body_tumor, tumor_bone, tumor_prostate, "
                    "tumor_visceral, tumor_lymph_node_or_soft_tissue, bone, healthy_bone, "
-                   "salivary_glands (needs TotalSegmentator's head_glands_cavities task), liver)")
+                   "salivary_glands and parotid_glands (need TotalSegmentator's head_glands_cavities task), aorta, "
+                   "liver)")
     s.add_argument("--strict", action="store_true", help="a region that matches no label is an error (default: a "
                    "warning that lists the labels that exist)")
     s.add_argument("--resample", choices=["nearest", "fraction"], default="nearest",
