@@ -1,13 +1,22 @@
-"""Label layers -> code volume: which keys occur, and each voxel's code through a lookup table.
+"""Label layers -> code volume, and the voxels that carry chosen ids, in compiled passes.
 
-:func:`petfeat.regions.build_codes` combines label layers into one code per voxel: a key per
-voxel (a layer's id, or a mixed-radix key of several layers), the set of keys that occur, and a
-lookup table from key to code. NumPy's fancy indexing did the last two at 2-4 ns per voxel, four
-times the fused pass itself on a 600 x 200 x 200 volume; these loops read each key once, in
-parallel over chunks of the flat volume.
+:func:`petfeat.regions.build_codes` combines label layers into one code per voxel: a mixed-radix
+key of the layers' ids per voxel, the set of keys that occur, and a lookup table from key to code.
+Each pass here reads every layer once and keeps the key of a block of voxels in a small
+thread-local buffer (no volume-sized key, no per-layer temporaries): :func:`mark_keys` marks the
+keys that occur, :func:`apply_keys` writes each voxel's code through the table, :func:`fill_keys`
+writes the keys themselves (the sort path of key ranges too wide for a table).
+
+Layers of any unsigned dtype go through one compiled signature: a pass takes a tuple of
+:data:`MAX_LAYERS` flat byte views (:func:`pack_layers`: little-endian bytes, each layer's item
+size beside it, unused slots a one-byte stand-in), so neither the number of layers nor their
+dtypes compile new machine code; only the code dtype of :func:`apply_keys` (uint8, uint16 or
+uint32) does.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numba
 import numpy as np
@@ -15,28 +24,11 @@ from numba import njit, prange
 
 from .config import CPU_CHUNKS_PER_THREAD
 
-#: Largest key range for which every chunk keeps its own table of the keys it saw (then OR-ed);
-#: above it one thread marks them all.
-PRIVATE_TABLE_KEYS = 1 << 16
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _mark_private(key, present, n_chunks):  # pragma: no cover - compiled
-    total = present.shape[0]
-    seen = np.zeros((n_chunks, total), np.bool_)
-    n = key.shape[0]
-    for ch in prange(n_chunks):
-        for i in range(ch * n // n_chunks, (ch + 1) * n // n_chunks):
-            seen[ch, key[i]] = True
-    for ch in range(n_chunks):
-        for k in range(total):
-            present[k] |= seen[ch, k]
-
-
-@njit(cache=True, nogil=True)
-def _mark_serial(key, present):  # pragma: no cover - compiled
-    for i in range(key.shape[0]):
-        present[key[i]] = True
+#: Most layers one pass reads (more are coded in groups by :func:`petfeat.regions.build_codes`).
+MAX_LAYERS = 8
+#: Voxels whose keys a thread holds at once (a 16 KB buffer that stays in L1).
+_BLOCK = 2048
+_SPARE = np.zeros(1, np.uint8)
 
 
 def _n_chunks(size: int) -> int:
@@ -44,29 +36,194 @@ def _n_chunks(size: int) -> int:
     return max(1, min(size // 65536, numba.get_num_threads() * CPU_CHUNKS_PER_THREAD))
 
 
+def pack_layers(arrays: Sequence[np.ndarray]) -> tuple[tuple[np.ndarray, ...], np.ndarray, int]:
+    """The arrays as a pass reads them: ``(byte views, item sizes, voxels)``.
+
+    Parameters
+    ----------
+    arrays : sequence of ndarray
+        Up to :data:`MAX_LAYERS` arrays of one size, of unsigned integers or bool (non-negative
+        ``int64`` keys also work; values of eight-byte items must stay below ``2**63``).
+
+    Returns
+    -------
+    tuple
+        :data:`MAX_LAYERS` flat little-endian byte views (unused slots hold a one-byte stand-in),
+        the item size of each (int64, 0 for the unused slots) and the number of values per array.
+        C-contiguous little-endian arrays are viewed, not copied.
+    """
+    if not 1 <= len(arrays) <= MAX_LAYERS:
+        raise ValueError(f"a pass reads 1 to {MAX_LAYERS} layers, not {len(arrays)}")
+    views, widths, size = [], np.zeros(MAX_LAYERS, np.int64), None
+    for j, a in enumerate(arrays):
+        a = np.asarray(a)
+        if a.dtype.kind not in "biu" or a.itemsize not in (1, 2, 4, 8):
+            raise ValueError(f"layer {j} has dtype {a.dtype}; passes read unsigned integers or bool")
+        if size is None:
+            size = a.size
+        elif a.size != size:
+            raise ValueError(f"layer {j} has {a.size} values, layer 0 has {size}")
+        a = np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"), copy=False)
+        views.append(a.reshape(-1).view(np.uint8))
+        widths[j] = a.itemsize
+    views += [_SPARE] * (MAX_LAYERS - len(views))
+    return tuple(views), widths, int(size)
+
+
+MARK, APPLY, FILL, HIT = 0, 1, 2, 3  # what a pass does with each voxel's key (see _pass)
+
+
+@njit(cache=True, nogil=True)
+def _block_keys(layers, widths, mults, n_layers, hit, tab, lo, m, key):  # pragma: no cover - compiled
+    """``key[:m]`` of voxels ``lo:lo + m``: the sum of id x ``mults[j]``, or (``hit``) the OR of ``tab[mults[j] + id]``.
+
+    Sums are in the key's dtype. Indices are unsigned: the loops carry no negative-index
+    wrap-around and vectorise.
+    """
+    for j in range(n_layers):
+        a = layers[j]
+        w = widths[j]
+        mult = mults[j]
+        if w == 1 and hit:
+            s = np.uint64(mult)
+            if j == 0:
+                for b in range(m):
+                    key[b] = tab[s + np.uint64(a[np.uint64(lo + b)])]
+            else:
+                for b in range(m):
+                    key[b] |= tab[s + np.uint64(a[np.uint64(lo + b)])]
+        elif w == 1:
+            if j == 0:
+                for b in range(m):
+                    key[b] = a[np.uint64(lo + b)] * mult
+            else:
+                for b in range(m):
+                    key[b] += a[np.uint64(lo + b)] * mult
+        else:
+            for b in range(m):
+                i = np.uint64(w * (lo + b))
+                v = np.int64(0)
+                for k in range(w):
+                    v |= np.int64(a[i + np.uint64(k)]) << (8 * k)
+                if hit:
+                    v = np.int64(tab[np.uint64(mult + v)])
+                else:
+                    v *= mult
+                if j == 0:
+                    key[b] = v
+                elif hit:
+                    key[b] |= v
+                else:
+                    key[b] += v
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _pass(layers, widths, mults, n_layers, size, mode, present, lut, out, n_chunks):  # pragma: no cover - compiled
+    """One parallel pass over the voxels of the layers, in blocks of keys (:func:`_block_keys`).
+
+    ``mode`` MARK sets ``present[key]``; APPLY writes ``out[i] = lut[key]``; FILL writes ``out[i] = key``;
+    HIT writes ``out[i] = OR_j lut[mults[j] + id_j]``.
+    """
+    for ch in prange(n_chunks):
+        key = np.empty(_BLOCK, mults.dtype)
+        last = -1
+        end = (ch + 1) * size // n_chunks
+        for lo in range(ch * size // n_chunks, end, _BLOCK):
+            m = min(_BLOCK, end - lo)
+            _block_keys(layers, widths, mults, n_layers, mode == HIT, lut, lo, m, key)
+            if mode == MARK:
+                for b in range(m):
+                    k = key[b]
+                    if k != last:  # runs of one key are common; a marked key is only read (no shared writes)
+                        last = k
+                        if not present[np.uint64(k)]:
+                            present[np.uint64(k)] = True
+            elif mode == APPLY:
+                for b in range(m):
+                    out[np.uint64(lo + b)] = lut[np.uint64(key[b])]
+            else:
+                for b in range(m):
+                    out[np.uint64(lo + b)] = key[b]
+
+
+def _key_dtype(n_keys: int) -> type:
+    """int32 keys (twice the SIMD lanes of int64) when every key fits."""
+    return np.int32 if n_keys <= 1 << 31 else np.int64
+
+
+def _run(layers, mults, mode, present, lut, out, key_dtype) -> None:
+    views, widths, size = pack_layers(layers)
+    m = np.zeros(MAX_LAYERS, key_dtype)
+    m[:len(layers)] = 1 if mults is None else np.asarray(mults, np.int64)
+    _pass(views, widths, m, len(layers), size, mode, present, lut, out.reshape(-1), _n_chunks(size))
+
+
+def _check_out(layers, out: np.ndarray, what: str) -> None:
+    if not out.flags.c_contiguous or out.shape != np.shape(layers[0]):
+        raise ValueError(f"{what} writes into a C-contiguous array of the layers' shape")
+
+
+def mark_keys(layers: Sequence[np.ndarray], mults: Sequence[int] | None, present: np.ndarray) -> None:
+    """Set ``present[k]`` for every key ``k = sum_j layers[j] * mults[j]`` that occurs.
+
+    ``present`` is a 1-D bool table longer than the largest key, updated in place. ``mults``
+    default to 1 (then one layer's values are the keys).
+    """
+    _run(layers, mults, MARK, present, _SPARE, _SPARE, _key_dtype(present.size))
+
+
+def apply_keys(layers: Sequence[np.ndarray], mults: Sequence[int] | None, lut: np.ndarray, out: np.ndarray) -> None:
+    """``out[...] = lut[key]`` with the key of :func:`mark_keys` (``out`` C-contiguous, the layers' shape)."""
+    _check_out(layers, out, "apply_keys")
+    _run(layers, mults, APPLY, _SPARE.view(bool), lut, out, _key_dtype(lut.size))
+
+
+def fill_keys(layers: Sequence[np.ndarray], mults: Sequence[int], out: np.ndarray) -> None:
+    """``out[...] = sum_j layers[j] * mults[j]`` (int64 ``out``, C-contiguous, the layers' shape)."""
+    _check_out(layers, out, "fill_keys")
+    if out.dtype != np.int64:
+        raise ValueError("fill_keys writes int64 keys")
+    _run(layers, mults, FILL, _SPARE.view(bool), np.zeros(1, np.int64), out, np.int64)
+
+
 def mark_present(key: np.ndarray, present: np.ndarray) -> None:
     """Set ``present[k]`` for every value ``k`` of ``key`` (integers in ``[0, present.size)``, any shape).
 
     ``present`` is a 1-D bool table, updated in place, so that one table serves every slab.
     """
-    flat = np.ascontiguousarray(key).reshape(-1)
-    if present.shape[0] <= PRIVATE_TABLE_KEYS:
-        _mark_private(flat, present, _n_chunks(flat.size))
-    else:
-        _mark_serial(flat, present)
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _apply(key, lut, out, n_chunks):  # pragma: no cover - compiled
-    n = key.shape[0]
-    for ch in prange(n_chunks):
-        for i in range(ch * n // n_chunks, (ch + 1) * n // n_chunks):
-            out[i] = lut[key[i]]
+    mark_keys([key], None, present)
 
 
 def apply_lut(key: np.ndarray, lut: np.ndarray, out: np.ndarray) -> None:
     """``out[...] = lut[key]`` (``out`` C-contiguous, the shape of ``key``), in parallel."""
     if not out.flags.c_contiguous or out.shape != key.shape:
         raise ValueError("apply_lut writes into a C-contiguous array of the key's shape")
-    flat = np.ascontiguousarray(key).reshape(-1)
-    _apply(flat, lut, out.reshape(-1), _n_chunks(flat.size))
+    apply_keys([key], None, lut, out)
+
+
+def mark_ids(layers: Sequence[np.ndarray], ids: Sequence[Sequence[int]], out: np.ndarray) -> None:
+    """``out[...] = 1`` where a voxel carries one of ``ids[j]`` in ``layers[j]``, else 0.
+
+    Parameters
+    ----------
+    layers : sequence of ndarray
+        Up to :data:`MAX_LAYERS` label volumes of one shape, of one- or two-byte ids (uint8,
+        uint16 or bool).
+    ids : sequence of sequences of int
+        Per layer, the ids to mark.
+    out : uint8 ndarray, C-contiguous, the layers' shape
+        The mark. It may be one of ``layers`` (each block of voxels is read before it is written).
+    """
+    _check_out(layers, out, "mark_ids")
+    if out.dtype != np.uint8:
+        raise ValueError("mark_ids writes a uint8 mark")
+    widths = [np.asarray(a).itemsize for a in layers]
+    if max(widths) > 2:
+        raise ValueError("mark_ids reads one- or two-byte ids; compare wider ids with np.isin")
+    lens = [1 << (8 * w) for w in widths]  # a table entry for every id the dtype holds: no range checks
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+    tab = np.zeros(int(sum(lens)), np.uint8)
+    for s, i, n in zip(starts, ids, lens):
+        i = np.asarray(i, np.int64)
+        tab[s + i[(i >= 0) & (i < n)]] = 1
+    _run(layers, starts, HIT, _SPARE.view(bool), tab, out, np.int32)

@@ -44,7 +44,8 @@ import numpy as np
 from numba import njit, prange
 
 from petfeat.errors import LabelError
-from petfeat.kernels.label_codes import apply_lut, mark_present
+from petfeat.kernels.label_census import label_census
+from petfeat.kernels.label_codes import MAX_LAYERS, apply_keys, fill_keys, mark_ids, mark_keys
 from petfeat.slabs import z_slabs
 
 #: Above this many label combinations the code builder sorts instead of using a lookup table.
@@ -110,20 +111,52 @@ def _code_dtype(n: int) -> np.dtype:
     return np.dtype(np.uint8 if n <= 0xFF else np.uint16 if n <= 0xFFFF else np.uint32)
 
 
+def _radix(sizes: Sequence[int]) -> list[int]:
+    """Multiplier of each layer's id in the mixed-radix key (the first layer's ids are the least significant)."""
+    mults = [1]
+    for n in sizes[:-1]:
+        mults.append(mults[-1] * int(n))
+    return mults
+
+
 def _combined_key(layers: Sequence[LabelLayer], sizes: list[int], sl: slice) -> np.ndarray:
-    """Mixed-radix key of the layers' ids over one Z slab (the ids themselves for one layer)."""
+    """Mixed-radix key of the layers' ids over one Z slab (the ids themselves for one layer).
+
+    One compiled pass reads each layer's slab once and writes the int64 key (at most
+    :data:`~petfeat.kernels.label_codes.MAX_LAYERS` layers).
+    """
     if len(layers) == 1:
         return layers[0].array[sl]
-    key = layers[0].array[sl].astype(np.int64)
-    mult = sizes[0]
-    for layer, size in zip(layers[1:], sizes[1:]):
-        key += layer.array[sl].astype(np.int64) * mult
-        mult *= size
+    arrays = [layer.array[sl] for layer in layers]
+    key = np.empty(arrays[0].shape, np.int64)
+    fill_keys(arrays, _radix(sizes), key)
     return key
 
 
 def build_codes(layers: Sequence[LabelLayer], shape: tuple[int, ...]) -> CodeMap:
-    """Combine label layers into one code volume (vectorised, O(voxels), slab-sized temporaries)."""
+    """Combine label layers into one code volume.
+
+    Each voxel's code stands for the combination of its ids across the layers (``combos[code]``,
+    one id per layer; code 0 is no label in any layer). Up to
+    :data:`~petfeat.kernels.label_codes.MAX_LAYERS` layers whose id ranges multiply to at most
+    :data:`_LUT_LIMIT` combinations are coded together by two compiled passes that read each layer
+    once (which keys occur, then each voxel's code through a lookup table); more layers, or wider
+    ranges, are coded in consecutive groups whose codes are then coded in turn; key ranges that no
+    grouping brings under a table are sorted in Z slabs.
+
+    Parameters
+    ----------
+    layers : sequence of LabelLayer
+        Label volumes of shape ``shape``.
+    shape : tuple of int
+        The PET grid ``(Z, Y, X)``.
+
+    Returns
+    -------
+    CodeMap
+        The code volume (uint8, uint16 or uint32, the narrowest that holds every code) and the
+        ids of each code.
+    """
     if not layers:
         raise LabelError("no label layers were given; pass at least one label map.")
     for layer in layers:
@@ -134,35 +167,48 @@ def build_codes(layers: Sequence[LabelLayer], shape: tuple[int, ...]) -> CodeMap
     return _code_layers(list(layers), [int(layer.array.max()) + 1 for layer in layers], shape)
 
 
-def _code_layers(layers: list[LabelLayer], sizes: list[int], shape: tuple[int, ...]) -> CodeMap:
-    """:func:`build_codes` of layers whose ids are below ``sizes``."""
-    groups, size_of_group = [[]], 1  # consecutive layers (indices) whose combined key fits in an int64
+def _groups(sizes: Sequence[int], limit: int) -> list[list[int]]:
+    """Consecutive layers (indices), at most MAX_LAYERS each, whose id ranges multiply to at most ``limit``."""
+    groups, size_of_group = [[]], 1
     for j, size in enumerate(sizes):
-        if groups[-1] and size_of_group * size > _KEY_LIMIT:
+        if groups[-1] and (size_of_group * size > limit or len(groups[-1]) == MAX_LAYERS):
             groups.append([])
             size_of_group = 1
         groups[-1].append(j)
         size_of_group *= size
-    if len(groups) > 1:  # e.g. a SEG or RTSTRUCT of more than 62 segments: code each group, then the group codes
-        parts = [_code_layers([layers[j] for j in g], [sizes[j] for j in g], shape) for g in groups]
-        top = _code_layers([LabelLayer(part.codes, {}, "label group") for part in parts],
-                           [part.n_codes for part in parts], shape)
-        combos = np.concatenate([part.combos[top.combos[:, j]] for j, part in enumerate(parts)], axis=1)
-        return CodeMap(top.codes, combos, layers)
+    return groups
+
+
+def _code_layers(layers: list[LabelLayer], sizes: list[int], shape: tuple[int, ...]) -> CodeMap:
+    """:func:`build_codes` of layers whose ids are below ``sizes``."""
+    for limit in (_LUT_LIMIT, _KEY_LIMIT):  # groups that fit a lookup table; else groups whose key fits an int64
+        groups = _groups(sizes, limit)
+        if len(groups) == 1:
+            return _code_group(layers, sizes, shape)
+        if len(groups) < len(layers):
+            break
+    # code each group, then the group codes (e.g. TotalSegmentator's packed class layers, or a SEG of many segments)
+    parts = [_code_layers([layers[j] for j in g], [sizes[j] for j in g], shape) for g in groups]
+    top = _code_layers([LabelLayer(part.codes, {}, "label group") for part in parts],
+                       [part.n_codes for part in parts], shape)
+    combos = np.concatenate([part.combos[top.combos[:, j]] for j, part in enumerate(parts)], axis=1)
+    return CodeMap(top.codes, combos, layers)
+
+
+def _code_group(layers: list[LabelLayer], sizes: list[int], shape: tuple[int, ...]) -> CodeMap:
+    """Codes of at most MAX_LAYERS layers whose mixed-radix key fits an int64, numbered in key order."""
     total = int(np.prod(sizes, dtype=np.float64))
-    # Two passes over Z slabs (the combined key is int64: a whole-volume key would be 8 bytes per voxel).
-    if total <= _LUT_LIMIT:  # which keys occur, then a lookup table key -> code (compiled, parallel loops)
+    arrays, mults = [layer.array for layer in layers], _radix(sizes)
+    if total <= _LUT_LIMIT:  # which keys occur, then a lookup table key -> code (compiled, parallel passes)
         present = np.zeros(total, bool)
-        for sl in z_slabs(shape):
-            mark_present(_combined_key(layers, sizes, sl), present)
+        mark_keys(arrays, mults, present)
         present[0] = False
         keys = np.concatenate([[0], np.flatnonzero(present)])
         lut = np.zeros(total, dtype=_code_dtype(len(keys)))
         lut[keys] = np.arange(len(keys))
         codes = np.empty(shape, lut.dtype)
-        for sl in z_slabs(shape):
-            apply_lut(_combined_key(layers, sizes, sl), lut, codes[sl])
-    else:
+        apply_keys(arrays, mults, lut, codes)
+    else:  # sorted keys, in Z slabs (the combined key is int64: a whole-volume key would be 8 bytes per voxel)
         keys = np.unique(np.concatenate([np.unique(_combined_key(layers, sizes, sl)) for sl in z_slabs(shape)]))
         if keys[0] != 0:
             keys = np.concatenate([[0], keys])
@@ -174,7 +220,7 @@ def _code_layers(layers: list[LabelLayer], sizes: list[int], shape: tuple[int, .
     for j, size in enumerate(sizes):
         combos[:, j] = rem % size
         rem //= size
-    return CodeMap(np.ascontiguousarray(codes), combos, layers)
+    return CodeMap(codes, combos, layers)
 
 
 #: Keys a region mapping may hold (``require`` is an alias of ``within``).
@@ -429,9 +475,11 @@ def margin_layers(spec, layers: Sequence[LabelLayer], spacing_zyx: Sequence[floa
     For every distinct ``(exclude, exclude_margin_mm)`` of the spec with a margin, one uint8 layer
     marks the voxels whose centre lies within the margin (physical distance, using the voxel
     spacing; a voxel at exactly the margin is inside) of a voxel that carries an excluded label,
-    those voxels included. The distance is exact (SimpleITK's Maurer distance map, squared, in the
-    excluded voxels' bounding box grown by the margin). No layer is made when no voxel carries an
-    excluded label (then nothing needs a margin).
+    those voxels included. One compiled pass marks the excluded voxels
+    (:func:`petfeat.kernels.label_codes.mark_ids`), one more finds their bounding box
+    (:func:`petfeat.kernels.label_census.label_census`); the distance is exact (:func:`dilate_mm`,
+    in that box grown by the margin), and the mark, zero outside the box, becomes the layer.
+    No layer is made when no voxel carries an excluded label (then nothing needs a margin).
     """
     spec = normalise_spec(spec)
     real = [layer for layer in layers if layer.namespace != MARGIN_NAMESPACE]
@@ -449,41 +497,28 @@ def margin_layers(spec, layers: Sequence[LabelLayer], spacing_zyx: Sequence[floa
             continue
         done.add(key)
         matched = _matching(rule["exclude"], labels, namespaces)
-        excluded = None
+        chosen = []  # (array, ids) per layer with an excluded label
         for layer in real:
             ids = [i for i, n in layer.names.items() if (layer.namespace, n) in matched]
-            if not ids:
-                continue
-            top = int(layer.array.max())
-            if top < 1 << 20:  # a lookup table per id
-                lut = np.zeros(max(top, max(ids)) + 1, bool)
-                lut[ids] = True
-                hit = lut[layer.array]
-            else:
-                hit = np.isin(layer.array, ids)
-            excluded = hit if excluded is None else np.logical_or(excluded, hit, out=excluded)
-        box = _box(excluded) if excluded is not None else None
+            if ids and layer.array.itemsize <= 2:
+                chosen.append((layer.array, ids))
+            elif ids:  # ids of four or eight bytes: no table per id
+                chosen.append((np.isin(layer.array, ids).view(np.uint8), [1]))
+        if not chosen:
+            continue
+        excluded = np.empty(shape, np.uint8)
+        for k in range(0, len(chosen), MAX_LAYERS - 1):  # the mark so far is the first layer of each later pass
+            batch = ([(excluded, [1])] if k else []) + chosen[k:k + MAX_LAYERS - 1]
+            mark_ids([a for a, _ in batch], [ids for _, ids in batch], excluded)
+        box = label_census(excluded).box
         if box is None:
             continue
         reach = np.floor(mm / sp + 1e-9).astype(int)
         grown = tuple(slice(max(0, s.start - r), min(n, s.stop + r)) for s, r, n in zip(box, reach, shape))
-        excluded = excluded[grown]
-        arr = np.zeros(shape, np.uint8)
-        arr[grown] = dilate_mm(excluded, sp, mm)
-        out.append(LabelLayer(arr, {1: margin_label(rule["exclude"], mm)}, f"margin {mm:g} mm",
+        excluded[grown] = dilate_mm(excluded[grown], sp, mm)  # the margin holds the box: the rest stays 0
+        out.append(LabelLayer(excluded, {1: margin_label(rule["exclude"], mm)}, f"margin {mm:g} mm",
                               namespace=MARGIN_NAMESPACE))
     return out
-
-
-def _box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """Per axis, the smallest slice that holds every True voxel of ``mask`` (None when there is none)."""
-    zs = np.flatnonzero(mask.any(axis=(1, 2)))
-    if not zs.size:
-        return None
-    sub = mask[zs[0]:zs[-1] + 1]
-    ys = np.flatnonzero(sub.any(axis=(0, 2)))
-    xs = np.flatnonzero(sub[:, ys[0]:ys[-1] + 1].any(axis=(0, 1)))
-    return slice(zs[0], zs[-1] + 1), slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1)
 
 
 def dilate_mm(mask: np.ndarray, spacing_zyx: Sequence[float], margin_mm: float) -> np.ndarray:
