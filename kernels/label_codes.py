@@ -2,16 +2,17 @@
 
 :func:`petfeat.regions.build_codes` combines label layers into one code per voxel: a mixed-radix
 key of the layers' ids per voxel, the set of keys that occur, and a lookup table from key to code.
-Each pass here reads every layer once and keeps the key of a block of voxels in a small
+Each pass here reads every layer once and keeps the keys of a block of voxels in a small
 thread-local buffer (no volume-sized key, no per-layer temporaries): :func:`mark_keys` marks the
-keys that occur, :func:`apply_keys` writes each voxel's code through the table, :func:`fill_keys`
-writes the keys themselves (the sort path of key ranges too wide for a table).
+keys that occur, :func:`apply_keys` writes each voxel's code through the table, :func:`mark_ids`
+marks the voxels that carry chosen ids (the excluded voxels of a margin), :func:`fill_keys` writes
+int64 keys (the sort path of key ranges too wide for a table).
 
-Layers of any unsigned dtype go through one compiled signature: a pass takes a tuple of
-:data:`MAX_LAYERS` flat byte views (:func:`pack_layers`: little-endian bytes, each layer's item
-size beside it, unused slots a one-byte stand-in), so neither the number of layers nor their
-dtypes compile new machine code; only the code dtype of :func:`apply_keys` (uint8, uint16 or
-uint32) does.
+Every layer count, layer dtype and output dtype goes through one compiled signature of
+:func:`_pass`: it takes a tuple of :data:`MAX_LAYERS` flat byte views (:func:`pack_layers`:
+little-endian bytes, each layer's item size beside it, unused slots a one-byte stand-in), uint32
+tables and the output's bytes. Compiling it takes about 3 s of CPU on a fresh install (then it
+is cached); :func:`fill_keys` compiles its own, only when a key range needs sorting.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .config import CPU_CHUNKS_PER_THREAD
 
 #: Most layers one pass reads (more are coded in groups by :func:`petfeat.regions.build_codes`).
 MAX_LAYERS = 8
-#: Voxels whose keys a thread holds at once (a 16 KB buffer that stays in L1).
+#: Voxels whose keys a thread holds at once (an 8 KB buffer that stays in L1).
 _BLOCK = 2048
 _SPARE = np.zeros(1, np.uint8)
 
@@ -70,7 +71,7 @@ def pack_layers(arrays: Sequence[np.ndarray]) -> tuple[tuple[np.ndarray, ...], n
     return tuple(views), widths, int(size)
 
 
-MARK, APPLY, FILL, HIT = 0, 1, 2, 3  # what a pass does with each voxel's key (see _pass)
+MARK, APPLY, HIT = 0, 1, 2  # what a pass does with each voxel's key (see _pass)
 
 
 @njit(cache=True, nogil=True)
@@ -121,11 +122,14 @@ def _block_keys(layers, widths, mults, n_layers, hit, tab, lo, m, key):  # pragm
 def _pass(layers, widths, mults, n_layers, size, mode, present, lut, out, n_chunks):  # pragma: no cover - compiled
     """One parallel pass over the voxels of the layers, in blocks of keys (:func:`_block_keys`).
 
-    ``mode`` MARK sets ``present[key]``; APPLY writes ``out[i] = lut[key]``; FILL writes ``out[i] = key``;
-    HIT writes ``out[i] = OR_j lut[mults[j] + id_j]``.
+    ``mode`` MARK sets ``present[key]``; APPLY writes ``out[i] = lut[key]``; HIT writes
+    ``out[i] = OR_j lut[mults[j] + id_j]``. Keys are int32 (every key below ``2**31``). ``out`` is the
+    bytes of the output (its item size is ``out.size // size``), so that one compiled signature
+    serves every output dtype.
     """
+    ow = out.size // size if size else 1
     for ch in prange(n_chunks):
-        key = np.empty(_BLOCK, mults.dtype)
+        key = np.empty(_BLOCK, np.int32)
         last = -1
         end = (ch + 1) * size // n_chunks
         for lo in range(ch * size // n_chunks, end, _BLOCK):
@@ -138,24 +142,49 @@ def _pass(layers, widths, mults, n_layers, size, mode, present, lut, out, n_chun
                         last = k
                         if not present[np.uint64(k)]:
                             present[np.uint64(k)] = True
-            elif mode == APPLY:
+                continue
+            if mode == APPLY:
                 for b in range(m):
-                    out[np.uint64(lo + b)] = lut[np.uint64(key[b])]
-            else:
+                    key[b] = lut[np.uint64(key[b])]
+            if ow == 1:
                 for b in range(m):
                     out[np.uint64(lo + b)] = key[b]
+            elif ow == 2:
+                o2 = out.view(np.uint16)
+                for b in range(m):
+                    o2[np.uint64(lo + b)] = key[b]
+            else:
+                o4 = out.view(np.uint32)
+                for b in range(m):
+                    o4[np.uint64(lo + b)] = key[b]
 
 
-def _key_dtype(n_keys: int) -> type:
-    """int32 keys (twice the SIMD lanes of int64) when every key fits."""
-    return np.int32 if n_keys <= 1 << 31 else np.int64
+@njit(parallel=True, cache=True, nogil=True)
+def _fill(layers, widths, mults, n_layers, size, out, n_chunks):  # pragma: no cover - compiled
+    """``out[i]`` = int64 key of voxel ``i`` (the sort path of key ranges past ``2**31``)."""
+    for ch in prange(n_chunks):
+        end = (ch + 1) * size // n_chunks
+        for lo in range(ch * size // n_chunks, end, _BLOCK):
+            _block_keys(layers, widths, mults, n_layers, False, mults, lo, min(_BLOCK, end - lo), out[lo:])
 
 
-def _run(layers, mults, mode, present, lut, out, key_dtype) -> None:
+def _mults(mults, n: int, dtype) -> np.ndarray:
+    m = np.zeros(MAX_LAYERS, dtype)
+    m[:n] = 1 if mults is None else np.asarray(mults, np.int64)
+    return m
+
+
+def _run(layers, mults, mode: int, present=None, lut=None, out=None) -> None:
+    """:func:`_pass` over ``layers`` (the casts here touch only tables of a few entries per key)."""
+    table = present if mode == MARK else lut
+    if table.size > 1 << 31:
+        raise ValueError(f"keys of {table.size} entries do not fit the passes' int32 keys")
     views, widths, size = pack_layers(layers)
-    m = np.zeros(MAX_LAYERS, key_dtype)
-    m[:len(layers)] = 1 if mults is None else np.asarray(mults, np.int64)
-    _pass(views, widths, m, len(layers), size, mode, present, lut, out.reshape(-1), _n_chunks(size))
+    m = _mults(mults, len(layers), np.int32)
+    present = _SPARE.view(bool) if present is None else present
+    lut = np.zeros(1, np.uint32) if lut is None else lut.astype(np.uint32, copy=False)
+    out = _SPARE if out is None else out.reshape(-1).view(np.uint8)
+    _pass(views, widths, m, len(layers), size, mode, present, lut, out, _n_chunks(size))
 
 
 def _check_out(layers, out: np.ndarray, what: str) -> None:
@@ -166,16 +195,22 @@ def _check_out(layers, out: np.ndarray, what: str) -> None:
 def mark_keys(layers: Sequence[np.ndarray], mults: Sequence[int] | None, present: np.ndarray) -> None:
     """Set ``present[k]`` for every key ``k = sum_j layers[j] * mults[j]`` that occurs.
 
-    ``present`` is a 1-D bool table longer than the largest key, updated in place. ``mults``
-    default to 1 (then one layer's values are the keys).
+    ``present`` is a 1-D bool table longer than the largest key (at most ``2**31`` entries),
+    updated in place. ``mults`` default to 1 (then one layer's values are the keys).
     """
-    _run(layers, mults, MARK, present, _SPARE, _SPARE, _key_dtype(present.size))
+    _run(layers, mults, MARK, present=present)
 
 
 def apply_keys(layers: Sequence[np.ndarray], mults: Sequence[int] | None, lut: np.ndarray, out: np.ndarray) -> None:
-    """``out[...] = lut[key]`` with the key of :func:`mark_keys` (``out`` C-contiguous, the layers' shape)."""
+    """``out[...] = lut[key]`` with the key of :func:`mark_keys`.
+
+    ``lut`` is read as uint32 (pass a uint32 table to skip a cast); ``out`` is C-contiguous, of the
+    layers' shape, with items of 1, 2 or 4 bytes (the code volume).
+    """
     _check_out(layers, out, "apply_keys")
-    _run(layers, mults, APPLY, _SPARE.view(bool), lut, out, _key_dtype(lut.size))
+    if out.itemsize not in (1, 2, 4):
+        raise ValueError(f"apply_keys writes items of 1, 2 or 4 bytes, not {out.dtype}")
+    _run(layers, mults, APPLY, lut=lut, out=out)
 
 
 def fill_keys(layers: Sequence[np.ndarray], mults: Sequence[int], out: np.ndarray) -> None:
@@ -183,7 +218,8 @@ def fill_keys(layers: Sequence[np.ndarray], mults: Sequence[int], out: np.ndarra
     _check_out(layers, out, "fill_keys")
     if out.dtype != np.int64:
         raise ValueError("fill_keys writes int64 keys")
-    _run(layers, mults, FILL, _SPARE.view(bool), np.zeros(1, np.int64), out, np.int64)
+    views, widths, size = pack_layers(layers)
+    _fill(views, widths, _mults(mults, len(layers), np.int64), len(layers), size, out.reshape(-1), _n_chunks(size))
 
 
 def mark_present(key: np.ndarray, present: np.ndarray) -> None:
@@ -222,8 +258,8 @@ def mark_ids(layers: Sequence[np.ndarray], ids: Sequence[Sequence[int]], out: np
         raise ValueError("mark_ids reads one- or two-byte ids; compare wider ids with np.isin")
     lens = [1 << (8 * w) for w in widths]  # a table entry for every id the dtype holds: no range checks
     starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
-    tab = np.zeros(int(sum(lens)), np.uint8)
+    tab = np.zeros(int(sum(lens)), np.uint32)
     for s, i, n in zip(starts, ids, lens):
         i = np.asarray(i, np.int64)
         tab[s + i[(i >= 0) & (i < n)]] = 1
-    _run(layers, starts, HIT, _SPARE.view(bool), tab, out, np.int32)
+    _run(layers, starts, HIT, lut=tab, out=out)

@@ -204,9 +204,9 @@ def _code_group(layers: list[LabelLayer], sizes: list[int], shape: tuple[int, ..
         mark_keys(arrays, mults, present)
         present[0] = False
         keys = np.concatenate([[0], np.flatnonzero(present)])
-        lut = np.zeros(total, dtype=_code_dtype(len(keys)))
+        lut = np.zeros(total, np.uint32)  # the table type of the compiled pass
         lut[keys] = np.arange(len(keys))
-        codes = np.empty(shape, lut.dtype)
+        codes = np.empty(shape, _code_dtype(len(keys)))
         apply_keys(arrays, mults, lut, codes)
     else:  # sorted keys, in Z slabs (the combined key is int64: a whole-volume key would be 8 bytes per voxel)
         keys = np.unique(np.concatenate([np.unique(_combined_key(layers, sizes, sl)) for sl in z_slabs(shape)]))
