@@ -128,8 +128,8 @@ def qc_png(suv: np.ndarray, geometry, regions: dict[str, np.ndarray], lesions: n
     return base64.b64encode(buf.getvalue()).decode()
 
 
-#: Regions outlined on the demo's QC images (liver included: the reference organ of PSMA reads).
-QC_REGIONS = ("liver", "bone", "salivary_glands")
+#: Regions outlined on the demo's QC images (liver and aorta included: reference organs of PSMA reads).
+QC_REGIONS = ("liver", "bone", "salivary_glands", "aorta")
 
 
 def render_study(pet_path: str | Path, seg: str | Path, lesions: str | Path | None, title: str = "",
