@@ -51,14 +51,13 @@ def _close_row(ext, r, ny, first, last):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _census(rows, words, bits, ny, n_ids, n_chunks):  # pragma: no cover - compiled
-    """Counts of non-zero ids and extents per chunk of rows.
+def _census(rows, words, bits, n_rows, ny, nx, n_ids, n_chunks):  # pragma: no cover - compiled
+    """Counts of non-zero ids and extents per chunk of the ``n_rows`` rows of ``nx`` ids.
 
-    ``rows`` is the volume as ``(nz * ny, nx)``; ``words`` the same bytes as 64-bit words per row
-    (``bits`` per id, little-endian) or an empty array, when rows are not whole aligned words, to
-    read ids one by one. ``counts[ch, 0]`` is left meaningless (background is counted by difference).
+    ``words`` are the volume's bytes as 64-bit words per row (``bits`` per id, little-endian); when
+    rows are not whole aligned words, ``words`` is empty and ``rows``, the volume as ``(nz * ny, nx)``,
+    gives the ids one by one. ``counts[ch, 0]`` is left meaningless (background is counted by difference).
     """
-    n_rows, nx = rows.shape
     counts = np.zeros((n_chunks, n_ids), np.int64)
     ext = np.empty((n_chunks, 6), np.int64)
     per = 64 // bits
@@ -107,6 +106,13 @@ def _census(rows, words, bits, ny, n_ids, n_chunks):  # pragma: no cover - compi
     return counts, ext
 
 
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only view of ``a`` (no copy)."""
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
 def label_census(arr: np.ndarray) -> Census:
     """Voxel count of every id (as ``np.bincount``) and the box of the non-zero voxels of ``arr``.
 
@@ -134,11 +140,17 @@ def label_census(arr: np.ndarray) -> Census:
     rows = vol.reshape(-1, vol.shape[2])
     n_ids = 1 << (8 * vol.itemsize) if vol.itemsize <= 2 else int(rows.max()) + 1
     whole_words = (rows.shape[1] * vol.itemsize) % 8 == 0 and rows.ctypes.data % 8 == 0 and sys.byteorder == "little"
-    words = rows.view(np.uint64) if whole_words else np.zeros((0, 1), np.uint64)
+    n_rows, nx = rows.shape
+    if whole_words:  # every id width reads words: one compiled kernel (rows is then a placeholder)
+        words, rows = rows.view(np.uint64), np.zeros((1, 0), np.uint8)
+    else:
+        words = np.zeros((0, 1), np.uint64)
+    # read-only views: writable and read-only inputs (memory-mapped files) share one compiled kernel
+    rows, words = _read_only(rows), _read_only(words)
     n_chunks = 1
     if n_ids <= PRIVATE_TABLE_IDS:
-        n_chunks = max(1, min(rows.shape[0], rows.size // 65536, numba.get_num_threads() * CPU_CHUNKS_PER_THREAD))
-    counts, ext = _census(rows, words, 8 * vol.itemsize, vol.shape[1], n_ids, n_chunks)
+        n_chunks = max(1, min(n_rows, n_rows * nx // 65536, numba.get_num_threads() * CPU_CHUNKS_PER_THREAD))
+    counts, ext = _census(rows, words, 8 * vol.itemsize, n_rows, vol.shape[1], nx, n_ids, n_chunks)
     total = counts.sum(axis=0)
     total[0] = arr.size - total[1:].sum()
     nonzero = np.flatnonzero(total)

@@ -132,7 +132,7 @@ def _disc_program(profiles):
     return bases, programs
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _first_in_region(cf, has_reg, x, end):  # pragma: no cover - compiled
     """First index of ``cf[x:end]`` whose code has a region, ``end`` if none (code-0 words skipped whole)."""
     per, _, _ = _code_lanes(cf)
@@ -146,7 +146,7 @@ def _first_in_region(cf, has_reg, x, end):  # pragma: no cover - compiled
     return end
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _last_in_region(cf, has_reg, start, x):  # pragma: no cover - compiled
     """Last index of ``cf[start:x]`` whose code has a region, ``start - 1`` if none (from the end)."""
     per, _, _ = _code_lanes(cf)
@@ -346,39 +346,52 @@ def _disc_sums(stored, zs, y0, y1, oy, ox, ry, rx, wp, block, prof_base, step_pt
                     t += 1
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _row_block(rsum, step_h, step_dy, t, k0, k1, ry, wp):  # pragma: no cover - compiled
     """Values ``[k0, k1)`` of plane row ``y + dy`` of the row sums of step ``t`` (outside the image: zeros)."""
     off = (step_dy[t] + ry) * wp
     return rsum[step_h[t], k0 + off:k1 + off]
 
 
-@njit(parallel=True, cache=True, nogil=True)
 def _peak_separable(stored, codes, scale, offset, dzs, dz_profile, n_per_dz, prof_ptr, term_dy, term_h, row_dz,
                     row_dy, row_h, prof_base, step_ptr, step_dy, step_h, step_sign, has_reg, code_ptr, code_regions,
-                    region_max, n_regions, n_chunks, sums_proto, block, ring_bytes, words,
-                    log2_bits):  # pragma: no cover - compiled
+                    region_max, n_regions, n_chunks, sums_proto, block, ring_bytes, words, log2_bits):
     """Global and local peaks per chunk of slices, and whether a chunk met a non-finite sphere sum.
 
     ``sums_proto``'s dtype holds the row and disc sums.
 
     ``words, log2_bits`` are :func:`code_words`' (``log2_bits = 0``: region boxes by scanning for region voxels).
+    The set-up is NumPy, so that the compiled parallel function holds nothing but its parallel loop.
     """
-    nz, ny, nx = stored.shape
-    rz = np.abs(dzs).max()
-    ry = np.abs(term_dy).max()
-    rx = row_h.max()
-    n_off = n_per_dz.sum()
-    n_prof = prof_ptr.shape[0] - 1
-    ring_n = 2 * rz + 1
-    with_offset = np.any(offset != 0.0)
+    nz = stored.shape[0]
+    rz = int(np.abs(dzs).max())
     inner_b = np.zeros(nz)  # sum of offsets over a sphere that lies inside the image
-    for z in range(rz, nz - rz):
-        for i in range(dzs.shape[0]):
-            inner_b[z] += offset[z + dzs[i]] * n_per_dz[i]
+    if nz > 2 * rz:
+        for i in range(dzs.shape[0]):  # in the order of dzs, as a sum per slice
+            inner_b[rz:nz - rz] += offset[rz + dzs[i]:nz - rz + dzs[i]] * n_per_dz[i]
     glob = np.full((n_chunks, n_regions), -np.inf)
     loc = np.full((n_chunks, n_regions), -np.inf)
     bad = np.zeros(n_chunks, np.bool_)  # a chunk met a non-finite sphere sum
+    _peak_chunks(stored, codes, scale, offset, dzs, dz_profile, n_per_dz, row_dz, row_dy, row_h, prof_base, step_ptr,
+                 step_dy, step_h, step_sign, has_reg, code_ptr, code_regions, region_max, sums_proto, block, ring_bytes,
+                 words, log2_bits, inner_b, bool(np.any(offset != 0.0)), rz, int(np.abs(term_dy).max()),
+                 int(row_h.max()), int(n_per_dz.sum()), prof_ptr.shape[0] - 1, glob, loc, bad)
+    return glob, loc, bad
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _peak_chunks(stored, codes, scale, offset, dzs, dz_profile, n_per_dz, row_dz, row_dy, row_h, prof_base, step_ptr,
+                 step_dy, step_h, step_sign, has_reg, code_ptr, code_regions, region_max, sums_proto, block, ring_bytes,
+                 words, log2_bits, inner_b, with_offset, rz, ry, rx, n_off, n_prof, glob, loc,
+                 bad):  # pragma: no cover - compiled
+    """Peaks of each chunk of slices, in parallel, into rows ``ch`` of ``glob``, ``loc`` and ``bad``.
+
+    Nothing but the parallel loop: every array expression or constructor of a parallel function is
+    a parallel loop of its own, compiled apart (the set-up is in :func:`_peak_separable`).
+    """
+    nz, ny, nx = stored.shape
+    n_chunks = bad.shape[0]
+    ring_n = 2 * rz + 1
     for ch in prange(n_chunks):
         z0 = ch * nz // n_chunks
         z1 = (ch + 1) * nz // n_chunks
@@ -401,20 +414,17 @@ def _peak_separable(stored, codes, scale, offset, dzs, dz_profile, n_per_dz, pro
         # rows are taken in strips whose ring of disc sums fits in a core's L2 cache
         row_bytes = ring_n * n_prof * wp * sums_proto.itemsize
         hb = max(1, min(ey - oy + 1, ring_bytes // row_bytes))
-        rsum = np.zeros((rx + 1, (hb + 2 * ry) * wp), sums_proto.dtype)  # flat planes: row y at y * wp
-        ring = np.zeros((ring_n, n_prof, hb * wp), sums_proto.dtype)
-        acc = np.empty(hb * wp)
-        sbox = box.copy()
+        rsum, ring, acc, sbox = _chunk_buffers(rx, ry, hb, wp, ring_n, n_prof, sums_proto, box)
         for sy in range(oy, ey + 1, hb):
             for i in range(z1 - z0):  # the region box of each slice, cut to this strip of rows
                 sbox[i, 0] = max(box[i, 0], sy)
                 sbox[i, 1] = min(box[i, 1], sy + hb - 1)
                 if box[i, 1] < 0 or sbox[i, 0] > sbox[i, 1]:
                     sbox[i, 1] = -1
-            rsum[:] = 0
+            _clear(rsum)
             for zs in range(max(z0 - rz, 0), min(z1 + rz, nz)):
                 # disc sums of slice zs on the rows of the output slices it reaches
-                y0, y1 = ny, -1
+                y0, y1 = ny, np.int64(-1)  # typed int64 from the start: a literal -1 compiles _disc_sums once more
                 for z in range(max(zs - rz, z0), min(zs + rz + 1, z1)):
                     if sbox[z - z0, 1] >= 0:
                         y0 = min(y0, sbox[z - z0, 0])
@@ -432,7 +442,25 @@ def _peak_separable(stored, codes, scale, offset, dzs, dz_profile, n_per_dz, pro
                                          ox, wp, acc, rz, ry, rx, n_off, inner_b[zo], with_offset, has_reg, code_ptr,
                                          code_regions, region_max, glob[ch], loc[ch]):
                         bad[ch] = True
-    return glob, loc, bad
+
+
+@njit(cache=True, nogil=True)
+def _chunk_buffers(rx, ry, hb, wp, ring_n, n_prof, sums_proto, box):  # pragma: no cover - compiled
+    """A task's row sums (flat planes: row y at y * wp), ring of disc sums, sphere sums and a copy of ``box``.
+
+    A serial function: array constructors in the parallel loop's body would each be a parallel loop.
+    """
+    rsum = np.zeros((rx + 1, (hb + 2 * ry) * wp), sums_proto.dtype)
+    ring = np.zeros((ring_n, n_prof, hb * wp), sums_proto.dtype)
+    return rsum, ring, np.empty(hb * wp), box.copy()
+
+
+@njit(cache=True, nogil=True)
+def _clear(a):  # pragma: no cover - compiled
+    """Set the 2-D array ``a`` to 0."""
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            a[i, j] = 0
 
 
 @njit(cache=True, nogil=True)
@@ -483,7 +511,7 @@ def _sphere_sums(scale, z, box, dzs, dz_profile, ring, oy, wp, block, acc):  # p
                     ob[j] += sa * da[j]
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _ring_block(ring, z, dzs, dz_profile, i, k0, k1):  # pragma: no cover - compiled
     """Values ``[k0, k1)`` of the disc sums of slice ``z + dzs[i]`` (its profile's plane in the ring)."""
     return ring[(z + dzs[i]) % ring.shape[0], dz_profile[i], k0:k1]
@@ -541,7 +569,7 @@ _span_max = _span_extreme(True)
 _span_min = _span_extreme(False)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _in_image(offset, nz, ny, nx, z, y, x, row_dz, row_dy, row_h, clip_x):  # pragma: no cover - compiled
     """Voxels of the sphere at ``(z, y, x)`` inside the image, and the sum of their slices' offsets.
 
@@ -572,7 +600,7 @@ def _sums_finite(stored, acc, i0, i1):
     """Whether the sphere sums ``acc[i0:i1]`` are all finite (always, for integer pixels)."""
 
 
-@overload(_sums_finite, inline="always")
+@overload(_sums_finite)
 def _sums_finite_impl(stored, acc, i0, i1):
     if isinstance(stored.dtype, types.Integer) or isinstance(stored.dtype, types.Boolean):
         return lambda stored, acc, i0, i1: True
