@@ -71,7 +71,7 @@ def pack_layers(arrays: Sequence[np.ndarray]) -> tuple[tuple[np.ndarray, ...], n
     return tuple(views), widths, int(size)
 
 
-MARK, APPLY, HIT = 0, 1, 2  # what a pass does with each voxel's key (see _pass)
+MARK, APPLY, HIT, HIT_MARK = 0, 1, 2, 3  # what a pass does with each voxel's key (see _pass)
 
 
 @njit(cache=True, nogil=True)
@@ -123,9 +123,9 @@ def _pass(layers, widths, mults, n_layers, size, mode, present, lut, out, n_chun
     """One parallel pass over the voxels of the layers, in blocks of keys (:func:`_block_keys`).
 
     ``mode`` MARK sets ``present[key]``; APPLY writes ``out[i] = lut[key]``; HIT writes
-    ``out[i] = OR_j lut[mults[j] + id_j]``. Keys are int32 (every key below ``2**31``). ``out`` is the
-    bytes of the output (its item size is ``out.size // size``), so that one compiled signature
-    serves every output dtype.
+    ``out[i] = OR_j lut[mults[j] + id_j]``; HIT_MARK writes that and sets ``present`` of it. Keys
+    are int32 (every key below ``2**31``). ``out`` is the bytes of the output (its item size is
+    ``out.size // size``), so that one compiled signature serves every output dtype.
     """
     ow = out.size // size if size else 1
     for ch in prange(n_chunks):
@@ -134,15 +134,16 @@ def _pass(layers, widths, mults, n_layers, size, mode, present, lut, out, n_chun
         end = (ch + 1) * size // n_chunks
         for lo in range(ch * size // n_chunks, end, _BLOCK):
             m = min(_BLOCK, end - lo)
-            _block_keys(layers, widths, mults, n_layers, mode == HIT, lut, lo, m, key)
-            if mode == MARK:
+            _block_keys(layers, widths, mults, n_layers, mode >= HIT, lut, lo, m, key)
+            if mode == MARK or mode == HIT_MARK:
                 for b in range(m):
                     k = key[b]
                     if k != last:  # runs of one key are common; a marked key is only read (no shared writes)
                         last = k
                         if not present[np.uint64(k)]:
                             present[np.uint64(k)] = True
-                continue
+                if mode == MARK:
+                    continue
             if mode == APPLY:
                 for b in range(m):
                     key[b] = lut[np.uint64(key[b])]
@@ -177,6 +178,8 @@ def _mults(mults, n: int, dtype) -> np.ndarray:
 def _run(layers, mults, mode: int, present=None, lut=None, out=None) -> None:
     """:func:`_pass` over ``layers`` (the casts here touch only tables of a few entries per key)."""
     table = present if mode == MARK else lut
+    if mode == HIT_MARK and present.size < 1 << int(np.bitwise_or.reduce(lut.astype(np.uint32))).bit_length():
+        raise ValueError("the present table must hold every key the tables' bits can form")
     if table.size > 1 << 31:
         raise ValueError(f"keys of {table.size} entries do not fit the passes' int32 keys")
     views, widths, size = pack_layers(layers)
@@ -263,3 +266,23 @@ def mark_ids(layers: Sequence[np.ndarray], ids: Sequence[Sequence[int]], out: np
         i = np.asarray(i, np.int64)
         tab[s + i[(i >= 0) & (i < n)]] = 1
     _run(layers, starts, HIT, lut=tab, out=out)
+
+
+def or_tables(layers: Sequence[np.ndarray], table: np.ndarray, starts: Sequence[int], out: np.ndarray,
+              present: np.ndarray | None = None) -> None:
+    """``out[...] = OR_j table[starts[j] + layers[j]]`` in one compiled pass (the pass of :func:`mark_ids`).
+
+    With ``present`` (a bool table longer than any key), the same pass also sets ``present[key]``
+    for every key that occurs.
+
+    ``layers`` hold one- or two-byte ids; ``table`` (read as uint32) has an entry for every id each
+    layer's dtype holds from ``starts[j]`` on; ``out`` is C-contiguous, of the layers' shape, with
+    items of 1, 2 or 4 bytes. With each layer's entries in bits of their own, the result is a
+    mixed-radix key of all layers whose radices are powers of two.
+    """
+    _check_out(layers, out, "or_tables")
+    if out.itemsize not in (1, 2, 4):
+        raise ValueError(f"or_tables writes items of 1, 2 or 4 bytes, not {out.dtype}")
+    if max(np.asarray(a).itemsize for a in layers) > 2:
+        raise ValueError("or_tables reads one- or two-byte ids")
+    _run(layers, starts, HIT if present is None else HIT_MARK, present=present, lut=table, out=out)

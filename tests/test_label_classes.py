@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from petfeat.label_classes import class_tables, merge_equivalent_labels
+from petfeat.label_classes import build_region_codes, class_tables, merge_equivalent_labels
 from petfeat.regions import BUILTIN_REGIONS, LabelLayer, build_codes, margin_layers, normalise_spec, region_codes
 
 ORGANS = ["liver", "spleen", "kidney_left", "kidney_right", "prostate", "urinary_bladder", "aorta", "brain",
@@ -82,3 +82,39 @@ def test_merge_drops_layers_no_region_uses_and_keeps_one():
     np.testing.assert_array_equal(merged[0].array, (arr == 1).astype(np.uint8))
     only = merge_equivalent_labels(spec, [unused])
     assert len(only) == 1 and not only[0].array.any()
+
+
+def _voxels_of(spec, codemap):
+    return {r: np.isin(codemap.codes, c) for r, c in region_codes(spec, codemap).items()}
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+@pytest.mark.parametrize("variant", ["one pass", "wide ids", "many layers"])
+def test_region_codes_in_one_pass_give_every_region_the_same_voxels(name, variant):
+    rng = np.random.default_rng(7)
+    spec = normalise_spec(SPECS[name])
+    shape = (300, 17, 19)  # parallel chunks in the passes
+    layers = _layers(rng, shape)
+    if variant == "wide ids":  # 4-byte ids: merged, then coded by build_codes
+        layers[0] = LabelLayer(layers[0].array.astype(np.uint32), layers[0].names, "organs", namespace="total")
+    if variant == "many layers":  # more layers than one pass reads
+        layers = layers + [LabelLayer((rng.random(shape) < 0.2).astype(np.uint8), {1: f"extra_{i}"}, f"x{i}",
+                                      namespace=f"x{i}") for i in range(8)]
+    layers = layers + margin_layers(spec, layers, (2.0, 2.0, 2.0))
+    want, n_raw = _region_voxels(spec, layers)
+    codemap = build_region_codes(spec, layers, shape)
+    got = _voxels_of(spec, codemap)
+    for region in want:
+        np.testing.assert_array_equal(got[region], want[region], err_msg=region)
+    assert codemap.n_codes < n_raw
+    # every code occurs (code 0 aside, which stands for no label) and its combination is what its voxels hold
+    assert set(np.unique(codemap.codes)) - {0} == set(range(1, codemap.n_codes))
+    if variant != "one pass":
+        return  # merged layers (some dropped) coded by build_codes, whose combos its own tests check
+    tables = class_tables(spec, layers)  # each code's combination is the classes its voxels hold
+    assert codemap.combos.shape[1] == len(layers)
+    flat = codemap.codes.ravel()
+    for c, at in zip(*np.unique(flat, return_index=True)):
+        for j, (raw, tab) in enumerate(zip(layers, tables)):
+            rid = int(raw.array.ravel()[at])
+            assert codemap.combos[c, j] == (rid if tab is None else tab[0][rid])

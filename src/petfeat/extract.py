@@ -22,11 +22,11 @@ from petfeat.backend import resolve_backend
 from petfeat.errors import LabelError, PetfeatError, PetfeatWarning
 from petfeat.features import FEATURE_NAMES, PEAK_NEIGHBOURS, PEAK_RADIUS_MM, region_peaks, region_rows, sphere_offsets
 from petfeat.io.dicom import Geometry, PetSeries, notes_json
+from petfeat.label_classes import build_region_codes
 from petfeat.lesions import centroids_mm, check_connectivity, connected_components, threshold_mask
 from petfeat.regions import (
     LabelLayer,
     _code_dtype,
-    build_codes,
     codes_touching_border,
     default_spec,
     margin_layers,
@@ -324,11 +324,12 @@ def stage_lesions(study: StudyInput, layers: list, lesions=None, threshold: Mapp
 def stage_codes(spec: Mapping, layers: list, study: StudyInput):
     """Stage 2, codes: one code per combination of labels, and each region's codes.
 
-    Exclusion margins are extra layers, so one pass still serves every region. Returns the code map
-    (:func:`petfeat.regions.build_codes`) and ``{region: codes}``.
+    Exclusion margins are extra layers, so one pass still serves every region. Labels that no region
+    tells apart share one class (:func:`petfeat.label_classes.build_region_codes`): fewer codes, the
+    same region voxels. Returns the code map and ``{region: codes}``.
     """
     sp = study.geometry.spacing
-    codemap = build_codes(layers + margin_layers(spec, layers, sp), study.stored.shape)
+    codemap = build_region_codes(spec, layers + margin_layers(spec, layers, sp), study.stored.shape)
     return codemap, region_codes(spec, codemap)
 
 

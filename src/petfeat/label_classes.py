@@ -11,6 +11,7 @@ small and the number of codes (label combinations that occur) a fraction of what
 give, which keeps the GPU reduction within its shared-memory table
 (:data:`petfeat.kernels.config.MAX_GPU_CODES`) on whole-body studies; region features are
 unchanged. The label-volume table and each lesion's site are computed from the original layers.
+:func:`petfeat.extract.stage_codes` merges before it codes.
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from petfeat.kernels.label_codes import MAX_LAYERS, apply_keys, apply_lut, or_tables
 from petfeat.regions import (
     MARGIN_NAMESPACE,
+    CodeMap,
     Label,
     LabelLayer,
     _labels_of,
     _matching,
+    build_codes,
     margin_label,
     normalise_spec,
 )
@@ -85,7 +89,7 @@ def merge_equivalent_labels(spec, layers: Sequence[LabelLayer]) -> list[LabelLay
 
     Region membership of every voxel under ``spec`` is unchanged (tested against the unmerged
     layers). At least one layer is returned. A layer whose labels all stay distinct is returned as it
-    is; another gets a new array (one lookup pass) in the smallest unsigned dtype of its classes.
+    is; another gets a new array (one compiled lookup pass) in the smallest unsigned dtype of its classes.
     """
     out = []
     for layer, table in zip(layers, class_tables(spec, layers)):
@@ -96,11 +100,75 @@ def merge_equivalent_labels(spec, layers: Sequence[LabelLayer]) -> list[LabelLay
         if not names:
             continue
         arr = layer.array
-        if int(arr.max(initial=0)) >= lut.size:  # unnamed ids above the named ones: background
-            lut = np.concatenate([lut, np.zeros(int(arr.max()) + 1 - lut.size, lut.dtype)])
-        small = lut.astype(np.uint8 if max(names) <= 0xFF else np.uint16 if max(names) <= 0xFFFF else np.uint32)
-        out.append(LabelLayer(np.take(small, arr), names, layer.source, layer.native_volume_ml, layer.namespace))
+        # a table entry for every id the layer can hold (unnamed ids above the named ones are background)
+        top = (1 << (8 * arr.itemsize)) if arr.itemsize <= 2 else int(arr.max(initial=0)) + 1
+        full = np.zeros(max(top, lut.size), np.uint32)
+        full[:lut.size] = lut
+        merged = np.empty(arr.shape, np.uint8 if max(names) <= 0xFF else np.uint16 if max(names) <= 0xFFFF
+                          else np.uint32)
+        apply_keys([arr], None, full, merged)  # one compiled pass: merged = full[arr]
+        out.append(LabelLayer(merged, names, layer.source, layer.native_volume_ml, layer.namespace))
     if not out:
         first = layers[0]
         out.append(LabelLayer(np.zeros(first.array.shape, np.uint8), {}, first.source, None, first.namespace))
     return out
+
+
+#: Most key bits of the one-pass path of :func:`build_region_codes` (a table of 2**24 flags, 16 MB).
+_KEY_BITS = 24
+
+
+def build_region_codes(spec, layers: Sequence[LabelLayer], shape: tuple[int, ...]) -> CodeMap:
+    """The code volume of ``layers`` for the regions of ``spec``, equivalent labels merged (module docstring).
+
+    Each layer's classes get bits of their own in a key (the class index, 0 for background), so
+    one compiled pass reads every layer once, writes the key and marks the keys that occur
+    (:func:`or_tables`), and one pass over the key writes the codes. Where the classes need more
+    than :data:`_KEY_BITS` bits, more than ``MAX_LAYERS`` layers are given or a layer holds ids of
+    more than two bytes, the layers are merged (:func:`merge_equivalent_labels`) and coded by
+    :func:`petfeat.regions.build_codes`.
+
+    Returns
+    -------
+    CodeMap
+        ``combos`` hold, per code, each layer's class id (the smallest id of the class), and the
+        code map's layers name only those ids: region membership
+        (:func:`petfeat.regions.region_codes`) is that of the unmerged layers.
+    """
+    tables = class_tables(spec, layers)
+    classes, bits = [], []
+    for layer, table in zip(layers, tables):
+        reps = sorted(layer.names) if table is None else sorted(table[1])
+        classes.append(reps)
+        bits.append(int(len(reps)).bit_length())  # class indices 1..len(reps); 0 is background
+    if (len(layers) > MAX_LAYERS or sum(bits) > _KEY_BITS or not layers
+            or any(la.array.itemsize > 2 for la in layers)
+            or any(la.array.shape != tuple(shape) for la in layers)):
+        return build_codes(merge_equivalent_labels(spec, layers), shape)
+    lens = [1 << (8 * la.array.itemsize) for la in layers]
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+    shifts = np.concatenate([[0], np.cumsum(bits)[:-1]]).astype(np.int64)
+    table = np.zeros(int(sum(lens)), np.uint32)
+    for start, shift, reps, layer, tab in zip(starts, shifts, classes, layers, tables):
+        index = {r: k + 1 for k, r in enumerate(reps)}
+        ids = sorted(layer.names) if tab is None else np.flatnonzero(tab[0])
+        for i in ids:
+            rep = int(i) if tab is None else int(tab[0][i])
+            table[start + int(i)] = index[rep] << int(shift)
+    total = sum(bits)
+    key = np.empty(shape, np.uint8 if total <= 8 else np.uint16 if total <= 16 else np.uint32)
+    present = np.zeros(1 << total, bool)
+    or_tables([la.array for la in layers], table, starts, key, present)  # the keys, and which occur
+    present[0] = True  # code 0: no label in any layer, whether or not it occurs
+    keys = np.flatnonzero(present)
+    lut = np.zeros(present.size, np.uint32)
+    lut[keys] = np.arange(keys.size, dtype=np.uint32)
+    codes = np.empty(shape, np.uint8 if keys.size <= 0x100 else np.uint16 if keys.size <= 0x10000 else np.uint32)
+    apply_lut(key, lut, codes)
+    combos = np.zeros((keys.size, len(layers)), np.int64)
+    for j, (shift, reps, b) in enumerate(zip(shifts, classes, bits)):
+        k = (keys >> shift) & ((1 << b) - 1)
+        combos[:, j] = np.concatenate([[0], reps])[k]
+    names = [layer.names if tab is None else tab[1] for layer, tab in zip(layers, tables)]
+    coded = [LabelLayer(la.array, n, la.source, la.native_volume_ml, la.namespace) for la, n in zip(layers, names)]
+    return CodeMap(codes, combos, coded)
