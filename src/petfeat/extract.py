@@ -193,7 +193,7 @@ def extract(
     del codemap  # the code volume is not needed any more: the deferred components are labelled without it
     counts = les.counts(codes_at, members)
     lesion_df = _lesion_rows(les.comps, study.stored, study.scale, study.offset, study.geometry, les.organ_layers,
-                             peaks, ran, peak_neighbours) if les.comps is not None else \
+                             peaks, ran, peak_neighbours, les.voxels) if les.comps is not None else \
         pd.DataFrame(columns=list(LESION_COLUMNS))
     t4 = time.perf_counter()
     settings = {"regions": spec, "suv_type": suv_type, "peak_radius_mm": PEAK_RADIUS_MM, "peaks": peaks,
@@ -265,6 +265,14 @@ class LesionStage:
             return None
         self._voxels = np.flatnonzero(self.mask) if self.deferred else np.flatnonzero(self.comps.ids)
         return codemap.codes.ravel()[self._voxels]
+
+    @property
+    def voxels(self) -> np.ndarray | None:
+        """Flat indices of the components' voxels, known after :meth:`codes_at_lesions`.
+
+        Deferred components cover the whole mask: no minimum volume drops any of them.
+        """
+        return getattr(self, "_voxels", None)
 
     def counts(self, codes_at: np.ndarray | None, members) -> dict[str, int] | None:
         """Components per region (labelling the deferred components first); None without lesions."""
@@ -409,8 +417,12 @@ def _lesion_counts(ids_at: np.ndarray, codes_at: np.ndarray, members) -> dict[st
     return {name: int(np.unique(pairs[np.isin(pairs[:, 1], codes), 0]).size) for name, codes in members.items()}
 
 
-def _lesion_rows(comps, stored, scale, offset, geometry, layers, peaks, backend, peak_neighbours="image"):
-    """One row per component: features from a fused pass over component ids, centroid, site (from ``layers``)."""
+def _lesion_rows(comps, stored, scale, offset, geometry, layers, peaks, backend, peak_neighbours="image",
+                 voxels=None):
+    """One row per component: features from a fused pass over component ids, centroid, site (from ``layers``).
+
+    ``voxels``: the flat indices of the components' voxels when known (else found here, once).
+    """
     n = comps.n
     if n == 0:
         return pd.DataFrame(columns=list(LESION_COLUMNS))
@@ -430,17 +442,17 @@ def _lesion_rows(comps, stored, scale, offset, geometry, layers, peaks, backend,
         parts.extend(region_rows(p, members, geometry.voxel_volume_ml, pk, codes_touching_border(codes)))
     df = pd.DataFrame(parts).rename(columns={"region": "lesion_id"})
     df["lesion_id"] = df["lesion_id"].astype(int)
-    cen = centroids_mm(ids, n, geometry)
+    flat = np.flatnonzero(ids.ravel()) if voxels is None else voxels
+    cen = centroids_mm(ids, n, geometry, flat)
     df["centroid_x_mm"], df["centroid_y_mm"], df["centroid_z_mm"] = cen[:, 0], cen[:, 1], cen[:, 2]
-    df["site"] = _sites(ids, n, layers)
+    df["site"] = _sites(ids, n, layers, flat)
     return df
 
 
-def _sites(ids, n, layers) -> list[str]:
-    """The most frequent organ label under each component ("soft_tissue" when none)."""
+def _sites(ids, n, layers, flat) -> list[str]:
+    """The most frequent organ label under each component ("soft_tissue" when none); ``flat``: its voxels."""
     out = ["soft_tissue"] * n
     best = np.zeros(n)
-    flat = np.flatnonzero(ids.ravel())
     comp = ids.ravel()[flat].astype(np.int64) - 1
     for layer in layers:
         lab = layer.array.ravel()[flat].astype(np.int64)

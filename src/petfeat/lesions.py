@@ -123,9 +123,9 @@ def _components_gpu(mask, voxel_ml, connectivity, min_volume_ml) -> Components:
                       {"connectivity": connectivity, "min_volume_ml": float(min_volume_ml), "components_on": "gpu"})
 
 
-def centroids_mm(ids: np.ndarray, n: int, geometry) -> np.ndarray:
-    """``(n, 3)`` LPS centroids (mm) of components ``1..n``."""
-    flat = np.flatnonzero(ids.ravel())
+def centroids_mm(ids: np.ndarray, n: int, geometry, voxels: np.ndarray | None = None) -> np.ndarray:
+    """``(n, 3)`` LPS centroids (mm) of components ``1..n`` (``voxels``: flat indices of their voxels, if known)."""
+    flat = np.flatnonzero(ids.ravel()) if voxels is None else voxels
     lab = ids.ravel()[flat]
     zyx = np.stack(np.unravel_index(flat, ids.shape), axis=1).astype(np.float64)
     counts = np.bincount(lab, minlength=n + 1)[1:]
