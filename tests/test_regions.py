@@ -308,3 +308,25 @@ def test_load_spec_builtin_overrides_and_typos(tmp_path):
     p.write_text("regions:\n  x: {include: [liver], whithin: [[bone]]}\n")
     with pytest.raises(LabelError, match=r"regions.yaml: region 'x': unknown keys 'whithin' \(did you mean 'within'"):
         load_spec(p)
+
+
+def test_pattern_matching_equals_fnmatchcase_per_glob():
+    import fnmatch
+
+    from petfeat.regions import _escape, _matching
+
+    names = ["vertebrae_L1", "vertebrae_T12", "rib_left_3", "Rib_left_4", "lesion", "lesion_12", "a[1]", "a1",
+             "kidney_cyst_left", "hip_right", "x*y", "xzy", "line\nbreak", ""]
+    labels = [("total", n) for n in names] + [("lesions", "lesion"), ("margin", "lesion_margin_10mm")]
+    globs = ["vertebrae_*", "rib_?eft_[0-3]", "lesion*", "[!k]*_right", _escape("a[1]"), _escape("x*y"), "line*",
+             "*", "total:rib_*", "lesions:les*"]
+    for k in range(1, len(globs) + 1):
+        pats = globs[:k]
+        want = set()
+        for p in pats:
+            ns, sep, g = p.partition(":")
+            if sep:
+                want |= {lab for lab in labels if lab[0] == ns and fnmatch.fnmatchcase(lab[1], g)}
+            else:
+                want |= {lab for lab in labels if lab[0] != "margin" and fnmatch.fnmatchcase(lab[1], p)}
+        assert _matching(pats, labels, {"total", "lesions", "margin"}) == want, pats

@@ -36,6 +36,8 @@ that grows out of the segmented bone counts, beyond the bone's outline, as lymph
 from __future__ import annotations
 
 import fnmatch
+import functools
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -332,13 +334,24 @@ def _labels_of(layers: Sequence[LabelLayer]) -> list[Label]:
 def _matching(patterns: Sequence[str], labels: Sequence[Label], namespaces: set[str]) -> set[Label]:
     """The labels that match any of ``patterns`` (``NS:GLOB`` only in name space NS; bare globs not in margins)."""
     out = set()
+    bare = []
     for p in patterns:
         ns, sep, glob = p.partition(":")
         if sep and ns in namespaces:
-            out.update(lab for lab in labels if lab[0] == ns and fnmatch.fnmatchcase(lab[1], glob))
+            match = _glob_regex((glob,))
+            out.update(lab for lab in labels if lab[0] == ns and match(lab[1]))
         else:
-            out.update(lab for lab in labels if lab[0] != MARGIN_NAMESPACE and fnmatch.fnmatchcase(lab[1], p))
+            bare.append(p)
+    if bare:  # one compiled expression for all bare globs (fnmatchcase's rule, as a regex alternation)
+        match = _glob_regex(tuple(bare))
+        out.update(lab for lab in labels if lab[0] != MARGIN_NAMESPACE and match(lab[1]))
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _glob_regex(globs: tuple[str, ...]):
+    """``match(name)`` true when ``name`` matches one of ``globs`` (as :func:`fnmatch.fnmatchcase`)."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs)).match
 
 
 def margin_label(exclude: Sequence[str], margin_mm: float) -> str:
