@@ -94,6 +94,15 @@ def _alloc(n_chunks, n_codes):  # pragma: no cover - compiled
             np.full((n_chunks, n_codes), INDEX_NONE), np.zeros((n_chunks, n_codes), np.int64))
 
 
+@njit(cache=True, nogil=True)
+def _group_alloc(n_codes):  # pragma: no cover - compiled
+    """A chunk's group accumulator (one row per code) and its list of the codes it holds.
+
+    A serial function: an array constructor in the body of a parallel loop is a parallel loop too.
+    """
+    return np.zeros((n_codes, 8), np.int64), np.empty(n_codes, np.int64)
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _run_moments_loop(s, x, e):  # pragma: no cover - compiled
     """Sum of s and of s^2 (exact, int64), min and max of the integer run ``s[x:e]`` (a vectorised loop)."""
@@ -403,8 +412,7 @@ def _fused_chunks_int(stored, codes, scale, offset, n_codes, n_chunks):  # pragm
     for ch in prange(n_chunks):
         r0 = ch * n_rows // n_chunks
         r1 = (ch + 1) * n_rows // n_chunks
-        g = np.zeros((n_codes, 8), np.int64)
-        touched = np.empty(n_codes, np.int64)
+        g, touched = _group_alloc(n_codes)
         nt = 0
         z = r0 // ny
         y = r0 - z * ny
