@@ -418,9 +418,11 @@ def _fused_chunks_int(stored, codes, scale, offset, n_codes, n_chunks):  # pragm
         y = r0 - z * ny
         rows = 0
         hot = True
-        for r in range(r0, r1):
-            if y == ny or rows == group_rows:
+        for r in range(r0, r1 + 1):  # r1: the last flush (one call site: the helper is inlined once)
+            if r == r1 or y == ny or rows == group_rows:
                 nt = _group_flush(g, touched, nt, s, scale[z], offset[z], cnt, mean, m2, vmin, vmax, amin, amax, ch)
+                if r == r1:
+                    break
                 rows = 0
                 if y == ny:
                     y = 0
@@ -440,7 +442,6 @@ def _fused_chunks_int(stored, codes, scale, offset, n_codes, n_chunks):  # pragm
                 s1, s2, smin, smax = _run_moments(s, x, e)
                 nt = _group_add(g, touched, nt, c, x, e, s1, s2, smin, smax)
                 x = e
-        _group_flush(g, touched, nt, s, scale[z], offset[z], cnt, mean, m2, vmin, vmax, amin, amax, ch)
     return cnt, mean, m2, vmin, vmax, amin, amax, nans
 
 
