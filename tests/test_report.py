@@ -201,6 +201,8 @@ def test_planted_table_on_the_hr_scale_with_power_and_an_honest_verdict():
     assert t.loc[0, "power"] == "52%"
     v = planted_verdict(t, 12)
     assert v.startswith("1 of 2 planted effects were detected") and "12 patients cannot recover" in v
+    v = planted_verdict(t, 61)  # at the study's size a miss is a miss, not a cohort too small
+    assert "cannot recover" not in v and "at this size 1 planted effect went undetected" in v
 
 
 def test_results_csv_writes_each_interval_as_the_report_does(report):
