@@ -4,7 +4,9 @@
 
 Runs the command in this process with ``NUMBA_CACHE_DIR`` set to a new empty folder (so every
 kernel compiles), listening to Numba's compile events, and prints the wall time and the compile
-time of each top-level compiled function (nested compiles are counted in their caller).
+time of each top-level compiled function (nested compiles are counted in their caller), as wall
+and as this process's CPU seconds (compiling is one thread: on a shared machine the CPU seconds
+vary less than the wall time).
 For a small study: ``petfeat synth /tmp/small --patients 1 --voxel-mm 4``.
 """
 
@@ -28,30 +30,31 @@ def main(argv=None):
 
     class Listener(event.Listener):
         def on_start(self, ev):
-            stack.append(time.perf_counter())
+            stack.append((time.perf_counter(), time.process_time()))
 
         def on_end(self, ev):
-            t0 = stack.pop()
+            t0, c0 = stack.pop()
             fn = getattr(ev.data.get("dispatcher"), "py_func", None)
             name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}"
             if not stack:
-                compiles.setdefault(name, []).append(time.perf_counter() - t0)
+                compiles.setdefault(name, []).append((time.perf_counter() - t0, time.process_time() - c0))
 
     event.register("numba:compile", Listener())
     from petfeat.cli import main as petfeat_main
 
     with tempfile.TemporaryDirectory() as out:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             petfeat_main(["extract", "--pet", f"{study}/pet", "--labels", f"{study}/seg", "--lesions",
                           f"{study}/lesions.nii.gz", "--backend", "cpu", "--no-label-cache", "--key-file",
                           f"{out}/key", "-o", f"{out}/out"])
-        wall = time.perf_counter() - t0
-    rows = sorted(((sum(v), k, len(v)) for k, v in compiles.items()), reverse=True)
-    print(f"\ncold run {wall:.1f} s; top-level compiles {sum(r[0] for r in rows):.1f} s; load {os.getloadavg()}")
-    for total, name, n in rows:
-        print(f"{total:8.2f} s  {n} specialisation(s)  {name}")
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    rows = sorted(((sum(w for w, _ in v), sum(c for _, c in v), k, len(v)) for k, v in compiles.items()), reverse=True)
+    print(f"\ncold run {wall:.1f} s ({cpu:.1f} CPU s); top-level compiles {sum(r[0] for r in rows):.1f} s "
+          f"({sum(r[1] for r in rows):.1f} CPU s); load {os.getloadavg()}")
+    for total, cpu_total, name, n in rows:
+        print(f"{total:8.2f} s {cpu_total:8.2f} CPU s  {n} specialisation(s)  {name}")
 
 
 if __name__ == "__main__":
