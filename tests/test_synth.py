@@ -22,3 +22,22 @@ def test_ellipsoids_on_axis_vectors_and_full_grids_equal_the_formula():
         e.paint(out, x, y, z)
         want[0, 0, 0] = True
         np.testing.assert_array_equal(out, want)
+
+
+def test_same_seed_writes_the_same_uids_so_a_rerun_resumes(tmp_path):
+    import pydicom
+
+    from petfeat.synth import generate_archive
+
+    def uids(folder):
+        files = sorted(folder.rglob("pet/*.dcm"))
+        return [(d.StudyInstanceUID, d.SeriesInstanceUID, d.SOPInstanceUID, d.FrameOfReferenceUID)
+                for d in (pydicom.dcmread(f, stop_before_pixels=True) for f in files)]
+
+    generate_archive(tmp_path / "a", 1, seed=3, voxel_mm=16.0)
+    generate_archive(tmp_path / "b", 1, seed=3, voxel_mm=16.0)
+    generate_archive(tmp_path / "c", 1, seed=4, voxel_mm=16.0)
+    a, b, c = uids(tmp_path / "a"), uids(tmp_path / "b"), uids(tmp_path / "c")
+    assert a and a == b
+    assert len({u[2] for u in a}) == len(a)  # one SOP instance UID per slice
+    assert not {u[0] for u in a} & {u[0] for u in c} and not {u[2] for u in a} & {u[2] for u in c}

@@ -61,6 +61,8 @@ def run_demo(args) -> int:
     print("[4/4] SUV factors (vendor-neutral, from each series' header) and region features (SUVbw)")
     for part in sorted((out / "results" / "parts").glob("*.timing.json")):
         rec = json.loads(part.read_text())
+        if rec["study_id"] not in truth_of:  # a part of another archive written to this folder before
+            continue
         suv = rec["suv"]
         upt = f"{suv['uptake_seconds'] / 60:.0f} min" if suv["uptake_seconds"] is not None else "n/a"
         print(f"      {rec['study_id']}  {truth_of[rec['study_id']]['vendor']:<8} units {suv['units']:<5} SUVbw factor "

@@ -62,7 +62,9 @@ def generate_patient(out: Path, index: int, rng: np.random.Generator, vendor: st
         weight_kg=float(np.round(rng.uniform(60, 105), 1)), height_m=float(np.round(rng.uniform(1.62, 1.92), 2)),
         sex="M", dose_bq=float(np.round(rng.uniform(120e6, 200e6), -5)),
         injection=scan - dt.timedelta(minutes=int(rng.integers(50, 75))), scan_start=scan)
-    written = write_pet_series(out / "pet", suv, spacing, origin, acq, vendor=vendor)
+    # UIDs from the seeded values: the same seed writes the same study again, so a rerun resumes
+    uid_source = f"petfeat-synth/{acq.patient_id}/{scan.isoformat()}/{vendor}/{voxel_mm:g}/{index}"
+    written = write_pet_series(out / "pet", suv, spacing, origin, acq, vendor=vendor, uid_source=uid_source)
     encoded = written["encoded_suv"]
     _write_nifti(out / "lesions.nii.gz", lesion_map, spacing, origin)
     if ct_labels:

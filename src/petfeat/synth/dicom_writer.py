@@ -68,7 +68,7 @@ def write_pet_series(out_dir: Path, suv: np.ndarray, spacing_zyx, origin_xyz, ac
                      vendor: str = "siemens", study_uid: str | None = None, series_uid: str | None = None,
                      *, positions_mm=None, series_number: int = 3, description: str | None = None,
                      corrected_image=None, image_type=None, transfer_syntax: str | None = None,
-                     file_prefix: str = "slice") -> dict:
+                     file_prefix: str = "slice", uid_source: str | None = None) -> dict:
     """Write ``suv`` ``(Z, Y, X)`` as one single-frame PET DICOM file per slice in ``out_dir``.
 
     Parameters
@@ -95,9 +95,9 @@ def write_pet_series(out_dir: Path, suv: np.ndarray, spacing_zyx, origin_xyz, ac
         pixel_unit = suv / (factor * PHILIPS_BQML_PER_COUNT)  # counts
     else:
         pixel_unit = suv / factor  # Bq/mL
-    study_uid = study_uid or generate_uid()
-    series_uid = series_uid or generate_uid()
-    frame_uid = generate_uid()
+    study_uid = study_uid or _uid(uid_source, "study")
+    series_uid = series_uid or _uid(uid_source, "series", series_number, description)
+    frame_uid = _uid(uid_source, "frame", series_number, description)
     encoded = np.empty_like(suv)
     if vendor == "siemens":
         global_slope = max(float(pixel_unit.max()), 1e-6) / 32000.0
@@ -110,7 +110,7 @@ def write_pet_series(out_dir: Path, suv: np.ndarray, spacing_zyx, origin_xyz, ac
         value = stored.astype(np.float64) * slope
         encoded[z] = value * factor * (PHILIPS_BQML_PER_COUNT if vendor == "philips" else 1.0)
         ds = _slice_dataset(acq, vendor, z, nz, ny, nx, spacing_zyx, origin_xyz, study_uid, series_uid, frame_uid,
-                            series_time)
+                            series_time, _uid(uid_source, "sop", series_uid, z))
         if positions_mm is not None:
             ds.ImagePositionPatient[2] = f"{float(positions_mm[z]):.4f}"
         if series_number != 3:
@@ -132,10 +132,14 @@ def write_pet_series(out_dir: Path, suv: np.ndarray, spacing_zyx, origin_xyz, ac
     return {"study_uid": study_uid, "series_uid": series_uid, "encoded_suv": encoded, "suv_bw_factor": factor}
 
 
+def _uid(source: str | None, *parts) -> str:
+    """A new UID; the same one for the same ``source`` and ``parts`` when ``source`` is given (reproducible files)."""
+    return generate_uid() if source is None else generate_uid(entropy_srcs=[source, *map(str, parts)])
+
+
 def _slice_dataset(acq: Acquisition, vendor, z, nz, ny, nx, spacing_zyx, origin_xyz, study_uid, series_uid,
-                   frame_uid, series_time) -> Dataset:
+                   frame_uid, series_time, sop_uid: str) -> Dataset:
     meta = FileMetaDataset()
-    sop_uid = generate_uid()
     meta.MediaStorageSOPClassUID = PET_SOP_CLASS
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
