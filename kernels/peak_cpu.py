@@ -694,29 +694,44 @@ def _row_segments(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return o[first, 0].copy(), o[first, 1].copy(), o[first, 2].copy(), length.astype(np.int64)
 
 
-@njit(parallel=True, cache=True, nogil=True)
 def _peak_direct(stored, codes, scale, offset, offs, seg_dz, seg_dy, seg_dx, seg_len, integer, code_ptr,
-                 code_regions, region_max, n_regions, n_chunks):  # pragma: no cover - compiled
-    nz, ny, nx = stored.shape
-    n_rows = nz * ny
-    flat = stored.reshape(-1)
+                 code_regions, region_max, n_regions, n_chunks):
+    """Global and local peaks per chunk of rows, every sphere voxel visited (NaN neighbours skipped).
+
+    The set-up is NumPy, so that the compiled parallel function holds nothing but its parallel loop.
+    """
+    _, ny, nx = stored.shape
     glob = np.full((n_chunks, n_regions), -np.inf)
     loc = np.full((n_chunks, n_regions), -np.inf)
-    n_off = offs.shape[0]
-    n_seg = seg_len.shape[0]
     # interior fast path: voxels at least the sphere's reach from every face need no bounds checks
     dflat = offs[:, 0] * (ny * nx) + offs[:, 1] * nx + offs[:, 2]
     seg_flat = seg_dz * (ny * nx) + seg_dy * nx + seg_dx
-    rz = np.abs(offs[:, 0]).max()
-    ry = np.abs(offs[:, 1]).max()
-    rx = np.abs(offs[:, 2]).max()
+    rz, ry, rx = (int(np.abs(offs[:, i]).max()) for i in range(3))
+    _peak_direct_chunks(stored, codes, scale, offset, offs, dflat, seg_dz, seg_flat, seg_len, integer, code_ptr,
+                        code_regions, region_max, rz, ry, rx, glob, loc)
+    return glob, loc
+
+
+@njit(cache=True, nogil=True)
+def _direct_buffers(n_off, n_seg):  # pragma: no cover - compiled
+    """A task's per-row factors of the sphere's voxels and x-runs (a serial function: see :func:`_peak_chunks`)."""
+    return np.empty(n_off), np.empty(n_off), np.empty(n_seg), np.empty(n_seg)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _peak_direct_chunks(stored, codes, scale, offset, offs, dflat, seg_dz, seg_flat, seg_len, integer, code_ptr,
+                        code_regions, region_max, rz, ry, rx, glob, loc):  # pragma: no cover - compiled
+    """:func:`_peak_direct`'s parallel loop over chunks of rows (rows ``ch`` of ``glob`` and ``loc``)."""
+    nz, ny, nx = stored.shape
+    n_rows = nz * ny
+    n_chunks = glob.shape[0]
+    flat = stored.reshape(-1)
+    n_off = offs.shape[0]
+    n_seg = seg_len.shape[0]
     for ch in prange(n_chunks):
         r0 = ch * n_rows // n_chunks
         r1 = (ch + 1) * n_rows // n_chunks
-        sc = np.empty(n_off)
-        of = np.empty(n_off)
-        ssc = np.empty(n_seg)
-        sof = np.empty(n_seg)
+        sc, of, ssc, sof = _direct_buffers(n_off, n_seg)
         for r in range(r0, r1):
             z = r // ny
             y = r - z * ny
@@ -771,7 +786,6 @@ def _peak_direct(stored, codes, scale, offset, offs, seg_dz, seg_dy, seg_dx, seg
                         glob[ch, reg] = m
                     if v == region_max[reg] and m > loc[ch, reg]:
                         loc[ch, reg] = m
-    return glob, loc
 
 
 def suv_peak_cpu(stored, codes, scale, offset, offsets, code_ptr, code_regions, region_max, n_regions):
