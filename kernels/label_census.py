@@ -51,15 +51,16 @@ def _close_row(ext, r, ny, first, last):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _census(rows, words, bits, n_rows, ny, nx, n_ids, n_chunks):  # pragma: no cover - compiled
-    """Counts of non-zero ids and extents per chunk of the ``n_rows`` rows of ``nx`` ids.
+def _census(rows, words, bits, n_rows, ny, nx, counts, ext):  # pragma: no cover - compiled
+    """Counts of non-zero ids (``counts[ch]``) and extents (``ext[ch]``) per chunk of the ``n_rows`` rows of ``nx`` ids.
 
     ``words`` are the volume's bytes as 64-bit words per row (``bits`` per id, little-endian); when
     rows are not whole aligned words, ``words`` is empty and ``rows``, the volume as ``(nz * ny, nx)``,
     gives the ids one by one. ``counts[ch, 0]`` is left meaningless (background is counted by difference).
+    ``counts`` come zeroed; the arrays are made by the caller: an array constructor in a parallel
+    function is a parallel loop of its own, compiled apart.
     """
-    counts = np.zeros((n_chunks, n_ids), np.int64)
-    ext = np.empty((n_chunks, 6), np.int64)
+    n_chunks = counts.shape[0]
     per = 64 // bits
     mask = np.uint64((1 << bits) - 1) if bits < 64 else np.uint64(0xFFFFFFFFFFFFFFFF)
     for ch in prange(n_chunks):
@@ -103,7 +104,6 @@ def _census(rows, words, bits, n_rows, ny, nx, n_ids, n_chunks):  # pragma: no c
             if last >= 0:
                 _close_row(e, r, ny, first, last)
         cnt[cur] += run
-    return counts, ext
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
@@ -150,7 +150,8 @@ def label_census(arr: np.ndarray) -> Census:
     n_chunks = 1
     if n_ids <= PRIVATE_TABLE_IDS:
         n_chunks = max(1, min(n_rows, n_rows * nx // 65536, numba.get_num_threads() * CPU_CHUNKS_PER_THREAD))
-    counts, ext = _census(rows, words, 8 * vol.itemsize, n_rows, vol.shape[1], nx, n_ids, n_chunks)
+    counts, ext = np.zeros((n_chunks, n_ids), np.int64), np.empty((n_chunks, 6), np.int64)
+    _census(rows, words, 8 * vol.itemsize, n_rows, vol.shape[1], nx, counts, ext)
     total = counts.sum(axis=0)
     total[0] = arr.size - total[1:].sum()
     nonzero = np.flatnonzero(total)
