@@ -193,7 +193,7 @@ class _CompileNotice:
         """Say once that kernels are being compiled."""
         if not self.said:
             self.said = True
-            print("compiling petfeat's kernels for this machine (about a minute, once: later runs load them "
+            print("compiling petfeat's kernels for this machine (about 40 s on 2 cores, once: later runs load them "
                   "from Numba's cache) ...", file=self.stream, flush=True)
 
     def __exit__(self, *exc):
@@ -522,8 +522,8 @@ def cmd_batch(args) -> int:
     if not any(r.study_id.startswith("S") for r in rows):  # F...: folders without a PET series
         raise PetfeatError(_no_studies(src))
     if not _kernels_cached():
-        print("the first study on each worker compiles petfeat's kernels for this machine (about a minute, once: "
-              "later runs load them from Numba's cache)", file=sys.stderr, flush=True)
+        print("the first study on each worker compiles petfeat's kernels for this machine (about 40 s on 2 cores, "
+              "once: later runs load them from Numba's cache)", file=sys.stderr, flush=True)
     settings = BatchSettings(regions=load_spec(args.regions) if args.regions else BUILTIN_REGIONS,
                              backend=args.backend, suv_type=args.suv_type, connectivity=args.connectivity,
                              min_lesion_ml=args.min_lesion_ml, threshold=_parse_threshold(args.threshold),
