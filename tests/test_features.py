@@ -250,3 +250,23 @@ def test_series_features_schema(synth_archive):
     assert (by.status != "no_matching_label").all() and by.loc["tumor_bone", "voxel_count"] > 0
     for region in ("parotid_glands", "aorta"):  # the reference organs of the PSMA quantities
         assert by.loc[region, "voxel_count"] > 0 and np.isfinite(by.loc[region, "suv_mean"])
+
+
+def test_auto_reduces_on_the_cpu_when_the_codes_exceed_the_gpu_table():
+    """More label combinations than the GPU's shared-memory table: auto falls back (warned), gpu is refused."""
+    from petfeat.kernels.config import MAX_GPU_CODES, SIMULATOR
+
+    from petfeat.errors import BackendError
+
+    assert SIMULATOR  # the tests run the GPU backend on Numba's CUDA simulator: it counts as a device
+    rng = np.random.default_rng(5)
+    values = rng.gamma(2.0, 1.5, (6, 9, 10))
+    n = MAX_GPU_CODES + 6  # every label its own region: no label classes merge
+    labels = (np.arange(values.size) % (n + 1)).reshape(values.shape).astype(np.uint8)
+    cpu = extract_features(values, labels, spacing=(2, 2, 2), backend="cpu", peaks=False)
+    with pytest.warns(PetfeatWarning, match=f"{n + 1} label combinations .background included.*reduced on the CPU"):
+        auto = extract_features(values, labels, spacing=(2, 2, 2), backend="auto", peaks=False)
+    assert set(auto.backend) == {"cpu"} and len(auto) == n
+    pd.testing.assert_frame_equal(auto.drop(columns=["config_hash"]), cpu.drop(columns=["config_hash"]))
+    with pytest.raises(BackendError, match="more than the GPU reduction's table"):
+        extract_features(values, labels, spacing=(2, 2, 2), backend="gpu", peaks=False)

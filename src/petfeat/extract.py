@@ -19,7 +19,7 @@ import pandas as pd
 
 from petfeat import kernels
 from petfeat.backend import resolve_backend
-from petfeat.errors import LabelError, PetfeatError, PetfeatWarning
+from petfeat.errors import BackendError, LabelError, PetfeatError, PetfeatWarning
 from petfeat.features import FEATURE_NAMES, PEAK_NEIGHBOURS, PEAK_RADIUS_MM, region_peaks, region_rows, sphere_offsets
 from petfeat.io.dicom import Geometry, PetSeries, notes_json
 from petfeat.label_classes import build_region_codes
@@ -182,6 +182,7 @@ def extract(
     spec = normalise_spec(regions) if regions is not None else default_spec(les.layers)
     unmatched = _check_unmatched(spec, les.layers, strict)
     codemap, members = stage_codes(spec, les.layers, study)
+    ran = _reduce_backend(ran, backend, codemap.n_codes)
     t1 = time.perf_counter()
     partials = stage_reduce(study, codemap, ran)
     t2 = time.perf_counter()
@@ -479,6 +480,27 @@ def _cupy_usable() -> bool:
         return cupy.cuda.runtime.getDeviceCount() > 0
     except Exception:  # noqa: BLE001 - missing CuPy or driver: the CPU labels components
         return False
+
+
+def _reduce_backend(ran: str, asked: str, n_codes: int) -> str:
+    """The backend of the region pass: the CPU when ``auto`` chose a GPU whose code table is too small.
+
+    The GPU reduction holds every code (label combination) in shared memory
+    (:data:`petfeat.kernels.config.MAX_GPU_CODES`). Above it, ``auto`` reduces the study on the CPU with a
+    warning (the numbers are the same; the ``backend`` column says ``cpu``); ``gpu`` asked for explicitly
+    is refused with the ways out.
+    """
+    limit = _gpu_code_limit()
+    if ran != "gpu" or n_codes <= limit:
+        return ran
+    msg = (f"the labels form {n_codes} label combinations (background included) for these regions, more than the "
+           f"GPU reduction's table of {limit} (PETFEAT_CUDA_MAX_CODES)")
+    if asked == "gpu":
+        raise BackendError(f"{msg}; use backend 'cpu' or 'auto' (the same numbers), give fewer label sources, or raise "
+                           "PETFEAT_CUDA_MAX_CODES where the device's shared memory allows.")
+    warnings.warn(f"{msg}: this study's regions are reduced on the CPU (the same numbers).", PetfeatWarning,
+                  stacklevel=3)
+    return "cpu"
 
 
 def _gpu_code_limit() -> int:
