@@ -50,7 +50,8 @@ from petfeat.kernels.label_census import label_census
 from petfeat.kernels.label_codes import MAX_LAYERS, apply_keys, fill_keys, mark_ids, mark_keys
 from petfeat.slabs import z_slabs
 
-#: Above this many label combinations the code builder sorts instead of using a lookup table.
+#: Most label combinations one lookup table of the code builder holds; wider layer sets are coded in groups,
+#: and sorted only when no grouping fits.
 _LUT_LIMIT = 1 << 24
 #: Most label combinations one int64 mixed-radix key holds; more layers are coded in groups.
 _KEY_LIMIT = 1 << 62
