@@ -213,6 +213,11 @@ def test_overrides_win_over_header():
     (dict(half_life_s=4057.74), r"RadionuclideHalfLife.*disagrees with the nuclide code"),
     (dict(injection_datetime=None, injection_time=None), r"RadiopharmaceuticalStartDateTime.*injection_datetime="),
     (dict(injection_datetime=T_SCAN + dt.timedelta(hours=1)), r"negative uptake time"),
+    # six months before the scan: exp(-lambda t) underflows to 0 (was a ZeroDivisionError)
+    (dict(injection_datetime=T_SCAN - dt.timedelta(days=182)), r"\(0018,1078\).*half-lives\) before the scan "
+     r"time 2025-03-04T11:00:00 \(from .*more than 10 half-lives.*--injection-time"),
+    # two days: a factor 1e8 too large, not a note
+    (dict(injection_datetime=T_SCAN - dt.timedelta(days=2)), r"\(0018,1078\).*48.0 h \(26 half-lives\)"),
     (dict(units=None), r"Units \(0054,1001\) is missing"),
     (dict(units="PROPCNTS"), r"Units.*'PROPCNTS'.*not supported"),
     (dict(decay_correction="WEIRD"), r"DecayCorrection.*'WEIRD'"),
@@ -232,3 +237,11 @@ def test_dicom_time_parsing():
     assert parse_dt("20250304101530.000000+0100") == dt.datetime(2025, 3, 4, 10, 15, 30)
     with pytest.raises(ValueError, match="not a DICOM time"):
         parse_tm("ab")
+
+
+def test_an_injection_time_given_by_hand_decides_even_far_from_the_scan():
+    """The override is the user's word: long uptake is a note, and a dose decayed to nothing an error."""
+    f = compute_suv_factors(header(), injection_datetime=T_SCAN - dt.timedelta(hours=20))
+    assert any("more than 10 half-lives" in n for n in f.warnings) and np.isfinite(f.suv_bw_factor)
+    with pytest.raises(SuvError, match=r"\(0018,1078\).*decays to nothing.*--injection-time"):
+        compute_suv_factors(header(), injection_datetime=T_SCAN - dt.timedelta(days=182))

@@ -64,6 +64,8 @@ NUCLIDE_CODES: dict[str, str] = {
 }
 #: Relative tolerance between a header half-life and the nuclide's known half-life.
 HALF_LIFE_TOLERANCE = 0.02
+#: Longest plausible uptake time in half-lives: a longer one means a wrong injection or scan date (an error).
+MAX_UPTAKE_HALF_LIVES = 10
 
 LbmFormula = Literal["janmahasatian", "james"]
 
@@ -438,8 +440,16 @@ def compute_suv_factors(
         raise fail(f"RadiopharmaceuticalStartDateTime (0018,1078) = {inj.isoformat()}",
                    f"is after the scan time {scan.isoformat()} (negative uptake time)",
                    "injection_datetime= (CLI: --injection-time)")
-    if uptake > 10 * half and units == "BQML":
-        notes.append(f"uptake time {uptake:.0f} s is more than 10 half-lives")
+    if uptake > MAX_UPTAKE_HALF_LIVES * half and units == "BQML" and decay != "ADMIN" and injection_datetime is None:
+        # no PET is read after 10 half-lives (18 h of F-18, 11 h of Ga-68): the date of one of the two is wrong,
+        # and decaying the dose that far gives a factor of 1e3 or more too large (or no number at all)
+        raise fail(f"RadiopharmaceuticalStartDateTime (0018,1078) = {inj.isoformat()}",
+                   f"lies {uptake / 3600:.1f} h ({uptake / half:.0f} half-lives) before the scan time "
+                   f"{scan.isoformat()} (from {scan_source}), more than {MAX_UPTAKE_HALF_LIVES} half-lives",
+                   "injection_datetime= (CLI: --injection-time YYYY-MM-DDTHH:MM:SS)")
+    if uptake > MAX_UPTAKE_HALF_LIVES * half and units == "BQML" and decay != "ADMIN":
+        notes.append(f"uptake time {uptake:.0f} s is more than {MAX_UPTAKE_HALF_LIVES} half-lives (given injection "
+                     "time)")
 
     lam = LN2 / half
     weight_g = weight * 1000.0
@@ -448,6 +458,10 @@ def compute_suv_factors(
             notes.append("DecayCorrection (0054,1102) missing: START assumed")
             decay = "START"
         decayed = dose * math.exp(-lam * uptake)
+        if not decayed > 0:
+            raise fail(f"RadiopharmaceuticalStartDateTime (0018,1078) = {inj.isoformat()}",
+                       f"gives an uptake time of {uptake:.0f} s over which the dose decays to nothing",
+                       "injection_datetime= (CLI: --injection-time YYYY-MM-DDTHH:MM:SS)")
         per_slice = np.full(n_slices, activity_scale * weight_g / decayed)
     elif decay == "ADMIN":
         decayed = dose
@@ -466,7 +480,12 @@ def compute_suv_factors(
             # value is the frame-average concentration: decay the dose to the frame's
             # average-count-rate time.
             t_mid = (t - inj).total_seconds() + (_avg_count_time_s(dur, lam) if dur > 0 else 0.0)
-            per_slice[z] = activity_scale * weight_g / (dose * math.exp(-lam * t_mid))
+            left = dose * math.exp(-lam * t_mid)
+            if not left > 0:
+                raise fail(f"AcquisitionDate/AcquisitionTime (0008,0022/0008,0032) of slice {z}",
+                           f"lies {t_mid:.0f} s after the injection: the dose decays to nothing",
+                           "injection_datetime= (CLI: --injection-time YYYY-MM-DDTHH:MM:SS)")
+            per_slice[z] = activity_scale * weight_g / left
         decayed = dose * math.exp(-lam * uptake)
         notes.append("DecayCorrection NONE: each slice decay-corrected from its own acquisition time")
     else:
