@@ -169,6 +169,18 @@ def test_a_study_whose_labels_scan_could_not_attribute_fails_saying_so(archive, 
     assert res["error"]["message"] == (f"<{row.study_id}>/pet: no label source for this study; {row.match_status}.")
 
 
+def test_a_study_without_any_label_source_fails_saying_what_to_give(archive, tmp_path):
+    row = dataclasses.replace(scan_archive(archive, KEY)[0], labels=[], lesions="", match_status="no_labels")
+    res = run_study(row, _settings(), str(tmp_path / "out"), KEY.hex())  # was an IndexError from the code builder
+    assert res["status"] == "failed" and res["error"]["error_class"] == "BatchError"
+    msg = res["error"]["message"]
+    assert msg.startswith(f"<{row.study_id}>/pet: nothing to measure") and "match_status no_labels" in msg
+    assert "--threshold" in msg and str(archive) not in msg
+    done = run_study(row, dataclasses.replace(_settings(), threshold={"method": "fixed", "threshold": 3.0}),
+                     str(tmp_path / "out2"), KEY.hex())
+    assert done["status"] == "done"
+
+
 def test_a_lost_scheduler_turns_every_unfinished_study_into_a_failure(archive, tmp_path, external_cluster):
     addr, procs, _ = external_cluster
     rows = scan_archive(archive, KEY)

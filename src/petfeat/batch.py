@@ -307,6 +307,12 @@ def _check_inputs(row: StudyRow, settings: BatchSettings) -> None:
     status = row.match_status
     if status.startswith("unattributed_labels") and not (row.labels or row.lesions or settings.threshold):
         raise BatchError(f"{row.pet_path}: no label source for this study; {status}.")
+    if not (row.labels or row.lesions or settings.threshold) and not status.startswith(("duplicate", "no_pet",
+                                                                                        "several_pet")):
+        raise BatchError(f"{row.pet_path}: nothing to measure: no label map or lesion mask was found for this study "
+                         "(match_status " + (status or "ok") + "). Put its TotalSegmentator output, RTSTRUCT, SEG or "
+                         "label file beside the PET series and scan again, fill the manifest row's labels or "
+                         "lesions, or pass --threshold fixed:SUV or percist.")
     if status.startswith("duplicate"):
         if status.strip() == "duplicate":
             status = "duplicate: the same PET series is also in another folder of the archive; remove one copy"
