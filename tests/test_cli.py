@@ -108,6 +108,13 @@ def test_demo_runs_and_recovers_ground_truth(tmp_path):
         parotid = sum(g["suv_mean"] * g["voxel_count"] for g in glands) / sum(g["voxel_count"] for g in glands)
         assert got.blood_pool_suv_mean == pytest.approx(t["regions"]["aorta"]["suv_mean"], rel=0.1)
         assert got.tumour_to_parotid_ratio == pytest.approx(t["lesion_mask_stats"]["suv_mean"] / parotid, rel=0.1)
+    # a second run into the same folder keeps the archive and skips the studies it has
+    again = run("demo", "--patients", "2", "--voxel-mm", "10", "--out", str(tmp_path / "demo"), "--backend", "cpu")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "already: kept" in again.stdout and "generating" not in again.stdout
+    assert "studies 2/2: 0 done, 2 skipped, 0 failed" in again.stdout + again.stderr
+    assert len(list((tmp_path / "demo" / "results" / "parts").glob("*.features.parquet"))) == 2
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "demo" / "results" / "quantities.parquet"), q)
 
 
 def test_synth_command(tmp_path):

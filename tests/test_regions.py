@@ -330,3 +330,23 @@ def test_pattern_matching_equals_fnmatchcase_per_glob():
             else:
                 want |= {lab for lab in labels if lab[0] != "margin" and fnmatch.fnmatchcase(lab[1], p)}
         assert _matching(pats, labels, {"total", "lesions", "margin"}) == want, pats
+
+
+def test_a_misspelt_exclude_pattern_is_warned_and_refused_when_strict():
+    from petfeat import extract_features
+    from petfeat.errors import LabelError, PetfeatWarning
+
+    rng = np.random.default_rng(3)
+    values = rng.gamma(2.0, 1.0, (5, 6, 7))
+    organs = LabelLayer(rng.integers(0, 3, values.shape).astype(np.uint8), {1: "vertebrae_L1", 2: "liver"}, "o",
+                        namespace="total")
+    lesion = LabelLayer((rng.random(values.shape) < 0.2).astype(np.uint8), {1: "lesion"}, "l", namespace="lesions")
+    typo = {"hb": {"include": ["vertebrae_*"], "exclude": ["lesoin*", "lung_*"]}}
+    with pytest.warns(PetfeatWarning, match=r"exclude pattern 'lesoin\*' \(did you mean 'lesion'\?\) matches no "
+                                            r"label, so those voxels stay in the region") as rec:
+        extract_features(values, [organs, lesion], typo, spacing=(2, 2, 2), backend="cpu", peaks=False)
+    assert not any("lung" in str(w.message) for w in rec)  # absent organs are not typos
+    with pytest.raises(LabelError, match="lesoin.*strict"):
+        extract_features(values, [organs, lesion], typo, spacing=(2, 2, 2), backend="cpu", peaks=False, strict=True)
+    ok = {"hb": {"include": ["vertebrae_*"], "exclude": ["lesion*", "lung_*"]}}
+    extract_features(values, [organs, lesion], ok, spacing=(2, 2, 2), backend="cpu", peaks=False, strict=True)

@@ -42,11 +42,15 @@ def run_demo(args) -> int:
     out = Path(args.out)
     archive = out / "archive"
     t0 = time.perf_counter()
-    print(f"[1/4] generating {args.patients} synthetic PSMA PET studies in {archive} ...", flush=True)
-    generate_archive(archive, args.patients, seed=args.seed, voxel_mm=args.voxel_mm)
+    if _same_archive(archive, args):
+        print(f"[1/4] {archive} holds the {args.patients} studies of seed {args.seed} at {args.voxel_mm:g} mm already: "
+              "kept (the extraction below skips the studies it has)", flush=True)
+    else:
+        print(f"[1/4] generating {args.patients} synthetic PSMA PET studies in {archive} ...", flush=True)
+        generate_archive(archive, args.patients, seed=args.seed, voxel_mm=args.voxel_mm)
+        print(f"      done in {time.perf_counter() - t0:.1f} s (DICOM PET in Siemens-, GE- and Philips-like variants, "
+              "TotalSegmentator-style labels on a CT grid, lesion masks)")
     t1 = time.perf_counter()
-    print(f"      done in {t1 - t0:.1f} s (DICOM PET in Siemens-, GE- and Philips-like variants, "
-          "TotalSegmentator-style labels on a CT grid, lesion masks)")
     key = load_or_create_key(args.key_file or out / "petfeat.key")  # a synthetic archive: its key may sit beside it
     rows = scan_archive(archive, key)
     write_manifest(rows, out / "manifest.csv")
@@ -145,3 +149,14 @@ def _demo_analysis(out: Path, rows, table, quantities, rep, timings: dict, args)
     print(f"planted values inside their 95% CI: {inside} of {len(pv)} (the intervals cover the truth; detection is "
           "the sentence above)")
     return paths["html"]
+
+
+def _same_archive(archive: Path, args) -> bool:
+    """Whether ``archive`` was generated with this seed, size and voxel size, every study's truth in place."""
+    try:
+        info = json.loads((archive / "archive.json").read_text())
+    except (OSError, ValueError):
+        return False
+    same = (info.get("generator") == "petfeat.synth" and info.get("seed") == args.seed
+            and info.get("n_patients") == args.patients and info.get("voxel_mm") == args.voxel_mm)
+    return same and all((archive / p["patient"] / "truth.json").is_file() for p in info.get("patients", []))

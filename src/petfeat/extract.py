@@ -29,6 +29,7 @@ from petfeat.regions import (
     _code_dtype,
     codes_touching_border,
     default_spec,
+    exclude_typos,
     margin_layers,
     normalise_spec,
     region_codes,
@@ -381,12 +382,17 @@ def stage_rows(rows: list[dict], counts: dict | None, lesion_df: pd.DataFrame, s
 
 
 def _check_unmatched(spec, layers, strict: bool) -> dict[str, str]:
-    """Regions no label can fill: a PetfeatWarning each (a LabelError with ``strict``); their messages."""
+    """Warn of regions no label can fill and of misspelt-looking exclude patterns; return the former's messages.
+
+    Each is a PetfeatWarning, or together one LabelError with ``strict``.
+    """
     unmatched = unmatched_regions(spec, layers)
-    if unmatched and strict:
-        raise LabelError(" ".join(unmatched.values()) + " (strict: a region that matches no label is an error; "
-                         "fix the region names or the label sources, or drop --strict.)")
-    for msg in unmatched.values():
+    typos = exclude_typos(spec, layers)
+    if (unmatched or typos) and strict:
+        raise LabelError(" ".join(list(unmatched.values()) + list(typos.values())) + " (strict: a region that matches "
+                         "no label, or an exclude pattern that looks misspelt, is an error; fix the region names or "
+                         "the label sources, or drop --strict.)")
+    for msg in list(unmatched.values()) + list(typos.values()):
         warnings.warn(msg, PetfeatWarning, stacklevel=3)
     return unmatched
 

@@ -440,6 +440,37 @@ def unmatched_regions(spec, layers: Sequence[LabelLayer]) -> dict[str, str]:
     return out
 
 
+def exclude_typos(spec, layers: Sequence[LabelLayer]) -> dict[str, str]:
+    """Regions with an ``exclude`` pattern that matches no label but looks like a misspelt label name.
+
+    An exclude pattern that matches nothing is normal (``lesion*`` without lesions, an organ the
+    segmentation lacks); one whose letters are within a typo of an existing label name
+    (``lesoin*`` beside ``lesion``) silently leaves those voxels in the region, so each gets a
+    message naming the pattern and the label it resembles.
+    """
+    import difflib
+
+    spec = normalise_spec(spec)
+    namespaces = {layer.namespace for layer in layers}
+    labels = [lab for lab in _labels_of(layers) if lab[0] != MARGIN_NAMESPACE]
+    names = sorted({n for _, n in labels})
+    out = {}
+    for region, rule in spec.items():
+        found = []
+        for pat in rule["exclude"]:
+            if _matching([pat], labels, namespaces):
+                continue
+            stem = pat.split(":", 1)[1] if pat.partition(":")[0] in namespaces else pat
+            stem = stem.replace("*", "").replace("?", "")
+            close = difflib.get_close_matches(stem, names, 3, 0.75) if stem else []
+            if close:
+                found.append(f"{pat!r} (did you mean {', '.join(map(repr, close))}?)")
+        if found:
+            out[region] = (f"region {region!r}: exclude pattern {', '.join(found)} matches no label, so those voxels "
+                           "stay in the region; fix the spelling.")
+    return out
+
+
 def _tasks_with(patterns: Sequence[str], namespaces: set[str], only: set[str] | None = None) -> list[str]:
     """TotalSegmentator tasks (not among ``namespaces``; among ``only`` if given) with a class a pattern matches."""
     from petfeat.io.totalsegmentator import TASK_CLASSES, TASK_ORDER
