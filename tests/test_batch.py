@@ -491,3 +491,24 @@ def test_manifest_validation(tmp_path, archive):
     (tmp_path / "cols.csv").write_text("id,path\n1,/x\n")
     with pytest.raises(ManifestError, match="missing column"):
         read_manifest(tmp_path / "cols.csv")
+
+
+def test_tables_concatenate_without_pandas_all_na_deprecation():
+    import warnings
+
+    from petfeat.batch import _concat
+
+    a = pd.DataFrame({"study_id": ["S1"], "native_volume_ml": [None], "lesion_count": pd.array([pd.NA], "Int64"),
+                      "suv": [1.5]})
+    b = pd.DataFrame({"study_id": ["S2"], "native_volume_ml": [12.5], "lesion_count": pd.array([pd.NA], "Int64"),
+                      "suv": [2.5]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pd.concat([a, b]) warns FutureWarning here
+        got = _concat([a, b])
+    assert list(got.columns) == list(a.columns)
+    assert got.native_volume_ml.dtype == np.float64 and got.native_volume_ml.iloc[1] == 12.5
+    assert np.isnan(got.native_volume_ml.iloc[0])
+    assert str(got.lesion_count.dtype) == "Int64" and got.lesion_count.isna().all()
+    assert got.suv.tolist() == [1.5, 2.5] and got.study_id.tolist() == ["S1", "S2"]
+    with pytest.warns(FutureWarning, match="all-NA"):  # what the old concat did
+        pd.concat([a, b], ignore_index=True)

@@ -696,6 +696,25 @@ def _write_output(df: pd.DataFrame, path: Path, csv: bool, registry=()) -> None:
         atomic_write(path.with_suffix(".csv"), lambda f: df.to_csv(f, index=False))
 
 
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """``pd.concat`` of the studies' tables, a column's dtype taken from the studies that have values in it.
+
+    pandas deprecates letting an all-NA column of one study (no RTSTRUCT native volume, no lesion)
+    decide nothing about the result's dtype; the columns are dropped from such frames first, and a
+    column without a value in any study keeps its dtype from the first study.
+    """
+    cols = list(dict.fromkeys(c for f in frames for c in f.columns))
+    dtypes: dict = {}
+    for f in frames:
+        for c in f.columns:
+            dtypes.setdefault(c, f[c].dtype)
+    df = pd.concat([f.dropna(axis=1, how="all") for f in frames], ignore_index=True).reindex(columns=cols)
+    for c in cols:
+        if df[c].isna().all():
+            df[c] = df[c].astype(dtypes[c])
+    return df
+
+
 def consolidate(out: Path, results: list[dict], *, csv: bool = False, wide: bool = False) -> dict:
     """Concatenate this run's parts into the final tables (atomically), in a fixed row order.
 
@@ -718,7 +737,7 @@ def consolidate(out: Path, results: list[dict], *, csv: bool = False, wide: bool
     for name, order in (("features", FEATURE_ORDER), ("lesions", LESION_ORDER), ("labels", LABEL_ORDER)):
         frames = [pd.read_parquet(p) for k in ok if (p := parts / f"{k}.{name}.parquet").exists()]
         frames = [f for f in frames if len(f)]
-        df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        df = _concat(frames) if frames else pd.DataFrame()
         by = [c for c in order if c in df.columns]
         if by:
             df = df.sort_values(by, kind="mergesort").reset_index(drop=True)
