@@ -355,3 +355,14 @@ def test_labels_beside_two_time_points_stay_unattributed(tmp_path, synth_archive
     rows = scan_archive(tmp_path / "archive", bytes(32))
     assert len(rows) == 2 and all(r.match_status.startswith("unattributed_labels") for r in rows)
     assert all(r.labels == [] for r in rows)
+
+
+def test_scan_of_one_study_folder_reads_it_as_that_study(synth_archive):
+    """Pointed at SYN0001 itself, scan gave pet/ (no labels) and seg/ (no PET series) as two rows."""
+    root, _ = synth_archive
+    whole = {r.study_id: r for r in scan_archive(root, KEY)}
+    (row,) = scan_archive(root / "SYN0001", KEY)
+    assert row.match_status == "ok" and row.study_id in whole
+    assert row.labels == whole[row.study_id].labels and row.lesions == whole[row.study_id].lesions
+    assert row.labels and row.lesions.endswith("lesions.nii.gz")
+    assert len(whole) == 3  # an archive root is still one row per study

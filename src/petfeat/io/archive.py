@@ -207,7 +207,25 @@ def scan_archive(root: str | Path, key: bytes, linkage: dict | None = None,
             rows.append(row)
         if progress is not None:
             progress(i, len(folders))
+    if _is_one_study(rows):
+        # the root is one study's folder (pet/ beside seg/ and a lesion mask): scan it as that study
+        rows = []
+        for row, pair, pid in _scan_study(root, root.parent, key):
+            if pair is not None and linkage is not None:
+                linkage[row.study_id] = (row.patient_id, pid)
+            rows.append(row)
     return rows
+
+
+def _is_one_study(rows: list[StudyRow]) -> bool:
+    """Whether the rows say the archive root is itself one study's folder.
+
+    That is: one PET series, without labels, in one subfolder, and label sources in others (rows
+    without a PET series).
+    """
+    pets = [r for r in rows if r.study_id.startswith("S")]
+    strays = [r for r in rows if r.match_status.startswith("no_pet_series") and (r.labels or r.lesions)]
+    return len(pets) == 1 and not (pets[0].labels or pets[0].lesions) and bool(strays)
 
 
 def _study_folder(p: Path, root: Path) -> bool:
