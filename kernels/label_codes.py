@@ -256,16 +256,24 @@ def mark_ids(layers: Sequence[np.ndarray], ids: Sequence[Sequence[int]], out: np
     _check_out(layers, out, "mark_ids")
     if out.dtype != np.uint8:
         raise ValueError("mark_ids writes a uint8 mark")
-    widths = [np.asarray(a).itemsize for a in layers]
-    if max(widths) > 2:
+    if max(np.asarray(a).itemsize for a in layers) > 2:
         raise ValueError("mark_ids reads one- or two-byte ids; compare wider ids with np.isin")
-    lens = [1 << (8 * w) for w in widths]  # a table entry for every id the dtype holds: no range checks
-    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
-    tab = np.zeros(int(sum(lens)), np.uint32)
-    for s, i, n in zip(starts, ids, lens):
+    starts, size = table_layout(layers)
+    tab = np.zeros(size, np.uint32)
+    for s, i, a in zip(starts, ids, layers):
         i = np.asarray(i, np.int64)
-        tab[s + i[(i >= 0) & (i < n)]] = 1
-    _run(layers, starts, HIT, lut=tab, out=out)
+        tab[s + i[(i >= 0) & (i < 1 << (8 * np.asarray(a).itemsize))]] = 1
+    or_tables(layers, tab, starts, out)
+
+
+def table_layout(layers: Sequence[np.ndarray]) -> tuple[np.ndarray, int]:
+    """Where each layer's entries start in one table of :func:`or_tables`, and the table's length.
+
+    Each layer gets an entry for every id its dtype holds (256 for one byte, 65536 for two), so a
+    pass needs no range checks.
+    """
+    lens = [1 << (8 * np.asarray(a).itemsize) for a in layers]
+    return np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64), int(sum(lens))
 
 
 def or_tables(layers: Sequence[np.ndarray], table: np.ndarray, starts: Sequence[int], out: np.ndarray,

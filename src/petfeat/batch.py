@@ -305,14 +305,9 @@ def _peak_rss(start: float | None) -> tuple[float | None, float | None]:
 def _check_inputs(row: StudyRow, settings: BatchSettings) -> None:
     """Refuse a study whose inputs cannot give features, before any reader opens them."""
     status = row.match_status
-    if status.startswith("unattributed_labels") and not (row.labels or row.lesions or settings.threshold):
+    measurable = row.labels or row.lesions or settings.threshold
+    if status.startswith("unattributed_labels") and not measurable:
         raise BatchError(f"{row.pet_path}: no label source for this study; {status}.")
-    if not (row.labels or row.lesions or settings.threshold) and not status.startswith(("duplicate", "no_pet",
-                                                                                        "several_pet")):
-        raise BatchError(f"{row.pet_path}: nothing to measure: no label map or lesion mask was found for this study "
-                         "(match_status " + (status or "ok") + "). Put its TotalSegmentator output, RTSTRUCT, SEG or "
-                         "label file beside the PET series and scan again, fill the manifest row's labels or "
-                         "lesions, or pass --threshold fixed:SUV or percist.")
     if status.startswith("duplicate"):
         if status.strip() == "duplicate":
             status = "duplicate: the same PET series is also in another folder of the archive; remove one copy"
@@ -321,6 +316,11 @@ def _check_inputs(row: StudyRow, settings: BatchSettings) -> None:
         from petfeat.errors import DicomSeriesError
 
         raise DicomSeriesError(f"{row.pet_path}: {status.replace('_', ' ')}.")
+    if not measurable:
+        raise BatchError(f"{row.pet_path}: nothing to measure: no label map or lesion mask was found for this study "
+                         "(match_status " + (status or "ok") + "). Put its TotalSegmentator output, RTSTRUCT, SEG or "
+                         "label file beside the PET series and scan again, fill the manifest row's labels or "
+                         "lesions, or pass --threshold fixed:SUV or percist.")
     try:
         mode = os.stat(row.pet_path).st_mode
     except OSError as exc:

@@ -387,12 +387,11 @@ def _check_unmatched(spec, layers, strict: bool) -> dict[str, str]:
     Each is a PetfeatWarning, or together one LabelError with ``strict``.
     """
     unmatched = unmatched_regions(spec, layers)
-    typos = exclude_typos(spec, layers)
-    if (unmatched or typos) and strict:
-        raise LabelError(" ".join(list(unmatched.values()) + list(typos.values())) + " (strict: a region that matches "
-                         "no label, or an exclude pattern that looks misspelt, is an error; fix the region names or "
-                         "the label sources, or drop --strict.)")
-    for msg in list(unmatched.values()) + list(typos.values()):
+    messages = list(unmatched.values()) + list(exclude_typos(spec, layers).values())
+    if messages and strict:
+        raise LabelError(" ".join(messages) + " (strict: a region that matches no label, or an exclude pattern that "
+                         "looks misspelt, is an error; fix the region names or the label sources, or drop --strict.)")
+    for msg in messages:
         warnings.warn(msg, PetfeatWarning, stacklevel=3)
     return unmatched
 

@@ -20,12 +20,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from petfeat.kernels.label_codes import MAX_LAYERS, apply_keys, apply_lut, or_tables
+from petfeat.kernels.label_codes import MAX_LAYERS, apply_keys, apply_lut, or_tables, table_layout
 from petfeat.regions import (
     MARGIN_NAMESPACE,
     CodeMap,
     Label,
     LabelLayer,
+    _code_dtype,
     _labels_of,
     _matching,
     build_codes,
@@ -91,8 +92,13 @@ def merge_equivalent_labels(spec, layers: Sequence[LabelLayer]) -> list[LabelLay
     layers). At least one layer is returned. A layer whose labels all stay distinct is returned as it
     is; another gets a new array (one compiled lookup pass) in the smallest unsigned dtype of its classes.
     """
+    return _merged(layers, class_tables(spec, layers))
+
+
+def _merged(layers: Sequence[LabelLayer], tables: list) -> list[LabelLayer]:
+    """:func:`merge_equivalent_labels` with the layers' :func:`class_tables` given."""
     out = []
-    for layer, table in zip(layers, class_tables(spec, layers)):
+    for layer, table in zip(layers, tables):
         if table is None:
             out.append(layer)
             continue
@@ -104,8 +110,7 @@ def merge_equivalent_labels(spec, layers: Sequence[LabelLayer]) -> list[LabelLay
         top = (1 << (8 * arr.itemsize)) if arr.itemsize <= 2 else int(arr.max(initial=0)) + 1
         full = np.zeros(max(top, lut.size), np.uint32)
         full[:lut.size] = lut
-        merged = np.empty(arr.shape, np.uint8 if max(names) <= 0xFF else np.uint16 if max(names) <= 0xFFFF
-                          else np.uint32)
+        merged = np.empty(arr.shape, _code_dtype(max(names)))
         apply_keys([arr], None, full, merged)  # one compiled pass: merged = full[arr]
         out.append(LabelLayer(merged, names, layer.source, layer.native_volume_ml, layer.namespace))
     if not out:
@@ -144,11 +149,10 @@ def build_region_codes(spec, layers: Sequence[LabelLayer], shape: tuple[int, ...
     if (len(layers) > MAX_LAYERS or sum(bits) > _KEY_BITS or not layers
             or any(la.array.itemsize > 2 for la in layers)
             or any(la.array.shape != tuple(shape) for la in layers)):
-        return build_codes(merge_equivalent_labels(spec, layers), shape)
-    lens = [1 << (8 * la.array.itemsize) for la in layers]
-    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+        return build_codes(_merged(layers, tables), shape)
+    starts, size = table_layout([la.array for la in layers])
     shifts = np.concatenate([[0], np.cumsum(bits)[:-1]]).astype(np.int64)
-    table = np.zeros(int(sum(lens)), np.uint32)
+    table = np.zeros(size, np.uint32)
     for start, shift, reps, layer, tab in zip(starts, shifts, classes, layers, tables):
         index = {r: k + 1 for k, r in enumerate(reps)}
         ids = sorted(layer.names) if tab is None else np.flatnonzero(tab[0])
@@ -163,7 +167,7 @@ def build_region_codes(spec, layers: Sequence[LabelLayer], shape: tuple[int, ...
     keys = np.flatnonzero(present)
     lut = np.zeros(present.size, np.uint32)
     lut[keys] = np.arange(keys.size, dtype=np.uint32)
-    codes = np.empty(shape, np.uint8 if keys.size <= 0x100 else np.uint16 if keys.size <= 0x10000 else np.uint32)
+    codes = np.empty(shape, _code_dtype(keys.size))
     apply_lut(key, lut, codes)
     combos = np.zeros((keys.size, len(layers)), np.int64)
     for j, (shift, reps, b) in enumerate(zip(shifts, classes, bits)):

@@ -415,9 +415,8 @@ def unmatched_regions(spec, layers: Sequence[LabelLayer]) -> dict[str, str]:
         msg = f"region {region!r} matches no label: no label name matches {', '.join(map(repr, missing))}"
         close = []
         for p in missing:
-            stem = p.split(":", 1)[1] if p.partition(":")[0] in namespaces else p
-            stem = stem.replace("*", "").replace("?", "")
-            close += [c for c in difflib.get_close_matches(stem, [n for _, n in labels], 3, 0.6) if c not in close]
+            close += [c for c in difflib.get_close_matches(_stem(p, namespaces), [n for _, n in labels], 3, 0.6)
+                      if c not in close]
         msg += f"; did you mean {', '.join(map(repr, close[:5]))}?" if close else "."
         absent = sorted({p.partition(":")[0] for p in missing if ":" in p and p.partition(":")[0] not in namespaces})
         if absent:
@@ -440,6 +439,12 @@ def unmatched_regions(spec, layers: Sequence[LabelLayer]) -> dict[str, str]:
     return out
 
 
+def _stem(pattern: str, namespaces: set[str]) -> str:
+    """A pattern's letters to compare with label names: its name-space prefix and ``*``/``?`` removed."""
+    stem = pattern.split(":", 1)[1] if pattern.partition(":")[0] in namespaces else pattern
+    return stem.replace("*", "").replace("?", "")
+
+
 def exclude_typos(spec, layers: Sequence[LabelLayer]) -> dict[str, str]:
     """Regions with an ``exclude`` pattern that matches no label but looks like a misspelt label name.
 
@@ -460,8 +465,7 @@ def exclude_typos(spec, layers: Sequence[LabelLayer]) -> dict[str, str]:
         for pat in rule["exclude"]:
             if _matching([pat], labels, namespaces):
                 continue
-            stem = pat.split(":", 1)[1] if pat.partition(":")[0] in namespaces else pat
-            stem = stem.replace("*", "").replace("?", "")
+            stem = _stem(pat, namespaces)
             close = difflib.get_close_matches(stem, names, 3, 0.75) if stem else []
             if close:
                 found.append(f"{pat!r} (did you mean {', '.join(map(repr, close))}?)")

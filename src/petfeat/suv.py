@@ -440,14 +440,14 @@ def compute_suv_factors(
         raise fail(f"RadiopharmaceuticalStartDateTime (0018,1078) = {inj.isoformat()}",
                    f"is after the scan time {scan.isoformat()} (negative uptake time)",
                    "injection_datetime= (CLI: --injection-time)")
-    if uptake > MAX_UPTAKE_HALF_LIVES * half and units == "BQML" and decay != "ADMIN" and injection_datetime is None:
-        # no PET is read after 10 half-lives (18 h of F-18, 11 h of Ga-68): the date of one of the two is wrong,
-        # and decaying the dose that far gives a factor of 1e3 or more too large (or no number at all)
-        raise fail(f"RadiopharmaceuticalStartDateTime (0018,1078) = {inj.isoformat()}",
-                   f"lies {uptake / 3600:.1f} h ({uptake / half:.0f} half-lives) before the scan time "
-                   f"{scan.isoformat()} (from {scan_source}), more than {MAX_UPTAKE_HALF_LIVES} half-lives",
-                   "injection_datetime= (CLI: --injection-time YYYY-MM-DDTHH:MM:SS)")
     if uptake > MAX_UPTAKE_HALF_LIVES * half and units == "BQML" and decay != "ADMIN":
+        if injection_datetime is None:
+            # no PET is read after 10 half-lives (18 h of F-18, 11 h of Ga-68): the date of one of the two is wrong,
+            # and decaying the dose that far gives a factor of 1e3 or more too large (or no number at all)
+            raise fail(f"RadiopharmaceuticalStartDateTime (0018,1078) = {inj.isoformat()}",
+                       f"lies {uptake / 3600:.1f} h ({uptake / half:.0f} half-lives) before the scan time "
+                       f"{scan.isoformat()} (from {scan_source}), more than {MAX_UPTAKE_HALF_LIVES} half-lives",
+                       "injection_datetime= (CLI: --injection-time YYYY-MM-DDTHH:MM:SS)")
         notes.append(f"uptake time {uptake:.0f} s is more than {MAX_UPTAKE_HALF_LIVES} half-lives (given injection "
                      "time)")
 
