@@ -50,6 +50,14 @@ def load_old(rev: str, module: str = "reduce_cpu"):
     return mod
 
 
+def int_partials(module, stored, codes, scale, offset, n_codes, n_chunks, exact=True):
+    """A ``reduce_cpu`` module's per-chunk partials (``fused_partials``, or the parallel kernels of older commits)."""
+    if hasattr(module, "fused_partials"):
+        return module.fused_partials(stored, codes, scale, offset, n_codes, n_chunks, exact)
+    kernel = module._fused_chunks_int if exact else module._fused_chunks_float
+    return kernel(stored, codes, scale, offset, n_codes, n_chunks)
+
+
 def main() -> None:
     rev = sys.argv[1] if len(sys.argv) > 1 else "5572229"
     old = load_old(rev)
@@ -60,16 +68,21 @@ def main() -> None:
     print(f"{numba.get_num_threads()} threads; {SHAPE} int16; best of 15 interleaved rounds; old = {rev}")
     as_float = sys.argv[2:] == ["float32"]  # the float kernel (NaN checks) on the same values as float32
     pixels = stored.astype(np.float32) if as_float else stored
-    kernel = "_fused_chunks_float" if as_float else "_fused_chunks_int"
-    print(f"{kernel} on {pixels.dtype} pixels")
+    print(f"{'float' if as_float else 'integer'} kernel on {pixels.dtype} pixels")
     for n_labels in (10, 60):
         codes = blocky_codes(np.random.default_rng(n_labels), SHAPE, n_labels)
-        args = (pixels, codes, scale, offset, n_labels + 1, n_chunks)
-        k_old, k_new = getattr(old, kernel), getattr(reduce_cpu, kernel)
-        a, b = merge_stack(*k_old(*args)), merge_stack(*k_new(*args))
+        args = (pixels, codes, scale, offset, n_labels + 1, n_chunks, not as_float)
+
+        def k_old():
+            return int_partials(old, *args)
+
+        def k_new():
+            return int_partials(reduce_cpu, *args)
+
+        a, b = merge_stack(*k_old()), merge_stack(*k_new())
         assert (a.count == b.count).all() and (a.argmax == b.argmax).all() and (a.argmin == b.argmin).all()
         assert np.allclose(a.mean, b.mean, rtol=1e-13) and np.allclose(a.m2, b.m2, rtol=1e-10)
-        runs = {"floor": lambda: _floor(stored, codes), "old": lambda: k_old(*args), "new": lambda: k_new(*args)}
+        runs = {"floor": lambda: _floor(stored, codes), "old": k_old, "new": k_new}
         best = dict.fromkeys(runs, np.inf)
         for f in runs.values():
             f()

@@ -18,7 +18,7 @@ import numpy as np
 from petfeat.kernels import reduce_cpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ab_fused_word_scan import load_old  # noqa: E402
+from ab_fused_word_scan import int_partials, load_old  # noqa: E402
 from conftest import SHAPE, blocky_codes  # noqa: E402
 
 REPEATS = 60
@@ -41,12 +41,12 @@ def main() -> None:
     numba.set_num_threads(1)
     best = dict.fromkeys(kernels, np.inf)
     for m in kernels.values():
-        m._fused_chunks_int(st, co, sc, of, 61, 4)
+        int_partials(m, st, co, sc, of, 61, 4)
     for _ in range(9):
         for name, m in kernels.items():
             t = time.perf_counter()
             for _ in range(REPEATS):
-                m._fused_chunks_int(st, co, sc, of, 61, 4)
+                int_partials(m, st, co, sc, of, 61, 4)
             best[name] = min(best[name], (time.perf_counter() - t) / REPEATS)
     print(f"slab z {z0}..{z0 + 10}: {n_vox} labelled voxels in {n_runs} runs; 1 thread, best of 9 x {REPEATS}")
     for name, t in best.items():

@@ -19,29 +19,34 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
-from numba import njit, prange
+from numba import njit
+from petfeat.kernels.borrowed import borrowed
+from petfeat.kernels.config import CPU_CHUNKS_PER_THREAD
 from petfeat.kernels.peak_cpu import suv_peak_cpu
 from petfeat.kernels.reduce_cpu import fused_reduce_cpu
+from petfeat.kernels.threads import cpu_threads, for_chunks
 
 from petfeat.features import sphere_offsets
 
 
-@njit(parallel=True, cache=True, fastmath=True)
-def _floor_pass(stored, codes, zero):  # fastmath: the float sum may reassociate, so it vectorises as integers do
+@njit(cache=True, nogil=True, fastmath=True)
+def _floor_pass(c0, c1, stored, codes, acc, n_chunks):  # fastmath: the float sum may reassociate (vectorises)
+    stored, codes, acc = borrowed(stored, codes, acc)
     nz, ny, nx = stored.shape
-    acc = np.full(nz, zero)
-    for z in prange(nz):
-        s = zero
+    for z in range(c0 * nz // n_chunks, c1 * nz // n_chunks):
+        s = acc[z]
         for y in range(ny):
             for x in range(nx):
                 s += stored[z, y, x] + codes[z, y, x]
         acc[z] = s
-    return acc.sum()
 
 
 def _floor(stored, codes):
-    """One parallel pass that reads every pixel and code once (the memory-bandwidth floor)."""
-    return _floor_pass(stored, codes, 0.0 if stored.dtype.kind == "f" else np.int64(0))
+    """One pass that reads every pixel and code once, on the kernels' threads (the memory-bandwidth floor)."""
+    acc = np.zeros(stored.shape[0], np.float64 if stored.dtype.kind == "f" else np.int64)
+    n_chunks = min(stored.shape[0], cpu_threads() * CPU_CHUNKS_PER_THREAD)  # as the kernels' chunks
+    for_chunks(_floor_pass, n_chunks, stored, codes, acc, n_chunks)
+    return acc.sum()
 
 
 @pytest.fixture(scope="module")

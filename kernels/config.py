@@ -26,7 +26,7 @@ GPU_STEPS_PER_TILE = int(os.environ.get("PETFEAT_CUDA_STEPS", 2 if SIMULATOR els
 GPU_MAX_REGISTERS = int(os.environ.get("PETFEAT_CUDA_MAX_REGISTERS", 0))
 #: The CPU fused pass's vector-IR helpers (``run_moments``, ``prefetch``); ``PETFEAT_LLVM_IR=0`` takes plain loops.
 LLVM_IR = os.environ.get("PETFEAT_LLVM_IR", "1") != "0"
-#: CPU chunks per thread (load balance of the parallel loop over rows).
+#: CPU chunks per thread (load balance of a kernel's chunks over threads, :mod:`petfeat.kernels.threads`).
 CPU_CHUNKS_PER_THREAD = 4
 #: How many image rows ahead the CPU fused pass prefetches pixels (after a row that held a region).
 CPU_PREFETCH_ROWS = 8

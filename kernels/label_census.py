@@ -18,12 +18,13 @@ from __future__ import annotations
 import sys
 from typing import NamedTuple
 
-import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros
 
+from .borrowed import borrowed
 from .config import CPU_CHUNKS_PER_THREAD
+from .threads import cpu_threads, for_chunks
 
 #: Largest id range for which every chunk keeps its own table of counts; above it one thread counts.
 PRIVATE_TABLE_IDS = 1 << 16
@@ -50,20 +51,20 @@ def _close_row(ext, r, ny, first, last):  # pragma: no cover - compiled
     ext[5] = max(ext[5], last)
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _census(rows, words, bits, n_rows, ny, nx, counts, ext):  # pragma: no cover - compiled
+@njit(cache=True, nogil=True)
+def _census(c0, c1, rows, words, bits, n_rows, ny, nx, counts, ext):  # pragma: no cover - compiled
     """Counts of non-zero ids (``counts[ch]``) and extents (``ext[ch]``) per chunk of the ``n_rows`` rows of ``nx`` ids.
 
     ``words`` are the volume's bytes as 64-bit words per row (``bits`` per id, little-endian); when
     rows are not whole aligned words, ``words`` is empty and ``rows``, the volume as ``(nz * ny, nx)``,
     gives the ids one by one. ``counts[ch, 0]`` is left meaningless (background is counted by difference).
-    ``counts`` come zeroed; the arrays are made by the caller: an array constructor in a parallel
-    function is a parallel loop of its own, compiled apart.
+    ``counts`` come zeroed. Chunks ``[c0, c1)`` (:func:`petfeat.kernels.threads.for_chunks`).
     """
+    rows, words, counts, ext = borrowed(rows, words, counts, ext)
     n_chunks = counts.shape[0]
     per = 64 // bits
     mask = np.uint64((1 << bits) - 1) if bits < 64 else np.uint64(0xFFFFFFFFFFFFFFFF)
-    for ch in prange(n_chunks):
+    for ch in range(c0, c1):
         e = ext[ch]
         e[0], e[1], e[2], e[3], e[4], e[5] = -1, -1, ny, -1, nx, -1
         cnt = counts[ch]
@@ -149,9 +150,9 @@ def label_census(arr: np.ndarray) -> Census:
     rows, words = _read_only(rows), _read_only(words)
     n_chunks = 1
     if n_ids <= PRIVATE_TABLE_IDS:
-        n_chunks = max(1, min(n_rows, n_rows * nx // 65536, numba.get_num_threads() * CPU_CHUNKS_PER_THREAD))
+        n_chunks = max(1, min(n_rows, n_rows * nx // 65536, cpu_threads() * CPU_CHUNKS_PER_THREAD))
     counts, ext = np.zeros((n_chunks, n_ids), np.int64), np.empty((n_chunks, 6), np.int64)
-    _census(rows, words, 8 * vol.itemsize, n_rows, vol.shape[1], nx, counts, ext)
+    for_chunks(_census, n_chunks, rows, words, 8 * vol.itemsize, n_rows, vol.shape[1], nx, counts, ext)
     total = counts.sum(axis=0)
     total[0] = arr.size - total[1:].sum()
     nonzero = np.flatnonzero(total)

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
+from .borrowed import borrowed
 from .config import CPU_CHUNKS_PER_THREAD
+from .threads import cpu_threads, for_chunks
 
 #: Most layers one pass reads (more are coded in groups by :func:`petfeat.regions.build_codes`).
 MAX_LAYERS = 8
@@ -34,7 +35,7 @@ _SPARE = np.zeros(1, np.uint8)
 
 def _n_chunks(size: int) -> int:
     """Parallel chunks of a flat array: a few per thread, none under 65536 values."""
-    return max(1, min(size // 65536, numba.get_num_threads() * CPU_CHUNKS_PER_THREAD))
+    return max(1, min(size // 65536, cpu_threads() * CPU_CHUNKS_PER_THREAD))
 
 
 def pack_layers(arrays: Sequence[np.ndarray]) -> tuple[tuple[np.ndarray, ...], np.ndarray, int]:
@@ -69,6 +70,13 @@ def pack_layers(arrays: Sequence[np.ndarray]) -> tuple[tuple[np.ndarray, ...], n
         widths[j] = a.itemsize
     views += [_SPARE] * (MAX_LAYERS - len(views))
     return tuple(views), widths, int(size)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _borrowed_layers(layers):  # pragma: no cover - compiled
+    """The :data:`MAX_LAYERS` views of :func:`pack_layers`, borrowed (:mod:`petfeat.kernels.borrowed`)."""
+    return (borrowed(layers[0]), borrowed(layers[1]), borrowed(layers[2]), borrowed(layers[3]), borrowed(layers[4]),
+            borrowed(layers[5]), borrowed(layers[6]), borrowed(layers[7]))
 
 
 MARK, APPLY, HIT, HIT_MARK = 0, 1, 2, 3  # what a pass does with each voxel's key (see _pass)
@@ -118,9 +126,10 @@ def _block_keys(layers, widths, mults, n_layers, hit, tab, lo, m, key):  # pragm
                     key[b] += v
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _pass(layers, widths, mults, n_layers, size, mode, present, lut, out, n_chunks):  # pragma: no cover - compiled
-    """One parallel pass over the voxels of the layers, in blocks of keys (:func:`_block_keys`).
+@njit(cache=True, nogil=True)
+def _pass(c0, c1, layers, widths, mults, n_layers, size, mode, present, lut, out,
+          n_chunks):  # pragma: no cover - compiled
+    """Chunks ``[c0, c1)`` of a pass over the voxels of the layers, in blocks of keys (:func:`_block_keys`).
 
     ``mode`` MARK sets ``present[key]``; APPLY writes ``out[i] = lut[key]``; HIT writes
     ``out[i] = OR_j lut[mults[j] + id_j]``; HIT_MARK writes that and sets ``present`` of it. Keys
@@ -128,8 +137,10 @@ def _pass(layers, widths, mults, n_layers, size, mode, present, lut, out, n_chun
     ``out.size // size``), so that one compiled signature serves every output dtype.
     """
     ow = out.size // size if size else 1
-    for ch in prange(n_chunks):
-        key = np.empty(_BLOCK, np.int32)
+    layers = _borrowed_layers(layers)
+    widths, mults, present, lut, out = borrowed(widths, mults, present, lut, out)
+    key = np.empty(_BLOCK, np.int32)
+    for ch in range(c0, c1):
         last = -1
         end = (ch + 1) * size // n_chunks
         for lo in range(ch * size // n_chunks, end, _BLOCK):
@@ -160,10 +171,12 @@ def _pass(layers, widths, mults, n_layers, size, mode, present, lut, out, n_chun
                     o4[np.uint64(lo + b)] = key[b]
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _fill(layers, widths, mults, n_layers, size, out, n_chunks):  # pragma: no cover - compiled
-    """``out[i]`` = int64 key of voxel ``i`` (the sort path of key ranges past ``2**31``)."""
-    for ch in prange(n_chunks):
+@njit(cache=True, nogil=True)
+def _fill(c0, c1, layers, widths, mults, n_layers, size, out, n_chunks):  # pragma: no cover - compiled
+    """``out[i]`` = int64 key of voxel ``i`` (the sort path of key ranges past ``2**31``), chunks ``[c0, c1)``."""
+    layers = _borrowed_layers(layers)
+    widths, mults, out = borrowed(widths, mults, out)
+    for ch in range(c0, c1):
         end = (ch + 1) * size // n_chunks
         for lo in range(ch * size // n_chunks, end, _BLOCK):
             _block_keys(layers, widths, mults, n_layers, False, mults, lo, min(_BLOCK, end - lo), out[lo:])
@@ -187,7 +200,8 @@ def _run(layers, mults, mode: int, present=None, lut=None, out=None) -> None:
     present = _SPARE.view(bool) if present is None else present
     lut = np.zeros(1, np.uint32) if lut is None else lut.astype(np.uint32, copy=False)
     out = _SPARE if out is None else out.reshape(-1).view(np.uint8)
-    _pass(views, widths, m, len(layers), size, mode, present, lut, out, _n_chunks(size))
+    n_chunks = _n_chunks(size)
+    for_chunks(_pass, n_chunks, views, widths, m, len(layers), size, mode, present, lut, out, n_chunks)
 
 
 def _check_out(layers, out: np.ndarray, what: str) -> None:
@@ -222,7 +236,9 @@ def fill_keys(layers: Sequence[np.ndarray], mults: Sequence[int], out: np.ndarra
     if out.dtype != np.int64:
         raise ValueError("fill_keys writes int64 keys")
     views, widths, size = pack_layers(layers)
-    _fill(views, widths, _mults(mults, len(layers), np.int64), len(layers), size, out.reshape(-1), _n_chunks(size))
+    n_chunks = _n_chunks(size)
+    for_chunks(_fill, n_chunks, views, widths, _mults(mults, len(layers), np.int64), len(layers), size, out.reshape(-1),
+               n_chunks)
 
 
 def mark_present(key: np.ndarray, present: np.ndarray) -> None:

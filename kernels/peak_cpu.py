@@ -31,14 +31,15 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import numba
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, types
 from numba.core.extending import overload
 from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros
 
+from .borrowed import borrowed
 from .config import CPU_CHUNKS_PER_THREAD
 from .reduce_cpu import _code_lanes, _code_word, _next_run, _u
+from .threads import cpu_threads, for_chunks
 
 #: Plane values per block of the disc and sphere stages: every term of a block is added while the
 #: block sits in L1 (4 KiB of float32 disc sums, 8 KiB of float64 sphere sums).
@@ -361,7 +362,7 @@ def _peak_separable(stored, codes, scale, offset, dzs, dz_profile, n_per_dz, pro
     ``sums_proto``'s dtype holds the row and disc sums.
 
     ``words, log2_bits`` are :func:`code_words`' (``log2_bits = 0``: region boxes by scanning for region voxels).
-    The set-up is NumPy, so that the compiled parallel function holds nothing but its parallel loop.
+    The set-up is NumPy; the chunks run on threads (:func:`petfeat.kernels.threads.for_chunks`).
     """
     nz = stored.shape[0]
     rz = int(np.abs(dzs).max())
@@ -372,27 +373,32 @@ def _peak_separable(stored, codes, scale, offset, dzs, dz_profile, n_per_dz, pro
     glob = np.full((n_chunks, n_regions), -np.inf)
     loc = np.full((n_chunks, n_regions), -np.inf)
     bad = np.zeros(n_chunks, np.bool_)  # a chunk met a non-finite sphere sum
-    _peak_chunks(stored, codes, scale, offset, dzs, dz_profile, n_per_dz, row_dz, row_dy, row_h, prof_base, step_ptr,
-                 step_dy, step_h, step_sign, has_reg, code_ptr, code_regions, region_max, sums_proto, block, ring_bytes,
-                 words, log2_bits, inner_b, bool(np.any(offset != 0.0)), rz, int(np.abs(term_dy).max()),
-                 int(row_h.max()), int(n_per_dz.sum()), prof_ptr.shape[0] - 1, glob, loc, bad)
+    for_chunks(_peak_chunks, n_chunks, stored, codes, scale, offset, dzs, dz_profile, n_per_dz, row_dz, row_dy, row_h,
+               prof_base, step_ptr, step_dy, step_h, step_sign, has_reg, code_ptr, code_regions, region_max, sums_proto,
+               block, ring_bytes, words, log2_bits, inner_b, bool(np.any(offset != 0.0)), rz,
+               int(np.abs(term_dy).max()), int(row_h.max()), int(n_per_dz.sum()), prof_ptr.shape[0] - 1, glob, loc, bad)
     return glob, loc, bad
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _peak_chunks(stored, codes, scale, offset, dzs, dz_profile, n_per_dz, row_dz, row_dy, row_h, prof_base, step_ptr,
-                 step_dy, step_h, step_sign, has_reg, code_ptr, code_regions, region_max, sums_proto, block, ring_bytes,
-                 words, log2_bits, inner_b, with_offset, rz, ry, rx, n_off, n_prof, glob, loc,
+@njit(cache=True, nogil=True)
+def _peak_chunks(c0, c1, stored, codes, scale, offset, dzs, dz_profile, n_per_dz, row_dz, row_dy, row_h, prof_base,
+                 step_ptr, step_dy, step_h, step_sign, has_reg, code_ptr, code_regions, region_max, sums_proto, block,
+                 ring_bytes, words, log2_bits, inner_b, with_offset, rz, ry, rx, n_off, n_prof, glob, loc,
                  bad):  # pragma: no cover - compiled
-    """Peaks of each chunk of slices, in parallel, into rows ``ch`` of ``glob``, ``loc`` and ``bad``.
+    """Peaks of chunks ``[c0, c1)`` of slices into rows ``ch`` of ``glob``, ``loc`` and ``bad``.
 
-    Nothing but the parallel loop: every array expression or constructor of a parallel function is
-    a parallel loop of its own, compiled apart (the set-up is in :func:`_peak_separable`).
+    The set-up is :func:`_peak_separable`'s.
     """
+    stored, codes, scale, offset, dzs, dz_profile, n_per_dz = borrowed(stored, codes, scale, offset, dzs, dz_profile,
+                                                                       n_per_dz)
+    row_dz, row_dy, row_h, prof_base, step_ptr, step_dy, step_h, step_sign = borrowed(
+        row_dz, row_dy, row_h, prof_base, step_ptr, step_dy, step_h, step_sign)
+    has_reg, code_ptr, code_regions, region_max, words, inner_b, glob, loc, bad = borrowed(
+        has_reg, code_ptr, code_regions, region_max, words, inner_b, glob, loc, bad)
     nz, ny, nx = stored.shape
     n_chunks = bad.shape[0]
     ring_n = 2 * rz + 1
-    for ch in prange(n_chunks):
+    for ch in range(c0, c1):
         z0 = ch * nz // n_chunks
         z1 = (ch + 1) * nz // n_chunks
         if z0 == z1:
@@ -446,10 +452,7 @@ def _peak_chunks(stored, codes, scale, offset, dzs, dz_profile, n_per_dz, row_dz
 
 @njit(cache=True, nogil=True)
 def _chunk_buffers(rx, ry, hb, wp, ring_n, n_prof, sums_proto, box):  # pragma: no cover - compiled
-    """A task's row sums (flat planes: row y at y * wp), ring of disc sums, sphere sums and a copy of ``box``.
-
-    A serial function: array constructors in the parallel loop's body would each be a parallel loop.
-    """
+    """A task's row sums (flat planes: row y at y * wp), ring of disc sums, sphere sums and a copy of ``box``."""
     rsum = np.zeros((rx + 1, (hb + 2 * ry) * wp), sums_proto.dtype)
     ring = np.zeros((ring_n, n_prof, hb * wp), sums_proto.dtype)
     return rsum, ring, np.empty(hb * wp), box.copy()
@@ -698,7 +701,7 @@ def _peak_direct(stored, codes, scale, offset, offs, seg_dz, seg_dy, seg_dx, seg
                  code_regions, region_max, n_regions, n_chunks):
     """Global and local peaks per chunk of rows, every sphere voxel visited (NaN neighbours skipped).
 
-    The set-up is NumPy, so that the compiled parallel function holds nothing but its parallel loop.
+    The set-up is NumPy; the chunks run on threads (:func:`petfeat.kernels.threads.for_chunks`).
     """
     _, ny, nx = stored.shape
     glob = np.full((n_chunks, n_regions), -np.inf)
@@ -707,28 +710,31 @@ def _peak_direct(stored, codes, scale, offset, offs, seg_dz, seg_dy, seg_dx, seg
     dflat = offs[:, 0] * (ny * nx) + offs[:, 1] * nx + offs[:, 2]
     seg_flat = seg_dz * (ny * nx) + seg_dy * nx + seg_dx
     rz, ry, rx = (int(np.abs(offs[:, i]).max()) for i in range(3))
-    _peak_direct_chunks(stored, codes, scale, offset, offs, dflat, seg_dz, seg_flat, seg_len, integer, code_ptr,
-                        code_regions, region_max, rz, ry, rx, glob, loc)
+    for_chunks(_peak_direct_chunks, n_chunks, stored, codes, scale, offset, offs, dflat, seg_dz, seg_flat, seg_len,
+               integer, code_ptr, code_regions, region_max, rz, ry, rx, glob, loc)
     return glob, loc
 
 
 @njit(cache=True, nogil=True)
 def _direct_buffers(n_off, n_seg):  # pragma: no cover - compiled
-    """A task's per-row factors of the sphere's voxels and x-runs (a serial function: see :func:`_peak_chunks`)."""
+    """A task's per-row factors of the sphere's voxels and x-runs."""
     return np.empty(n_off), np.empty(n_off), np.empty(n_seg), np.empty(n_seg)
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _peak_direct_chunks(stored, codes, scale, offset, offs, dflat, seg_dz, seg_flat, seg_len, integer, code_ptr,
+@njit(cache=True, nogil=True)
+def _peak_direct_chunks(c0, c1, stored, codes, scale, offset, offs, dflat, seg_dz, seg_flat, seg_len, integer, code_ptr,
                         code_regions, region_max, rz, ry, rx, glob, loc):  # pragma: no cover - compiled
-    """:func:`_peak_direct`'s parallel loop over chunks of rows (rows ``ch`` of ``glob`` and ``loc``)."""
+    """:func:`_peak_direct`'s chunks ``[c0, c1)`` of rows (rows ``ch`` of ``glob`` and ``loc``)."""
+    stored, codes, scale, offset, offs, dflat, seg_dz, seg_flat, seg_len = borrowed(
+        stored, codes, scale, offset, offs, dflat, seg_dz, seg_flat, seg_len)
+    code_ptr, code_regions, region_max, glob, loc = borrowed(code_ptr, code_regions, region_max, glob, loc)
     nz, ny, nx = stored.shape
     n_rows = nz * ny
     n_chunks = glob.shape[0]
     flat = stored.reshape(-1)
     n_off = offs.shape[0]
     n_seg = seg_len.shape[0]
-    for ch in prange(n_chunks):
+    for ch in range(c0, c1):
         r0 = ch * n_rows // n_chunks
         r1 = (ch + 1) * n_rows // n_chunks
         sc, of, ssc, sof = _direct_buffers(n_off, n_seg)
@@ -835,7 +841,7 @@ def suv_peak_cpu(stored, codes, scale, offset, offsets, code_ptr, code_regions, 
         # a NaN or infinity within a region voxel's sphere: the direct kernel, which skips them
         separable = not bad.any()
     if not separable:
-        n_chunks = max(1, min(stored.shape[0] * stored.shape[1], numba.get_num_threads() * CPU_CHUNKS_PER_THREAD))
+        n_chunks = max(1, min(stored.shape[0] * stored.shape[1], cpu_threads() * CPU_CHUNKS_PER_THREAD))
         seg_dz, seg_dy, seg_dx, seg_len = _row_segments(offsets)
         integer = stored.dtype.kind in "iu" and stored.dtype.itemsize <= 4
         glob, loc = _peak_direct(stored, codes, scale, offset, offsets, seg_dz, seg_dy, seg_dx, seg_len, integer,
@@ -853,4 +859,4 @@ def sums_dtype(stored: np.ndarray, plan) -> np.dtype:
 
 def peak_chunks(nz: int, rz: int) -> int:
     """Number of slice chunks: a few per thread, each at least as thick as the sphere's reach."""
-    return max(1, min(numba.get_num_threads() * CPU_CHUNKS_PER_THREAD, nz // max(1, 2 * rz + 1)))
+    return max(1, min(cpu_threads() * CPU_CHUNKS_PER_THREAD, nz // max(1, 2 * rz + 1)))

@@ -34,13 +34,14 @@ Chunks merge with :func:`petfeat.kernels.partials.merge_stack`.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, types
 from numba.core.extending import overload
 
+from .borrowed import borrowed
 from .config import CPU_CHUNKS_PER_THREAD, CPU_PREFETCH_ROWS, LLVM_IR
 from .partials import INDEX_NONE, Partials, merge_stack
+from .threads import cpu_threads, for_chunks
 
 try:  # vector-IR run moments, a prefetch hint and a bit scan, written against Numba's extension internals
     if not LLVM_IR:
@@ -85,22 +86,17 @@ def _chan(cnt, mean, m2, ch, c, n, mu, q):  # pragma: no cover - compiled
         cnt[ch, c] = nn
 
 
-@njit(cache=True, nogil=True)
-def _alloc(n_chunks, n_codes):  # pragma: no cover - compiled
+def _alloc(n_chunks: int, n_codes: int) -> tuple[np.ndarray, ...]:
     """Per-chunk partial arrays: count, mean, M2, min, max, argmin, argmax, NaN count."""
-    return (np.zeros((n_chunks, n_codes), np.int64), np.zeros((n_chunks, n_codes), np.float64),
-            np.zeros((n_chunks, n_codes), np.float64), np.full((n_chunks, n_codes), np.inf),
-            np.full((n_chunks, n_codes), -np.inf), np.full((n_chunks, n_codes), INDEX_NONE),
-            np.full((n_chunks, n_codes), INDEX_NONE), np.zeros((n_chunks, n_codes), np.int64))
+    shape = (n_chunks, n_codes)
+    return (np.zeros(shape, np.int64), np.zeros(shape, np.float64), np.zeros(shape, np.float64),
+            np.full(shape, np.inf), np.full(shape, -np.inf), np.full(shape, INDEX_NONE, np.int64),
+            np.full(shape, INDEX_NONE, np.int64), np.zeros(shape, np.int64))
 
 
-@njit(cache=True, nogil=True)
-def _group_alloc(n_codes):  # pragma: no cover - compiled
-    """A chunk's group accumulator (one row per code) and its list of the codes it holds.
-
-    A serial function: an array constructor in the body of a parallel loop is a parallel loop too.
-    """
-    return np.zeros((n_codes, 8), np.int64), np.empty(n_codes, np.int64)
+def _group_alloc(n_chunks: int, n_codes: int, exact: bool) -> np.ndarray:
+    """Each chunk's group accumulator ``[ch, 0]`` (a row per code) and list of the codes it holds ``[ch, 1, :, 0]``."""
+    return np.zeros((n_chunks, 2, n_codes, 8) if exact else (1, 2, 1, 8), np.int64)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -400,19 +396,25 @@ def _prefetch_row(s, x, nx):  # pragma: no cover - compiled
         prefetch(s, _u(t))
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _fused_chunks_int(stored, codes, scale, offset, n_codes, n_chunks):  # pragma: no cover - compiled
-    """Integer pixels (8/16 bit): exact moments per run of equal codes, added up per code and slice."""
+@njit(cache=True, nogil=True, error_model="numpy")
+def _fused_chunks_int(c0, c1, stored, codes, scale, offset, n_chunks, groups, cnt, mean, m2, vmin, vmax, amin, amax,
+                      nans):  # pragma: no cover - compiled
+    """Integer pixels (8/16 bit): exact moments per run of equal codes, added up per code and slice.
+
+    Chunks ``[c0, c1)`` of ``n_chunks``; ``groups`` is :func:`_group_alloc`'s, the partials :func:`_alloc`'s.
+    """
     nz, ny, nx = stored.shape
     n_rows = nz * ny
-    cnt, mean, m2, vmin, vmax, amin, amax, nans = _alloc(n_chunks, n_codes)
-    s = stored.reshape(-1)  # flat views: voxel (z, y, x) at (z * ny + y) * nx + x
-    cf = codes.reshape(-1)
+    s = borrowed(stored).reshape(-1)  # flat views: voxel (z, y, x) at (z * ny + y) * nx + x
+    cf = borrowed(codes).reshape(-1)
+    scale, offset, groups, cnt, mean, m2, vmin, vmax, amin, amax = borrowed(scale, offset, groups, cnt, mean, m2, vmin,
+                                                                            vmax, amin, amax)
     group_rows = max(1, MAX_EXACT_GROUP // nx)  # rows per group at most
-    for ch in prange(n_chunks):
+    for ch in range(c0, c1):
         r0 = ch * n_rows // n_chunks
         r1 = (ch + 1) * n_rows // n_chunks
-        g, touched = _group_alloc(n_codes)
+        g = groups[ch, 0]
+        touched = groups[ch, 1, :, 0]
         nt = 0
         z = r0 // ny
         y = r0 - z * ny
@@ -442,18 +444,22 @@ def _fused_chunks_int(stored, codes, scale, offset, n_codes, n_chunks):  # pragm
                 s1, s2, smin, smax = _run_moments(s, x, e)
                 nt = _group_add(g, touched, nt, c, x, e, s1, s2, smin, smax)
                 x = e
-    return cnt, mean, m2, vmin, vmax, amin, amax, nans
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _fused_chunks_float(stored, codes, scale, offset, n_codes, n_chunks):  # pragma: no cover - compiled
-    """Other pixels (float, 32-bit): SUV per voxel in float64, NaN counted; moments per run of equal codes."""
+@njit(cache=True, nogil=True)
+def _fused_chunks_float(c0, c1, stored, codes, scale, offset, n_chunks, groups, cnt, mean, m2, vmin, vmax, amin,
+                        amax, nans):  # pragma: no cover - compiled
+    """Other pixels (float, 32-bit): SUV per voxel in float64, NaN counted; moments per run of equal codes.
+
+    As :func:`_fused_chunks_int` (``groups`` unused).
+    """
     nz, ny, nx = stored.shape
     n_rows = nz * ny
-    cnt, mean, m2, vmin, vmax, amin, amax, nans = _alloc(n_chunks, n_codes)
-    s = stored.reshape(-1)  # flat views: voxel (z, y, x) at (z * ny + y) * nx + x
-    cf = codes.reshape(-1)
-    for ch in prange(n_chunks):
+    s = borrowed(stored).reshape(-1)  # flat views: voxel (z, y, x) at (z * ny + y) * nx + x
+    cf = borrowed(codes).reshape(-1)
+    scale, offset, cnt, mean, m2, vmin, vmax, amin, amax, nans = borrowed(scale, offset, cnt, mean, m2, vmin, vmax,
+                                                                          amin, amax, nans)
+    for ch in range(c0, c1):
         r0 = ch * n_rows // n_chunks
         r1 = (ch + 1) * n_rows // n_chunks
         z = r0 // ny
@@ -482,7 +488,6 @@ def _fused_chunks_float(stored, codes, scale, offset, n_codes, n_chunks):  # pra
                     _chan(cnt, mean, m2, ch, c, n, k + s1 / n, max(s2 - s1 * (s1 / n), 0.0))
                     _merge_extremes(vmin, vmax, amin, amax, ch, c, s, smin, x, smax, x, e, a, b)
                 x = e
-    return cnt, mean, m2, vmin, vmax, amin, amax, nans
 
 
 def fused_reduce_cpu(stored: np.ndarray, codes: np.ndarray, scale: np.ndarray, offset: np.ndarray,
@@ -505,10 +510,21 @@ def fused_reduce_cpu(stored: np.ndarray, codes: np.ndarray, scale: np.ndarray, o
     Partials
         ``(n_codes,)`` partial statistics; argmin/argmax are flat C-order voxel indices.
     """
-    n_chunks = max(1, min(stored.shape[0] * stored.shape[1],
-                          numba.get_num_threads() * CPU_CHUNKS_PER_THREAD))
+    n_chunks = max(1, min(stored.shape[0] * stored.shape[1], cpu_threads() * CPU_CHUNKS_PER_THREAD))
     exact = stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2 and stored.shape[2] <= MAX_EXACT_ROW
+    return merge_stack(*fused_partials(stored, codes, scale, offset, n_codes, n_chunks, exact))
+
+
+def fused_partials(stored: np.ndarray, codes: np.ndarray, scale: np.ndarray, offset: np.ndarray, n_codes: int,
+                   n_chunks: int, exact: bool) -> tuple[np.ndarray, ...]:
+    """:func:`fused_reduce_cpu`'s ``(n_chunks, n_codes)`` partial arrays, one row per chunk of image rows.
+
+    ``exact`` takes the integer kernel (8/16-bit pixels, rows of at most :data:`MAX_EXACT_ROW`), else the
+    float kernel. The rows merge with :func:`petfeat.kernels.partials.merge_stack`.
+    """
     kernel = _fused_chunks_int if exact else _fused_chunks_float
-    return merge_stack(*kernel(np.ascontiguousarray(stored), np.ascontiguousarray(codes),
-                               np.ascontiguousarray(scale, np.float64), np.ascontiguousarray(offset, np.float64),
-                               int(n_codes), int(n_chunks)))
+    partials = _alloc(int(n_chunks), -(-int(n_codes) // 8) * 8)  # rows of whole cache lines: no false sharing
+    for_chunks(kernel, n_chunks, np.ascontiguousarray(stored), np.ascontiguousarray(codes),
+               np.ascontiguousarray(scale, np.float64), np.ascontiguousarray(offset, np.float64), int(n_chunks),
+               _group_alloc(int(n_chunks), int(n_codes), exact), *partials)
+    return tuple(p[:, :n_codes] for p in partials)

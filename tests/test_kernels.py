@@ -175,7 +175,7 @@ def test_integer_groups_stay_exact_at_their_bound(n_chunks):
     codes = np.ones(stored.shape, np.uint8)
     codes[1] = 2
     scale, offset = np.array([1.0, -1.0]), np.zeros(2)
-    p = merge_stack(*reduce_cpu._fused_chunks_int(stored, codes, scale, offset, 3, n_chunks))
+    p = merge_stack(*reduce_cpu.fused_partials(stored, codes, scale, offset, 3, n_chunks, exact=True))
     values = naive.suv(stored, scale, offset)
     for c, sign in ((1, 1), (2, -1)):
         ints = [sign * int(v) for v in stored[c - 1].ravel()]  # SUV, exactly

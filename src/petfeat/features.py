@@ -14,9 +14,12 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from petfeat.kernels import Partials, combine_codes
+from petfeat.kernels.borrowed import borrowed
+from petfeat.kernels.config import CPU_CHUNKS_PER_THREAD
+from petfeat.kernels.threads import cpu_threads, for_chunks
 
 #: Radius (mm) of the sphere of volume 1 cm3: (3 / (4 pi))^(1/3) cm.
 PEAK_RADIUS_MM = 10.0 * (3.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
@@ -253,9 +256,13 @@ def region_peaks(stored: np.ndarray, codes: np.ndarray, scale: np.ndarray, offse
     """
     stored = np.ascontiguousarray(stored)
     codes = np.ascontiguousarray(codes)
-    glob, val, loc = _region_peaks(stored, codes, np.ascontiguousarray(scale, np.float64),
-                                   np.ascontiguousarray(offset, np.float64), np.ascontiguousarray(offsets, np.int64),
-                                   np.ascontiguousarray(member, np.bool_))
+    member = np.ascontiguousarray(member, np.bool_)
+    nz, n_regions = stored.shape[0], member.shape[1]
+    glob, val, loc = (np.full((nz, n_regions), -np.inf) for _ in range(3))
+    n_chunks = max(1, min(nz, cpu_threads() * CPU_CHUNKS_PER_THREAD))
+    for_chunks(_region_peaks, n_chunks, stored, codes, np.ascontiguousarray(scale, np.float64),
+               np.ascontiguousarray(offset, np.float64), np.ascontiguousarray(offsets, np.int64), member,
+               member.any(axis=1), glob, val, loc, n_chunks)
     g = glob.max(axis=0) if len(glob) else np.full(member.shape[1], -np.inf)
     local = np.full(member.shape[1], -np.inf)
     for r in range(member.shape[1]):
@@ -265,19 +272,18 @@ def region_peaks(stored: np.ndarray, codes: np.ndarray, scale: np.ndarray, offse
     return np.where(np.isfinite(g), g, np.nan), np.where(np.isfinite(local), local, np.nan)
 
 
-@njit(parallel=True, cache=True)
-def _region_peaks(stored, codes, scale, offset, offs, member):  # pragma: no cover - compiled
-    """Per slice and region: highest sphere mean, hottest value and the highest sphere mean at it."""
+@njit(cache=True, nogil=True)
+def _region_peaks(c0, c1, stored, codes, scale, offset, offs, member, has, glob, val, loc,
+                  n_chunks):  # pragma: no cover - compiled
+    """Per slice and region: highest sphere mean, hottest value and the highest sphere mean at it.
+
+    Slices of chunks ``[c0, c1)`` into ``glob``, ``val``, ``loc``; ``has[c]``: code ``c`` is in some region.
+    """
+    stored, codes, scale, offset, offs, member, has, glob, val, loc = borrowed(stored, codes, scale, offset, offs,
+                                                                               member, has, glob, val, loc)
     nz, ny, nx = stored.shape
     n_regions = member.shape[1]
-    has = np.zeros(member.shape[0], np.bool_)
-    for c in range(member.shape[0]):
-        for r in range(n_regions):
-            has[c] |= member[c, r]
-    glob = np.full((nz, n_regions), -np.inf)
-    val = np.full((nz, n_regions), -np.inf)
-    loc = np.full((nz, n_regions), -np.inf)
-    for z in prange(nz):
+    for z in range(c0 * nz // n_chunks, c1 * nz // n_chunks):
         for y in range(ny):
             for x in range(nx):
                 c = codes[z, y, x]
@@ -312,7 +318,6 @@ def _region_peaks(stored, codes, scale, offset, offs, member):  # pragma: no cov
                         loc[z, r] = m
                     elif v == val[z, r] and m > loc[z, r]:
                         loc[z, r] = m
-    return glob, val, loc
 
 
 def region_rows(partials: Partials, regions: dict[str, np.ndarray], voxel_ml: float,

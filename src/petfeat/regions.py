@@ -43,11 +43,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from petfeat.errors import LabelError
+from petfeat.kernels.borrowed import borrowed
+from petfeat.kernels.config import CPU_CHUNKS_PER_THREAD
 from petfeat.kernels.label_census import label_census
 from petfeat.kernels.label_codes import MAX_LAYERS, apply_keys, fill_keys, mark_ids, mark_keys
+from petfeat.kernels.threads import cpu_threads, for_chunks
 from petfeat.slabs import z_slabs
 
 #: Most label combinations one lookup table of the code builder holds; wider layer sets are coded in groups,
@@ -202,7 +205,7 @@ def _code_group(layers: list[LabelLayer], sizes: list[int], shape: tuple[int, ..
     """Codes of at most MAX_LAYERS layers whose mixed-radix key fits an int64, numbered in key order."""
     total = int(np.prod(sizes, dtype=np.float64))
     arrays, mults = [layer.array for layer in layers], _radix(sizes)
-    if total <= _LUT_LIMIT:  # which keys occur, then a lookup table key -> code (compiled, parallel passes)
+    if total <= _LUT_LIMIT:  # which keys occur, then a lookup table key -> code (compiled passes on threads)
         present = np.zeros(total, bool)
         mark_keys(arrays, mults, present)
         present[0] = False
@@ -612,24 +615,47 @@ def _on_boundary(mask, z, y, x):  # pragma: no cover - compiled
             or (x > 0 and not mask[z, y, x - 1]) or (x < nx - 1 and not mask[z, y, x + 1]))
 
 
-@njit(parallel=True, cache=True)
-def _boundary_count(mask):  # pragma: no cover - compiled
+def _boundary_count(mask: np.ndarray) -> int:
     """Mask voxels with an in-image 6-neighbour outside the mask."""
+    n_chunks = _slab_chunks(mask.shape[0])
+    counts = np.zeros(n_chunks, np.int64)
+    for_chunks(_boundary_counts, n_chunks, mask, counts)
+    return int(counts.sum())
+
+
+def _slab_chunks(nz: int) -> int:
+    """Chunks of slices for the margin's kernels: a few per thread."""
+    return max(1, min(nz, cpu_threads() * CPU_CHUNKS_PER_THREAD))
+
+
+@njit(cache=True, nogil=True)
+def _boundary_counts(c0, c1, mask, counts):  # pragma: no cover - compiled
+    """``counts[c]``: the boundary voxels of chunk ``c`` of slices, for the chunks ``[c0, c1)``."""
+    mask, counts = borrowed(mask, counts)
     nz, ny, nx = mask.shape
-    n = 0
-    for z in prange(nz):
-        for y in range(ny):
-            for x in range(nx):
-                if mask[z, y, x] and _on_boundary(mask, z, y, x):
-                    n += 1
-    return n
+    n_chunks = counts.shape[0]
+    for c in range(c0, c1):
+        n = 0
+        for z in range(c * nz // n_chunks, (c + 1) * nz // n_chunks):
+            for y in range(ny):
+                for x in range(nx):
+                    if mask[z, y, x] and _on_boundary(mask, z, y, x):
+                        n += 1
+        counts[c] = n
 
 
-@njit(parallel=True, cache=True)
-def _stamp_balls(mask, ball, out):  # pragma: no cover - compiled
+def _stamp_balls(mask: np.ndarray, ball: np.ndarray, out: np.ndarray) -> None:
     """``out |= mask``, and every ``ball`` offset around each boundary voxel (same-value writes may race)."""
+    n_chunks = _slab_chunks(mask.shape[0])
+    for_chunks(_stamp_slices, n_chunks, mask, ball, out, n_chunks)
+
+
+@njit(cache=True, nogil=True)
+def _stamp_slices(c0, c1, mask, ball, out, n_chunks):  # pragma: no cover - compiled
+    """:func:`_stamp_balls` for the mask voxels of chunks ``[c0, c1)`` of slices."""
+    mask, ball, out = borrowed(mask, ball, out)
     nz, ny, nx = mask.shape
-    for z in prange(nz):
+    for z in range(c0 * nz // n_chunks, c1 * nz // n_chunks):
         for y in range(ny):
             for x in range(nx):
                 if not mask[z, y, x]:
