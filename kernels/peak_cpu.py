@@ -40,6 +40,7 @@ from .borrowed import borrowed
 from .config import CPU_CHUNKS_PER_THREAD
 from .reduce_cpu import _code_lanes, _code_word, _next_run, _u
 from .threads import cpu_threads, for_chunks
+from .warmup import wait_peak_compile
 
 #: Plane values per block of the disc and sphere stages: every term of a block is added while the
 #: block sits in L1 (4 KiB of float32 disc sums, 8 KiB of float64 sphere sums).
@@ -230,6 +231,49 @@ def _nonzero_boxes(words, log2_bits, z0, z1):  # pragma: no cover - compiled
     return box
 
 
+@njit(cache=True, nogil=True)
+def _roi_box_chunks(c0, c1, codes, has_reg, boxes, n_chunks):  # pragma: no cover - compiled
+    """:func:`_roi_boxes` of the slices of chunks ``[c0, c1)`` into ``boxes``."""
+    codes, has_reg, boxes = borrowed(codes, has_reg, boxes)
+    nz = codes.shape[0]
+    for ch in range(c0, c1):
+        z0, z1 = ch * nz // n_chunks, (ch + 1) * nz // n_chunks
+        box = _roi_boxes(codes, has_reg, z0, z1)
+        for i in range(z1 - z0):  # element by element: a slice assignment compiles its shape-mismatch message
+            for j in range(4):
+                boxes[z0 + i, j] = box[i, j]
+
+
+@njit(cache=True, nogil=True)
+def _nonzero_box_chunks(c0, c1, words, log2_bits, boxes, n_chunks):  # pragma: no cover - compiled
+    """:func:`_nonzero_boxes` of the slices of chunks ``[c0, c1)`` into ``boxes``."""
+    words, boxes = borrowed(words, boxes)
+    nz = words.shape[0]
+    for ch in range(c0, c1):
+        z0, z1 = ch * nz // n_chunks, (ch + 1) * nz // n_chunks
+        box = _nonzero_boxes(words, log2_bits, z0, z1)
+        for i in range(z1 - z0):  # element by element: a slice assignment compiles its shape-mismatch message
+            for j in range(4):
+                boxes[z0 + i, j] = box[i, j]
+
+
+def region_boxes(codes: np.ndarray, has_reg: np.ndarray, by_words: bool = True) -> np.ndarray:
+    """Per slice, ``(ylo, yhi, xlo, xhi)`` (inclusive) of the voxels whose code has a region; ``yhi = -1``: none.
+
+    From the code words (:func:`_nonzero_boxes`) when :func:`code_words` can and ``by_words``, else
+    voxel by voxel (:func:`_roi_boxes`); only the kernel used is compiled.
+    """
+    nz = codes.shape[0]
+    boxes = np.empty((nz, 4), np.int64)
+    n_chunks = max(1, min(nz, cpu_threads() * CPU_CHUNKS_PER_THREAD))
+    words, log2_bits = code_words(codes, has_reg) if by_words else (None, 0)
+    if log2_bits > 0:
+        for_chunks(_nonzero_box_chunks, n_chunks, words, log2_bits, boxes, n_chunks)
+    else:
+        for_chunks(_roi_box_chunks, n_chunks, codes, has_reg, boxes, n_chunks)
+    return boxes
+
+
 def code_words(codes: np.ndarray, has_reg: np.ndarray) -> tuple[np.ndarray, int]:
     """``codes`` as uint64 words and log2 of a code's bits, for :func:`_nonzero_boxes`; ``log2 = 0`` if not usable.
 
@@ -356,14 +400,13 @@ def _row_block(rsum, step_h, step_dy, t, k0, k1, ry, wp):  # pragma: no cover - 
 
 def _peak_separable(stored, codes, scale, offset, dzs, dz_profile, n_per_dz, prof_ptr, term_dy, term_h, row_dz,
                     row_dy, row_h, prof_base, step_ptr, step_dy, step_h, step_sign, has_reg, code_ptr, code_regions,
-                    region_max, n_regions, n_chunks, sums_proto, block, ring_bytes, words, log2_bits):
+                    region_max, n_regions, n_chunks, sums_proto, block, ring_bytes, boxes=None):
     """Global and local peaks per chunk of slices, and whether a chunk met a non-finite sphere sum.
 
-    ``sums_proto``'s dtype holds the row and disc sums.
-
-    ``words, log2_bits`` are :func:`code_words`' (``log2_bits = 0``: region boxes by scanning for region voxels).
-    The set-up is NumPy; the chunks run on threads (:func:`petfeat.kernels.threads.for_chunks`).
+    ``sums_proto``'s dtype holds the row and disc sums; ``boxes`` are :func:`region_boxes`' (computed
+    when None). The set-up is NumPy; the chunks run on threads (:func:`petfeat.kernels.threads.for_chunks`).
     """
+    boxes = region_boxes(codes, has_reg) if boxes is None else boxes
     nz = stored.shape[0]
     rz = int(np.abs(dzs).max())
     inner_b = np.zeros(nz)  # sum of offsets over a sphere that lies inside the image
@@ -375,7 +418,7 @@ def _peak_separable(stored, codes, scale, offset, dzs, dz_profile, n_per_dz, pro
     bad = np.zeros(n_chunks, np.bool_)  # a chunk met a non-finite sphere sum
     for_chunks(_peak_chunks, n_chunks, stored, codes, scale, offset, dzs, dz_profile, n_per_dz, row_dz, row_dy, row_h,
                prof_base, step_ptr, step_dy, step_h, step_sign, has_reg, code_ptr, code_regions, region_max, sums_proto,
-               block, ring_bytes, words, log2_bits, inner_b, bool(np.any(offset != 0.0)), rz,
+               block, ring_bytes, boxes, inner_b, bool(np.any(offset != 0.0)), rz,
                int(np.abs(term_dy).max()), int(row_h.max()), int(n_per_dz.sum()), prof_ptr.shape[0] - 1, glob, loc, bad)
     return glob, loc, bad
 
@@ -383,7 +426,7 @@ def _peak_separable(stored, codes, scale, offset, dzs, dz_profile, n_per_dz, pro
 @njit(cache=True, nogil=True)
 def _peak_chunks(c0, c1, stored, codes, scale, offset, dzs, dz_profile, n_per_dz, row_dz, row_dy, row_h, prof_base,
                  step_ptr, step_dy, step_h, step_sign, has_reg, code_ptr, code_regions, region_max, sums_proto, block,
-                 ring_bytes, words, log2_bits, inner_b, with_offset, rz, ry, rx, n_off, n_prof, glob, loc,
+                 ring_bytes, boxes, inner_b, with_offset, rz, ry, rx, n_off, n_prof, glob, loc,
                  bad):  # pragma: no cover - compiled
     """Peaks of chunks ``[c0, c1)`` of slices into rows ``ch`` of ``glob``, ``loc`` and ``bad``.
 
@@ -393,8 +436,8 @@ def _peak_chunks(c0, c1, stored, codes, scale, offset, dzs, dz_profile, n_per_dz
                                                                        n_per_dz)
     row_dz, row_dy, row_h, prof_base, step_ptr, step_dy, step_h, step_sign = borrowed(
         row_dz, row_dy, row_h, prof_base, step_ptr, step_dy, step_h, step_sign)
-    has_reg, code_ptr, code_regions, region_max, words, inner_b, glob, loc, bad = borrowed(
-        has_reg, code_ptr, code_regions, region_max, words, inner_b, glob, loc, bad)
+    has_reg, code_ptr, code_regions, region_max, boxes, inner_b, glob, loc, bad = borrowed(
+        has_reg, code_ptr, code_regions, region_max, boxes, inner_b, glob, loc, bad)
     nz, ny, nx = stored.shape
     n_chunks = bad.shape[0]
     ring_n = 2 * rz + 1
@@ -403,10 +446,7 @@ def _peak_chunks(c0, c1, stored, codes, scale, offset, dzs, dz_profile, n_per_dz
         z1 = (ch + 1) * nz // n_chunks
         if z0 == z1:
             continue
-        if log2_bits > 0:
-            box = _nonzero_boxes(words, log2_bits, z0, z1)
-        else:
-            box = _roi_boxes(codes, has_reg, z0, z1)
+        box = boxes[z0:z1]  # region_boxes'
         oy, ox, ey, ex = ny, nx, -1, -1  # the chunk's region box: origin of the planes
         for i in range(z1 - z0):
             if box[i, 1] >= 0:
@@ -823,6 +863,7 @@ def suv_peak_cpu(stored, codes, scale, offset, offsets, code_ptr, code_regions, 
     within a region voxel's sphere (which must not be averaged; found by the separable kernel), through
     the direct kernel that visits every sphere voxel.
     """
+    wait_peak_compile()  # a helper process compiling this kernel (kernels/warmup.py): load it, don't compile twice
     stored, codes = np.ascontiguousarray(stored), np.ascontiguousarray(codes)  # the kernels index flat views
     scale = np.ascontiguousarray(scale, np.float64)
     offset = np.ascontiguousarray(offset, np.float64)
@@ -837,7 +878,7 @@ def suv_peak_cpu(stored, codes, scale, offset, offsets, code_ptr, code_regions, 
         n_chunks = peak_chunks(stored.shape[0], int(np.abs(plan.dzs).max()))
         glob, loc, bad = _peak_separable(stored, codes, scale, offset, *plan, has_reg, code_ptr, code_regions,
                                          region_max, int(n_regions), n_chunks, np.zeros(1, sums_dtype(stored, plan)),
-                                         PLANE_BLOCK, RING_BYTES, *code_words(codes, has_reg))
+                                         PLANE_BLOCK, RING_BYTES)
         # a NaN or infinity within a region voxel's sphere: the direct kernel, which skips them
         separable = not bad.any()
     if not separable:

@@ -211,21 +211,17 @@ def test_compile_notice_is_said_once_while_numba_compiles():
     assert quiet.getvalue() == ""
 
 
-def test_batch_says_when_the_kernels_will_be_compiled(monkeypatch, capsys, tmp_path, synth_archive):
+def test_the_kernel_cache_check_reads_numbas_cache_folder(monkeypatch, tmp_path):
+    """An empty Numba cache folder holds no kernel; one with the fused pass's index does (the batch then runs
+    no study of its own before the workers start: tests/test_warmup.py)."""
     from numba.core import config
+    from petfeat.kernels.warmup import kernels_cached
 
-    import petfeat.batch
-    from petfeat.batch import BatchReport
-
-    monkeypatch.setattr(petfeat.batch, "run_batch", lambda *a, **k: BatchReport(timings={"wall_s": 0.0}))
     monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path / "cache"))  # an empty Numba cache
-    archive, _ = synth_archive
-    assert main(["extract", str(archive), "-o", str(tmp_path / "o")]) == 0
-    assert "compiles petfeat's kernels" in capsys.readouterr().err
+    assert not kernels_cached()
     (tmp_path / "cache" / "kernels_0123").mkdir(parents=True)
     (tmp_path / "cache" / "kernels_0123" / "reduce_cpu._fused-10.py311.nbi").write_bytes(b"")
-    assert main(["extract", str(archive), "-o", str(tmp_path / "o")]) == 0
-    assert "compiles petfeat's kernels" not in capsys.readouterr().err
+    assert kernels_cached()
 
 
 def test_suv_text_is_aligned_with_units_and_no_none(capsys):

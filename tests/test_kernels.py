@@ -467,10 +467,10 @@ def test_separable_peak_matches_oracle_across_chunks(spacing, n_chunks, dtype, t
     sums = peak_cpu.sums_dtype(stored, plan)  # int16: exact float32 sums; float32 pixels: float64 sums
     assert sums == (np.float32 if dtype == np.int16 else np.float64)
     has_reg = np.diff(ptr) > 0
-    words = peak_cpu.code_words(codes, has_reg) if tiling == "default" else (np.zeros((1, 1, 1), np.uint64), 0)
-    assert words[1] == (3 if tiling == "default" else 0)
+    assert peak_cpu.code_words(codes, has_reg)[1] == 3  # 8-bit codes: boxes from words, unless told to scan
+    boxes = peak_cpu.region_boxes(codes, has_reg, by_words=tiling == "default")
     glob, loc, bad = peak_cpu._peak_separable(stored, codes, scale, offset, *plan, has_reg, ptr, flat, rmax,
-                                              len(regions), n_chunks, np.zeros(1, sums), block, ring_bytes, *words)
+                                              len(regions), n_chunks, np.zeros(1, sums), block, ring_bytes, boxes)
     assert not bad.any()  # finite pixels: every sphere sum is finite
     glob, loc = glob.max(axis=0), loc.max(axis=0)
     for k, r in enumerate(regions):
@@ -529,8 +529,7 @@ def test_separable_peak_reports_non_finite_sums_only_within_reach(where):
     plan = peak_cpu.sphere_plan(sphere_offsets(spacing))
     has_reg = np.diff(ptr) > 0
     _, _, bad = peak_cpu._peak_separable(stored, codes, scale, offset, *plan, has_reg, ptr, flat, rmax, 2, 3,
-                                         np.zeros(1, np.float64), peak_cpu.PLANE_BLOCK, peak_cpu.RING_BYTES,
-                                         *peak_cpu.code_words(codes, has_reg))
+                                         np.zeros(1, np.float64), peak_cpu.PLANE_BLOCK, peak_cpu.RING_BYTES)
     assert bad.any() == (where != "out_of_reach")
     glob, loc = kernels.suv_peak(stored, codes, scale, offset, sphere_offsets(spacing), ptr, flat, rmax, 2)
     for k, c in enumerate((1, 2)):

@@ -380,6 +380,11 @@ def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, th
 
         _check_inputs(row, settings)
         series = read_pet_series(row.pet_path, series_uid=row.series_uid or None)
+        if settings.peaks and settings.backend != "gpu" and settings.peak_neighbours == "image":
+            from petfeat.kernels.warmup import start_peak_compile
+
+            # not in the kernel cache (a fresh install): compiled in a second process while this one reads on
+            start_peak_compile(series.stored.dtype, series.geometry.spacing, series.stored.shape[2])
         if row.alternatives and "series_choice" not in series.notes:  # scan chose among the study's series
             series.notes["series_choice"] = {"chosen": series.series_uid, "reason": row.series_choice,
                                              "alternatives": [{"series_uid": u} for u in row.alternatives]}
@@ -585,6 +590,8 @@ def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, ke
     """
     from distributed import as_completed
 
+    from petfeat.kernels.warmup import kernels_cached
+
     task = task or run_study
     out = Path(out).absolute()
     try:
@@ -603,6 +610,17 @@ def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, ke
                             "error": _failure(r, type(exc).__name__, str(exc), out)})
     report = BatchReport(failed=len(results))
     bar = _Progress(progress, len(rows))
+    if task is run_study and scheduler is None and settings.backend != "gpu" and todo and not kernels_cached():
+        # a fresh install: compile once, before the workers start, by running the first study here; the local
+        # workers then load the kernels from the cache they share instead of each compiling them
+        if progress:
+            print("compiling petfeat's kernels for this machine on the first study (about 15 s on 2 cores, once: "
+                  "the workers and later runs load them from Numba's cache) ...", file=progress, flush=True)
+        row, k = todo.pop(0)
+        res = _checked(run_study(row, settings, str(out), key.hex(), threads=os.cpu_count() or 1,
+                                 trace_memory=trace_memory, part_key=k), row, k, out)
+        results.append(res)
+        setattr(report, res["status"], getattr(report, res["status"]) + 1)
     with _quiet_dask_logs():
         client, cluster = _client(scheduler, n_workers, settings.backend, timeout=scheduler_timeout,
                                   dashboard_address=dashboard_address)

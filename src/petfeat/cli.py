@@ -193,7 +193,7 @@ class _CompileNotice:
         """Say once that kernels are being compiled."""
         if not self.said:
             self.said = True
-            print("compiling petfeat's kernels for this machine (about 40 s on 2 cores, once: later runs load them "
+            print("compiling petfeat's kernels for this machine (about 20 s on 2 cores, once: later runs load them "
                   "from Numba's cache) ...", file=self.stream, flush=True)
 
     def __exit__(self, *exc):
@@ -521,9 +521,6 @@ def cmd_batch(args) -> int:
         read_manifest(src)
     if not any(r.study_id.startswith("S") for r in rows):  # F...: folders without a PET series
         raise PetfeatError(_no_studies(src))
-    if not _kernels_cached():
-        print("the first study on each worker compiles petfeat's kernels for this machine (about 40 s on 2 cores, "
-              "once: later runs load them from Numba's cache)", file=sys.stderr, flush=True)
     settings = BatchSettings(regions=load_spec(args.regions) if args.regions else BUILTIN_REGIONS,
                              backend=args.backend, suv_type=args.suv_type, connectivity=args.connectivity,
                              min_lesion_ml=args.min_lesion_ml, threshold=_parse_threshold(args.threshold),
@@ -544,19 +541,6 @@ def cmd_batch(args) -> int:
         print(f"failures ({', '.join(f'{n} {c}' for c, n in classes.items())}) are listed with their reasons in "
               f"{out / 'failures.parquet'}", file=sys.stderr)
     return 3 if rep.failed else 0
-
-
-def _kernels_cached() -> bool:
-    """Whether Numba's cache holds compiled CPU kernels of petfeat (``NUMBA_CACHE_DIR`` or ``kernels/__pycache__``)."""
-    from numba.core import config
-
-    import petfeat.kernels as kernels
-
-    if config.CACHE_DIR:
-        where = [d for d in Path(config.CACHE_DIR).glob("kernels_*") if d.is_dir()]
-    else:
-        where = [Path(kernels.__file__).parent / "__pycache__"]
-    return any(any(d.glob("reduce_cpu.*.nbi")) for d in where)
 
 
 def _no_studies(src: Path) -> str:
@@ -637,6 +621,11 @@ def cmd_extract(args) -> int:
     t0 = time.perf_counter()
     key = load_or_create_key(args.key_file)  # the batch's key: the same series gets the same patient_id
     series = read_pet_series(args.pet, series_uid=args.series_uid)
+    if not args.no_peak and args.backend != "gpu" and args.peak_neighbours == "image":
+        from petfeat.kernels.warmup import start_peak_compile
+
+        # a fresh install: the SUVpeak kernel compiles in a second process while this one reads the labels
+        start_peak_compile(series.stored.dtype, series.geometry.spacing, series.stored.shape[2])
     factors = compute_suv_factors(series.suv_header, lbm_formula=args.lbm, **_suv_overrides(args))
     names = read_names_file(args.label_names) if args.label_names else None
     layers = []
