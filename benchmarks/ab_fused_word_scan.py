@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numba
 import numpy as np
 from petfeat.kernels import reduce_cpu
 from petfeat.kernels.partials import merge_stack
+from petfeat.kernels.threads import cpu_threads
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -64,8 +64,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     stored = rng.integers(0, 32000, SHAPE, dtype=np.int16)
     scale, offset = rng.uniform(1e-4, 2e-4, SHAPE[0]), np.zeros(SHAPE[0])
-    n_chunks = numba.get_num_threads() * 4
-    print(f"{numba.get_num_threads()} threads; {SHAPE} int16; best of 15 interleaved rounds; old = {rev}")
+    n_chunks = cpu_threads() * 4
+    print(f"{cpu_threads()} threads; {SHAPE} int16; best of 15 interleaved rounds; old = {rev}")
     as_float = sys.argv[2:] == ["float32"]  # the float kernel (NaN checks) on the same values as float32
     pixels = stored.astype(np.float32) if as_float else stored
     print(f"{'float' if as_float else 'integer'} kernel on {pixels.dtype} pixels")

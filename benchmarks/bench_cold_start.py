@@ -6,7 +6,9 @@ Runs the command in this process with ``NUMBA_CACHE_DIR`` set to a new empty fol
 kernel compiles), listening to Numba's compile events, and prints the wall time and the compile
 time of each top-level compiled function (nested compiles are counted in their caller), as wall
 and as this process's CPU seconds (compiling is one thread: on a shared machine the CPU seconds
-vary less than the wall time).
+vary less than the wall time). The SUVpeak kernel compiles in a helper process
+(``kernels/warmup.py``): its wall time from start to end, and how long this process waited for it,
+are printed too (the helper's CPU is not in this process's CPU seconds).
 For a small study: ``petfeat synth /tmp/small --patients 1 --voxel-mm 4``.
 """
 
@@ -40,7 +42,28 @@ def main(argv=None):
                 compiles.setdefault(name, []).append((time.perf_counter() - t0, time.process_time() - c0))
 
     event.register("numba:compile", Listener())
+    import resource
+
+    from petfeat.kernels import peak_cpu, warmup
+
     from petfeat.cli import main as petfeat_main
+
+    helper = {}
+    start, wait = warmup.start_peak_compile, peak_cpu.wait_peak_compile
+
+    def timed_start(*a, **k):
+        helper["started_at"] = time.perf_counter()
+        helper["started"] = start(*a, **k)
+        return helper["started"]
+
+    def timed_wait(*a, **k):
+        t = time.perf_counter()
+        proc = warmup._helper
+        wait(*a, **k)
+        if proc is not None:
+            helper.update(waited=time.perf_counter() - t, returncode=proc.returncode)
+
+    warmup.start_peak_compile, peak_cpu.wait_peak_compile = timed_start, timed_wait
 
     with tempfile.TemporaryDirectory() as out:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -55,6 +78,13 @@ def main(argv=None):
           f"({sum(r[1] for r in rows):.1f} CPU s); load {os.getloadavg()}")
     for total, cpu_total, name, n in rows:
         print(f"{total:8.2f} s {cpu_total:8.2f} CPU s  {n} specialisation(s)  {name}")
+    if helper.get("started"):
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        print(f"SUVpeak helper process: started {helper['started_at'] - t0:.1f} s into the run, this process waited "
+              f"{helper.get('waited', 0.0):.1f} s for it (exit {helper.get('returncode')}); helper CPU "
+              f"{kids.ru_utime + kids.ru_stime:.1f} s")
+    else:
+        print("no SUVpeak helper process (the kernel was cached, or not needed)")
 
 
 if __name__ == "__main__":

@@ -21,10 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numba
 import numpy as np
 import SimpleITK as sitk
 from petfeat.kernels.label_census import label_census
+from petfeat.kernels.threads import cpu_threads
 
 from petfeat.io.dicom import Geometry
 from petfeat.io.labels import read_totalsegmentator_folder
@@ -112,7 +112,7 @@ def main(argv=None):
         "folder_read_s": float(folder_s),
         "folder_classes": a.classes,
     }
-    print(f"CT grid {ct}, {a.classes} classes, {numba.get_num_threads()} threads, best of {a.repeats}")
+    print(f"CT grid {ct}, {a.classes} classes, {cpu_threads()} threads, best of {a.repeats}")
     print(f"class file (median): read {summary['class_file_read_s']:.3f} s, census {summary['class_file_census_s']:.4f}"
           f" s, NumPy census {summary['class_file_numpy_census_s']:.3f} s "
           f"({summary['class_file_numpy_census_s'] / summary['class_file_census_s']:.1f}x)")
@@ -123,7 +123,7 @@ def main(argv=None):
           f"({folder_s / a.classes:.3f} s per class)")
     if a.out:
         meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                "threads": numba.get_num_threads(), "ct": ct, "repeats": a.repeats}
+                "threads": cpu_threads(), "ct": ct, "repeats": a.repeats}
         Path(a.out).write_text(json.dumps({"meta": meta, "summary": summary, "files": best}, indent=1))
 
 

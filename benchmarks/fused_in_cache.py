@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-import numba
 import numpy as np
 from petfeat.kernels import reduce_cpu
+from petfeat.kernels.threads import set_cpu_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ab_fused_word_scan import int_partials, load_old  # noqa: E402
@@ -38,7 +38,7 @@ def main() -> None:
     starts = (rows[:, 1:] != rows[:, :-1]) & (rows[:, 1:] != 0)
     n_runs = int((rows[:, 0] != 0).sum() + starts.sum())
     n_vox = int((co != 0).sum())
-    numba.set_num_threads(1)
+    set_cpu_threads(1)
     best = dict.fromkeys(kernels, np.inf)
     for m in kernels.values():
         int_partials(m, st, co, sc, of, 61, 4)

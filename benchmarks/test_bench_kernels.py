@@ -16,7 +16,6 @@ against a floor that reads the float32 pixels).
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import pytest
 from numba import njit
@@ -72,7 +71,7 @@ def _group(labels, pixels):
 @pytest.mark.parametrize("pixels", ["int16", "float32"])
 def test_floor(benchmark, volume, stored_f32, labels, pixels):
     benchmark.group = _group(labels, pixels)
-    benchmark.extra_info["threads"] = numba.get_num_threads()
+    benchmark.extra_info["threads"] = cpu_threads()
     benchmark(_floor, _pixels(volume, stored_f32, pixels), labels[0])
 
 
@@ -137,7 +136,7 @@ def test_simpleitk_label_intensity_statistics(benchmark, suv_f32, labels):
 
     def run():
         f = sitk.LabelIntensityStatisticsImageFilter()
-        f.SetNumberOfThreads(numba.get_num_threads())
+        f.SetNumberOfThreads(cpu_threads())
         f.Execute(lab, img)
         return [(f.GetMean(int(k)), f.GetMaximum(int(k))) for k in f.GetLabels()]
 

@@ -7,22 +7,25 @@ that finishes early takes the next chunk). Numba's ``parallel=True`` would do th
 14 s of CPU on a fresh install), and a kernel runs for milliseconds, so a thread pool's dispatch
 (tens of microseconds per chunk) costs nothing measurable.
 
-The thread count is Numba's (``numba.get_num_threads()``, set per thread with
-``numba.set_num_threads``, at most ``NUMBA_NUM_THREADS``), so the batch's per-worker setting
-holds here too.
+The thread count is ``NUMBA_NUM_THREADS`` (default: the machine's cores), lowered for the calling
+thread with :func:`set_cpu_threads` or :func:`limited_threads` (a batch task uses 1: the workers
+are the parallelism). Numba's own threading layer is never started.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
+_local = threading.local()  # this thread's count, when set
 
 
 def _forget_pool() -> None:  # a forked child has none of its parent's threads
@@ -43,8 +46,24 @@ def _get_pool() -> ThreadPoolExecutor:
 
 
 def cpu_threads() -> int:
-    """Threads a kernel call of this thread may use (Numba's setting for it)."""
-    return max(1, numba.get_num_threads())
+    """Threads a kernel call of this thread may use: its :func:`set_cpu_threads`, else ``NUMBA_NUM_THREADS``."""
+    return getattr(_local, "threads", None) or max(1, numba.config.NUMBA_NUM_THREADS)
+
+
+def set_cpu_threads(threads: int) -> None:
+    """Let the kernel calls of this thread use ``threads`` threads (1 to ``NUMBA_NUM_THREADS``)."""
+    _local.threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
+
+
+@contextlib.contextmanager
+def limited_threads(threads: int) -> Iterator[None]:
+    """:func:`set_cpu_threads` for the calling thread inside the ``with`` block, then the count before."""
+    before = getattr(_local, "threads", None)
+    set_cpu_threads(threads)
+    try:
+        yield
+    finally:
+        _local.threads = before
 
 
 def for_chunks(kernel, n_chunks: int, *args) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from numba import njit
 from petfeat.kernels.borrowed import borrowed
-from petfeat.kernels.threads import cpu_threads, for_chunks
+from petfeat.kernels.threads import cpu_threads, for_chunks, limited_threads
 
 
 @njit(nogil=True)
@@ -29,27 +29,40 @@ def test_every_chunk_runs_once_on_several_threads():
         seen.add(threading.get_ident())
         _count_chunks(c0, c1, hits, np.zeros(97, np.int64), np.zeros(1, np.int64))
 
-    before = numba.get_num_threads()
-    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-    try:
+    with limited_threads(2):
         for_chunks(kernel, 97, hits)
         assert cpu_threads() == min(2, numba.config.NUMBA_NUM_THREADS)
-    finally:
-        numba.set_num_threads(before)
     np.testing.assert_array_equal(hits, np.ones(97, np.int64))
     assert threading.get_ident() in seen
 
 
 def test_one_thread_runs_all_chunks_in_one_call_in_the_calling_thread():
     calls = []
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
+    before = cpu_threads()
+    with limited_threads(1):
         for_chunks(lambda c0, c1: calls.append((c0, c1, threading.get_ident())), 5)
         for_chunks(lambda c0, c1: calls.append((c0, c1)), 0)
-    finally:
-        numba.set_num_threads(before)
+        assert cpu_threads() == 1
     assert calls == [(0, 5, threading.get_ident())]
+    assert cpu_threads() == before  # the count before the block
+
+
+def test_a_threads_count_is_the_setting_threads_own():
+    """A count set in one thread leaves the others at NUMBA_NUM_THREADS; counts are clipped to 1..NUMBA_NUM_THREADS."""
+    seen = {}
+
+    def other():
+        seen["other"] = cpu_threads()
+
+    with limited_threads(1):
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+    assert seen["other"] == numba.config.NUMBA_NUM_THREADS
+    with limited_threads(10**6):
+        assert cpu_threads() == numba.config.NUMBA_NUM_THREADS
+    with limited_threads(0):
+        assert cpu_threads() == 1
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 threads (NUMBA_NUM_THREADS=1 here)")
@@ -61,13 +74,8 @@ def test_an_error_in_a_helper_thread_is_raised_after_the_other_chunks_ran():
             raise ValueError("chunk 3 failed")
         done.append(c0)
 
-    before = numba.get_num_threads()
-    numba.set_num_threads(2)  # this thread's setting (a batch task run here earlier may have set 1)
-    try:
-        with pytest.raises(ValueError, match="chunk 3 failed"):
-            for_chunks(kernel, 8)
-    finally:
-        numba.set_num_threads(before)
+    with limited_threads(2), pytest.raises(ValueError, match="chunk 3 failed"):  # a batch task here may have set 1
+        for_chunks(kernel, 8)
     assert sorted(done) == [0, 1, 2, 4, 5, 6, 7]
 
 

@@ -230,10 +230,11 @@ def _atomic_json(obj: dict, path: Path) -> None:
 
 def _limit_threads(threads: int) -> None:
     """One task per core is the batch's parallelism: keep Numba and SimpleITK from oversubscribing."""
-    import numba
     import SimpleITK as sitk
 
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    from petfeat.kernels.threads import set_cpu_threads
+
+    set_cpu_threads(threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, threads))
 
 

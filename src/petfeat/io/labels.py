@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree
 
-import numba
 import numpy as np
 import pydicom
 import SimpleITK as sitk
@@ -43,6 +42,7 @@ from petfeat.io.dicom import Geometry
 from petfeat.io.rtstruct import read_rtstruct
 from petfeat.io.totalsegmentator import TASK_LABELS, UNKNOWN, identify_task, split_by_task
 from petfeat.kernels.label_census import Census, label_census
+from petfeat.kernels.threads import limited_threads
 from petfeat.regions import LabelLayer
 
 _UNSIGNED = {sitk.sitkUInt8, sitk.sitkUInt16, sitk.sitkUInt32, sitk.sitkUInt64}
@@ -603,15 +603,11 @@ def read_streamed(path: str | Path) -> tuple[sitk.Image, Census] | None:
     per = max(1, STREAM_CHUNK_BYTES // slice_bytes)
     buf = np.empty(per * nx * ny, dtype)
     acc = _StreamCensus((nz, ny, nx))
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)  # this thread only: a chunk is counted in ~1 ms, a parallel launch costs more
-    try:
+    with limited_threads(1):  # this thread only: a chunk is counted in ~1 ms, handing it to threads costs more
         for piece in _stream_chunks(path, layout, buf):
             chunk = np.frombuffer(piece, dtype).reshape(-1, ny, nx)
             chunk.flags.writeable = False  # one compiled census for chunks of the buffer and of the inflater
             acc.add(chunk)
-    finally:
-        numba.set_num_threads(threads)
     del buf
     img, lo, found = acc.image(_UNSIGNED_NIFTI[layout.datatype])
     full = sitk.Image([1, 1, 1], sitk.sitkUInt8)
