@@ -95,8 +95,8 @@ def _alloc(n_chunks: int, n_codes: int) -> tuple[np.ndarray, ...]:
 
 
 def _group_alloc(n_chunks: int, n_codes: int, exact: bool) -> np.ndarray:
-    """Each chunk's group accumulator ``[ch, 0]`` (a row per code) and list of the codes it holds ``[ch, 1, :, 0]``."""
-    return np.zeros((n_chunks, 2, n_codes, 8) if exact else (1, 2, 1, 8), np.int64)
+    """Per chunk: the group accumulator (rows ``[ch, :n_codes]``, one per code), then the codes it holds (flat)."""
+    return np.zeros((n_chunks, n_codes + -(-n_codes // 8), 8) if exact else (1, 1, 8), np.int64)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -413,8 +413,9 @@ def _fused_chunks_int(c0, c1, stored, codes, scale, offset, n_chunks, groups, cn
     for ch in range(c0, c1):
         r0 = ch * n_rows // n_chunks
         r1 = (ch + 1) * n_rows // n_chunks
-        g = groups[ch, 0]
-        touched = groups[ch, 1, :, 0]
+        n_codes = cnt.shape[1]  # the partials' width: _group_alloc's rows of codes
+        g = groups[ch][:n_codes]
+        touched = groups[ch][n_codes:].reshape(-1)
         nt = 0
         z = r0 // ny
         y = r0 - z * ny
@@ -523,8 +524,9 @@ def fused_partials(stored: np.ndarray, codes: np.ndarray, scale: np.ndarray, off
     float kernel. The rows merge with :func:`petfeat.kernels.partials.merge_stack`.
     """
     kernel = _fused_chunks_int if exact else _fused_chunks_float
-    partials = _alloc(int(n_chunks), -(-int(n_codes) // 8) * 8)  # rows of whole cache lines: no false sharing
+    width = -(-int(n_codes) // 8) * 8  # rows of whole cache lines: chunks on other threads share none
+    partials = _alloc(int(n_chunks), width)
     for_chunks(kernel, n_chunks, np.ascontiguousarray(stored), np.ascontiguousarray(codes),
                np.ascontiguousarray(scale, np.float64), np.ascontiguousarray(offset, np.float64), int(n_chunks),
-               _group_alloc(int(n_chunks), int(n_codes), exact), *partials)
+               _group_alloc(int(n_chunks), width, exact), *partials)
     return tuple(p[:, :n_codes] for p in partials)
