@@ -142,3 +142,16 @@ def test_a_fresh_install_batch_runs_its_first_study_before_the_workers_start(syn
 def test_with_cached_kernels_every_study_goes_to_the_workers(synth_archive, tmp_path, monkeypatch):
     _, ran_here, log = _batch_recording_this_process(synth_archive, tmp_path, monkeypatch, cached=True)
     assert ran_here == [] and "on the first study" not in log
+
+
+def test_the_progress_rate_leaves_out_the_study_that_compiled_the_kernels(monkeypatch):
+    """After the first study ran here (compiling), rate and ETA count only the studies after it."""
+    import petfeat.batch as batch
+
+    clock = iter([0.0, 40.0, 50.0])  # start; the first study done at 40 s (restart); two more by 50 s
+    monkeypatch.setattr(batch.time, "perf_counter", lambda: next(clock))
+    log = io.StringIO()
+    bar = batch._Progress(log, 6, every=0.0)
+    bar.restart(1)
+    bar.update(3, batch.BatchReport(done=3))
+    assert log.getvalue().strip() == "studies 3/6: 3 done, 0 skipped, 0 failed (12.0/min, ETA 15 s)"

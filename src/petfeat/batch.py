@@ -500,8 +500,12 @@ class _Progress:
     def __init__(self, stream, total: int, every: float = 10.0):
         self.stream, self.total, self.every = stream, total, every
         self.tty = bool(stream) and hasattr(stream, "isatty") and stream.isatty()
-        self.t0 = time.perf_counter()
+        self.t0, self.base = time.perf_counter(), 0
         self.last, self.shown = -float("inf"), -1
+
+    def restart(self, done: int) -> None:
+        """Rate and ETA from now on, over the studies after the ``done`` ones (the kernels' compile is not a rate)."""
+        self.t0, self.base = time.perf_counter(), done
 
     def update(self, i: int, report: BatchReport, final: bool = False) -> None:
         if not self.stream:
@@ -511,9 +515,10 @@ class _Progress:
             return
         self.last, self.shown = now, i
         elapsed = max(now - self.t0, 1e-9)
-        rate = i / elapsed * 60
-        eta = (self.total - i) * elapsed / i if i else float("nan")
-        eta_text = f", ETA {eta:.0f} s" if i and i < self.total else ""
+        n = i - self.base
+        rate = n / elapsed * 60
+        eta = (self.total - i) * elapsed / n if n > 0 else float("nan")
+        eta_text = f", ETA {eta:.0f} s" if n > 0 and i < self.total else ""
         line = (f"studies {i}/{self.total}: {report.done} done, {report.skipped} skipped, {report.failed} failed "
                 f"({rate:.1f}/min{eta_text})")
         if self.tty:
@@ -622,6 +627,7 @@ def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, ke
                                  trace_memory=trace_memory, part_key=k), row, k, out)
         results.append(res)
         setattr(report, res["status"], getattr(report, res["status"]) + 1)
+        bar.restart(len(results))
     with _quiet_dask_logs():
         client, cluster = _client(scheduler, n_workers, settings.backend, timeout=scheduler_timeout,
                                   dashboard_address=dashboard_address)
