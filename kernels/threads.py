@@ -4,7 +4,7 @@ Every CPU kernel is a serial Numba function over a range of chunks ``[c0, c1)`` 
 GIL (``nogil=True``); :func:`for_chunks` hands its chunks to threads, one chunk at a time (a thread
 that finishes early takes the next chunk). Numba's ``parallel=True`` would do the same with a
 ``prange``, but its parfor passes more than double a kernel's compile time (SUVpeak: 24 s against
-14 s of CPU on a fresh install), and a kernel runs for milliseconds, so a thread pool's dispatch
+12 s of CPU on a fresh install), and a kernel runs for milliseconds, so a thread pool's dispatch
 (tens of microseconds per chunk) costs nothing measurable.
 
 The thread count is ``NUMBA_NUM_THREADS`` (default: the machine's cores), lowered for the calling
