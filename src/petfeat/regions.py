@@ -645,30 +645,48 @@ def _boundary_counts(c0, c1, mask, counts):  # pragma: no cover - compiled
 
 
 def _stamp_balls(mask: np.ndarray, ball: np.ndarray, out: np.ndarray) -> None:
-    """``out |= mask``, and every ``ball`` offset around each boundary voxel (same-value writes may race)."""
+    """``out |= mask``, and the ``ball`` around each boundary voxel (same-value writes may race).
+
+    The ball is stamped as its x-segments (one per ``(dz, dy)``, centred: ``-h..h``), and a run of
+    consecutive boundary voxels of a row as one segment per ``(dz, dy)``: ``x_first - h .. x_last + h``
+    (the union of the run's balls in that row).
+    """
+    rows: dict[tuple[int, int], int] = {}
+    for dz, dy, dx in np.asarray(ball, np.int64):
+        rows[(int(dz), int(dy))] = max(rows.get((int(dz), int(dy)), 0), abs(int(dx)))
+    seg = np.array([(dz, dy, h) for (dz, dy), h in sorted(rows.items())], np.int64).reshape(-1, 3)
     n_chunks = _slab_chunks(mask.shape[0])
-    for_chunks(_stamp_slices, n_chunks, mask, ball, out, n_chunks)
+    for_chunks(_stamp_slices, n_chunks, mask, seg, out, n_chunks)
 
 
 @njit(cache=True, nogil=True)
-def _stamp_slices(c0, c1, mask, ball, out, n_chunks):  # pragma: no cover - compiled
-    """:func:`_stamp_balls` for the mask voxels of chunks ``[c0, c1)`` of slices."""
-    mask, ball, out = borrowed(mask, ball, out)
+def _stamp_slices(c0, c1, mask, seg, out, n_chunks):  # pragma: no cover - compiled
+    """:func:`_stamp_balls` for the mask voxels of chunks ``[c0, c1)`` of slices; ``seg`` rows are ``(dz, dy, h)``."""
+    mask, seg, out = borrowed(mask, seg, out)
     nz, ny, nx = mask.shape
     for z in range(c0 * nz // n_chunks, c1 * nz // n_chunks):
         for y in range(ny):
-            for x in range(nx):
+            x = 0
+            while x < nx:
                 if not mask[z, y, x]:
+                    x += 1
                     continue
                 out[z, y, x] = True
                 if not _on_boundary(mask, z, y, x):
+                    x += 1
                     continue
-                for k in range(ball.shape[0]):
-                    zz = z + ball[k, 0]
-                    yy = y + ball[k, 1]
-                    xx = x + ball[k, 2]
-                    if 0 <= zz < nz and 0 <= yy < ny and 0 <= xx < nx:
-                        out[zz, yy, xx] = True
+                xa = x  # the run of boundary voxels [xa, x]
+                while x + 1 < nx and mask[z, y, x + 1] and _on_boundary(mask, z, y, x + 1):
+                    x += 1
+                    out[z, y, x] = True
+                for k in range(seg.shape[0]):
+                    zz = z + seg[k, 0]
+                    yy = y + seg[k, 1]
+                    if 0 <= zz < nz and 0 <= yy < ny:
+                        row = out[zz, yy]
+                        for xx in range(max(xa - seg[k, 2], 0), min(x + seg[k, 2], nx - 1) + 1):
+                            row[xx] = True
+                x += 1
 
 
 def codes_touching_border(codes: np.ndarray) -> np.ndarray:
