@@ -7,11 +7,14 @@ kernel. When that kernel is not cached for a study's pixel type, :func:`start_pe
 cache) while this process reads the labels and compiles the other kernels; :func:`wait_peak_compile`,
 called before the first SUVpeak, waits for it, so that the kernel loads from the cache instead of
 compiling twice. If the helper fails, or the study's codes differ from the guess (more than 255
-codes), this process compiles what it needs itself, as it would without a helper.
+codes), this process compiles what it needs itself, as it would without a helper. A helper still
+running when this process exits (a study that failed before its SUVpeak) is stopped: no process
+outlives the command.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 import sys
@@ -82,7 +85,15 @@ def start_peak_compile(stored_dtype, spacing_zyx: Sequence[float], nx: int) -> b
     args = [np.dtype(stored_dtype).name, *(repr(float(s)) for s in spacing_zyx), str(16 if nx % 8 == 0 else 12)]
     _helper = subprocess.Popen([sys.executable, "-m", "petfeat.kernels.warmup", *args],
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    atexit.register(_stop_helper, _helper)
     return True
+
+
+def _stop_helper(helper: subprocess.Popen) -> None:
+    """Stop a helper that is still compiling when this process exits."""
+    if helper.poll() is None:
+        helper.kill()
+        helper.wait(10)
 
 
 def wait_peak_compile(timeout: float = WAIT_S) -> None:

@@ -155,3 +155,19 @@ def test_the_progress_rate_leaves_out_the_study_that_compiled_the_kernels(monkey
     bar.restart(1)
     bar.update(3, batch.BatchReport(done=3))
     assert log.getvalue().strip() == "studies 3/6: 3 done, 0 skipped, 0 failed (12.0/min, ETA 15 s)"
+
+
+def test_a_helper_still_compiling_when_the_command_exits_is_stopped(tmp_path):
+    """A study that fails before its SUVpeak leaves the helper compiling: it is stopped when the process exits."""
+    code = ("import numpy as np; from petfeat.kernels import warmup; "
+            "assert warmup.start_peak_compile(np.int16, (2.0, 2.0, 2.0), 16); print(warmup._helper.pid)")
+    run = subprocess.run([sys.executable, "-c", code], env=_fresh_cache_env(tmp_path), capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    pid = int(run.stdout.split()[-1])
+    try:
+        os.kill(pid, 0)
+        alive = not open(f"/proc/{pid}/stat").read().split()[2] == "Z"  # a zombie of a reaped parent is gone soon
+    except (ProcessLookupError, FileNotFoundError):
+        alive = False
+    assert not alive

@@ -621,11 +621,6 @@ def cmd_extract(args) -> int:
     t0 = time.perf_counter()
     key = load_or_create_key(args.key_file)  # the batch's key: the same series gets the same patient_id
     series = read_pet_series(args.pet, series_uid=args.series_uid)
-    if not args.no_peak and args.backend != "gpu" and args.peak_neighbours == "image":
-        from petfeat.kernels.warmup import start_peak_compile
-
-        # a fresh install: the SUVpeak kernel compiles in a second process while this one reads the labels
-        start_peak_compile(series.stored.dtype, series.geometry.spacing, series.stored.shape[2])
     factors = compute_suv_factors(series.suv_header, lbm_formula=args.lbm, **_suv_overrides(args))
     names = read_names_file(args.label_names) if args.label_names else None
     layers = []
@@ -635,6 +630,11 @@ def cmd_extract(args) -> int:
     if args.lesions and Path(args.lesions).is_dir():
         raise PetfeatError(f"--lesions {args.lesions} is a folder; give the lesion mask file (NIfTI/NRRD, any grid). "
                            "Label folders (TotalSegmentator) go to --labels.")
+    if not args.no_peak and args.backend != "gpu" and args.peak_neighbours == "image":
+        from petfeat.kernels.warmup import start_peak_compile
+
+        # a fresh install: the SUVpeak kernel compiles in a second process while this one reads the labels
+        start_peak_compile(series.stored.dtype, series.geometry.spacing, series.stored.shape[2])
     with _native_noise_filtered():  # SimpleITK's HDF5 reader prints its error stack for a file it cannot read
         layers = read_label_sources(_label_sources(args.labels), series, names=names, mode=args.resample,
                                     read=cache.read_labels if cache is not None else None)
