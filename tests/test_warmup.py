@@ -107,14 +107,21 @@ def test_no_helper_when_the_kernel_is_cached_or_jit_is_off(monkeypatch):
     warmup.wait_peak_compile()  # nothing to wait for: returns at once
 
 
-def _batch_recording_this_process(synth_archive, tmp_path, monkeypatch, cached: bool):
-    """Run a batch with the kernel cache said to be ``cached``; the studies ``run_study`` ran in this process."""
+def _batch_recording_this_process(synth_archive, tmp_path, monkeypatch, cached: bool, done_before: int = 0):
+    """Run a batch with the kernel cache said to be ``cached``; the studies ``run_study`` ran in this process.
+
+    ``done_before``: the first studies whose parts are already there (a rerun); the others are done now.
+    """
     from petfeat.kernels import warmup
 
     import petfeat.batch as batch
 
     src, _ = synth_archive
     rows = scan_archive(src, KEY)
+    if done_before:
+        monkeypatch.setattr(warmup, "kernels_cached", lambda: True)
+        run_batch(rows[:done_before], tmp_path / "out", BatchSettings(regions=BUILTIN_REGIONS, backend="cpu"), KEY,
+                  n_workers=1, progress=None)
     monkeypatch.setattr(warmup, "kernels_cached", lambda: cached)
     ran_here, real = [], batch.run_study
 
@@ -126,8 +133,7 @@ def _batch_recording_this_process(synth_archive, tmp_path, monkeypatch, cached: 
     log = io.StringIO()
     rep = run_batch(rows, tmp_path / "out", BatchSettings(regions=BUILTIN_REGIONS, backend="cpu"), KEY,
                     n_workers=2, progress=log)
-    assert (rep.done, rep.skipped, rep.failed) == (len(rows), 0, 0)
-    assert json.loads((tmp_path / "out" / "run.json").read_text())["done"] == len(rows)
+    assert (rep.done, rep.skipped, rep.failed) == (len(rows) - done_before, done_before, 0)
     return rows, ran_here, log.getvalue()
 
 
@@ -137,6 +143,13 @@ def test_a_fresh_install_batch_runs_its_first_study_before_the_workers_start(syn
     rows, ran_here, log = _batch_recording_this_process(synth_archive, tmp_path, monkeypatch, cached=False)
     assert ran_here == [rows[0].study_id]
     assert "compiling petfeat's kernels for this machine on the first study" in log
+
+
+def test_the_study_run_here_is_one_with_work_to_do(synth_archive, tmp_path, monkeypatch):
+    """A rerun on a cold cache whose first study is done compiles on the first study that is not."""
+    rows, ran_here, log = _batch_recording_this_process(synth_archive, tmp_path, monkeypatch, cached=False,
+                                                        done_before=1)
+    assert ran_here == [rows[1].study_id] and "on the first study" in log
 
 
 def test_with_cached_kernels_every_study_goes_to_the_workers(synth_archive, tmp_path, monkeypatch):

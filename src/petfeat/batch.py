@@ -616,13 +616,14 @@ def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, ke
                             "error": _failure(r, type(exc).__name__, str(exc), out)})
     report = BatchReport(failed=len(results))
     bar = _Progress(progress, len(rows))
-    if task is run_study and scheduler is None and settings.backend != "gpu" and todo and not kernels_cached():
-        # a fresh install: compile once, before the workers start, by running the first study here; the local
-        # workers then load the kernels from the cache they share instead of each compiling them
+    undone = [i for i, (_, k) in enumerate(todo) if not (out / "parts" / f"{k}.features.parquet").exists()]
+    if task is run_study and scheduler is None and settings.backend != "gpu" and undone and not kernels_cached():
+        # a fresh install: compile once, before the workers start, by running a study that has work to do here;
+        # the local workers then load the kernels from the cache they share instead of each compiling them
         if progress:
             print("compiling petfeat's kernels for this machine on the first study (about 15 s on 2 cores, once: "
                   "the workers and later runs load them from Numba's cache) ...", file=progress, flush=True)
-        row, k = todo.pop(0)
+        row, k = todo.pop(undone[0])
         res = _checked(run_study(row, settings, str(out), key.hex(), threads=os.cpu_count() or 1,
                                  trace_memory=trace_memory, part_key=k), row, k, out)
         results.append(res)
