@@ -40,7 +40,10 @@ def _types(stored_dtype, spacing_zyx: Sequence[float]) -> tuple[np.dtype, np.dty
 
 
 def kernels_cached() -> bool:
-    """Whether Numba's cache holds compiled CPU kernels of petfeat (``NUMBA_CACHE_DIR`` or ``kernels/__pycache__``)."""
+    """Whether Numba's cache holds petfeat's fused-pass and SUVpeak kernels (``NUMBA_CACHE_DIR`` or ``__pycache__``).
+
+    Both: a cache left by an interrupted first run, or by a run without SUVpeak, may hold one only.
+    """
     from pathlib import Path
 
     from numba.core import config
@@ -49,7 +52,8 @@ def kernels_cached() -> bool:
         where = [d for d in Path(config.CACHE_DIR).glob("kernels_*") if d.is_dir()]
     else:
         where = [Path(__file__).parent / "__pycache__"]
-    return any(any(d.glob("reduce_cpu.*.nbi")) for d in where)
+    return any(any(d.glob("reduce_cpu._fused_chunks_int-*.nbi")) and any(d.glob("peak_cpu._peak_chunks-*.nbi"))
+               for d in where)
 
 
 def peak_cached(stored_dtype, spacing_zyx: Sequence[float]) -> bool:

@@ -212,15 +212,17 @@ def test_compile_notice_is_said_once_while_numba_compiles():
 
 
 def test_the_kernel_cache_check_reads_numbas_cache_folder(monkeypatch, tmp_path):
-    """An empty Numba cache folder holds no kernel; one with the fused pass's index does (the batch then runs
-    no study of its own before the workers start: tests/test_warmup.py)."""
+    """An empty Numba cache folder holds no kernel; one with the fused pass's and SUVpeak's indexes does (the
+    batch then runs no study of its own before the workers start: tests/test_warmup.py)."""
     from numba.core import config
     from petfeat.kernels.warmup import kernels_cached
 
     monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path / "cache"))  # an empty Numba cache
     assert not kernels_cached()
     (tmp_path / "cache" / "kernels_0123").mkdir(parents=True)
-    (tmp_path / "cache" / "kernels_0123" / "reduce_cpu._fused-10.py311.nbi").write_bytes(b"")
+    (tmp_path / "cache" / "kernels_0123" / "reduce_cpu._fused_chunks_int-10.py311.nbi").write_bytes(b"")
+    assert not kernels_cached()  # an interrupted first run: the SUVpeak kernel is not there yet
+    (tmp_path / "cache" / "kernels_0123" / "peak_cpu._peak_chunks-20.py311.nbi").write_bytes(b"")
     assert kernels_cached()
 
 

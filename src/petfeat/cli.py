@@ -193,8 +193,8 @@ class _CompileNotice:
         """Say once that kernels are being compiled."""
         if not self.said:
             self.said = True
-            print("compiling petfeat's kernels for this machine (about 20 s on 2 cores, once: later runs load them "
-                  "from Numba's cache) ...", file=self.stream, flush=True)
+            print("compiling petfeat's kernels for this machine (about 15 s on 2 cores; Numba caches them for later "
+                  "runs) ...", file=self.stream, flush=True)
 
     def __exit__(self, *exc):
         from numba.core import event
