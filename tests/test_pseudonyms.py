@@ -94,3 +94,43 @@ def test_extract_uses_the_same_patient_pseudonym():
 
     assert extract_pseudonym("MRN1", KEY, "1.2") == pseudonym("MRN1", KEY)
     assert extract_pseudonym("", KEY, "1.2") == pseudonym("", KEY, "1.2")
+
+
+def test_the_api_without_a_key_uses_the_command_lines_key_file(monkeypatch, tmp_path, synth_archive):
+    """extract_features without id_key: the patient_id of `petfeat extract` (the key file), in every process."""
+    import numpy as np
+    import pandas as pd
+
+    import petfeat.extract
+    from petfeat import extract_features, read_pet_series
+    from petfeat.cli import main
+
+    key_file = tmp_path / "k" / "petfeat.key"
+    monkeypatch.setenv("PETFEAT_KEY_FILE", str(key_file))
+    monkeypatch.setattr(petfeat.extract, "_FILE_KEYS", {})
+    src, truths = synth_archive
+    study = src / truths[0]["patient"]
+    series = read_pet_series(study / "pet")
+    api = extract_features(series, np.ones(series.geometry.shape, np.uint8), {"all": {"include": ["label_1"]}},
+                           backend="cpu", peaks=False)
+    assert key_file.exists()  # made by the API call, as the command line makes it
+    assert main(["extract", "--pet", str(study / "pet"), "--labels", str(study / "seg"), "--lesions",
+                 str(study / "lesions.nii.gz"), "--no-peak", "--backend", "cpu",
+                 "-o", str(tmp_path / "out")]) == 0
+    cli = pd.read_parquet(tmp_path / "out" / "features.parquet")
+    want = pseudonym(series.patient_id, load_or_create_key(key_file))
+    assert api.patient_id.iloc[0] == cli.patient_id.iloc[0] == want
+
+
+def test_the_api_without_a_readable_key_file_warns_and_uses_a_process_key(monkeypatch, tmp_path):
+    import petfeat.extract
+    from petfeat.errors import PetfeatWarning
+    from petfeat.extract import pseudonym as extract_pseudonym
+
+    bad = tmp_path / "petfeat.key"
+    bad.write_text("not hex\n")
+    monkeypatch.setenv("PETFEAT_KEY_FILE", str(bad))
+    monkeypatch.setattr(petfeat.extract, "_FILE_KEYS", {})
+    with pytest.warns(PetfeatWarning, match="key of this process only"):
+        pid = extract_pseudonym("MRN1", None, "1.2")
+    assert pid == pseudonym("MRN1", petfeat.extract._PROCESS_KEY)

@@ -44,13 +44,29 @@ LESION_COLUMNS = ("lesion_id", "site", "suv_mean", "suv_max", "suv_min", "suv_st
                   "volume_ml", "total_uptake", "voxel_count", "nan_voxel_count", "touches_border", "centroid_x_mm",
                   "centroid_y_mm", "centroid_z_mm", "status")
 _PROCESS_KEY = os.urandom(16)
+_FILE_KEYS: dict = {}  # key file -> its key, read once per process
 
 
 def pseudonym(patient_id: str, key: bytes | None = None, study_uid: str = "") -> str:
-    """Patient pseudonym (:func:`petfeat.pseudonyms.pseudonym`); a per-process key when ``key`` is None."""
+    """Patient pseudonym (:func:`petfeat.pseudonyms.pseudonym`) under ``key``, else under the key file.
+
+    With ``key`` None: the key the command line uses (``$PETFEAT_KEY_FILE``, else
+    ``~/.config/petfeat/petfeat.key``, created when missing), so a series gets the same ``patient_id``
+    from the Python API as from ``petfeat extract``. When that file cannot be read or written, a key of
+    this process only, with a warning (the ids then join nothing outside it).
+    """
+    from petfeat.pseudonyms import default_key_path, load_or_create_key
     from petfeat.pseudonyms import pseudonym as keyed
 
-    return keyed(patient_id, key or _PROCESS_KEY, study_uid)
+    if key is None:
+        path = default_key_path()
+        try:
+            key = _FILE_KEYS.get(path) or _FILE_KEYS.setdefault(path, load_or_create_key(path))
+        except PetfeatError as exc:
+            warnings.warn(f"patient_id: {exc} Using a key of this process only (pass id_key= to choose one).",
+                          PetfeatWarning, stacklevel=3)
+            key = _PROCESS_KEY
+    return keyed(patient_id, key, study_uid)
 
 
 def _layers(labels, label_names, shape) -> list[LabelLayer]:
@@ -161,7 +177,7 @@ def extract(
     strict : bool
         A region that matches no label raises :class:`~petfeat.errors.LabelError` instead of a warning.
     id_key : bytes, optional
-        Key of the patient pseudonym.
+        Key of the patient pseudonym; default: the command line's key file (:func:`pseudonym`).
 
     Returns
     -------
