@@ -27,6 +27,26 @@ def test_suv_json_has_the_documented_keys():
     assert d["uptake_seconds"] == 3600 and d["suv_bw_factor"] == pytest.approx(70_000 / d["decayed_dose_bq"])
 
 
+def test_suv_factors_per_slice_when_the_series_is_not_decay_corrected_to_one_time():
+    """DRO_3_4 (DecayCorrection NONE, a height): SUVbw, SUL and SUVbsa are one factor per slice, each the
+    SUVbw factor times one body-size ratio (the text shows their ranges), as extract applies them."""
+    import numpy as np
+
+    from petfeat.io.dicom import read_pet_header
+    from petfeat.suv import compute_suv_factors
+
+    r = run("suv", str(DRO / "DRO_3_4" / "PT"), "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    bw, bsa = np.array(d["suv_bw_factor"]), np.array(d["suv_bsa_factor"])
+    assert bw.size > 1 and bw.min() < bw.max() and bsa.shape == bw.shape
+    np.testing.assert_allclose(bsa / bw, bsa[0] / bw[0], rtol=1e-12)
+    f = compute_suv_factors(read_pet_header(DRO / "DRO_3_4" / "PT").suv_header)
+    np.testing.assert_allclose(bsa, f.factor("bsa"), rtol=1e-15)
+    text = run("suv", str(DRO / "DRO_3_4" / "PT")).stdout
+    assert f"SUVbsa factor     per slice, {bsa.min():.6g} .. {bsa.max():.6g}" in text
+
+
 def test_suv_override_from_the_command_line():
     r = run("suv", str(DRO / "DRO_0_0" / "PT"), "--json", "--weight", "80", "--injection-time", "2025-01-01T10:30:00")
     d = json.loads(r.stdout)

@@ -150,11 +150,18 @@ class SuvFactors:
         return float(self.suv_bw_per_slice[0])
 
     def to_dict(self) -> dict:
-        """JSON-ready dictionary (datetimes as ISO strings, arrays as lists)."""
+        """JSON-ready dictionary (datetimes as ISO strings, arrays as lists).
+
+        Where the SUVbw factor is per slice (a series not decay-corrected to one time), ``suv_bw_factor``,
+        ``sul_factor`` and ``suv_bsa_factor`` are lists, one factor per slice.
+        """
         out = asdict(self)
         per_slice = out.pop("suv_bw_per_slice")
-        if self.suv_bw_factor is None:
+        if self.suv_bw_factor is None:  # per slice: SUL and SUVbsa too (the fields hold the reference slice's)
             out["suv_bw_factor"] = [float(x) for x in per_slice]
+            for key, kind in (("sul_factor", "lbm"), ("suv_bsa_factor", "bsa")):
+                if out[key] is not None:
+                    out[key] = [float(x) for x in self.factor(kind)]
         for key in ("scan_datetime", "injection_datetime"):
             out[key] = out[key].isoformat() if out[key] is not None else None
         return out
