@@ -20,10 +20,9 @@ import numpy as np
 import pytest
 from numba import njit
 from petfeat.kernels.borrowed import borrowed
-from petfeat.kernels.config import CPU_CHUNKS_PER_THREAD
 from petfeat.kernels.peak_cpu import suv_peak_cpu
 from petfeat.kernels.reduce_cpu import fused_reduce_cpu
-from petfeat.kernels.threads import cpu_threads, for_chunks
+from petfeat.kernels.threads import chunk_count, cpu_threads, for_chunks
 
 from petfeat.features import sphere_offsets
 
@@ -43,7 +42,7 @@ def _floor_pass(c0, c1, stored, codes, acc, n_chunks):  # fastmath: the float su
 def _floor(stored, codes):
     """One pass that reads every pixel and code once, on the kernels' threads (the memory-bandwidth floor)."""
     acc = np.zeros(stored.shape[0], np.float64 if stored.dtype.kind == "f" else np.int64)
-    n_chunks = min(stored.shape[0], cpu_threads() * CPU_CHUNKS_PER_THREAD)  # as the kernels' chunks
+    n_chunks = chunk_count(stored.shape[0])  # as the kernels' chunks
     for_chunks(_floor_pass, n_chunks, stored, codes, acc, n_chunks)
     return acc.sum()
 

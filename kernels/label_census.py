@@ -23,8 +23,7 @@ from numba import njit
 from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros
 
 from .borrowed import borrowed
-from .config import CPU_CHUNKS_PER_THREAD
-from .threads import cpu_threads, for_chunks
+from .threads import chunk_count, for_chunks
 
 #: Largest id range for which every chunk keeps its own table of counts; above it one thread counts.
 PRIVATE_TABLE_IDS = 1 << 16
@@ -150,7 +149,7 @@ def label_census(arr: np.ndarray) -> Census:
     rows, words = _read_only(rows), _read_only(words)
     n_chunks = 1
     if n_ids <= PRIVATE_TABLE_IDS:
-        n_chunks = max(1, min(n_rows, n_rows * nx // 65536, cpu_threads() * CPU_CHUNKS_PER_THREAD))
+        n_chunks = chunk_count(min(n_rows, n_rows * nx // 65536))
     counts, ext = np.zeros((n_chunks, n_ids), np.int64), np.empty((n_chunks, 6), np.int64)
     for_chunks(_census, n_chunks, rows, words, 8 * vol.itemsize, n_rows, vol.shape[1], nx, counts, ext)
     total = counts.sum(axis=0)

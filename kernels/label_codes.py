@@ -23,8 +23,7 @@ import numpy as np
 from numba import njit
 
 from .borrowed import borrowed
-from .config import CPU_CHUNKS_PER_THREAD
-from .threads import cpu_threads, for_chunks
+from .threads import chunk_count, for_chunks
 
 #: Most layers one pass reads (more are coded in groups by :func:`petfeat.regions.build_codes`).
 MAX_LAYERS = 8
@@ -35,7 +34,7 @@ _SPARE = np.zeros(1, np.uint8)
 
 def _n_chunks(size: int) -> int:
     """Parallel chunks of a flat array: a few per thread, none under 65536 values."""
-    return max(1, min(size // 65536, cpu_threads() * CPU_CHUNKS_PER_THREAD))
+    return chunk_count(size // 65536)
 
 
 def pack_layers(arrays: Sequence[np.ndarray]) -> tuple[tuple[np.ndarray, ...], np.ndarray, int]:

@@ -37,9 +37,8 @@ from numba.core.extending import overload
 from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros
 
 from .borrowed import borrowed
-from .config import CPU_CHUNKS_PER_THREAD
 from .reduce_cpu import _code_lanes, _code_word, _next_run, _u
-from .threads import cpu_threads, for_chunks
+from .threads import chunk_count, for_chunks
 from .warmup import wait_peak_compile
 
 #: Plane values per block of the disc and sphere stages: every term of a block is added while the
@@ -231,6 +230,14 @@ def _nonzero_boxes(words, log2_bits, z0, z1):  # pragma: no cover - compiled
     return box
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _put_boxes(boxes, z0, box):  # pragma: no cover - compiled
+    """``boxes[z0:z0 + len(box)] = box``, element by element: a slice assignment compiles its shape-mismatch message."""
+    for i in range(box.shape[0]):
+        for j in range(4):
+            boxes[z0 + i, j] = box[i, j]
+
+
 @njit(cache=True, nogil=True)
 def _roi_box_chunks(c0, c1, codes, has_reg, boxes, n_chunks):  # pragma: no cover - compiled
     """:func:`_roi_boxes` of the slices of chunks ``[c0, c1)`` into ``boxes``."""
@@ -238,10 +245,7 @@ def _roi_box_chunks(c0, c1, codes, has_reg, boxes, n_chunks):  # pragma: no cove
     nz = codes.shape[0]
     for ch in range(c0, c1):
         z0, z1 = ch * nz // n_chunks, (ch + 1) * nz // n_chunks
-        box = _roi_boxes(codes, has_reg, z0, z1)
-        for i in range(z1 - z0):  # element by element: a slice assignment compiles its shape-mismatch message
-            for j in range(4):
-                boxes[z0 + i, j] = box[i, j]
+        _put_boxes(boxes, z0, _roi_boxes(codes, has_reg, z0, z1))
 
 
 @njit(cache=True, nogil=True)
@@ -251,10 +255,7 @@ def _nonzero_box_chunks(c0, c1, words, log2_bits, boxes, n_chunks):  # pragma: n
     nz = words.shape[0]
     for ch in range(c0, c1):
         z0, z1 = ch * nz // n_chunks, (ch + 1) * nz // n_chunks
-        box = _nonzero_boxes(words, log2_bits, z0, z1)
-        for i in range(z1 - z0):  # element by element: a slice assignment compiles its shape-mismatch message
-            for j in range(4):
-                boxes[z0 + i, j] = box[i, j]
+        _put_boxes(boxes, z0, _nonzero_boxes(words, log2_bits, z0, z1))
 
 
 def region_boxes(codes: np.ndarray, has_reg: np.ndarray, by_words: bool = True) -> np.ndarray:
@@ -265,7 +266,7 @@ def region_boxes(codes: np.ndarray, has_reg: np.ndarray, by_words: bool = True) 
     """
     nz = codes.shape[0]
     boxes = np.empty((nz, 4), np.int64)
-    n_chunks = max(1, min(nz, cpu_threads() * CPU_CHUNKS_PER_THREAD))
+    n_chunks = chunk_count(nz)
     words, log2_bits = code_words(codes, has_reg) if by_words else (None, 0)
     if log2_bits > 0:
         for_chunks(_nonzero_box_chunks, n_chunks, words, log2_bits, boxes, n_chunks)
@@ -882,7 +883,7 @@ def suv_peak_cpu(stored, codes, scale, offset, offsets, code_ptr, code_regions, 
         # a NaN or infinity within a region voxel's sphere: the direct kernel, which skips them
         separable = not bad.any()
     if not separable:
-        n_chunks = max(1, min(stored.shape[0] * stored.shape[1], cpu_threads() * CPU_CHUNKS_PER_THREAD))
+        n_chunks = chunk_count(stored.shape[0] * stored.shape[1])
         seg_dz, seg_dy, seg_dx, seg_len = _row_segments(offsets)
         integer = stored.dtype.kind in "iu" and stored.dtype.itemsize <= 4
         glob, loc = _peak_direct(stored, codes, scale, offset, offsets, seg_dz, seg_dy, seg_dx, seg_len, integer,
@@ -900,4 +901,4 @@ def sums_dtype(stored: np.ndarray, plan) -> np.dtype:
 
 def peak_chunks(nz: int, rz: int) -> int:
     """Number of slice chunks: a few per thread, each at least as thick as the sphere's reach."""
-    return max(1, min(cpu_threads() * CPU_CHUNKS_PER_THREAD, nz // max(1, 2 * rz + 1)))
+    return chunk_count(nz // max(1, 2 * rz + 1))

@@ -50,6 +50,13 @@ def cpu_threads() -> int:
     return getattr(_local, "threads", None) or max(1, numba.config.NUMBA_NUM_THREADS)
 
 
+def chunk_count(n: int) -> int:
+    """Chunks of a kernel call over ``n`` items (slices, rows, blocks): a few per thread, at most ``n``, at least 1."""
+    from .config import CPU_CHUNKS_PER_THREAD
+
+    return max(1, min(int(n), cpu_threads() * CPU_CHUNKS_PER_THREAD))
+
+
 def set_cpu_threads(threads: int) -> None:
     """Let the kernel calls of this thread use ``threads`` threads (1 to ``NUMBA_NUM_THREADS``)."""
     _local.threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))

@@ -18,8 +18,7 @@ from numba import njit
 
 from petfeat.kernels import Partials, combine_codes
 from petfeat.kernels.borrowed import borrowed
-from petfeat.kernels.config import CPU_CHUNKS_PER_THREAD
-from petfeat.kernels.threads import cpu_threads, for_chunks
+from petfeat.kernels.threads import chunk_count, for_chunks
 
 #: Radius (mm) of the sphere of volume 1 cm3: (3 / (4 pi))^(1/3) cm.
 PEAK_RADIUS_MM = 10.0 * (3.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
@@ -259,7 +258,7 @@ def region_peaks(stored: np.ndarray, codes: np.ndarray, scale: np.ndarray, offse
     member = np.ascontiguousarray(member, np.bool_)
     nz, n_regions = stored.shape[0], member.shape[1]
     glob, val, loc = (np.full((nz, n_regions), -np.inf) for _ in range(3))
-    n_chunks = max(1, min(nz, cpu_threads() * CPU_CHUNKS_PER_THREAD))
+    n_chunks = chunk_count(nz)
     for_chunks(_region_peaks, n_chunks, stored, codes, np.ascontiguousarray(scale, np.float64),
                np.ascontiguousarray(offset, np.float64), np.ascontiguousarray(offsets, np.int64), member,
                member.any(axis=1), glob, val, loc, n_chunks)

@@ -47,10 +47,9 @@ from numba import njit
 
 from petfeat.errors import LabelError
 from petfeat.kernels.borrowed import borrowed
-from petfeat.kernels.config import CPU_CHUNKS_PER_THREAD
 from petfeat.kernels.label_census import label_census
 from petfeat.kernels.label_codes import MAX_LAYERS, apply_keys, fill_keys, mark_ids, mark_keys
-from petfeat.kernels.threads import cpu_threads, for_chunks
+from petfeat.kernels.threads import chunk_count, for_chunks
 from petfeat.slabs import z_slabs
 
 #: Most label combinations one lookup table of the code builder holds; wider layer sets are coded in groups,
@@ -617,15 +616,10 @@ def _on_boundary(mask, z, y, x):  # pragma: no cover - compiled
 
 def _boundary_count(mask: np.ndarray) -> int:
     """Mask voxels with an in-image 6-neighbour outside the mask."""
-    n_chunks = _slab_chunks(mask.shape[0])
+    n_chunks = chunk_count(mask.shape[0])
     counts = np.zeros(n_chunks, np.int64)
     for_chunks(_boundary_counts, n_chunks, mask, counts)
     return int(counts.sum())
-
-
-def _slab_chunks(nz: int) -> int:
-    """Chunks of slices for the margin's kernels: a few per thread."""
-    return max(1, min(nz, cpu_threads() * CPU_CHUNKS_PER_THREAD))
 
 
 @njit(cache=True, nogil=True)
@@ -655,7 +649,7 @@ def _stamp_balls(mask: np.ndarray, ball: np.ndarray, out: np.ndarray) -> None:
     for dz, dy, dx in np.asarray(ball, np.int64):
         rows[(int(dz), int(dy))] = max(rows.get((int(dz), int(dy)), 0), abs(int(dx)))
     seg = np.array([(dz, dy, h) for (dz, dy), h in sorted(rows.items())], np.int64).reshape(-1, 3)
-    n_chunks = _slab_chunks(mask.shape[0])
+    n_chunks = chunk_count(mask.shape[0])
     for_chunks(_stamp_slices, n_chunks, mask, seg, out, n_chunks)
 
 
