@@ -364,13 +364,16 @@ def _factor_text(v) -> str:
 
 
 def cmd_synth(args) -> int:
-    """``petfeat synth``: write a synthetic archive."""
+    """``petfeat synth``: write a synthetic archive into a new or empty folder, or over one with ``--overwrite``.
+
+    Progress goes to stderr: a bar on a terminal, else a line every 5 s and the last one.
+    """
     from petfeat.synth import generate_archive
 
     t = time.perf_counter()
-    generate_archive(args.out, args.patients, seed=args.seed, voxel_mm=args.voxel_mm,
-                     progress=lambda i, n: print(f"\rwriting patient {i}/{n}", end="", file=sys.stderr))
-    print(f"\n{args.patients} synthetic studies in {args.out} ({time.perf_counter() - t:.1f} s)", file=sys.stderr)
+    generate_archive(args.out, args.patients, seed=args.seed, voxel_mm=args.voxel_mm, overwrite=args.overwrite,
+                     progress=_Progress("synth: wrote patient {i}/{n}", delay=0.0))
+    print(f"{args.patients} synthetic studies in {args.out} ({time.perf_counter() - t:.1f} s)", file=sys.stderr)
     return 0
 
 
@@ -608,7 +611,7 @@ def cmd_extract(args) -> int:
                            "in this process. Drop them, or give a manifest or archive instead of --pet.")
 
     from petfeat import __version__, dependency_versions
-    from petfeat.extract import extract
+    from petfeat.extract import extract, warn_suv_decisions
     from petfeat.features import wide_table
     from petfeat.io.dicom import read_pet_series
     from petfeat.io.label_sources import read_label_sources
@@ -622,6 +625,7 @@ def cmd_extract(args) -> int:
     key = load_or_create_key(args.key_file)  # the batch's key: the same series gets the same patient_id
     series = read_pet_series(args.pet, series_uid=args.series_uid)
     factors = compute_suv_factors(series.suv_header, lbm_formula=args.lbm, **_suv_overrides(args))
+    warn_suv_decisions(factors)  # a dose read as MBq...: on the console, and in the rows' input_notes
     names = read_names_file(args.label_names) if args.label_names else None
     layers = []
     if not (args.labels or args.lesions or args.threshold):
@@ -782,7 +786,8 @@ run 'petfeat COMMAND --help' for a command's options.""",
   petfeat analyze --features results/features.parquet --clinical CLINICAL --study my_study.yaml -o report""",
     "synth": """examples:
   petfeat synth archive --patients 4
-  petfeat synth archive --patients 61 --voxel-mm 4 --seed 1""",
+  petfeat synth archive --patients 61 --voxel-mm 4 --seed 1
+  petfeat synth archive --patients 8 --overwrite   # replace the synthetic archive written there before""",
     "demo": """examples:
   petfeat demo                                     # 12 patients in ./petfeat-demo
   petfeat demo --patients 61 --out demo61          # the study's size
@@ -887,6 +892,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--patients", type=int, default=4, help="number of patients (one study each)")
     s.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same archive")
     s.add_argument("--voxel-mm", type=float, default=4.0, help="PET voxel size in mm (isotropic)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace a synthetic archive that OUT holds already (without it petfeat synth refuses; a "
+                        "folder holding anything else is always refused)")
     s.set_defaults(func=cmd_synth)
 
     s = sub.add_parser("demo", help="the whole study on a generated cohort: archive, extraction, analysis, report",

@@ -47,7 +47,8 @@ def run_demo(args) -> int:
               "kept (the extraction below skips the studies it has)", flush=True)
     else:
         print(f"[1/4] generating {args.patients} synthetic PSMA PET studies in {archive} ...", flush=True)
-        generate_archive(archive, args.patients, seed=args.seed, voxel_mm=args.voxel_mm)
+        # the demo's own archive of another seed or size is replaced; a folder of anything else is refused
+        generate_archive(archive, args.patients, seed=args.seed, voxel_mm=args.voxel_mm, overwrite=True)
         print(f"      done in {time.perf_counter() - t0:.1f} s (DICOM PET in Siemens-, GE- and Philips-like variants, "
               "TotalSegmentator-style labels on a CT grid, lesion masks)")
     t1 = time.perf_counter()

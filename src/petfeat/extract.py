@@ -93,7 +93,9 @@ class ExtractResult:
     """Features (one row per region), lesions (one row per connected component) and the settings.
 
     ``warnings``: the messages of the :class:`~petfeat.errors.PetfeatWarning` s the extraction raised
-    (regions that match no label...), for ``run.json``.
+    (regions that match no label...), for ``run.json``. When no region matches any label name, the
+    extraction warns once (:func:`no_region_matches`) and ``warnings`` holds that summary followed by
+    each region's message.
     """
 
     features: pd.DataFrame
@@ -197,7 +199,7 @@ def extract(
     layers = _layers(labels, label_names, study.stored.shape)
     les = stage_lesions(study, layers, lesions, threshold, connectivity, min_lesion_ml, ran)
     spec = normalise_spec(regions) if regions is not None else default_spec(les.layers)
-    unmatched = _check_unmatched(spec, les.layers, strict)
+    unmatched, unmatched_notes = _check_unmatched(spec, les.layers, strict)
     codemap, members = stage_codes(spec, les.layers, study)
     ran = _reduce_backend(ran, backend, codemap.n_codes)
     t1 = time.perf_counter()
@@ -218,7 +220,7 @@ def extract(
                 "peak_neighbours": peak_neighbours, "lesions": les.settings}
     df, lesion_df = stage_rows(rows, counts, lesion_df, study, settings, ran)
     timings = {"codes_s": t1 - t0, "reduce_s": t2 - t1, "peak_s": t3 - t2, "lesions_s": t4 - t3}
-    return ExtractResult(df, lesion_df, settings, timings, list(unmatched.values()))
+    return ExtractResult(df, lesion_df, settings, timings, unmatched_notes)
 
 
 @dataclass
@@ -240,9 +242,15 @@ class StudyInput:
 
 def study_input(pet: PetSeries | np.ndarray, *, suv_type: str = "bw", spacing: Sequence[float] | None = None,
                 factors: SuvFactors | None = None, id_key: bytes | None = None) -> StudyInput:
-    """Stage 0: the PET series (or an SUV array with ``spacing``) as a :class:`StudyInput`."""
+    """Stage 0: the PET series (or an SUV array with ``spacing``) as a :class:`StudyInput`.
+
+    Factors computed here (``factors`` None) warn once per header decision
+    (:attr:`petfeat.suv.SuvFactors.decisions`); whoever passes ``factors`` computed them and tells.
+    """
     if isinstance(pet, PetSeries):
-        factors = factors or compute_suv_factors(pet.suv_header)
+        if factors is None:
+            factors = compute_suv_factors(pet.suv_header)
+            warn_suv_decisions(factors, stacklevel=3)
         f = factors.factor(suv_type)
         keys = {"patient_id": pseudonym(pet.patient_id, id_key, pet.study_uid), "study_date": pet.study_date,
                 "series_uid": pet.series_uid}
@@ -390,26 +398,103 @@ def stage_rows(rows: list[dict], counts: dict | None, lesion_df: pd.DataFrame, s
         frame["lesion_method"] = describe_lesion_method(settings["lesions"])
         frame["petfeat_version"] = __version__
         frame["config_hash"] = chash
-        frame["input_notes"] = notes_json(study.series.notes) if study.series is not None else ""
+        frame["input_notes"] = input_notes(study)
     df = df[list(KEY_COLUMNS) + list(FEATURE_NAMES) + list(PROVENANCE_COLUMNS)]
     lesion_df = lesion_df[["patient_id", "study_date", "series_uid"] + list(LESION_COLUMNS)
                           + list(PROVENANCE_COLUMNS[1:])]
     return df, lesion_df
 
 
-def _check_unmatched(spec, layers, strict: bool) -> dict[str, str]:
-    """Warn of regions no label can fill and of misspelt-looking exclude patterns; return the former's messages.
+def warn_suv_decisions(factors: SuvFactors, stacklevel: int = 2) -> None:
+    """One :class:`~petfeat.errors.PetfeatWarning` per header decision of the SUV computation.
 
-    Each is a PetfeatWarning, or together one LabelError with ``strict``.
+    Parameters
+    ----------
+    factors : SuvFactors
+        Factors whose :attr:`~petfeat.suv.SuvFactors.decisions` (a dose read as MBq, a missing
+        DecayCorrection taken as START...) are to be shown.
+    stacklevel : int
+        Passed on to :func:`warnings.warn`.
+    """
+    for note in factors.decisions:
+        warnings.warn(f"SUV: {note}", PetfeatWarning, stacklevel=stacklevel + 1)
+
+
+def input_notes(study: StudyInput) -> str:
+    """The ``input_notes`` of a study's rows: the reader's notes and, under ``suv``, the SUV header decisions.
+
+    Compact JSON with sorted keys (:func:`petfeat.io.dicom.notes_json`), "" when there is nothing to
+    note or the input is an SUV array. Neither part names a file or a patient.
+    """
+    if study.series is None:
+        return ""
+    notes = dict(study.series.notes)
+    if study.factors is not None and study.factors.decisions:
+        notes["suv"] = list(study.factors.decisions)
+    return notes_json(notes)
+
+
+def _check_unmatched(spec, layers, strict: bool) -> tuple[dict[str, str], list[str]]:
+    """Warn of regions no label can fill and of misspelt-looking exclude patterns.
+
+    Each is a PetfeatWarning, or together one LabelError with ``strict``. When no region matches any
+    label name (and labels exist), one summary warning (:func:`no_region_matches`) replaces the
+    per-region ones. Returns the unmatched regions' messages by region, and the messages for
+    ``run.json`` (the summary first, when there is one).
     """
     unmatched = unmatched_regions(spec, layers)
+    summary = no_region_matches(spec, layers) if unmatched and len(unmatched) == len(spec) else None
     messages = list(unmatched.values()) + list(exclude_typos(spec, layers).values())
+    if summary is not None:
+        messages.insert(0, summary)
     if messages and strict:
         raise LabelError(" ".join(messages) + " (strict: a region that matches no label, or an exclude pattern that "
                          "looks misspelt, is an error; fix the region names or the label sources, or drop --strict.)")
-    for msg in messages:
+    for msg in [summary] if summary is not None else messages:
         warnings.warn(msg, PetfeatWarning, stacklevel=3)
-    return unmatched
+    return unmatched, ([summary] if summary is not None else []) + list(unmatched.values())
+
+
+#: Label names the summary of :func:`no_region_matches` shows.
+SHOWN_LABELS = 10
+
+
+def no_region_matches(spec: Mapping, layers: Sequence[LabelLayer]) -> str | None:
+    """One message for regions of which none matches a label name: the labels there are and how to select them.
+
+    Parameters
+    ----------
+    spec : mapping
+        The normalised region spec (every region unmatched).
+    layers : sequence of LabelLayer
+        The label layers of the study.
+
+    Returns
+    -------
+    str or None
+        The message (the first :data:`SHOWN_LABELS` label names and a regions file that selects them),
+        or None when the layers name no label (nothing to suggest).
+    """
+    from petfeat.regions import BUILTIN_REGIONS, MARGIN_NAMESPACE
+
+    names = list(dict.fromkeys(n for layer in layers if layer.namespace != MARGIN_NAMESPACE
+                               for n in layer.names.values()))
+    if not names:
+        return None
+    shown = ", ".join(names[:SHOWN_LABELS]) + (f" and {len(names) - SHOWN_LABELS} more" if len(names) > SHOWN_LABELS
+                                                else "")
+    builtin = set(spec) == set(BUILTIN_REGIONS)
+    which = "built-in regions (they need TotalSegmentator classes or a lesion mask)" if builtin else "regions"
+    example = ", ".join(f"{json.dumps(n)}: [{json.dumps(_glob_literal(n))}]" for n in names[:2])
+    return (f"none of the {len(spec)} {which} matches a label name (their rows have status no_matching_label); "
+            f"the labels are {shown}. To measure them, write a regions file, e.g. regions.yaml with "
+            f"'regions: {{{example}}}' (globs allowed, see docs/regions.md), and pass --regions regions.yaml "
+            "(Python: regions=).")
+
+
+def _glob_literal(name: str) -> str:
+    """``name`` as an fnmatch pattern that matches only itself (``*``, ``?`` and ``[`` bracketed)."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def describe_lesion_method(s: dict) -> str:

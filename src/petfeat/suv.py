@@ -109,6 +109,12 @@ class SuvFactors:
     to get SUVbw in slice ``z``; ``sul_factor`` and ``suv_bsa_factor`` are the same for SUL and
     SUVbsa (``None`` when height or sex is missing). ``suv_bw_factor`` is the scalar factor when
     every slice shares it, else ``None`` (DecayCorrection NONE).
+
+    ``warnings`` lists every note of the computation (the branch taken, what could not be computed);
+    ``decisions`` the subset where a header value was reinterpreted or assumed (a dose read as MBq, a
+    height read as centimetres, a missing DecayCorrection taken as START, a midnight crossing...): each
+    names the DICOM field, the value read and what was assumed, and no file or patient. The command
+    line shows each decision as a warning and the feature rows carry them in ``input_notes``.
     """
 
     suv_bw_per_slice: np.ndarray
@@ -131,6 +137,7 @@ class SuvFactors:
     bsa_m2: float | None
     scan_time_source: str
     warnings: list[str] = field(default_factory=list)
+    decisions: list[str] = field(default_factory=list)
 
     def factor(self, suv_type: str = "bw") -> np.ndarray:
         """Per-slice factors for ``suv_type`` in ``{"bw", "lbm", "bsa"}``."""
@@ -156,6 +163,7 @@ class SuvFactors:
         ``sul_factor`` and ``suv_bsa_factor`` are lists, one factor per slice.
         """
         out = asdict(self)
+        out.pop("decisions")  # a subset of ``warnings``
         per_slice = out.pop("suv_bw_per_slice")
         if self.suv_bw_factor is None:  # per slice: SUL and SUVbsa too (the fields hold the reference slice's)
             out["suv_bw_factor"] = [float(x) for x in per_slice]
@@ -329,6 +337,11 @@ def compute_suv_factors(
     """
     src = h.source
     notes: list[str] = []
+    decided: list[str] = []  # the notes where a header value was reinterpreted or assumed
+
+    def decide(note: str) -> None:
+        notes.append(note)
+        decided.append(note)
 
     def fail(keyword: str, problem: str, override: str) -> SuvError:
         return SuvError(f"{src}: {keyword} {problem}. Fix the header or pass the override {override}.")
@@ -353,10 +366,12 @@ def compute_suv_factors(
     height = height_m if height_m is not None else h.height_m
     if height is not None and not (0.5 <= height <= 2.6):
         if 50 <= height <= 260:  # centimetres written into a metres field
-            notes.append(f"PatientSize {height} read as centimetres and converted to metres")
+            decide(f"PatientSize (0010,1020) = {height:g} is outside 0.5-2.6 m: read as centimetres and converted to "
+                   f"{height / 100.0:g} m (override: --height M)")
             height = height / 100.0
         else:
-            notes.append(f"PatientSize {height} m is implausible; SUL and SUVbsa are not computed")
+            decide(f"PatientSize (0010,1020) = {height:g} m is implausible: ignored, SUL and SUVbsa are not computed "
+                   "(override: --height M)")
             height = None
     sex_v = (sex or h.sex or "").strip().upper()[:1] or None
 
@@ -380,11 +395,11 @@ def compute_suv_factors(
         vendor_sex = (h.sex or "").strip().upper()[:1] or sex_v
         to_bw = (weight / vendor_w) * _suvtype_to_bw(suv_type, vendor_w, vendor_h, vendor_sex, src)
         if weight != vendor_w:
-            notes.append(f"Units {units}: the pixels are SUV of the header weight {vendor_w:g} kg; rescaled to the "
-                         f"weight {weight:g} kg (x{weight / vendor_w:.6g})")
+            decide(f"Units (0054,1001) = {units}: the pixels are SUV of the header PatientWeight (0010,1030) "
+                   f"{vendor_w:g} kg; rescaled to the weight {weight:g} kg (x{weight / vendor_w:.6g})")
         per_slice = np.full(n_slices, to_bw)
         return _finish(per_slice, units, decay or "UNKNOWN", None, None, None, None, None, None,
-                       weight, height, sex_v, lbm, lbm_formula, bsa, f"not needed (Units {units})", notes)
+                       weight, height, sex_v, lbm, lbm_formula, bsa, f"not needed (Units {units})", notes, decided)
 
     # --- CNTS with the Philips SUV scale factor ----------------------------------------------
     activity_scale = 1.0
@@ -394,7 +409,7 @@ def compute_suv_factors(
             notes.append("Units CNTS: Philips private SUV scale factor (7053,1000) used")
             return _finish(per_slice, units, decay or "UNKNOWN", None, None, None, None, None, None,
                            weight, height, sex_v, lbm, lbm_formula, bsa, "not needed (Philips SUV scale)",
-                           notes)
+                           notes, decided)
         if not _positive(h.philips_activity_scale):
             raise fail("Units (0054,1001) = 'CNTS'", "needs the Philips private SUV scale factor (7053,1000) "
                        "or activity concentration scale factor (7053,1009), and neither is present",
@@ -420,7 +435,8 @@ def compute_suv_factors(
     if dose_bq is None and dose < 1e5:
         # No PET injection is below 0.1 MBq: the value was written in MBq.
         if 1.0 <= dose <= 1e4:
-            notes.append(f"RadionuclideTotalDose {dose} read as MBq (below 1e5 Bq) and converted to Bq")
+            decide(f"RadionuclideTotalDose (0018,1074) = {dose:g} is below 1e5 Bq: read as MBq and converted to "
+                   f"{dose * 1e6:.6g} Bq (override: --dose BQ)")
             dose = dose * 1e6
         else:
             raise fail(f"RadionuclideTotalDose (0018,1074) = {dose}", "is not a plausible dose in Bq or MBq",
@@ -440,8 +456,9 @@ def compute_suv_factors(
         inj = dt.datetime.combine(scan.date(), h.injection_time)
         if inj > scan:
             inj -= dt.timedelta(days=1)
-            notes.append("injection time after scan time on the scan date: injection taken on the day before "
-                         "(midnight crossing)")
+            decide("RadiopharmaceuticalStartTime (0018,1072) is after the scan time on the scan date and there is no "
+                   "RadiopharmaceuticalStartDateTime: injection taken on the day before (midnight crossing; override: "
+                   "--injection-time)")
     uptake = (scan - inj).total_seconds()
     if uptake < 0:
         raise fail(f"RadiopharmaceuticalStartDateTime (0018,1078) = {inj.isoformat()}",
@@ -455,14 +472,15 @@ def compute_suv_factors(
                        f"lies {uptake / 3600:.1f} h ({uptake / half:.0f} half-lives) before the scan time "
                        f"{scan.isoformat()} (from {scan_source}), more than {MAX_UPTAKE_HALF_LIVES} half-lives",
                        "injection_datetime= (CLI: --injection-time YYYY-MM-DDTHH:MM:SS)")
-        notes.append(f"uptake time {uptake:.0f} s is more than {MAX_UPTAKE_HALF_LIVES} half-lives (given injection "
-                     "time)")
+        decide(f"uptake time {uptake:.0f} s is more than {MAX_UPTAKE_HALF_LIVES} half-lives (given injection time): "
+               "kept as given")
 
     lam = LN2 / half
     weight_g = weight * 1000.0
     if decay in ("START", ""):
         if decay == "":
-            notes.append("DecayCorrection (0054,1102) missing: START assumed")
+            decide("DecayCorrection (0054,1102) is missing: START assumed (the pixels decay-corrected to the scan "
+                   "start)")
             decay = "START"
         decayed = dose * math.exp(-lam * uptake)
         if not decayed > 0:
@@ -499,7 +517,7 @@ def compute_suv_factors(
         raise fail(f"DecayCorrection (0054,1102) = {decay!r}", "is not START, ADMIN or NONE",
                    "none: the series cannot be quantified")
     return _finish(per_slice, units, decay, scan, inj, uptake, half, dose, decayed, weight, height, sex_v,
-                   lbm, lbm_formula, bsa, scan_source, notes)
+                   lbm, lbm_formula, bsa, scan_source, notes, decided)
 
 
 def _scan_datetime(h: SuvHeader, earliest_acq: dt.datetime | None, half: float, src: str):
@@ -547,7 +565,7 @@ def _suvtype_to_bw(suv_type: str, weight: float, height: float | None, sex: str 
 
 
 def _finish(per_slice, units, decay, scan, inj, uptake, half, dose, decayed, weight, height, sex, lbm,
-            lbm_formula, bsa, scan_source, notes) -> SuvFactors:
+            lbm_formula, bsa, scan_source, notes, decided=()) -> SuvFactors:
     per_slice = np.asarray(per_slice, dtype=np.float64)
     uniform = bool(np.all(per_slice == per_slice[0])) if per_slice.size else True
     ref = float(per_slice[0]) if per_slice.size else float("nan")
@@ -561,4 +579,5 @@ def _finish(per_slice, units, decay, scan, inj, uptake, half, dose, decayed, wei
         injection_datetime=inj, uptake_seconds=uptake, half_life_seconds=half, injected_dose_bq=dose,
         decayed_dose_bq=decayed, weight_kg=weight, height_m=height, sex=sex, lbm_kg=lbm,
         lbm_formula=lbm_formula, bsa_m2=bsa, scan_time_source=scan_source, warnings=list(notes),
+        decisions=list(decided),
     )

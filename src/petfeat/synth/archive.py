@@ -9,6 +9,10 @@ Layout of ``generate_archive(out, n_patients)``::
         seg/<class>.nii.gz         one binary NIfTI per TotalSegmentator class, on a CT-like grid
         lesions.nii.gz             lesion instance ids on the PET grid
         truth.json                 planted values and exact statistics of the encoded SUV
+
+The target folder must be new, empty, or a previous synthetic archive (``archive.json`` written by
+``petfeat.synth``, also while it is being written), which is replaced only with ``overwrite=True``
+(:func:`prepare_target`); a folder holding anything else is never written into.
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from petfeat.errors import PetfeatError
 from petfeat.synth.dicom_writer import VENDORS, Acquisition, write_pet_series
 from petfeat.synth.phantom import make_anatomy, rasterise, uptake_volume
 
@@ -31,6 +38,9 @@ FOV_XY_MM = 400.0
 BODY_HEIGHT_MM = 900.0
 #: CT-like grid of the label files: finer in-plane, coarser axially, shifted origin.
 CT_SPACING_ZYX = (5.0, 2.5, 2.5)
+#: The generator's name in ``archive.json``: a folder with it holds a synthetic archive.
+GENERATOR = "petfeat.synth"
+_STUDY_FOLDER = re.compile(r"SYN\d{4}")
 
 
 def _write_nifti(path: Path, arr: np.ndarray, spacing_zyx, origin_xyz):
@@ -104,11 +114,71 @@ def generate_patient(out: Path, index: int, rng: np.random.Generator, vendor: st
     return truth
 
 
-def generate_archive(out: str | Path, n_patients: int = 4, *, seed: int = 0, voxel_mm: float = DEFAULT_VOXEL_MM,
-                     vendors=VENDORS, ct_labels: bool = True, progress=None) -> list[dict]:
-    """Generate ``n_patients`` synthetic studies under ``out`` (see module docstring)."""
+def synthetic_archive_info(folder: str | Path) -> dict | None:
+    """The ``archive.json`` record of a synthetic archive in ``folder``; None when it holds none."""
+    try:
+        info = json.loads((Path(folder) / "archive.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and info.get("generator") == GENERATOR else None
+
+
+def prepare_target(out: str | Path, overwrite: bool = False) -> Path:
+    """Make ``out`` ready for a new synthetic archive and return it as a Path.
+
+    A missing folder is created; an empty one is used as it is. A previous synthetic archive
+    (:func:`synthetic_archive_info`) is replaced with ``overwrite``: its ``archive.json`` and study
+    folders (``SYN0001``...) are removed, other files are kept. Anything else is refused.
+
+    Parameters
+    ----------
+    out : str or Path
+        The archive folder.
+    overwrite : bool
+        Replace a previous synthetic archive in ``out``.
+
+    Raises
+    ------
+    PetfeatError
+        ``out`` is a file; ``out`` holds files and no synthetic archive (never written into); ``out``
+        holds a synthetic archive and ``overwrite`` is False.
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise PetfeatError(f"{out}: is a file; give a new or empty folder for the synthetic archive.")
+    entries = sorted(out.iterdir()) if out.is_dir() else []
+    if not entries:
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    info = synthetic_archive_info(out)
+    if info is None:
+        raise PetfeatError(f"{out}: the folder holds {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} and no "
+                           "synthetic archive (no archive.json of petfeat synth); a synthetic archive is written only "
+                           "into a new or empty folder or over a previous one: choose another folder.")
+    if not overwrite:
+        what = (f"seed {info.get('seed')}, {info.get('n_patients')} patients at {info.get('voxel_mm')} mm"
+                if info.get("n_patients") is not None else "unfinished")
+        raise PetfeatError(f"{out}: holds a synthetic archive already ({what}); pass --overwrite (Python: "
+                           "overwrite=True) to replace it, or choose another folder.")
+    for p in entries:
+        if p.name == "archive.json" and p.is_file():
+            p.unlink()
+        elif _STUDY_FOLDER.fullmatch(p.name) and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+    return out
+
+
+def generate_archive(out: str | Path, n_patients: int = 4, *, seed: int = 0, voxel_mm: float = DEFAULT_VOXEL_MM,
+                     vendors=VENDORS, ct_labels: bool = True, progress=None, overwrite: bool = False) -> list[dict]:
+    """Generate ``n_patients`` synthetic studies under ``out`` (see module docstring).
+
+    ``out`` must be new, empty, or a previous synthetic archive, replaced only with ``overwrite``
+    (:func:`prepare_target`). ``progress(i, n)`` is called after each patient.
+    """
+    out = prepare_target(out, overwrite)
+    # marks the folder as a synthetic archive while it is written (n_patients comes with the finished record)
+    (out / "archive.json").write_text(json.dumps({"generator": GENERATOR, "seed": seed, "voxel_mm": voxel_mm,
+                                                  "n_patients": None, "patients": []}, indent=1))
     rng = np.random.default_rng(seed)
     truths = []
     for i in range(1, n_patients + 1):
@@ -117,7 +187,7 @@ def generate_archive(out: str | Path, n_patients: int = 4, *, seed: int = 0, vox
         if progress:
             progress(i, n_patients)
     (out / "archive.json").write_text(json.dumps({
-        "generator": "petfeat.synth", "seed": seed, "voxel_mm": voxel_mm, "n_patients": n_patients,
+        "generator": GENERATOR, "seed": seed, "voxel_mm": voxel_mm, "n_patients": n_patients,
         "patients": [{"patient": t["patient"], "vendor": t["vendor"], "lesions": len(t["lesions"])} for t in truths],
     }, indent=1))
     return truths
