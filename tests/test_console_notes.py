@@ -139,27 +139,40 @@ def test_the_summary_names_ten_labels_and_counts_the_rest_and_quotes_glob_charac
     assert res.warnings[0] == msg and len(res.warnings) == 3
     # a label name with glob characters is suggested as a pattern that matches only itself
     with pytest.warns(PetfeatWarning) as caught:
-        extract(np.ones(shape), [LabelLayer(arr, {12: "GTV[1]*", 1: "x"})], {"a": ["liver"]}, spacing=(1, 1, 1),
-                backend="cpu", peaks=False)
+        extract(np.ones(shape), [LabelLayer(arr, {12: "GTV[1]*", 1: "x"})], {"a": ["liver"], "b": ["spleen"]},
+                spacing=(1, 1, 1), backend="cpu", peaks=False)
     suggested = re.search(r"'regions: (\{.*?\})'", str(caught[0].message)).group(1)
     spec = json.loads(suggested)
     with warnings_as_errors():
         f = extract(np.ones(shape), [LabelLayer(arr, {12: "GTV[1]*", 1: "x"})], spec, spacing=(1, 1, 1),
                     backend="cpu", peaks=False).features.set_index("region")
-    assert f.loc["GTV[1]*", "voxel_count"] == int((arr == 12).sum()) and f.loc["x", "voxel_count"] == int((arr == 1).sum())
+    assert f.loc["GTV[1]*", "voxel_count"] == int((arr == 12).sum())
+    assert f.loc["x", "voxel_count"] == int((arr == 1).sum())
 
 
-def test_some_regions_matching_keeps_the_warning_per_region():
+def _warned(regions, names):
     from petfeat.extract import extract
     from petfeat.regions import LabelLayer
 
     arr = np.ones((2, 3, 4), np.uint8)
     with pytest.warns(PetfeatWarning) as caught:
-        res = extract(np.ones(arr.shape), [LabelLayer(arr, {1: "liver"})], {"liver": ["liver"], "a": ["spleen"],
-                                                                             "b": ["kidney"]},
-                      spacing=(1, 1, 1), backend="cpu", peaks=False)
-    assert [str(w.message).split(":")[0] for w in caught] == ["region 'a' matches no label", "region 'b' matches no label"]
-    assert len(res.warnings) == 2
+        res = extract(np.ones(arr.shape), [LabelLayer(arr, names)], regions, spacing=(1, 1, 1), backend="cpu",
+                      peaks=False)
+    return [str(w.message) for w in caught], res
+
+
+def test_some_regions_matching_or_one_region_keeps_the_warning_per_region():
+    msgs, res = _warned({"liver": ["liver"], "a": ["spleen"], "b": ["kidney"]}, {1: "liver"})
+    assert [m.split(":")[0] for m in msgs] == ["region 'a' matches no label", "region 'b' matches no label"]
+    assert res.warnings == msgs
+    msgs, _ = _warned({"liver": ["livr"]}, {1: "liver"})  # one misspelt region: its own "did you mean"
+    assert len(msgs) == 1 and "region 'liver' matches no label" in msgs[0] and "did you mean 'liver'?" in msgs[0]
+
+
+def test_the_summary_carries_the_close_names():
+    msgs, _ = _warned({"liver": ["liver"], "spleen": ["spleen"], "aorta": ["aorta"]}, {1: "Liver", 2: "Spleen"})
+    assert len(msgs) == 1 and msgs[0].startswith("none of the 3 regions matches a label name")
+    assert "Close names (did you mean): liver: 'Liver'; spleen: 'Spleen'." in msgs[0]
 
 
 # --- 3. synth progress: plain lines when stderr is not a terminal ------------------------------------------------

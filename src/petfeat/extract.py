@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -437,13 +438,13 @@ def input_notes(study: StudyInput) -> str:
 def _check_unmatched(spec, layers, strict: bool) -> tuple[dict[str, str], list[str]]:
     """Warn of regions no label can fill and of misspelt-looking exclude patterns.
 
-    Each is a PetfeatWarning, or together one LabelError with ``strict``. When no region matches any
-    label name (and labels exist), one summary warning (:func:`no_region_matches`) replaces the
-    per-region ones. Returns the unmatched regions' messages by region, and the messages for
-    ``run.json`` (the summary first, when there is one).
+    Each is a PetfeatWarning, or together one LabelError with ``strict``. When no region of several
+    matches any label name (and labels exist), one summary warning (:func:`no_region_matches`)
+    replaces the per-region ones. Returns the unmatched regions' messages by region, and the messages
+    for ``run.json`` (the summary first, when there is one).
     """
     unmatched = unmatched_regions(spec, layers)
-    summary = no_region_matches(spec, layers) if unmatched and len(unmatched) == len(spec) else None
+    summary = no_region_matches(spec, layers, unmatched) if len(spec) > 1 and len(unmatched) == len(spec) else None
     messages = list(unmatched.values()) + list(exclude_typos(spec, layers).values())
     if summary is not None:
         messages.insert(0, summary)
@@ -459,7 +460,8 @@ def _check_unmatched(spec, layers, strict: bool) -> tuple[dict[str, str], list[s
 SHOWN_LABELS = 10
 
 
-def no_region_matches(spec: Mapping, layers: Sequence[LabelLayer]) -> str | None:
+def no_region_matches(spec: Mapping, layers: Sequence[LabelLayer],
+                      messages: Mapping[str, str] | None = None) -> str | None:
     """One message for regions of which none matches a label name: the labels there are and how to select them.
 
     Parameters
@@ -468,12 +470,15 @@ def no_region_matches(spec: Mapping, layers: Sequence[LabelLayer]) -> str | None
         The normalised region spec (every region unmatched).
     layers : sequence of LabelLayer
         The label layers of the study.
+    messages : mapping of str to str, optional
+        Each region's message (:func:`petfeat.regions.unmatched_regions`); their "did you mean"
+        suggestions (a misspelt or differently cased name) are carried into the summary.
 
     Returns
     -------
     str or None
-        The message (the first :data:`SHOWN_LABELS` label names and a regions file that selects them),
-        or None when the layers name no label (nothing to suggest).
+        The message (the first :data:`SHOWN_LABELS` label names, the close names, and a regions file
+        that selects the labels), or None when the layers name no label (nothing to suggest).
     """
     from petfeat.regions import BUILTIN_REGIONS, MARGIN_NAMESPACE
 
@@ -486,8 +491,11 @@ def no_region_matches(spec: Mapping, layers: Sequence[LabelLayer]) -> str | None
     builtin = set(spec) == set(BUILTIN_REGIONS)
     which = "built-in regions (they need TotalSegmentator classes or a lesion mask)" if builtin else "regions"
     example = ", ".join(f"{json.dumps(n)}: [{json.dumps(_glob_literal(n))}]" for n in names[:2])
+    close = [f"{region}: {m.group(1)}" for region, msg in (messages or {}).items()
+             if (m := re.search(r"; did you mean (.*?)\?", msg))]
+    hint = f" Close names (did you mean): {'; '.join(close)}." if close else ""
     return (f"none of the {len(spec)} {which} matches a label name (their rows have status no_matching_label); "
-            f"the labels are {shown}. To measure them, write a regions file, e.g. regions.yaml with "
+            f"the labels are {shown}.{hint} To measure them, write a regions file, e.g. regions.yaml with "
             f"'regions: {{{example}}}' (globs allowed, see docs/regions.md), and pass --regions regions.yaml "
             "(Python: regions=).")
 
