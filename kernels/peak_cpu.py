@@ -614,11 +614,11 @@ _span_min = _span_extreme(False)
 
 
 @njit(cache=True, nogil=True)
-def _in_image(offset, nz, ny, nx, z, y, x, row_dz, row_dy, row_h, clip_x):  # pragma: no cover - compiled
+def _in_image(offset, nz, ny, nx, z, y, x, row_dz, row_dy, row_h):  # pragma: no cover - compiled
     """Voxels of the sphere at ``(z, y, x)`` inside the image, and the sum of their slices' offsets.
 
-    With ``clip_x`` False every x-segment whose row is in the image is taken whole (the count of a
-    voxel at least the sphere's reach from both x faces).
+    At an ``x`` at least the sphere's reach from both x faces every x-segment whose row is in the
+    image counts whole: the count of any voxel of the row that far from the faces.
     """
     n_in = 0
     b_in = 0.0
@@ -626,7 +626,7 @@ def _in_image(offset, nz, ny, nx, z, y, x, row_dz, row_dy, row_h, clip_x):  # pr
         zz = z + row_dz[k]
         yy = y + row_dy[k]
         if 0 <= zz < nz and 0 <= yy < ny:
-            n = min(x + row_h[k], nx - 1) - max(x - row_h[k], 0) + 1 if clip_x else 2 * row_h[k] + 1
+            n = min(x + row_h[k], nx - 1) - max(x - row_h[k], 0) + 1
             n_in += n
             b_in += offset[zz] * n
     return n_in, b_in
@@ -636,7 +636,7 @@ def _in_image(offset, nz, ny, nx, z, y, x, row_dz, row_dy, row_h, clip_x):  # pr
 def _border_mean(stored, offset, z, y, x, row_dz, row_dy, row_h, total, with_offset):  # pragma: no cover
     """Sphere mean at a voxel whose sphere leaves the image: count (and offset) only voxels inside it."""
     nz, ny, nx = stored.shape
-    n_in, b_in = _in_image(offset, nz, ny, nx, z, y, x, row_dz, row_dy, row_h, True)
+    n_in, b_in = _in_image(offset, nz, ny, nx, z, y, x, row_dz, row_dy, row_h)
     return (total + (b_in if with_offset else 0.0)) / n_in
 
 
@@ -685,7 +685,9 @@ def _sphere_slice(stored, codes, scale, offset, z, box, row_dz, row_dy, row_h, o
             n_row = n_off
             b_row = b_inner
         else:
-            n_row, b_row = _in_image(offset, nz, ny, nx, z, y, 0, row_dz, row_dy, row_h, False)
+            # at x = rx (an int64 like _border_mean's x, not a literal: one compiled _in_image), which is the
+            # sphere's reach from both faces whenever a voxel of the row is (nx > 2 rx, the only case n_row is read)
+            n_row, b_row = _in_image(offset, nz, ny, nx, z, y, rx, row_dz, row_dy, row_h)
         x = x0
         while x <= x1:
             x, e, c = _next_run(cf, r + x, r + x1 + 1)

@@ -34,9 +34,13 @@ Chunks merge with :func:`petfeat.kernels.partials.merge_stack`.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
-from numba.core.extending import overload
+from numba.core import cgutils
+from numba.core.extending import intrinsic, overload
 
 from .borrowed import borrowed
 from .config import CPU_PREFETCH_ROWS, LLVM_IR
@@ -52,6 +56,8 @@ try:  # vector-IR run moments, a prefetch hint and a bit scan, written against N
     from .run_moments import BLOCK, FLOAT_BLOCK, run_moments16, run_moments_float
 except ImportError:  # those internals moved (a newer Numba), or turned off: plain loops, the same results
     from .run_loops import BLOCK, FLOAT_BLOCK, prefetch, run_moments16, run_moments_float, trailing_zeros
+
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 #: Index type of the hot loops: an unsigned index needs no negative-index wraparound test.
 _u = np.uint64
@@ -297,30 +303,33 @@ def _first(s, x, e, value):  # pragma: no cover - compiled
     return x
 
 
-def _code_word(c, i):
-    """Codes ``c[i:i + 64 // bits]`` packed little-endian in one uint64 (compiled to one unaligned load)."""
+@intrinsic
+def _code_word(typingctx, c, i):
+    """Codes ``c[i:i + 64 // bits]`` packed little-endian in one uint64: one unaligned 64-bit load.
 
+    ``c`` is a 1-D C-contiguous array of codes, ``i`` an index with 64 bits of codes from it in the
+    array (not checked). An intrinsic, not a Python function: typed and lowered once per signature,
+    where a helper written with eight loads and shifts was retyped at each call site.
+    """
+    if not (isinstance(c, types.Array) and c.ndim == 1 and c.layout == "C" and isinstance(c.dtype, types.Integer)
+            and isinstance(i, types.Integer)):
+        return None
 
-@overload(_code_word, inline="always")
-def _code_word_impl(c, i):
-    bits = c.dtype.bitwidth
-    if bits == 8:
-        def word(c, i):  # pragma: no cover - compiled
-            return (_u(c[_u(i)]) | (_u(c[_u(i + 1)]) << _u(8))
-                    | (_u(c[_u(i + 2)]) << _u(16)) | (_u(c[_u(i + 3)]) << _u(24))
-                    | (_u(c[_u(i + 4)]) << _u(32)) | (_u(c[_u(i + 5)]) << _u(40))
-                    | (_u(c[_u(i + 6)]) << _u(48)) | (_u(c[_u(i + 7)]) << _u(56)))
-    elif bits == 16:
-        def word(c, i):  # pragma: no cover - compiled
-            return (_u(c[_u(i)]) | (_u(c[_u(i + 1)]) << _u(16))
-                    | (_u(c[_u(i + 2)]) << _u(32)) | (_u(c[_u(i + 3)]) << _u(48)))
-    elif bits == 32:
-        def word(c, i):  # pragma: no cover - compiled
-            return _u(c[_u(i)]) | (_u(c[_u(i + 1)]) << _u(32))
-    else:
-        def word(c, i):  # pragma: no cover - compiled
-            return _u(c[_u(i)])
-    return word
+    def codegen(context, builder, signature, args):
+        aty = signature.args[0]
+        ary = context.make_array(aty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aty, ary, [args[1]], wraparound=False, boundscheck=False)
+        i64 = ir.IntType(64)
+        if _LITTLE_ENDIAN:
+            return builder.load(builder.bitcast(ptr, i64.as_pointer()), align=1)
+        bits = aty.dtype.bitwidth  # other byte orders: lane by lane, lane k into bits [k * bits, (k + 1) * bits)
+        word = ir.Constant(i64, 0)
+        for k in range(64 // bits):
+            lane = builder.zext(builder.load(builder.gep(ptr, [ir.Constant(i64, k)])), i64)
+            word = builder.or_(word, builder.shl(lane, ir.Constant(i64, k * bits)))
+        return word
+
+    return types.uint64(c, i), codegen
 
 
 def _code_lanes(c):

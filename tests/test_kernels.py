@@ -118,6 +118,31 @@ def test_cpu_run_scan_finds_every_run(code_dtype):
             assert [tuple(int(v) for v in r) for r in scan(row, x0)] == expect, (nx, x0, row)
 
 
+@pytest.mark.parametrize("code_dtype", [np.uint8, np.uint16, np.uint32, np.uint64])
+def test_code_word_packs_codes_little_endian_at_every_offset(code_dtype):
+    """The one-load code word holds ``c[i:i + 64 // bits]``, lane k in bits ``[k * bits, (k + 1) * bits)``,
+    at aligned and unaligned offsets (codes with every bit set, so no lane leaks into another)."""
+    from numba import njit
+    from petfeat.kernels.reduce_cpu import _code_word
+
+    @njit
+    def words(c, n):
+        out = np.empty(n, np.uint64)
+        for i in range(n):
+            out[i] = _code_word(c, i)
+        return out
+
+    bits = np.dtype(code_dtype).itemsize * 8
+    per = 64 // bits
+    rng = np.random.default_rng(9)
+    c = rng.integers(0, np.iinfo(code_dtype).max, 40, dtype=code_dtype, endpoint=True)
+    c[::5] = np.iinfo(code_dtype).max
+    got = words(c, c.size - per + 1)
+    for i, w in enumerate(got):
+        expect = sum(int(v) << (k * bits) for k, v in enumerate(c[i:i + per]))
+        assert int(w) == expect, (i, hex(int(w)), hex(expect))
+
+
 @pytest.mark.parametrize("code_dtype", [np.uint8, np.uint16, np.uint32])
 def test_fused_reduce_over_code_widths(backend, code_dtype):
     rng = np.random.default_rng(8)
@@ -315,6 +340,22 @@ def test_suv_peak_matches_oracle(backend, spacing):
     for k, r in enumerate(regions):
         g_ref, l_ref = naive.peaks(values, np.isin(codes, r), spacing)
         assert glob[k] == pytest.approx(g_ref, rel=RTOL) and loc[k] == pytest.approx(l_ref, rel=RTOL)
+
+
+def test_peak_sphere_counts_compile_once():
+    """Rows at the image faces and voxels near the x faces count the sphere's voxels inside the image with one
+    compiled ``_in_image`` (each specialisation is seconds of a fresh install). Its two callers are compiled
+    afresh here (their cached code would not type the call), with the argument types of the SUVpeak kernel."""
+    from numba import njit, typeof
+    from petfeat.kernels import peak_cpu
+
+    vol, f64, i64 = np.zeros((3, 3, 3), np.int16), np.zeros(3), np.zeros(3, np.int64)
+    border_args = (vol, f64, 1, 1, 1, i64, i64, i64, 1.0, True)
+    slice_args = (vol, vol.astype(np.uint8), f64, f64, 1, np.zeros(4, np.int64), i64, i64, i64, 1, 1, 1, f64, 1, 1, 1,
+                  1, 1.0, True, np.zeros(3, np.bool_), i64, i64, f64, f64, f64)
+    for fn, args in ((peak_cpu._border_mean, border_args), (peak_cpu._sphere_slice, slice_args)):
+        njit(nogil=True)(fn.py_func).compile(tuple(typeof(a) for a in args))
+    assert len(peak_cpu._in_image.signatures) == 1, peak_cpu._in_image.signatures
 
 
 def test_peak_on_scattered_codes_merges_each_warps_runs_by_code(backend):
