@@ -47,8 +47,14 @@ from numba import njit
 
 from petfeat.errors import LabelError
 from petfeat.kernels.borrowed import borrowed
-from petfeat.kernels.label_census import label_census
-from petfeat.kernels.label_codes import MAX_LAYERS, apply_keys, fill_keys, mark_ids, mark_keys
+from petfeat.kernels.label_codes import (
+    MAX_LAYERS,
+    apply_keys,
+    fill_keys,
+    mark_keys,
+    pack_layers,
+    table_layout,
+)
 from petfeat.kernels.threads import chunk_count, for_chunks
 from petfeat.slabs import z_slabs
 
@@ -526,11 +532,10 @@ def margin_layers(spec, layers: Sequence[LabelLayer], spacing_zyx: Sequence[floa
     For every distinct ``(exclude, exclude_margin_mm)`` of the spec with a margin, one uint8 layer
     marks the voxels whose centre lies within the margin (physical distance, using the voxel
     spacing; a voxel at exactly the margin is inside) of a voxel that carries an excluded label,
-    those voxels included. One compiled pass marks the excluded voxels
-    (:func:`petfeat.kernels.label_codes.mark_ids`), one more finds their bounding box
-    (:func:`petfeat.kernels.label_census.label_census`); the distance is exact (:func:`dilate_mm`,
-    in that box grown by the margin), and the mark, zero outside the box, becomes the layer.
-    No layer is made when no voxel carries an excluded label (then nothing needs a margin).
+    those voxels included. One compiled pass (:func:`or_sparse`) marks the excluded voxels and
+    finds their bounding box; the distance is exact (:func:`dilate_mm`'s methods), and the margin
+    becomes the layer. No layer is made when no voxel carries an excluded label (then nothing
+    needs a margin).
     """
     spec = normalise_spec(spec)
     real = [layer for layer in layers if layer.namespace != MARGIN_NAMESPACE]
@@ -558,16 +563,20 @@ def margin_layers(spec, layers: Sequence[LabelLayer], spacing_zyx: Sequence[floa
         if not chosen:
             continue
         excluded = np.empty(shape, np.uint8)
+        box = None
         for k in range(0, len(chosen), MAX_LAYERS - 1):  # the mark so far is the first layer of each later pass
             batch = ([(excluded, [1])] if k else []) + chosen[k:k + MAX_LAYERS - 1]
-            mark_ids([a for a, _ in batch], [ids for _, ids in batch], excluded)
-        box = label_census(excluded).box
+            starts, size = table_layout([a for a, _ in batch])
+            tab = np.zeros(size, np.uint32)
+            for s, (a, ids) in zip(starts, batch):
+                i = np.asarray(ids, np.int64)
+                tab[s + i[(i > 0) & (i < 1 << (8 * a.itemsize))]] = 1
+            box = or_sparse([a for a, _ in batch], tab, starts, excluded, box=True)
         if box is None:
             continue
-        reach = np.floor(mm / sp + 1e-9).astype(int)
-        grown = tuple(slice(max(0, s.start - r), min(n, s.stop + r)) for s, r, n in zip(box, reach, shape))
-        excluded[grown] = dilate_mm(excluded[grown], sp, mm)  # the margin holds the box: the rest stays 0
-        out.append(LabelLayer(excluded, {1: margin_label(rule["exclude"], mm)}, f"margin {mm:g} mm",
+        margin = np.zeros(shape, np.uint8)
+        _dilate_into(excluded.view(bool), sp, mm, margin.view(bool), box)
+        out.append(LabelLayer(margin, {1: margin_label(rule["exclude"], mm)}, f"margin {mm:g} mm",
                               namespace=MARGIN_NAMESPACE))
     return out
 
@@ -575,112 +584,360 @@ def margin_layers(spec, layers: Sequence[LabelLayer], spacing_zyx: Sequence[floa
 def dilate_mm(mask: np.ndarray, spacing_zyx: Sequence[float], margin_mm: float) -> np.ndarray:
     """Voxels whose centre lies within ``margin_mm`` of the centre of a ``mask`` voxel (``mask`` included).
 
-    Exact Euclidean distance in physical units, by one of two equivalent methods: balls of the margin
-    stamped around the mask's boundary voxels (those with a 6-neighbour outside the mask: the voxel of
-    the mask nearest to any outside voxel is one of them), when that costs fewer than
-    :data:`_STAMP_OPS_PER_VOXEL` writes per voxel; else SimpleITK's ``SignedMaurerDistanceMap`` with
-    the voxel spacing, squared distances compared with ``margin_mm**2``.
+    Exact Euclidean distance in physical units, by one of two equivalent methods: the ball of the
+    margin as one x-interval ``-h..h`` per ``(dz, dy)`` offset, each row of the mask dilated along x
+    as a bit set and the output row the OR of its neighbour rows' dilations (:func:`_dilate_rows`),
+    when that costs at most :data:`_STAMP_OPS_PER_VOXEL` word operations per voxel; else SimpleITK's
+    ``SignedMaurerDistanceMap`` with the voxel spacing, squared distances compared with ``margin_mm**2``.
     """
-    from petfeat.features import sphere_offsets
-
     mask = np.ascontiguousarray(mask, dtype=bool)
     if mask.ndim != 3:
         raise ValueError(f"dilate_mm takes a (Z, Y, X) mask, not {mask.ndim} dimensions")
     out = np.zeros(mask.shape, bool)
-    if not mask.any():
-        return out
-    sp = np.asarray(spacing_zyx, np.float64)
-    ball = sphere_offsets(sp, margin_mm * np.sqrt(1 + _MARGIN_SLACK))
-    if _boundary_count(mask) * len(ball) <= _STAMP_OPS_PER_VOXEL * mask.size:
-        _stamp_balls(mask, ball, out)
-        return out
-    import SimpleITK as sitk
-
-    img = sitk.GetImageFromArray(mask.view(np.uint8))
-    img.SetSpacing(tuple(float(s) for s in sp[::-1]))
-    d2 = sitk.SignedMaurerDistanceMap(img, insideIsPositive=False, squaredDistance=True, useImageSpacing=True)
-    return sitk.GetArrayViewFromImage(d2) <= margin_mm * margin_mm * (1 + _MARGIN_SLACK)
+    if mask.any():
+        _dilate_into(mask, np.asarray(spacing_zyx, np.float64), margin_mm, out, None)
+    return out
 
 
-#: Ball stamping (:func:`dilate_mm`) is chosen while it writes at most this many voxels per voxel of the box.
+#: The row method of :func:`dilate_mm` is chosen while it costs at most this many 64-bit word operations per voxel.
 _STAMP_OPS_PER_VOXEL = 16
 
 
-@njit(inline="always")
-def _on_boundary(mask, z, y, x):  # pragma: no cover - compiled
-    nz, ny, nx = mask.shape
-    return ((z > 0 and not mask[z - 1, y, x]) or (z < nz - 1 and not mask[z + 1, y, x])
-            or (y > 0 and not mask[z, y - 1, x]) or (y < ny - 1 and not mask[z, y + 1, x])
-            or (x > 0 and not mask[z, y, x - 1]) or (x < nx - 1 and not mask[z, y, x + 1]))
+def _ball_rows(spacing_zyx: np.ndarray, margin_mm: float) -> np.ndarray:
+    """The ball of the margin as rows ``(dz, dy, h)``: its voxels at ``(dz, dy)`` are ``dx`` in ``-h..h``."""
+    from petfeat.features import sphere_offsets
 
-
-def _boundary_count(mask: np.ndarray) -> int:
-    """Mask voxels with an in-image 6-neighbour outside the mask."""
-    n_chunks = chunk_count(mask.shape[0])
-    counts = np.zeros(n_chunks, np.int64)
-    for_chunks(_boundary_counts, n_chunks, mask, counts)
-    return int(counts.sum())
-
-
-@njit(cache=True, nogil=True)
-def _boundary_counts(c0, c1, mask, counts):  # pragma: no cover - compiled
-    """``counts[c]``: the boundary voxels of chunk ``c`` of slices, for the chunks ``[c0, c1)``."""
-    mask, counts = borrowed(mask, counts)
-    nz, ny, nx = mask.shape
-    n_chunks = counts.shape[0]
-    for c in range(c0, c1):
-        n = 0
-        for z in range(c * nz // n_chunks, (c + 1) * nz // n_chunks):
-            for y in range(ny):
-                for x in range(nx):
-                    if mask[z, y, x] and _on_boundary(mask, z, y, x):
-                        n += 1
-        counts[c] = n
-
-
-def _stamp_balls(mask: np.ndarray, ball: np.ndarray, out: np.ndarray) -> None:
-    """``out |= mask``, and the ``ball`` around each boundary voxel (same-value writes may race).
-
-    The ball is stamped as its x-segments (one per ``(dz, dy)``, centred: ``-h..h``), and a run of
-    consecutive boundary voxels of a row as one segment per ``(dz, dy)``: ``x_first - h .. x_last + h``
-    (the union of the run's balls in that row).
-    """
     rows: dict[tuple[int, int], int] = {}
-    for dz, dy, dx in np.asarray(ball, np.int64):
+    for dz, dy, dx in sphere_offsets(spacing_zyx, margin_mm * np.sqrt(1 + _MARGIN_SLACK)):
         rows[(int(dz), int(dy))] = max(rows.get((int(dz), int(dy)), 0), abs(int(dx)))
-    seg = np.array([(dz, dy, h) for (dz, dy), h in sorted(rows.items())], np.int64).reshape(-1, 3)
-    n_chunks = chunk_count(mask.shape[0])
-    for_chunks(_stamp_slices, n_chunks, mask, seg, out, n_chunks)
+    return np.array([(dz, dy, h) for (dz, dy), h in sorted(rows.items())], np.int64).reshape(-1, 3)
+
+
+def _dilate_into(mask: np.ndarray, sp: np.ndarray, margin_mm: float, out: np.ndarray, box) -> None:
+    """``out`` (bool, zero, C-contiguous) = :func:`dilate_mm` of ``mask`` (bool, C-contiguous, not empty).
+
+    ``box`` (slices), when given, holds every mask voxel: the distance map method works in it, grown by the margin.
+    """
+    seg = _ball_rows(sp, margin_mm)
+    nz, ny, nx = mask.shape
+    nw = (nx + 63) // 64
+    n_h = int(seg[:, 2].max()) + 1
+    if nz * ny * nw * (len(seg) + 8 * n_h) <= _STAMP_OPS_PER_VOXEL * mask.size:
+        _dilate_rows(mask, seg, n_h, out)
+        return
+    import SimpleITK as sitk
+
+    if box is None:
+        box = (slice(0, nz), slice(0, ny), slice(0, nx))
+    reach = np.floor(margin_mm / sp + 1e-9).astype(int)
+    grown = tuple(slice(max(0, s.start - r), min(n, s.stop + r)) for s, r, n in zip(box, reach, mask.shape))
+    img = sitk.GetImageFromArray(np.ascontiguousarray(mask[grown]).view(np.uint8))
+    img.SetSpacing(tuple(float(s) for s in sp[::-1]))
+    d2 = sitk.SignedMaurerDistanceMap(img, insideIsPositive=False, squaredDistance=True, useImageSpacing=True)
+    out[grown] = sitk.GetArrayViewFromImage(d2) <= margin_mm * margin_mm * (1 + _MARGIN_SLACK)
+
+
+def _dilate_rows(mask: np.ndarray, seg: np.ndarray, n_h: int, out: np.ndarray) -> None:
+    """``out`` = the mask dilated by the ball whose rows ``(dz, dy, h)`` are ``seg`` (:func:`_ball_rows`).
+
+    Two compiled passes over chunks of slices: each non-empty mask row as a bit set (64-bit words)
+    and its x-dilations by ``1 .. n_h - 1``; then each output slice ``z`` as the OR, over the ball's
+    rows, of slice ``z + dz``'s dilations by ``h`` shifted by ``dy`` rows (one contiguous run of
+    words per ball row, skipped where slice ``z + dz`` has no mask voxel).
+    """
+    nz, ny, nx = mask.shape
+    dil = np.zeros((n_h, nz, ny * ((nx + 63) // 64)), np.uint64)
+    filled = np.zeros((nz, ny), bool)
+    n_chunks = chunk_count(nz)
+    mask8, out8 = mask.view(np.uint8), out.view(np.uint8)
+    for_chunks(_row_bits, n_chunks, 0, mask8, seg, dil, filled, out8, n_chunks)
+    for_chunks(_row_bits, n_chunks, 1, mask8, seg, dil, filled.any(axis=1, keepdims=True), out8, n_chunks)
 
 
 @njit(cache=True, nogil=True)
-def _stamp_slices(c0, c1, mask, seg, out, n_chunks):  # pragma: no cover - compiled
-    """:func:`_stamp_balls` for the mask voxels of chunks ``[c0, c1)`` of slices; ``seg`` rows are ``(dz, dy, h)``."""
-    mask, seg, out = borrowed(mask, seg, out)
+def _row_bits(c0, c1, phase, mask, seg, dil, filled, out, n_chunks):  # pragma: no cover - compiled
+    """:func:`_dilate_rows` for the slices of chunks ``[c0, c1)``.
+
+    ``phase`` 0: the bit sets ``dil[h, z, y * nw:(y + 1) * nw]`` of the non-empty rows, which it
+    marks in ``filled[z, y]``. ``phase`` 1: the output slices; ``filled[z, 0]``: slice ``z`` has a
+    mask voxel. Loops over words run on unsigned indices.
+    """
+    mask, seg, dil, filled, out = borrowed(mask, seg, dil, filled, out)
     nz, ny, nx = mask.shape
+    n_h = dil.shape[0]
+    nw = dil.shape[2] // ny
+    one = np.uint64(1)
+    top = np.uint64(63)
+    last = (one << np.uint64(nx - 64 * (nw - 1))) - one if nx % 64 else ~np.uint64(0)
+    acc = np.zeros(ny * nw, np.uint64)
     for z in range(c0 * nz // n_chunks, c1 * nz // n_chunks):
+        if phase == 0:
+            for y in range(ny):
+                row = mask[z, y]
+                hit = np.uint8(0)
+                for x in range(nx):
+                    hit |= row[x]
+                if hit == 0:
+                    continue
+                filled[z, y] = True
+                bits = dil[0, z, y * nw:(y + 1) * nw]
+                for x in range(nx):
+                    if row[x]:
+                        bits[x >> 6] |= one << np.uint64(x & 63)
+                for h in range(1, n_h):  # dilation by h: the dilation by h - 1, shifted by one bit either way
+                    prev = dil[h - 1, z, y * nw:(y + 1) * nw]
+                    cur = dil[h, z, y * nw:(y + 1) * nw]
+                    for w in range(nw):
+                        v = prev[w]
+                        up = v << one
+                        down = v >> one
+                        if w > 0:
+                            up |= prev[w - 1] >> top
+                        if w + 1 < nw:
+                            down |= prev[w + 1] << top
+                        cur[w] = v | up | down
+                    cur[nw - 1] &= last
+            continue
+        acc[:] = 0
+        hit = False
+        for k in range(seg.shape[0]):
+            zz = z + seg[k, 0]
+            if zz < 0 or zz >= nz or not filled[zz, 0]:
+                continue
+            hit = True
+            dy = seg[k, 1]
+            src = dil[seg[k, 2], zz]
+            a0 = np.uint64(max(0, -dy) * nw)  # output rows max(0, -dy) .. min(ny, ny - dy) read rows + dy
+            s0 = np.uint64(max(0, dy) * nw)
+            for i in range(np.uint64((ny - abs(dy)) * nw)):
+                acc[a0 + i] |= src[s0 + i]
+        if not hit:
+            continue
         for y in range(ny):
-            x = 0
-            while x < nx:
-                if not mask[z, y, x]:
-                    x += 1
-                    continue
-                out[z, y, x] = True
-                if not _on_boundary(mask, z, y, x):
-                    x += 1
-                    continue
-                xa = x  # the run of boundary voxels [xa, x]
-                while x + 1 < nx and mask[z, y, x + 1] and _on_boundary(mask, z, y, x + 1):
-                    x += 1
-                    out[z, y, x] = True
-                for k in range(seg.shape[0]):
-                    zz = z + seg[k, 0]
-                    yy = y + seg[k, 1]
-                    if 0 <= zz < nz and 0 <= yy < ny:
-                        row = out[zz, yy]
-                        for xx in range(max(xa - seg[k, 2], 0), min(x + seg[k, 2], nx - 1) + 1):
-                            row[xx] = True
-                x += 1
+            any_bit = np.uint64(0)
+            for w in range(y * nw, (y + 1) * nw):
+                any_bit |= acc[w]
+            if any_bit == 0:
+                continue
+            row = out[z, y]
+            for x in range(nx):
+                row[x] = np.uint8((acc[y * nw + (x >> 6)] >> np.uint64(x & 63)) & one)
+
+
+#: Voxels one thread holds the keys of at once in :func:`or_sparse` (16 KB of uint32 keys, in L1).
+_SPARSE_SPAN = 4096
+
+
+def or_sparse(layers: Sequence[np.ndarray], table: np.ndarray, starts: Sequence[int], out: np.ndarray,
+              present: np.ndarray | None = None, box: bool = False):
+    """``out[...] = OR_j table[starts[j] + layers[j]]`` in one compiled pass that skips zeros eight voxels at a time.
+
+    The same result as :func:`petfeat.kernels.label_codes.or_tables`: the voxels go in groups of
+    eight, one 64-bit word of a one-byte layer, and a layer whose ids are all 0 in a group adds
+    nothing to it (its ``table[starts[j]]`` is 0), so sparse label maps cost little more than reading them.
+
+    Parameters
+    ----------
+    layers : sequence of ndarray
+        Up to :data:`~petfeat.kernels.label_codes.MAX_LAYERS` volumes of one shape, of unsigned
+        integers (1, 2 or 4 bytes) or bool; ``out`` may be one of them (each group is read before it is written).
+    table : ndarray
+        Read as uint32; ``table[starts[j]]`` must be 0, and ``starts[j] + id`` inside it for every id that occurs.
+    starts : sequence of int
+        Where each layer's entries start.
+    out : ndarray
+        C-contiguous, of the layers' shape, items of 1, 2 or 4 bytes (values are truncated to them).
+    present : 1-D bool ndarray, optional
+        Set at every value written (a table longer than any of them).
+    box : bool
+        Return the bounding box (slices of a 3-D ``out``) of the non-zero values written, None when there are none.
+
+    Returns
+    -------
+    tuple of slice or None
+        The box with ``box``, else None.
+    """
+    if not out.flags.c_contiguous or out.shape != np.shape(layers[0]) or out.itemsize not in (1, 2, 4):
+        raise ValueError("or_sparse writes into a C-contiguous array of the layers' shape, items of 1, 2 or 4 bytes")
+    views, widths, size = pack_layers(layers)
+    if max(widths) > 4:
+        raise ValueError("or_sparse reads ids of 1, 2 or 4 bytes")
+    table = np.ascontiguousarray(table, np.uint32)
+    st = np.zeros(MAX_LAYERS, np.int64)
+    st[:len(layers)] = np.asarray(starts, np.int64)
+    if np.any(table[st[:len(layers)]] != 0):
+        raise ValueError("or_sparse needs table[starts[j]] == 0 (id 0 adds nothing)")
+    shape = out.shape if out.ndim == 3 else (1, 1, size)
+    n_chunks = chunk_count(-(-size // _SPARSE_SPAN))
+    boxes = np.zeros((n_chunks, 6), np.int64)
+    boxes[:, 0::2] = np.asarray(shape, np.int64)
+    boxes[:, 1::2] = -1
+    mark = present is not None
+    present = np.zeros(1, bool) if present is None else present
+    for_chunks(_or_spans, n_chunks, views, widths, len(layers), size, table, st, out.reshape(-1).view(np.uint8),
+               present, mark, boxes, box, shape[1], shape[2], n_chunks)
+    if not box or boxes[:, 1].max() < 0:
+        return None
+    return tuple(slice(int(boxes[:, 2 * d].min()), int(boxes[:, 2 * d + 1].max()) + 1) for d in range(3))
+
+
+@njit(cache=True, nogil=True)
+def _or_spans(c0, c1, layers, widths, n_layers, size, table, starts, out, present, mark, boxes, want_box, ny, nx,
+              n_chunks):  # pragma: no cover - compiled
+    """:func:`or_sparse` for the spans of chunks ``[c0, c1)``; ``boxes[c]``: (min, max) of z, y, x of chunk ``c``.
+
+    ``layers`` are the byte views of :func:`~petfeat.kernels.label_codes.pack_layers`, ``out`` the
+    output's bytes (its item size is ``out.size // size``). Group ``g`` (voxels ``8g .. 8g + 7``) of
+    a layer of item size ``w`` is ``w`` 64-bit words, tested as words; the last group of the volume
+    may be shorter, and is tested byte by byte. Inner loops have constant trip counts and unsigned
+    indices (no negative-index wrap-around): both keep them fast.
+    """
+    ls = (borrowed(layers[0]), borrowed(layers[1]), borrowed(layers[2]), borrowed(layers[3]), borrowed(layers[4]),
+          borrowed(layers[5]), borrowed(layers[6]), borrowed(layers[7]))
+    widths, table, starts, out, present, boxes = borrowed(widths, table, starts, out, present, boxes)
+    ow = out.size // size if size else 1
+    out_words = out[:out.size // 8 * 8].view(np.uint64)
+    n_spans = (size + _SPARSE_SPAN - 1) // _SPARSE_SPAN
+    key = np.zeros(_SPARSE_SPAN, np.uint32)
+    flags = np.zeros((8, _SPARSE_SPAN // 8), np.bool_)
+    hit = np.zeros(_SPARSE_SPAN // 8, np.bool_)
+    zero = np.uint64(0)
+    u1, u2, u3, u8 = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(8)
+    for c in range(c0, c1):
+        last = np.uint32(0)
+        if mark:
+            present[0] = True
+        for span in range(c * n_spans // n_chunks, (c + 1) * n_spans // n_chunks):
+            lo = span * _SPARSE_SPAN
+            m = min(_SPARSE_SPAN, size - lo)
+            n_groups = (m + 7) // 8
+            g0 = np.uint64(lo // 8)
+            ulo = np.uint64(lo)
+            hit[:] = False
+            if m % 8:  # the last group of the volume is shorter: ids past its end read as 0
+                for j in range(n_layers):
+                    a = ls[j]
+                    w = widths[j]
+                    nonzero = False
+                    for k in range((lo + m - m % 8) * w, (lo + m) * w):
+                        nonzero |= a[np.uint64(k)] != 0
+                    flags[j, n_groups - 1] = nonzero
+                    hit[n_groups - 1] |= nonzero
+            whole = m // 8
+            for j in range(n_layers):  # which whole groups of eight voxels hold a non-zero id of layer j
+                w = widths[j]
+                a = ls[j]
+                aw = a[:a.size // 8 * 8].view(np.uint64)
+                fl = flags[j]
+                if w == 1:
+                    for g in range(whole):
+                        fl[g] = aw[g0 + np.uint64(g)] != zero
+                elif w == 2:
+                    for g in range(whole):
+                        i = (g0 + np.uint64(g)) * u2
+                        fl[g] = (aw[i] | aw[i + u1]) != zero
+                else:
+                    for g in range(whole):
+                        i = (g0 + np.uint64(g)) * np.uint64(4)
+                        fl[g] = (aw[i] | aw[i + u1] | aw[i + u2] | aw[i + u3]) != zero
+                for g in range(whole):
+                    hit[g] |= fl[g]
+            for g in range(n_groups):
+                if hit[g]:
+                    for b in range(8):
+                        key[np.uint64(8 * g + b)] = 0
+            for j in range(n_layers):  # the table entries of the groups with a non-zero id
+                w = widths[j]
+                a = ls[j]
+                fl = flags[j]
+                s = np.uint64(starts[j])
+                if w == 1:
+                    for g in range(n_groups):
+                        if fl[g]:
+                            v0 = ulo + u8 * np.uint64(g)
+                            k0 = u8 * np.uint64(g)
+                            for b in range(8):
+                                if v0 + np.uint64(b) < size:
+                                    key[k0 + np.uint64(b)] |= table[s + np.uint64(a[v0 + np.uint64(b)])]
+                elif w == 2:
+                    a2 = a.view(np.uint16)
+                    for g in range(n_groups):
+                        if fl[g]:
+                            v0 = ulo + u8 * np.uint64(g)
+                            k0 = u8 * np.uint64(g)
+                            for b in range(8):
+                                if v0 + np.uint64(b) < size:
+                                    key[k0 + np.uint64(b)] |= table[s + np.uint64(a2[v0 + np.uint64(b)])]
+                else:
+                    a4 = a.view(np.uint32)
+                    for g in range(n_groups):
+                        if fl[g]:
+                            v0 = ulo + u8 * np.uint64(g)
+                            k0 = u8 * np.uint64(g)
+                            for b in range(8):
+                                if v0 + np.uint64(b) < size:
+                                    key[k0 + np.uint64(b)] |= table[s + np.uint64(a4[v0 + np.uint64(b)])]
+            if ow == 1:
+                for g in range(n_groups):
+                    v0 = ulo + u8 * np.uint64(g)
+                    k0 = u8 * np.uint64(g)
+                    if g < whole and not hit[g]:
+                        out_words[g0 + np.uint64(g)] = zero
+                        continue
+                    for b in range(8):
+                        if v0 + np.uint64(b) < size:
+                            out[v0 + np.uint64(b)] = np.uint8(key[k0 + np.uint64(b)]) if hit[g] else np.uint8(0)
+            elif ow == 2:
+                o2 = out.view(np.uint16)
+                for g in range(n_groups):
+                    v0 = ulo + u8 * np.uint64(g)
+                    k0 = u8 * np.uint64(g)
+                    if g < whole and not hit[g]:
+                        i = (g0 + np.uint64(g)) * u2
+                        out_words[i] = zero
+                        out_words[i + u1] = zero
+                        continue
+                    for b in range(8):
+                        if v0 + np.uint64(b) < size:
+                            o2[v0 + np.uint64(b)] = np.uint16(key[k0 + np.uint64(b)]) if hit[g] else np.uint16(0)
+            else:
+                o4 = out.view(np.uint32)
+                for g in range(n_groups):
+                    v0 = ulo + u8 * np.uint64(g)
+                    k0 = u8 * np.uint64(g)
+                    if g < whole and not hit[g]:
+                        i = (g0 + np.uint64(g)) * np.uint64(4)
+                        out_words[i] = zero
+                        out_words[i + u1] = zero
+                        out_words[i + u2] = zero
+                        out_words[i + u3] = zero
+                        continue
+                    for b in range(8):
+                        if v0 + np.uint64(b) < size:
+                            o4[v0 + np.uint64(b)] = key[k0 + np.uint64(b)] if hit[g] else np.uint32(0)
+            if mark or want_box:
+                for g in range(n_groups):
+                    if not hit[g]:
+                        continue
+                    for b in range(8):
+                        v = lo + 8 * g + b
+                        kk = key[np.uint64(8 * g + b)]
+                        if v >= size:
+                            continue
+                        if mark and kk != last:  # runs of one key are common; a marked key is only read
+                            last = kk
+                            if not present[kk]:
+                                present[kk] = True
+                        if want_box and kk != 0:
+                            z = v // (ny * nx)
+                            y = (v - z * ny * nx) // nx
+                            x = v - (z * ny + y) * nx
+                            boxes[c, 0] = min(boxes[c, 0], z)
+                            boxes[c, 1] = max(boxes[c, 1], z)
+                            boxes[c, 2] = min(boxes[c, 2], y)
+                            boxes[c, 3] = max(boxes[c, 3], y)
+                            boxes[c, 4] = min(boxes[c, 4], x)
+                            boxes[c, 5] = max(boxes[c, 5], x)
 
 
 def codes_touching_border(codes: np.ndarray) -> np.ndarray:
