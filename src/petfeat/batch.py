@@ -39,6 +39,7 @@ import pandas as pd
 from petfeat.errors import PetfeatError
 from petfeat.io.archive import StudyRow
 from petfeat.io.atomic import atomic_write
+from petfeat.io.parquet import read_parquet
 
 FAILURE_COLUMNS = ("study_id", "pet_path", "error_class", "message")
 
@@ -761,7 +762,7 @@ def consolidate(out: Path, results: list[dict], *, csv: bool = False, wide: bool
     tables = {}
     ok = [r["key"] for r in results if r.get("status") in ("done", "skipped") and r.get("key")]
     for name, order in (("features", FEATURE_ORDER), ("lesions", LESION_ORDER), ("labels", LABEL_ORDER)):
-        frames = [pd.read_parquet(p) for k in ok if (p := parts / f"{k}.{name}.parquet").exists()]
+        frames = [read_parquet(p) for k in ok if (p := parts / f"{k}.{name}.parquet").exists()]
         frames = [f for f in frames if len(f)]
         df = _concat(frames) if frames else pd.DataFrame()
         by = [c for c in order if c in df.columns]

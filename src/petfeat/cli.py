@@ -538,9 +538,9 @@ def cmd_batch(args) -> int:
           f"feature rows, {rep.outputs.get('lesions', 0)} lesion rows in {out} "
           f"({rep.timings['wall_s']:.1f} s)")
     if rep.failed:
-        import pandas as pd
+        from petfeat.io.parquet import read_parquet
 
-        classes = pd.read_parquet(out / "failures.parquet").error_class.value_counts().sort_index()
+        classes = read_parquet(out / "failures.parquet").error_class.value_counts().sort_index()
         print(f"failures ({', '.join(f'{n} {c}' for c, n in classes.items())}) are listed with their reasons in "
               f"{out / 'failures.parquet'}", file=sys.stderr)
     return 3 if rep.failed else 0
@@ -692,8 +692,10 @@ def _read_feature_table(path: Path):
     """The feature table of ``petfeat extract`` (Parquet or CSV), refused when it is another table."""
     import pandas as pd
 
+    from petfeat.io.parquet import read_parquet
+
     try:
-        table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        table = read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow's and pandas' many parser errors: one message
         raise PetfeatError(f"--features {path}: cannot be read as a Parquet or CSV table ({type(exc).__name__}); "
                            "give the features.parquet that petfeat extract writes.") from None
@@ -712,11 +714,12 @@ def _read_quantities(path: Path):
     import pandas as pd
 
     from petfeat.errors import PetfeatWarning
+    from petfeat.io.parquet import read_parquet
 
     if not path.is_file():
         return None
     try:
-        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        return read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow's and pandas' many parser errors: one message
         warnings.warn(f"{path}: not readable ({type(exc).__name__}); the report's Table 1 goes without the PSMA "
                       "reference quantities. Rerun petfeat extract to write it again.", PetfeatWarning, stacklevel=2)

@@ -36,6 +36,7 @@ def run_demo(args) -> int:
 
     from petfeat.batch import BatchSettings, run_batch
     from petfeat.io.archive import load_or_create_key, scan_archive, write_manifest
+    from petfeat.io.parquet import read_parquet
     from petfeat.regions import BUILTIN_REGIONS
     from petfeat.synth import generate_archive
 
@@ -61,7 +62,7 @@ def run_demo(args) -> int:
     settings = BatchSettings(regions=BUILTIN_REGIONS, backend=args.backend)
     rep = run_batch(rows, out / "results", settings, key, scheduler=args.scheduler, n_workers=workers)
     t2 = time.perf_counter()
-    table = pd.read_parquet(out / "results" / "features.parquet")
+    table = read_parquet(out / "results" / "features.parquet")
     truth_of = {r.study_id: json.loads((Path(r.pet_path).parent / "truth.json").read_text()) for r in rows}
     print("[4/4] SUV factors (vendor-neutral, from each series' header) and region features (SUVbw)")
     for part in sorted((out / "results" / "parts").glob("*.timing.json")):
@@ -82,7 +83,7 @@ def run_demo(args) -> int:
         errs.append(abs(float(got.iloc[0]) / t["lesion_mask_stats"]["suv_mean"] - 1.0) if len(got) else float("inf"))
     worst = max(errs) if errs else float("inf")
     print(f"whole-body tumour SUVmean vs ground truth: max relative error {worst:.2e}")
-    quantities = pd.read_parquet(out / "results" / "quantities.parquet")
+    quantities = read_parquet(out / "results" / "quantities.parquet")
     finite = _print_quantities(quantities)
     print(f"backend {table.backend.iloc[0] if len(table) else '?'}; generate {t1 - t0:.1f} s, scan+extract "
           f"{t2 - t1:.1f} s; {rep.done} studies done, {rep.failed} failed; tables in {out / 'results'}")

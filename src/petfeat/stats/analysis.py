@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from petfeat.errors import PetfeatError
+from petfeat.io.parquet import read_parquet
 from petfeat.stats.endpoints import (
     Worsening,
     time_to_first_grade,
@@ -59,7 +60,7 @@ def _multiplicity(spec: dict) -> tuple[list[str], str]:
 
 
 def _read_table(folder: Path, name: str, required: bool = True) -> pd.DataFrame | None:
-    for suffix, reader in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
+    for suffix, reader in ((".parquet", read_parquet), (".csv", pd.read_csv)):
         p = folder / f"{name}{suffix}"
         if p.exists():
             return reader(p)
