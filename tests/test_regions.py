@@ -128,16 +128,16 @@ def test_namespace_patterns_and_default_names():
     assert list(region_codes(default_spec(odd), build_codes(odd, shape)).values())[0].size == 1  # glob chars escaped
 
 
-@pytest.mark.parametrize("method", ["stamp", "maurer"])
+@pytest.mark.parametrize("method", ["rows", "maurer"])
 @pytest.mark.parametrize("spacing, mm", [((3.0, 2.0, 2.0), 5.0), ((2.7, 1.3, 0.9), 4.4), ((4.0, 4.0, 4.0), 8.0)])
 def test_dilation_is_the_exact_physical_distance(monkeypatch, method, spacing, mm):
     import petfeat.regions
 
-    monkeypatch.setattr(petfeat.regions, "_STAMP_OPS_PER_VOXEL", 10**9 if method == "stamp" else 0)
+    monkeypatch.setattr(petfeat.regions, "_STAMP_OPS_PER_VOXEL", 10**9 if method == "rows" else 0)
     rng = np.random.default_rng(int(mm * 10))
     mask = rng.random((14, 16, 18)) > 0.995
     mask[0, 0, 0] = True
-    mask[5:11, 6:12, 7:14] = True  # a solid block: only its boundary voxels are stamped
+    mask[5:11, 6:12, 7:14] = True  # a solid block
     want = ndimage.distance_transform_edt(~mask, sampling=spacing) <= mm
     np.testing.assert_array_equal(dilate_mm(mask, spacing, mm), want)
     assert not dilate_mm(np.zeros((3, 4, 5), bool), spacing, mm).any()

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from petfeat.kernels.label_codes import MAX_LAYERS, apply_keys, apply_lut, or_tables, table_layout
+from petfeat.kernels.label_codes import MAX_LAYERS, apply_keys, table_layout
 from petfeat.regions import (
     MARGIN_NAMESPACE,
     CodeMap,
@@ -32,6 +32,7 @@ from petfeat.regions import (
     build_codes,
     margin_label,
     normalise_spec,
+    or_sparse,
 )
 
 
@@ -127,8 +128,9 @@ def build_region_codes(spec, layers: Sequence[LabelLayer], shape: tuple[int, ...
     """The code volume of ``layers`` for the regions of ``spec``, equivalent labels merged (module docstring).
 
     Each layer's classes get bits of their own in a key (the class index, 0 for background), so
-    one compiled pass reads every layer once, writes the key and marks the keys that occur
-    (:func:`or_tables`), and one pass over the key writes the codes. Where the classes need more
+    one compiled pass reads every layer once, writes the key and marks the keys that occur, and one
+    pass over the key writes the codes (:func:`petfeat.regions.or_sparse`: groups of voxels where
+    every layer holds 0 cost no table look-up). Where the classes need more
     than :data:`_KEY_BITS` bits, more than ``MAX_LAYERS`` layers are given or a layer holds ids of
     more than two bytes, the layers are merged (:func:`merge_equivalent_labels`) and coded by
     :func:`petfeat.regions.build_codes`.
@@ -162,13 +164,13 @@ def build_region_codes(spec, layers: Sequence[LabelLayer], shape: tuple[int, ...
     total = sum(bits)
     key = np.empty(shape, np.uint8 if total <= 8 else np.uint16 if total <= 16 else np.uint32)
     present = np.zeros(1 << total, bool)
-    or_tables([la.array for la in layers], table, starts, key, present)  # the keys, and which occur
+    or_sparse([la.array for la in layers], table, starts, key, present)  # the keys, and which occur
     present[0] = True  # code 0: no label in any layer, whether or not it occurs
     keys = np.flatnonzero(present)
     lut = np.zeros(present.size, np.uint32)
     lut[keys] = np.arange(keys.size, dtype=np.uint32)
     codes = np.empty(shape, _code_dtype(keys.size))
-    apply_lut(key, lut, codes)
+    or_sparse([key], lut, [0], codes)  # codes = lut[key] (lut[0] = 0: code 0 is key 0)
     combos = np.zeros((keys.size, len(layers)), np.int64)
     for j, (shift, reps, b) in enumerate(zip(shifts, classes, bits)):
         k = (keys >> shift) & ((1 << b) - 1)

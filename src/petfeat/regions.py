@@ -748,7 +748,8 @@ def or_sparse(layers: Sequence[np.ndarray], table: np.ndarray, starts: Sequence[
     out : ndarray
         C-contiguous, of the layers' shape, items of 1, 2 or 4 bytes (values are truncated to them).
     present : 1-D bool ndarray, optional
-        Set at every value written (a table longer than any of them).
+        Set at every OR of table entries that occurs (before its truncation to ``out``'s items), and at 0;
+        a table longer than any of them.
     box : bool
         Return the bounding box (slices of a 3-D ``out``) of the non-zero values written, None when there are none.
 
