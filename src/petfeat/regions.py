@@ -342,6 +342,12 @@ def _labels_of(layers: Sequence[LabelLayer]) -> list[Label]:
 
 def _matching(patterns: Sequence[str], labels: Sequence[Label], namespaces: set[str]) -> set[Label]:
     """The labels that match any of ``patterns`` (``NS:GLOB`` only in name space NS; bare globs not in margins)."""
+    return set(_matching_labels(tuple(patterns), tuple(labels), frozenset(namespaces)))
+
+
+@functools.lru_cache(maxsize=256)
+def _matching_labels(patterns: tuple[str, ...], labels: tuple[Label, ...], namespaces: frozenset[str]) -> frozenset:
+    """:func:`_matching`, remembered: one study matches the same patterns against the same labels many times."""
     out = set()
     bare = []
     for p in patterns:
@@ -354,7 +360,7 @@ def _matching(patterns: Sequence[str], labels: Sequence[Label], namespaces: set[
     if bare:  # one compiled expression for all bare globs (fnmatchcase's rule, as a regex alternation)
         match = _glob_regex(tuple(bare))
         out.update(lab for lab in labels if lab[0] != MARGIN_NAMESPACE and match(lab[1]))
-    return out
+    return frozenset(out)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -789,9 +795,10 @@ def _or_spans(c0, c1, layers, widths, n_layers, size, table, starts, out, presen
 
     ``layers`` are the byte views of :func:`~petfeat.kernels.label_codes.pack_layers`, ``out`` the
     output's bytes (its item size is ``out.size // size``). Group ``g`` (voxels ``8g .. 8g + 7``) of
-    a layer of item size ``w`` is ``w`` 64-bit words, tested as words; the last group of the volume
-    may be shorter, and is tested byte by byte. Inner loops have constant trip counts and unsigned
-    indices (no negative-index wrap-around): both keep them fast.
+    a layer of item size ``w`` is ``w`` 64-bit words, tested as words (a one-byte layer's table
+    entries are read in the same loop, wider layers' in a second one); the last group of the volume
+    may be shorter, and is tested byte by byte. ``hit[g]``: group ``g``'s keys are written. Inner
+    loops have constant trip counts and unsigned indices (no negative-index wrap-around): both keep them fast.
     """
     ls = (borrowed(layers[0]), borrowed(layers[1]), borrowed(layers[2]), borrowed(layers[3]), borrowed(layers[4]),
           borrowed(layers[5]), borrowed(layers[6]), borrowed(layers[7]))
@@ -823,7 +830,6 @@ def _or_spans(c0, c1, layers, widths, n_layers, size, table, starts, out, presen
                     for k in range((lo + m - m % 8) * w, (lo + m) * w):
                         nonzero |= a[np.uint64(k)] != 0
                     flags[j, n_groups - 1] = nonzero
-                    hit[n_groups - 1] |= nonzero
             whole = m // 8
             for j in range(n_layers):  # which whole groups of eight voxels hold a non-zero id of layer j
                 w = widths[j]
@@ -831,8 +837,21 @@ def _or_spans(c0, c1, layers, widths, n_layers, size, table, starts, out, presen
                 aw = a[:a.size // 8 * 8].view(np.uint64)
                 fl = flags[j]
                 if w == 1:
+                    s = np.uint64(starts[j])
                     for g in range(whole):
-                        fl[g] = aw[g0 + np.uint64(g)] != zero
+                        fl[g] = False
+                        if aw[g0 + np.uint64(g)] == zero:
+                            continue
+                        k0 = u8 * np.uint64(g)
+                        v0 = ulo + k0
+                        if not hit[g]:
+                            hit[g] = True
+                            for b in range(8):
+                                key[k0 + np.uint64(b)] = table[s + np.uint64(a[v0 + np.uint64(b)])]
+                        else:
+                            for b in range(8):
+                                key[k0 + np.uint64(b)] |= table[s + np.uint64(a[v0 + np.uint64(b)])]
+                    continue
                 elif w == 2:
                     for g in range(whole):
                         i = (g0 + np.uint64(g)) * u2
@@ -841,22 +860,20 @@ def _or_spans(c0, c1, layers, widths, n_layers, size, table, starts, out, presen
                     for g in range(whole):
                         i = (g0 + np.uint64(g)) * np.uint64(4)
                         fl[g] = (aw[i] | aw[i + u1] | aw[i + u2] | aw[i + u3]) != zero
-                for g in range(whole):
-                    hit[g] |= fl[g]
-            for g in range(n_groups):
-                if hit[g]:
-                    for b in range(8):
-                        key[np.uint64(8 * g + b)] = 0
             for j in range(n_layers):  # the table entries of the groups with a non-zero id
                 w = widths[j]
                 a = ls[j]
                 fl = flags[j]
                 s = np.uint64(starts[j])
-                if w == 1:
-                    for g in range(n_groups):
+                if w == 1:  # the tail group only: whole groups were read in the scan
+                    for g in range(whole, n_groups):
                         if fl[g]:
                             v0 = ulo + u8 * np.uint64(g)
                             k0 = u8 * np.uint64(g)
+                            if not hit[g]:
+                                hit[g] = True
+                                for b in range(8):
+                                    key[k0 + np.uint64(b)] = 0
                             for b in range(8):
                                 if v0 + np.uint64(b) < size:
                                     key[k0 + np.uint64(b)] |= table[s + np.uint64(a[v0 + np.uint64(b)])]
@@ -866,6 +883,10 @@ def _or_spans(c0, c1, layers, widths, n_layers, size, table, starts, out, presen
                         if fl[g]:
                             v0 = ulo + u8 * np.uint64(g)
                             k0 = u8 * np.uint64(g)
+                            if not hit[g]:
+                                hit[g] = True
+                                for b in range(8):
+                                    key[k0 + np.uint64(b)] = 0
                             for b in range(8):
                                 if v0 + np.uint64(b) < size:
                                     key[k0 + np.uint64(b)] |= table[s + np.uint64(a2[v0 + np.uint64(b)])]
@@ -875,6 +896,10 @@ def _or_spans(c0, c1, layers, widths, n_layers, size, table, starts, out, presen
                         if fl[g]:
                             v0 = ulo + u8 * np.uint64(g)
                             k0 = u8 * np.uint64(g)
+                            if not hit[g]:
+                                hit[g] = True
+                                for b in range(8):
+                                    key[k0 + np.uint64(b)] = 0
                             for b in range(8):
                                 if v0 + np.uint64(b) < size:
                                     key[k0 + np.uint64(b)] |= table[s + np.uint64(a4[v0 + np.uint64(b)])]
