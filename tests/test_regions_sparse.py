@@ -46,6 +46,17 @@ def test_or_sparse_matches_numpy_on_mixed_widths(shape, out_dtype):
     assert box == tuple(slice(lo, hi + 1) for lo, hi in zip(nonzero.min(0), nonzero.max(0)))
     if present is not None:
         np.testing.assert_array_equal(np.flatnonzero(present), np.unique(np.concatenate([[0], want.ravel()])))
+    fresh = np.zeros(shape, out_dtype)
+    assert or_sparse(layers, table, starts, fresh, zeroed=True) is None
+    np.testing.assert_array_equal(fresh, want.astype(out_dtype))
+    untouched = np.full(shape, 77, out_dtype)  # zeroed: groups where every layer holds 0 are not written
+    or_sparse(layers, table, starts, untouched, zeroed=True)
+    stack = np.stack(layers).reshape(len(layers), -1)
+    size = stack.shape[1] // 8 * 8
+    empty = np.repeat(~stack[:, :size].reshape(len(layers), -1, 8).any(axis=(0, 2)), 8)
+    got = untouched.reshape(-1)[:size]
+    assert empty.any() and (got[empty] == 77).all()
+    np.testing.assert_array_equal(got[~empty], want.astype(out_dtype).reshape(-1)[:size][~empty])
 
 
 def test_or_sparse_writes_into_its_own_first_layer_and_refuses_a_table_that_marks_id_0():

@@ -162,15 +162,15 @@ def build_region_codes(spec, layers: Sequence[LabelLayer], shape: tuple[int, ...
             rep = int(i) if tab is None else int(tab[0][i])
             table[start + int(i)] = index[rep] << int(shift)
     total = sum(bits)
-    key = np.empty(shape, np.uint8 if total <= 8 else np.uint16 if total <= 16 else np.uint32)
+    key = np.zeros(shape, np.uint8 if total <= 8 else np.uint16 if total <= 16 else np.uint32)
     present = np.zeros(1 << total, bool)
-    or_sparse([la.array for la in layers], table, starts, key, present)  # the keys, and which occur
+    or_sparse([la.array for la in layers], table, starts, key, present, zeroed=True)  # the keys, which occur
     present[0] = True  # code 0: no label in any layer, whether or not it occurs
     keys = np.flatnonzero(present)
     lut = np.zeros(present.size, np.uint32)
     lut[keys] = np.arange(keys.size, dtype=np.uint32)
-    codes = np.empty(shape, _code_dtype(keys.size))
-    or_sparse([key], lut, [0], codes)  # codes = lut[key] (lut[0] = 0: code 0 is key 0)
+    codes = np.zeros(shape, _code_dtype(keys.size))  # pages of background only are never written
+    or_sparse([key], lut, [0], codes, zeroed=True)  # codes = lut[key] (lut[0] = 0: code 0 is key 0)
     combos = np.zeros((keys.size, len(layers)), np.int64)
     for j, (shift, reps, b) in enumerate(zip(shifts, classes, bits)):
         k = (keys >> shift) & ((1 << b) - 1)

@@ -568,7 +568,7 @@ def margin_layers(spec, layers: Sequence[LabelLayer], spacing_zyx: Sequence[floa
                 chosen.append((np.isin(layer.array, ids).view(np.uint8), [1]))
         if not chosen:
             continue
-        excluded = np.empty(shape, np.uint8)
+        excluded = np.zeros(shape, np.uint8)
         box = None
         for k in range(0, len(chosen), MAX_LAYERS - 1):  # the mark so far is the first layer of each later pass
             batch = ([(excluded, [1])] if k else []) + chosen[k:k + MAX_LAYERS - 1]
@@ -577,7 +577,7 @@ def margin_layers(spec, layers: Sequence[LabelLayer], spacing_zyx: Sequence[floa
             for s, (a, ids) in zip(starts, batch):
                 i = np.asarray(ids, np.int64)
                 tab[s + i[(i > 0) & (i < 1 << (8 * a.itemsize))]] = 1
-            box = or_sparse([a for a, _ in batch], tab, starts, excluded, box=True)
+            box = or_sparse([a for a, _ in batch], tab, starts, excluded, box=True, zeroed=True)
         if box is None:
             continue
         margin = np.zeros(shape, np.uint8)
@@ -735,7 +735,7 @@ _SPARSE_SPAN = 4096
 
 
 def or_sparse(layers: Sequence[np.ndarray], table: np.ndarray, starts: Sequence[int], out: np.ndarray,
-              present: np.ndarray | None = None, box: bool = False):
+              present: np.ndarray | None = None, box: bool = False, zeroed: bool = False):
     """``out[...] = OR_j table[starts[j] + layers[j]]`` in one compiled pass that skips zeros eight voxels at a time.
 
     The same result as :func:`petfeat.kernels.label_codes.or_tables`: the voxels go in groups of
@@ -758,6 +758,9 @@ def or_sparse(layers: Sequence[np.ndarray], table: np.ndarray, starts: Sequence[
         a table longer than any of them.
     box : bool
         Return the bounding box (slices of a 3-D ``out``) of the non-zero values written, None when there are none.
+    zeroed : bool
+        ``out`` holds 0 wherever every layer holds 0 (a fresh ``np.zeros``, or one of the layers): groups
+        of zeros are not written, so pages of a fresh ``np.zeros`` that only zeros fall in are never touched.
 
     Returns
     -------
@@ -782,19 +785,20 @@ def or_sparse(layers: Sequence[np.ndarray], table: np.ndarray, starts: Sequence[
     mark = present is not None
     present = np.zeros(1, bool) if present is None else present
     for_chunks(_or_spans, n_chunks, views, widths, len(layers), size, table, st, out.reshape(-1).view(np.uint8),
-               present, mark, boxes, box, shape[1], shape[2], n_chunks)
+               zeroed, present, mark, boxes, box, shape[1], shape[2], n_chunks)
     if not box or boxes[:, 1].max() < 0:
         return None
     return tuple(slice(int(boxes[:, 2 * d].min()), int(boxes[:, 2 * d + 1].max()) + 1) for d in range(3))
 
 
 @njit(cache=True, nogil=True)
-def _or_spans(c0, c1, layers, widths, n_layers, size, table, starts, out, present, mark, boxes, want_box, ny, nx,
-              n_chunks):  # pragma: no cover - compiled
+def _or_spans(c0, c1, layers, widths, n_layers, size, table, starts, out, zeroed, present, mark, boxes, want_box, ny,
+              nx, n_chunks):  # pragma: no cover - compiled
     """:func:`or_sparse` for the spans of chunks ``[c0, c1)``; ``boxes[c]``: (min, max) of z, y, x of chunk ``c``.
 
     ``layers`` are the byte views of :func:`~petfeat.kernels.label_codes.pack_layers`, ``out`` the
-    output's bytes (its item size is ``out.size // size``). Group ``g`` (voxels ``8g .. 8g + 7``) of
+    output's bytes (its item size is ``out.size // size``; with ``zeroed``, groups of zeros are not
+    written). Group ``g`` (voxels ``8g .. 8g + 7``) of
     a layer of item size ``w`` is ``w`` 64-bit words, tested as words (a one-byte layer's table
     entries are read in the same loop, wider layers' in a second one); the last group of the volume
     may be shorter, and is tested byte by byte. ``hit[g]``: group ``g``'s keys are written. Inner
@@ -905,6 +909,8 @@ def _or_spans(c0, c1, layers, widths, n_layers, size, table, starts, out, presen
                                     key[k0 + np.uint64(b)] |= table[s + np.uint64(a4[v0 + np.uint64(b)])]
             if ow == 1:
                 for g in range(n_groups):
+                    if zeroed and not hit[g]:
+                        continue
                     v0 = ulo + u8 * np.uint64(g)
                     k0 = u8 * np.uint64(g)
                     if g < whole and not hit[g]:
@@ -916,6 +922,8 @@ def _or_spans(c0, c1, layers, widths, n_layers, size, table, starts, out, presen
             elif ow == 2:
                 o2 = out.view(np.uint16)
                 for g in range(n_groups):
+                    if zeroed and not hit[g]:
+                        continue
                     v0 = ulo + u8 * np.uint64(g)
                     k0 = u8 * np.uint64(g)
                     if g < whole and not hit[g]:
@@ -929,6 +937,8 @@ def _or_spans(c0, c1, layers, widths, n_layers, size, table, starts, out, presen
             else:
                 o4 = out.view(np.uint32)
                 for g in range(n_groups):
+                    if zeroed and not hit[g]:
+                        continue
                     v0 = ulo + u8 * np.uint64(g)
                     k0 = u8 * np.uint64(g)
                     if g < whole and not hit[g]:
