@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from petfeat.kernels.label_codes import MAX_LAYERS, apply_keys, table_layout
+from petfeat.kernels.label_codes import MAX_LAYERS, apply_keys, apply_lut, or_tables, table_layout
 from petfeat.regions import (
     MARGIN_NAMESPACE,
     CodeMap,
@@ -122,6 +122,8 @@ def _merged(layers: Sequence[LabelLayer], tables: list) -> list[LabelLayer]:
 
 #: Most key bits of the one-pass path of :func:`build_region_codes` (a table of 2**24 flags, 16 MB).
 _KEY_BITS = 24
+#: Most key bits of :func:`petfeat.regions.or_sparse` (keys of two bytes); wider keys go through or_tables.
+_SPARSE_KEY_BITS = 16
 
 
 def build_region_codes(spec, layers: Sequence[LabelLayer], shape: tuple[int, ...]) -> CodeMap:
@@ -129,8 +131,9 @@ def build_region_codes(spec, layers: Sequence[LabelLayer], shape: tuple[int, ...
 
     Each layer's classes get bits of their own in a key (the class index, 0 for background), so
     one compiled pass reads every layer once, writes the key and marks the keys that occur, and one
-    pass over the key writes the codes (:func:`petfeat.regions.or_sparse`: groups of voxels where
-    every layer holds 0 cost no table look-up). Where the classes need more
+    pass over the key writes the codes (:func:`petfeat.regions.or_sparse` for keys of up to
+    :data:`_SPARSE_KEY_BITS` bits: groups of voxels where every layer holds 0 cost no table look-up;
+    :func:`or_tables` and :func:`apply_lut` for wider keys). Where the classes need more
     than :data:`_KEY_BITS` bits, more than ``MAX_LAYERS`` layers are given or a layer holds ids of
     more than two bytes, the layers are merged (:func:`merge_equivalent_labels`) and coded by
     :func:`petfeat.regions.build_codes`.
@@ -164,13 +167,19 @@ def build_region_codes(spec, layers: Sequence[LabelLayer], shape: tuple[int, ...
     total = sum(bits)
     key = np.zeros(shape, np.uint8 if total <= 8 else np.uint16 if total <= 16 else np.uint32)
     present = np.zeros(1 << total, bool)
-    or_sparse([la.array for la in layers], table, starts, key, present, zeroed=True)  # the keys, which occur
+    if total <= _SPARSE_KEY_BITS:  # the keys, and which occur
+        or_sparse([la.array for la in layers], table, starts, key, present, zeroed=True)
+    else:
+        or_tables([la.array for la in layers], table, starts, key, present)
     present[0] = True  # code 0: no label in any layer, whether or not it occurs
     keys = np.flatnonzero(present)
     lut = np.zeros(present.size, np.uint32)
     lut[keys] = np.arange(keys.size, dtype=np.uint32)
     codes = np.zeros(shape, _code_dtype(keys.size))  # pages of background only are never written
-    or_sparse([key], lut, [0], codes, zeroed=True)  # codes = lut[key] (lut[0] = 0: code 0 is key 0)
+    if total <= _SPARSE_KEY_BITS:
+        or_sparse([key], lut, [0], codes, zeroed=True)  # codes = lut[key] (lut[0] = 0: code 0 is key 0)
+    else:
+        apply_lut(key, lut, codes)
     combos = np.zeros((keys.size, len(layers)), np.int64)
     for j, (shift, reps, b) in enumerate(zip(shifts, classes, bits)):
         k = (keys >> shift) & ((1 << b) - 1)

@@ -746,13 +746,13 @@ def or_sparse(layers: Sequence[np.ndarray], table: np.ndarray, starts: Sequence[
     ----------
     layers : sequence of ndarray
         Up to :data:`~petfeat.kernels.label_codes.MAX_LAYERS` volumes of one shape, of unsigned
-        integers (1, 2 or 4 bytes) or bool; ``out`` may be one of them (each group is read before it is written).
+        integers of 1 or 2 bytes or bool; ``out`` may be one of them (each group is read before it is written).
     table : ndarray
         Read as uint32; ``table[starts[j]]`` must be 0, and ``starts[j] + id`` inside it for every id that occurs.
     starts : sequence of int
         Where each layer's entries start.
     out : ndarray
-        C-contiguous, of the layers' shape, items of 1, 2 or 4 bytes (values are truncated to them).
+        C-contiguous, of the layers' shape, items of 1 or 2 bytes (values are truncated to them).
     present : 1-D bool ndarray, optional
         Set at every OR of table entries that occurs (before its truncation to ``out``'s items), and at 0;
         a table longer than any of them.
@@ -767,11 +767,11 @@ def or_sparse(layers: Sequence[np.ndarray], table: np.ndarray, starts: Sequence[
     tuple of slice or None
         The box with ``box``, else None.
     """
-    if not out.flags.c_contiguous or out.shape != np.shape(layers[0]) or out.itemsize not in (1, 2, 4):
-        raise ValueError("or_sparse writes into a C-contiguous array of the layers' shape, items of 1, 2 or 4 bytes")
+    if not out.flags.c_contiguous or out.shape != np.shape(layers[0]) or out.itemsize not in (1, 2):
+        raise ValueError("or_sparse writes into a C-contiguous array of the layers' shape, items of 1 or 2 bytes")
     views, widths, size = pack_layers(layers)
-    if max(widths) > 4:
-        raise ValueError("or_sparse reads ids of 1, 2 or 4 bytes")
+    if max(widths) > 2:
+        raise ValueError("or_sparse reads ids of 1 or 2 bytes")
     table = np.ascontiguousarray(table, np.uint32)
     st = np.zeros(MAX_LAYERS, np.int64)
     st[:len(layers)] = np.asarray(starts, np.int64)
@@ -796,25 +796,24 @@ def _or_spans(c0, c1, layers, widths, n_layers, size, table, starts, out, zeroed
               nx, n_chunks):  # pragma: no cover - compiled
     """:func:`or_sparse` for the spans of chunks ``[c0, c1)``; ``boxes[c]``: (min, max) of z, y, x of chunk ``c``.
 
-    ``layers`` are the byte views of :func:`~petfeat.kernels.label_codes.pack_layers`, ``out`` the
-    output's bytes (its item size is ``out.size // size``; with ``zeroed``, groups of zeros are not
-    written). Group ``g`` (voxels ``8g .. 8g + 7``) of
-    a layer of item size ``w`` is ``w`` 64-bit words, tested as words (a one-byte layer's table
-    entries are read in the same loop, wider layers' in a second one); the last group of the volume
-    may be shorter, and is tested byte by byte. ``hit[g]``: group ``g``'s keys are written. Inner
-    loops have constant trip counts and unsigned indices (no negative-index wrap-around): both keep them fast.
+    ``layers`` are the byte views of :func:`~petfeat.kernels.label_codes.pack_layers` (ids of one or
+    two bytes), ``out`` the output's bytes (items of one or two bytes: ``out.size // size``; with
+    ``zeroed``, groups of zeros are not written). Group ``g`` (voxels ``8g .. 8g + 7``) of a layer of
+    item size ``w`` is ``w`` 64-bit words, tested as words, and its table entries are read in the
+    same loop; the last group of the volume may be shorter, and is read voxel by voxel. ``hit[g]``:
+    group ``g``'s keys are written. Inner loops have constant trip counts and unsigned indices (no
+    negative-index wrap-around): both keep them fast.
     """
     ls = (borrowed(layers[0]), borrowed(layers[1]), borrowed(layers[2]), borrowed(layers[3]), borrowed(layers[4]),
           borrowed(layers[5]), borrowed(layers[6]), borrowed(layers[7]))
     widths, table, starts, out, present, boxes = borrowed(widths, table, starts, out, present, boxes)
     ow = out.size // size if size else 1
-    out_words = out[:out.size // 8 * 8].view(np.uint64)
+    o2 = out[:out.size // 2 * 2].view(np.uint16)
     n_spans = (size + _SPARSE_SPAN - 1) // _SPARSE_SPAN
     key = np.zeros(_SPARSE_SPAN, np.uint32)
-    flags = np.zeros((8, _SPARSE_SPAN // 8), np.bool_)
     hit = np.zeros(_SPARSE_SPAN // 8, np.bool_)
     zero = np.uint64(0)
-    u1, u2, u3, u8 = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(8)
+    u1, u2, u8 = np.uint64(1), np.uint64(2), np.uint64(8)
     for c in range(c0, c1):
         last = np.uint32(0)
         if mark:
@@ -822,28 +821,18 @@ def _or_spans(c0, c1, layers, widths, n_layers, size, table, starts, out, zeroed
         for span in range(c * n_spans // n_chunks, (c + 1) * n_spans // n_chunks):
             lo = span * _SPARSE_SPAN
             m = min(_SPARSE_SPAN, size - lo)
+            whole = m // 8  # groups of eight voxels; the last group of the volume may be shorter
             n_groups = (m + 7) // 8
             g0 = np.uint64(lo // 8)
             ulo = np.uint64(lo)
             hit[:] = False
-            if m % 8:  # the last group of the volume is shorter: ids past its end read as 0
-                for j in range(n_layers):
-                    a = ls[j]
-                    w = widths[j]
-                    nonzero = False
-                    for k in range((lo + m - m % 8) * w, (lo + m) * w):
-                        nonzero |= a[np.uint64(k)] != 0
-                    flags[j, n_groups - 1] = nonzero
-            whole = m // 8
-            for j in range(n_layers):  # which whole groups of eight voxels hold a non-zero id of layer j
-                w = widths[j]
+            for j in range(n_layers):
                 a = ls[j]
+                w = widths[j]
+                s = np.uint64(starts[j])
                 aw = a[:a.size // 8 * 8].view(np.uint64)
-                fl = flags[j]
                 if w == 1:
-                    s = np.uint64(starts[j])
                     for g in range(whole):
-                        fl[g] = False
                         if aw[g0 + np.uint64(g)] == zero:
                             continue
                         k0 = u8 * np.uint64(g)
@@ -855,102 +844,48 @@ def _or_spans(c0, c1, layers, widths, n_layers, size, table, starts, out, zeroed
                         else:
                             for b in range(8):
                                 key[k0 + np.uint64(b)] |= table[s + np.uint64(a[v0 + np.uint64(b)])]
+                else:
+                    for g in range(whole):
+                        i = (g0 + np.uint64(g)) * u2
+                        if (aw[i] | aw[i + u1]) == zero:
+                            continue
+                        k0 = u8 * np.uint64(g)
+                        if not hit[g]:
+                            hit[g] = True
+                            for b in range(8):
+                                key[k0 + np.uint64(b)] = 0
+                        v0 = (ulo + k0) * u2
+                        for b in range(8):
+                            v = v0 + u2 * np.uint64(b)
+                            key[k0 + np.uint64(b)] |= table[s + (np.uint64(a[v]) | (np.uint64(a[v + u1]) << u8))]
+                for v in range(lo + 8 * whole, lo + m):  # the short last group, voxel by voxel
+                    i = np.uint64(v * w)
+                    idv = np.uint64(a[i]) if w == 1 else np.uint64(a[i]) | (np.uint64(a[i + u1]) << u8)
+                    if idv == 0:
+                        continue
+                    if not hit[whole]:
+                        hit[whole] = True
+                        for b in range(8):
+                            key[u8 * np.uint64(whole) + np.uint64(b)] = 0
+                    key[np.uint64(v - lo)] |= table[s + idv]
+            for g in range(n_groups):
+                if zeroed and not hit[g]:
                     continue
-                elif w == 2:
-                    for g in range(whole):
-                        i = (g0 + np.uint64(g)) * u2
-                        fl[g] = (aw[i] | aw[i + u1]) != zero
+                k0 = u8 * np.uint64(g)
+                v0 = ulo + k0
+                if g < whole and ow == 1:
+                    for b in range(8):
+                        out[v0 + np.uint64(b)] = np.uint8(key[k0 + np.uint64(b)]) if hit[g] else np.uint8(0)
+                elif g < whole:
+                    for b in range(8):
+                        o2[v0 + np.uint64(b)] = np.uint16(key[k0 + np.uint64(b)]) if hit[g] else np.uint16(0)
                 else:
-                    for g in range(whole):
-                        i = (g0 + np.uint64(g)) * np.uint64(4)
-                        fl[g] = (aw[i] | aw[i + u1] | aw[i + u2] | aw[i + u3]) != zero
-            for j in range(n_layers):  # the table entries of the groups with a non-zero id
-                w = widths[j]
-                a = ls[j]
-                fl = flags[j]
-                s = np.uint64(starts[j])
-                if w == 1:  # the tail group only: whole groups were read in the scan
-                    for g in range(whole, n_groups):
-                        if fl[g]:
-                            v0 = ulo + u8 * np.uint64(g)
-                            k0 = u8 * np.uint64(g)
-                            if not hit[g]:
-                                hit[g] = True
-                                for b in range(8):
-                                    key[k0 + np.uint64(b)] = 0
-                            for b in range(8):
-                                if v0 + np.uint64(b) < size:
-                                    key[k0 + np.uint64(b)] |= table[s + np.uint64(a[v0 + np.uint64(b)])]
-                elif w == 2:
-                    a2 = a.view(np.uint16)
-                    for g in range(n_groups):
-                        if fl[g]:
-                            v0 = ulo + u8 * np.uint64(g)
-                            k0 = u8 * np.uint64(g)
-                            if not hit[g]:
-                                hit[g] = True
-                                for b in range(8):
-                                    key[k0 + np.uint64(b)] = 0
-                            for b in range(8):
-                                if v0 + np.uint64(b) < size:
-                                    key[k0 + np.uint64(b)] |= table[s + np.uint64(a2[v0 + np.uint64(b)])]
-                else:
-                    a4 = a.view(np.uint32)
-                    for g in range(n_groups):
-                        if fl[g]:
-                            v0 = ulo + u8 * np.uint64(g)
-                            k0 = u8 * np.uint64(g)
-                            if not hit[g]:
-                                hit[g] = True
-                                for b in range(8):
-                                    key[k0 + np.uint64(b)] = 0
-                            for b in range(8):
-                                if v0 + np.uint64(b) < size:
-                                    key[k0 + np.uint64(b)] |= table[s + np.uint64(a4[v0 + np.uint64(b)])]
-            if ow == 1:
-                for g in range(n_groups):
-                    if zeroed and not hit[g]:
-                        continue
-                    v0 = ulo + u8 * np.uint64(g)
-                    k0 = u8 * np.uint64(g)
-                    if g < whole and not hit[g]:
-                        out_words[g0 + np.uint64(g)] = zero
-                        continue
-                    for b in range(8):
-                        if v0 + np.uint64(b) < size:
-                            out[v0 + np.uint64(b)] = np.uint8(key[k0 + np.uint64(b)]) if hit[g] else np.uint8(0)
-            elif ow == 2:
-                o2 = out.view(np.uint16)
-                for g in range(n_groups):
-                    if zeroed and not hit[g]:
-                        continue
-                    v0 = ulo + u8 * np.uint64(g)
-                    k0 = u8 * np.uint64(g)
-                    if g < whole and not hit[g]:
-                        i = (g0 + np.uint64(g)) * u2
-                        out_words[i] = zero
-                        out_words[i + u1] = zero
-                        continue
-                    for b in range(8):
-                        if v0 + np.uint64(b) < size:
-                            o2[v0 + np.uint64(b)] = np.uint16(key[k0 + np.uint64(b)]) if hit[g] else np.uint16(0)
-            else:
-                o4 = out.view(np.uint32)
-                for g in range(n_groups):
-                    if zeroed and not hit[g]:
-                        continue
-                    v0 = ulo + u8 * np.uint64(g)
-                    k0 = u8 * np.uint64(g)
-                    if g < whole and not hit[g]:
-                        i = (g0 + np.uint64(g)) * np.uint64(4)
-                        out_words[i] = zero
-                        out_words[i + u1] = zero
-                        out_words[i + u2] = zero
-                        out_words[i + u3] = zero
-                        continue
-                    for b in range(8):
-                        if v0 + np.uint64(b) < size:
-                            o4[v0 + np.uint64(b)] = key[k0 + np.uint64(b)] if hit[g] else np.uint32(0)
+                    for v in range(lo + 8 * g, lo + m):
+                        kk = key[np.uint64(v - lo)] if hit[g] else np.uint32(0)
+                        if ow == 1:
+                            out[np.uint64(v)] = np.uint8(kk)
+                        else:
+                            o2[np.uint64(v)] = np.uint16(kk)
             if mark or want_box:
                 for g in range(n_groups):
                     if not hit[g]:
