@@ -538,10 +538,9 @@ def margin_layers(spec, layers: Sequence[LabelLayer], spacing_zyx: Sequence[floa
     For every distinct ``(exclude, exclude_margin_mm)`` of the spec with a margin, one uint8 layer
     marks the voxels whose centre lies within the margin (physical distance, using the voxel
     spacing; a voxel at exactly the margin is inside) of a voxel that carries an excluded label,
-    those voxels included. One compiled pass (:func:`or_sparse`) marks the excluded voxels and
-    finds their bounding box; the distance is exact (:func:`dilate_mm`'s methods), and the margin
-    becomes the layer. No layer is made when no voxel carries an excluded label (then nothing
-    needs a margin).
+    those voxels included. One compiled pass (:func:`or_sparse`) marks the excluded voxels; the
+    distance is exact (:func:`dilate_mm`'s methods), and the margin becomes the layer. No layer is
+    made when no voxel carries an excluded label (then nothing needs a margin).
     """
     spec = normalise_spec(spec)
     real = [layer for layer in layers if layer.namespace != MARGIN_NAMESPACE]
@@ -569,7 +568,7 @@ def margin_layers(spec, layers: Sequence[LabelLayer], spacing_zyx: Sequence[floa
         if not chosen:
             continue
         excluded = np.zeros(shape, np.uint8)
-        box = None
+        marked = np.zeros(2, bool)  # marked[1]: some voxel carries an excluded label
         for k in range(0, len(chosen), MAX_LAYERS - 1):  # the mark so far is the first layer of each later pass
             batch = ([(excluded, [1])] if k else []) + chosen[k:k + MAX_LAYERS - 1]
             starts, size = table_layout([a for a, _ in batch])
@@ -577,11 +576,11 @@ def margin_layers(spec, layers: Sequence[LabelLayer], spacing_zyx: Sequence[floa
             for s, (a, ids) in zip(starts, batch):
                 i = np.asarray(ids, np.int64)
                 tab[s + i[(i > 0) & (i < 1 << (8 * a.itemsize))]] = 1
-            box = or_sparse([a for a, _ in batch], tab, starts, excluded, box=True, zeroed=True)
-        if box is None:
+            or_sparse([a for a, _ in batch], tab, starts, excluded, marked, zeroed=True)
+        if not marked[1]:
             continue
         margin = np.zeros(shape, np.uint8)
-        _dilate_into(excluded.view(bool), sp, mm, margin.view(bool), box)
+        _dilate_into(excluded.view(bool), sp, mm, margin.view(bool))
         out.append(LabelLayer(margin, {1: margin_label(rule["exclude"], mm)}, f"margin {mm:g} mm",
                               namespace=MARGIN_NAMESPACE))
     return out
@@ -601,7 +600,7 @@ def dilate_mm(mask: np.ndarray, spacing_zyx: Sequence[float], margin_mm: float) 
         raise ValueError(f"dilate_mm takes a (Z, Y, X) mask, not {mask.ndim} dimensions")
     out = np.zeros(mask.shape, bool)
     if mask.any():
-        _dilate_into(mask, np.asarray(spacing_zyx, np.float64), margin_mm, out, None)
+        _dilate_into(mask, np.asarray(spacing_zyx, np.float64), margin_mm, out)
     return out
 
 
@@ -619,10 +618,10 @@ def _ball_rows(spacing_zyx: np.ndarray, margin_mm: float) -> np.ndarray:
     return np.array([(dz, dy, h) for (dz, dy), h in sorted(rows.items())], np.int64).reshape(-1, 3)
 
 
-def _dilate_into(mask: np.ndarray, sp: np.ndarray, margin_mm: float, out: np.ndarray, box) -> None:
+def _dilate_into(mask: np.ndarray, sp: np.ndarray, margin_mm: float, out: np.ndarray) -> None:
     """``out`` (bool, zero, C-contiguous) = :func:`dilate_mm` of ``mask`` (bool, C-contiguous, not empty).
 
-    ``box`` (slices), when given, holds every mask voxel: the distance map method works in it, grown by the margin.
+    The distance map method works in the mask's bounding box grown by the margin.
     """
     seg = _ball_rows(sp, margin_mm)
     nz, ny, nx = mask.shape
@@ -633,8 +632,10 @@ def _dilate_into(mask: np.ndarray, sp: np.ndarray, margin_mm: float, out: np.nda
         return
     import SimpleITK as sitk
 
-    if box is None:
-        box = (slice(0, nz), slice(0, ny), slice(0, nx))
+    box = []
+    for axis in range(3):
+        at = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append(slice(int(at[0]), int(at[-1]) + 1))
     reach = np.floor(margin_mm / sp + 1e-9).astype(int)
     grown = tuple(slice(max(0, s.start - r), min(n, s.stop + r)) for s, r, n in zip(box, reach, mask.shape))
     img = sitk.GetImageFromArray(np.ascontiguousarray(mask[grown]).view(np.uint8))
@@ -735,7 +736,7 @@ _SPARSE_SPAN = 4096
 
 
 def or_sparse(layers: Sequence[np.ndarray], table: np.ndarray, starts: Sequence[int], out: np.ndarray,
-              present: np.ndarray | None = None, box: bool = False, zeroed: bool = False):
+              present: np.ndarray | None = None, zeroed: bool = False) -> None:
     """``out[...] = OR_j table[starts[j] + layers[j]]`` in one compiled pass that skips zeros eight voxels at a time.
 
     The same result as :func:`petfeat.kernels.label_codes.or_tables`: the voxels go in groups of
@@ -756,16 +757,9 @@ def or_sparse(layers: Sequence[np.ndarray], table: np.ndarray, starts: Sequence[
     present : 1-D bool ndarray, optional
         Set at every OR of table entries that occurs (before its truncation to ``out``'s items), and at 0;
         a table longer than any of them.
-    box : bool
-        Return the bounding box (slices of a 3-D ``out``) of the non-zero values written, None when there are none.
     zeroed : bool
         ``out`` holds 0 wherever every layer holds 0 (a fresh ``np.zeros``, or one of the layers): groups
         of zeros are not written, so pages of a fresh ``np.zeros`` that only zeros fall in are never touched.
-
-    Returns
-    -------
-    tuple of slice or None
-        The box with ``box``, else None.
     """
     if not out.flags.c_contiguous or out.shape != np.shape(layers[0]) or out.itemsize not in (1, 2):
         raise ValueError("or_sparse writes into a C-contiguous array of the layers' shape, items of 1 or 2 bytes")
@@ -777,24 +771,17 @@ def or_sparse(layers: Sequence[np.ndarray], table: np.ndarray, starts: Sequence[
     st[:len(layers)] = np.asarray(starts, np.int64)
     if np.any(table[st[:len(layers)]] != 0):
         raise ValueError("or_sparse needs table[starts[j]] == 0 (id 0 adds nothing)")
-    shape = out.shape if out.ndim == 3 else (1, 1, size)
     n_chunks = chunk_count(-(-size // _SPARSE_SPAN))
-    boxes = np.zeros((n_chunks, 6), np.int64)
-    boxes[:, 0::2] = np.asarray(shape, np.int64)
-    boxes[:, 1::2] = -1
     mark = present is not None
     present = np.zeros(1, bool) if present is None else present
     for_chunks(_or_spans, n_chunks, views, widths, len(layers), size, table, st, out.reshape(-1).view(np.uint8),
-               zeroed, present, mark, boxes, box, shape[1], shape[2], n_chunks)
-    if not box or boxes[:, 1].max() < 0:
-        return None
-    return tuple(slice(int(boxes[:, 2 * d].min()), int(boxes[:, 2 * d + 1].max()) + 1) for d in range(3))
+               zeroed, present, mark, n_chunks)
 
 
 @njit(cache=True, nogil=True)
-def _or_spans(c0, c1, layers, widths, n_layers, size, table, starts, out, zeroed, present, mark, boxes, want_box, ny,
-              nx, n_chunks):  # pragma: no cover - compiled
-    """:func:`or_sparse` for the spans of chunks ``[c0, c1)``; ``boxes[c]``: (min, max) of z, y, x of chunk ``c``.
+def _or_spans(c0, c1, layers, widths, n_layers, size, table, starts, out, zeroed, present, mark,
+              n_chunks):  # pragma: no cover - compiled
+    """:func:`or_sparse` for the spans of chunks ``[c0, c1)``.
 
     ``layers`` are the byte views of :func:`~petfeat.kernels.label_codes.pack_layers` (ids of one or
     two bytes), ``out`` the output's bytes (items of one or two bytes: ``out.size // size``; with
@@ -806,7 +793,7 @@ def _or_spans(c0, c1, layers, widths, n_layers, size, table, starts, out, zeroed
     """
     ls = (borrowed(layers[0]), borrowed(layers[1]), borrowed(layers[2]), borrowed(layers[3]), borrowed(layers[4]),
           borrowed(layers[5]), borrowed(layers[6]), borrowed(layers[7]))
-    widths, table, starts, out, present, boxes = borrowed(widths, table, starts, out, present, boxes)
+    widths, table, starts, out, present = borrowed(widths, table, starts, out, present)
     ow = out.size // size if size else 1
     o2 = out[:out.size // 2 * 2].view(np.uint16)
     n_spans = (size + _SPARSE_SPAN - 1) // _SPARSE_SPAN
@@ -886,29 +873,16 @@ def _or_spans(c0, c1, layers, widths, n_layers, size, table, starts, out, zeroed
                             out[np.uint64(v)] = np.uint8(kk)
                         else:
                             o2[np.uint64(v)] = np.uint16(kk)
-            if mark or want_box:
+            if mark:
                 for g in range(n_groups):
                     if not hit[g]:
                         continue
                     for b in range(8):
-                        v = lo + 8 * g + b
                         kk = key[np.uint64(8 * g + b)]
-                        if v >= size:
-                            continue
-                        if mark and kk != last:  # runs of one key are common; a marked key is only read
+                        if kk != last and lo + 8 * g + b < size:  # runs of one key are common; marked: only read
                             last = kk
                             if not present[kk]:
                                 present[kk] = True
-                        if want_box and kk != 0:
-                            z = v // (ny * nx)
-                            y = (v - z * ny * nx) // nx
-                            x = v - (z * ny + y) * nx
-                            boxes[c, 0] = min(boxes[c, 0], z)
-                            boxes[c, 1] = max(boxes[c, 1], z)
-                            boxes[c, 2] = min(boxes[c, 2], y)
-                            boxes[c, 3] = max(boxes[c, 3], y)
-                            boxes[c, 4] = min(boxes[c, 4], x)
-                            boxes[c, 5] = max(boxes[c, 5], x)
 
 
 def codes_touching_border(codes: np.ndarray) -> np.ndarray:
