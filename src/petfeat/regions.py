@@ -731,8 +731,8 @@ def _row_bits(c0, c1, phase, mask, seg, dil, filled, out, n_chunks):  # pragma: 
                 row[x] = np.uint8((acc[y * nw + (x >> 6)] >> np.uint64(x & 63)) & one)
 
 
-#: Voxels one thread holds the keys of at once in :func:`or_sparse` (16 KB of uint32 keys, in L1).
-_SPARSE_SPAN = 4096
+#: Voxels one thread holds the keys of at once in :func:`or_sparse` (4 KB of uint32 keys, in L1).
+_SPARSE_SPAN = 1024
 
 
 def or_sparse(layers: Sequence[np.ndarray], table: np.ndarray, starts: Sequence[int], out: np.ndarray,
