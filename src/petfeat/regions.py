@@ -610,12 +610,19 @@ _STAMP_OPS_PER_VOXEL = 16
 
 def _ball_rows(spacing_zyx: np.ndarray, margin_mm: float) -> np.ndarray:
     """The ball of the margin as rows ``(dz, dy, h)``: its voxels at ``(dz, dy)`` are ``dx`` in ``-h..h``."""
+    return _ball_rows_of(tuple(float(s) for s in spacing_zyx), float(margin_mm))
+
+
+@functools.lru_cache(maxsize=64)
+def _ball_rows_of(spacing_zyx: tuple[float, ...], margin_mm: float) -> np.ndarray:
+    """:func:`_ball_rows`, remembered per spacing and margin (read-only)."""
     from petfeat.features import sphere_offsets
 
-    rows: dict[tuple[int, int], int] = {}
-    for dz, dy, dx in sphere_offsets(spacing_zyx, margin_mm * np.sqrt(1 + _MARGIN_SLACK)):
-        rows[(int(dz), int(dy))] = max(rows.get((int(dz), int(dy)), 0), abs(int(dx)))
-    return np.array([(dz, dy, h) for (dz, dy), h in sorted(rows.items())], np.int64).reshape(-1, 3)
+    offs = sphere_offsets(np.asarray(spacing_zyx), margin_mm * np.sqrt(1 + _MARGIN_SLACK))
+    pairs, first = np.unique(offs[:, :2], axis=0, return_index=True)  # offsets are sorted by (dz, dy, dx)
+    rows = np.column_stack([pairs, -offs[first, 2]]).astype(np.int64)  # the first dx of a row is -h
+    rows.flags.writeable = False
+    return rows
 
 
 def _dilate_into(mask: np.ndarray, sp: np.ndarray, margin_mm: float, out: np.ndarray) -> None:
