@@ -682,7 +682,6 @@ def _row_bits(c0, c1, phase, mask, seg, dil, filled, out, n_chunks):  # pragma: 
     nw = dil.shape[2] // ny
     one = np.uint64(1)
     top = np.uint64(63)
-    last = (one << np.uint64(nx - 64 * (nw - 1))) - one if nx % 64 else ~np.uint64(0)
     acc = np.zeros(ny * nw, np.uint64)
     for z in range(c0 * nz // n_chunks, c1 * nz // n_chunks):
         if phase == 0:
@@ -698,7 +697,9 @@ def _row_bits(c0, c1, phase, mask, seg, dil, filled, out, n_chunks):  # pragma: 
                 for x in range(nx):
                     if row[x]:
                         bits[x >> 6] |= one << np.uint64(x & 63)
-                for h in range(1, n_h):  # dilation by h: the dilation by h - 1, shifted by one bit either way
+                # dilation by h: the dilation by h - 1, shifted by one bit either way (bits past nx are never
+                # written out, and shifted back they land within the dilation of the bit they came from)
+                for h in range(1, n_h):
                     prev = dil[h - 1, z, y * nw:(y + 1) * nw]
                     cur = dil[h, z, y * nw:(y + 1) * nw]
                     for w in range(nw):
@@ -710,7 +711,6 @@ def _row_bits(c0, c1, phase, mask, seg, dil, filled, out, n_chunks):  # pragma: 
                         if w + 1 < nw:
                             down |= prev[w + 1] << top
                         cur[w] = v | up | down
-                    cur[nw - 1] &= last
             continue
         acc[:] = 0
         hit = False
