@@ -512,3 +512,68 @@ def test_tables_concatenate_without_pandas_all_na_deprecation():
     assert got.suv.tolist() == [1.5, 2.5] and got.study_id.tolist() == ["S1", "S2"]
     with pytest.warns(FutureWarning, match="all-NA"):  # what the old concat did
         pd.concat([a, b], ignore_index=True)
+
+
+def test_ctrl_c_stops_a_local_batch_with_one_line_and_loses_nothing(archive, tmp_path):
+    """Ctrl-C in a terminal signals the whole foreground group: the workers' tracebacks stayed off the console."""
+    one = tmp_path / "one"  # one study on two workers: an idle worker printed its KeyboardInterrupt at once
+    shutil.copytree(archive / "SYN0001", one / "SYN0001")
+    cmd = [sys.executable, "-m", "petfeat.cli", "extract", str(one), "-o", str(tmp_path / "out"), "--workers", "2",
+           "--backend", "cpu", "--key-file", str(tmp_path / "k")]
+    # its own process group, signalled as a terminal does (every process of the group gets SIGINT)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    err: list[str] = []
+    started = threading.Event()
+
+    def read_console():  # until EOF: the process, its workers and any child holding the pipe are gone
+        for line in proc.stdout:
+            err.append(line)
+            if line.startswith("Dask dashboard:"):
+                started.set()
+        started.set()
+
+    reader = threading.Thread(target=read_console, daemon=True)
+    reader.start()
+    assert started.wait(300), "the batch never started its workers"
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=120)
+    reader.join(timeout=60)
+    proc.stdout.close()
+    console = "".join(err)
+    assert proc.returncode == 130, console
+    assert "interrupted" in console
+    assert "Traceback" not in console and "KeyboardInterrupt" not in console, console
+    # nothing lost: a rerun finishes the study
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert pd.read_parquet(tmp_path / "out" / "features.parquet").study_id.nunique() == 1
+
+
+def test_two_runs_of_the_same_studies_into_two_folders_on_one_scheduler(archive, tmp_path, external_cluster):
+    """Two users (or two settings of output) share a cluster: each run gets its own tasks and its own parts."""
+    addr, _, _ = external_cluster
+    rows = scan_archive(archive, KEY)[:2]
+
+    def task(row, *args, **kwargs):  # slow enough that both runs' tasks are on the scheduler at once
+        time.sleep(1.0)
+        return run_study(row, *args, **kwargs)
+
+    reports = {}
+
+    def run(name):
+        reports[name] = run_batch(rows, tmp_path / name, _settings(), KEY, scheduler=addr, progress=None, task=task)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)  # the workers may compile the kernels first
+    assert sorted(reports) == ["a", "b"], "a run did not finish"
+    for name in ("a", "b"):
+        rep = reports[name]
+        fails = pd.read_parquet(tmp_path / name / "failures.parquet")
+        assert (rep.done, rep.failed) == (2, 0), fails.to_dict("records")
+        assert len(list((tmp_path / name / "parts").glob("*.features.parquet"))) == 2
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / "features.parquet"),
+                                  pd.read_parquet(tmp_path / "b" / "features.parquet"))

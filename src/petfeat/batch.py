@@ -471,9 +471,33 @@ def _client(scheduler: str | None, n_workers: int | None, backend: str, *, timeo
         except ImportError:
             n_workers = 1  # one GPU worker without dask-cuda
     n = n_workers or os.cpu_count() or 1
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, silence_logs=quiet, host=host,
-                           dashboard_address=dashboard_address)
+    with _interrupts_for_this_process_only():
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, silence_logs=quiet, host=host,
+                               dashboard_address=dashboard_address)
     return Client(cluster), cluster
+
+
+@contextlib.contextmanager
+def _interrupts_for_this_process_only():
+    """Start the local workers with SIGINT ignored, so that Ctrl-C reaches this process only.
+
+    A terminal's Ctrl-C goes to every process of the foreground group: each local worker raised
+    ``KeyboardInterrupt`` in whatever it ran and printed its traceback, while this process was already
+    stopping them. Worker processes inherit an ignored SIGINT (and Python installs no handler of its own
+    for an ignored signal); this process closes them on its own interrupt. Outside the main thread
+    (where no signal handler can be set) the workers start as they are.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
@@ -638,9 +662,12 @@ def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, ke
             if progress:
                 print(f"Dask dashboard: {client.dashboard_link}  ({len(client.scheduler_info()['workers'])} "
                       "workers)", file=progress, flush=True)
+            # a task's Dask key names its output folder too: two runs of the same studies into other folders on one
+            # scheduler are different tasks (with the part key alone, one run was handed the other's results)
+            run = hashlib.sha256(str(out).encode()).hexdigest()[:8]
             futures = [client.submit(task, r, settings=settings, out=str(out), key_hex=key.hex(),
                                      threads=threads_per_task, trace_memory=trace_memory, part_key=k,
-                                     key=f"study-{k}", retries=2, pure=False) for r, k in todo]
+                                     key=f"study-{k}-{run}", retries=2, pure=False) for r, k in todo]
             pending = {f.key: (r, k) for f, (r, k) in zip(futures, todo)}
             lost = None
             done_iter = as_completed(futures)
