@@ -80,9 +80,12 @@ def main(argv=None):
         print(f"{total:8.2f} s {cpu_total:8.2f} CPU s  {n} specialisation(s)  {name}")
     if helper.get("started"):
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        kid_cpu = kids.ru_utime + kids.ru_stime
         print(f"SUVpeak helper process: started {helper['started_at'] - t0:.1f} s into the run, this process waited "
               f"{helper.get('waited', 0.0):.1f} s for it (exit {helper.get('returncode')}); helper CPU "
-              f"{kids.ru_utime + kids.ru_stime:.1f} s")
+              f"{kid_cpu:.1f} s")
+        print(f"both processes: {cpu + kid_cpu:.1f} CPU s ({cpu:.1f} here + {kid_cpu:.1f} helper; the helper's "
+              f"includes its Python start and imports) for {wall:.1f} s of wall on {os.cpu_count()} cores")
     else:
         print("no SUVpeak helper process (the kernel was cached, or not needed)")
 

@@ -392,7 +392,7 @@ def _disc_sums(stored, zs, y0, y1, oy, ox, ry, rx, wp, block, prof_base, step_pt
                     t += 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _row_block(rsum, step_h, step_dy, t, k0, k1, ry, wp):  # pragma: no cover - compiled
     """Values ``[k0, k1)`` of plane row ``y + dy`` of the row sums of step ``t`` (outside the image: zeros)."""
     off = (step_dy[t] + ry) * wp
@@ -491,7 +491,7 @@ def _peak_chunks(c0, c1, stored, codes, scale, offset, dzs, dz_profile, n_per_dz
                         bad[ch] = True
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _chunk_buffers(rx, ry, hb, wp, ring_n, n_prof, sums_proto, box):  # pragma: no cover - compiled
     """A task's row sums (flat planes: row y at y * wp), ring of disc sums, sphere sums and a copy of ``box``."""
     rsum = np.zeros((rx + 1, (hb + 2 * ry) * wp), sums_proto.dtype)
@@ -499,7 +499,7 @@ def _chunk_buffers(rx, ry, hb, wp, ring_n, n_prof, sums_proto, box):  # pragma: 
     return rsum, ring, np.empty(hb * wp), box.copy()
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _clear(a):  # pragma: no cover - compiled
     """Set the 2-D array ``a`` to 0."""
     for i in range(a.shape[0]):
@@ -555,7 +555,7 @@ def _sphere_sums(scale, z, box, dzs, dz_profile, ring, oy, wp, block, acc):  # p
                     ob[j] += sa * da[j]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _ring_block(ring, z, dzs, dz_profile, i, k0, k1):  # pragma: no cover - compiled
     """Values ``[k0, k1)`` of the disc sums of slice ``z + dzs[i]`` (its profile's plane in the ring)."""
     return ring[(z + dzs[i]) % ring.shape[0], dz_profile[i], k0:k1]
@@ -758,7 +758,7 @@ def _peak_direct(stored, codes, scale, offset, offs, seg_dz, seg_dy, seg_dx, seg
     return glob, loc
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _direct_buffers(n_off, n_seg):  # pragma: no cover - compiled
     """A task's per-row factors of the sphere's voxels and x-runs."""
     return np.empty(n_off), np.empty(n_off), np.empty(n_seg), np.empty(n_seg)

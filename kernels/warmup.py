@@ -1,15 +1,15 @@
 """Compile the SUVpeak kernel in a second process while this one reads a study (fresh installs).
 
 Every kernel compiles once per machine, then Numba's on-disk cache holds it. On a fresh install a
-study's kernels take about 25 s of CPU to compile on the 2-core machine, half of it the SUVpeak
-kernel. When that kernel is not cached for a study's pixel type, :func:`start_peak_compile` starts
-``python -m petfeat.kernels.warmup`` to compile it on a tiny volume of the same types (writing the
-cache) while this process reads the labels and compiles the other kernels; :func:`wait_peak_compile`,
-called before the first SUVpeak, waits for it, so that the kernel loads from the cache instead of
-compiling twice. If the helper fails, or the study's codes differ from the guess (more than 255
-codes), this process compiles what it needs itself, as it would without a helper. A helper still
-running when this process exits (a study that failed before its SUVpeak) is stopped: no process
-outlives the command.
+study's kernels take about 20 s of CPU to compile on the 2-core machine, half of it the SUVpeak
+kernel (``benchmarks/bench_cold_start.py`` prints both processes' shares). When that kernel is not
+cached for a study's pixel type, :func:`start_peak_compile` starts ``python -m petfeat.kernels.warmup``
+to compile it on a tiny volume of the same types (writing the cache) while this process reads the
+labels and compiles the other kernels; :func:`wait_peak_compile`, called before the first SUVpeak,
+waits for it, so that the kernel loads from the cache instead of compiling twice. If the helper
+fails, or the study's codes differ from the guess (more than 255 codes), this process compiles what
+it needs itself, as it would without a helper. A helper still running when this process exits (a
+study that failed before its SUVpeak) is stopped: no process outlives the command.
 """
 
 from __future__ import annotations
