@@ -308,8 +308,8 @@ def _code_word(typingctx, c, i):
     """Codes ``c[i:i + 64 // bits]`` packed little-endian in one uint64: one unaligned 64-bit load.
 
     ``c`` is a 1-D C-contiguous array of codes, ``i`` an index with 64 bits of codes from it in the
-    array (not checked). An intrinsic, not a Python function: typed and lowered once per signature,
-    where a helper written with eight loads and shifts was retyped at each call site.
+    array (not checked). An intrinsic: typed and lowered once per signature (an inlined helper of
+    loads and shifts is typed and lowered again at each call site, seconds of a fresh install's compile).
     """
     if not (isinstance(c, types.Array) and c.ndim == 1 and c.layout == "C" and isinstance(c.dtype, types.Integer)
             and isinstance(i, types.Integer)):
