@@ -57,7 +57,7 @@ def archive(synth_archive, tmp_path_factory):
     return root
 
 
-def test_local_run_then_rerun_does_no_work_and_writes_the_same_bytes(archive, tmp_path):
+def test_local_run_then_rerun_does_no_work_and_writes_the_same_bytes(archive, tmp_path, monkeypatch):
     rows = scan_archive(archive, KEY)
     assert [r.match_status for r in rows] == ["ok"] * 4
     out = tmp_path / "out"
@@ -75,6 +75,11 @@ def test_local_run_then_rerun_does_no_work_and_writes_the_same_bytes(archive, tm
     les = pd.read_parquet(out / "lesions.parquet")
     pd.testing.assert_frame_equal(les, les.sort_values(["study_id", "lesion_id"]).reset_index(drop=True))
     first = {n: (out / f"{n}.parquet").read_bytes() for n in ("features", "lesions", "failures")}
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a rerun with every study done started a Dask cluster")
+
+    monkeypatch.setattr("petfeat.batch._client", no_cluster)  # nothing to do: no workers, no scheduler
     rep2 = run_batch(rows, out, settings, KEY, n_workers=2, progress=None)
     assert (rep2.done, rep2.skipped, rep2.failed) == (0, 4, 0)
     for name, data in first.items():
@@ -577,3 +582,24 @@ def test_two_runs_of_the_same_studies_into_two_folders_on_one_scheduler(archive,
         assert len(list((tmp_path / name / "parts").glob("*.features.parquet"))) == 2
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / "features.parquet"),
                                   pd.read_parquet(tmp_path / "b" / "features.parquet"))
+
+
+def test_gpu_backend_without_a_device_is_refused_before_a_local_batch_starts(archive, tmp_path, monkeypatch):
+    from petfeat.errors import BackendError
+
+    no_device = (False, "no CUDA driver or device found by numba.cuda")
+    monkeypatch.setattr("petfeat.backend.gpu_available", lambda: no_device)
+    rows = scan_archive(archive, KEY)
+    settings = dataclasses.replace(_settings(), backend="gpu")
+    with pytest.raises(BackendError, match="no CUDA driver or device.*backend='cpu'"):
+        run_batch(rows, tmp_path / "out", settings, KEY, n_workers=2, progress=None)
+    assert not (tmp_path / "out").exists()
+    # on the command line: one line and exit 2, as for one study (no CUDA device in this process, simulator off)
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0", "CUDA_VISIBLE_DEVICES": ""}
+    r = subprocess.run([sys.executable, "-m", "petfeat.cli", "extract", str(archive), "-o", str(tmp_path / "out2"),
+                        "--backend", "gpu", "--key-file", str(tmp_path / "k")], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("petfeat extract: error: backend='gpu' was asked for but")
+    assert "Traceback" not in r.stderr
+    assert "Dask dashboard" not in r.stderr and not (tmp_path / "out2" / "failures.parquet").exists()

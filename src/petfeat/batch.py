@@ -619,11 +619,13 @@ def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, ke
     BatchError
         The scheduler cannot be reached, or the output folder cannot be created.
     """
-    from distributed import as_completed
-
     from petfeat.kernels.warmup import kernels_cached
 
     task = task or run_study
+    if scheduler is None and settings.backend == "gpu":
+        from petfeat.backend import resolve_backend
+
+        resolve_backend("gpu")  # every study would fail on the local workers: refused before anything starts
     out = Path(out).absolute()
     try:
         (out / "parts").mkdir(parents=True, exist_ok=True)
@@ -649,11 +651,47 @@ def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, ke
             print("compiling petfeat's kernels for this machine on the first study (about 15 s on 2 cores; the workers "
                   "and later runs load them from Numba's cache) ...", file=progress, flush=True)
         row, k = todo.pop(undone[0])
-        res = _checked(run_study(row, settings, str(out), key.hex(), threads=os.cpu_count() or 1,
-                                 trace_memory=trace_memory, part_key=k), row, k, out)
-        results.append(res)
-        setattr(report, res["status"], getattr(report, res["status"]) + 1)
+        _record(_checked(run_study(row, settings, str(out), key.hex(), threads=os.cpu_count() or 1,
+                                   trace_memory=trace_memory, part_key=k), row, k, out), results, report)
         bar.restart(len(results))
+    # a study whose parts exist is skipped here, without a worker: a rerun with nothing left starts no cluster
+    left = []
+    for r, k in todo:
+        if (out / "parts" / f"{k}.features.parquet").exists():
+            _record(_checked(run_study(r, settings, str(out), key.hex(), part_key=k), r, k, out), results, report)
+        else:
+            left.append((r, k))
+    if left:
+        _run_on_cluster(left, results, report, bar, task=task, settings=settings, out=out, key=key,
+                        scheduler=scheduler, n_workers=n_workers, threads_per_task=threads_per_task,
+                        trace_memory=trace_memory, progress=progress, scheduler_timeout=scheduler_timeout,
+                        dashboard_address=dashboard_address)
+    else:
+        bar.update(len(results), report, final=True)
+    report.outputs = consolidate(out, results, csv=csv, wide=wide)
+    report.warnings = {r["study_id"]: r["warnings"] for r in sorted(results, key=lambda r: r["study_id"])
+                       if r.get("warnings")}
+    stage = pd.DataFrame([r["timings"] for r in results if r.get("timings")])
+    report.timings = {"wall_s": time.perf_counter() - t0,
+                      "per_study_median": stage.median().to_dict() if len(stage) else {},
+                      "per_study_sum": stage.sum().to_dict() if len(stage) else {}}
+    _write_run_json(out, settings, report, len(rows), scheduler)
+    return report
+
+
+def _record(res: dict, results: list[dict], report: BatchReport) -> None:
+    """Keep a study's record and count it under its status."""
+    results.append(res)
+    setattr(report, res["status"], getattr(report, res["status"]) + 1)
+
+
+def _run_on_cluster(todo: list[tuple[StudyRow, str]], results: list[dict], report: BatchReport, bar: _Progress, *,
+                    task, settings: BatchSettings, out: Path, key: bytes, scheduler: str | None,
+                    n_workers: int | None, threads_per_task: int, trace_memory: bool, progress,
+                    scheduler_timeout: float, dashboard_address: str) -> None:
+    """Run ``todo``'s studies on Dask (see :func:`run_batch`), appending each study's record to ``results``."""
+    from distributed import as_completed
+
     with _quiet_dask_logs():
         client, cluster = _client(scheduler, n_workers, settings.backend, timeout=scheduler_timeout,
                                   dashboard_address=dashboard_address)
@@ -691,9 +729,7 @@ def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, ke
                         break
                     res = {"study_id": row.study_id, "key": k, "status": "failed",
                            "error": _failure(row, type(exc).__name__, _task_error(exc, row), out)}
-                res = _checked(res, row, k, out)
-                results.append(res)
-                setattr(report, res["status"], getattr(report, res["status"]) + 1)
+                _record(_checked(res, row, k, out), results, report)
                 bar.update(len(results), report)
             if lost is not None:
                 for row, k in pending.values():
@@ -702,8 +738,7 @@ def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, ke
                     else:
                         res = {"study_id": row.study_id, "key": k, "status": "failed",
                                "error": _failure(row, "SchedulerLost", _LOST, out)}
-                    results.append(res)
-                    setattr(report, res["status"], getattr(report, res["status"]) + 1)
+                    _record(res, results, report)
             bar.update(len(results), report, final=True)
         finally:
             with contextlib.suppress(Exception):
@@ -711,15 +746,6 @@ def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, ke
             if cluster is not None:
                 with contextlib.suppress(Exception):
                     cluster.close(timeout=10)
-    report.outputs = consolidate(out, results, csv=csv, wide=wide)
-    report.warnings = {r["study_id"]: r["warnings"] for r in sorted(results, key=lambda r: r["study_id"])
-                       if r.get("warnings")}
-    stage = pd.DataFrame([r["timings"] for r in results if r.get("timings")])
-    report.timings = {"wall_s": time.perf_counter() - t0,
-                      "per_study_median": stage.median().to_dict() if len(stage) else {},
-                      "per_study_sum": stage.sum().to_dict() if len(stage) else {}}
-    _write_run_json(out, settings, report, len(rows), scheduler)
-    return report
 
 
 def _checked(res: dict, row: StudyRow, key: str, out: Path) -> dict:

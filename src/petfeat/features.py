@@ -78,7 +78,8 @@ COLUMN_DOCS: dict[str, tuple[str, str]] = {
     "lesion_method": ("", "how lesions were found: mask or threshold, connectivity and minimum volume"),
     "petfeat_version": ("", "petfeat version that wrote the row"),
     "config_hash": ("", "hash of the extraction settings (regions, SUV type, SUVpeak, lesion settings)"),
-    "input_notes": ("", "the PET reader's notes on deviations it accepted, compact JSON (empty when none)"),
+    "input_notes": ("", "the PET reader's notes on deviations it accepted and, under 'suv', the SUV header decisions "
+                    "(a value reinterpreted or assumed), compact JSON (empty when none)"),
     "lesion_id": ("1", "connected-component number of the lesion within its study"),
     "site": ("", "most frequent organ label under the lesion (soft_tissue when none)"),
     "centroid_x_mm": ("mm", "lesion centroid, patient x (DICOM LPS)"),
