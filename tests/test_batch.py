@@ -603,3 +603,34 @@ def test_gpu_backend_without_a_device_is_refused_before_a_local_batch_starts(arc
     assert r.stderr.startswith("petfeat extract: error: backend='gpu' was asked for but")
     assert "Traceback" not in r.stderr
     assert "Dask dashboard" not in r.stderr and not (tmp_path / "out2" / "failures.parquet").exists()
+
+
+def test_a_batch_says_which_studies_had_suv_header_decisions(archive, tmp_path):
+    """A dose written in MBq is read as MBq: the batch console counts it, run.json and input_notes say what was done."""
+    root = tmp_path / "arch"
+    for name, dose_in_mbq in (("SYN0001", False), ("SYN0002", True)):
+        shutil.copytree(archive / "SYN0001", root / name)
+        for f in (root / name / "pet").glob("*.dcm"):
+            ds = pydicom.dcmread(f)
+            info = ds.RadiopharmaceuticalInformationSequence[0]
+            if dose_in_mbq:
+                info.RadionuclideTotalDose = float(info.RadionuclideTotalDose) / 1e6
+                ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = "MRN2", "1.2.3.4.2", "1.2.3.4.2.1"
+            ds.save_as(f)
+    r = subprocess.run([sys.executable, "-m", "petfeat.cli", "extract", str(root), "-o", str(tmp_path / "out"),
+                        "--workers", "1", "--backend", "cpu", "--key-file", str(tmp_path / "k")], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "1 study has warnings, 1 with SUV header decisions (also in the features' input_notes)" in r.stderr
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    (sid, notes), = run["warnings"].items()
+    assert any(n.startswith("SUV header decision: RadionuclideTotalDose (0018,1074) =") and "read as MBq" in n
+               for n in notes), notes
+    f = pd.read_parquet(tmp_path / "out" / "features.parquet")
+    decided, other = f[f.study_id == sid], f[f.study_id != sid]
+    assert decided.input_notes.map(lambda s: "read as MBq" in json.loads(s)["suv"][0]).all()
+    assert not other.input_notes.str.contains("suv").any()
+    # read as MBq and converted: the same SUVs as the study whose dose is in Bq
+    cols = ["suv_mean", "suv_max", "volume_ml"]
+    np.testing.assert_allclose(decided.sort_values("region")[cols].to_numpy(dtype=float),
+                               other.sort_values("region")[cols].to_numpy(dtype=float), rtol=1e-12, equal_nan=True)

@@ -424,7 +424,9 @@ def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, th
         suv = {"units": factors.units, "suv_bw_factor": float(factors.suv_bw_per_slice[0]),
                "sul_factor": factors.sul_factor, "uptake_seconds": factors.uptake_seconds,
                "scan_time_source": factors.scan_time_source, "warnings": factors.warnings}
-        notes = sorted({redact(f"{w.category.__name__}: {w.message}", row, out) for w in seen})
+        # the SUV header decisions (a value reinterpreted or assumed) are the study's warnings too
+        notes = sorted({redact(f"{w.category.__name__}: {w.message}", row, out) for w in seen}
+                       | {redact(f"{SUV_DECISION}: {d}", row, out) for d in factors.decisions})
         _atomic_json({"study_id": row.study_id, **t, "suv": suv, "warnings": notes}, parts / f"{key}.timing.json")
         _atomic_parquet(res.features, feat_path)  # last: its presence marks the study done
         return {"study_id": row.study_id, "key": key, "status": "done", "timings": t, "suv": suv,
@@ -553,6 +555,8 @@ class _Progress:
 
 
 _LOST = "the scheduler was lost; rerun to resume"
+#: The prefix of a study's warning that is an SUV header decision (:attr:`petfeat.suv.SuvFactors.decisions`).
+SUV_DECISION = "SUV header decision"
 
 
 def _task_error(exc: BaseException, row: StudyRow) -> str:

@@ -537,6 +537,14 @@ def cmd_batch(args) -> int:
     print(f"{rep.done} done, {rep.skipped} already done, {rep.failed} failed; {rep.outputs.get('features', 0)} "
           f"feature rows, {rep.outputs.get('lesions', 0)} lesion rows in {out} "
           f"({rep.timings['wall_s']:.1f} s)")
+    if rep.warnings:  # kept off the console while the studies ran: their count, and where they are
+        from petfeat.batch import SUV_DECISION
+
+        decided = sum(any(w.startswith(SUV_DECISION) for w in ws) for ws in rep.warnings.values())
+        what = f", {decided} with SUV header decisions (also in the features' input_notes)" if decided else ""
+        n = len(rep.warnings)
+        print(f"{n} stud{'y has' if n == 1 else 'ies have'} warnings{what}: listed per study under 'warnings' in "
+              f"{out / 'run.json'}", file=sys.stderr)
     if rep.failed:
         from petfeat.io.parquet import read_parquet
 
