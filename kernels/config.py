@@ -28,5 +28,8 @@ GPU_MAX_REGISTERS = int(os.environ.get("PETFEAT_CUDA_MAX_REGISTERS", 0))
 LLVM_IR = os.environ.get("PETFEAT_LLVM_IR", "1") != "0"
 #: CPU chunks per thread (load balance of a kernel's chunks over threads, :mod:`petfeat.kernels.threads`).
 CPU_CHUNKS_PER_THREAD = 4
+#: Chunks of the CPU fused pass, whatever the thread count: its per-chunk moments merge in one order, so a
+#: study's numbers are the same bits on 1 thread, on 2 or on 64 (a few chunks per thread up to 16 threads).
+CPU_FUSED_CHUNKS = 64
 #: How many image rows ahead the CPU fused pass prefetches pixels (after a row that held a region).
 CPU_PREFETCH_ROWS = 8

@@ -43,9 +43,9 @@ from numba.core import cgutils
 from numba.core.extending import intrinsic, overload
 
 from .borrowed import borrowed
-from .config import CPU_PREFETCH_ROWS, LLVM_IR
+from .config import CPU_FUSED_CHUNKS, CPU_PREFETCH_ROWS, LLVM_IR
 from .partials import INDEX_NONE, Partials, merge_stack
-from .threads import chunk_count, for_chunks
+from .threads import for_chunks
 
 try:  # vector-IR run moments, a prefetch hint and a bit scan, written against Numba's extension internals
     if not LLVM_IR:
@@ -520,7 +520,8 @@ def fused_reduce_cpu(stored: np.ndarray, codes: np.ndarray, scale: np.ndarray, o
     Partials
         ``(n_codes,)`` partial statistics; argmin/argmax are flat C-order voxel indices.
     """
-    n_chunks = chunk_count(stored.shape[0] * stored.shape[1])
+    # a fixed number of chunks, not one per thread share: the same merge order, the same bits, on any thread count
+    n_chunks = max(1, min(stored.shape[0] * stored.shape[1], CPU_FUSED_CHUNKS))
     exact = stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2 and stored.shape[2] <= MAX_EXACT_ROW
     return merge_stack(*fused_partials(stored, codes, scale, offset, n_codes, n_chunks, exact))
 

@@ -302,6 +302,27 @@ def test_variance_is_not_lost_to_cancellation(backend):
     assert p.m2[1] / p.count[1] == pytest.approx(v.var(), rel=1e-6)
 
 
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_cpu_fused_pass_gives_the_same_bits_on_any_thread_count(dtype):
+    """The chunks' moments merge in one order whatever the threads: a study's numbers do not depend on the machine."""
+    from petfeat.kernels.reduce_cpu import fused_reduce_cpu
+    from petfeat.kernels.threads import limited_threads
+
+    rng = np.random.default_rng(11)
+    stored = (rng.integers(-200, 3000, (40, 64, 64)) if dtype == np.int16 else rng.gamma(2.0, 300.0, (40, 64, 64)))
+    stored = stored.astype(dtype)
+    codes = rng.integers(0, 7, stored.shape).astype(np.uint8)
+    scale, offset = rng.uniform(0.5, 2.0, 40), rng.uniform(-1.0, 1.0, 40)
+    runs = []
+    for threads in (1, 2):
+        with limited_threads(threads):
+            runs.append(fused_reduce_cpu(stored, codes, scale, offset, 7))
+    for f in fields(runs[0]):
+        assert np.array_equal(getattr(runs[0], f.name), getattr(runs[1], f.name), equal_nan=True), f.name
+    naive.assert_partials_match(runs[0], stored, codes, scale, offset, 7, RTOL)
+
+
 def test_merge_is_associative_and_has_identity():
     rng = np.random.default_rng(9)
 
