@@ -10,6 +10,7 @@ import argparse
 import io
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -279,6 +280,29 @@ def test_batch_workers_native_noise_is_dropped_and_other_lines_pass(capfd, tmp_p
     err = capfd.readouterr().err
     assert "worker line" in err and "after" in err and "progress line" in err
     assert "HDF5" not in err and "SECRET_STUDY" not in err and "major:" not in err
+
+
+def test_the_console_filter_ends_at_once_while_a_child_still_holds_the_pipe(capfd, tmp_path):
+    """multiprocessing's resource tracker keeps descriptor 2 until the batch process exits: the filter no longer
+    waited for the pipe's end (10 s after every batch before its summary), and a later line still passes."""
+    from petfeat.cli import _native_noise_piped
+
+    said = tmp_path / "said"
+    child = ("import pathlib, sys, time\n"
+             "print('early', file=sys.stderr, flush=True); pathlib.Path(sys.argv[1]).touch()\n"
+             "time.sleep(2.0); print('late', file=sys.stderr, flush=True)\n")
+    with _native_noise_piped():
+        proc = subprocess.Popen([sys.executable, "-c", child, str(said)])
+        deadline = time.time() + 60
+        while not said.exists() and time.time() < deadline:
+            time.sleep(0.02)
+        t0 = time.perf_counter()
+    took = time.perf_counter() - t0
+    proc.wait(timeout=60)
+    time.sleep(0.5)  # the pump passes the late line on
+    err = capfd.readouterr().err
+    assert took < 1.0, f"the filter waited {took:.1f} s for a child that holds the pipe"
+    assert err.count("early") == 1 and err.count("late") == 1 and "\x00" not in err
 
 
 def test_batch_options_with_pet_are_refused(capsys, tmp_path):

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from petfeat import interrupts
 from petfeat.errors import PetfeatError
 from petfeat.io.archive import StudyRow
 from petfeat.io.atomic import atomic_write
@@ -546,8 +547,9 @@ class _Progress:
         rate = n / elapsed * 60
         eta = (self.total - i) * elapsed / n if n > 0 else float("nan")
         eta_text = f", ETA {eta:.0f} s" if n > 0 and i < self.total else ""
-        line = (f"studies {i}/{self.total}: {report.done} done, {report.skipped} skipped, {report.failed} failed "
-                f"({rate:.1f}/min{eta_text})")
+        ran = report.done + report.failed > 0  # a rate of studies only found done says nothing
+        line = (f"studies {i}/{self.total}: {report.done} done, {report.skipped} skipped, {report.failed} failed"
+                + (f" ({rate:.1f}/min{eta_text})" if ran else ""))
         if self.tty:
             print(f"\r{line}", end="\n" if final else "", file=self.stream, flush=True)
         else:
@@ -655,8 +657,10 @@ def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, ke
             print("compiling petfeat's kernels for this machine on the first study (about 15 s on 2 cores; the workers "
                   "and later runs load them from Numba's cache) ...", file=progress, flush=True)
         row, k = todo.pop(undone[0])
-        _record(_checked(run_study(row, settings, str(out), key.hex(), threads=os.cpu_count() or 1,
-                                   trace_memory=trace_memory, part_key=k), row, k, out), results, report)
+        res = run_study(row, settings, str(out), key.hex(), threads=os.cpu_count() or 1, trace_memory=trace_memory,
+                        part_key=k)
+        interrupts.check()  # a Ctrl-C that the compiler's C callback swallowed: the study's failure is not its own
+        _record(_checked(res, row, k, out), results, report)
         bar.restart(len(results))
     # a study whose parts exist is skipped here, without a worker: a rerun with nothing left starts no cluster
     left = []
@@ -702,8 +706,9 @@ def _run_on_cluster(todo: list[tuple[StudyRow, str]], results: list[dict], repor
         report.dashboard = client.dashboard_link
         try:
             if progress:
-                print(f"Dask dashboard: {client.dashboard_link}  ({len(client.scheduler_info()['workers'])} "
-                      "workers)", file=progress, flush=True)
+                n = len(client.scheduler_info()["workers"])
+                print(f"Dask dashboard: {client.dashboard_link}  ({n} worker{'' if n == 1 else 's'})", file=progress,
+                      flush=True)
             # a task's Dask key names its output folder too: two runs of the same studies into other folders on one
             # scheduler are different tasks (with the part key alone, one run was handed the other's results)
             run = hashlib.sha256(str(out).encode()).hexdigest()[:8]

@@ -136,20 +136,28 @@ def _native_noise_piped():
         yield sys.stderr
         return
     read_end, write_end = os.pipe()
-    os.dup2(write_end, 2)
-    os.close(write_end)
+    os.dup2(write_end, 2)  # ``write_end`` stays open here: the end marker goes through it, behind all written before
+    passed = threading.Event()
 
     def pump() -> None:
         pending, in_stack = b"", False
         while chunk := os.read(read_end, 65536):
             *lines, pending = (pending + chunk).split(b"\n")
+            end = next((i for i, line in enumerate(lines) if line.endswith(_PIPE_END)), None)
+            if end is not None:  # the run is over; what comes later (a late worker) is still passed on
+                rest = lines[end][:-len(_PIPE_END)]  # a line a worker left unfinished
+                lines[end:end + 1] = [rest] if rest else []
             kept, in_stack = _drop_native_stacks(lines, in_stack)
             if kept:
                 os.write(saved, b"".join(line + b"\n" for line in kept))
+            if end is not None:
+                passed.set()
         kept, _ = _drop_native_stacks([pending] if pending else [], in_stack)
         if kept:
             os.write(saved, kept[0])
         os.close(read_end)
+        os.close(saved)
+        passed.set()
 
     thread = threading.Thread(target=pump, daemon=True)
     thread.start()
@@ -161,10 +169,16 @@ def _native_noise_piped():
             sys.stderr.flush()
         if console is not sys.stderr:
             console.close()
-        os.dup2(saved, 2)  # the pipe's last writer in this process: the pump sees its end once the workers exit
-        thread.join(timeout=10)
-        if not thread.is_alive():  # a worker that outlived the cluster may still write: keep the console open then
-            os.close(saved)
+        os.dup2(saved, 2)
+        # Not the pipe's end: a child that outlives the run (multiprocessing's resource tracker) holds its write end
+        # until this process exits. A marker line, written behind everything else, says that all before it passed.
+        os.write(write_end, _PIPE_END + b"\n")
+        os.close(write_end)
+        passed.wait(timeout=10)
+
+
+#: The line that ends a batch's console pipe (:func:`_native_noise_piped`).
+_PIPE_END = b"\x00petfeat: end of the console pipe\x00"
 
 
 class _CompileNotice:
@@ -373,7 +387,8 @@ def cmd_synth(args) -> int:
     t = time.perf_counter()
     generate_archive(args.out, args.patients, seed=args.seed, voxel_mm=args.voxel_mm, overwrite=args.overwrite,
                      progress=_Progress("synth: wrote patient {i}/{n}", delay=0.0))
-    print(f"{args.patients} synthetic studies in {args.out} ({time.perf_counter() - t:.1f} s)", file=sys.stderr)
+    print(f"{args.patients} synthetic stud{'y' if args.patients == 1 else 'ies'} in {args.out} "
+          f"({time.perf_counter() - t:.1f} s)", file=sys.stderr)
     return 0
 
 
@@ -534,9 +549,9 @@ def cmd_batch(args) -> int:
                         trace_memory=args.trace_memory, scheduler_timeout=args.scheduler_timeout,
                         dashboard_address=args.dashboard_address, csv=args.csv, wide=args.wide,
                         progress=console)
-    print(f"{rep.done} done, {rep.skipped} already done, {rep.failed} failed; {rep.outputs.get('features', 0)} "
-          f"feature rows, {rep.outputs.get('lesions', 0)} lesion rows in {out} "
-          f"({rep.timings['wall_s']:.1f} s)")
+    n_feat, n_les = rep.outputs.get("features", 0), rep.outputs.get("lesions", 0)
+    print(f"{rep.done} done, {rep.skipped} already done, {rep.failed} failed; {n_feat} feature row{_s(n_feat)}, "
+          f"{n_les} lesion row{_s(n_les)} in {out} ({rep.timings['wall_s']:.1f} s)")
     if rep.warnings:  # kept off the console while the studies ran: their count, and where they are
         from petfeat.batch import SUV_DECISION
 
@@ -939,9 +954,42 @@ def main(argv: list[str] | None = None) -> int:
     def one_line(message, category, filename, lineno, line=None):  # no file:line prefix, no source echo
         return f"petfeat {args.command}: warning: {_one_line(str(message))}\n"
 
+    from petfeat import interrupts
+
     shown, warnings.formatwarning = warnings.formatwarning, one_line
     try:
-        return int(args.func(args) or 0)
+        with interrupts.noticing():
+            status = int(args.func(args) or 0)
+        interrupts.check()  # a Ctrl-C whose exception a C callback swallowed
+        return status
+    except KeyboardInterrupt:
+        print(_interrupted(args), file=sys.stderr)
+        return 130
+    except Exception:
+        if interrupts.noticed.is_set():  # what failed after a swallowed Ctrl-C (e.g. a compile cut short)
+            print(_interrupted(args), file=sys.stderr)
+            return 130
+        return _error_status(args)
+    finally:
+        warnings.formatwarning = shown
+
+
+def _s(n: int) -> str:
+    """The plural ending of a count's noun."""
+    return "" if n == 1 else "s"
+
+
+def _interrupted(args) -> str:
+    """The line of an interrupted command; a batch says that its finished studies are kept."""
+    if args.command == "extract" and not getattr(args, "pet", None) and getattr(args, "out", None):
+        return f"interrupted: finished studies are kept in {args.out}; rerun the same command to resume"
+    return "interrupted"
+
+
+def _error_status(args) -> int:
+    """The exit status (and one line) of the exception being handled: the user errors' 2, else it propagates."""
+    try:
+        raise
     except PetfeatError as exc:
         print(f"petfeat {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
@@ -955,11 +1003,6 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         print(f"petfeat {args.command}: error: {_missing_extra(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # pragma: no cover
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        warnings.formatwarning = shown
 
 
 #: The optional dependencies by extra (pyproject.toml): a command that needs one names its pip command.
