@@ -245,3 +245,25 @@ def test_an_injection_time_given_by_hand_decides_even_far_from_the_scan():
     assert any("more than 10 half-lives" in n for n in f.warnings) and np.isfinite(f.suv_bw_factor)
     with pytest.raises(SuvError, match=r"\(0018,1078\).*decays to nothing.*--injection-time"):
         compute_suv_factors(header(), injection_datetime=T_SCAN - dt.timedelta(days=182))
+
+
+@pytest.mark.parametrize("override, message", [
+    (dict(dose_bq=368.08), r"override dose_bq=368.08 \(CLI: --dose BQ\) is below 1e5 Bq.*368.08 MBq = 3.6808e\+08 Bq"),
+    (dict(weight_kg=70000.0), r"override weight_kg=70000.0 \(CLI: --weight KG\).*70000 g = 70 kg"),
+    (dict(height_m=175.0), r"override height_m=175.0 \(CLI: --height M\).*175 cm = 1.75 m"),
+    (dict(height_m=0.2), r"override height_m=0.2 \(CLI: --height M\) is outside 0.5-2.6 m; give the height in "
+                         r"metres\.$"),
+    (dict(half_life_s=109.77), r"override half_life_s=109.77 \(CLI: --half-life S\) is the half-life of the header's "
+                               r"nuclide \(.*Fluorine\) in minutes; give it in seconds \(6586.2\)"),
+])
+def test_an_override_in_the_wrong_unit_is_refused_not_reinterpreted(override, message):
+    """The header's MBq dose or centimetre height is read as such (a decision); the user's own value is taken at its
+    word, so one in the wrong unit is refused (a dose in MBq gave SUVs a million times too high)."""
+    with pytest.raises(SuvError, match=message) as err:
+        compute_suv_factors(header(), **override)
+    assert "Fix the header" not in str(err.value)
+
+
+def test_overrides_in_their_units_are_taken():
+    f = compute_suv_factors(header(), dose_bq=368.08e6, weight_kg=70.0, height_m=1.75, half_life_s=6586.2)
+    assert f.injected_dose_bq == 368.08e6 and f.weight_kg == 70.0 and f.height_m == 1.75 and not f.decisions

@@ -355,6 +355,19 @@ def compute_suv_factors(
     decay = (h.decay_correction or "").strip().upper()
     n_slices = len(h.acquisition_datetimes)
 
+    # --- overrides: the user's own values in the units they name (the header's are reinterpreted below) --------
+    def wrong_override(name: str, value: float, problem: str) -> SuvError:
+        return SuvError(f"{src}: the override {name}={value!r} {problem}.")
+
+    if weight_kg is not None and _positive(weight_kg) and not 20.0 <= weight_kg <= 350.0:
+        raise wrong_override("weight_kg", weight_kg, "(CLI: --weight KG) is outside 20-350 kg; give the weight in "
+                             f"kilograms{f' ({weight_kg:g} g = {weight_kg / 1000:g} kg)' if weight_kg > 350 else ''}")
+    if height_m is not None and not 0.5 <= height_m <= 2.6:
+        raise wrong_override("height_m", height_m, "(CLI: --height M) is outside 0.5-2.6 m; give the height in metres"
+                             f"{f' ({height_m:g} cm = {height_m / 100:g} m)' if 50 <= height_m <= 260 else ''}")
+    if dose_bq is not None and _positive(dose_bq) and dose_bq < 1e5:
+        raise wrong_override("dose_bq", dose_bq, "(CLI: --dose BQ) is below 1e5 Bq, which no PET injection is; give "
+                             f"the dose in Bq ({dose_bq:g} MBq = {dose_bq * 1e6:.6g} Bq)")
     # --- weight -----------------------------------------------------------------------------
     weight = weight_kg if weight_kg is not None else h.weight_kg
     if not _positive(weight):
@@ -424,6 +437,9 @@ def compute_suv_factors(
         hint = f" ({nuc_key}: {nuc_half} s)" if nuc_half else ""
         raise fail(f"RadionuclideHalfLife (0018,1075) = {h.half_life_s!r}", "is missing or not positive",
                    f"half_life_s={hint} (CLI: --half-life S)")
+    if half_life_s is not None and nuc_half and abs(half * 60.0 / nuc_half - 1.0) <= HALF_LIFE_TOLERANCE:
+        raise wrong_override("half_life_s", half_life_s, f"(CLI: --half-life S) is the half-life of the header's "
+                             f"nuclide ({h.nuclide}) in minutes; give it in seconds ({nuc_half})")
     if half_life_s is None and nuc_half and abs(half / nuc_half - 1.0) > HALF_LIFE_TOLERANCE:
         raise fail(f"RadionuclideHalfLife (0018,1075) = {half} s",
                    f"disagrees with the nuclide code {h.nuclide!r} ({nuc_half} s)",
