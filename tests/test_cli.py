@@ -105,7 +105,8 @@ def test_missing_weight_names_tag_and_override(tmp_path):
 def test_demo_runs_and_recovers_ground_truth(tmp_path):
     r = run("demo", "--patients", "2", "--voxel-mm", "10", "--out", str(tmp_path / "demo"), "--backend", "cpu")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "whole-body tumour SUVmean vs ground truth" in r.stdout and "units BQML" in r.stdout
+    assert "whole-body tumour SUVmean vs the ground truth" in r.stdout and "(limit 1e-06: pass)" in r.stdout
+    assert "units BQML" in r.stdout
     assert (tmp_path / "demo" / "results" / "features.parquet").exists()
     assert (tmp_path / "demo" / "manifest.csv").exists()
     assert len(list((tmp_path / "demo" / "archive").glob("SYN*/pet/*.dcm"))) == 2 * 90
@@ -133,8 +134,19 @@ def test_demo_runs_and_recovers_ground_truth(tmp_path):
     assert again.returncode == 0, again.stdout + again.stderr
     assert "already: kept" in again.stdout and "generating" not in again.stdout
     assert "studies 2/2: 0 done, 2 skipped, 0 failed" in again.stdout + again.stderr
+    assert "0 studies done, 2 already done, 0 failed" in again.stdout
     assert len(list((tmp_path / "demo" / "results" / "parts").glob("*.features.parquet"))) == 2
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "demo" / "results" / "quantities.parquet"), q)
+
+
+def test_demo_with_gpu_and_no_device_is_refused_before_it_writes(tmp_path):
+    import os
+
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0", "CUDA_VISIBLE_DEVICES": ""}
+    r = run("demo", "--patients", "2", "--voxel-mm", "10", "--out", str(tmp_path / "demo"), "--backend", "gpu",
+            env=env)
+    assert r.returncode == 2 and "(CLI: --backend cpu)" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "demo" / "archive").exists()
 
 
 def test_synth_command(tmp_path):

@@ -44,5 +44,6 @@ def resolve_backend(backend: str) -> str:
     ok, why = gpu_available()
     if backend == "gpu" and not ok:
         raise BackendError(f"backend='gpu' was asked for but {why}. Install the GPU extra "
-                           "(pip install 'petfeat[gpu]') on a machine with an NVIDIA GPU, or use backend='cpu'.")
+                           "(pip install 'petfeat[gpu]') on a machine with an NVIDIA GPU, or use backend='cpu' "
+                           "(CLI: --backend cpu).")
     return "gpu" if ok else "cpu"
