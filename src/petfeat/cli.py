@@ -207,7 +207,7 @@ class _CompileNotice:
         """Say once that kernels are being compiled."""
         if not self.said:
             self.said = True
-            print("compiling petfeat's kernels for this machine (about 15 s on 2 cores; Numba caches them for later "
+            print("compiling petfeat's kernels for this machine (about 10 s on 2 cores; Numba caches them for later "
                   "runs) ...", file=self.stream, flush=True)
 
     def __exit__(self, *exc):
