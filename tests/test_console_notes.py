@@ -47,6 +47,7 @@ def test_suv_decision_is_a_console_warning_and_in_input_notes_of_every_row(tmp_p
         assert secret not in f.input_notes.iloc[0]
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["suv"]["warnings"][0] == notes["suv"][0] and "decisions" not in run["suv"]
+    assert run["warnings"][0] == f"SUV header decision: {notes['suv'][0]}"  # as a batch's run.json lists it
 
 
 def test_the_api_warns_of_suv_decisions_it_makes_and_rows_carry_them(reference_dir):

@@ -681,8 +681,12 @@ def cmd_extract(args) -> int:
     written += _write_table(study_quantities(res.features, res.lesions), out / "quantities", args.csv, QUANTITIES)
     if args.wide:
         written += _write_table(wide_table(res.features), out / "features_wide", args.csv)
+    from petfeat.batch import SUV_DECISION
+
+    # the SUV header decisions are the study's warnings too, as a batch lists them
+    notes = [f"{SUV_DECISION}: {d}" for d in factors.decisions] + list(res.warnings)
     run = {"petfeat_version": __version__, "command": "extract", "backend": res.features.backend.iloc[0],
-           "settings": res.settings, "warnings": res.warnings,
+           "settings": res.settings, "warnings": notes,
            "timings_s": {**res.timings, "total": time.perf_counter() - t0},
            "suv": {k: v for k, v in factors.to_dict().items() if k not in ("scan_datetime", "injection_datetime")},
            "pet_series": series.notes, "outputs": [p.name for p in written], "versions": dependency_versions()}
