@@ -234,3 +234,10 @@ def test_cli_warnings_are_one_line_and_output_errors_have_no_traceback(tmp_path)
     warn = [line for line in r.stderr.splitlines() if "warning" in line]
     assert warn and all(line.startswith("petfeat extract: warning: ") for line in warn)
     assert "res = extract(" not in r.stderr  # no source line echoed
+
+
+def test_suv_text_says_why_no_scan_time_was_needed():
+    r = run("suv", str(DRO / "DRO_2_0" / "PT"))  # Units GML: the pixels are SUVs already
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("scan time"))
+    assert line.split(None, 2)[2] == "n/a, not needed (Units GML)"

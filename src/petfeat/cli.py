@@ -341,7 +341,7 @@ def cmd_suv(args) -> int:
                  ("SUVbw factor", _factor_text(d["suv_bw_factor"])),
                  ("SUL factor", _factor_text(d["sul_factor"])),
                  ("SUVbsa factor", _factor_text(d["suv_bsa_factor"])),
-                 ("scan time", f"{_value_text(d['scan_datetime'])} (from {d['scan_time_source']})"),
+                 ("scan time", _scan_time_note(_value_text(d["scan_datetime"]), d["scan_time_source"])),
                  ("injection time", _value_text(d["injection_datetime"])),
                  ("uptake time", "n/a" if d["uptake_seconds"] is None else
                   f"{d['uptake_seconds'] / 60:.1f} min ({d['uptake_seconds']:.0f} s)"),
@@ -981,6 +981,11 @@ def main(argv: list[str] | None = None) -> int:
 def _s(n: int) -> str:
     """The plural ending of a count's noun."""
     return "" if n == 1 else "s"
+
+
+def _scan_time_note(value: str, source: str) -> str:
+    """The scan time and where it came from, or why none was needed (a source "not needed (...)")."""
+    return f"{value}, {source}" if source.startswith("not needed") else f"{value} (from {source})"
 
 
 def _interrupted(args) -> str:

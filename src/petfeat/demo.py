@@ -82,7 +82,7 @@ def run_demo(args) -> int:
         suv = rec["suv"]
         upt = f"{suv['uptake_seconds'] / 60:.0f} min" if suv["uptake_seconds"] is not None else "n/a"
         print(f"      {rec['study_id']}  {truth_of[rec['study_id']]['vendor']:<8} units {suv['units']:<5} SUVbw factor "
-              f"{suv['suv_bw_factor']:.6g}  uptake {upt:<7} scan time from {suv['scan_time_source']}")
+              f"{suv['suv_bw_factor']:.6g}  uptake {upt:<7} {_scan_time_text(suv['scan_time_source'])}")
     cols = ["study_id", "region", "suv_mean", "suv_max", "suv_peak_global", "volume_ml", "total_uptake",
             "lesion_count", "status"]
     with pd.option_context("display.width", 180, "display.max_rows", 400, "display.float_format", "{:.3f}".format):
@@ -174,3 +174,8 @@ def _same_archive(archive: Path, args) -> bool:
     same = (info.get("generator") == "petfeat.synth" and info.get("seed") == args.seed
             and info.get("n_patients") == args.patients and info.get("voxel_mm") == args.voxel_mm)
     return same and all((archive / p["patient"] / "truth.json").is_file() for p in info.get("patients", []))
+
+
+def _scan_time_text(source: str) -> str:
+    """The demo's scan time column: where it came from, or why none was needed."""
+    return f"scan time {source}" if source.startswith("not needed") else f"scan time from {source}"
