@@ -253,6 +253,11 @@ def test_an_injection_time_given_by_hand_decides_even_far_from_the_scan():
     (dict(height_m=175.0), r"override height_m=175.0 \(CLI: --height M\).*175 cm = 1.75 m"),
     (dict(height_m=0.2), r"override height_m=0.2 \(CLI: --height M\) is outside 0.5-2.6 m; give the height in "
                          r"metres\.$"),
+    (dict(dose_bq=368.08e3), r"override dose_bq=368080.0 \(CLI: --dose BQ\) is outside 1e\+06-1e\+11 Bq.*"
+                             r"368080 kBq = 3.6808e\+08 Bq"),
+    (dict(dose_bq=3.68e12), r"override dose_bq=3680000000000.0 .*is outside 1e\+06-1e\+11 Bq"),
+    (dict(weight_kg=-70.0), r"override weight_kg=-70.0 \(CLI: --weight KG\) is not a positive number"),
+    (dict(dose_bq=0.0), r"override dose_bq=0.0 \(CLI: --dose BQ\) is not a positive number"),
     (dict(half_life_s=109.77), r"override half_life_s=109.77 \(CLI: --half-life S\) is the half-life of the header's "
                                r"nuclide \(.*Fluorine\) in minutes; give it in seconds \(6586.2\)"),
 ])
@@ -267,3 +272,12 @@ def test_an_override_in_the_wrong_unit_is_refused_not_reinterpreted(override, me
 def test_overrides_in_their_units_are_taken():
     f = compute_suv_factors(header(), dose_bq=368.08e6, weight_kg=70.0, height_m=1.75, half_life_s=6586.2)
     assert f.injected_dose_bq == 368.08e6 and f.weight_kg == 70.0 and f.height_m == 1.75 and not f.decisions
+
+
+@pytest.mark.parametrize("where", ["header", "override"])
+def test_a_child_of_15_kg_gets_suvs(where):
+    """Paediatric PET: a weight under 20 kg is in range (1-350 kg), from the header and as an override."""
+    f = compute_suv_factors(header(weight_kg=15.0)) if where == "header" else \
+        compute_suv_factors(header(), weight_kg=15.0)
+    adult = compute_suv_factors(header(weight_kg=80.0))
+    assert f.weight_kg == 15.0 and f.suv_bw_per_slice[0] == pytest.approx(adult.suv_bw_per_slice[0] * 15.0 / 80.0)

@@ -299,6 +299,12 @@ def _nuclide_half_life(nuclide: str | None) -> tuple[str | None, float | None]:
     return key, (NUCLIDE_HALF_LIFE_S[key] if key else None)
 
 
+#: Plausible patient weights (kg): newborns to the heaviest adults; outside, a wrong unit (grams) or a typo.
+WEIGHT_KG = (1.0, 350.0)
+#: Plausible injected activities of an override (Bq): 1 MBq to 100 GBq; outside, kBq or MBq typed as Bq.
+DOSE_BQ = (1e6, 1e11)
+
+
 def _positive(value: float | None) -> bool:
     return value is not None and np.isfinite(value) and value > 0
 
@@ -359,22 +365,32 @@ def compute_suv_factors(
     def wrong_override(name: str, value: float, problem: str) -> SuvError:
         return SuvError(f"{src}: the override {name}={value!r} {problem}.")
 
-    if weight_kg is not None and _positive(weight_kg) and not 20.0 <= weight_kg <= 350.0:
-        raise wrong_override("weight_kg", weight_kg, "(CLI: --weight KG) is outside 20-350 kg; give the weight in "
-                             f"kilograms{f' ({weight_kg:g} g = {weight_kg / 1000:g} kg)' if weight_kg > 350 else ''}")
+    for name, value, option in (("weight_kg", weight_kg, "--weight KG"), ("height_m", height_m, "--height M"),
+                                ("dose_bq", dose_bq, "--dose BQ"), ("half_life_s", half_life_s, "--half-life S")):
+        if value is not None and not _positive(value):
+            raise wrong_override(name, value, f"(CLI: {option}) is not a positive number")
+    if weight_kg is not None and not WEIGHT_KG[0] <= weight_kg <= WEIGHT_KG[1]:
+        raise wrong_override("weight_kg", weight_kg, f"(CLI: --weight KG) is outside {WEIGHT_KG[0]:g}-{WEIGHT_KG[1]:g} "
+                             "kg; give the weight in kilograms"
+                             f"{f' ({weight_kg:g} g = {weight_kg / 1000:g} kg)' if weight_kg > WEIGHT_KG[1] else ''}")
     if height_m is not None and not 0.5 <= height_m <= 2.6:
         raise wrong_override("height_m", height_m, "(CLI: --height M) is outside 0.5-2.6 m; give the height in metres"
                              f"{f' ({height_m:g} cm = {height_m / 100:g} m)' if 50 <= height_m <= 260 else ''}")
-    if dose_bq is not None and _positive(dose_bq) and dose_bq < 1e5:
+    if dose_bq is not None and dose_bq < 1e5:
         raise wrong_override("dose_bq", dose_bq, "(CLI: --dose BQ) is below 1e5 Bq, which no PET injection is; give "
                              f"the dose in Bq ({dose_bq:g} MBq = {dose_bq * 1e6:.6g} Bq)")
+    if dose_bq is not None and not DOSE_BQ[0] <= dose_bq <= DOSE_BQ[1]:
+        raise wrong_override("dose_bq", dose_bq, f"(CLI: --dose BQ) is outside {DOSE_BQ[0]:g}-{DOSE_BQ[1]:g} Bq "
+                             "(1 MBq to 100 GBq); give the dose in Bq"
+                             f"{f' ({dose_bq:g} kBq = {dose_bq * 1e3:.6g} Bq)' if dose_bq < DOSE_BQ[0] else ''}")
     # --- weight -----------------------------------------------------------------------------
     weight = weight_kg if weight_kg is not None else h.weight_kg
     if not _positive(weight):
         raise fail(f"PatientWeight (0010,1030) = {h.weight_kg!r}", "is missing or not positive",
                    "weight_kg= (CLI: --weight KG)")
-    if not 20.0 <= weight <= 350.0:
-        raise fail(f"PatientWeight (0010,1030) = {weight!r} kg", "is outside 20-350 kg (grams entered?)",
+    if not WEIGHT_KG[0] <= weight <= WEIGHT_KG[1]:
+        raise fail(f"PatientWeight (0010,1030) = {weight!r} kg",
+                   f"is outside {WEIGHT_KG[0]:g}-{WEIGHT_KG[1]:g} kg (grams entered?)",
                    "weight_kg= (CLI: --weight KG)")
     height = height_m if height_m is not None else h.height_m
     if height is not None and not (0.5 <= height <= 2.6):
@@ -399,7 +415,7 @@ def compute_suv_factors(
             suv_type = "BSA"
         # The pixels were normalised with the header's body size; an override corrects them:
         # SUVbw = pixel x (override weight / header weight) x (the header's SUVType -> BW conversion).
-        vendor_w = h.weight_kg if _positive(h.weight_kg) and 20.0 <= h.weight_kg <= 350.0 else weight
+        vendor_w = h.weight_kg if _positive(h.weight_kg) and WEIGHT_KG[0] <= h.weight_kg <= WEIGHT_KG[1] else weight
         vendor_h = h.height_m
         if vendor_h is not None and 50 <= vendor_h <= 260:
             vendor_h = vendor_h / 100.0
