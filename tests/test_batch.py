@@ -556,30 +556,18 @@ def test_ctrl_c_stops_a_local_batch_with_one_line_and_loses_nothing(archive, tmp
 
 
 def test_two_runs_of_the_same_studies_into_two_folders_on_one_scheduler(archive, tmp_path, external_cluster):
-    """Two users (or two settings of output) share a cluster: each run gets its own tasks and its own parts."""
+    """Two users (or two output settings) share a cluster: each run gets its own tasks and its own parts."""
     addr, _, _ = external_cluster
-    rows = scan_archive(archive, KEY)[:2]
-
-    def task(row, *args, **kwargs):  # slow enough that both runs' tasks are on the scheduler at once
-        time.sleep(1.0)
-        return run_study(row, *args, **kwargs)
-
-    reports = {}
-
-    def run(name):
-        reports[name] = run_batch(rows, tmp_path / name, _settings(), KEY, scheduler=addr, progress=None, task=task)
-
-    threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=600)  # the workers may compile the kernels first
-    assert sorted(reports) == ["a", "b"], "a run did not finish"
-    for name in ("a", "b"):
-        rep = reports[name]
-        fails = pd.read_parquet(tmp_path / name / "failures.parquet")
-        assert (rep.done, rep.failed) == (2, 0), fails.to_dict("records")
-        assert len(list((tmp_path / name / "parts").glob("*.features.parquet"))) == 2
+    (tmp_path / "k").write_text(KEY.hex())
+    runs = {name: subprocess.Popen([sys.executable, "-m", "petfeat.cli", "extract", str(archive), "-o",
+                                    str(tmp_path / name), "--scheduler", addr, "--backend", "cpu", "--key-file",
+                                    str(tmp_path / "k")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for name in ("a", "b")}  # at once: both runs' tasks are on the scheduler together
+    for name, proc in runs.items():
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, (name, err[-3000:])
+        assert "4 done, 0 already done, 0 failed" in out, out
+        assert len(list((tmp_path / name / "parts").glob("*.features.parquet"))) == 4
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / "features.parquet"),
                                   pd.read_parquet(tmp_path / "b" / "features.parquet"))
 

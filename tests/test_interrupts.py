@@ -35,7 +35,10 @@ def _interrupt_inside_a_c_callback() -> None:
     libc.qsort(values, 4, ctypes.sizeof(ctypes.c_int), compare(cmp))
 
 
-def test_a_swallowed_interrupt_is_still_noticed():
+def test_a_swallowed_interrupt_is_still_noticed(capfd, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # Python's own: prints the traceback
     with interrupts.noticing():
         _interrupt_inside_a_c_callback()  # returns: the exception did not get out of the callback
         assert interrupts.noticed.is_set()
@@ -43,6 +46,7 @@ def test_a_swallowed_interrupt_is_still_noticed():
             interrupts.check()
     with interrupts.noticing():  # each command starts afresh
         interrupts.check()
+    assert "Traceback" not in capfd.readouterr().err  # not Python's "Exception ignored ..." print
 
 
 def test_a_command_failing_after_a_swallowed_interrupt_exits_130(monkeypatch, capsys):

@@ -654,7 +654,7 @@ def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, ke
         # a fresh install: compile once, before the workers start, by running a study that has work to do here;
         # the local workers then load the kernels from the cache they share instead of each compiling them
         if progress:
-            print("compiling petfeat's kernels for this machine on the first study (about 10 s on 2 cores; the workers "
+            print("compiling petfeat's kernels for this machine on the first study (10-20 s on 2 cores; the workers "
                   "and later runs load them from Numba's cache) ...", file=progress, flush=True)
         row, k = todo.pop(undone[0])
         res = run_study(row, settings, str(out), key.hex(), threads=os.cpu_count() or 1, trace_memory=trace_memory,

@@ -5,13 +5,15 @@ a callback called from C (llvmlite's object-cache hook while Numba compiles a ke
 the exception is printed as "Exception ignored on calling ctypes callback function" and dropped: the
 compile then fails with an unrelated error, and a batch went on with its other studies. The command
 line's handler also sets :data:`noticed`, so the command can stop where it next looks
-(:func:`check`, and :func:`petfeat.cli.main` when the command returns or fails).
+(:func:`check`, and :func:`petfeat.cli.main` when the command returns or fails), and the swallowed
+exception is not printed (Python's "Exception ignored ..." traceback): the command says "interrupted".
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -36,10 +38,20 @@ def noticing() -> Iterator[None]:
         yield
         return
     signal.signal(signal.SIGINT, _on_sigint)
+    shown = sys.unraisablehook
+
+    def quiet(unraisable) -> None:  # a KeyboardInterrupt a C callback could not raise: noticed, not printed
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            noticed.set()
+            return
+        shown(unraisable)
+
+    sys.unraisablehook = quiet
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.unraisablehook = shown
 
 
 def check() -> None:
