@@ -4,9 +4,9 @@
 key of the layers' ids per voxel, the set of keys that occur, and a lookup table from key to code.
 Each pass here reads every layer once and keeps the keys of a block of voxels in a small
 thread-local buffer (no volume-sized key, no per-layer temporaries): :func:`mark_keys` marks the
-keys that occur, :func:`apply_keys` writes each voxel's code through the table, :func:`mark_ids`
-marks the voxels that carry chosen ids (the excluded voxels of a margin), :func:`fill_keys` writes
-int64 keys (the sort path of key ranges too wide for a table).
+keys that occur, :func:`apply_keys` writes each voxel's code through the table, :func:`or_tables`
+ORs per-layer table entries (the label classes' keys), :func:`fill_keys` writes int64 keys (the sort
+path of key ranges too wide for a table).
 
 Every layer count, layer dtype and output dtype goes through one compiled signature of
 :func:`_pass`: it takes a tuple of :data:`MAX_LAYERS` flat byte views (:func:`pack_layers`:
@@ -255,32 +255,6 @@ def apply_lut(key: np.ndarray, lut: np.ndarray, out: np.ndarray) -> None:
     apply_keys([key], None, lut, out)
 
 
-def mark_ids(layers: Sequence[np.ndarray], ids: Sequence[Sequence[int]], out: np.ndarray) -> None:
-    """``out[...] = 1`` where a voxel carries one of ``ids[j]`` in ``layers[j]``, else 0.
-
-    Parameters
-    ----------
-    layers : sequence of ndarray
-        Up to :data:`MAX_LAYERS` label volumes of one shape, of one- or two-byte ids (uint8,
-        uint16 or bool).
-    ids : sequence of sequences of int
-        Per layer, the ids to mark.
-    out : uint8 ndarray, C-contiguous, the layers' shape
-        The mark. It may be one of ``layers`` (each block of voxels is read before it is written).
-    """
-    _check_out(layers, out, "mark_ids")
-    if out.dtype != np.uint8:
-        raise ValueError("mark_ids writes a uint8 mark")
-    if max(np.asarray(a).itemsize for a in layers) > 2:
-        raise ValueError("mark_ids reads one- or two-byte ids; compare wider ids with np.isin")
-    starts, size = table_layout(layers)
-    tab = np.zeros(size, np.uint32)
-    for s, i, a in zip(starts, ids, layers):
-        i = np.asarray(i, np.int64)
-        tab[s + i[(i >= 0) & (i < 1 << (8 * np.asarray(a).itemsize))]] = 1
-    or_tables(layers, tab, starts, out)
-
-
 def table_layout(layers: Sequence[np.ndarray]) -> tuple[np.ndarray, int]:
     """Where each layer's entries start in one table of :func:`or_tables`, and the table's length.
 
@@ -293,7 +267,7 @@ def table_layout(layers: Sequence[np.ndarray]) -> tuple[np.ndarray, int]:
 
 def or_tables(layers: Sequence[np.ndarray], table: np.ndarray, starts: Sequence[int], out: np.ndarray,
               present: np.ndarray | None = None) -> None:
-    """``out[...] = OR_j table[starts[j] + layers[j]]`` in one compiled pass (the pass of :func:`mark_ids`).
+    """``out[...] = OR_j table[starts[j] + layers[j]]`` in one compiled pass.
 
     With ``present`` (a bool table longer than any key), the same pass also sets ``present[key]``
     for every key that occurs.

@@ -124,23 +124,10 @@ def test_margin_layer_equals_the_edt_oracle(n_layers):
     np.testing.assert_array_equal(got, want)
 
 
-def test_mark_ids_marks_chosen_ids_of_each_layer():
-    rng = np.random.default_rng(11)
-    a = rng.integers(0, 256, (3, 70, 700)).astype(np.uint8)  # 147000 voxels: several chunks
-    b = rng.integers(0, 65536, a.shape).astype(np.uint16)
-    out = np.full(a.shape, 7, np.uint8)
-    label_codes.mark_ids([a, b], [[0, 5, 255], [65535, 3]], out)
-    np.testing.assert_array_equal(out, (np.isin(a, [0, 5, 255]) | np.isin(b, [65535, 3])).astype(np.uint8))
-    label_codes.mark_ids([out, a], [[1], [9]], out)  # the mark itself as a layer: ORed, in place
-    np.testing.assert_array_equal(out, (np.isin(a, [0, 5, 255, 9]) | np.isin(b, [65535, 3])).astype(np.uint8))
-
-
 def test_passes_refuse_what_they_cannot_read_or_write():
     a = np.zeros((2, 3, 4), np.uint8)
     with pytest.raises(ValueError, match="1, 2 or 4 bytes"):
         label_codes.apply_keys([a], None, np.zeros(1, np.uint32), np.zeros(a.shape, np.int64))
-    with pytest.raises(ValueError, match="one- or two-byte ids"):
-        label_codes.mark_ids([a.astype(np.uint32)], [[1]], np.zeros(a.shape, np.uint8))
     with pytest.raises(ValueError, match="1 to 8 layers"):
         label_codes.mark_keys([a] * (label_codes.MAX_LAYERS + 1), None, np.zeros(2, bool))
     with pytest.raises(ValueError, match="int32 keys"):
