@@ -355,7 +355,7 @@ def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, th
     except Exception as exc:  # noqa: BLE001 - a study whose inputs cannot be described is a failure
         return {"study_id": row.study_id, "status": "failed", "error": _failure(row, type(exc).__name__, str(exc),
                                                                                 out)}
-    feat_path, fail_path = parts / f"{key}.features.parquet", parts / f"{key}.failure.json"
+    feat_path, fail_path = features_part(out, key), parts / f"{key}.failure.json"
     if feat_path.exists():
         try:
             notes = json.loads((parts / f"{key}.timing.json").read_text()).get("warnings", [])
@@ -375,7 +375,7 @@ def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, th
             fail_path.unlink()  # a rerun retries failed studies
         _limit_threads(threads)
         _allocator_for_volumes()
-        from petfeat.extract import extract
+        from petfeat.extract import extract, suv_decision_notes
         from petfeat.io.dicom import read_pet_series
         from petfeat.io.label_sources import read_label_sources
         from petfeat.io.labels import read_lesion_mask
@@ -427,7 +427,7 @@ def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, th
                "scan_time_source": factors.scan_time_source, "warnings": factors.warnings}
         # the SUV header decisions (a value reinterpreted or assumed) are the study's warnings too
         notes = sorted({redact(f"{w.category.__name__}: {w.message}", row, out) for w in seen}
-                       | {redact(f"{SUV_DECISION}: {d}", row, out) for d in factors.decisions})
+                       | {redact(n, row, out) for n in suv_decision_notes(factors)})
         _atomic_json({"study_id": row.study_id, **t, "suv": suv, "warnings": notes}, parts / f"{key}.timing.json")
         _atomic_parquet(res.features, feat_path)  # last: its presence marks the study done
         return {"study_id": row.study_id, "key": key, "status": "done", "timings": t, "suv": suv,
@@ -474,33 +474,10 @@ def _client(scheduler: str | None, n_workers: int | None, backend: str, *, timeo
         except ImportError:
             n_workers = 1  # one GPU worker without dask-cuda
     n = n_workers or os.cpu_count() or 1
-    with _interrupts_for_this_process_only():
+    with interrupts.ignored_by_children():
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, silence_logs=quiet, host=host,
                                dashboard_address=dashboard_address)
     return Client(cluster), cluster
-
-
-@contextlib.contextmanager
-def _interrupts_for_this_process_only():
-    """Start the local workers with SIGINT ignored, so that Ctrl-C reaches this process only.
-
-    A terminal's Ctrl-C goes to every process of the foreground group: each local worker raised
-    ``KeyboardInterrupt`` in whatever it ran and printed its traceback, while this process was already
-    stopping them. Worker processes inherit an ignored SIGINT (and Python installs no handler of its own
-    for an ignored signal); this process closes them on its own interrupt. Outside the main thread
-    (where no signal handler can be set) the workers start as they are.
-    """
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
@@ -557,8 +534,6 @@ class _Progress:
 
 
 _LOST = "the scheduler was lost; rerun to resume"
-#: The prefix of a study's warning that is an SUV header decision (:attr:`petfeat.suv.SuvFactors.decisions`).
-SUV_DECISION = "SUV header decision"
 
 
 def _task_error(exc: BaseException, row: StudyRow) -> str:
@@ -628,10 +603,7 @@ def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, ke
     from petfeat.kernels.warmup import kernels_cached
 
     task = task or run_study
-    if scheduler is None and settings.backend == "gpu":
-        from petfeat.backend import resolve_backend
-
-        resolve_backend("gpu")  # every study would fail on the local workers: refused before anything starts
+    refuse_gpu_without_device(settings.backend, scheduler)
     out = Path(out).absolute()
     try:
         (out / "parts").mkdir(parents=True, exist_ok=True)
@@ -649,26 +621,24 @@ def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, ke
                             "error": _failure(r, type(exc).__name__, str(exc), out)})
     report = BatchReport(failed=len(results))
     bar = _Progress(progress, len(rows))
-    undone = [i for i, (_, k) in enumerate(todo) if not (out / "parts" / f"{k}.features.parquet").exists()]
-    if task is run_study and scheduler is None and settings.backend != "gpu" and undone and not kernels_cached():
+    found, left = [], []  # the studies whose parts exist, and the others
+    for r, k in todo:
+        (found if features_part(out, k).exists() else left).append((r, k))
+    if task is run_study and scheduler is None and settings.backend != "gpu" and left and not kernels_cached():
         # a fresh install: compile once, before the workers start, by running a study that has work to do here;
         # the local workers then load the kernels from the cache they share instead of each compiling them
         if progress:
             print("compiling petfeat's kernels for this machine on the first study (10-20 s on 2 cores; the workers "
                   "and later runs load them from Numba's cache) ...", file=progress, flush=True)
-        row, k = todo.pop(undone[0])
+        row, k = left.pop(0)
         res = run_study(row, settings, str(out), key.hex(), threads=os.cpu_count() or 1, trace_memory=trace_memory,
                         part_key=k)
         interrupts.check()  # a Ctrl-C that the compiler's C callback swallowed: the study's failure is not its own
         _record(_checked(res, row, k, out), results, report)
         bar.restart(len(results))
     # a study whose parts exist is skipped here, without a worker: a rerun with nothing left starts no cluster
-    left = []
-    for r, k in todo:
-        if (out / "parts" / f"{k}.features.parquet").exists():
-            _record(_checked(run_study(r, settings, str(out), key.hex(), part_key=k), r, k, out), results, report)
-        else:
-            left.append((r, k))
+    for r, k in found:
+        _record(_checked(run_study(r, settings, str(out), key.hex(), part_key=k), r, k, out), results, report)
     if left:
         _run_on_cluster(left, results, report, bar, task=task, settings=settings, out=out, key=key,
                         scheduler=scheduler, n_workers=n_workers, threads_per_task=threads_per_task,
@@ -685,6 +655,18 @@ def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, ke
                       "per_study_sum": stage.sum().to_dict() if len(stage) else {}}
     _write_run_json(out, settings, report, len(rows), scheduler)
     return report
+
+
+def refuse_gpu_without_device(backend: str, scheduler: str | None) -> None:
+    """Raise :class:`~petfeat.errors.BackendError` for ``backend="gpu"`` on local workers without a usable device.
+
+    Every study would fail on them: refused before anything starts. On ``scheduler`` the workers'
+    devices decide (a worker without one records the study's failure).
+    """
+    if scheduler is None and backend == "gpu":
+        from petfeat.backend import resolve_backend
+
+        resolve_backend("gpu")
 
 
 def _record(res: dict, results: list[dict], report: BatchReport) -> None:
@@ -742,7 +724,7 @@ def _run_on_cluster(todo: list[tuple[StudyRow, str]], results: list[dict], repor
                 bar.update(len(results), report)
             if lost is not None:
                 for row, k in pending.values():
-                    if (out / "parts" / f"{k}.features.parquet").exists():
+                    if features_part(out, k).exists():
                         res = {"study_id": row.study_id, "key": k, "status": "done"}
                     else:
                         res = {"study_id": row.study_id, "key": k, "status": "failed",
@@ -757,9 +739,14 @@ def _run_on_cluster(todo: list[tuple[StudyRow, str]], results: list[dict], repor
                     cluster.close(timeout=10)
 
 
+def features_part(out: str | Path, key: str) -> Path:
+    """A study's features part in the output folder ``out``: its presence marks the study done."""
+    return Path(out) / "parts" / f"{key}.features.parquet"
+
+
 def _checked(res: dict, row: StudyRow, key: str, out: Path) -> dict:
     """A task's record, with a failure when a study reported done has no part where the client looks."""
-    if res.get("status") in ("done", "skipped") and not (out / "parts" / f"{key}.features.parquet").exists():
+    if res.get("status") in ("done", "skipped") and not features_part(out, key).exists():
         where = redact(str(res.get("part", "?")), row, out)
         return {"study_id": row.study_id, "key": key, "status": "failed", "error": _failure(
             row, "PartMissing", f"part missing: the worker wrote to {where}, which this client does not see; give "

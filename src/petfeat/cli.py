@@ -554,7 +554,7 @@ def cmd_batch(args) -> int:
     print(f"{rep.done} done, {rep.skipped} already done, {rep.failed} failed; {n_feat} feature row{_s(n_feat)}, "
           f"{n_les} lesion row{_s(n_les)} in {out} ({time.perf_counter() - started:.1f} s)")
     if rep.warnings:  # kept off the console while the studies ran: their count, and where they are
-        from petfeat.batch import SUV_DECISION
+        from petfeat.extract import SUV_DECISION
 
         decided = sum(any(w.startswith(SUV_DECISION) for w in ws) for ws in rep.warnings.values())
         what = f", {decided} with SUV header decisions (also in the features' input_notes)" if decided else ""
@@ -635,7 +635,7 @@ def cmd_extract(args) -> int:
                            "in this process. Drop them, or give a manifest or archive instead of --pet.")
 
     from petfeat import __version__, dependency_versions
-    from petfeat.extract import extract, warn_suv_decisions
+    from petfeat.extract import extract, suv_decision_notes, warn_suv_decisions
     from petfeat.features import wide_table
     from petfeat.io.dicom import read_pet_series
     from petfeat.io.label_sources import read_label_sources
@@ -682,10 +682,7 @@ def cmd_extract(args) -> int:
     written += _write_table(study_quantities(res.features, res.lesions), out / "quantities", args.csv, QUANTITIES)
     if args.wide:
         written += _write_table(wide_table(res.features), out / "features_wide", args.csv)
-    from petfeat.batch import SUV_DECISION
-
-    # the SUV header decisions are the study's warnings too, as a batch lists them
-    notes = [f"{SUV_DECISION}: {d}" for d in factors.decisions] + list(res.warnings)
+    notes = suv_decision_notes(factors) + list(res.warnings)  # the decisions are warnings too, as in a batch
     run = {"petfeat_version": __version__, "command": "extract", "backend": res.features.backend.iloc[0],
            "settings": res.settings, "warnings": notes,
            "timings_s": {**res.timings, "total": time.perf_counter() - t0},
@@ -985,8 +982,11 @@ def _s(n: int) -> str:
 
 
 def _scan_time_note(value: str, source: str) -> str:
-    """The scan time and where it came from, or why none was needed (a source "not needed (...)")."""
-    return f"{value}, {source}" if source.startswith("not needed") else f"{value} (from {source})"
+    """The scan time and where it came from (:func:`petfeat.suv.scan_time_origin`), or why none was needed."""
+    from petfeat.suv import scan_time_origin
+
+    origin = scan_time_origin(source)
+    return f"{value}, {origin}" if origin == source else f"{value} ({origin})"
 
 
 def _interrupted(args) -> str:

@@ -37,18 +37,16 @@ def run_demo(args) -> int:
 
     import pandas as pd
 
-    from petfeat.batch import BatchSettings, run_batch
+    from petfeat.batch import BatchSettings, refuse_gpu_without_device, run_batch
     from petfeat.io.archive import load_or_create_key, scan_archive, write_manifest
     from petfeat.io.parquet import read_parquet
     from petfeat.regions import BUILTIN_REGIONS
+    from petfeat.suv import scan_time_origin
     from petfeat.synth import generate_archive
 
     out = Path(args.out)
     archive = out / "archive"
-    if args.backend == "gpu" and args.scheduler is None:
-        from petfeat.backend import resolve_backend
-
-        resolve_backend("gpu")  # refused before the archive is written, as extract refuses before it starts
+    refuse_gpu_without_device(args.backend, args.scheduler)  # before the archive is written
     t0 = time.perf_counter()
     if _same_archive(archive, args):
         print(f"[1/4] {archive} holds the {args.patients} studies of seed {args.seed} at {args.voxel_mm:g} mm already: "
@@ -82,7 +80,7 @@ def run_demo(args) -> int:
         suv = rec["suv"]
         upt = f"{suv['uptake_seconds'] / 60:.0f} min" if suv["uptake_seconds"] is not None else "n/a"
         print(f"      {rec['study_id']}  {truth_of[rec['study_id']]['vendor']:<8} units {suv['units']:<5} SUVbw factor "
-              f"{suv['suv_bw_factor']:.6g}  uptake {upt:<7} {_scan_time_text(suv['scan_time_source'])}")
+              f"{suv['suv_bw_factor']:.6g}  uptake {upt:<7} scan time {scan_time_origin(suv['scan_time_source'])}")
     cols = ["study_id", "region", "suv_mean", "suv_max", "suv_peak_global", "volume_ml", "total_uptake",
             "lesion_count", "status"]
     with pd.option_context("display.width", 180, "display.max_rows", 400, "display.float_format", "{:.3f}".format):
@@ -167,15 +165,11 @@ def _demo_analysis(out: Path, rows, table, quantities, rep, timings: dict, args)
 
 def _same_archive(archive: Path, args) -> bool:
     """Whether ``archive`` was generated with this seed, size and voxel size, every study's truth in place."""
-    try:
-        info = json.loads((archive / "archive.json").read_text())
-    except (OSError, ValueError):
+    from petfeat.synth.archive import synthetic_archive_info
+
+    info = synthetic_archive_info(archive)
+    if info is None:
         return False
-    same = (info.get("generator") == "petfeat.synth" and info.get("seed") == args.seed
-            and info.get("n_patients") == args.patients and info.get("voxel_mm") == args.voxel_mm)
+    same = (info.get("seed") == args.seed and info.get("n_patients") == args.patients
+            and info.get("voxel_mm") == args.voxel_mm)
     return same and all((archive / p["patient"] / "truth.json").is_file() for p in info.get("patients", []))
-
-
-def _scan_time_text(source: str) -> str:
-    """The demo's scan time column: where it came from, or why none was needed."""
-    return f"scan time {source}" if source.startswith("not needed") else f"scan time from {source}"

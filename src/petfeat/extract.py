@@ -421,6 +421,15 @@ def warn_suv_decisions(factors: SuvFactors, stacklevel: int = 2) -> None:
         warnings.warn(f"SUV: {note}", PetfeatWarning, stacklevel=stacklevel + 1)
 
 
+#: The prefix of a study's ``run.json`` warning that is an SUV header decision (:func:`suv_decision_notes`).
+SUV_DECISION = "SUV header decision"
+
+
+def suv_decision_notes(factors: SuvFactors) -> list[str]:
+    """The SUV header decisions as a study's warnings in ``run.json`` ("SUV header decision: ..."), in order."""
+    return [f"{SUV_DECISION}: {d}" for d in factors.decisions]
+
+
 def input_notes(study: StudyInput) -> str:
     """The ``input_notes`` of a study's rows: the reader's notes and, under ``suv``, the SUV header decisions.
 

@@ -58,3 +58,24 @@ def check() -> None:
     """Raise ``KeyboardInterrupt`` if SIGINT arrived (even if the exception it raised was swallowed)."""
     if noticed.is_set():
         raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def ignored_by_children() -> Iterator[None]:
+    """Processes started within the block ignore SIGINT, so that Ctrl-C reaches this process only.
+
+    A terminal's Ctrl-C goes to every process of the foreground group: each local Dask worker raised
+    ``KeyboardInterrupt`` in whatever it ran and printed its traceback, while this process was already
+    stopping them. Child processes inherit an ignored SIGINT (and Python installs no handler of its own
+    for an ignored signal); this process stops them on its own interrupt. SIGINT is ignored here too
+    while the block runs (a Ctrl-C then is not seen). Outside the main thread (where no signal handler
+    can be set) the children start as they are.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -301,8 +301,17 @@ def _nuclide_half_life(nuclide: str | None) -> tuple[str | None, float | None]:
 
 #: Plausible patient weights (kg): newborns to the heaviest adults; outside, a wrong unit (grams) or a typo.
 WEIGHT_KG = (1.0, 350.0)
+#: Plausible patient heights (m); a header value in 50-260 is centimetres, an override there is refused.
+HEIGHT_M = (0.5, 2.6)
 #: Plausible injected activities of an override (Bq): 1 MBq to 100 GBq; outside, kBq or MBq typed as Bq.
 DOSE_BQ = (1e6, 1e11)
+#: How a :attr:`SuvFactors.scan_time_source` starts when the pixels needed no scan time (SUV or Philips scale).
+NOT_NEEDED = "not needed"
+
+
+def scan_time_origin(source: str) -> str:
+    """Where factors' scan time came from ("from SeriesDate/SeriesTime"), or why none was needed."""
+    return source if source.startswith(NOT_NEEDED) else f"from {source}"
 
 
 def _positive(value: float | None) -> bool:
@@ -373,8 +382,9 @@ def compute_suv_factors(
         raise wrong_override("weight_kg", weight_kg, f"(CLI: --weight KG) is outside {WEIGHT_KG[0]:g}-{WEIGHT_KG[1]:g} "
                              "kg; give the weight in kilograms"
                              f"{f' ({weight_kg:g} g = {weight_kg / 1000:g} kg)' if weight_kg > WEIGHT_KG[1] else ''}")
-    if height_m is not None and not 0.5 <= height_m <= 2.6:
-        raise wrong_override("height_m", height_m, "(CLI: --height M) is outside 0.5-2.6 m; give the height in metres"
+    if height_m is not None and not HEIGHT_M[0] <= height_m <= HEIGHT_M[1]:
+        raise wrong_override("height_m", height_m, f"(CLI: --height M) is outside {HEIGHT_M[0]:g}-{HEIGHT_M[1]:g} m; "
+                             "give the height in metres"
                              f"{f' ({height_m:g} cm = {height_m / 100:g} m)' if 50 <= height_m <= 260 else ''}")
     if dose_bq is not None and dose_bq < 1e5:
         raise wrong_override("dose_bq", dose_bq, "(CLI: --dose BQ) is below 1e5 Bq, which no PET injection is; give "
@@ -393,9 +403,10 @@ def compute_suv_factors(
                    f"is outside {WEIGHT_KG[0]:g}-{WEIGHT_KG[1]:g} kg (grams entered?)",
                    "weight_kg= (CLI: --weight KG)")
     height = height_m if height_m is not None else h.height_m
-    if height is not None and not (0.5 <= height <= 2.6):
+    if height is not None and not HEIGHT_M[0] <= height <= HEIGHT_M[1]:
         if 50 <= height <= 260:  # centimetres written into a metres field
-            decide(f"PatientSize (0010,1020) = {height:g} is outside 0.5-2.6 m: read as centimetres and converted to "
+            decide(f"PatientSize (0010,1020) = {height:g} is outside {HEIGHT_M[0]:g}-{HEIGHT_M[1]:g} m: read as "
+                   "centimetres and converted to "
                    f"{height / 100.0:g} m (override: --height M)")
             height = height / 100.0
         else:
@@ -419,7 +430,7 @@ def compute_suv_factors(
         vendor_h = h.height_m
         if vendor_h is not None and 50 <= vendor_h <= 260:
             vendor_h = vendor_h / 100.0
-        if vendor_h is None or not 0.5 <= vendor_h <= 2.6:
+        if vendor_h is None or not HEIGHT_M[0] <= vendor_h <= HEIGHT_M[1]:
             vendor_h = height
         vendor_sex = (h.sex or "").strip().upper()[:1] or sex_v
         to_bw = (weight / vendor_w) * _suvtype_to_bw(suv_type, vendor_w, vendor_h, vendor_sex, src)
@@ -428,7 +439,7 @@ def compute_suv_factors(
                    f"{vendor_w:g} kg; rescaled to the weight {weight:g} kg (x{weight / vendor_w:.6g})")
         per_slice = np.full(n_slices, to_bw)
         return _finish(per_slice, units, decay or "UNKNOWN", None, None, None, None, None, None,
-                       weight, height, sex_v, lbm, lbm_formula, bsa, f"not needed (Units {units})", notes, decided)
+                       weight, height, sex_v, lbm, lbm_formula, bsa, f"{NOT_NEEDED} (Units {units})", notes, decided)
 
     # --- CNTS with the Philips SUV scale factor ----------------------------------------------
     activity_scale = 1.0
@@ -437,7 +448,7 @@ def compute_suv_factors(
             per_slice = np.full(n_slices, float(h.philips_suv_scale))
             notes.append("Units CNTS: Philips private SUV scale factor (7053,1000) used")
             return _finish(per_slice, units, decay or "UNKNOWN", None, None, None, None, None, None,
-                           weight, height, sex_v, lbm, lbm_formula, bsa, "not needed (Philips SUV scale)",
+                           weight, height, sex_v, lbm, lbm_formula, bsa, f"{NOT_NEEDED} (Philips SUV scale)",
                            notes, decided)
         if not _positive(h.philips_activity_scale):
             raise fail("Units (0054,1001) = 'CNTS'", "needs the Philips private SUV scale factor (7053,1000) "
