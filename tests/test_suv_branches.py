@@ -158,6 +158,12 @@ def test_dose_in_mbq_is_detected():
     assert f.injected_dose_bq == 370e6 and any("MBq" in w for w in f.warnings)
 
 
+@pytest.mark.parametrize("dose", [1e6, 5e6, 370e6, 9.9e9])
+def test_header_dose_from_one_mbq_is_read_as_bq(dose):
+    f = compute_suv_factors(header(total_dose_bq=dose))
+    assert f.injected_dose_bq == dose and not f.decisions
+
+
 def test_series_time_after_acquisition_uses_ge_private():
     ge = dt.datetime(2025, 3, 4, 10, 55)
     f = compute_suv_factors(header(series_datetime=T_SCAN + dt.timedelta(minutes=30),
@@ -209,6 +215,11 @@ def test_overrides_win_over_header():
     (dict(weight_kg=75000.0), r"PatientWeight.*grams"),
     (dict(total_dose_bq=None), r"RadionuclideTotalDose \(0018,1074\).*dose_bq="),
     (dict(total_dose_bq=0.0), r"RadionuclideTotalDose.*not positive"),
+    # 370e3: 370 MBq written in kBq, or 0.37 MBq, which no PET injection is; either guess could be 1000x wrong
+    (dict(total_dose_bq=370e3), r"RadionuclideTotalDose \(0018,1074\) = 370000 is not a plausible dose in Bq "
+     r"\(below 1e\+06 Bq = 1 MBq\).*--dose BQ \(if it is 370000 kBq: --dose 3.7e\+08\)"),
+    (dict(total_dose_bq=2e4), r"RadionuclideTotalDose \(0018,1074\) = 20000 is not a plausible"),
+    (dict(total_dose_bq=0.5), r"RadionuclideTotalDose \(0018,1074\) = 0.5 is not a plausible.*--dose BQ\)"),
     (dict(half_life_s=None), r"RadionuclideHalfLife \(0018,1075\).*half_life_s=.*fluorine: 6586.2"),
     (dict(half_life_s=4057.74), r"RadionuclideHalfLife.*disagrees with the nuclide code"),
     (dict(injection_datetime=None, injection_time=None), r"RadiopharmaceuticalStartDateTime.*injection_datetime="),

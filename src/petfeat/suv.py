@@ -475,15 +475,18 @@ def compute_suv_factors(
     if not _positive(dose):
         raise fail(f"RadionuclideTotalDose (0018,1074) = {h.total_dose_bq!r}", "is missing or not positive",
                    "dose_bq= (CLI: --dose BQ)")
-    if dose_bq is None and dose < 1e5:
-        # No PET injection is below 0.1 MBq: the value was written in MBq.
+    if dose_bq is None and dose < DOSE_BQ[0]:
+        # No PET injection is below 1 MBq. 1-1e4 is a dose written in MBq (a known vendor habit); 1e4-1e6 may be
+        # kBq or a typo, and a guess there would scale every SUV by 1000: refused.
         if 1.0 <= dose <= 1e4:
             decide(f"RadionuclideTotalDose (0018,1074) = {dose:g} is below 1e5 Bq: read as MBq and converted to "
                    f"{dose * 1e6:.6g} Bq (override: --dose BQ)")
             dose = dose * 1e6
         else:
-            raise fail(f"RadionuclideTotalDose (0018,1074) = {dose}", "is not a plausible dose in Bq or MBq",
-                       "dose_bq= (CLI: --dose BQ)")
+            kbq = f" (if it is {dose:g} kBq: --dose {dose * 1e3:.6g})" if 1e4 < dose < DOSE_BQ[0] else ""
+            raise fail(f"RadionuclideTotalDose (0018,1074) = {dose:g}",
+                       f"is not a plausible dose in Bq (below {DOSE_BQ[0]:g} Bq = 1 MBq) nor in MBq (1-1e4)",
+                       f"dose_bq= (CLI: --dose BQ{kbq})")
 
     # --- times ---------------------------------------------------------------------------------
     acq = [t for t in h.acquisition_datetimes if t is not None]
