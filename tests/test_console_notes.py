@@ -252,3 +252,30 @@ def test_an_unfinished_synthetic_archive_is_recognised_and_not_taken_for_the_dem
         synth.generate_archive(tmp_path / "a", 2, seed=0, voxel_mm=30.0, ct_labels=False)
     synth.generate_archive(tmp_path / "a", 2, seed=0, voxel_mm=30.0, ct_labels=False, overwrite=True)
     assert _same_archive(tmp_path / "a", argparse.Namespace(seed=0, patients=2, voxel_mm=30.0))
+
+
+def test_single_study_run_json_lists_the_readers_warnings_with_inputs_named_by_option(tmp_path):
+    """The DRO's own mask stores its ids as int16: warned on the console and listed in run.json, path-free."""
+    mask = DRO_MBQ / "mask" / "DRO_mask.nii.gz"
+    regions = _regions_file(tmp_path / "regions.yaml", "regions:\n  roi: [label_1]\n")
+    r = _cli("extract", "--pet", str(DRO_MBQ / "PT"), "--labels", str(mask), "--regions", regions,
+             "--backend", "cpu", "--no-peak", "-o", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    console = [ln for ln in r.stderr.splitlines() if "read as unsigned" in ln]
+    assert len(console) == 1 and str(mask) in console[0]  # the console names the file the user gave
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    kept = [w for w in run["warnings"] if "read as unsigned" in w]
+    assert kept == ["PetfeatWarning: <labels 1>: label ids stored as 16-bit signed integer (whole numbers 0-1) are "
+                    "read as unsigned integers."]
+    assert "DRO" not in json.dumps(run["warnings"])  # neither the folder nor the file name
+
+
+def test_replace_paths_names_given_absolute_and_resolved_forms_only_at_boundaries(tmp_path):
+    from petfeat.pseudonyms import replace_paths
+
+    (tmp_path / "Doe_John").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "Doe_John")
+    text = (f"{tmp_path}/link/a.nii.gz: bad; {tmp_path / 'Doe_John'}: ok; {tmp_path}/Doe_Johnny/b, "
+            f"'{tmp_path}/link'")
+    out = replace_paths(text, {str(tmp_path / "link"): "<labels 1>"})
+    assert out == f"<labels 1>/a.nii.gz: bad; <labels 1>: ok; {tmp_path}/Doe_Johnny/b, '<labels 1>'"

@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import stat
 import sys
 import time
@@ -41,6 +40,7 @@ from petfeat.errors import PetfeatError
 from petfeat.io.archive import StudyRow
 from petfeat.io.atomic import atomic_write
 from petfeat.io.parquet import read_parquet
+from petfeat.pseudonyms import replace_paths
 
 FAILURE_COLUMNS = ("study_id", "pet_path", "error_class", "message")
 
@@ -202,18 +202,10 @@ def redact(text: str, row: StudyRow, out: str | Path | None = None) -> str:
     lines name files relative to the study instead (``<S1a2b3c4d5e6f>/pet/slice_0007.dcm``). The
     study folder is ``row.study_path`` when the manifest has it, else the PET path's parent.
     """
-    forms = {}
-    folder = _study_folder(row)
-    for f in (folder, str(Path(folder).absolute()), os.path.realpath(folder)):
-        forms[f] = f"<{row.study_id}>"
+    names = {_study_folder(row): f"<{row.study_id}>"}
     if out is not None:
-        for f in (str(out), str(Path(out).absolute()), os.path.realpath(out)):
-            forms.setdefault(f, "OUT")
-    for f in sorted(forms, key=len, reverse=True):
-        if f.rstrip("/") in ("", "."):
-            continue
-        text = re.sub(re.escape(f.rstrip("/")) + r"(?=$|[/\\\s'\":,;)\]])", lambda _m, r=forms[f]: r, text)
-    return text
+        names.setdefault(str(out), "OUT")
+    return replace_paths(text, names)
 
 
 def _failure(row: StudyRow, error_class: str, message: str, out: str | Path | None = None) -> dict:

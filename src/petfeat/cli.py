@@ -411,6 +411,29 @@ def _write_table(df, path: Path, csv: bool, registry=()) -> list[Path]:
     return written
 
 
+@contextlib.contextmanager
+def _warnings_kept():
+    """Yield a list that receives the messages of the warnings raised inside, each once, in order.
+
+    The warnings are raised again on leaving, so the console (or a caller's filters) sees them as before.
+    """
+    import warnings
+
+    kept: list[str] = []
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield kept
+    finally:
+        first = {}
+        for w in caught:
+            first.setdefault((w.category, str(w.message)), w)
+        kept.extend(f"{w.category.__name__}: {w.message}" for w in first.values())
+        for w in first.values():
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
 def _label_sources(values: list[str]) -> list[tuple[str | None, Path]]:
     """``--labels`` values as ``(name space or None, path)``: ``PATH`` or ``NAME=PATH``.
 
@@ -663,7 +686,9 @@ def cmd_extract(args) -> int:
 
         # a fresh install: the SUVpeak kernel compiles in a second process while this one reads the labels
         start_peak_compile(series.stored.dtype, series.geometry.spacing, series.stored.shape[2])
-    with _native_noise_filtered():  # SimpleITK's HDF5 reader prints its error stack for a file it cannot read
+    # SimpleITK's HDF5 reader prints its error stack for a file it cannot read; the readers' warnings (int16
+    # ids...) go to the console and, with the inputs' paths named by their option, into run.json
+    with _native_noise_filtered(), _warnings_kept() as read_notes:
         layers = read_label_sources(_label_sources(args.labels), series, names=names, mode=args.resample,
                                     read=cache.read_labels if cache is not None else None)
         lesions = read_lesion_mask(args.lesions, series.geometry) if args.lesions else None
@@ -682,7 +707,12 @@ def cmd_extract(args) -> int:
     written += _write_table(study_quantities(res.features, res.lesions), out / "quantities", args.csv, QUANTITIES)
     if args.wide:
         written += _write_table(wide_table(res.features), out / "features_wide", args.csv)
-    notes = suv_decision_notes(factors) + list(res.warnings)  # the decisions are warnings too, as in a batch
+    from petfeat.pseudonyms import replace_paths
+
+    inputs = {args.pet: "<pet>", **({args.lesions: "<lesions>"} if args.lesions else {}),
+              **{str(p): f"<labels {i}>" for i, (_, p) in enumerate(_label_sources(args.labels), 1)}}
+    notes = (suv_decision_notes(factors)  # the decisions are warnings too, as in a batch
+             + [replace_paths(n, inputs) for n in read_notes] + list(res.warnings))
     run = {"petfeat_version": __version__, "command": "extract", "backend": res.features.backend.iloc[0],
            "settings": res.settings, "warnings": notes,
            "timings_s": {**res.timings, "total": time.perf_counter() - t0},

@@ -144,3 +144,24 @@ def folder_pseudonym(relative_folder: str, key: bytes) -> str:
 def duplicate_pseudonym(relative_folder: str, key: bytes) -> str:
     """Id of a second copy of a study: ``D`` + HMAC of its folder relative to the archive root."""
     return keyed_id("D", f"duplicate|{relative_folder}", key)
+
+
+def replace_paths(text: str, names: dict[str, str]) -> str:
+    """``text`` with each path of ``names`` (as given, absolute and resolved) replaced by its name.
+
+    Archive folder and file names often carry patient names or record numbers: messages that go into
+    outputs name files relative to a placeholder instead (``<S1a2b3c4d5e6f>/pet/slice_0007.dcm``,
+    ``<labels 1>/spleen.nii.gz``). A path is replaced only where it ends at a separator, a quote,
+    whitespace or punctuation, never inside a longer name; longer paths are replaced first.
+    """
+    import re
+
+    forms: dict[str, str] = {}
+    for path, name in names.items():
+        for form in (str(path), str(Path(path).absolute()), os.path.realpath(path)):
+            form = form.rstrip("/")
+            if form not in ("", "."):
+                forms.setdefault(form, name)
+    for form in sorted(forms, key=len, reverse=True):
+        text = re.sub(re.escape(form) + r"(?=$|[/\\\s'\":,;)\]])", lambda _m, r=forms[form]: r, text)
+    return text
