@@ -7,6 +7,7 @@ import errno
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,6 +23,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
+from petfeat import batch
 from petfeat.batch import BatchError, BatchSettings, _absolute_row, _stat_signature, run_batch, run_study, study_key
 from petfeat.io.archive import ManifestError, read_manifest, scan_archive, write_manifest
 from petfeat.regions import BUILTIN_REGIONS, normalise_spec
@@ -408,6 +410,8 @@ def test_external_scheduler_gives_the_local_results(archive, tmp_path, external_
                         str(tmp_path / "key")], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert local.done == 4 and "4 done" in r.stdout
+    link = re.search(r"Dask dashboard: (http://127\.0\.0\.1:\d+/status)  \(2 workers\)", r.stderr)
+    assert link, r.stderr  # the scheduler's own dashboard, which answers
     a = _sorted(pd.read_parquet(tmp_path / "local" / "features.parquet"))
     b = _sorted(pd.read_parquet(tmp_path / "remote" / "features.parquet"))
     pd.testing.assert_frame_equal(a[["study_id", "patient_id", "region", *NUMERIC]],
@@ -622,3 +626,28 @@ def test_a_batch_says_which_studies_had_suv_header_decisions(archive, tmp_path):
     cols = ["suv_mean", "suv_max", "volume_ml"]
     np.testing.assert_allclose(decided.sort_values("region")[cols].to_numpy(dtype=float),
                                other.sort_values("region")[cols].to_numpy(dtype=float), rtol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("status, answers", [(200, True), (404, False)])
+def test_a_dashboard_link_counts_only_when_it_answers(status, answers):
+    """`dask scheduler --no-dashboard` still lists the dashboard's port; the page there answers 404."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server protocol
+            self.send_response(status)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert batch._answers(f"http://127.0.0.1:{server.server_port}/status") is answers
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert batch._answers(f"http://127.0.0.1:{server.server_port}/status") is False  # nothing listens
+    assert batch._answers(None) is False

@@ -667,6 +667,20 @@ def _record(res: dict, results: list[dict], report: BatchReport) -> None:
     setattr(report, res["status"], getattr(report, res["status"]) + 1)
 
 
+def _answers(url: str | None, timeout: float = 2.0) -> bool:
+    """Whether ``url`` answers an HTTP GET with a success status within ``timeout`` seconds."""
+    import urllib.error
+    import urllib.request
+
+    if not url:
+        return False
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - the scheduler's own link
+            return resp.status < 400
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
 def _run_on_cluster(todo: list[tuple[StudyRow, str]], results: list[dict], report: BatchReport, bar: _Progress, *,
                     task, settings: BatchSettings, out: Path, key: bytes, scheduler: str | None,
                     n_workers: int | None, threads_per_task: int, trace_memory: bool, progress,
@@ -677,12 +691,13 @@ def _run_on_cluster(todo: list[tuple[StudyRow, str]], results: list[dict], repor
     with _quiet_dask_logs():
         client, cluster = _client(scheduler, n_workers, settings.backend, timeout=scheduler_timeout,
                                   dashboard_address=dashboard_address)
-        report.dashboard = client.dashboard_link
+        # a scheduler started with --no-dashboard still lists the dashboard's port, which answers 404 there
+        report.dashboard = client.dashboard_link if scheduler is None or _answers(client.dashboard_link) else None
         try:
             if progress:
                 n = len(client.scheduler_info()["workers"])
-                print(f"Dask dashboard: {client.dashboard_link}  ({n} worker{'' if n == 1 else 's'})", file=progress,
-                      flush=True)
+                where = report.dashboard or "none (the scheduler serves no dashboard)"
+                print(f"Dask dashboard: {where}  ({n} worker{'' if n == 1 else 's'})", file=progress, flush=True)
             # a task's Dask key names its output folder too: two runs of the same studies into other folders on one
             # scheduler are different tasks (with the part key alone, one run was handed the other's results)
             run = hashlib.sha256(str(out).encode()).hexdigest()[:8]
