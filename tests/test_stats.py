@@ -258,8 +258,8 @@ def test_bpi_and_xerostomia_hand_scored():
     assert xerostomia_score({str(i): 5 for i in range(1, 9)}, "xq8") == 50.0
     assert xerostomia_score({str(i): 2 for i in range(1, 12)}, "xi11") == 22.0
     assert np.isnan(xerostomia_score({str(i): 2 for i in range(1, 11)}, "xi11"))
-    with pytest.raises(PetfeatError, match="xi11 item 3 = 4.0: responses must be 1-3"):
-        xerostomia_score({str(i): (4 if i == 3 else 2) for i in range(1, 12)}, "xi11")
+    with pytest.raises(PetfeatError, match="xi11 item 3 = 6.0: responses must be 1-5"):  # Thomson's XI: 1-5
+        xerostomia_score({str(i): (6 if i == 3 else 2) for i in range(1, 12)}, "xi11")
 
 
 def test_ph_test_matches_r_cox_zph_on_rossi():

@@ -14,7 +14,10 @@ wide mapping item -> response for one assessment. Missing items are NaN.
 * BPI-SF: pain severity = mean of items 3-6 (worst, least, average, now; all four needed);
   interference = mean of items 9A-9G when at least 4 of the 7 are answered; worst pain = item 3.
 * Xerostomia: ``xq8`` = the 8-item Xerostomia Questionnaire, items 0-10, summed and scaled to 0-100
-  (all items needed); ``xi11`` = an 11-item inventory scored 1-3 per item, summed (11-33; all needed).
+  (all items needed); ``xi11`` = Thomson's Xerostomia Inventory, 11 items scored 1-5 (never to very
+  often), summed (11-55; all needed; Thomson et al., Community Dent Health 1999;16:12-17).
+
+:data:`ITEMS` lists each instrument's item names; an item name outside it is refused with the closest one.
 """
 
 from __future__ import annotations
@@ -37,6 +40,15 @@ FACT_P_PCS = {"C2": True, "C6": False, "P1": True, "P2": True, "P3": True, "P4":
               "P7": True, "BL2": True, "P8": True, "BL5": False}
 BPI_SEVERITY = ("3", "4", "5", "6")
 BPI_INTERFERENCE = ("9A", "9B", "9C", "9D", "9E", "9F", "9G")
+#: Item names per item-level instrument (upper case). BPI-SF items 1-2 and 7-8 (pain today, body diagram,
+#: treatments, relief) are known but not scored.
+ITEMS = {
+    "fact_g": tuple(i for key in FACT_G.values() for i in key),
+    "fact_p": tuple(i for key in FACT_G.values() for i in key) + tuple(FACT_P_PCS),
+    "bpi": ("1", "2") + BPI_SEVERITY + ("7", "8") + BPI_INTERFERENCE,
+    "xq8": tuple(str(i) for i in range(1, 9)),
+    "xi11": tuple(str(i) for i in range(1, 12)),
+}
 
 
 def _get(responses: Mapping, item: str) -> float:
@@ -122,11 +134,11 @@ def bpi_scores(responses: Mapping) -> dict[str, float]:
 
 
 def xerostomia_score(responses: Mapping, instrument: str) -> float:
-    """``xq8``: 8 items 0-10 summed and scaled to 0-100; ``xi11``: 11 items 1-3 summed (11-33)."""
+    """``xq8``: 8 items 0-10 summed and scaled to 0-100; ``xi11``: 11 items 1-5 summed (11-55)."""
     if instrument == "xq8":
         items, lo, hi = [f"{i}" for i in range(1, 9)], 0, 10
     elif instrument == "xi11":
-        items, lo, hi = [f"{i}" for i in range(1, 12)], 1, 3
+        items, lo, hi = [f"{i}" for i in range(1, 12)], 1, 5
     else:
         raise PetfeatError(f"xerostomia instrument is {instrument!r}; choose 'xq8' or 'xi11'.")
     vals = [_get(responses, i) for i in items]
