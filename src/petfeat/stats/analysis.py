@@ -19,21 +19,27 @@ gives the map).
 
 from __future__ import annotations
 
+import difflib
+import warnings
 from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from petfeat.errors import PetfeatError
+from petfeat.errors import PetfeatError, PetfeatWarning
 from petfeat.io.parquet import read_parquet
+from petfeat.stats.ctcae import canonical_test
 from petfeat.stats.endpoints import (
+    DEATH_WINDOW_DAYS,
     Worsening,
+    _dates,
     time_to_first_grade,
     time_to_worsening,
 )
+from petfeat.stats.errors import ClinicalDataError
 from petfeat.stats.models import fdr, fit_cox, fit_mixed, format_hr, holm
-from petfeat.stats.questionnaires import FACT_P_PCS, bpi_scores, fact_scores, xerostomia_score
+from petfeat.stats.questionnaires import FACT_P_PCS, ITEMS, bpi_scores, fact_scores, xerostomia_score
 from petfeat.stats.spec import ENDPOINT_TYPES, MODELS, StudySpecError, read_study  # noqa: F401 - re-exported
 
 STUDY_SPEC = files("petfeat.stats") / "study_psma_lu.yaml"
@@ -60,72 +66,296 @@ def _multiplicity(spec: dict) -> tuple[list[str], str]:
 
 
 def _read_table(folder: Path, name: str, required: bool = True) -> pd.DataFrame | None:
+    """The clinical table ``name`` (Parquet or CSV) with its path in ``attrs["source"]``; None when optional."""
     for suffix, reader in ((".parquet", read_parquet), (".csv", pd.read_csv)):
         p = folder / f"{name}{suffix}"
         if p.exists():
-            return reader(p)
+            table = reader(p)
+            table.attrs["source"] = str(p)
+            return table
     if required:
         raise PetfeatError(f"{folder}: the clinical folder has no {name}.csv or {name}.parquet.")
     return None
 
 
+def _row(table: pd.DataFrame, i: int, src: str, cols=("patient_id", "date")) -> str:
+    """``FILE, row N (patient_id X, date D)`` for position ``i`` (N: the 1-based data row, header not counted)."""
+    lab = table.index[i]
+    n = int(lab) + 1 if isinstance(lab, (int, np.integer)) else i + 1
+    bits = [f"{c} {table[c].iloc[i]}" for c in cols if c in table.columns and pd.notna(table[c].iloc[i])]
+    return f"{src}, row {n}" + (f" ({', '.join(bits)})" if bits else "")
+
+
+def _require_columns(table: pd.DataFrame, cols, src: str) -> None:
+    missing = [c for c in cols if c not in table.columns]
+    if missing:
+        raise ClinicalDataError(f"{src}: column(s) {', '.join(map(repr, missing))} missing (columns: "
+                                f"{', '.join(map(str, table.columns))}); the table needs {', '.join(cols)}.")
+
+
+def _required_dates(table: pd.DataFrame, column: str, src: str, what: str) -> pd.Series:
+    """Parse a date column (one error naming the row for a value that is not a date, or an empty one)."""
+    parsed = _dates(table[column], src, column)
+    empty = parsed.isna().to_numpy()
+    if empty.any():
+        i = int(np.flatnonzero(empty)[0])
+        raise ClinicalDataError(f"{_row(table, i, src, ('patient_id',))}: {column} is empty ({int(empty.sum())} such "
+                                f"row(s)); enter {what} as YYYY-MM-DD.")
+    return parsed
+
+
+def _numeric_column(table: pd.DataFrame, column: str, src: str, fix: str) -> None:
+    """Make ``column`` numeric in place; a value that is not a number (empty cells are NaN) is refused."""
+    if column not in table.columns:
+        return
+    num = pd.to_numeric(table[column], errors="coerce")
+    bad = (num.isna() & table[column].notna() & (table[column].astype(str).str.strip() != "")).to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ClinicalDataError(f"{_row(table, i, src)}, column {column!r}: {table[column].iloc[i]!r} is not a "
+                                f"number ({int(bad.sum())} such row(s)); {fix}")
+    table[column] = num
+
+
+def _check_patients(patients: pd.DataFrame, src: str) -> tuple[pd.Series, pd.Series]:
+    """Refuse a patient listed twice, a missing or unparseable first dose, a death before it; return the dates."""
+    _require_columns(patients, ("patient_id", "therapy_start"), src)
+    ids = patients["patient_id"]
+    if ids.isna().any():
+        i = int(np.flatnonzero(ids.isna().to_numpy())[0])
+        raise ClinicalDataError(f"{_row(patients, i, src)}: patient_id is empty; every row needs the pseudonymised "
+                                "patient_id.")
+    dup = ids[ids.duplicated(keep=False)]
+    if len(dup):
+        names = sorted(map(str, set(dup)))
+        raise ClinicalDataError(f"{src}: patient_id {', '.join(names[:5])}{' ...' if len(names) > 5 else ''} listed "
+                                f"more than once ({len(dup)} rows); keep one row per patient.")
+    start = _required_dates(patients, "therapy_start", src, "the date of the first dose")
+    death = _dates(patients["death_date"], src, "death_date") if "death_date" in patients.columns else \
+        pd.Series(pd.NaT, index=patients.index)
+    early = (death.dt.normalize() < start.dt.normalize()).to_numpy()
+    if early.any():
+        i = int(np.flatnonzero(early)[0])
+        raise ClinicalDataError(f"{_row(patients, i, src, ('patient_id',))}: death_date {death.iloc[i]:%Y-%m-%d} is "
+                                f"before therapy_start {start.iloc[i]:%Y-%m-%d}; correct either date.")
+    return start, death
+
+
+def _drop_orphans(table: pd.DataFrame, ids: set, src: str, notes: list[str]) -> pd.DataFrame:
+    orphan = ~table["patient_id"].isin(ids)
+    if orphan.any():
+        notes.append(f"{int(orphan.sum())} row(s) of {src} ({table.loc[orphan, 'patient_id'].nunique()} patient_id(s))")
+    return table.loc[~orphan].copy()
+
+
+def _after_death(table: pd.DataFrame, dates: pd.Series, deaths: dict, src: str, psrc: str) -> None:
+    """Refuse an assessment dated after the patient's death (the date or the death_date is wrong)."""
+    death = table["patient_id"].map(deaths)
+    late = (dates.dt.normalize() > pd.to_datetime(death).dt.normalize()).to_numpy()
+    if late.any():
+        i = int(np.flatnonzero(late)[0])
+        raise ClinicalDataError(f"{_row(table, i, src)}: dated after the death_date {death.iloc[i]:%Y-%m-%d} of "
+                                f"{psrc} ({int(late.sum())} such row(s)); correct the date or the death_date.")
+
+
+def _duplicates(table: pd.DataFrame, key: list[str], values: list[str], src: str, what: str,
+                dropped: list[str]) -> pd.DataFrame:
+    """Drop rows repeating another row of the same ``key`` with the same ``values``; refuse different values."""
+    d = table[key].astype(str).join(table[values].astype(str).apply(lambda c: c.str.strip()))
+    same_key = d.duplicated(key, keep=False).to_numpy()
+    if not same_key.any():
+        return table
+    conflict = d[same_key].drop_duplicates().duplicated(key, keep=False)
+    if conflict.any():
+        first = d[same_key].drop_duplicates()[conflict].iloc[0]
+        hits = np.flatnonzero((d[key] == first[key]).all(axis=1).to_numpy())
+        shown = "; ".join(" ".join(str(table[c].iloc[j]) for c in values) for j in hits[:4])
+        rows = ", ".join(str(int(table.index[j]) + 1) if isinstance(table.index[j], (int, np.integer)) else str(j + 1)
+                         for j in hits[:4])
+        ident = ", ".join(f"{c} {first[c]}" for c in key)
+        raise ClinicalDataError(f"{src}, rows {rows}: {what} given {len(hits)} times with different values ({ident}: "
+                                f"{shown}); keep the right row and delete the others.")
+    repeat = d.duplicated(key + values).to_numpy()
+    dropped.append(f"{int(repeat.sum())} in {src}")
+    return table[~repeat]
+
+
 def read_clinical(folder: str | Path) -> dict[str, pd.DataFrame]:
-    """Read the clinical tables; item-level questionnaires are scored and appended to ``scores``."""
+    """Read and check the clinical tables; item-level questionnaires are scored and appended to ``scores``.
+
+    Returns ``patients``, ``labs`` (None without the table), ``scores`` and ``sources`` (table name -> file).
+
+    Raises
+    ------
+    ClinicalDataError
+        One line naming the file, the row and the fix: a patient listed twice, an empty or unparseable
+        ``therapy_start``, a death before it, an assessment dated after the death, a date, score or ``cycle``
+        that is not one, an empty date, two rows of the same assessment with different values, a questionnaire
+        item the instrument does not have.
+
+    Rows of a patient_id not in ``patients`` are dropped with one warning (their count); rows that repeat
+    another row exactly are dropped with one warning.
+    """
     folder = Path(folder)
     patients = _read_table(folder, "patients")
-    for col in ("patient_id", "therapy_start"):
-        if col not in patients.columns:
-            raise PetfeatError(f"{folder}/patients: column {col!r} is missing.")
-    labs = _read_table(folder, "labs", required=False)
+    psrc = patients.attrs["source"]
+    start, death = _check_patients(patients, psrc)
+    ids = set(patients["patient_id"])
+    deaths = dict(zip(patients["patient_id"], death, strict=True))
+    orphans, dropped = [], []
+    sources = {"patients": psrc}
+
+    def common(table: pd.DataFrame | None, name: str, cols: tuple, key: list[str], values: list[str],
+               what: str) -> pd.DataFrame | None:
+        if table is None:
+            return None
+        src = sources[name] = table.attrs["source"]
+        _require_columns(table, cols, src)
+        table = _drop_orphans(table, ids, src, orphans)
+        dates = _required_dates(table, "date", src, "the date of the assessment")
+        _after_death(table, dates, deaths, src, psrc)
+        _numeric_column(table, "cycle", src, "write the treatment cycle as a number (0 = baseline, 1 = the first "
+                        "cycle, ...), or leave the cell empty.")
+        keyed = table.assign(date=dates.dt.strftime("%Y-%m-%d %H:%M").str.removesuffix(" 00:00"))
+        if name == "labs":
+            keyed["test"] = [_lab_key(t) for t in table["test"]]
+        if name == "questionnaires":
+            keyed["item"] = table["item"].astype(str).str.strip().str.upper()
+            keyed["instrument"] = table["instrument"].astype(str).str.strip().str.lower()
+        present = keyed[values[0]].notna() & (keyed[values[0]].astype(str).str.strip() != "")
+        kept = _duplicates(keyed[present], key, values, src, what, dropped)
+        return table.loc[table.index.isin(kept.index) | ~present.to_numpy()]
+
+    labs = common(_read_table(folder, "labs", required=False), "labs", ("patient_id", "date", "test", "value", "unit"),
+                  ["patient_id", "date", "test"], ["value", "unit"], "one lab test on one date")
     scores = _read_table(folder, "scores", required=False)
+    if scores is not None:
+        _numeric_column(scores, "score", scores.attrs["source"], "enter the score as a number, or leave the cell "
+                        "empty.")
+    scores = common(scores, "scores", ("patient_id", "date", "instrument", "score"),
+                    ["patient_id", "date", "instrument"], ["score"], "one score of one instrument on one date")
     items = _read_table(folder, "questionnaires", required=False)
+    if items is not None:
+        _numeric_column(items, "response", items.attrs["source"], "enter the item response as a number, or leave "
+                        "the cell empty.")
+    items = common(items, "questionnaires", ("patient_id", "date", "instrument", "item", "response"),
+                   ["patient_id", "date", "instrument", "item"], ["response"],
+                   "one questionnaire item of one assessment")
+    if orphans:
+        warnings.warn(f"{' and '.join(orphans)} name a patient_id not in {psrc}: not used; add the patients or "
+                      "correct the ids.", PetfeatWarning, stacklevel=2)
+    if dropped:
+        warnings.warn(f"rows repeating another row exactly are dropped: {', '.join(dropped)}.", PetfeatWarning,
+                      stacklevel=2)
     frames = [scores] if scores is not None else []
     if items is not None:
-        frames.append(score_items(items))
+        frames.append(score_items(items, sources["questionnaires"]))
     scores = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["patient_id", "date", "instrument", "score"])
-    return {"patients": patients, "labs": labs, "scores": scores}
+    return {"patients": patients, "labs": labs, "scores": scores, "sources": sources}
 
 
-def score_items(items: pd.DataFrame) -> pd.DataFrame:
-    """Score item-level FACT-P/FACT-G, BPI-SF and xerostomia questionnaires into the long scores table."""
+def _lab_key(name) -> str:
+    """A lab test's canonical name, or its own spelling (lower case) for a test that is not graded."""
+    try:
+        return canonical_test(name)
+    except PetfeatError:
+        return str(name).strip().lower()
+
+
+#: Characters read for one another in item names (GPl for GP1, GPO for GP0).
+_LOOKALIKE = str.maketrans("LIO", "110")
+
+
+def _closest_item(name: str, items: tuple[str, ...]) -> str:
+    """``; did you mean 'X'?`` for the item ``name`` was likely meant as (look-alike characters, then difflib)."""
+    alike = {i.translate(_LOOKALIKE): i for i in items}
+    close = [alike[name.translate(_LOOKALIKE)]] if name.translate(_LOOKALIKE) in alike else \
+        difflib.get_close_matches(name, items, 1, 0.5)
+    return f"; did you mean {close[0]!r}?" if close else f" (items: {', '.join(items)})"
+
+
+def score_items(items: pd.DataFrame, source: str = "the questionnaires table") -> pd.DataFrame:
+    """Score item-level FACT-P/FACT-G, BPI-SF and xerostomia questionnaires into the long scores table.
+
+    An item name the instrument does not have (:data:`petfeat.stats.questionnaires.ITEMS`) or an item
+    answered twice in one assessment is refused, naming ``source``, the patient, the date and the closest
+    item name; so is a response out of the instrument's range.
+    """
     rows = []
     keys = ["patient_id", "date", "instrument"] + (["cycle"] if "cycle" in items.columns else [])
     for k, g in items.groupby(keys, dropna=False):
         rec = dict(zip(keys, k if isinstance(k, tuple) else (k,), strict=True))
-        resp = {str(i).strip().upper(): r for i, r in zip(g["item"], g["response"], strict=True)}
         inst = str(rec["instrument"]).lower()
-        if inst in ("fact_p", "fact_g"):
-            for name, v in fact_scores(resp, FACT_P_PCS if inst == "fact_p" else None).items():
-                rows.append({**rec, "instrument": name, "score": v})
-        elif inst == "bpi":
-            for name, v in bpi_scores(resp).items():
-                rows.append({**rec, "instrument": name, "score": v})
-        elif inst in ("xq8", "xi11"):
-            rows.append({**rec, "instrument": "xerostomia", "score": xerostomia_score(resp, inst)})
-        else:
-            raise PetfeatError(f"questionnaire instrument {inst!r} is not scored item by item; give fact_p, fact_g, "
-                               "bpi, xq8 or xi11 items, or already-scored values in scores.csv.")
+        where = f"{source} (patient_id {rec['patient_id']}, date {rec['date']}, {inst})"
+        if inst not in ITEMS:
+            raise PetfeatError(f"{where}: questionnaire instrument {inst!r} is not scored item by item; give fact_p, "
+                               "fact_g, bpi, xq8 or xi11 items, or already-scored values in scores.csv.")
+        names = [str(i).strip().upper() for i in g["item"]]
+        for raw, name in zip(g["item"], names, strict=True):
+            if name not in ITEMS[inst]:
+                raise ClinicalDataError(f"{where}: item {str(raw).strip()!r} is not an item of {inst}"
+                                        f"{_closest_item(name, ITEMS[inst])}")
+        seen = pd.Series(names)
+        if seen.duplicated().any():
+            twice = sorted(set(seen[seen.duplicated()]))
+            raise ClinicalDataError(f"{where}: item(s) {', '.join(twice)} answered more than once in one assessment; "
+                                    "keep one answer per item.")
+        resp = dict(zip(names, g["response"], strict=True))
+        try:
+            if inst in ("fact_p", "fact_g"):
+                for name, v in fact_scores(resp, FACT_P_PCS if inst == "fact_p" else None).items():
+                    rows.append({**rec, "instrument": name, "score": v})
+            elif inst == "bpi":
+                for name, v in bpi_scores(resp).items():
+                    rows.append({**rec, "instrument": name, "score": v})
+            else:
+                rows.append({**rec, "instrument": "xerostomia", "score": xerostomia_score(resp, inst)})
+        except ClinicalDataError:
+            raise
+        except PetfeatError as exc:
+            raise ClinicalDataError(f"{where}: {exc}") from None
     return pd.DataFrame(rows)
 
 
 def derive_endpoints(spec: dict, clinical: dict) -> dict[str, pd.DataFrame]:
-    """One time-to-event table per endpoint of the spec."""
+    """One time-to-event table per endpoint of the spec (one row per patient; ``excluded`` says why not used).
+
+    Lab rows of tests no endpoint uses (another test of the export, such as creatinine) are ignored with one
+    warning listing them with their counts. A death more than the endpoint's ``death_window_days`` (default
+    :data:`petfeat.stats.endpoints.DEATH_WINDOW_DAYS`) after the patient's last assessment is censored there.
+    """
+    sources = clinical.get("sources", {})
+    endpoints = spec.get("endpoints", {})
+    labs = clinical["labs"]
+    used = {t for e in endpoints.values() if e["type"] == "first_grade" for t in e.get("tests", ())}
+    if used and labs is not None and "test" in labs.columns:
+        names = pd.Series([_lab_key(t) for t in labs["test"]], index=labs.index)
+        unused = ~names.isin(used)
+        if unused.any():
+            counts = names[unused].value_counts()
+            warnings.warn(f"{sources.get('labs', 'the labs table')}: {int(unused.sum())} row(s) of tests no endpoint "
+                          f"uses are ignored: {', '.join(f'{t} ({n})' for t, n in counts.items())}.", PetfeatWarning,
+                          stacklevel=2)
+            labs = labs[~unused]
     out = {}
-    for name, e in spec.get("endpoints", {}).items():
+    for name, e in endpoints.items():
+        window = e.get("death_window_days", DEATH_WINDOW_DAYS)
         if e["type"] == "first_grade":
-            if clinical["labs"] is None:
+            if labs is None:
                 raise PetfeatError(f"endpoint {name!r} needs the labs table.")
-            out[name] = time_to_first_grade(clinical["labs"], clinical["patients"], tuple(e.get("tests", ())),
+            out[name] = time_to_first_grade(labs, clinical["patients"], tuple(e.get("tests", ())),
                                             int(e.get("min_grade", 3)), bool(e.get("treatment_emergent", False)),
-                                            e.get("death", "competing"))
+                                            e.get("death", "competing"), window,
+                                            sources.get("labs", "the labs table"))
         else:
             sc = clinical["scores"]
             sc = sc[sc["instrument"] == e["score"]]
             if not len(sc):
                 raise PetfeatError(f"endpoint {name!r}: no scores of instrument {e['score']!r} in the clinical folder.")
             w = Worsening(e["direction"], e.get("absolute"), e.get("relative"), bool(e.get("strict", True)),
-                          bool(e.get("confirmed", False)), e.get("zero_baseline", "absolute"), e.get("death", "censor"))
+                          bool(e.get("confirmed", False)), e.get("zero_baseline", "absolute"), e.get("death", "censor"),
+                          window)
             out[name] = time_to_worsening(sc, clinical["patients"], w)
     return out
 

@@ -20,6 +20,10 @@ at 4.9-4.966 and 6.2-6.207 mmol/L. ``value_canonical`` still holds g/dL (factor 
 Anaemia grade 4 needs clinical information (life-threatening
 consequences), so laboratory values grade anaemia 0-3. Grade 1 needs the lower limit of normal
 (LLN): the lab's own when given, else :data:`DEFAULT_LLN` (recorded in the output).
+
+A value outside :data:`PLAUSIBLE` (physiological, generous limits in the canonical unit) or below 0 is
+refused with the row and the unit that would make it plausible: a value in the wrong unit (haemoglobin in
+g/dL labelled g/L, platelets per uL labelled 10^9/L) would otherwise be graded as a toxicity or hide one.
 """
 
 from __future__ import annotations
@@ -47,6 +51,15 @@ DEFAULT_LLN = {"haemoglobin": 13.0, "neutrophils": 2.0, "platelets": 150.0, "whi
 HB_GDL_PER_MMOLL = 1.611
 #: CTCAE v5.0 anaemia grade-2 and -3 bounds as printed in mmol/L.
 HB_BOUNDS_MMOLL = (6.2, 4.9, None)
+#: Plausible values in the canonical unit (physiological, generous); outside them the unit is likely wrong.
+PLAUSIBLE = {"haemoglobin": (2.0, 25.0), "neutrophils": (0.0, 100.0), "platelets": (1.0, 2000.0),
+             "white_cells": (0.0, 500.0), "lymphocytes": (0.0, 500.0)}
+#: Known units (normalised spelling -> factor to the canonical unit), per kind of test.
+_HB_UNITS = {"g/dl": 1.0, "g/l": 0.1, "mmol/l": HB_GDL_PER_MMOLL}
+_COUNT_UNITS = {"10^9/l": 1.0, "x10^9/l": 1.0, "g/l": 1.0, "/nl": 1.0, "10^3/ul": 1.0, "x10^3/ul": 1.0,
+                "/mm3": 1e-3, "/ul": 1e-3, "cells/mm3": 1e-3, "cells/ul": 1e-3}
+#: How a unit is written in messages (the first of each factor is the one suggested).
+_UNIT_SPELLING = {"g/dl": "g/dL", "g/l": "g/L", "mmol/l": "mmol/L", "10^9/l": "10^9/L", "/ul": "/uL"}
 _ALIASES = {"hb": "haemoglobin", "hgb": "haemoglobin", "hemoglobin": "haemoglobin", "anc": "neutrophils",
             "neutrophil": "neutrophils", "plt": "platelets", "platelet": "platelets", "wbc": "white_cells",
             "leukocytes": "white_cells", "white_blood_cells": "white_cells", "lymphocyte": "lymphocytes",
@@ -67,18 +80,34 @@ def _unit_key(unit) -> str:
     return str(unit).strip().lower().replace(" ", "").replace("µ", "u").replace("**", "^").replace("e9", "^9")
 
 
+def unit_factors(test: str) -> dict[str, float]:
+    """Known units of a canonical ``test`` (normalised spelling) and their factors to its canonical unit."""
+    return _HB_UNITS if test == "haemoglobin" else _COUNT_UNITS
+
+
 def to_canonical(test: str, value, unit: str) -> np.ndarray:
     """Convert values to the canonical unit of ``test`` (g/dL for haemoglobin, 10^9/L for counts)."""
     u = _unit_key(unit)
     v = np.asarray(value, dtype=np.float64)
-    if test == "haemoglobin":
-        factors = {"g/dl": 1.0, "g/l": 0.1, "mmol/l": HB_GDL_PER_MMOLL}
-    else:
-        factors = {"10^9/l": 1.0, "x10^9/l": 1.0, "g/l": 1.0, "/nl": 1.0, "10^3/ul": 1.0, "x10^3/ul": 1.0,
-                   "/mm3": 1e-3, "/ul": 1e-3, "cells/mm3": 1e-3, "cells/ul": 1e-3}
+    factors = unit_factors(test)
     if u not in factors:
         raise PetfeatError(f"unit {unit!r} of {test} is not known; use one of {', '.join(sorted(factors))}.")
     return v * factors[u]
+
+
+def _likely_unit(test: str, value: float) -> str | None:
+    """The unit (one per factor) under which ``value`` is plausible and nearest the LLN, or None."""
+    lo, hi = PLAUSIBLE[test]
+    best, best_d = None, np.inf
+    for u, f in unit_factors(test).items():
+        spelled = _UNIT_SPELLING.get(u)
+        c = value * f
+        if spelled is None or not lo < c <= hi:
+            continue
+        d = abs(np.log(c / DEFAULT_LLN[test]))
+        if d < best_d:
+            best, best_d = spelled, d
+    return best
 
 
 def grade(test: str, value, lln=None, mmol: bool = False) -> np.ndarray:
@@ -101,49 +130,104 @@ def grade(test: str, value, lln=None, mmol: bool = False) -> np.ndarray:
     return np.where(np.isnan(v), -1, g)
 
 
-def _numbers(col: pd.Series, name: str) -> pd.Series:
+def _numbers(col: pd.Series, name: str, source: str = "the labs table", rows=None) -> pd.Series:
     """Numeric lab values; empty cells are NaN, anything else that is not a number is refused."""
     num = pd.to_numeric(col, errors="coerce")
     bad = num.isna() & col.notna() & (col.astype(str).str.strip() != "")
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ClinicalDataError(f"the labs table, column {name!r}, row {row + 1}: {col.iloc[row]!r} is not a number; "
+        n = _row_number(rows, row)
+        raise ClinicalDataError(f"{source}, column {name!r}, row {n}: {col.iloc[row]!r} is not a number; "
                                 f"enter the measured value ({bad.sum()} such row(s)), or leave the cell empty (a value "
                                 "reported only as below or above a limit cannot be graded).")
     return num.astype(np.float64)
 
 
-def grade_labs(labs: pd.DataFrame) -> pd.DataFrame:
+def _row_number(rows, pos: int) -> int:
+    """The 1-based data row (header not counted) of position ``pos``: from an integer index when given."""
+    if rows is not None and isinstance(rows[pos], (int, np.integer)):
+        return int(rows[pos]) + 1
+    return pos + 1
+
+
+def _is_empty(v) -> bool:
+    return v is None or pd.isna(v) or str(v).strip() == ""
+
+
+def _factor(test: str, unit, where: str, what: str = "unit") -> float:
+    """Factor of ``unit`` to the canonical unit of ``test``; an empty or unknown unit is refused naming the row."""
+    factors = unit_factors(test)
+    known = ", ".join(sorted(factors))
+    if _is_empty(unit):
+        raise ClinicalDataError(f"{where}: the {what} of {test} is empty; enter the unit the value was measured in "
+                                f"(one of {known}).")
+    u = _unit_key(unit)
+    if u not in factors:
+        raise ClinicalDataError(f"{where}: {what} {unit!r} of {test} is not known; use one of {known}.")
+    return factors[u]
+
+
+def _check_plausible(test: str, value: float, unit, canonical: float, where: str, what: str = "value") -> None:
+    """Refuse a negative value or one outside :data:`PLAUSIBLE`, with the unit that would make it plausible."""
+    if value < 0:
+        raise ClinicalDataError(f"{where}: {test} {what} {value:g} {unit} is negative; a count or concentration is "
+                                "never below 0: correct the value.")
+    lo, hi = PLAUSIBLE[test]
+    if lo <= canonical <= hi:
+        return
+    alt = _likely_unit(test, value)
+    fix = f"is the unit {alt}?" if alt else "check the value and its unit."
+    raise ClinicalDataError(f"{where}: {value:g} {unit} is impossible for {test} (plausible {lo:g}-{hi:g} "
+                            f"{CANONICAL_UNIT[test]}); {fix}")
+
+
+def grade_labs(labs: pd.DataFrame, source: str = "the labs table") -> pd.DataFrame:
     """Grade a long lab table (columns ``test, value, unit`` and optionally ``lln``, ``lln_unit``).
 
-    Returns a copy (index 0..n-1) with ``test`` canonical, ``value`` numeric, ``value_canonical``,
-    ``unit_canonical``, ``lln_used`` and ``grade`` (-1 for an empty value).
+    Parameters
+    ----------
+    labs
+        The lab rows; an integer index is taken as the 0-based data row of the file in messages.
+    source
+        How messages name the table (its file).
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy (index 0..n-1) with ``test`` canonical, ``value`` numeric, ``value_canonical``,
+        ``unit_canonical``, ``lln_used`` and ``grade`` (-1 for an empty value).
 
     Raises
     ------
     ClinicalDataError
-        A value or LLN that is neither a number nor empty (``"<0.5"``), naming the row.
+        A value or LLN that is neither a number nor empty (``"<0.5"``); an empty or unknown unit; a negative
+        value or one outside :data:`PLAUSIBLE` (with the unit that would make it plausible). Each names the row.
     """
     for col in ("test", "value", "unit"):
         if col not in labs.columns:
-            raise PetfeatError(f"the labs table needs a '{col}' column (columns: patient_id, date, test, value, unit, "
+            raise PetfeatError(f"{source} needs a '{col}' column (columns: patient_id, date, test, value, unit, "
                                "optional lln).")
+    rows = labs.index
     out = labs.reset_index(drop=True)  # row positions: a concatenated table may repeat index labels
     out["test"] = [canonical_test(t) for t in out["test"]]
-    out["value"] = _numbers(out["value"], "value")
+    out["value"] = _numbers(out["value"], "value", source, rows)
     if "lln" in out.columns:
-        out["lln"] = _numbers(out["lln"], "lln")
-    vals, llns = np.empty(len(out)), np.empty(len(out))
-    for test, idx in out.groupby("test").groups.items():
-        sub = out.loc[idx]
-        vals[out.index.get_indexer(idx)] = [float(to_canonical(test, v, u)) for v, u in zip(sub["value"], sub["unit"],
-                                                                                            strict=True)]
-        if "lln" in out.columns:
-            lln_units = sub["lln_unit"] if "lln_unit" in out.columns else sub["unit"]
-            llns[out.index.get_indexer(idx)] = [float(to_canonical(test, v, u)) if pd.notna(v) else np.nan
-                                                for v, u in zip(sub["lln"], lln_units, strict=True)]
-        else:
-            llns[out.index.get_indexer(idx)] = np.nan
+        out["lln"] = _numbers(out["lln"], "lln", source, rows)
+
+    def where(i: int) -> str:
+        bits = [f"{c} {out[c].iloc[i]}" for c in ("patient_id", "date") if c in out.columns]
+        return f"{source}, row {_row_number(rows, i)}" + (f" ({', '.join(bits)})" if bits else "")
+
+    vals, llns = np.full(len(out), np.nan), np.full(len(out), np.nan)
+    lln_units = out["lln_unit"] if "lln_unit" in out.columns else out["unit"]
+    for i, (test, v, unit) in enumerate(zip(out["test"], out["value"], out["unit"], strict=True)):
+        if not np.isnan(v):  # a row without a value is no assessment: its unit is not needed
+            vals[i] = v * _factor(test, unit, where(i))
+            _check_plausible(test, v, unit, vals[i], where(i))
+        if "lln" in out.columns and not np.isnan(out["lln"].iloc[i]):
+            lv, lu = out["lln"].iloc[i], lln_units.iloc[i]
+            llns[i] = lv * _factor(test, lu, where(i), "LLN unit" if "lln_unit" in out.columns else "unit")
+            _check_plausible(test, lv, lu, llns[i], where(i), "LLN")
     out["value_canonical"] = vals
     out["unit_canonical"] = [CANONICAL_UNIT[t] for t in out["test"]]
     out["lln_used"] = [DEFAULT_LLN[t] if np.isnan(lv) else lv for t, lv in zip(out["test"], llns, strict=True)]

@@ -33,12 +33,15 @@ import numpy as np
 import pandas as pd
 
 from petfeat.errors import PetfeatError
-from petfeat.stats.ctcae import grade_labs
+from petfeat.stats.ctcae import canonical_test, grade_labs
 from petfeat.stats.errors import ClinicalDataError
 
 
 def _dates(s: pd.Series, table: str = "clinical", column: str = "date") -> pd.Series:
-    """Parse a date column: ISO 8601 (date-only and timed mixed) or one consistent format."""
+    """Parse a date column: ISO 8601 (date-only and timed mixed) or one consistent format.
+
+    ``table`` names the table in messages: a short name (``labs``: "the labs table") or a file path.
+    """
     try:
         return pd.to_datetime(s, format="ISO8601")
     except (ValueError, TypeError):
@@ -46,14 +49,17 @@ def _dates(s: pd.Series, table: str = "clinical", column: str = "date") -> pd.Se
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # pandas' "could not infer format" notice
-            return pd.to_datetime(s)
+            return pd.to_datetime(s, errors="raise")
     except (ValueError, TypeError):
         pass
-    given = [v for v in s if pd.notna(v)]
-    bad = next((v for v in given if pd.isna(pd.to_datetime(v, format="ISO8601", errors="coerce"))), given[-1])
-    raise ClinicalDataError(f"the {table} table, column {column!r}: {bad!r} does not parse in the format of "
-                            f"{given[0]!r} (the column mixes date formats); write every date as YYYY-MM-DD or "
-                            "'YYYY-MM-DD HH:MM'.") from None
+    given = [(i, v) for i, v in enumerate(s) if pd.notna(v)]
+    pos, bad = next(((i, v) for i, v in given if pd.isna(pd.to_datetime(v, format="ISO8601", errors="coerce"))),
+                    given[-1])
+    label = s.index[pos] + 1 if isinstance(s.index[pos], (int, np.integer)) else pos + 1
+    where = table if any(ch in table for ch in " /.") else f"the {table} table"
+    raise ClinicalDataError(f"{where}, column {column!r}: {bad!r} does not parse in the format of {given[0][1]!r} "
+                            f"(row {label}; the column mixes date formats, or a value is not a date); write every "
+                            "date as YYYY-MM-DD or 'YYYY-MM-DD HH:MM'.") from None
 
 
 def _has_time(ts: pd.Series) -> np.ndarray:
@@ -83,34 +89,75 @@ def _require(df: pd.DataFrame, cols, name: str) -> None:
 DEATH_RULES = ("competing", "event", "censor")
 
 
+def _no_empty_dates(table: pd.DataFrame, source: str) -> None:
+    """Refuse an assessment without a date (it could be neither baseline nor follow-up)."""
+    empty = table["date"].isna().to_numpy()
+    if empty.any():
+        i = int(np.flatnonzero(empty)[0])
+        lab = table.index[i]
+        n = lab + 1 if isinstance(lab, (int, np.integer)) else i + 1
+        raise ClinicalDataError(f"{source}, column 'date', row {n} (patient_id {table['patient_id'].iloc[i]}): the "
+                                f"date is empty ({int(empty.sum())} such row(s)); enter the date of the assessment "
+                                "as YYYY-MM-DD, or delete the row.")
+
+
 def _deaths(patients: pd.DataFrame) -> pd.Series:
     if "death_date" in patients.columns:
         return _dates(patients["death_date"], "patients", "death_date")
     return pd.Series([pd.NaT] * len(patients), dtype="datetime64[ns]")
 
 
+#: Default window (days after the last assessment) within which a death ends follow-up as an event or competing
+#: event; a later death is censored at the last assessment (nothing was observed in between).
+DEATH_WINDOW_DAYS = 30.0
+
+
+def _death_counts(died, last_seen, start: pd.Timestamp, window: float | None) -> bool:
+    """Whether a death ends follow-up: on record, and within ``window`` days of the last assessment (or the dose)."""
+    if pd.isna(died):
+        return False
+    if window is None:
+        return True
+    ref = max(last_seen.normalize(), start.normalize()) if pd.notna(last_seen) else start.normalize()
+    return (died.normalize() - ref).days <= window
+
+
+def _known_test(name) -> str | None:
+    try:
+        return canonical_test(name)
+    except PetfeatError:
+        return None
+
+
 def time_to_first_grade(labs: pd.DataFrame, patients: pd.DataFrame, tests=("haemoglobin", "neutrophils", "platelets"),
-                        min_grade: int = 3, treatment_emergent: bool = False, death: str = "competing") -> pd.DataFrame:
+                        min_grade: int = 3, treatment_emergent: bool = False, death: str = "competing",
+                        death_window_days: float | None = DEATH_WINDOW_DAYS, source: str = "the labs table"
+                        ) -> pd.DataFrame:
     """Time to the first lab of grade >= ``min_grade`` among ``tests`` after the first dose.
 
     ``tests`` may name any of :data:`petfeat.stats.ctcae.TESTS` (``white_cells``, ``lymphocytes``
-    too). With ``treatment_emergent`` a lab counts only when its grade is also worse than the
-    baseline grade of the same test (the last baseline value; 0 without one).
+    too); rows of other tests are not read. With ``treatment_emergent`` a lab counts only when its
+    grade is also worse than the baseline grade of the same test (the last baseline value; 0 without one).
 
-    ``death``: how a death without a prior event ends follow-up (module docstring).
+    ``death``: how a death without a prior event ends follow-up (module docstring). A death more than
+    ``death_window_days`` after the patient's last lab (None: any time) is not seen by the lab follow-up: the
+    patient is censored at the last lab instead.
 
     Returns one row per patient: ``time_days``, ``event`` (0/1), ``competing`` (0/1: death first,
-    with ``death="competing"``), ``status`` (``event``, ``death``, ``censored``),
+    with ``death="competing"``), ``status`` (``event``, ``death``, ``censored``, ``no_follow_up``),
     ``baseline_grade_ge`` (the last value on or before the first dose already had grade >=
-    ``min_grade``), ``n_assessments``.
+    ``min_grade``), ``n_assessments``, ``excluded`` (why the patient is not in the analysis, with NaN
+    time: no lab after the first dose and no death that ends follow-up; empty otherwise).
     """
     if death not in DEATH_RULES:
         raise PetfeatError(f"death is {death!r}; choose one of {', '.join(DEATH_RULES)}.")
     _require(labs, ("patient_id", "date", "test", "value", "unit"), "labs")
     _require(patients, ("patient_id", "therapy_start"), "patients")
-    g = grade_labs(labs)
-    g = g[g["test"].isin(tests) & (g["grade"] >= 0)].copy()  # a row without a value is no assessment
-    g["date"] = _dates(g["date"], "labs", "date")
+    used = labs[[_known_test(t) in tests for t in labs["test"]]]
+    g = grade_labs(used, source).set_axis(used.index)  # the file's rows, for messages
+    g = g[g["grade"] >= 0].copy()  # a row without a value is no assessment
+    g["date"] = _dates(g["date"], source, "date")
+    _no_empty_dates(g, source)
     rows = []
     for pid, start, died in zip(patients["patient_id"], _dates(patients["therapy_start"], "patients", "therapy_start"),
                                 _deaths(patients), strict=True):
@@ -121,15 +168,19 @@ def time_to_first_grade(labs: pd.DataFrame, patients: pd.DataFrame, tests=("haem
         baseline = bool(len(before) and base_grades.max() >= min_grade)
         emergent = after["grade"] > after["test"].map(base_grades).fillna(0) if treatment_emergent else True
         hit = after[(after["grade"] >= min_grade) & emergent]
-        c, status = 0, "censored"
+        counts = _death_counts(died, mine["date"].max() if len(mine) else pd.NaT, start, death_window_days)
+        c, status, excluded = 0, "censored", ""
         if len(hit) and not (pd.notna(died) and died.normalize() < hit["date"].iloc[0].normalize()):
             t, e, status = _days(hit["date"].iloc[0], start), 1, "event"
-        elif pd.notna(died) and death != "censor":
+        elif counts and death != "censor":
             t, e, c, status = _days(died, start), int(death == "event"), int(death == "competing"), "death"
+        elif len(after):
+            t, e = _days(after["date"].iloc[-1], start), 0
         else:
-            t, e = (_days(after["date"].iloc[-1], start) if len(after) else 0.0), 0
+            t, e, status, excluded = np.nan, 0, "no_follow_up", "no lab after the first dose"
         rows.append({"patient_id": pid, "time_days": float(t), "event": e, "competing": c, "status": status,
-                     "baseline_grade_ge": baseline, "n_assessments": int(after["date"].nunique())})
+                     "baseline_grade_ge": baseline, "n_assessments": int(after["date"].nunique()),
+                     "excluded": excluded})
     return pd.DataFrame(rows)
 
 
@@ -146,6 +197,8 @@ class Worsening:
     absolute threshold only, ``"any"`` counts any change in the worse direction.
     ``death``: ``"event"`` counts death before worsening as an event at the death date, ``"censor"``
     censors at the last assessment, ``"competing"`` ends follow-up at death as a competing event.
+    ``death_window_days``: a death later than this after the last assessment (None: any time) is censored
+    at the last assessment whatever ``death`` says.
     """
 
     direction: str
@@ -155,6 +208,7 @@ class Worsening:
     confirmed: bool = False
     zero_baseline: str = "absolute"
     death: str = "censor"
+    death_window_days: float | None = DEATH_WINDOW_DAYS
 
     def worse(self, baseline: float, value: float) -> bool:
         """Whether ``value`` is worse than ``baseline`` by this definition."""
@@ -188,19 +242,26 @@ BPI_WORSENING = Worsening("increase", absolute=2.0, relative=0.30, strict=False)
 
 
 def time_to_worsening(scores: pd.DataFrame, patients: pd.DataFrame, definition: Worsening,
-                      score_col: str = "score") -> pd.DataFrame:
+                      score_col: str = "score", source: str = "the scores table") -> pd.DataFrame:
     """Time to the first worsening of a score after the first dose (one row per patient).
 
     ``scores``: columns ``patient_id, date, <score_col>``; the baseline is the last score on or before
-    the first dose. ``patients`` may hold ``death_date``. Patients without a baseline get NaN time.
+    the first dose. ``patients`` may hold ``death_date``.
+
+    Returns one row per patient: ``time_days``, ``event``, ``competing``, ``baseline``, ``status``
+    (``worsened``, ``death``, ``censored``, ``no_baseline``, ``no_follow_up``) and ``excluded``: why the
+    patient is not in the analysis (NaN time): no baseline score, or no score after the first dose and
+    no death that ends follow-up; empty otherwise.
     """
     _require(scores, ("patient_id", "date", score_col), "scores")
     _require(patients, ("patient_id", "therapy_start"), "patients")
     sc = scores.dropna(subset=[score_col]).copy()
-    sc["date"] = _dates(sc["date"], "scores", "date")
+    sc["date"] = _dates(sc["date"], source, "date")
+    _no_empty_dates(sc, source)
     deaths = _deaths(patients)
     if definition.death not in DEATH_RULES:
         raise PetfeatError(f"death is {definition.death!r}; choose one of {', '.join(DEATH_RULES)}.")
+    what = f"{scores['instrument'].iloc[0]} score" if "instrument" in scores.columns and len(scores) else "score"
     rows = []
     for pid, start, death in zip(patients["patient_id"], _dates(patients["therapy_start"], "patients",
                                                                 "therapy_start"), deaths, strict=True):
@@ -209,7 +270,7 @@ def time_to_worsening(scores: pd.DataFrame, patients: pd.DataFrame, definition: 
         before, after = mine[~later], mine[later]
         if not len(before):
             rows.append({"patient_id": pid, "time_days": np.nan, "event": 0, "competing": 0, "baseline": np.nan,
-                         "status": "no_baseline"})
+                         "status": "no_baseline", "excluded": f"no baseline {what}"})
             continue
         base = float(before[score_col].iloc[-1])
         flags = [definition.worse(base, float(v)) for v in after[score_col]]
@@ -218,21 +279,24 @@ def time_to_worsening(scores: pd.DataFrame, patients: pd.DataFrame, definition: 
             if f and (not definition.confirmed or (i + 1 < len(flags) and flags[i + 1])):
                 event_at = after["date"].iloc[i]
                 break
-        last = after["date"].iloc[-1] if len(after) else start
         status = "worsened"
-        dies_first = pd.notna(death) and (event_at is None or death < event_at)
+        counts = _death_counts(death, mine["date"].iloc[-1], start, definition.death_window_days)
+        dies_first = counts and (event_at is None or death < event_at)
         if dies_first and definition.death == "event":
             event_at, status = death, "death"
+        rec = {"patient_id": pid, "baseline": base, "excluded": ""}
         if dies_first and definition.death == "competing":
-            rows.append({"patient_id": pid, "time_days": _days(death, start), "event": 0, "competing": 1,
-                         "baseline": base, "status": "death"})
-        elif event_at is None:
-            rows.append({"patient_id": pid, "time_days": _days(last, start), "event": 0, "competing": 0,
-                         "baseline": base, "status": "censored"})
+            rec.update(time_days=_days(death, start), event=0, competing=1, status="death")
+        elif event_at is not None:
+            rec.update(time_days=_days(event_at, start), event=1, competing=0, status=status)
+        elif len(after):
+            rec.update(time_days=_days(after["date"].iloc[-1], start), event=0, competing=0, status="censored")
         else:
-            rows.append({"patient_id": pid, "time_days": _days(event_at, start), "event": 1, "competing": 0,
-                         "baseline": base, "status": status})
-    return pd.DataFrame(rows)
+            rec.update(time_days=np.nan, event=0, competing=0, status="no_follow_up",
+                       excluded=f"no {what} after the first dose")
+        rows.append(rec)
+    cols = ["patient_id", "time_days", "event", "competing", "baseline", "status", "excluded"]
+    return pd.DataFrame(rows, columns=cols)
 
 
 def cumulative_incidence(time, event, competing) -> pd.DataFrame:

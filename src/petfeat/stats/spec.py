@@ -13,9 +13,9 @@ Keys, per level (defaults in brackets):
   only without ``multiplicity``), ``ridge`` (penalizer of every Cox model's ridge sensitivity fit),
   ``ph_transform`` (cox.zph time transform [km]);
 * ``first_grade`` endpoint: ``type``, ``tests``, ``min_grade`` [3], ``treatment_emergent`` [false],
-  ``death`` [competing];
+  ``death`` [competing], ``death_window_days`` [30; null: any time];
 * ``worsening`` endpoint: ``type``, ``score``, ``direction``, ``absolute``, ``relative``, ``strict``
-  [true], ``confirmed`` [false], ``zero_baseline`` [absolute], ``death`` [censor];
+  [true], ``confirmed`` [false], ``zero_baseline`` [absolute], ``death`` [censor], ``death_window_days`` [30];
 * ``cox`` analysis: ``name``, ``model``, ``region``, ``features``, ``endpoint``, ``covariates``,
   ``transform`` [unit], ``ridge``;
 * ``mixed`` analysis: ``name``, ``model``, ``region``, ``features``, ``score``, ``time`` [cycle],
@@ -76,6 +76,7 @@ class _FirstGrade(_Strict):
     min_grade: StrictInt = 3
     treatment_emergent: StrictBool = False
     death: StrictStr = "competing"
+    death_window_days: Number | None = None
 
 
 class _Worsening(_Strict):
@@ -88,6 +89,7 @@ class _Worsening(_Strict):
     confirmed: StrictBool = False
     zero_baseline: StrictStr = "absolute"
     death: StrictStr = "censor"
+    death_window_days: Number | None = None
 
 
 class _Analysis(_Strict):
@@ -218,6 +220,9 @@ def validate_study(spec: Any, where: str = "study spec") -> dict:
         if ep.death not in DEATH_RULES:
             fail(f"endpoint {name!r}: death is {ep.death!r}; choose one of {', '.join(DEATH_RULES)} (competing: "
                  "cause-specific Cox, Aalen-Johansen incidence).")
+        if ep.death_window_days is not None and not ep.death_window_days >= 0:
+            fail(f"endpoint {name!r}: death_window_days is {ep.death_window_days!r}; give the days after the last "
+                 "assessment within which a death ends follow-up (>= 0, e.g. 30), or null for any time.")
         if isinstance(ep, _FirstGrade):
             unknown = [t for t in ep.tests if t not in CTCAE_TESTS]
             if unknown or not ep.tests:

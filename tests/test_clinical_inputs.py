@@ -1,0 +1,285 @@
+"""Clinical tables a reviewer would refuse: wrong units, duplicates, impossible dates, orphans, exclusions."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from petfeat.errors import PetfeatWarning
+from petfeat.stats.analysis import derive_endpoints, load_study, read_clinical
+from petfeat.stats.errors import ClinicalDataError
+from petfeat.stats.questionnaires import ITEMS, xerostomia_score
+
+LAB_COLS = ["patient_id", "date", "test", "value", "unit"]
+
+
+def _normal_labs(pid: str, dates=("2024-01-08", "2024-01-24", "2024-02-07")) -> list[tuple]:
+    rows = []
+    for d in dates:
+        rows += [(pid, d, "haemoglobin", 13.5, "g/dL"), (pid, d, "platelets", 230.0, "10^9/L"),
+                 (pid, d, "neutrophils", 3.5, "10^9/L")]
+    return rows
+
+
+def _folder(tmp_path, patients=None, labs=None, scores=None, items=None):
+    """A clinical folder: three patients with normal labs unless given."""
+    if patients is None:
+        patients = pd.DataFrame({"patient_id": ["a", "b", "c"], "therapy_start": ["2024-01-10"] * 3})
+    if labs is None:
+        labs = pd.DataFrame(_normal_labs("a") + _normal_labs("b") + _normal_labs("c"), columns=LAB_COLS)
+    patients.to_csv(tmp_path / "patients.csv", index=False)
+    labs.to_csv(tmp_path / "labs.csv", index=False)
+    if scores is not None:
+        scores.to_csv(tmp_path / "scores.csv", index=False)
+    if items is not None:
+        items.to_csv(tmp_path / "questionnaires.csv", index=False)
+    return tmp_path
+
+
+def _tox_spec(**changes) -> dict:
+    e = dict(load_study()["endpoints"]["haematological_toxicity_g3"], **changes)
+    return {"endpoints": {"tox": e}, "analyses": []}
+
+
+def _tox(folder, **changes) -> pd.DataFrame:
+    return derive_endpoints(_tox_spec(**changes), read_clinical(folder))["tox"].set_index("patient_id")
+
+
+def test_shipped_spec_counts_only_grades_worse_than_baseline(tmp_path):
+    # a: grade 3 anaemia at baseline (7.5 g/dL) that stays grade 3: not a toxicity of the treatment, but recorded
+    labs = pd.DataFrame(_normal_labs("b") + _normal_labs("c") + [
+        ("a", "2024-01-08", "haemoglobin", 7.5, "g/dL"), ("a", "2024-01-24", "haemoglobin", 7.6, "g/dL"),
+        ("a", "2024-02-07", "haemoglobin", 7.7, "g/dL"), ("c", "2024-02-21", "platelets", 40.0, "10^9/L")],
+        columns=LAB_COLS)
+    t = _tox(_folder(tmp_path, labs=labs))
+    assert load_study()["endpoints"]["haematological_toxicity_g3"]["treatment_emergent"] is True
+    assert (t.loc["a", "event"], t.loc["a", "time_days"], t.loc["a", "baseline_grade_ge"]) == (0, 28.0, True)
+    assert (t.loc["c", "event"], t.loc["c", "time_days"], t.loc["c", "baseline_grade_ge"]) == (1, 42.0, False)
+    assert _tox(tmp_path, treatment_emergent=False).loc["a", "event"] == 1  # the old count: baseline anaemia
+
+
+def test_baseline_grade_reaches_the_table_the_cox_model_gets(tmp_path):
+    from petfeat.stats.analysis import run_analyses
+
+    rng = np.random.default_rng(1)
+    ids = [f"p{i}" for i in range(12)]
+    patients = pd.DataFrame({"patient_id": ids, "therapy_start": ["2024-01-10"] * 12})
+    rows = []
+    for i, pid in enumerate(ids):
+        rows += _normal_labs(pid)
+        if i % 2:  # grade 3 platelets on day 31 + i
+            rows.append((pid, f"2024-02-{10 + i:02d}", "platelets", 40.0, "10^9/L"))
+    labs = pd.DataFrame(rows, columns=LAB_COLS)
+    labs.loc[(labs.patient_id == "p0") & (labs.test == "haemoglobin"), "value"] = 7.5  # grade 3 throughout
+    features = pd.DataFrame({"patient_id": ids, "region": "liver", "suv_mean": rng.lognormal(1.5, 0.3, 12)})
+    spec = _tox_spec()
+    spec["analyses"] = [{"name": "A", "model": "cox", "region": "liver", "features": ["suv_mean"], "endpoint": "tox"}]
+    _, ctx = run_analyses(features, read_clinical(_folder(tmp_path, patients, labs)), spec)
+    data = ctx["data"][("A", "liver.suv_mean")].set_index("patient_id")
+    assert data.loc["p0", "baseline_grade_ge"] and not data.loc["p1", "baseline_grade_ge"]
+    assert data["event"].sum() == 6
+
+
+@pytest.mark.parametrize("row, pattern", [
+    (("a", "2024-02-21", "haemoglobin", 13.5, "g/L"),
+     r"labs\.csv, row 28 \(patient_id a, date 2024-02-21\): 13\.5 g/L is impossible for haemoglobin "
+     r"\(plausible 2-25 g/dL\); is the unit g/dL\?"),
+    (("a", "2024-02-21", "haemoglobin", 135, "g/dL"), r"135 g/dL is impossible for haemoglobin .*; is the unit g/L\?"),
+    (("b", "2024-02-21", "platelets", 231000, "10^9/L"), r"row 28 \(patient_id b.*231000 10\^9/L is impossible for "
+                                                         r"platelets \(plausible 1-2000 10\^9/L\); is the unit /uL\?"),
+    (("b", "2024-02-21", "platelets", 231, "/uL"), r"231 /uL is impossible for platelets .*is the unit 10\^9/L\?"),
+    (("c", "2024-02-21", "haemoglobin", -5, "g/dL"), r"row 28 \(patient_id c.*haemoglobin value -5 g/dL is negative"),
+    (("c", "2024-02-21", "neutrophils", -0.1, "10^9/L"), r"neutrophils value -0.1 10\^9/L is negative"),
+])
+def test_lab_values_impossible_in_their_unit_are_refused_with_the_likely_unit(tmp_path, row, pattern):
+    labs = pd.DataFrame(_normal_labs("a") + _normal_labs("b") + _normal_labs("c") + [row], columns=LAB_COLS)
+    with pytest.raises(ClinicalDataError, match=pattern):
+        _tox(_folder(tmp_path, labs=labs))
+
+
+def test_plausible_values_in_every_unit_are_graded(tmp_path):
+    # the same haemoglobin in g/L and mmol/L and platelets per uL: no refusal, grade 3 on day 14 for a
+    labs = pd.DataFrame(_normal_labs("b") + _normal_labs("c") + [
+        ("a", "2024-01-08", "haemoglobin", 135, "g/L"), ("a", "2024-01-24", "haemoglobin", 4.5, "mmol/L"),
+        ("a", "2024-02-07", "platelets", 230000, "/uL")], columns=LAB_COLS)
+    t = _tox(_folder(tmp_path, labs=labs))
+    assert (t.loc["a", "event"], t.loc["a", "time_days"]) == (1, 14.0) and t["event"].sum() == 1
+
+
+def test_patient_listed_twice_is_refused(tmp_path):
+    p = pd.DataFrame({"patient_id": ["a", "b", "c", "b"], "therapy_start": ["2024-01-10"] * 3 + ["2024-01-01"]})
+    with pytest.raises(ClinicalDataError, match=r"patients\.csv: patient_id b listed more than once \(2 rows\)"):
+        read_clinical(_folder(tmp_path, patients=p))
+
+
+@pytest.mark.parametrize("start, death, pattern", [
+    (["2024-01-10", "2024-01-10", None], [None] * 3,
+     r"patients\.csv, row 3 \(patient_id c\): therapy_start is empty .*enter the date of the first dose"),
+    (["2024-01-10", "next week", "2024-01-10"], [None] * 3,
+     r"patients\.csv, column 'therapy_start': 'next week' does not parse .*\(row 2;"),
+    (["2024-01-10"] * 3, [None, "2023-12-24", None],
+     r"patients\.csv, row 2 \(patient_id b\): death_date 2023-12-24 is before therapy_start 2024-01-10"),
+])
+def test_impossible_first_dose_and_death_dates_are_refused(tmp_path, start, death, pattern):
+    p = pd.DataFrame({"patient_id": ["a", "b", "c"], "therapy_start": start, "death_date": death})
+    with pytest.raises(ClinicalDataError, match=pattern):
+        read_clinical(_folder(tmp_path, patients=p))
+
+
+def test_cycle_that_is_not_a_number_is_refused(tmp_path):
+    s = pd.DataFrame([("a", "2024-01-08", "xerostomia", 20.0, 0), ("a", "2024-02-08", "xerostomia", 25.0, "C1D1")],
+                     columns=["patient_id", "date", "instrument", "score", "cycle"])
+    with pytest.raises(ClinicalDataError, match=r"scores\.csv, row 2 \(patient_id a, date 2024-02-08\), column "
+                                                r"'cycle': 'C1D1' is not a number"):
+        read_clinical(_folder(tmp_path, scores=s))
+
+
+def test_cli_refuses_an_empty_first_dose_in_one_line_with_exit_2(tmp_path):
+    p = pd.DataFrame({"patient_id": ["a"], "therapy_start": [None]})
+    _folder(tmp_path, patients=p, labs=pd.DataFrame(_normal_labs("a"), columns=LAB_COLS))
+    pd.DataFrame({"patient_id": ["a"], "region": ["liver"], "suv_mean": [5.0]}).to_csv(tmp_path / "f.csv", index=False)
+    r = subprocess.run([sys.executable, "-m", "petfeat.cli", "analyze", "--features", str(tmp_path / "f.csv"),
+                        "--clinical", str(tmp_path), "-o", str(tmp_path / "out")], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "patients.csv, row 1 (patient_id a): therapy_start is empty" in r.stderr
+
+
+def test_death_long_after_the_last_lab_is_censored_at_the_last_lab(tmp_path):
+    # a: labs to day 28, dies 17 months later; b: dies 20 days after the last lab; c: alive
+    p = pd.DataFrame({"patient_id": ["a", "b", "c"], "therapy_start": ["2024-01-10"] * 3,
+                      "death_date": ["2025-06-01", "2024-02-27", None]})
+    t = _tox(_folder(tmp_path, patients=p))
+    assert (t.loc["a", "time_days"], t.loc["a", "event"], t.loc["a", "competing"], t.loc["a", "status"]) == (
+        28.0, 0, 0, "censored")
+    assert (t.loc["b", "time_days"], t.loc["b", "competing"], t.loc["b", "status"]) == (48.0, 1, "death")
+    wide = _tox(tmp_path, death_window_days=600)  # the spec key: a death within 600 days of the last lab counts
+    assert (wide.loc["a", "time_days"], wide.loc["a", "competing"]) == (508.0, 1)
+    assert _tox(tmp_path, death_window_days=None).loc["a", "competing"] == 1  # null: any time
+
+
+def test_death_window_key_is_validated():
+    from petfeat.stats.spec import StudySpecError, validate_study
+
+    spec = load_study()
+    spec["endpoints"]["haematological_toxicity_g3"]["death_window_days"] = 42
+    spec["endpoints"]["fact_p_worsening"]["death_window_days"] = None
+    assert validate_study(spec) is spec
+    spec["endpoints"]["fact_p_worsening"]["death_window_days"] = -1
+    with pytest.raises(StudySpecError, match="death_window_days is -1"):
+        validate_study(spec)
+
+
+def test_lab_dated_after_death_is_refused(tmp_path):
+    p = pd.DataFrame({"patient_id": ["a", "b", "c"], "therapy_start": ["2024-01-10"] * 3,
+                      "death_date": [None, "2024-01-30", None]})
+    with pytest.raises(ClinicalDataError, match=r"labs\.csv, row 16 \(patient_id b, date 2024-02-07\): dated after "
+                                                r"the death_date 2024-01-30 of .*patients\.csv \(3 such row"):
+        read_clinical(_folder(tmp_path, patients=p))
+
+
+def test_tests_no_endpoint_uses_are_ignored_with_one_warning(tmp_path):
+    labs = pd.DataFrame(_normal_labs("a") + _normal_labs("b") + _normal_labs("c") + [
+        ("a", "2024-01-24", "creatinine", 80, "umol/L"), ("b", "2024-01-24", "creatinine", 90, "umol/L"),
+        ("a", "2024-01-24", "lymphocytes", 25, "%")], columns=LAB_COLS)
+    with pytest.warns(PetfeatWarning, match=r"labs\.csv: 12 row\(s\) of tests no endpoint uses are ignored: "
+                                            r"neutrophils \(9\), creatinine \(2\), lymphocytes \(1\)\.$") as rec:
+        t = _tox(_folder(tmp_path, labs=labs), tests=["haemoglobin", "platelets"])
+    assert len(rec) == 1 and t["event"].sum() == 0 and t["n_assessments"].tolist() == [2, 2, 2]
+
+
+@pytest.mark.parametrize("unit, pattern", [
+    ("mg/dL", r"labs\.csv, row 28 \(patient_id a, date 2024-02-21\): unit 'mg/dL' of haemoglobin is not known; "
+              r"use one of g/dl, g/l, mmol/l"),
+    (None, r"labs\.csv, row 28 \(patient_id a, date 2024-02-21\): the unit of haemoglobin is empty; .*g/dl, g/l"),
+])
+def test_unknown_or_empty_unit_of_a_used_test_names_the_row(tmp_path, unit, pattern):
+    labs = pd.DataFrame(_normal_labs("a") + _normal_labs("b") + _normal_labs("c") +
+                        [("a", "2024-02-21", "Hb", 13.0, unit)], columns=LAB_COLS)
+    with pytest.raises(ClinicalDataError, match=pattern):
+        _tox(_folder(tmp_path, labs=labs))
+
+
+def test_conflicting_duplicate_labs_are_refused_and_identical_ones_dropped(tmp_path):
+    base = _normal_labs("a") + _normal_labs("b") + _normal_labs("c")
+    conflict = pd.DataFrame(base + [("b", "2024-01-24", "PLT", 30.0, "10^9/L")], columns=LAB_COLS)
+    with pytest.raises(ClinicalDataError, match=r"labs\.csv, rows 14, 28: one lab test on one date given 2 times "
+                                                r"with different values \(patient_id b, date 2024-01-24, test "
+                                                r"platelets: 230.0 10\^9/L; 30.0 10\^9/L\)"):
+        read_clinical(_folder(tmp_path, labs=conflict))
+    same = pd.DataFrame(base + base[:4], columns=LAB_COLS)
+    with pytest.warns(PetfeatWarning, match=r"rows repeating another row exactly are dropped: 4 in .*labs\.csv\."):
+        clinical = read_clinical(_folder(tmp_path, labs=same))
+    assert len(clinical["labs"]) == len(base)
+
+
+def test_conflicting_duplicate_scores_are_refused(tmp_path):
+    s = pd.DataFrame([("a", "2024-01-08", "bpi_severity", 3.0), ("a", "2024-01-08", "bpi_severity", 5.0)],
+                     columns=["patient_id", "date", "instrument", "score"])
+    with pytest.raises(ClinicalDataError, match=r"scores\.csv, rows 1, 2: one score of one instrument on one date "
+                                                r"given 2 times with different values"):
+        read_clinical(_folder(tmp_path, scores=s))
+
+
+def _xq8(pid: str, date: str, value: int = 5, cycle: int = 0) -> list[tuple]:
+    return [(pid, date, "xq8", str(i), value, cycle) for i in range(1, 9)]
+
+
+ITEM_COLS = ["patient_id", "date", "instrument", "item", "response", "cycle"]
+
+
+def test_questionnaire_item_answered_twice_is_refused(tmp_path):
+    items = pd.DataFrame(_xq8("a", "2024-01-08") + [("a", "2024-01-08", "xq8", "3", 7, 0)], columns=ITEM_COLS)
+    with pytest.raises(ClinicalDataError, match=r"questionnaires\.csv, rows 3, 9: one questionnaire item of one "
+                                                r"assessment given 2 times with different values"):
+        read_clinical(_folder(tmp_path, items=items))
+
+
+def test_questionnaire_item_the_instrument_does_not_have_names_the_closest(tmp_path):
+    rows = [("a", "2024-01-08", "fact_p", i, 2, 0) for i in ITEMS["fact_p"] if i != "GP1"]
+    items = pd.DataFrame(rows + [("a", "2024-01-08", "fact_p", "GPl", 2, 0)], columns=ITEM_COLS)
+    with pytest.raises(ClinicalDataError, match=r"questionnaires\.csv \(patient_id a, date 2024-01-08, fact_p\): "
+                                                r"item 'GPl' is not an item of fact_p; did you mean 'GP1'\?"):
+        read_clinical(_folder(tmp_path, items=items))
+
+
+def test_orphan_rows_are_counted_in_one_warning(tmp_path):
+    labs = pd.DataFrame(_normal_labs("a") + _normal_labs("b") + _normal_labs("c") + _normal_labs("zz"),
+                        columns=LAB_COLS)
+    items = pd.DataFrame(_xq8("a", "2024-01-08") + _xq8("yy", "2024-01-08"), columns=ITEM_COLS)
+    with pytest.warns(PetfeatWarning, match=r"9 row\(s\) of .*labs\.csv \(1 patient_id\(s\)\) and 8 row\(s\) of "
+                                            r".*questionnaires\.csv \(1 patient_id\(s\)\) name a patient_id not in "
+                                            r".*patients\.csv: not used") as rec:
+        clinical = read_clinical(_folder(tmp_path, labs=labs, items=items))
+    assert len(rec) == 1 and set(clinical["labs"]["patient_id"]) == {"a", "b", "c"}
+    assert set(clinical["scores"]["patient_id"]) == {"a"}
+
+
+def test_patients_without_baseline_or_follow_up_are_excluded_with_a_reason(tmp_path):
+    # a: baseline and follow-up; b: baseline only (was censored at time 0); c: no baseline
+    items = pd.DataFrame(_xq8("a", "2024-01-08") + _xq8("a", "2024-02-08", 9, 1) + _xq8("b", "2024-01-08") +
+                         _xq8("c", "2024-02-08", 5, 1), columns=ITEM_COLS)
+    spec = {"endpoints": {"xq": {"type": "worsening", "score": "xerostomia", "direction": "increase",
+                                 "absolute": 10}}}
+    t = derive_endpoints(spec, read_clinical(_folder(tmp_path, items=items)))["xq"].set_index("patient_id")
+    assert (t.loc["a", "event"], t.loc["a", "time_days"], t.loc["a", "excluded"]) == (1, 29.0, "")
+    assert np.isnan(t.loc["b", "time_days"]) and t.loc["b", "excluded"] == "no xerostomia score after the first dose"
+    assert np.isnan(t.loc["c", "time_days"]) and t.loc["c", "excluded"] == "no baseline xerostomia score"
+    # the same for the labs: a patient with baseline labs only is excluded from the toxicity endpoint
+    labs = pd.DataFrame(_normal_labs("a") + _normal_labs("b") + _normal_labs("c", ("2024-01-08",)), columns=LAB_COLS)
+    tox = _tox(_folder(tmp_path, labs=labs))
+    assert np.isnan(tox.loc["c", "time_days"]) and tox.loc["c", "excluded"] == "no lab after the first dose"
+    assert (tox.loc["a", "time_days"], tox.loc["a", "excluded"]) == (28.0, "")
+
+
+def test_xerostomia_inventory_items_score_1_to_5():
+    # Thomson's Xerostomia Inventory: 11 items 1 (never) to 5 (very often), summed: 11-55
+    r = dict(zip(ITEMS["xi11"], [1, 2, 3, 4, 5, 5, 4, 3, 2, 1, 5], strict=True))
+    assert xerostomia_score(r, "xi11") == 35.0
+    assert xerostomia_score(dict.fromkeys(ITEMS["xi11"], 5), "xi11") == 55.0
+    with pytest.raises(Exception, match="responses must be 1-5"):
+        xerostomia_score({**r, "3": 6}, "xi11")
