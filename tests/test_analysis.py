@@ -248,7 +248,9 @@ def test_competing_death_gives_cause_specific_cox_and_aalen_johansen_figure(tmp_
     labs = [(p, "2024-01-09", "PLT", 200, "10^9/L") for p in ids]
     labs += [(p, f"2024-02-{1 + i % 27:02d}", "PLT", 40 if i % 3 == 1 else 180, "10^9/L") for i, p in enumerate(ids)]
     labs = pd.DataFrame(labs, columns=["patient_id", "date", "test", "value", "unit"])
-    spec = {"name": "cr", "endpoints": {"tox": {"type": "first_grade", "tests": ["platelets"]}},
+    # deaths 1-4 months after the last lab compete only without a death window (default 30 days)
+    spec = {"name": "cr", "endpoints": {"tox": {"type": "first_grade", "tests": ["platelets"],
+                                                "death_window_days": None}},
             "analyses": [{"name": "tox", "model": "cox", "region": "whole_body_tumor", "features": ["suv_mean"],
                           "endpoint": "tox"}]}
     clinical = {"patients": patients, "labs": labs, "scores": None}
