@@ -17,7 +17,12 @@ competing event (``event`` 0, ``competing`` 1, time = day of death): a Cox model
 the cause-specific hazard, and the cumulative incidence is Aalen-Johansen's (:func:`cumulative_incidence`),
 not 1 - Kaplan-Meier; ``"event"`` counts death as an event (composite endpoint); ``"censor"``
 censors at the last assessment. Toxicity endpoints default to ``"competing"``, worsening endpoints
-to ``"censor"``.
+to ``"censor"``. A death more than ``death_window_days`` (:data:`DEATH_WINDOW_DAYS`) after the
+patient's last assessment was not seen by the follow-up: it is censored at the last assessment whatever
+the rule.
+
+A patient without a baseline (worsening) or without any assessment after the first dose, and without a
+death that ends follow-up, keeps a row with NaN time and the reason in ``excluded``.
 
 Dates: every value of a column in ISO 8601 (``YYYY-MM-DD`` or ``YYYY-MM-DD HH:MM``; date-only and
 timed values may be mixed) or every value in one other format; a column that mixes formats is
