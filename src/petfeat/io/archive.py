@@ -19,11 +19,21 @@ and label maps. Inside it:
 * **DICOM SEG / RTSTRUCT** objects match a study when they reference its PET series, share a PET
   series' FrameOfReferenceUID, or reference another series of the same StudyInstanceUID (an
   RTSTRUCT drawn on the CT).
-* **Duplicates.** A series (StudyInstanceUID, SeriesInstanceUID) found in a second folder gives a row
-  with status ``duplicate of S...``; extraction records it as a failure.
-* **Unreadable files** (corrupt headers, broken or looping links) are skipped and counted
-  (``n_unreadable``); FIFOs and devices are never opened; symbolic links to folders inside a study
-  are not followed.
+* **Duplicates.** A series (StudyInstanceUID, SeriesInstanceUID) found in several folders gives one
+  row ``S...`` for the copy with the fewest unreadable or truncated files of that series (the first
+  folder on a tie; ``series_choice`` says when a complete copy was preferred) and a row with status
+  ``duplicate of S...`` for each other copy; extraction records those as failures, and a failure
+  of the ``S`` row names them.
+* **Unreadable files** are skipped and counted (``n_unreadable``), their kinds and names (relative to
+  the study folder) in ``scan_notes``: empty files, files whose header is truncated or lacks
+  Modality, corrupt headers, slices whose pixel data is shorter than the header says, files named
+  ``.dcm`` that are not DICOM, broken or looping links, folders that cannot be listed. Other files
+  (non-DICOM files such as ``Thumbs.db`` or ``notes.txt``, and ``DICOMDIR``) are ignored and
+  counted as ``n_other``. FIFOs and devices are never opened; symbolic links to folders inside a
+  study are not followed.
+* **SUV overrides.** The optional columns ``weight_kg``, ``height_m``, ``sex``, ``dose_bq``,
+  ``injection_time`` and ``half_life_s`` (written empty) replace header values for that study, as
+  ``--weight`` etc. do for one study.
 
 Patient identifiers never enter the manifest: ids are keyed hashes (:mod:`petfeat.pseudonyms`).
 Paths are written absolute; :func:`read_manifest` resolves relative paths against the manifest's
@@ -58,8 +68,12 @@ from petfeat.pseudonyms import (  # noqa: F401 - re-exported: petfeat.io.archive
     study_pseudonym,
 )
 
+#: Per-study SUV override columns and the :func:`petfeat.suv.compute_suv_factors` argument each fills.
+OVERRIDE_COLUMNS = {"weight_kg": "weight_kg", "height_m": "height_m", "sex": "sex", "dose_bq": "dose_bq",
+                    "injection_time": "injection_datetime", "half_life_s": "half_life_s"}
 MANIFEST_COLUMNS = ("study_id", "patient_id", "study_date", "study_path", "pet_path", "series_uid", "series_choice",
-                    "alternatives", "labels", "lesions", "match_status", "n_files", "n_unreadable")
+                    "alternatives", "labels", "lesions", "match_status", "n_files", "n_unreadable", "n_other",
+                    "scan_notes", *OVERRIDE_COLUMNS)
 #: Columns a manifest must have; the others default (old manifests load).
 REQUIRED_COLUMNS = ("study_id", "pet_path")
 _LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".nhdr")
@@ -101,8 +115,18 @@ class StudyRow:
     alternatives : list of str
         The study's other PET series UIDs.
     n_unreadable : int
-        Entries of the study folder skipped: files whose header could not be read, broken or
-        looping links, subfolders that cannot be listed.
+        Entries of the study folder skipped as unreadable: empty files, truncated or corrupt
+        headers, truncated pixel data, files named ``.dcm`` that are not DICOM, broken or looping
+        links, subfolders that cannot be listed.
+    n_other : int
+        Files of the study folder ignored as not DICOM images (``Thumbs.db``, text, ``DICOMDIR``).
+    scan_notes : str
+        The kinds of the unreadable and other files, with the unreadable files' names relative to
+        ``study_path`` (at most three per kind).
+    suv_overrides : dict
+        SUV header overrides of this study, as keyword arguments of
+        :func:`petfeat.suv.compute_suv_factors` (``weight_kg``, ``height_m``, ``sex``, ``dose_bq``,
+        ``injection_datetime``, ``half_life_s``); empty when none.
     """
 
     study_id: str
@@ -118,12 +142,18 @@ class StudyRow:
     series_choice: str = ""
     alternatives: list[str] = field(default_factory=list)
     n_unreadable: int = 0
+    n_other: int = 0
+    scan_notes: str = ""
+    suv_overrides: dict = field(default_factory=dict)
 
     def as_csv(self) -> dict:
-        """The row as CSV fields (label paths and alternatives joined with ';')."""
-        d = {c: getattr(self, c) for c in MANIFEST_COLUMNS}
+        """The row as CSV fields (label paths and alternatives joined with ';', overrides in their columns)."""
+        d = {c: getattr(self, c) for c in MANIFEST_COLUMNS if c not in OVERRIDE_COLUMNS}
         d["labels"] = ";".join(self.labels)
         d["alternatives"] = ";".join(self.alternatives)
+        for column, arg in OVERRIDE_COLUMNS.items():
+            value = self.suv_overrides.get(arg)
+            d[column] = "" if value is None else value.isoformat() if hasattr(value, "isoformat") else str(value)
         return d
 
 
@@ -134,8 +164,16 @@ _STUDY_DATE, _MODALITY, _PATIENT_ID, _STUDY_UID, _SERIES_UID, _FRAME_UID = (
 #: What the fast header scan reads of every file: SpecificCharacterSet, the fields above, and what
 #: :func:`petfeat.io.dicom.summarize_series` needs to choose a series (SeriesDescription, SeriesNumber,
 #: ImagePositionPatient, ImageOrientationPatient, CorrectedImage).
+#: PixelData is read as its place in the file only (no bytes), to tell a slice whose pixel data is truncated.
+_PIXEL_DATA = BaseTag(0x7FE00010)
 _SCAN_TAGS = frozenset({0x00080005, _STUDY_DATE, _MODALITY, _PATIENT_ID, _STUDY_UID, _SERIES_UID, _FRAME_UID,
-                        0x0008103E, 0x00200011, 0x00200032, 0x00200037, 0x00280051})
+                        0x0008103E, 0x00200011, 0x00200032, 0x00200037, 0x00280051, _PIXEL_DATA})
+_DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage (DICOMDIR)
+#: Kinds of unreadable entries, in the order ``scan_notes`` lists them.
+_EMPTY, _HEADER_TRUNCATED, _HEADER_CORRUPT, _PIXELS_TRUNCATED, _NOT_DICOM_DCM, _BAD_LINK, _BAD_FOLDER = (
+    "empty (0 bytes)", "header truncated or without Modality", "header unreadable", "pixel data truncated",
+    "named .dcm but not DICOM", "broken or looping link", "folder cannot be listed")
+_OTHER_DICOMDIR, _OTHER_FILE = "DICOMDIR", "not DICOM"
 _PYDICOM_TAGS = ["SpecificCharacterSet", "StudyDate", "Modality", "SeriesDescription", "PatientID",
                  "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber", "ImagePositionPatient",
                  "ImageOrientationPatient", "FrameOfReferenceUID", "CorrectedImage", "ReferencedSeriesSequence",
@@ -154,6 +192,16 @@ class _Header:
     ds: object = field(repr=False, default=None)  # the header, for choosing among PET series
     ref_series: frozenset[str] = frozenset()
     ref_frames: frozenset[str] = frozenset()
+    #: The pixel data is shorter than the header says (the slice cannot be read).
+    truncated: bool = False
+
+
+class _NotDicom(Exception):
+    """A file that is not a DICOM image (``args[0]``: which kind of other file)."""
+
+
+class _Unreadable(Exception):
+    """A DICOM file that cannot be read (``args[0]``: which kind of damage)."""
 
 
 @dataclass
@@ -163,7 +211,42 @@ class _Folder:
     headers: list[_Header] = field(default_factory=list)
     label_files: list[Path] = field(default_factory=list)
     n_files: int = 0
-    n_unreadable: int = 0
+    #: kind -> paths of the entries skipped as unreadable (truncated slices are also in ``headers``)
+    unreadable: dict[str, list[Path]] = field(default_factory=dict)
+    #: kind -> number of files ignored as not DICOM images
+    other: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_unreadable(self) -> int:
+        return sum(len(v) for v in self.unreadable.values())
+
+    @property
+    def n_other(self) -> int:
+        return sum(self.other.values())
+
+    def bad(self, kind: str, path: Path) -> None:
+        self.unreadable.setdefault(kind, []).append(path)
+
+    def notes(self, study: Path) -> str:
+        """``scan_notes``: unreadable entries by kind (names relative to ``study``), then the other files."""
+        order = (_EMPTY, _HEADER_TRUNCATED, _HEADER_CORRUPT, _PIXELS_TRUNCATED, _NOT_DICOM_DCM, _BAD_LINK, _BAD_FOLDER)
+        parts = []
+        for kind in sorted(self.unreadable, key=order.index):
+            paths = self.unreadable[kind]
+            names = [_relative(p, study) for p in paths[:3]] + (["..."] if len(paths) > 3 else [])
+            parts.append(f"{len(paths)} {kind}: {', '.join(names)}")
+        text = f"unreadable: {'; '.join(parts)}" if parts else ""
+        if self.other:
+            others = ", ".join(f"{n} {k}" for k, n in sorted(self.other.items()))
+            text += f"{'; ' if text else ''}ignored: {others}"
+        return text
+
+
+def _relative(path: Path, study: Path) -> str:
+    try:
+        return Path(path).relative_to(study).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def scan_archive(root: str | Path, key: bytes, linkage: dict | None = None,
@@ -191,26 +274,41 @@ def scan_archive(root: str | Path, key: bytes, linkage: dict | None = None,
         raise ManifestError(f"{root}: not a folder. Point to the archive root (one folder per study).")
     root = root.resolve()
     folders = [p for p in sorted(root.iterdir()) if not p.name.startswith(".") and _study_folder(p, root)]
-    rows: list[StudyRow] = []
-    first: dict[tuple[str, str], str] = {}  # (study uid, series uid) -> study id of the first copy
+    found: list[tuple[StudyRow, tuple[str, str] | None, str, int, str]] = []
     for i, folder in enumerate(folders, start=1):
-        for row, pair, pid in _scan_study(folder, root, key):
-            if pair is not None and pair in first:
-                rel = folder.relative_to(root).as_posix()
-                row.study_id = duplicate_pseudonym(rel, key)
-                row.match_status = (f"duplicate of {first[pair]}: the same series is also in another folder; "
-                                    "remove one copy")
-            elif pair is not None:
-                first[pair] = row.study_id
-                if linkage is not None:
-                    linkage[row.study_id] = (row.patient_id, pid)
-            rows.append(row)
+        rel = folder.relative_to(root).as_posix()
+        found += [(row, pair, pid, bad, rel) for row, pair, pid, bad in _scan_study(folder, root, key)]
         if progress is not None:
             progress(i, len(folders))
+    copies: dict[tuple[str, str], list[int]] = {}  # (study uid, series uid) -> the rows of its copies
+    for i, (_, pair, *_rest) in enumerate(found):
+        if pair is not None:
+            copies.setdefault(pair, []).append(i)
+    for idx in copies.values():
+        primary = min(idx, key=lambda i: (found[i][3], i))  # the fewest unreadable files, then the first folder
+        row, _, pid, bad, _ = found[primary]
+        if linkage is not None:
+            linkage[row.study_id] = (row.patient_id, pid)
+        for i in idx:
+            if i == primary:
+                continue
+            dup, _, _, dup_bad, rel = found[i]
+            dup.study_id = duplicate_pseudonym(rel, key)
+            if dup_bad > bad:
+                dup.match_status = (f"duplicate of {row.study_id}: the same series is also in another folder, whose "
+                                    f"copy was chosen as it is complete (this copy has {dup_bad} unreadable or "
+                                    "truncated file(s) of the series); remove one copy")
+                if i < primary:
+                    row.series_choice += (f"; the complete copy of the series, chosen over {dup.study_id} ({dup_bad} "
+                                          "unreadable or truncated file(s) there)")
+            else:
+                dup.match_status = (f"duplicate of {row.study_id}: the same series is also in another folder; "
+                                    "remove one copy")
+    rows = [r for r, *_ in found]
     if _is_one_study(rows):
         # the root is one study's folder (pet/ beside seg/ and a lesion mask): scan it as that study
         rows = []
-        for row, pair, pid in _scan_study(root, root.parent, key):
+        for row, pair, pid, _ in _scan_study(root, root.parent, key):
             if pair is not None and linkage is not None:
                 linkage[row.study_id] = (row.patient_id, pid)
             rows.append(row)
@@ -251,8 +349,8 @@ def _walk(study: Path) -> _Folder:
 def _walk_quietly(study: Path) -> _Folder:
     found = _Folder()
 
-    def unreadable_folder(_exc: OSError) -> None:
-        found.n_unreadable += 1
+    def unreadable_folder(exc: OSError) -> None:
+        found.bad(_BAD_FOLDER, Path(exc.filename or study))
 
     for dirpath, dirnames, filenames in os.walk(study, onerror=unreadable_folder, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -263,7 +361,7 @@ def _walk_quietly(study: Path) -> _Folder:
             try:
                 st = os.stat(path)  # follows a file link; a broken or looping link raises
             except OSError:
-                found.n_unreadable += 1
+                found.bad(_BAD_LINK, path)
                 continue
             if not stat.S_ISREG(st.st_mode):  # FIFO, device, socket, or a link to a folder: never opened
                 continue
@@ -271,19 +369,42 @@ def _walk_quietly(study: Path) -> _Folder:
                 found.label_files.append(path)
                 continue
             found.n_files += 1
+            if st.st_size == 0:
+                found.bad(_EMPTY, path)
+                continue
             try:
                 h = _read_header(path)
-            except Exception:  # noqa: BLE001 - any corrupt header skips the file, never the scan
-                found.n_unreadable += 1
+            except _NotDicom as exc:
+                if name.lower().endswith(".dcm") and exc.args[0] == _OTHER_FILE:
+                    found.bad(_NOT_DICOM_DCM, path)
+                else:
+                    found.other[exc.args[0]] = found.other.get(exc.args[0], 0) + 1
                 continue
-            if h is not None:
-                found.headers.append(h)
+            except _Unreadable as exc:
+                found.bad(exc.args[0], path)
+                continue
+            except Exception:  # noqa: BLE001 - any corrupt header skips the file, never the scan
+                found.bad(_HEADER_CORRUPT, path)
+                continue
+            found.headers.append(h)
+            if h.truncated:  # kept in its series (which then counts a damaged copy), and counted
+                found.bad(_PIXELS_TRUNCATED, path)
     return found
 
 
-def _read_header(path: Path) -> _Header | None:
-    """The scan fields of one file (``None``: not DICOM). Raises on a corrupt DICOM file."""
+def _read_header(path: Path) -> _Header:
+    """The scan fields of one file.
+
+    Raises :class:`_NotDicom` for a file that is not DICOM or is a DICOMDIR, :class:`_Unreadable`
+    for a DICOM file whose header ends before its Modality, and any other exception for a corrupt one.
+    A slice whose pixel data is shorter than its header says is returned with ``truncated`` set.
+    """
     ds = read_slice_header(path, _SCAN_TAGS)  # the header's first bytes only, for image slices
+    truncated = False
+    if ds is not None and _PIXEL_DATA in ds:
+        pixels = ds.get_item(_PIXEL_DATA).value  # where the pixel data lies, and how much of it the file holds
+        truncated = hasattr(pixels, "available") and pixels.available < pixels.length
+        del ds[_PIXEL_DATA]
     if ds is None or _text(ds, _MODALITY) in ("SEG", "RTSTRUCT"):  # references need pydicom
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_PYDICOM_TAGS)
@@ -291,11 +412,19 @@ def _read_header(path: Path) -> _Header | None:
             with open(path, "rb") as f:
                 if f.read(132)[128:132] == b"DICM":
                     raise
-            return None
+            raise _NotDicom(_OTHER_FILE) from None
     modality = _text(ds, _MODALITY) or ""  # raw text: no pydicom value conversion per file
+    if not modality:
+        try:
+            sop_class = str(pydicom.filereader.read_file_meta_info(path).get("MediaStorageSOPClassUID", ""))
+        except Exception:  # noqa: BLE001 - a meta group that cannot be read: the header is damaged
+            sop_class = ""
+        if sop_class == _DIRECTORY_SOP_CLASS:
+            raise _NotDicom(_OTHER_DICOMDIR)
+        raise _Unreadable(_HEADER_TRUNCATED)  # Modality is type 1 in every image IOD: the header ends early
     h = _Header(path, modality, _text(ds, _STUDY_UID) or "", _text(ds, _SERIES_UID) or "",
                 _text(ds, _PATIENT_ID) or "", _text(ds, _STUDY_DATE) or "", _text(ds, _FRAME_UID) or "",
-                ds if modality == "PT" else None)
+                ds if modality == "PT" else None, truncated=truncated)
     if modality in ("SEG", "RTSTRUCT"):
         h.ref_series, h.ref_frames = _references(ds)
     return h
@@ -335,9 +464,19 @@ def _choose_series(series: dict[str, list[_Header]]) -> tuple[str, str]:
                  f"{'volume' if c.is_volume else 'image'} of {c.n_files} files (others: {'; '.join(others)})")
 
 
-def _scan_study(study: Path, root: Path, key: bytes) -> list[tuple[StudyRow, tuple[str, str] | None, str]]:
-    """Rows of one study folder, each with its (study uid, series uid) and raw PatientID."""
+def _scan_study(study: Path, root: Path, key: bytes) -> list[tuple[StudyRow, tuple[str, str] | None, str, int]]:
+    """Rows of one study folder, each with its (study uid, series uid), raw PatientID and damaged files.
+
+    The damaged files of a row are its chosen series' slices with truncated pixel data and the
+    unreadable files in the folders of that series (which may be its slices).
+    """
     found = _walk(study)
+    notes = found.notes(study)
+    bad_dirs: dict[Path, int] = {}
+    for kind, paths in found.unreadable.items():
+        for p in paths:
+            if kind != _PIXELS_TRUNCATED:  # those are counted with their series
+                bad_dirs[p.parent] = bad_dirs.get(p.parent, 0) + 1
     labels, lesion_files = _label_sources(found.label_files)
     lesions = lesion_files[0] if lesion_files else ""
     pets: dict[str, dict[str, list[_Header]]] = {}  # study uid -> series uid -> headers
@@ -353,8 +492,9 @@ def _scan_study(study: Path, root: Path, key: bytes) -> list[tuple[StudyRow, tup
     if not pets:
         rel = study.relative_to(root).as_posix()
         row = StudyRow(folder_pseudonym(rel, key), "", str(study), "", labels, lesions, "no_pet_series",
-                       found.n_files, study_path=str(study), n_unreadable=found.n_unreadable)
-        return [(row, None, "")]
+                       found.n_files, study_path=str(study), n_unreadable=found.n_unreadable, n_other=found.n_other,
+                       scan_notes=notes)
+        return [(row, None, "", found.n_unreadable)]
     out = []
     for study_uid in sorted(pets, key=lambda u: (min(h.date for hs in pets[u].values() for h in hs), u)):
         series = pets[study_uid]
@@ -372,14 +512,15 @@ def _scan_study(study: Path, root: Path, key: bytes) -> list[tuple[StudyRow, tup
         row = StudyRow(study_pseudonym(study_uid, uid, key), first.date, str(pet_dir), uid, matched, "", "ok",
                        len(chosen), study_path=str(study), patient_id=pseudonym(first.patient_id, key, study_uid),
                        series_choice=reason, alternatives=sorted(u for u in series if u != uid),
-                       n_unreadable=found.n_unreadable)
-        out.append((row, (study_uid, uid), first.patient_id))
+                       n_unreadable=found.n_unreadable, n_other=found.n_other, scan_notes=notes)
+        bad = sum(h.truncated for h in chosen) + sum(bad_dirs.get(d, 0) for d in folders)
+        out.append((row, (study_uid, uid), first.patient_id, bad))
     if len(out) == 1:
         out[0][0].labels = labels + out[0][0].labels
         out[0][0].lesions = lesions
         unattributed = []
     else:  # several studies in one folder: each label source goes to the study whose PET files lie nearest it
-        pet_folders = [{h.path.parent for hs in pets[ids[0]].values() for h in hs} for _, ids, _ in out]
+        pet_folders = [{h.path.parent for hs in pets[ids[0]].values() for h in hs} for _, ids, _, _ in out]
         unattributed = []
         for source in labels:
             k = _nearest_study(Path(source), pet_folders, study)
@@ -390,7 +531,7 @@ def _scan_study(study: Path, root: Path, key: bytes) -> list[tuple[StudyRow, tup
                 out[k][0].lesions = source
             else:
                 unattributed.append(source)
-    for row, _, _ in out:
+    for row, *_ in out:
         if unattributed:
             row.match_status = (f"unattributed_labels: {len(unattributed)} label file(s) or folder(s) lie in a folder "
                                 f"of {len(out)} studies, none inside one study's own subfolder; add the right ones to "
@@ -483,6 +624,42 @@ def _int_field(value: str | None, where: str, name: str) -> int:
     return int(number)
 
 
+_OVERRIDE_UNITS = {"weight_kg": "the weight in kg", "height_m": "the height in metres",
+                   "dose_bq": "the injected dose in Bq", "half_life_s": "the half-life in seconds"}
+
+
+def _overrides(rec: dict, where: str) -> dict:
+    """The SUV override columns of one manifest line, as :func:`petfeat.suv.compute_suv_factors` arguments.
+
+    Values are checked for form here (a number, M or F, an ISO date-time); whether they are plausible
+    (units, ranges) is decided where they are used, as for the command line's overrides.
+    """
+    import datetime as dt
+
+    out: dict = {}
+    for column, arg in OVERRIDE_COLUMNS.items():
+        text = rec.get(column, "")
+        if not text:
+            continue
+        if column == "sex":
+            if text.upper() not in ("M", "F"):
+                raise ManifestError(f"{where}: sex is {text!r}; write M or F, or leave it empty.")
+            out[arg] = text.upper()
+        elif column == "injection_time":
+            try:
+                out[arg] = dt.datetime.fromisoformat(text)
+            except ValueError:
+                raise ManifestError(f"{where}: injection_time is {text!r}, not a date and time; write "
+                                    "YYYY-MM-DDTHH:MM:SS (the injection's start) or leave it empty.") from None
+        else:
+            try:
+                out[arg] = float(text)
+            except ValueError:
+                raise ManifestError(f"{where}: {column} is {text!r}, not a number; write {_OVERRIDE_UNITS[column]} "
+                                    "or leave it empty.") from None
+    return out
+
+
 def _absolute(p: str, base: Path) -> str:
     p = p.strip()
     if not p:
@@ -503,13 +680,16 @@ def read_manifest(path: str | Path) -> list[StudyRow]:
 
     The file may be UTF-8 (with or without a byte-order mark), Windows-1252 or Latin-1; empty lines
     are skipped; relative paths are resolved against the manifest's folder, so the returned rows
-    hold absolute paths. Columns other than ``study_id`` and ``pet_path`` may be missing.
+    hold absolute paths. Columns other than ``study_id`` and ``pet_path`` may be missing. The SUV
+    override columns (``weight_kg``, ``height_m``, ``sex``, ``dose_bq``, ``injection_time``,
+    ``half_life_s``) fill each row's ``suv_overrides``.
 
     Raises
     ------
     ManifestError
         Naming the line and the field: a missing column, an empty or repeated study_id, a path that
-        does not exist, a non-numeric count, a line with more fields than the header.
+        does not exist, a non-numeric count or override, a sex other than M or F, an injection time
+        that is not ISO, a line with more fields than the header.
     """
     path = Path(path)
     if not path.is_file():
@@ -560,5 +740,7 @@ def read_manifest(path: str | Path) -> list[StudyRow]:
             study_path=_absolute(rec.get("study_path", ""), base) or pet, patient_id=rec.get("patient_id", ""),
             series_choice=rec.get("series_choice", ""),
             alternatives=[u.strip() for u in rec.get("alternatives", "").split(";") if u.strip()],
-            n_unreadable=_int_field(rec.get("n_unreadable"), where, "n_unreadable")))
+            n_unreadable=_int_field(rec.get("n_unreadable"), where, "n_unreadable"),
+            n_other=_int_field(rec.get("n_other"), where, "n_other"), scan_notes=rec.get("scan_notes", ""),
+            suv_overrides=_overrides(rec, f"{where} (study {sid})")))
     return rows
