@@ -201,3 +201,34 @@ def test_a_site_whose_organ_is_not_segmented_is_unknown_not_zero():
     assert np.isnan(q.psma_tv_prostate_ml) and np.isnan(q.tl_psma_prostate)
     assert "prostate site: region 'tumor_prostate' matched no label" in q.notes
     assert q.psma_tv_ml == pytest.approx(8 * VOXEL_ML)
+
+
+def test_a_zero_reference_mean_gives_no_ratio_and_a_note_not_a_crash():
+    """A scan zeroed in the head (parotid SUVmean 0) crashed a batch's consolidation with ZeroDivisionError."""
+    r = _study(A)
+    feats = r.features.copy()
+    feats.loc[feats.region == "parotid_glands", "suv_mean"] = 0.0
+    feats.loc[feats.region == "liver", "suv_mean"] = -0.5  # a negative mean (noise around 0, or a bad slope)
+    q = study_quantities(feats, r.lesions).iloc[0]
+    assert np.isnan(q.tumour_to_parotid_ratio) and np.isnan(q.tumour_to_liver_ratio)
+    assert q.parotid_suv_mean == 0.0 and q.tumour_suv_mean == pytest.approx(1146 / 89)
+    assert "parotid: SUVmean is 0, so tumour_to_parotid_ratio is not computed" in q.notes
+    assert "liver: SUVmean is -0.5, so tumour_to_liver_ratio is not computed" in q.notes
+
+
+def test_a_batch_writes_its_failure_records_before_the_derived_tables(tmp_path, monkeypatch):
+    """Whatever a derived table (quantities) raises, the failure records of the run are on disk."""
+    import petfeat.quantities
+    from petfeat import batch
+
+    def broken(*_a, **_k):
+        raise RuntimeError("derived table")
+
+    monkeypatch.setattr(petfeat.quantities, "study_quantities", broken)
+    (tmp_path / "parts").mkdir()
+    failed = {"status": "failed", "key": "k1", "error": {"study_id": "S1", "pet_path": "<S1>/pet",
+                                                           "error_class": "SuvError", "message": "no weight"}}
+    with pytest.raises(RuntimeError, match="derived table"):
+        batch.consolidate(tmp_path, [failed])
+    fails = pd.read_parquet(tmp_path / "failures.parquet")
+    assert fails.to_dict("records") == [failed["error"]]

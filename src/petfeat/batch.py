@@ -827,6 +827,11 @@ def consolidate(out: Path, results: list[dict], *, csv: bool = False, wide: bool
         _write_output(df, out / f"{name}.parquet", csv)
         outputs[name] = len(df)
         tables[name] = df
+    # the failure records first: a derived table that cannot be built must not take them with it
+    fails = [r["error"] for r in results if r.get("status") == "failed"]
+    fdf = pd.DataFrame(fails, columns=list(FAILURE_COLUMNS)).sort_values("study_id", kind="mergesort")
+    _write_output(fdf.reset_index(drop=True), out / "failures.parquet", csv)
+    outputs["failures"] = len(fails)
     feats, lesions = tables["features"], tables["lesions"]
     if not len(lesions):  # no study of the run has a lesion: each study's count is 0 (or <NA> without a source)
         lesions = pd.DataFrame(columns=["study_id", "suv_max", "volume_ml"])
@@ -837,10 +842,6 @@ def consolidate(out: Path, results: list[dict], *, csv: bool = False, wide: bool
         wdf = wide_table(feats)
         _write_output(wdf, out / "features_wide.parquet", csv)
         outputs["features_wide"] = len(wdf)
-    fails = [r["error"] for r in results if r.get("status") == "failed"]
-    fdf = pd.DataFrame(fails, columns=list(FAILURE_COLUMNS)).sort_values("study_id", kind="mergesort")
-    _write_output(fdf.reset_index(drop=True), out / "failures.parquet", csv)
-    outputs["failures"] = len(fails)
     return outputs
 
 

@@ -139,6 +139,16 @@ def _mean(row: pd.Series | None) -> float:
     return np.nan if row is None else float(row["suv_mean"])
 
 
+def _ratio(tumour: float, reference: float, role: str, notes: list[str]) -> float:
+    """``tumour / reference``; NaN with a note when the reference SUVmean is not positive (a zeroed or cut scan)."""
+    if np.isnan(reference) or np.isnan(tumour):
+        return np.nan
+    if not reference > 0:
+        notes.append(f"{role}: SUVmean is {reference:g}, so tumour_to_{role}_ratio is not computed")
+        return np.nan
+    return tumour / reference
+
+
 def _absent(role: str, region: str, rows: pd.DataFrame) -> str:
     """Why ``region`` gives no value: matched no label (names the label it needs), or absent (names the spec)."""
     if (rows["region"] == region).any():
@@ -166,8 +176,8 @@ def _one_study(rows: pd.DataFrame, lesions: pd.DataFrame | None, refs: Mapping[s
     out["liver_suv_mean"] = _mean(region["liver"])
     out["parotid_suv_mean"] = _mean(region["parotid"])
     out["blood_pool_suv_mean"] = _mean(region["blood_pool"])
-    out["tumour_to_liver_ratio"] = out["tumour_suv_mean"] / out["liver_suv_mean"]
-    out["tumour_to_parotid_ratio"] = out["tumour_suv_mean"] / out["parotid_suv_mean"]
+    for ref in ("liver", "parotid"):
+        out[f"tumour_to_{ref}_ratio"] = _ratio(out["tumour_suv_mean"], out[f"{ref}_suv_mean"], ref, notes)
     out["psma_tv_ml"], out["tl_psma"] = _burden(tumour)
     for site, name in SITES.items():
         r = _region(rows, name)
