@@ -50,8 +50,12 @@ def test_planted_effects_recovered_and_report_written(cohort, tmp_path):
     tested, covs = res[res.status != "ok (covariate)"], res[res.status == "ok (covariate)"]
     assert (tested.status == "ok").all() and tested["p_fdr"].notna().all()
     assert (tested["p_fdr"] >= tested["p"] - 1e-12).all() and covs["p_fdr"].isna().all()
-    # the adjusted toxicity analysis: one baseline-haemoglobin row per feature, after that feature's row
-    assert len(covs) == 3 and (covs.term == "baseline_haemoglobin").all() and covs.hr.gt(0).all()
+    # the adjusted toxicity analysis: one baseline-haemoglobin row per feature, after that feature's row; the
+    # worsening analyses (FACT-P 4 features, BPI severity and interference 3 each) one baseline-score row each
+    assert covs.term.value_counts().to_dict() == {"baseline_score": 10, "baseline_haemoglobin": 3}
+    assert covs.hr.gt(0).all() and (covs[covs.term == "baseline_haemoglobin"]["transform"] == "per g/dL").all()
+    assert (covs[covs.term == "baseline_score"]["transform"] == "per point").all()
+    assert (tested.n_included == 61).all() and (tested.n_excluded == 0).all() and tested.in_family.all()
     assert res[res.model == "cox"].result.str.match(
         r"^HR = \d+\.\d\d, 95% CI \d+\.\d\d to \d+\.\d\d, p (=|<) \d\.\d{3}$").all()
     cox = tested[tested.model == "cox"]
@@ -65,7 +69,10 @@ def test_planted_effects_recovered_and_report_written(cohort, tmp_path):
     mixed = tested[tested.model == "mixed"]  # random slope for cycle, Satterthwaite df; the 2nd analysis adds x cycle
     assert len(mixed) == 6 and mixed.df.between(5, 400).all() and mixed.var_slope.ge(0).all()
     assert mixed.time_estimate.notna().all() and mixed.reml_criterion.notna().all() and mixed.converged.all()
-    assert mixed.interaction_p.notna().sum() == 2 and mixed.formula.str.endswith("(cycle | patient_id)").all()
+    assert mixed.interaction_p.notna().sum() == 2 and mixed.formula.str.contains(r"\(cycle \| patient_id\)").all()
+    inter = mixed[mixed.interaction_p.notna()]  # the tested term and the headline are the interaction
+    assert (inter.term == inter.feature + ":cycle").all() and (inter.p == inter.interaction_p).all()
+    assert (inter.time_centre == 3.5).all() and inter.main_estimate.notna().all()
     assert mixed.interaction_result.dropna().str.match(r"^x cycle: -?[\d.e-]+ per cycle, 95% CI ").sum() == 2
     csv = pd.read_csv(paths["csv"])
     assert {"term", "se", "loglik", "ph_global_p", "flag", "warnings", "interaction_estimate", "var_slope",
@@ -228,12 +235,14 @@ def test_multiplicity_per_family_with_holm_and_bh(cohort):
     spec["analyses"] = [a for a in spec["analyses"] if a["model"] == "cox"][:2]
     spec["multiplicity"] = {"methods": ["bh", "holm"], "family": "analysis"}
     res, _ = run_analyses(f, read_clinical(d / "clinical"), spec)
+    res = res[res.status == "ok"]  # the tested rows (the FACT-P analysis has baseline-score covariate rows)
     assert res.analysis.nunique() == 2
     for _, g in res.groupby("analysis"):
         np.testing.assert_allclose(g.p_fdr, fdr(g.p))
         np.testing.assert_allclose(g.p_holm, holm(g.p))
     spec["multiplicity"]["family"] = "study"
     res2, _ = run_analyses(f, read_clinical(d / "clinical"), spec)
+    res2 = res2[res2.status == "ok"]
     np.testing.assert_allclose(res2.p_holm, holm(res2.p))
     assert (res2.p_holm >= res.p_holm - 1e-12).all() and (res2.p_holm > res.p_holm).any()
 

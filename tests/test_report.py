@@ -115,9 +115,14 @@ def test_html_has_every_section_in_order_table2_columns_and_one_mip_per_study(re
     assert [r[7] for r in body] == [f"{v:.1f}" for v in tested.events_per_variable]
     assert [r[2] for r in body] == [fmt_ci(h, lo, hi) for h, lo, hi in zip(tested.hr, tested.ci_low, tested.ci_high)]
     assert sum(r[0] == "adjusted for baseline haemoglobin" for r in cox[1:]) == 2
-    mixed = next(t for t in tables.tables if t[0][:3] == ["Feature", "Effect per", "Estimate (95% CI)"])
+    # the mixed analysis has a feature x cycle interaction: the tested term heads the table, the main effect beside
+    mixed = next(t for t in tables.tables if t[0][:3] == ["Feature", "Effect per", "Feature x cycle (95% CI)"])
     m = res[res.model == "mixed"].iloc[0]
     assert mixed[0][6] == "obs/patients" and mixed[1][6] == f"{int(m.n_obs)}/{int(m.n_groups)}"
+    assert mixed[0][7] == f"Feature at cycle {m.time_centre:.2f} (95% CI), p"
+    assert mixed[1][2] == fmt_ci(m.interaction_estimate, m.interaction_ci_low, m.interaction_ci_high)
+    assert mixed[1][3] == fmt_p(m.interaction_p) and mixed[1][7].startswith(fmt_ci(m.main_estimate, m.main_ci_low,
+                                                                                     m.main_ci_high))
     # one MIP per study, each with its key numbers
     assert page.count('class="mip"') == f.study_id.nunique() == N
     for sid in f.study_id.unique():

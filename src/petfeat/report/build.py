@@ -73,8 +73,13 @@ def _region_text(name: str, r: dict) -> str:
     return " ".join(parts)
 
 
-def methods_text(spec: dict, features: pd.DataFrame | None = None, regions: dict | None = None) -> list[str]:
-    """Paragraphs of a methods section generated from the study spec and the feature table's provenance."""
+def methods_text(spec: dict, features: pd.DataFrame | None = None, regions: dict | None = None,
+                 results: pd.DataFrame | None = None) -> list[str]:
+    """Paragraphs of a methods section generated from the study spec and the feature table's provenance.
+
+    With ``results`` (:func:`petfeat.stats.analysis.run_analyses`) the multiplicity paragraph counts
+    the tests of the family and the rows left out of it.
+    """
     from petfeat.regions import BUILTIN_REGIONS
 
     regions = regions or BUILTIN_REGIONS
@@ -109,7 +114,9 @@ def methods_text(spec: dict, features: pd.DataFrame | None = None, regions: dict
             f"checked with the Schoenfeld-residual score test (R cox.zph, {spec.get('ph_transform', 'km')} time "
             "transform); models with fewer than 10 events per variable or without convergence are flagged"
             + (f"; a ridge-penalised fit (penalizer {spec['ridge']:g}) is reported as a sensitivity analysis"
-               if spec.get("ridge") else "") + ".")
+               if spec.get("ridge") else "") + "."
+            + (" Time to worsening of a score was adjusted for the patient's baseline score of that instrument "
+               "(regression to the mean)." if any("baseline_score" in a.get("covariates", []) for a in cox) else ""))
     if mixed:
         slope = any(a.get("random_slope") for a in mixed)
         df = sorted({a.get("df", "normal") for a in mixed})
@@ -118,16 +125,34 @@ def methods_text(spec: dict, features: pd.DataFrame | None = None, regions: dict
             + (" and a random slope for time" if slope else "") + " per patient, the feature and time as fixed "
             "effects (and their interaction where stated); tests used "
             + " or ".join("Satterthwaite degrees of freedom" if d == "satterthwaite" else "Wald z statistics"
-                          for d in df) + ".")
+                          for d in df) + "."
+            + (" Satterthwaite degrees of freedom were computed as lmerTest computes them, on the scale of the "
+               "relative Cholesky factor of the random-effect covariance; a singular fit (a random-effect variance "
+               "or correlation at the boundary) is kept and flagged in its row." if "satterthwaite" in df else "")
+            + (" In the analyses of a feature x time interaction the interaction is the tested term; time was centred "
+               "at its mean over the model's observations, so that the feature's main effect, reported beside it, is "
+               "its effect at the mean time (conditional on time), not an extrapolation to time 0."
+               if any(a.get("interaction") for a in mixed) else ""))
     m = spec.get("multiplicity") or {}
     methods = m.get("methods", ["bh"] if spec.get("fdr", True) else [])
     methods = [methods] if isinstance(methods, str) else list(methods)
     fam = m.get("family", "study")
     mt = {"bh": "Benjamini-Hochberg false discovery rate (q)", "holm": "Holm family-wise error rate"}
+    count, left = "", ""
+    if results is not None and "in_family" in results.columns:
+        tested = results[results["status"].astype(str) != "ok (covariate)"]
+        k, out = int(tested["in_family"].astype(bool).sum()), int((~tested["in_family"].astype(bool)).sum())
+        count = f" ({k} tests)" if fam == "study" else f" ({k} tests in all)"
+        left = (f"; {out} tested row{'s' if out != 1 else ''} without a p (a model that failed or gave no test) "
+                f"{'are' if out != 1 else 'is'} left out of the family and flagged") if out else ""
     if methods:
         paras.append("P values were adjusted for multiple testing by " + " and ".join(mt.get(x, x) for x in methods)
-                     + (" over all tests of the study" if fam == "study" else " within each analysis")
-                     + "; covariate rows are not tested. Two-sided p < 0.05 is called significant.")
+                     + (" over all tests of the study" if fam == "study" else " within each analysis") + count
+                     + "; covariate rows are not tested" + left + ". Two-sided p < 0.05 is called significant.")
+    paras.append("All analyses are complete-case: a patient without features, without the endpoint (for example no "
+                 "baseline score or no assessment after the first dose), or without a covariate is left out of that "
+                 "analysis only; the notes under each table give the patients analysed and why the others were left "
+                 "out (n_included, n_excluded and excluded_reasons in results.csv).")
     return paras
 
 
@@ -264,7 +289,7 @@ def write_report(results: pd.DataFrame, context: dict, spec: dict, out: str | Pa
                              lstrip_blocks=True)
     page = env.get_template("report.html.j2").render(
         title=title, css=(files("petfeat.report") / "report.css").read_text(), cohort=cohort,
-        n_patients=len(base) if base is not None else None, methods=methods_text(spec, features, regions),
+        n_patients=len(base) if base is not None else None, methods=methods_text(spec, features, regions, results),
         blocks=table2(results), forest=forest, curves=curves, trajectories=trajectories,
         warnings=_warnings(results), qc=qc_rows, demo=demo_ctx, extra_html=extra_html, versions=versions,
         config_hashes=chashes, spec_hash=spec_hash(spec), date=now, ph_transform=spec.get("ph_transform", "km"),

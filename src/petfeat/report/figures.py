@@ -218,26 +218,32 @@ def mixed(d: pd.DataFrame, feature: str, score: str, time: str, row: pd.Series, 
     fig = plt.figure(figsize=(WIDTH_IN, 4.3))
     ax = fig.add_axes((0.12, 0.13, 0.84, 0.72))
     tbar, zbar, ybar = d[time].mean(), d["z"].mean(), d[value].mean()
-    b_f, b_t = float(row.get("estimate", np.nan)), float(row.get("time_estimate", np.nan))
-    b_i = float(row.get("interaction_estimate", 0.0)) if pd.notna(row.get("interaction_estimate", np.nan)) else 0.0
+    inter = pd.notna(row.get("interaction_estimate", np.nan))
+    main = "main_" if inter and pd.notna(row.get("main_estimate", np.nan)) else ""  # the headline is then x time
+    b_f, b_t = float(row.get(f"{main}estimate", np.nan)), float(row.get("time_estimate", np.nan))
+    b_i = float(row["interaction_estimate"]) if inter else 0.0
+    c = float(row.get("time_centre", 0.0)) if pd.notna(row.get("time_centre", np.nan)) else 0.0
     for i, (lab, part) in enumerate(d.groupby("tertile", observed=True, sort=True)):
-        c = COLOURS[[0, 3, 1][i % 3]]
+        colour = COLOURS[[0, 3, 1][i % 3]]
         m = part.groupby(time)[value].agg(["mean", "std", "count"])
         half = 1.96 * m["std"].fillna(0) / np.sqrt(m["count"])
-        ax.errorbar(m.index + (i - 1) * 0.07, m["mean"], yerr=half, fmt="o", color=c, ms=4, capsize=2, lw=1,
+        ax.errorbar(m.index + (i - 1) * 0.07, m["mean"], yerr=half, fmt="o", color=colour, ms=4, capsize=2, lw=1,
                     label=f"{lab} tertile (n={part['patient_id'].nunique()})")
         if np.isfinite(b_f) and np.isfinite(b_t):
             tt = np.linspace(d[time].min(), d[time].max(), 20)
             zm = part["z"].mean()
-            ax.plot(tt, ybar + b_t * (tt - tbar) + b_f * (zm - zbar) + b_i * ((zm * tt) - (zbar * tbar)), color=c,
-                    lw=1.4)
+            ax.plot(tt, ybar + b_t * (tt - tbar) + b_f * (zm - zbar) + b_i * (zm * (tt - c) - zbar * (tbar - c)),
+                    color=colour, lw=1.4)
     ax.set_xlabel(time)
     ax.set_ylabel(f"{score} score")
     ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=3, frameon=False, borderaxespad=0.2)
-    effect = fmt_ci(b_f, row.get("ci_low", np.nan), row.get("ci_high", np.nan))
+    effect = fmt_ci(b_f, row.get(f"{main}ci_low", np.nan), row.get(f"{main}ci_high", np.nan))
     b64, files = save(fig, folder, stem)
+    at = f" at {time} {fmt_num(c, 2)}" if main else ""
     cap = (f"Points: observed mean {score} score (95% CI) per {time} in tertiles of "
            f"{feature_label(feature, with_region=True)}; lines: linear mixed model estimate at each tertile's mean "
-           f"({transform_label(row.get('transform'))}: {effect}, p {fmt_p(row.get('p'))}).")
+           f"({transform_label(row.get('transform'))}{at}: {effect}, p {fmt_p(row.get(f'{main}p'))}"
+           + (f"; x {time}: " + fmt_ci(b_i, row.get("interaction_ci_low"), row.get("interaction_ci_high"))
+              + f" per {time}, p {fmt_p(row.get('interaction_p'))}" if inter else "") + ").")
     cap += f" {note}" if note else ""
     return Figure(stem, f"Mixed model: {title}", cap, b64, files)

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from petfeat.stats.analysis import covariate_unit
+
 #: Display names of the feature table's columns, with units.
 FEATURE_NAMES = {
     "suv_mean": ("SUVmean", ""), "suv_max": ("SUVmax", ""), "suv_min": ("SUVmin", ""), "suv_std": ("SUV SD", ""),
@@ -45,9 +47,14 @@ def fmt_num(v: float | None, digits: int = 2) -> str:
 
 
 def fmt_ci(est: float, lo: float, hi: float, digits: int = 2) -> str:
-    """``1.23 (0.45 to 3.40)``: the estimate with its 95% interval, one separator everywhere."""
-    if not np.isfinite(est):
+    """``1.23 (0.45 to 3.40)``: the estimate with its 95% interval, one separator everywhere.
+
+    An estimate without an interval is ``1.23 (no CI)``, never an empty pair of bounds.
+    """
+    if est is None or not np.isfinite(est):
         return ""
+    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"{fmt_num(est, digits)} (no CI)"
     return f"{fmt_num(est, digits)} ({fmt_num(lo, digits)} to {fmt_num(hi, digits)})"
 
 
@@ -98,7 +105,8 @@ def table1(base: pd.DataFrame, features: pd.DataFrame | None = None,
     """Rows of Table 1 (characteristic, value) from the analysis' patient table (patients joined to features).
 
     Age, every ``baseline_*`` lab, PSA and ECOG when present, lesions per patient and the whole-body
-    PSMA-TV and TL-PSMA as median [IQR]; the number of studies when ``features`` is given. With
+    PSMA-TV and TL-PSMA as median [IQR] (labs with their unit); the number of studies when ``features`` is
+    given; ``base`` holds every patient of the clinical table, with or without features. With
     ``quantities`` (the table of :func:`petfeat.quantities.study_quantities`), the reference uptake and the
     tumour-to-liver and tumour-to-parotid ratios as median [IQR] over the patients of ``base``, each at the
     first study, as the features of ``base`` are; "n/a" when no study has the value.
@@ -110,7 +118,9 @@ def table1(base: pd.DataFrame, features: pd.DataFrame | None = None,
         rows.append(("Age, years, median [IQR]", fmt_median_iqr(base["age"], 0)))
     for c in base.columns:
         if c.startswith("baseline_"):
-            rows.append((f"Baseline {c[9:].replace('_', ' ')}, median [IQR]", fmt_median_iqr(base[c])))
+            unit = covariate_unit(c)
+            rows.append((f"Baseline {c[9:].replace('_', ' ')}{', ' + unit if unit else ''}, median [IQR]",
+                         fmt_median_iqr(base[c])))
     if "psa" in base.columns:
         rows.append(("PSA, ng/mL, median [IQR]", fmt_median_iqr(base["psa"])))
     if "ecog" in base.columns:
@@ -140,13 +150,34 @@ def _notes(r: Mapping) -> str:
     return "; ".join(p for p in parts if p and p != "nan")
 
 
+def _num(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _cohort_note(r: Mapping) -> str:
+    """``11 of 12 patients analysed (complete case); left out: 1 no features``; "" without the counts."""
+    n, total = _num(r.get("n_included")), _num(r.get("n_patients"))
+    if not (np.isfinite(n) and np.isfinite(total)):
+        return ""
+    why = str(r.get("excluded_reasons") or "")
+    why = "" if why == "nan" else why
+    return f"{int(n)} of {int(total)} patients analysed (complete case)" + (f"; left out: {why}" if why else "")
+
+
 def table2(results: pd.DataFrame) -> list[dict]:
-    """One Table 2 block per analysis: a caption and rows shaped like a paper's results table.
+    """One Table 2 block per analysis: a caption, rows shaped like a paper's results table, and notes.
 
     Cox blocks have the columns feature, HR (95% CI), p, q (Benjamini-Hochberg), Holm, n/events,
-    EPV, PH test p and notes, with the covariates' rows beneath their feature. Mixed-model blocks
-    have feature, estimate (95% CI), p, q, Holm, observations/patients, the feature x time effect
-    when fitted, and notes.
+    EPV, PH test p and notes, with the covariates' rows (effect per unit of the covariate) beneath
+    their feature. Mixed-model blocks have feature, estimate (95% CI), p, q, Holm,
+    observations/patients and notes; with a feature x time interaction the estimate, p, q and Holm
+    are the interaction's (the tested term) and a column gives the feature's main effect at the
+    centred time, conditional on it. ``notes`` of a block: the patients included of the cohort and
+    why the others were left out (complete case), and the tested rows without a p, left out of the
+    multiplicity family.
     """
     blocks = []
     if not len(results):
@@ -156,14 +187,18 @@ def table2(results: pd.DataFrame) -> list[dict]:
         first = g.iloc[0]
         region = REGION_NAMES.get(str(first.get("region", "")), str(first.get("region", "")))
         endpoint = str(first.get("endpoint", ""))
-        rows = []
+        rows, cohorts, outside = [], [], []
         for _, r in g.iterrows():
             r = r.to_dict()
             cov = r.get("status") == "ok (covariate)"
             feat = (f"adjusted for {str(r.get('term', '')).replace('_', ' ')}" if cov else feature_label(r["feature"]))
-            row = {"feature": feat, "covariate": cov, "transform": "" if cov else transform_label(r.get("transform")),
+            row = {"feature": feat, "covariate": cov, "transform": transform_label(r.get("transform")),
                    "p": fmt_p(r.get("p")), "q": "" if cov else fmt_p(r.get("p_fdr")),
                    "holm": "" if cov else fmt_p(r.get("p_holm")), "notes": _notes(r)}
+            if not cov:
+                cohorts.append((feat, _cohort_note(r)))
+                if "in_family" in r and not bool(r.get("in_family")):
+                    outside.append(feat)
             if model == "cox":
                 row["effect"] = fmt_ci(r.get("hr", np.nan), r.get("ci_low", np.nan), r.get("ci_high", np.nan))
                 ev = r.get("events")
@@ -178,16 +213,32 @@ def table2(results: pd.DataFrame) -> list[dict]:
                 row["effect"] = fmt_ci(r.get("estimate", np.nan), r.get("ci_low", np.nan), r.get("ci_high", np.nan))
                 no, ng = r.get("n_obs"), r.get("n_groups")
                 row["n"] = f"{int(no)}/{int(ng)}" if pd.notna(no) and pd.notna(ng) else ""
-                if pd.notna(r.get("interaction_estimate", np.nan)):
-                    row["interaction"] = (fmt_ci(r["interaction_estimate"], r["interaction_ci_low"],
-                                                 r["interaction_ci_high"]) + f", p {fmt_p(r['interaction_p'])}")
+                if pd.notna(r.get("main_estimate", np.nan)):
+                    row["conditional"] = (fmt_ci(r["main_estimate"], r.get("main_ci_low"), r.get("main_ci_high"))
+                                          + f", p {fmt_p(r.get('main_p')) or 'none'}")
             rows.append(row)
-        transforms = sorted({row["transform"].split(" (")[0] for row in rows if row["transform"]})
+        transforms = sorted({row["transform"].split(" (")[0] for row in rows if row["transform"]
+                             and not row["covariate"]})
         death = str(first.get("death", "")) if model == "cox" and pd.notna(first.get("death", np.nan)) else ""
+        notes = []
+        texts = {t for _, t in cohorts}
+        if len(texts) == 1 and "" not in texts:
+            notes.append(f"{texts.pop()}.")
+        else:
+            notes += [f"{feat}: {t}." for feat, t in cohorts if t]
+        if outside:
+            notes.append("Without a p, left out of the multiplicity family (q, Holm p): " + ", ".join(outside) + ".")
+        inter = any("conditional" in r for r in rows)
+        time, centre = str(first.get("time", "time")), _num(first.get("time_centre"))
+        if inter:
+            notes.append(f"Tested term: feature x {time} (change of the score per {time} per the stated change of "
+                         f"the feature); the feature's main effect is its effect at {time} {fmt_num(centre, 2)} (the "
+                         f"mean {time}, which the model is centred at), conditional on {time}.")
         blocks.append({"name": str(name), "model": model, "region": region, "endpoint": endpoint,
                        "transform": ", ".join(transforms), "death": death, "rows": rows,
-                       "has_interaction": any("interaction" in r for r in rows),
-                       "has_sensitivity": any("sensitivity" in r for r in rows)})
+                       "has_interaction": inter, "time": time,
+                       "centre": fmt_num(centre, 2) if np.isfinite(centre) else "",
+                       "has_sensitivity": any("sensitivity" in r for r in rows), "notes": notes})
     return blocks
 
 
@@ -202,21 +253,24 @@ def results_markdown(results: pd.DataFrame, title: str) -> str:
              "warnings and the covariate rows, is in results.csv.", ""]
     for b in table2(results):
         cox = b["model"] == "cox"
-        head = ["Feature", "Transform", "HR (95% CI)" if cox else "Estimate (95% CI)", "p", "q (BH)", "p (Holm)",
-                "n/events" if cox else "obs/patients"]
-        head += ["EPV", "PH test p"] if cox else (["Feature x time (95% CI), p"] if b["has_interaction"] else [])
+        effect = ("HR (95% CI)" if cox else f"Feature x {b['time']} (95% CI)" if b["has_interaction"]
+                  else "Estimate (95% CI)")
+        head = ["Feature", "Transform", effect, "p", "q (BH)", "p (Holm)", "n/events" if cox else "obs/patients"]
+        head += (["EPV", "PH test p"] if cox else [f"Feature at {b['time']} {b['centre']} (95% CI), p"]
+                 if b["has_interaction"] else [])
         head += ["Notes"]
         rows = []
         for r in b["rows"]:
             row = [("  " if r["covariate"] else "") + r["feature"], r["transform"], r["effect"], r["p"], r["q"],
                    r["holm"], r["n"]]
-            row += [r.get("epv", ""), r.get("ph", "")] if cox else ([r.get("interaction", "")]
+            row += [r.get("epv", ""), r.get("ph", "")] if cox else ([r.get("conditional", "")]
                                                                      if b["has_interaction"] else [])
             row += [r["notes"]]
             rows.append(row)
         parts += [f"## {b['name']}", "", f"Endpoint: {b['endpoint']}; model: {'Cox' if cox else 'linear mixed'}"
                   + (f"; death: {b['death']}" if b["death"] else ""), "",
                   tabulate(rows, headers=head, tablefmt="github", disable_numparse=True), ""]
+        parts += [" ".join(b["notes"]), ""] if b["notes"] else []
     return "\n".join(parts)
 
 

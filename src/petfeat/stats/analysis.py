@@ -40,7 +40,7 @@ from petfeat.stats.endpoints import (
 from petfeat.stats.errors import ClinicalDataError
 from petfeat.stats.models import fdr, fit_cox, fit_mixed, format_hr, holm
 from petfeat.stats.questionnaires import FACT_P_PCS, ITEMS, bpi_scores, fact_scores, xerostomia_score
-from petfeat.stats.spec import ENDPOINT_TYPES, MODELS, StudySpecError, read_study  # noqa: F401 - re-exported
+from petfeat.stats.spec import BASELINE_SCORE, ENDPOINT_TYPES, MODELS, StudySpecError, read_study  # noqa: F401
 
 STUDY_SPEC = files("petfeat.stats") / "study_psma_lu.yaml"
 
@@ -371,25 +371,123 @@ def feature_wide(features: pd.DataFrame) -> pd.DataFrame:
     return wide.reset_index()
 
 
+#: Units of the patient-table covariates (``baseline_<test>`` of a CTCAE lab takes the test's unit).
+COVARIATE_UNITS = {"age": "year", "psa": "ng/mL", "ecog": "ECOG grade", BASELINE_SCORE: "point"}
+
+
+def covariate_unit(name: str) -> str:
+    """The unit a covariate's effect is given per: ``baseline_haemoglobin`` -> ``g/dL``; "" when unknown."""
+    from petfeat.stats.ctcae import CANONICAL_UNIT
+
+    if name in COVARIATE_UNITS:
+        return COVARIATE_UNITS[name]
+    return CANONICAL_UNIT.get(name[9:], "") if name.startswith("baseline_") else ""
+
+
+def _baseline_from_scores(scores: pd.DataFrame, patients: pd.DataFrame) -> pd.Series:
+    """Last score on or before the first dose per patient (the worsening endpoints' baseline)."""
+    from petfeat.stats.endpoints import after_first_dose
+
+    sc = scores.dropna(subset=["score"]).assign(date=lambda t: pd.to_datetime(t["date"], format="ISO8601"))
+    out = {}
+    for pid, start in zip(patients["patient_id"], pd.to_datetime(patients["therapy_start"], format="ISO8601"),
+                          strict=True):
+        mine = sc[sc["patient_id"] == pid].sort_values("date", kind="stable")
+        before = mine[~after_first_dose(mine["date"], start)]
+        out[pid] = float(before["score"].iloc[-1]) if len(before) else np.nan
+    return pd.Series(out, name=BASELINE_SCORE, dtype=float)
+
+
+def _exclusions(d: pd.DataFrame, linked: set, col: str, needed: list[str]) -> pd.Series:
+    """Why each patient (row of ``d``) is left out of a complete-case analysis; "" for the included.
+
+    The first reason that applies: no features (the patient is not in the feature table), the
+    endpoint table's own ``excluded`` reason (no baseline score, no follow-up), no time to event,
+    no value of the feature, no value of a covariate.
+    """
+    why = pd.Series("", index=d.index, dtype=object)
+
+    def mark(mask, text):
+        mask = pd.Series(mask, index=d.index).fillna(False).astype(bool) & why.eq("")
+        if isinstance(text, pd.Series):
+            why[mask] = text[mask]
+        else:
+            why[mask] = text
+
+    mark(~d["patient_id"].isin(linked), "no features")
+    if "excluded" in d.columns:
+        given = d["excluded"].where(d["excluded"].notna(), "").astype(str).str.strip()
+        mark(given.ne("") & given.ne("False") & given.ne("0"),
+             given.where(given.ne("True"), "excluded by the endpoint"))
+    if "time_days" in d.columns:
+        status = d["status"].astype(str) if "status" in d.columns else pd.Series("", index=d.index)
+        mark(d["time_days"].isna() & status.eq("no_baseline"), "no baseline score")
+        mark(d["time_days"].isna(), "no time to event")
+    mark(d[col].isna(), f"no {col}")
+    for c in needed:
+        mark(d[c].isna() if c in d.columns else True, f"no {c}")
+    return why
+
+
+def _reasons(why: pd.Series) -> str:
+    """``2 no features; 1 no baseline score``: the reasons, most frequent first, ties in alphabetical order."""
+    counts = why[why.ne("")].value_counts()
+    return "; ".join(f"{n} {r}" for r, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _singular_flag(r: dict, random_slope: bool) -> str:
+    if not r.get("singular"):
+        return ""
+    if random_slope:
+        v0, v1, c = r.get("var_intercept", np.nan), r.get("var_slope", np.nan), r.get("cov_intercept_slope", np.nan)
+        corr = c / np.sqrt(v0 * v1) if v0 > 0 and v1 > 0 else np.nan
+        what = f" (intercept-slope correlation {corr:.2f})" if np.isfinite(corr) else ""
+        return (f"singular fit: random slope variance/correlation at the boundary{what}; kept, tests use lmerTest's "
+                "Satterthwaite df on the Cholesky scale")
+    return "singular fit: random intercept variance at 0"
+
+
+def _p_text(p: float) -> str:
+    return f"p = {p:.3f}" if p >= 0.001 else "p < 0.001" if np.isfinite(p) else "no p"
+
+
 def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict, progress=None) -> tuple[pd.DataFrame, dict]:
     """Fit every analysis of the spec; returns the result table and the data used.
 
     ``progress(i, n)``, when given, is called after each of the ``n`` models (analysis x feature).
 
-    Multiplicity (spec ``multiplicity``): ``p_fdr`` (Benjamini-Hochberg) and/or ``p_holm`` over a
-    family of tests, all tests of the study (default) or each analysis.
+    Every analysis is complete-case over the patients of the clinical ``patients`` table: a patient
+    without features, without the endpoint (the endpoint table's ``excluded`` reason, e.g. no
+    baseline score), without the feature's value or a covariate is left out of that model. Each row
+    gives ``n_patients`` (the clinical table's), ``n_included``, ``n_excluded`` and ``excluded_reasons``
+    (``1 no features; 1 no baseline score``).
 
-    One row per analysis and feature (``term`` = the feature; ``status`` ``ok``, ``not converged``
+    Covariate ``baseline_score`` of a worsening endpoint's Cox model: the endpoint's baseline score
+    (its ``baseline`` column; from the scores table when the endpoint table has none), the
+    adjustment for regression to the mean.
+
+    Multiplicity (spec ``multiplicity``): ``p_fdr`` (Benjamini-Hochberg) and/or ``p_holm`` over a
+    family of tests, all tests of the study (default) or each analysis. A tested row without a p
+    (a model that failed, did not converge or has no df) is left out of the family and says so in
+    ``flag``; ``in_family`` marks the rows in it, ``family_size`` counts them.
+
+    One row per analysis and feature (``term`` = the tested term; ``status`` ``ok``, ``not converged``
     or the reason the model could not be fitted), followed for Cox models by one row per covariate
-    (``status`` ``ok (covariate)``: reported, not part of the FDR family). ``flag`` names what
-    weakens a row (not converged, events per variable below 10); ``warnings`` holds the fitter's.
+    (``status`` ``ok (covariate)``: reported, not part of the family). With ``interaction`` (mixed
+    models) the tested term and the headline ``estimate``/``p`` are ``feature x time``; time is
+    centred at its mean over the model's observations and the feature's main effect, its effect at
+    that time, is in ``main_*``. ``flag`` names what weakens a row (not converged, events per
+    variable below 10, a singular fit); ``warnings`` holds the fitter's.
     """
     endpoints = derive_endpoints(spec, clinical)
     wide = feature_wide(features)
-    base = clinical["patients"].merge(wide, on="patient_id", how="inner")
-    if not len(base):
+    patients = clinical["patients"]
+    linked = set(wide["patient_id"]) & set(patients["patient_id"])
+    if not linked:
         raise PetfeatError("no patient_id of the clinical tables matches the feature table; the clinical tables must "
                            "use the pseudonymised ids (petfeat scan --linkage writes the map).")
+    base = patients.merge(wide, on="patient_id", how="left")  # every patient of the cohort; no features: NaN
+    n_patients = int(patients["patient_id"].nunique())
     rows, data, mixed = [], {}, {}
     n_models, done = sum(len(a["features"]) for a in spec["analyses"]), 0
     for a in spec["analyses"]:
@@ -403,7 +501,8 @@ def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict, progress=No
                              f"feature {col} not in the feature table"})
                 continue
             rec = {"analysis": a.get("name", ""), "model": a["model"], "region": a["region"], "feature": col,
-                   "endpoint": a.get("endpoint", a.get("score"))}
+                   "endpoint": a.get("endpoint", a.get("score")), "n_patients": n_patients}
+            covs = list(a.get("covariates", []))
             if a["model"] == "cox":
                 e = spec["endpoints"][a["endpoint"]]
                 rule = e.get("death", "competing" if e["type"] == "first_grade" else "censor")
@@ -412,8 +511,19 @@ def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict, progress=No
             extra = []
             try:
                 if a["model"] == "cox":
-                    d = base.merge(endpoints[a["endpoint"]], on="patient_id").dropna(subset=["time_days"])
-                    r = fit_cox(d, "time_days", "event", col, a.get("covariates", []), a.get("transform", "unit"),
+                    d = base.merge(endpoints[a["endpoint"]], on="patient_id", how="left")
+                    if BASELINE_SCORE in covs:
+                        if "baseline" in d.columns:
+                            d[BASELINE_SCORE] = d["baseline"]
+                        else:
+                            sc = clinical["scores"]
+                            d[BASELINE_SCORE] = d["patient_id"].map(_baseline_from_scores(
+                                sc[sc["instrument"] == e["score"]], patients))
+                    why = _exclusions(d, linked, col, covs)
+                    rec.update(n_included=int(why.eq("").sum()), n_excluded=int(why.ne("").sum()),
+                               excluded_reasons=_reasons(why))
+                    d = d[why.eq("")]
+                    r = fit_cox(d, "time_days", "event", col, covs, a.get("transform", "unit"),
                                 ph_transform=spec.get("ph_transform", "km"), ridge=a.get("ridge", spec.get("ridge")))
                     data[(a.get("name", ""), col)] = d
                     terms = r.pop("terms")
@@ -428,31 +538,53 @@ def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict, progress=No
                                    result="not converged (monotone likelihood)", status="not converged")
                     else:
                         for t in terms[1:]:  # the covariates' own rows: reported, not tested
+                            unit = covariate_unit(t["term"])
                             extra.append({**{k: rec[k] for k in ("analysis", "model", "region", "feature", "endpoint",
-                                                                 "n", "events", "flag")},
-                                          **t, "transform": "per unit", "result": format_hr(t),
-                                          "status": "ok (covariate)"})
+                                                                 "n", "events", "flag", "n_patients", "n_included",
+                                                                 "n_excluded", "excluded_reasons")},
+                                          **t, "transform": f"per {unit}" if unit else "per unit",
+                                          "result": format_hr(t), "status": "ok (covariate)"})
                 else:
                     sc = clinical["scores"]
                     sc = sc[sc["instrument"] == a["score"]]
                     if "cycle" not in sc.columns:
                         raise PetfeatError(f"mixed model {a.get('name')!r}: the {a['score']} scores need a 'cycle' "
                                            "column.")
-                    d = sc.merge(base, on="patient_id")
+                    tcol = a.get("time", "cycle")
+                    obs = sc.dropna(subset=["score", tcol]) if tcol in sc.columns else sc.iloc[:0]
+                    who = base.assign(n_obs=base["patient_id"].map(obs.groupby("patient_id").size()))
+                    why = _exclusions(who, linked, col, covs)
+                    why[why.eq("") & who["n_obs"].isna()] = f"no {a['score']} score"
+                    rec.update(n_included=int(why.eq("").sum()), n_excluded=int(why.ne("").sum()),
+                               excluded_reasons=_reasons(why))
+                    d = sc.merge(base[why.eq("")], on="patient_id")
                     mixed[(a.get("name", ""), col)] = d
-                    r = fit_mixed(d, "score", col, a.get("time", "cycle"), "patient_id", a.get("covariates", []),
-                                  a.get("transform", "unit"), random_slope=bool(a.get("random_slope", False)),
-                                  interaction=bool(a.get("interaction", False)), df_method=a.get("df", "normal"))
-                    p = f"p = {r['p']:.3f}" if r["p"] >= 0.001 else "p < 0.001"
-                    rec.update(r, term=col, result=f"estimate = {r['estimate']:.3g}, 95% CI {r['ci_low']:.3g} to "
-                                                   f"{r['ci_high']:.3g}, {p}", status="ok",
-                               flag="" if r["converged"] else "not converged")
-                    if "interaction_estimate" in r:
-                        pi = r["interaction_p"]
+                    inter, slope = bool(a.get("interaction", False)), bool(a.get("random_slope", False))
+                    centre = float(d[tcol].dropna().astype(float).mean()) if inter else None
+                    r = fit_mixed(d, "score", col, tcol, "patient_id", covs, a.get("transform", "unit"),
+                                  random_slope=slope, interaction=inter, df_method=a.get("df", "normal"),
+                                  centre_time=centre)
+                    flags = [f for f in ("" if r["converged"] else "not converged", _singular_flag(r, slope)) if f]
+                    rec.update(r, term=col, status="ok", flag="; ".join(flags), time=tcol)
+                    if inter:
+                        # the interaction is the tested term and the headline; the main effect is conditional
+                        keys = ("estimate", "se", "df", "ci_low", "ci_high", "p", "p_log10")
+                        rec.update({f"main_{k}": r.get(k, np.nan) for k in keys})
+                        rec.update({k: r.get(f"interaction_{k}", np.nan) for k in keys})
+                        rec["term"] = f"{col}:{tcol}"
+                        rec["main_result"] = (f"{col} at {tcol} {centre:.3g} (the mean; conditional on {tcol}): "
+                                              f"{r['estimate']:.3g}, 95% CI {r['ci_low']:.3g} to {r['ci_high']:.3g}, "
+                                              + _p_text(r["p"]))
                         rec["interaction_result"] = (
-                            f"x {a.get('time', 'cycle')}: {r['interaction_estimate']:.3g} per "
-                            f"{a.get('time', 'cycle')}, 95% CI {r['interaction_ci_low']:.3g} to "
-                            f"{r['interaction_ci_high']:.3g}, " + (f"p = {pi:.3f}" if pi >= 0.001 else "p < 0.001"))
+                            f"x {tcol}: {r['interaction_estimate']:.3g} per {tcol}, 95% CI "
+                            f"{r['interaction_ci_low']:.3g} to {r['interaction_ci_high']:.3g}, "
+                            + _p_text(r["interaction_p"]))
+                        rec["result"] = f"feature {rec['interaction_result']}"
+                    else:
+                        rec["result"] = (f"estimate = {r['estimate']:.3g}, 95% CI {r['ci_low']:.3g} to "
+                                         f"{r['ci_high']:.3g}, " + _p_text(r["p"]))
+                    if not np.isfinite(rec["p"]):
+                        rec.update(status="no test: Satterthwaite df undefined", result="no test (df undefined)")
             except PetfeatError as exc:
                 rec["status"] = str(exc)
             except (np.linalg.LinAlgError, ValueError, ArithmeticError) as exc:
@@ -462,14 +594,23 @@ def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict, progress=No
             rows.extend(extra)
     res = pd.DataFrame(rows)
     methods, family = _multiplicity(spec)
-    if "p" in res.columns:
-        ok = res["p"].notna() & (res["status"] == "ok")  # the tested features, not the covariates
-        groups = res.loc[ok, "analysis"] if family == "analysis" else pd.Series("study", index=res.index[ok])
-        for _, idx in groups.groupby(groups).groups.items():
-            if "bh" in methods:
-                res.loc[idx, "p_fdr"] = fdr(res.loc[idx, "p"].to_numpy())
-            if "holm" in methods:
-                res.loc[idx, "p_holm"] = holm(res.loc[idx, "p"].to_numpy())
+    tested = res["status"].ne("ok (covariate)")
+    ok = tested & res["status"].eq("ok") & (res["p"].notna() if "p" in res.columns else False)
+    res["in_family"] = ok
+    left_out = tested & ~ok
+    if left_out.any():
+        note = "no p: left out of the multiplicity family"
+        if "flag" not in res.columns:
+            res["flag"] = ""
+        old = res.loc[left_out, "flag"].fillna("").astype(str)
+        res.loc[left_out, "flag"] = [f"{o}; {note}" if o else note for o in old]
+    groups = res.loc[ok, "analysis"] if family == "analysis" else pd.Series("study", index=res.index[ok])
+    for _, idx in groups.groupby(groups).groups.items():
+        res.loc[idx, "family_size"] = len(idx)
+        if "bh" in methods:
+            res.loc[idx, "p_fdr"] = fdr(res.loc[idx, "p"].to_numpy())
+        if "holm" in methods:
+            res.loc[idx, "p_holm"] = holm(res.loc[idx, "p"].to_numpy())
     return res, {"endpoints": endpoints, "data": data, "mixed": mixed, "base": base}
 
 

@@ -270,6 +270,8 @@ def fit_cox(df: pd.DataFrame, duration: str, event: str, feature: str, covariate
 
 
 DF_METHODS = ("normal", "satterthwaite")
+#: Smallest p written; a p below it (a z of 37 or more) is written as P_FLOOR, its true value in ``p_log10``.
+P_FLOOR = 1e-300
 
 
 class _Lmm:
@@ -373,27 +375,48 @@ class _Lmm:
             if np.all(np.abs(step) <= 1e-10 * (1 + np.abs(x))):
                 break
         s2 = self.profiled(x)[1]
+        self.par = x
         return np.concatenate([[s2], (s2 * self._relative(x))[self.tril]]), ok
 
-    def satterthwaite(self, theta) -> np.ndarray:
-        """Satterthwaite degrees of freedom of each fixed effect (lmerTest's: ``2 v^2 / (g' A g)``)."""
-        h = 1e-4 * np.maximum(np.abs(theta), 1e-2 * max(abs(theta[0]), 1e-12))
-        n = len(theta)
+    def _theta(self, vp) -> np.ndarray:
+        """``(sigma2, lower triangle of G)`` from lme4's variance parameters ``vp = (sigma, lower triangle of L)``."""
+        return np.concatenate([[vp[0] ** 2], (vp[0] ** 2 * self._relative(vp[1:]))[self.tril]])
+
+    def satterthwaite(self, theta, par) -> np.ndarray:
+        """Satterthwaite degrees of freedom of each fixed effect, as lmerTest computes them.
+
+        lmerTest's ``2 v^2 / (g' A g)`` on lme4's scale of the variance parameters, ``(sigma, L)`` with
+        ``G = sigma^2 L L'`` (``par``: the lower triangle of ``L`` at the optimum): ``A`` is twice the
+        inverse of the Hessian of the REML criterion over the eigenvectors with a positive eigenvalue
+        (eigenvalues below ``1e-8`` of the largest are dropped, as lmerTest drops those below its
+        tolerance), ``g`` the gradient of the fixed effect's variance. At a singular fit (a correlation
+        of +-1, a variance 0) the criterion is even in the Cholesky entry at 0, so that direction adds
+        nothing, where the same formula on the variance scale can give df below 1 or negative.
+        """
+        vp = np.concatenate([[np.sqrt(theta[0])], np.asarray(par, dtype=np.float64)])
+        h = 1e-4 * np.maximum(np.abs(vp), 1e-1 * np.r_[vp[0], np.ones(len(vp) - 1)])
+        n = len(vp)
         steps = np.diag(h)
+
+        def dev(v):
+            return self.pieces(self._theta(v))[0]
+
         H = np.zeros((n, n))
         for i in range(n):
             for j in range(i, n):
-                f = [self.pieces(theta + a * steps[i] + b * steps[j])[0] for a, b in ((1, 1), (1, -1), (-1, 1),
-                                                                                        (-1, -1))]
+                f = [dev(vp + a * steps[i] + b * steps[j]) for a, b in ((1, 1), (1, -1), (-1, 1), (-1, -1))]
                 H[i, j] = H[j, i] = (f[0] - f[1] - f[2] + f[3]) / (4 * h[i] * h[j])
-        A = 2 * np.linalg.inv(H)  # asymptotic covariance of theta
+        vals, vecs = np.linalg.eigh(H)
+        pos = vals > 1e-8 * max(float(vals.max()), 0.0)
+        A = 2 * (vecs[:, pos] / vals[pos]) @ vecs[:, pos].T  # asymptotic covariance of vp
         cov = self.pieces(theta)[1]
-        grads = np.array([(self.pieces(theta + e)[1] - self.pieces(theta - e)[1]) / (2 * e[i])
+        grads = np.array([(self.pieces(self._theta(vp + e))[1] - self.pieces(self._theta(vp - e))[1]) / (2 * e[i])
                           for i, e in enumerate(steps)])  # n x p x p
         out = []
         for k in range(cov.shape[0]):
             g = grads[:, k, k]
-            out.append(2 * cov[k, k] ** 2 / float(g @ A @ g))
+            den = float(g @ A @ g)
+            out.append(2 * cov[k, k] ** 2 / den if den > 0 else np.nan)
         return np.array(out)
 
 
@@ -445,26 +468,38 @@ def fit_lmm(data: pd.DataFrame, formula: str, group: str, slope: str | None = No
     G = np.zeros((lmm.q, lmm.q))
     G[lmm.tril] = theta[1:]
     G = G + np.tril(G, -1).T
-    if np.linalg.eigvalsh(G).min() <= 1e-6 * max(float(theta[0]), 1e-300):
+    singular = bool(np.linalg.eigvalsh(G).min() <= 1e-6 * max(float(theta[0]), 1e-300))
+    if singular:
         notes.append("boundary (singular) fit: a random-effect variance is estimated at or near 0")
     dev, cov, beta = lmm.pieces(theta)
     se = np.sqrt(np.diag(cov))
-    dfs = lmm.satterthwaite(theta) if df_method == "satterthwaite" else np.full(len(beta), np.inf)
+    dfs = lmm.satterthwaite(theta, lmm.par) if df_method == "satterthwaite" else np.full(len(beta), np.inf)
+    bad = ~(dfs >= 1)  # NaN too: a df that is not a number >= 1 gives no t test
     normal = np.isinf(dfs)
-    q = np.where(normal, stats.norm.ppf(0.975), stats.t.ppf(0.975, np.where(normal, 1.0, dfs)))
+    safe_df = np.where(normal | bad, 1.0, dfs)
+    q = np.where(normal, stats.norm.ppf(0.975), stats.t.ppf(0.975, safe_df))
     z = np.abs(beta / se)
-    pval = np.where(normal, 2 * stats.norm.sf(z), 2 * stats.t.sf(z, np.where(normal, 1.0, dfs)))
-    table = pd.DataFrame({"estimate": beta, "se": se, "df": dfs, "ci_low": beta - q * se, "ci_high": beta + q * se,
-                          "p": pval}, index=list(model.exog_names))
+    log_sf = np.where(normal, stats.norm.logsf(z), stats.t.logsf(z, safe_df))
+    p_log10 = (log_sf + np.log(2)) / np.log(10)
+    pval = np.maximum(2 * np.exp(log_sf), P_FLOOR)  # below P_FLOOR only p_log10 holds the value
+    ci_low, ci_high = beta - q * se, beta + q * se
+    pval, ci_low, ci_high, p_log10 = (np.where(bad, np.nan, v) for v in (pval, ci_low, ci_high, p_log10))
+    names = list(model.exog_names)
+    if bad.any():
+        notes.append("Satterthwaite df undefined (" + ", ".join(f"{nm}: {d:.3g}" for nm, d in
+                                                               zip(names, dfs, strict=True) if not d >= 1)
+                     + "): no t test, no interval")
+    table = pd.DataFrame({"estimate": beta, "se": se, "df": dfs, "ci_low": ci_low, "ci_high": ci_high, "p": pval,
+                          "p_log10": p_log10}, index=names)
     extra = {"var_intercept": float(G[0, 0]), "var_slope": float(G[1, 1]) if slope else np.nan,
              "cov_intercept_slope": float(G[1, 0]) if slope else np.nan, "var_residual": float(theta[0]),
-             "reml_criterion": float(dev), "converged": converged, "warnings": notes}
+             "reml_criterion": float(dev), "converged": converged, "singular": singular, "warnings": notes}
     return table, extra
 
 
 def fit_mixed(df: pd.DataFrame, score: str, feature: str, time: str, group: str, covariates: Sequence[str] = (),
               how: str = "unit", random_slope: bool = False, interaction: bool = False,
-              df_method: str = "normal") -> dict:
+              df_method: str = "normal", centre_time: float | None = None) -> dict:
     """Linear mixed model ``score ~ feature + time (+ feature:time) (+ covariates)``, REML (:func:`fit_lmm`).
 
     Parameters
@@ -474,18 +509,27 @@ def fit_mixed(df: pd.DataFrame, score: str, feature: str, time: str, group: str,
     interaction
         Add ``feature x time``: whether the feature predicts the change per unit of ``time``.
     df_method
-        ``"normal"``: Wald z tests and intervals; ``"satterthwaite"``: t with Satterthwaite df.
+        ``"normal"``: Wald z tests and intervals; ``"satterthwaite"``: t with Satterthwaite df
+        (lmerTest's, :meth:`_Lmm.satterthwaite`).
+    centre_time
+        Fit on ``time - centre_time``: with an interaction the feature's main effect is then its effect
+        at ``time = centre_time`` (at the uncentred time 0 it would be an extrapolation when time
+        starts at 1). The fit itself (likelihood, interaction, variance structure) does not change.
 
     Returns
     -------
     dict
-        The feature's ``estimate, se, df, ci_low, ci_high, p``, the same for ``time`` (``time_*``)
-        and, with ``interaction``, for ``feature x time`` (``interaction_*``); the variance
-        components, ``reml_criterion``, ``converged``, ``formula`` and the fitter's ``warnings``.
+        The feature's ``estimate, se, df, ci_low, ci_high, p, p_log10``, the same for ``time``
+        (``time_*``) and, with ``interaction``, for ``feature x time`` (``interaction_*``); the
+        variance components, ``singular`` (a random-effect covariance at the boundary),
+        ``reml_criterion``, ``converged``, ``formula``, ``time_centre`` and the fitter's ``warnings``.
+        A p below :data:`P_FLOOR` is written as ``P_FLOOR``; ``p_log10`` holds its log10 in full.
     """
     cols = list(dict.fromkeys([score, feature, time, group, *covariates]))
     data = df[cols].dropna().copy()
     data[feature], scale = transform(data[feature], how, groups=data[group])
+    if centre_time is not None:
+        data[time] = data[time].astype(float) - float(centre_time)
     safe = {c: f"v{i}" for i, c in enumerate(cols)}  # formula-safe names (features are 'region.feature')
     data = data.rename(columns=safe)
     sf, st = safe[feature], safe[time]
@@ -493,14 +537,16 @@ def fit_mixed(df: pd.DataFrame, score: str, feature: str, time: str, group: str,
                + "".join(f" + {safe[c]}" for c in covariates))
     table, extra = fit_lmm(data, formula, safe[group], st if random_slope else None, df_method)
     out = {"feature": feature, "transform": scale, "n_obs": int(len(data)),
-           "n_groups": int(data[safe[group]].nunique()), "df_method": df_method}
+           "n_groups": int(data[safe[group]].nunique()), "df_method": df_method,
+           "time_centre": float(centre_time) if centre_time is not None else 0.0}
     for prefix, name in (("", sf), ("time_", st), ("interaction_", f"{sf}:{st}")):
         if name in table.index:
             out.update({f"{prefix}{k}": float(v) for k, v in table.loc[name].items()})
     out.update(extra)
     re = f"({time} | {group})" if random_slope else f"(1 | {group})"
     out["formula"] = (f"{score} ~ {feature} + {time}" + (f" + {feature}:{time}" if interaction else "")
-                      + "".join(f" + {c}" for c in covariates) + f" + {re}")
+                      + "".join(f" + {c}" for c in covariates) + f" + {re}"
+                      + (f"; {time} centred at {centre_time:g}" if centre_time is not None else ""))
     return out
 
 

@@ -16,10 +16,12 @@ Keys, per level (defaults in brackets):
   ``death`` [competing], ``death_window_days`` [30; null: any time];
 * ``worsening`` endpoint: ``type``, ``score``, ``direction``, ``absolute``, ``relative``, ``strict``
   [true], ``confirmed`` [false], ``zero_baseline`` [absolute], ``death`` [censor], ``death_window_days`` [30];
-* ``cox`` analysis: ``name``, ``model``, ``region``, ``features``, ``endpoint``, ``covariates``,
-  ``transform`` [unit], ``ridge``;
+* ``cox`` analysis: ``name``, ``model``, ``region``, ``features``, ``endpoint``, ``covariates``
+  (columns of the patients table; ``baseline_score``, for a worsening endpoint only, is the
+  endpoint's baseline score), ``transform`` [unit], ``ridge``;
 * ``mixed`` analysis: ``name``, ``model``, ``region``, ``features``, ``score``, ``time`` [cycle],
-  ``covariates``, ``transform`` [unit], ``random_slope`` [false], ``interaction`` [false], ``df`` [normal].
+  ``covariates``, ``transform`` [unit], ``random_slope`` [false], ``interaction`` [false] (the
+  tested term is then feature x time, time centred at its mean), ``df`` [normal].
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ FAMILIES = ("study", "analysis")
 ZERO_BASELINE = ("absolute", "any")
 #: Features an analysis can name: the registry's numeric features.
 ANALYSABLE_FEATURES = tuple(f.name for f in FEATURES if f.dtype != "bool")
+#: Covariate of a worsening endpoint's Cox model: the endpoint's baseline score (regression to the mean).
+BASELINE_SCORE = "baseline_score"
 
 Number = StrictInt | StrictFloat
 
@@ -269,10 +273,17 @@ def validate_study(spec: Any, where: str = "study spec") -> dict:
         if isinstance(an, _Cox):
             if an.endpoint not in endpoints:
                 fail(f"{label}: endpoint {an.endpoint!r} is not defined under 'endpoints' ({', '.join(endpoints)}).")
+            if BASELINE_SCORE in an.covariates and endpoints[an.endpoint].get("type") != "worsening":
+                fail(f"{label}: covariate {BASELINE_SCORE!r} is the baseline score of a worsening endpoint; endpoint "
+                     f"{an.endpoint!r} is {endpoints[an.endpoint].get('type')!r}: remove it or name a column of the "
+                     "patients table.")
             if an.ridge is not None and not an.ridge > 0:
                 fail(f"{label}: ridge is {an.ridge!r}; give the penalizer of the ridge sensitivity fit, a number > 0 "
                      "(e.g. 0.1), or leave it out.")
         else:
+            if BASELINE_SCORE in an.covariates:
+                fail(f"{label}: covariate {BASELINE_SCORE!r} is for Cox models of a worsening endpoint; a mixed model "
+                     "takes columns of the patients table.")
             if an.df not in DF_METHODS:
                 fail(f"{label}: df is {an.df!r}; choose one of {', '.join(DF_METHODS)}.")
             if an.score is None:

@@ -1,6 +1,7 @@
 """A synthetic clinical cohort whose outcomes depend on image features with planted effects.
 
-For each patient of a feature table: six 177Lu-PSMA cycles every 6 weeks, labs every 2 weeks,
+For each patient of a feature table: six 177Lu-PSMA cycles every 6 weeks, labs every 2 weeks
+(haemoglobin, neutrophils, platelets, white cells),
 FACT-P (item responses, scored by petfeat) and BPI (scored) at every visit (day 1 and mid-cycle), a
 xerostomia score per cycle.
 
@@ -76,6 +77,7 @@ def generate_clinical(features: pd.DataFrame, out: str | Path, seed: int = 0) ->
                              "baseline_haemoglobin": np.round(rng.normal(12.3, 1.1, n), 1),
                              "age": rng.integers(55, 85, n), "ecog": rng.integers(0, 3, n)})
     labs, scores, items = [], [], []
+    wbc_rng = np.random.default_rng([seed, 1])  # its own stream: the other tables draw as without white cells
     sal = _t(wide["salivary_glands.suv_mean"], "sd") if "salivary_glands.suv_mean" in wide.columns else np.zeros(n)
     for i, pid in enumerate(wide["patient_id"]):
         s0 = start[i]
@@ -84,7 +86,8 @@ def generate_clinical(features: pd.DataFrame, out: str | Path, seed: int = 0) ->
             tox = day > 0 and day >= times["haematological_toxicity_g3"][i]
             labs += [(pid, date, "platelets", 38.0 if tox else float(rng.normal(230, 30)), "10^9/L"),
                      (pid, date, "haemoglobin", float(rng.normal(12.3, 0.6)), "g/dL"),
-                     (pid, date, "neutrophils", float(rng.normal(3.5, 0.5)), "10^9/L")]
+                     (pid, date, "neutrophils", float(rng.normal(3.5, 0.5)), "10^9/L"),
+                     (pid, date, "white_cells", float(wbc_rng.normal(6.5, 0.8)), "10^9/L")]
         fact0, bpi0, int0 = rng.normal(105, 12), rng.uniform(2, 5), rng.uniform(2, 5)
         u = rng.normal(0, 3)
         for v in range(2 * N_CYCLES + 1):  # questionnaires at every visit: day 1 and mid-cycle
