@@ -34,8 +34,8 @@ def _assert_same(a, b):
     np.testing.assert_array_equal(a.slope, b.slope)
     np.testing.assert_array_equal(a.intercept, b.intercept)
     assert a.geometry == b.geometry and a.files == b.files
-    assert (a.series_uid, a.study_uid, a.study_date, a.patient_id, a.description) == (
-        b.series_uid, b.study_uid, b.study_date, b.patient_id, b.description)
+    assert (a.series_uid, a.study_uid, a.study_date, a.patient_id, a.series_number) == (
+        b.series_uid, b.study_uid, b.study_date, b.patient_id, b.series_number)
     for name, va in vars(a.suv_header).items():
         vb = getattr(b.suv_header, name)
         if isinstance(va, np.ndarray):

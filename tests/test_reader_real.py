@@ -16,6 +16,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGLS
 
 import petfeat.io.dicom as dicom
 from petfeat.cli import main
+from petfeat.errors import PetfeatWarning
 from petfeat.io.dicom import _WANTED, read_pet_header, read_pet_series
 from petfeat.io.dicom_fast import read_slice_header
 from petfeat.suv import compute_suv_factors
@@ -23,12 +24,16 @@ from petfeat.synth.dicom_writer import Acquisition, write_pet_series
 
 GH184 = REFERENCE / "compressed-pet" / "GH184.dcm"
 STS = ["STS_001", "STS_002", "STS_003"]
+#: GH184.dcm is one slice of a 267-slice series (its NumberOfSlices): read with a warning.
+ONE_OF_267 = r"NumberOfSlices \(0054,0081\) is 267, but 1 slice\(s\) were read: 266 slice\(s\) missing"
 
 
 def test_jpeg_lossless_ge_slice_decodes_like_two_independent_decoders():
     assert read_slice_header(GH184, _WANTED) is None  # JPEG Lossless: the fast scan hands it to pydicom
-    s = read_pet_series(GH184)
+    with pytest.warns(PetfeatWarning, match=ONE_OF_267):
+        s = read_pet_series(GH184)
     assert s.stored.shape == (1, 128, 128) and s.stored.dtype == np.int16
+    assert s.notes == {"number_of_slices": {"header": 267, "read": 1}}
     by_libjpeg = pixel_array(GH184, decoding_plugin="pylibjpeg")
     by_gdcm = pixel_array(GH184, decoding_plugin="gdcm")
     np.testing.assert_array_equal(by_libjpeg, by_gdcm)
@@ -41,7 +46,8 @@ def test_jpeg_lossless_ge_slice_suv_factor_from_its_header():
     rp = ds.RadiopharmaceuticalInformationSequence[0]
     # the README: the header dose agrees with GE's private tracer activity; it is the dose at administration
     assert float(rp.RadionuclideTotalDose) == 474_592_928
-    f = compute_suv_factors(read_pet_series(GH184).suv_header)
+    with pytest.warns(PetfeatWarning, match=ONE_OF_267):
+        f = compute_suv_factors(read_pet_series(GH184).suv_header)
     scan = dt.datetime.strptime(ds.SeriesDate + ds.SeriesTime[:6], "%Y%m%d%H%M%S")
     injection = dt.datetime.strptime(ds.SeriesDate + rp.RadiopharmaceuticalStartTime[:6], "%Y%m%d%H%M%S")
     decayed = 474_592_928 * 2 ** (-(scan - injection).total_seconds() / float(rp.RadionuclideHalfLife))
@@ -57,10 +63,12 @@ def test_petfeat_suv_reads_headers_only(monkeypatch, capsys):
     monkeypatch.setattr(dicom, "_read_pixels", no_pixels)
     monkeypatch.setattr(dicom, "_pixels", no_pixels)
     monkeypatch.setattr(pydicom.Dataset, "pixel_array", property(no_pixels))
-    assert main(["suv", str(GH184), "--json"]) == 0
+    with pytest.warns(PetfeatWarning, match=ONE_OF_267):
+        assert main(["suv", str(GH184), "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["units"] == "BQML" and d["injected_dose_bq"] == 474_592_928 and d["suv_bw_factor"] > 0
-    header = read_pet_header(GH184)
+    with pytest.warns(PetfeatWarning, match=ONE_OF_267):
+        header = read_pet_header(GH184)
     assert header.geometry.shape == (1, 128, 128) and header.files == [GH184]
 
 

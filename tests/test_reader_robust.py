@@ -273,7 +273,8 @@ def _study(root: Path) -> dict[str, str]:
 
 def test_study_folder_reads_the_attenuation_corrected_volume_and_records_the_others(tmp_path):
     uids = _study(tmp_path)
-    with pytest.warns(PetfeatWarning, match=r"holds 5 PET series of one study; read .*'PET AC'.*Not read: "):
+    with pytest.warns(PetfeatWarning, match=rf"holds 5 PET series of one study; read {uids['ac']} \(series 3, AC, 6 "
+                      r"files\), attenuation-corrected .*Not read: .*\(series 4, NAC, 7 files\): not attenuation"):
         s = read_pet_series(tmp_path)
     assert s.series_uid == uids["ac"] and s.stored.shape == (6, 9, 11)
     choice = s.notes["series_choice"]
@@ -286,6 +287,8 @@ def test_study_folder_reads_the_attenuation_corrected_volume_and_records_the_oth
         uids["suv"]: "fewer files (4 < 6)",
     }
     assert {a["n_files"] for a in choice["alternatives"]} == {7, 1, 8, 4}
+    kinds = {a["series_uid"]: (a["series_number"], a["kind"]) for a in choice["alternatives"]}
+    assert kinds == {uids["nac"]: (4, "NAC"), uids["mip"]: (1, "MIP"), uids["rot"]: (2, "MIP"), uids["suv"]: (9, "AC")}
     assert dicom.notes_json(s.notes).startswith('{"series_choice":{"alternatives":[')
     # the header-only path makes the same choice
     with pytest.warns(PetfeatWarning, match="holds 5 PET series"):
@@ -304,7 +307,7 @@ def test_study_folder_without_the_ac_series_prefers_the_nac_volume_over_projecti
 
 
 def _summary(uid, study="S", n=5, pos=5, ac=True, number=None, orientations=1):
-    return SeriesSummary(uid, study, f"series {uid}", number, n, pos, ac, orientations)
+    return SeriesSummary(uid, study, number, n, pos, ac, orientations)
 
 
 def test_choose_pet_series_is_total_and_independent_of_order():

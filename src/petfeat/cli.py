@@ -336,7 +336,8 @@ def cmd_suv(args) -> int:
         print(json.dumps(d, indent=2))
     else:
         z, y, x = series.geometry.shape
-        lines = [("series", f"{series.description or '(no description)'}, {z} x {y} x {x} voxels"),
+        number = "no SeriesNumber" if series.series_number is None else f"SeriesNumber {series.series_number}"
+        lines = [("series", f"{number}, {z} x {y} x {x} voxels"),
                  ("units", d["units"]), ("decay correction", d["decay_correction"]),
                  ("SUVbw factor", _factor_text(d["suv_bw_factor"])),
                  ("SUL factor", _factor_text(d["sul_factor"])),

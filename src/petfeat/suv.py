@@ -99,6 +99,9 @@ class SuvHeader:
     philips_suv_scale: float | None
     philips_activity_scale: float | None
     manufacturer: str | None = None
+    #: Whether the RadiopharmaceuticalInformationSequence (0054,0016) is present; ``None``: not known (a header
+    #: built by hand). Absent, half-life, dose and injection time are refused in one message.
+    radiopharmaceutical_sequence: bool | None = None
 
 
 @dataclass
@@ -358,15 +361,19 @@ def compute_suv_factors(
         notes.append(note)
         decided.append(note)
 
-    def fail(keyword: str, problem: str, override: str) -> SuvError:
-        return SuvError(f"{src}: {keyword} {problem}. Fix the header or pass the override {override}.")
+    def fail(keyword: str, problem: str, override: str | None = None, *, fix: str = "") -> SuvError:
+        """A refusal naming the field; ``override`` the option that replaces it, else ``fix`` says what to do."""
+        if override is not None:
+            return SuvError(f"{src}: {keyword} {problem}. Fix the header or pass the override {override}.")
+        return SuvError(f"{src}: {keyword} {problem}. No override replaces it: {fix}.")
 
     units = (h.units or "").strip().upper()
     if not units:
-        raise fail("Units (0054,1001)", "is missing", "none exists: the series cannot be quantified")
+        raise fail("Units (0054,1001)", "is missing", fix="the series cannot be quantified; re-export it from the "
+                   "scanner with Units BQML")
     if units not in ("BQML", "CNTS", "GML", "CM2ML"):
         raise fail(f"Units (0054,1001) = {units!r}", "is not supported (BQML, CNTS, GML, CM2ML)",
-                   "none: convert the series to BQML")
+                   fix="convert the series to BQML")
     decay = (h.decay_correction or "").strip().upper()
     n_slices = len(h.acquisition_datetimes)
 
@@ -393,6 +400,12 @@ def compute_suv_factors(
         raise wrong_override("dose_bq", dose_bq, f"(CLI: --dose BQ) is outside {DOSE_BQ[0]:g}-{DOSE_BQ[1]:g} Bq "
                              "(1 MBq to 100 GBq); give the dose in Bq"
                              f"{f' ({dose_bq:g} kBq = {dose_bq * 1e3:.6g} Bq)' if dose_bq < DOSE_BQ[0] else ''}")
+    # --- fields missing together: one message naming each and its override ----------------------------------
+    needs_decay = units == "BQML" or (units == "CNTS" and not _positive(h.philips_suv_scale)
+                                      and _positive(h.philips_activity_scale))
+    if needs_decay:
+        _refuse_missing_together(h, src, weight_kg=weight_kg, dose_bq=dose_bq,
+                                 injection_datetime=injection_datetime, half_life_s=half_life_s)
     # --- weight -----------------------------------------------------------------------------
     weight = weight_kg if weight_kg is not None else h.weight_kg
     if not _positive(weight):
@@ -453,7 +466,7 @@ def compute_suv_factors(
         if not _positive(h.philips_activity_scale):
             raise fail("Units (0054,1001) = 'CNTS'", "needs the Philips private SUV scale factor (7053,1000) "
                        "or activity concentration scale factor (7053,1009), and neither is present",
-                       "none: export the series in BQML")
+                       fix="export the series in BQML")
         activity_scale = float(h.philips_activity_scale)
         notes.append("Units CNTS: Philips activity concentration scale factor (7053,1009) used")
 
@@ -543,11 +556,11 @@ def compute_suv_factors(
             if t is None:
                 raise fail(f"AcquisitionDate/AcquisitionTime (0008,0022/0008,0032) of slice {z}",
                            "is missing (DecayCorrection NONE needs every slice's own time)",
-                           "none: decay-correct the series on the scanner")
+                           fix="decay-correct the series on the scanner")
             dur = float(h.actual_frame_durations_ms[z]) / 1000.0
             if not np.isfinite(dur) or dur < 0:
                 raise fail(f"ActualFrameDuration (0018,1242) of slice {z}", "is missing or negative",
-                           "none: decay-correct the series on the scanner")
+                           fix="decay-correct the series on the scanner")
             # value is the frame-average concentration: decay the dose to the frame's
             # average-count-rate time.
             t_mid = (t - inj).total_seconds() + (_avg_count_time_s(dur, lam) if dur > 0 else 0.0)
@@ -561,9 +574,55 @@ def compute_suv_factors(
         notes.append("DecayCorrection NONE: each slice decay-corrected from its own acquisition time")
     else:
         raise fail(f"DecayCorrection (0054,1102) = {decay!r}", "is not START, ADMIN or NONE",
-                   "none: the series cannot be quantified")
+                   fix="the series cannot be quantified; re-export it decay-corrected to START or ADMIN")
     return _finish(per_slice, units, decay, scan, inj, uptake, half, dose, decayed, weight, height, sex_v,
                    lbm, lbm_formula, bsa, scan_source, notes, decided)
+
+
+#: The options of the command line that replace each field :func:`_refuse_missing_together` checks.
+_OVERRIDES = {"weight": "weight_kg= (CLI: --weight KG)", "half_life": "half_life_s= (CLI: --half-life S)",
+              "dose": "dose_bq= (CLI: --dose BQ)",
+              "injection": "injection_datetime= (CLI: --injection-time YYYY-MM-DDTHH:MM:SS)"}
+_RP_SEQUENCE = "RadiopharmaceuticalInformationSequence (0054,0016)"
+
+
+def _refuse_missing_together(h: SuvHeader, src: str, *, weight_kg, dose_bq, injection_datetime, half_life_s) -> None:
+    """One :class:`SuvError` for every field an activity-concentration series needs and lacks, with no override.
+
+    Does nothing when at most one field is missing and the RadiopharmaceuticalInformationSequence is there:
+    that field's own check then refuses it with its own message. Without the sequence, half-life, dose and
+    injection time are unknown; the message names the sequence and every override still needed.
+    """
+    missing: dict[str, str] = {}
+    if weight_kg is None and not _positive(h.weight_kg):
+        missing["weight"] = f"PatientWeight (0010,1030) = {h.weight_kg!r}"
+    rp_absent = h.radiopharmaceutical_sequence is False
+    if half_life_s is None and not _positive(h.half_life_s):
+        _, nuc_half = _nuclide_half_life(h.nuclide)
+        hint = f" (the nuclide's: {nuc_half} s)" if nuc_half else ""
+        missing["half_life"] = f"RadionuclideHalfLife (0018,1075) = {h.half_life_s!r}{hint}"
+    if dose_bq is None and not _positive(h.total_dose_bq):
+        missing["dose"] = f"RadionuclideTotalDose (0018,1074) = {h.total_dose_bq!r}"
+    if injection_datetime is None and h.injection_datetime is None and h.injection_time is None:
+        missing["injection"] = "RadiopharmaceuticalStartDateTime (0018,1078) and RadiopharmaceuticalStartTime " \
+                               "(0018,1072)"
+    rp_missing = [k for k in ("half_life", "dose", "injection") if k in missing]
+    if not (len(missing) > 1 or (rp_absent and rp_missing)):
+        return
+    overrides = " ".join(_OVERRIDES[k].split("(CLI: ")[1].rstrip(")") for k in missing)
+    keywords = ", ".join(_OVERRIDES[k].split(" ")[0] for k in missing)
+    if rp_absent and rp_missing:
+        names = [{"half_life": "half-life", "dose": "injected dose", "injection": "injection time"}[k]
+                 for k in rp_missing]
+        unknown = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        what = (f"{_RP_SEQUENCE} is missing, so the {unknown} {'is' if len(names) == 1 else 'are'} unknown"
+                + (f"; PatientWeight (0010,1030) = {h.weight_kg!r} is missing or not positive too"
+                   if "weight" in missing else ""))
+    else:
+        what = (f"{len(missing)} fields the SUV needs are missing or not positive: "
+                + "; ".join(missing.values()))
+    plural = "s" if len(missing) > 1 else ""
+    raise SuvError(f"{src}: {what}. Fix the header or pass the override{plural} {keywords} (CLI: {overrides}).")
 
 
 def _scan_datetime(h: SuvHeader, earliest_acq: dt.datetime | None, half: float, src: str):

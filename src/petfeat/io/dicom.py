@@ -14,7 +14,14 @@ What the reader accepts and records (in ``notes`` of the result) rather than ref
 * slice spacing that varies by less than :data:`SPACING_JITTER_RTOL` of the median (bed junctions
   of step-and-shoot scanners): a :class:`~petfeat.errors.PetfeatWarning`, the median spacing is used;
 * several PET series in one study folder: projections (MIPs) are dropped by geometry and one volume
-  is chosen by :func:`choose_pet_series`, with a warning listing the alternatives.
+  is chosen by :func:`choose_pet_series`, with a warning listing the alternatives;
+* fewer or more slices than the header's NumberOfSlices (0054,0081): a warning and a note (the slices
+  read are placed by their positions; a missing first or last slice leaves no gap to refuse);
+* a file that repeats a slice (the same SOPInstanceUID, or another one with the same position, pixel
+  data, rescale and acquisition time): read once, with a warning and a note.
+
+Free-text fields (SeriesDescription, names) never reach the notes, warnings or errors: series are
+named by SeriesInstanceUID, SeriesNumber, number of files and kind (AC, NAC, MIP).
 """
 
 from __future__ import annotations
@@ -66,9 +73,10 @@ _TAGS = [
     "SOPClassUID", "SOPInstanceUID", "FrameOfReferenceUID", "Modality", "Manufacturer", "PatientID", "PatientSex",
     "PatientWeight", "PatientSize",
     "StudyInstanceUID", "SeriesInstanceUID", "StudyDate", "SeriesDate", "SeriesTime", "AcquisitionDate",
-    "AcquisitionTime", "AcquisitionDateTime", "SeriesDescription", "ImagePositionPatient", "ImageOrientationPatient",
+    "AcquisitionTime", "AcquisitionDateTime", "ImagePositionPatient", "ImageOrientationPatient",
     "PixelSpacing", "SliceThickness", "Rows", "Columns", "BitsAllocated", "PixelRepresentation", "SamplesPerPixel",
     "NumberOfFrames", "ImageType", "SeriesNumber", "RescaleSlope", "RescaleIntercept", "Units", "DecayCorrection",
+    "NumberOfSlices",
     "CorrectedImage", "SUVType",
     "FrameReferenceTime", "ActualFrameDuration", "RadiopharmaceuticalInformationSequence", "PixelData",
     "FloatPixelData", (0x0009, 0x0010), (0x0009, 0x100D), (0x7053, 0x0010), (0x7053, 0x1000), (0x7053, 0x1009),
@@ -130,7 +138,12 @@ class PetHeader:
         What was accepted with a warning, JSON-ready, free of file names and patient data:
         ``slice_spacing_mm``, ``slice_spacing_max_deviation_mm``, ``slice_spacing_max_deviation_after_slice``
         and ``slice_position_max_offset_mm`` (slice position vs the regular grid) for spacing jitter;
-        ``series_choice`` (see :func:`choose_pet_series`) when several PET series were candidates.
+        ``series_choice`` (see :func:`choose_pet_series`) when several PET series were candidates;
+        ``number_of_slices`` (``{"header": N, "read": n}``) when NumberOfSlices (0054,0081) differs from the
+        slices read; ``duplicate_files`` (files that repeat a slice, each read once).
+    series_number : int or None
+        SeriesNumber (0020,0011): how messages name the series (SeriesDescription is free text and may hold
+        patient data, so it is not kept).
     """
 
     geometry: Geometry
@@ -140,7 +153,7 @@ class PetHeader:
     study_uid: str
     study_date: dt.date | None
     patient_id: str = field(repr=False)
-    description: str = ""
+    series_number: int | None = None
     notes: dict = field(default_factory=dict)
     #: FrameOfReferenceUID: label objects drawn in another frame (another patient or scan) are refused.
     frame_uid: str = ""
@@ -184,8 +197,8 @@ class SeriesSummary:
 
     Attributes
     ----------
-    series_uid, study_uid, description : str
-        SeriesInstanceUID, StudyInstanceUID, SeriesDescription.
+    series_uid, study_uid : str
+        SeriesInstanceUID, StudyInstanceUID.
     series_number : int or None
         SeriesNumber.
     n_files : int
@@ -198,30 +211,44 @@ class SeriesSummary:
     n_orientations : int
         Number of distinct ImageOrientationPatient values (cosines 0.001 apart or more); more than
         one for rotating-MIP images whose planes turn (and whose positions then differ too).
+    image_type : tuple of str
+        ImageType values (upper case).
     """
 
     series_uid: str
     study_uid: str
-    description: str
     series_number: int | None
     n_files: int
     n_positions: int
     attenuation_corrected: bool
     n_orientations: int = 1
+    image_type: tuple[str, ...] = ()
 
     @property
     def is_volume(self) -> bool:
         """More than one slice position in one orientation: a volume, not a projection."""
         return self.n_positions > 1 and self.n_orientations <= 1
 
+    @property
+    def kind(self) -> str:
+        """``"MIP"`` (a projection by geometry, or ImageType MIP/PROJECTION IMAGE), else ``"AC"`` or ``"NAC"``."""
+        if not self.is_volume or {"MIP", "PROJECTION IMAGE"} & set(self.image_type):
+            return "MIP"
+        return "AC" if self.attenuation_corrected else "NAC"
+
+    def label(self) -> str:
+        """How messages name the series: ``UID (series 3, AC, 20 files)``; never its free-text description."""
+        number = "no SeriesNumber" if self.series_number is None else f"series {self.series_number}"
+        return f"{self.series_uid} ({number}, {self.kind}, {self.n_files} files)"
+
 
 @dataclass(frozen=True)
 class SeriesInfo:
-    """A series found in a folder: for listings and for the 'several PET series' message."""
+    """A series found in a folder, for listings (SeriesNumber, not the free-text SeriesDescription)."""
 
     series_uid: str
     modality: str
-    description: str
+    series_number: int | None
     n_files: int
     first_file: Path
 
@@ -302,13 +329,20 @@ def list_series(source) -> list[SeriesInfo]:
     out = []
     for uid, items in scan_headers(_files_of(source)).items():
         ds = items[0][1]
-        out.append(SeriesInfo(uid, str(ds.get("Modality", "")), str(ds.get("SeriesDescription", "")),
-                              len(items), items[0][0]))
+        out.append(SeriesInfo(uid, str(ds.get("Modality", "")), _series_number(ds), len(items), items[0][0]))
     return sorted(out, key=lambda s: (s.modality, s.series_uid))
 
 
-_SERIES_NUMBER, _STUDY_UID, _DESCRIPTION = BaseTag(0x00200011), BaseTag(0x0020000D), BaseTag(0x0008103E)
-_CORRECTED, _MODALITY = BaseTag(0x00280051), BaseTag(0x00080060)
+_SERIES_NUMBER, _STUDY_UID = BaseTag(0x00200011), BaseTag(0x0020000D)
+_CORRECTED, _MODALITY, _IMAGE_TYPE = BaseTag(0x00280051), BaseTag(0x00080060), BaseTag(0x00080008)
+
+
+def _series_number(ds) -> int | None:
+    """SeriesNumber as an integer; ``None`` when absent or not a number."""
+    try:
+        return int(float(_text(ds, _SERIES_NUMBER)))
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def summarize_series(series_uid: str, items: Sequence[tuple[Path, pydicom.Dataset]]) -> SeriesSummary:
@@ -334,15 +368,12 @@ def summarize_series(series_uid: str, items: Sequence[tuple[Path, pydicom.Datase
                 found.add(tuple(round(float(v), digits) + 0.0 for v in txt.split("\\")))
             except (AttributeError, ValueError, OverflowError):
                 continue  # no usable value: counts as none
-    try:
-        number = int(float(_text(first, _SERIES_NUMBER)))
-    except (TypeError, ValueError, OverflowError):
-        number = None
     corrected = (_text(first, _CORRECTED) or "").upper().split("\\")
+    image_type = tuple(v.strip() for v in (_text(first, _IMAGE_TYPE) or "").upper().split("\\") if v.strip())
     return SeriesSummary(series_uid=series_uid, study_uid=_text(first, _STUDY_UID) or "",
-                         description=_text(first, _DESCRIPTION) or "", series_number=number, n_files=len(items),
-                         n_positions=len(positions), attenuation_corrected="ATTN" in [c.strip() for c in corrected],
-                         n_orientations=len(orientations))
+                         series_number=_series_number(first), n_files=len(items), n_positions=len(positions),
+                         attenuation_corrected="ATTN" in [c.strip() for c in corrected],
+                         n_orientations=len(orientations), image_type=image_type)
 
 
 def _rank(c: SeriesSummary) -> tuple:
@@ -373,7 +404,8 @@ def choose_pet_series(candidates: Sequence[SeriesSummary], series_uid: str | Non
         The chosen SeriesInstanceUID.
     notes : dict
         ``{}`` for a single candidate; else ``{"series_choice": {"chosen": uid, "reason": str,
-        "alternatives": [{"series_uid", "description", "n_files", "why_not"}, ...]}}``.
+        "alternatives": [{"series_uid", "series_number", "kind", "n_files", "why_not"}, ...]}}``
+        (``kind``: AC, NAC or MIP, see :attr:`SeriesSummary.kind`).
 
     Raises
     ------
@@ -396,8 +428,7 @@ def choose_pet_series(candidates: Sequence[SeriesSummary], series_uid: str | Non
         studies = sorted({c.study_uid for c in cands})
         if len(studies) > 1:
             lines = "; ".join(
-                f"study {st}: " + ", ".join(f"{c.series_uid} ({c.n_files} files, '{c.description}')"
-                                            for c in cands if c.study_uid == st) for st in studies)
+                f"study {st}: " + ", ".join(c.label() for c in cands if c.study_uid == st) for st in studies)
             raise DicomSeriesError(
                 f"holds {len(cands)} PET series of {len(studies)} studies (StudyInstanceUID): {lines}. A study's "
                 "series are never mixed with another's: point to one study's folder, or choose a series with "
@@ -425,8 +456,8 @@ def choose_pet_series(candidates: Sequence[SeriesSummary], series_uid: str | Non
                 why[c.series_uid] = "same rank; its SeriesInstanceUID sorts after the chosen one"
     if len(cands) == 1:
         return chosen.series_uid, {}
-    alternatives = [{"series_uid": c.series_uid, "description": c.description, "n_files": c.n_files,
-                     "why_not": why[c.series_uid]} for c in cands if c is not chosen]
+    alternatives = [{"series_uid": c.series_uid, "series_number": c.series_number, "kind": c.kind,
+                     "n_files": c.n_files, "why_not": why[c.series_uid]} for c in cands if c is not chosen]
     return chosen.series_uid, {"series_choice": {"chosen": chosen.series_uid, "reason": reason,
                                                  "alternatives": alternatives}}
 
@@ -485,19 +516,20 @@ def _select(source, series_uid: str | None, threads: int):
         found = ", ".join(sorted({_text(i[0][1], _MODALITY) or "?" for i in groups.values()}))
         raise DicomSeriesError(f"{where}: no PET series (Modality PT); found modalities {found}. "
                                "Point to the folder of the PET series.")
+    summaries = {u: summarize_series(u, items) for u, items in pets.items()}
     try:
-        uid, notes = choose_pet_series([summarize_series(u, items) for u, items in pets.items()], series_uid)
+        uid, notes = choose_pet_series(list(summaries.values()), series_uid)
     except DicomSeriesError as exc:
         raise DicomSeriesError(f"{where}: {exc}") from None
     if "series_choice" in notes and series_uid is None:
         choice = notes["series_choice"]
         alts = choice["alternatives"]
-        others = "; ".join(f"{a['series_uid']} ('{a['description']}', {a['n_files']} files: {a['why_not']})"
+        others = "; ".join(f"{summaries[a['series_uid']].label()}: {a['why_not']}"
                            for a in alts[:5]) + (f"; and {len(alts) - 5} more" if len(alts) > 5 else "")
         warnings.warn(PetfeatWarning(
-            f"the input holds {len(pets)} PET series of one study; read {uid} "
-            f"('{_text(pets[uid][0][1], _DESCRIPTION) or ''}', {choice['reason']}). Not read: {others}. "
-            "Choose another with series_uid=... (CLI: --series-uid UID)."), stacklevel=3)
+            f"the input holds {len(pets)} PET series of one study; read {summaries[uid].label()}, "
+            f"{choice['reason']}. Not read: {others}. Choose another with series_uid=... (CLI: --series-uid UID)."),
+            stacklevel=3)
     _check_unread(pets[uid], unread)
     return uid, pets[uid], where, notes
 
@@ -705,20 +737,21 @@ def _layout_checked(uid, items, where, notes, at):
     row, col = iop0[:3], iop0[3:]
     normal = np.cross(row, col)
     pos = np.stack(ipps) @ normal
-    order = np.argsort(pos, kind="stable")
+    order = _without_resent(items, pos, np.argsort(pos, kind="stable"), notes)
     pos_sorted = pos[order]
-    if len(items) > 1:
+    if len(order) > 1:
         dz = _slice_spacing(pos_sorted, [items[i][0] for i in order], where, notes)
     else:
         dz = _float(first, "SliceThickness", 1.0) or 1.0
     sorted_items = [items[i] for i in order]
+    _check_slice_count(sorted_items, notes)
     rows, cols = int(first.Rows), int(first.Columns)
     if rows <= 0 or cols <= 0:
         raise DicomSeriesError(f"{first_path}: Rows x Columns is {rows} x {cols}; an image needs at least one "
                                "pixel. Replace the file.")
     ps = ps0  # (row spacing = Y, column spacing = X)
     geometry = Geometry(
-        shape=(len(items), rows, cols),
+        shape=(len(sorted_items), rows, cols),
         spacing=(dz, float(ps[0]), float(ps[1])),
         origin=tuple(float(v) for v in ipps[order[0]]),
         direction=tuple(float(v) for v in np.stack([row, col, normal], axis=1).ravel()),
@@ -730,7 +763,7 @@ def _layout_checked(uid, items, where, notes, at):
         geometry=geometry, suv_header=suv_header, files=[p for p, _ in sorted_items], series_uid=uid,
         study_uid=str(first.get("StudyInstanceUID", "")),
         study_date=_safe(parse_da, first.get("StudyDate")) or _safe(parse_da, first.get("SeriesDate")),
-        patient_id=str(first.get("PatientID", "")), description=str(first.get("SeriesDescription", "")),
+        patient_id=str(first.get("PatientID", "")), series_number=_series_number(first),
         notes=notes, frame_uid=_text(first, _FRAME_UID) or "",
     )
     corrected = {c.strip().upper() for c in suv_header.corrected_image}
@@ -742,15 +775,111 @@ def _layout_checked(uid, items, where, notes, at):
     return header, sorted_items
 
 
+#: Slices closer than this along the normal (mm) share one position.
+SAME_POSITION_MM = 1e-3
+
+
+def _pixel_bytes(path: Path, ds) -> bytes:
+    """The stored (possibly encoded) bytes of one slice's pixel data, as in the file; b"" when there are none."""
+    raw = _raw(ds, _PIXEL_DATA)
+    if raw is None:
+        raw = _raw(ds, _FLOAT_PIXEL_DATA)
+    if isinstance(raw, PixelDataAt):
+        with open(raw.path, "rb") as f:
+            f.seek(raw.offset)
+            return f.read(raw.length)
+    if isinstance(raw, (bytes, bytearray)):
+        return bytes(raw)
+    full = pydicom.dcmread(path)  # deferred by pydicom: read the whole file
+    elem = full.get("PixelData", full.get("FloatPixelData"))
+    return b"" if elem is None else bytes(elem)
+
+
+def _same_image(a: tuple[Path, pydicom.Dataset], b: tuple[Path, pydicom.Dataset]) -> bool:
+    """Two files of one position hold the same image: equal pixel bytes, rescale and acquisition time."""
+    for tag in (_ACQ_DATE, _ACQ_TIME, _ACQ_DT, _FRT):
+        if _text(a[1], tag) != _text(b[1], tag):
+            return False
+    for tag in (_SLOPE, _INTER):
+        ta, tb = _text(a[1], tag), _text(b[1], tag)
+        if ta != tb:
+            try:
+                if float(ta) != float(tb):
+                    return False
+            except (TypeError, ValueError):
+                return False
+    return _pixel_bytes(*a) == _pixel_bytes(*b)
+
+
+def _without_resent(items: list[tuple[Path, pydicom.Dataset]], pos: np.ndarray, order: np.ndarray,
+                    notes: dict) -> np.ndarray:
+    """``order`` without files that repeat another file's image at the same position (a slice sent again).
+
+    A file at the position of another with identical pixel data, rescale and acquisition time (a resend under a
+    new SOPInstanceUID) is dropped: the file first in path order is kept, the count added to
+    ``notes["duplicate_files"]``, and a warning says so. Files of one position whose images differ are all
+    kept (the spacing check then refuses them as frames of a dynamic or gated series).
+    """
+    keep, dropped, k = [], 0, 0
+    while k < len(order):
+        j = k + 1
+        while j < len(order) and pos[order[j]] - pos[order[k]] < SAME_POSITION_MM:
+            j += 1
+        group = sorted(order[k:j])  # path order (items are in path order)
+        kept = [group[0]]
+        for i in group[1:]:
+            if any(_same_image(items[i], items[r]) for r in kept):
+                dropped += 1
+            else:
+                kept.append(i)
+        keep.extend(sorted(kept, key=lambda i: (pos[i], i)))
+        k = j
+    if dropped:
+        notes["duplicate_files"] = notes.get("duplicate_files", 0) + dropped
+        warnings.warn(PetfeatWarning(
+            f"{dropped} file(s) of the series repeat a slice under another SOPInstanceUID (the same position, pixel "
+            "data, rescale and acquisition time: a slice sent again); each image is read once."), stacklevel=5)
+    return np.asarray(keep, dtype=np.intp)
+
+
+def _check_slice_count(sorted_items: list[tuple[Path, pydicom.Dataset]], notes: dict) -> None:
+    """Warn and note when NumberOfSlices (0054,0081) differs from the number of slices read.
+
+    NumberOfSlices (PET Series module) counts the slices of the whole volume, all bed positions of a
+    multi-bed series together. A missing first or last slice leaves no gap in the positions, so only
+    this count shows it; the slices that were read are placed correctly, so it is not an error.
+    """
+    counts = set()
+    for _, ds in sorted_items:
+        try:
+            value = ds.get("NumberOfSlices")  # US: binary, converted by pydicom (the fast path's raw bytes too)
+            counts.add(int(value[0] if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"
+                           else value))
+        except Exception:  # noqa: BLE001 -- a damaged count is no count: the slices are placed by their positions
+            continue
+    if not counts:
+        return
+    header = max(counts)
+    n = len(sorted_items)
+    if counts == {n}:
+        return
+    notes["number_of_slices"] = {"header": header, "read": n}
+    what = (f"{header - n} slice(s) missing (the first or last, or a whole bed: the positions read have no gap)"
+            if header > n else f"{n - header} slice(s) more than the header counts")
+    warnings.warn(PetfeatWarning(
+        f"NumberOfSlices (0054,0081) is {header}, but {n} slice(s) were read: {what}. The slices read are "
+        "placed by their positions; re-export the complete series if slices are missing."), stacklevel=5)
+
+
 def _slice_spacing(pos: np.ndarray, paths: list[Path], where: str, notes: dict) -> float:
     """The median gap of sorted slice positions; jitter within :data:`SPACING_JITTER_RTOL` warns and is noted."""
     gaps = np.diff(pos)
-    if np.any(gaps < 1e-3):
-        k = int(np.argmax(gaps < 1e-3))
+    if np.any(gaps < SAME_POSITION_MM):
+        k = int(np.argmax(gaps < SAME_POSITION_MM))
         raise DicomSeriesError(
             f"{paths[k]} and {paths[k + 1]}: two slices at the same position "
-            f"({pos[k]:.3f} mm). The series holds several frames or time points (dynamic/gated); "
-            "split it.")
+            f"({pos[k]:.3f} mm) with different images. The series holds several frames or time points "
+            "(dynamic/gated); split it.")
     dz = float(np.median(gaps))
     dev = np.abs(gaps - dz)
     bad = np.flatnonzero(dev > SPACING_JITTER_RTOL * dz)
@@ -779,9 +908,12 @@ def _read_pixels(sorted_items: list[tuple[Path, pydicom.Dataset]]) -> tuple[np.n
     """Stored pixels ``(Z, Y, X)`` and per-slice slope and intercept of sorted slices.
 
     The volume size is checked against :func:`max_volume_bytes` and every slice's uncompressed
-    PixelData length against Rows x Columns before anything is allocated.
+    PixelData length against Rows x Columns before anything is allocated. RescaleSlope and
+    RescaleIntercept are Type 1 in the PET Image module (PS3.3 C.8.9.4): a slice without either is
+    refused (no default of 1 and 0 is assumed: a missing slope scaled a series' SUVs by the wrong factor).
     """
     first_path, first = sorted_items[0]
+    _check_rescale_present(sorted_items)
     at = [first_path]
     try:
         rows, cols = int(first.Rows), int(first.Columns)
@@ -807,8 +939,8 @@ def _read_pixels(sorted_items: list[tuple[Path, pydicom.Dataset]]) -> tuple[np.n
         for z, (path, ds) in enumerate(sorted_items):
             at[0] = path
             _pixels(ds, path, rows, cols, dtype, stored[z])
-            slope[z] = _numbers(ds, _SLOPE, path, "RescaleSlope")[0] if _raw(ds, _SLOPE) is not None else 1.0
-            intercept[z] = _numbers(ds, _INTER, path, "RescaleIntercept")[0] if _raw(ds, _INTER) is not None else 0.0
+            slope[z] = _numbers(ds, _SLOPE, path, "RescaleSlope")[0]
+            intercept[z] = _numbers(ds, _INTER, path, "RescaleIntercept")[0]
     except PetfeatError:
         raise
     except Exception as exc:  # noqa: BLE001 -- pydicom's value conversion raises many types on corrupt values
@@ -818,6 +950,22 @@ def _read_pixels(sorted_items: list[tuple[Path, pydicom.Dataset]]) -> tuple[np.n
         z = int(np.flatnonzero(~np.isfinite(slope) | (slope == 0))[0])
         raise DicomSeriesError(f"{sorted_items[z][0]}: RescaleSlope is {slope[z]}; it must be finite and non-zero.")
     return stored, slope, intercept
+
+
+def _check_rescale_present(sorted_items: list[tuple[Path, pydicom.Dataset]]) -> None:
+    """Refuse slices without RescaleSlope (0028,1053) or RescaleIntercept (0028,1052), in one message."""
+    n = len(sorted_items)
+    parts = []
+    for keyword, tag in (("RescaleSlope (0028,1053)", _SLOPE), ("RescaleIntercept (0028,1052)", _INTER)):
+        without = [path for path, ds in sorted_items if _text(ds, tag) is None]
+        if without:
+            where = str(without[0]) + (f" and {len(without) - 1} other slice(s)" if len(without) > 1 else "")
+            parts.append(f"{keyword} is missing or empty in {len(without)} of {n} slice(s) ({where})")
+    if parts:
+        raise DicomSeriesError(
+            "; ".join(parts) + ". Both are Type 1 in the PET Image module (DICOM PS3.3 C.8.9.4): without them the "
+            "stored values cannot be converted to activity, and assuming 1 and 0 gives wrong SUVs. Re-export the "
+            "series from the scanner or PACS with its rescale values.")
 
 
 def _full_header(path: Path, ds):
@@ -958,6 +1106,7 @@ def suv_header_from_datasets(datasets: Sequence[pydicom.Dataset], source: str) -
         philips_suv_scale=private((0x7053, 0x1000), float),
         philips_activity_scale=private((0x7053, 0x1009), float),
         manufacturer=str(ds.get("Manufacturer", "") or "") or None,
+        radiopharmaceutical_sequence=rp is not None,
     )
 
 
