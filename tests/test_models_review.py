@@ -34,6 +34,27 @@ def test_singular_random_slope_fit_gets_lmertest_df_an_interval_and_a_flag(xeros
     assert r["time_df"] >= 1 and 0 < r["time_p"] < 1e-6
 
 
+def test_total_uptake_df_no_longer_below_1(xerostomia):
+    r = fit_mixed(xerostomia, "score", "total_uptake", "cycle", "patient", how="sd", random_slope=True,
+                  df_method="satterthwaite")  # variance scale: df 0.92, "3.42 (-18.48 to 25.32)"
+    assert r["singular"] and 9 < r["df"] < 13 and r["ci_high"] - r["ci_low"] < 8
+
+
+def test_a_line_search_stop_at_the_boundary_optimum_is_converged_by_lme4s_gradient_check(xerostomia, monkeypatch):
+    import scipy.optimize
+
+    real = scipy.optimize.minimize
+
+    def abnormal(*args, **kwargs):  # what L-BFGS-B answered on the demo's total uptake: right optimum, no success
+        r = real(*args, **kwargs)
+        r.success, r.message = False, "ABNORMAL: "
+        return r
+
+    monkeypatch.setattr(scipy.optimize, "minimize", abnormal)
+    r = fit_mixed(xerostomia, "score", "total_uptake", "cycle", "patient", how="sd", random_slope=True)
+    assert r["converged"] and "the REML optimiser did not converge" not in r["warnings"]
+
+
 def test_random_intercept_df_stay_exact_in_the_balanced_design(xerostomia):
     # 12 patients x 6 cycles: a between-patient feature has 12 - 2 = 10 df, cycle 72 - 12 - 1 = 59 (lmerTest: exact)
     for feat in ("volume_ml", "suv_mean"):
