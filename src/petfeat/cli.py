@@ -416,9 +416,12 @@ def _write_table(df, path: Path, csv: bool, registry=()) -> list[Path]:
 def _warnings_kept():
     """Yield a list that receives the messages of the warnings raised inside, each once, in order.
 
-    The warnings are raised again on leaving, so the console (or a caller's filters) sees them as before.
+    The warnings are raised again on leaving, so the console (or a caller's filters) sees them as before;
+    notes (:class:`petfeat.io.labels.LabelNote`: a lossless reading) are kept only, not raised again.
     """
     import warnings
+
+    from petfeat.io.labels import LabelNote
 
     kept: list[str] = []
     caught: list = []
@@ -432,7 +435,8 @@ def _warnings_kept():
             first.setdefault((w.category, str(w.message)), w)
         kept.extend(f"{w.category.__name__}: {w.message}" for w in first.values())
         for w in first.values():
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            if not issubclass(w.category, LabelNote):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _label_sources(values: list[str]) -> list[tuple[str | None, Path]]:

@@ -572,8 +572,9 @@ def read_pet_series(source, *, series_uid: str | None = None, threads: int = 1) 
     Warns
     -----
     PetfeatWarning
-        Several PET series (the choice), or slice spacing that varies within
-        :data:`SPACING_JITTER_RTOL` (bed junctions); both recorded in ``notes``.
+        Several PET series (the choice), slice spacing that varies within :data:`SPACING_JITTER_RTOL`
+        (bed junctions), NumberOfSlices (0054,0081) other than the slices read, or files that repeat a
+        slice (read once); each recorded in ``notes``.
 
     Raises
     ------
@@ -581,8 +582,9 @@ def read_pet_series(source, *, series_uid: str | None = None, threads: int = 1) 
         No PET series; PET series of several studies and no ``series_uid``; a file named like the
         slices that is empty or not readable (see :func:`_check_unread`); a corrupt header (any
         parse failure names the file); inconsistent geometry; a gap beyond
-        :data:`SPACING_JITTER_RTOL` (a missing slice: the first such gap is named); a volume
-        larger than :data:`MAX_VOLUME_BYTES`; missing, truncated or undecodable pixel data.
+        :data:`SPACING_JITTER_RTOL` (a missing slice: the first such gap is named); two different
+        images at one position (dynamic or gated); a volume larger than :data:`MAX_VOLUME_BYTES`;
+        missing, truncated or undecodable pixel data; slices without RescaleSlope or RescaleIntercept.
     """
     uid, items, where, notes = _select(source, series_uid, threads)
     header, sorted_items = _layout(uid, items, where, notes)
