@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from test_labels_review import _oracle
 
 from petfeat.errors import LabelError, PetfeatWarning
 from petfeat.io import labels as L
@@ -120,11 +121,15 @@ def test_folder_on_pet_grid_equals_resampling_the_whole_file(tmp_path, monkeypat
         img.SetDirection(_oblique(17.0, 2))
         sitk.WriteImage(img, str(folder / f"{name}.nii.gz"), True)
     geometry = Geometry((24, 14, 13), (2.5, 2.9, 2.7), (-4.0, -2.0, 1.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-    layers = read_totalsegmentator(folder, geometry)
+    with pytest.warns(PetfeatWarning, match="beyond the PET field of view"):  # the blobs reach past the PET grid
+        layers = read_totalsegmentator(folder, geometry)
+    notes = {n: v["outside_fov_fraction"] for layer in layers for n, v in layer.notes.items()}
     placed = 0
     for path in sorted(folder.glob("*.nii.gz")):
         name = path.name.removesuffix(".nii.gz")
         ref = sitk.ReadImage(str(path))
+        outside = _oracle(ref, geometry)  # from the labelled box the reader kept: the same as from the whole file
+        assert notes[name] == pytest.approx(outside[1] / np.count_nonzero(sitk.GetArrayViewFromImage(ref)), abs=1e-12)
         want = np.zeros(geometry.shape, bool)
         hit = resample_box(ref, geometry, sitk.sitkNearestNeighbor, ref.GetPixelID(),
                            L.census(ref).box)

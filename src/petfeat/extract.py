@@ -447,22 +447,55 @@ def input_notes(study: StudyInput) -> str:
 def _check_unmatched(spec, layers, strict: bool) -> tuple[dict[str, str], list[str]]:
     """Warn of regions no label can fill and of misspelt-looking exclude patterns.
 
-    Each is a PetfeatWarning, or together one LabelError with ``strict``. When no region of several
-    matches any label name (and labels exist), one summary warning (:func:`no_region_matches`)
-    replaces the per-region ones. Returns the unmatched regions' messages by region, and the messages
-    for ``run.json`` (the summary first, when there is one).
+    Each is a PetfeatWarning, or together one LabelError with ``strict``. Two cases give one summary
+    warning instead of one per region: no label source at all (only a lesion mask or a threshold:
+    the regions that need labels are empty, as expected; :func:`no_label_sources`), and no region of
+    several matching any label name (:func:`no_region_matches`). Returns the unmatched regions'
+    messages by region, and the messages for ``run.json`` (the summary first, when there is one).
     """
+    from petfeat.regions import MARGIN_NAMESPACE
+
     unmatched = unmatched_regions(spec, layers)
-    summary = no_region_matches(spec, layers, unmatched) if len(spec) > 1 and len(unmatched) == len(spec) else None
-    messages = list(unmatched.values()) + list(exclude_typos(spec, layers).values())
-    if summary is not None:
-        messages.insert(0, summary)
+    typos = list(exclude_typos(spec, layers).values())
+    labelled = any(la.names for la in layers if la.namespace not in (LESION_NAMESPACE, MARGIN_NAMESPACE))
+    if not labelled and len(unmatched) > 1:
+        summary, shown = no_label_sources(spec, unmatched), typos
+    else:
+        summary = no_region_matches(spec, layers, unmatched) if len(spec) > 1 and len(unmatched) == len(spec) \
+            else None
+        shown = [] if summary is not None else list(unmatched.values()) + typos
+    messages = ([summary] if summary is not None else []) + list(unmatched.values()) + typos
     if messages and strict:
         raise LabelError(" ".join(messages) + " (strict: a region that matches no label, or an exclude pattern that "
                          "looks misspelt, is an error; fix the region names or the label sources, or drop --strict.)")
-    for msg in [summary] if summary is not None else messages:
+    for msg in ([summary] if summary is not None else []) + shown:
         warnings.warn(msg, PetfeatWarning, stacklevel=3)
     return unmatched, ([summary] if summary is not None else []) + list(unmatched.values())
+
+
+#: Name space of the lesion layer (:func:`stage_lesions`).
+LESION_NAMESPACE = "lesions"
+
+
+def no_label_sources(spec: Mapping, messages: Mapping[str, str]) -> str:
+    """One message for the regions left empty because the study has no label source, only lesions or none.
+
+    Parameters
+    ----------
+    spec : mapping
+        The normalised region spec.
+    messages : mapping of str to str
+        The unmatched regions' messages (:func:`petfeat.regions.unmatched_regions`), by region.
+
+    Returns
+    -------
+    str
+        The regions that stay empty (status ``no_matching_label``) and how to measure them.
+    """
+    names = ", ".join(messages)
+    return (f"no label source given: {len(messages)} of the {len(spec)} regions need labels (organs, bones...) and "
+            f"are empty, status no_matching_label ({names}). To measure them, add label maps with --labels (e.g. a "
+            "TotalSegmentator output; Python: labels=).")
 
 
 #: Label names the summary of :func:`no_region_matches` shows.

@@ -49,7 +49,7 @@ except ImportError:  # pragma: no cover - depends on the installation
     _zlib = zlib
 
 #: Bumped whenever the layers a reader gives for the same inputs could change; old entries are then ignored.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 #: Default size limit of a cache folder (bytes).
 DEFAULT_MAX_BYTES = 2 << 30
 _MAGIC = b"PETFEAT-LABELS\n"

@@ -142,4 +142,28 @@ def read_label_sources(sources: Sequence[tuple[str | None, str | Path]], series:
             layer.namespace = renamed.get(layer.namespace, layer.namespace)
             taken.setdefault(layer.namespace, k)
         layers.extend(got)
+    cut = outside_fov_notes(layers)
+    if cut and isinstance(getattr(series, "notes", None), dict):
+        series.notes[OUTSIDE_FOV_NOTE] = cut  # the rows' input_notes (and run.json's pet_series)
     return layers
+
+
+#: Key of :func:`outside_fov_notes` in the PET series' notes, and so in the feature rows' ``input_notes``.
+OUTSIDE_FOV_NOTE = "labels_outside_fov"
+
+
+def outside_fov_notes(layers: Sequence[LabelLayer]) -> dict[str, dict[str, float]]:
+    """``{name space: {label: share}}``: the labels of which at least 1% of the own-grid volume is outside the PET.
+
+    The share is the label's ``outside_fov_fraction`` (rounded to 4 decimals); the threshold is
+    :data:`petfeat.io.labels.OUTSIDE_FOV_NOTED`. Names are label names, never file names.
+    """
+    from petfeat.io.labels import OUTSIDE_FOV_NOTED
+
+    out: dict[str, dict[str, float]] = {}
+    for layer in layers:
+        for name, note in (getattr(layer, "notes", None) or {}).items():
+            f = (note or {}).get("outside_fov_fraction")
+            if f is not None and f >= OUTSIDE_FOV_NOTED:
+                out.setdefault(layer.namespace, {})[name] = round(float(f), 4)
+    return {ns: dict(sorted(v.items())) for ns, v in sorted(out.items())}

@@ -27,7 +27,7 @@ import struct
 import warnings
 import zlib
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -368,11 +368,21 @@ def _verify_gzip_crc(path: Path, layout: NiftiLayout, arr: np.ndarray, found: Ce
     inflate_check(path, layout)
 
 
+class LabelNote(PetfeatWarning):
+    """A label input read exactly although stored unusually (whole-number ids in a signed or float type).
+
+    Raised as a warning so that whoever records a study's warnings keeps it (``run.json`` of
+    ``petfeat extract``, a batch's per-study list); ``petfeat extract`` does not repeat it on the
+    console, since nothing about the result changes.
+    """
+
+
 def _as_unsigned(img: sitk.Image, path: Path) -> sitk.Image:
-    """A signed or float label image whose values are all whole and >= 0, as unsigned ids (with a warning).
+    """A signed or float label image whose values are all whole and >= 0, as unsigned ids (a :class:`LabelNote`).
 
     Tools write 0/1 masks as int16 or float32 (the SUV reference objects' own mask is int16): their
-    ids are exact. Negative, fractional or non-finite values are refused, naming the file and the value.
+    ids are exact, so the conversion loses nothing and is a note, not a console warning. Negative,
+    fractional or non-finite values are refused, naming the file and the value.
     """
     arr = sitk.GetArrayViewFromImage(img)
     kind = img.GetPixelIDTypeAsString()
@@ -393,7 +403,7 @@ def _as_unsigned(img: sitk.Image, path: Path) -> sitk.Image:
                          "a probability map first, or re-save the ids as uint8/uint16.")
     target = sitk.sitkUInt8 if hi <= 0xFF else sitk.sitkUInt16 if hi <= 0xFFFF else sitk.sitkUInt32
     warnings.warn(f"{path}: label ids stored as {kind} (whole numbers 0-{hi:g}) are read as unsigned "
-                  "integers.", PetfeatWarning, stacklevel=3)
+                  "integers (exactly).", LabelNote, stacklevel=3)
     return sitk.Cast(img, target)
 
 
@@ -649,6 +659,141 @@ def native_volumes_ml(img: sitk.Image, counts: np.ndarray) -> dict[int, float]:
     return {int(i): float(c) * vox_ml for i, c in enumerate(counts) if i and c}
 
 
+#: Share of a label's own volume outside the PET field of view from which the label is named in its source's
+#: warning and in the study's ``input_notes`` (every label's share is in ``labels.parquet`` whatever it is).
+OUTSIDE_FOV_NOTED = 0.01
+#: Labels named per group (partly / wholly outside) in that warning.
+SHOWN_CUT = 10
+
+
+def _index_to_pet(img: sitk.Image, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """``(a, b)``: the PET grid's continuous ``(x, y, z)`` index of the image's voxel ``(x, y, z)`` is ``a @ i + b``."""
+    d = np.asarray(geometry.direction, float).reshape(3, 3)
+    to_pet = d.T / np.asarray(geometry.spacing[::-1], float)[:, None]  # LPS offset -> PET (x, y, z) index
+    steps = np.asarray(img.GetDirection(), float).reshape(3, 3) * np.asarray(img.GetSpacing(), float)[None, :]
+    return to_pet @ steps, to_pet @ (np.asarray(img.GetOrigin(), float) - np.asarray(geometry.origin, float))
+
+
+def outside_fov_counts(img: sitk.Image, found: Census, geometry: Geometry) -> np.ndarray:
+    """Voxels of each id whose centres lie outside the PET field of view, counted on the image's own grid.
+
+    A voxel is inside when its centre's PET-grid index lies within ``[-0.5, n - 0.5]`` on every
+    axis (the same test as RTSTRUCT contours). Only the labelled box of the census is looked at,
+    and only as much of it as the answer needs: a box wholly inside (or wholly beyond one face)
+    is decided by its corners; a grid whose axes run along the PET's (the usual CT under a PET)
+    has an index box inside, so the smaller of that box and the slabs around it is counted
+    (:func:`petfeat.kernels.label_census.label_census`); an oblique grid is tested slice by slice.
+
+    Parameters
+    ----------
+    img : SimpleITK.Image
+        Unsigned label ids (a file's labelled box or the whole file).
+    found : Census
+        The census of ``img`` (:func:`census`, or the one :func:`read_label_box` returns).
+    geometry : Geometry
+        The PET grid.
+
+    Returns
+    -------
+    ndarray of int64
+        Same length as ``found.counts``; entry 0 (background) is 0.
+    """
+    counts = np.asarray(found.counts, np.int64)
+    out = np.zeros(len(counts), np.int64)
+    if found.box is None:
+        return out
+    a, b = _index_to_pet(img, geometry)
+    n = np.asarray(geometry.shape[::-1], float)
+    box_xyz = [found.box[2], found.box[1], found.box[0]]
+    lo = np.array([s.start for s in box_xyz], float)
+    hi = np.array([s.stop - 1 for s in box_xyz], float)
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]) @ a.T + b
+    eps = 1e-6
+    if np.all(corners >= -0.5 - eps) and np.all(corners <= n - 0.5 + eps):
+        return out  # the box is convex and so is the field of view: every voxel inside
+    labelled = counts.copy()
+    labelled[0] = 0
+    if np.any(np.all(corners < -0.5 - eps, axis=0)) or np.any(np.all(corners > n - 0.5 + eps, axis=0)):
+        return labelled  # the whole box lies beyond one face of the field of view
+    arr = sitk.GetArrayViewFromImage(img)
+    big = np.abs(a) > 1e-9 * np.abs(a).max()
+    if big.sum(axis=1).tolist() == [1, 1, 1] and big.sum(axis=0).tolist() == [1, 1, 1]:
+        inner = []  # per image axis (x, y, z): the index range whose voxel centres are inside
+        for j in range(3):
+            k = int(np.flatnonzero(big[:, j])[0])  # the PET axis this image axis runs along
+            ends = sorted(((-0.5 - b[k]) / a[k, j], (n[k] - 0.5 - b[k]) / a[k, j]))
+            first = max(int(math.ceil(ends[0] - eps)), box_xyz[j].start)
+            last = min(int(math.floor(ends[1] + eps)) + 1, box_xyz[j].stop)
+            inner.append(slice(first, max(first, last)))
+        inner_zyx = (inner[2], inner[1], inner[0])
+        whole = [found.box[0], found.box[1], found.box[2]]
+        inner_size = math.prod(s.stop - s.start for s in inner_zyx)
+        if inner_size <= math.prod(s.stop - s.start for s in whole) // 2:
+            inside = label_census(arr[inner_zyx]).counts if inner_size else np.zeros(1, np.int64)
+            out[1:len(inside)] -= inside[1:]
+            out += labelled
+            return out
+        for axis in range(3):  # the slabs of the box around the inner box, one axis after the other
+            for part in (slice(whole[axis].start, inner_zyx[axis].start), slice(inner_zyx[axis].stop,
+                                                                                  whole[axis].stop)):
+                if part.stop > part.start:
+                    piece = list(whole)
+                    piece[axis] = part
+                    got = label_census(arr[tuple(piece)]).counts
+                    out[1:len(got)] += got[1:]
+            whole[axis] = inner_zyx[axis]
+        return out
+    ys = np.arange(found.box[1].start, found.box[1].stop, dtype=float)[:, None]
+    xs = np.arange(found.box[2].start, found.box[2].stop, dtype=float)[None, :]
+    for z in range(found.box[0].start, found.box[0].stop):
+        inside = np.ones((len(ys), xs.shape[1]), bool)
+        for k in range(3):
+            idx = a[k, 0] * xs + a[k, 1] * ys + (a[k, 2] * z + b[k])
+            inside &= (idx >= -0.5 - eps) & (idx <= n[k] - 0.5 + eps)
+        if not inside.all():
+            got = label_census(arr[z, found.box[1], found.box[2]][~inside]).counts
+            out[1:len(got)] += got[1:]
+    return out
+
+
+def _outside_fractions(native: dict[str, float], outside: dict[str, float]) -> dict[str, dict[str, float]]:
+    """``notes`` of a layer: ``{name: {"outside_fov_fraction": f}}`` for each label with a native volume."""
+    return {name: {"outside_fov_fraction": min(1.0, outside.get(name, 0.0) / ml)}
+            for name, ml in native.items() if ml > 0}
+
+
+def warn_outside_fov(source: str | Path, layers: Sequence[LabelLayer]) -> None:
+    """One :class:`~petfeat.errors.PetfeatWarning` for a label source with labels partly outside the PET field of view.
+
+    It names the labels of which at least :data:`OUTSIDE_FOV_NOTED` of the own-grid volume lies
+    outside (largest share first, the first ten), says that their regions hold the part inside, and
+    where every label's share is (``labels.parquet``). Nothing when no label is cut that much.
+    """
+    cut = {}
+    for layer in layers:
+        for name, note in (getattr(layer, "notes", None) or {}).items():
+            f = (note or {}).get("outside_fov_fraction")
+            if f is not None and f >= OUTSIDE_FOV_NOTED:
+                cut[name] = max(f, cut.get(name, 0.0))
+    if not cut:
+        return
+    total = len({n for layer in layers for n, ml in (layer.native_volume_ml or {}).items() if ml > 0})
+    whole = sorted(n for n, f in cut.items() if f >= 1.0)
+    partly = sorted(((n, f) for n, f in cut.items() if f < 1.0), key=lambda kv: (-kv[1], kv[0]))
+
+    def listed(items: list[str]) -> str:
+        return ", ".join(items[:SHOWN_CUT]) + (f" and {len(items) - SHOWN_CUT} more" if len(items) > SHOWN_CUT else "")
+
+    shares = [f"{n} {math.floor(1000 * f) / 10:g}%" for n, f in partly]  # 99.96% stays below 100%
+    parts = [f"Partly outside (share of the label's own volume): {listed(shares)}"] if partly else []
+    if whole:
+        parts.append(f"{'wholly' if partly else 'Wholly'} outside: {listed(whole)}")
+    warnings.warn(f"{source}: {len(cut)} of {total} labels reach beyond the PET field of view (usual for CT labels "
+                  "that cover more of the body than the PET); their regions measure the part inside. "
+                  f"{'; '.join(parts)}. Every label's share: outside_fov_fraction in labels.parquet.",
+                  PetfeatWarning, stacklevel=3)
+
+
 def to_pet_grid(img: sitk.Image, geometry: Geometry, source: str = "<image>", mode: str = "nearest",
                 found: Census | None = None) -> np.ndarray:
     """Bring a label image onto the PET grid; ``(Z, Y, X)`` array of the same ids.
@@ -774,6 +919,7 @@ def read_totalsegmentator(folder: str | Path, geometry: Geometry, namespace: str
         layer = LabelLayer(np.zeros(geometry.shape, np.uint8 if top[task] <= 0xFF else np.uint16), {}, str(folder),
                            namespace=ns)
         layer.native_volume_ml = {}
+        layer.notes = {}
         layers[task].append(layer)
         return layer
 
@@ -789,10 +935,14 @@ def read_totalsegmentator(folder: str | Path, geometry: Geometry, namespace: str
             layer.array[box][mask] = i
         layer.names[i] = name
         layer.native_volume_ml[name] = native
+        if native > 0:
+            outside = float(outside_fov_counts(img, found, geometry).sum()) * float(np.prod(img.GetSpacing())) / 1000
+            layer.notes.update(_outside_fractions({name: native}, {name: outside}))
     out = [layer for task_layers in layers.values() for layer in task_layers]
     if labelled and not any(layer.array.any() for layer in out):
         raise LabelError(f"{folder}: none of the classes overlaps the PET field of view. Check that the "
                          "segmentation belongs to this study.")
+    warn_outside_fov(folder, out)
     return out
 
 
@@ -807,17 +957,20 @@ def read_totalsegmentator_folder(folder: str | Path, geometry: Geometry) -> Labe
     layers = read_totalsegmentator(folder, geometry)
     n = sum(len(layer.names) for layer in layers)
     out = np.zeros(geometry.shape, np.uint8 if n <= 0xFF else np.uint16)
-    names, native, nxt = {}, {}, 1
+    names, native, notes, nxt = {}, {}, {}, 1
     for layer in layers:
         lut = np.zeros(int(max(layer.names, default=0)) + 1, out.dtype)
         for i, name in sorted(layer.names.items()):
             lut[i], names[nxt] = nxt, name
             native[name] = layer.native_volume_ml[name]
+            if name in layer.notes:
+                notes[name] = layer.notes[name]
             nxt += 1
         ids = lut[layer.array]
         np.copyto(out, ids, where=ids > 0)
     merged = LabelLayer(out, names, str(folder), namespace=layers[0].namespace if len(layers) == 1 else "")
     merged.native_volume_ml = native
+    merged.notes = notes
     return merged
 
 
@@ -872,8 +1025,15 @@ def read_label_map(path: str | Path, geometry: Geometry, names: dict[int, str] |
     layer = LabelLayer(arr, all_names, str(path), namespace=namespace or identify_task(named.values())
                        or file_stem(path))
     layer.native_volume_ml = {}
+    outside_ml: dict[str, float] = {}
+    vox_ml = float(np.prod(img.GetSpacing())) / 1000.0
+    outside = outside_fov_counts(img, found, geometry)
     for i, name in all_names.items():
         layer.native_volume_ml[name] = layer.native_volume_ml.get(name, 0.0) + native_ids.get(i, 0.0)
+        if i < len(outside):
+            outside_ml[name] = outside_ml.get(name, 0.0) + float(outside[i]) * vox_ml
+    layer.notes = _outside_fractions(layer.native_volume_ml, outside_ml)
+    warn_outside_fov(path, [layer])
     return layer
 
 
@@ -1012,13 +1172,21 @@ def read_dicom_seg(path: str | Path, geometry: Geometry, mode: str = "nearest") 
             found = census(img)
             on_pet = _allow_empty(lambda img=img, found=found: to_pet_grid(img, geometry, str(path), mode, found),
                                   geometry)
-            yield labels[number], on_pet > 0, sum(native_volumes_ml(img, found.counts).values())
+            native = sum(native_volumes_ml(img, found.counts).values())
+            if native > 0:
+                outside = float(outside_fov_counts(img, found, geometry).sum()) * float(np.prod(img.GetSpacing()))
+                notes.update(_outside_fractions({labels[number]: native}, {labels[number]: outside / 1000}))
+            yield labels[number], on_pet > 0, native
 
+    notes: dict[str, dict[str, float]] = {}
     layers = packed_layers(segments(), geometry.shape, str(path))
+    for layer in layers:
+        layer.notes = {name: notes[name] for name in layer.names.values() if name in notes}
     labelled = any(ml > 0 for layer in layers for ml in layer.native_volume_ml.values())  # on the SEG's grid
     if not any(layer.array.any() for layer in layers) and labelled:
         raise LabelError(f"{path}: no segment overlaps the PET field of view. Check that the SEG belongs to this "
                          "study.")
+    warn_outside_fov(path, layers)
     return layers
 
 
