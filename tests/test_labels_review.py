@@ -235,3 +235,39 @@ def test_lesion_mask_with_labels_still_names_each_unmatched_region(tmp_path):
                 lesions=mask, spacing=(4.0, 4.0, 4.0), backend="cpu", peaks=False)
     msgs = [str(w.message) for w in rec]
     assert len(msgs) == 2 and "'livr' matches no label" in msgs[0] and "'spleen' matches no label" in msgs[1]
+
+
+def test_dicom_seg_segments_cut_by_the_field_of_view_get_fractions_and_one_warning(tmp_path):
+    """A SEG on the DRO's PET slices, read onto a PET grid 40 mm further in z: half of one segment is outside."""
+    import dataclasses
+
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    series = _dro_series()
+    sources = [pydicom.dcmread(f) for f in series.files]
+    for ds in sources:  # what highdicom copies into a SEG: an accession number, a name with a caret
+        ds.AccessionNumber, ds.PatientName = "", "Phantom^DRO"
+    a = np.zeros(series.geometry.shape, bool)
+    a[5:15, 100:110, 100:110] = True  # z 5..14: 5..9 fall before the shifted grid
+    b = np.zeros(series.geometry.shape, bool)
+    b[12:16, 50:60, 50:60] = True  # inside
+    descs = [hd.seg.SegmentDescription(segment_number=i + 1, segment_label=lab,
+                                       segmented_property_category=codes.SCT.Organ,
+                                       segmented_property_type=codes.SCT.Organ,
+                                       algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+             for i, lab in enumerate(("cut", "whole"))]
+    seg = hd.seg.Segmentation(source_images=sources, pixel_array=np.stack([a, b], -1).astype(np.uint8),
+                              segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descs,
+                              series_instance_uid=hd.UID(), series_number=99, sop_instance_uid=hd.UID(),
+                              instance_number=1, manufacturer="petfeat-test", manufacturer_model_name="test",
+                              software_versions="0", device_serial_number="0")
+    seg.save_as(tmp_path / "seg.dcm")
+    z = np.asarray(series.geometry.direction).reshape(3, 3)[:, 2] * series.geometry.spacing[0]
+    shifted = dataclasses.replace(series.geometry, origin=tuple(np.asarray(series.geometry.origin) + 10 * z))
+    with pytest.warns(PetfeatWarning, match=r"1 of 2 labels reach beyond.*cut 50%") as rec:
+        layers = read_labels(tmp_path / "seg.dcm", shifted)
+    assert len(_only(rec, "beyond the PET")) == 1
+    notes = {n: v["outside_fov_fraction"] for la in layers for n, v in la.notes.items()}
+    assert notes == {"cut": 0.5, "whole": 0.0}

@@ -470,7 +470,8 @@ def _label_table(layers, voxel_ml: float) -> list[dict]:
     """One row per label of the layers (the ``labels`` table of ``petfeat extract``).
 
     Each row: name space, the file or folder name the label came from (never its archive path), volume on
-    its own grid and on the PET grid, and the fraction outside the PET field of view (RTSTRUCT ROIs).
+    its own grid and on the PET grid, and the fraction of it outside the PET field of view (None where the
+    reader gives none: a label map's label without voxels).
     """
     from petfeat.kernels.label_census import label_census
 

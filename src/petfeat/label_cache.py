@@ -24,9 +24,9 @@ Size
     write the least recently used entries are removed until the cache fits.
 Format
     One file per entry: a magic line, a JSON header (layer names, name spaces, dtypes, shapes,
-    native volumes, RTSTRUCT notes, the warnings the read gave), then each layer's voxels as one
-    zlib stream (level 1). Written atomically (temporary file + rename). An entry that cannot be
-    read is removed and the labels are read again.
+    native volumes, each label's notes such as its share outside the PET field of view, the warnings the read
+    gave), then each layer's voxels as one zlib stream (level 1). Written atomically (temporary file +
+    rename). An entry that cannot be read is removed and the labels are read again.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ keeps the rules that no single reader can see:
   (or PatientID) differs from the PET series' was drawn on another patient or on a scan in another
   frame of reference; its coordinates do not address this PET, so it is refused, naming the file
   and both UIDs.
+* **Labels cut by the field of view are noted once per study.** The labels of which at least 1% of
+  the own-grid volume lies outside the PET field of view go into the PET series' notes under
+  :data:`OUTSIDE_FOV_NOTE` (by name space), and so into every feature row's ``input_notes``.
 """
 
 from __future__ import annotations

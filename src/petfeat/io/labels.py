@@ -4,7 +4,11 @@ Labels are addressed by name. A label image whose geometry differs from the PET 
 resampled in physical space with nearest-neighbour interpolation (SimpleITK), or per label as a
 fraction kept at >= 0.5 (``mode="fraction"``). Float and signed label images are refused, and so
 is a label map that does not overlap the PET field of view. Every layer records each label's
-volume on its native grid beside the PET-grid volume (``LabelLayer.native_volume_ml``).
+volume on its native grid beside the PET-grid volume (``LabelLayer.native_volume_ml``) and the
+share of that volume outside the PET field of view (``LabelLayer.notes[name]["outside_fov_fraction"]``,
+:func:`outside_fov_counts`); a source with labels cut by at least :data:`OUTSIDE_FOV_NOTED` gives one
+warning naming them (:func:`warn_outside_fov`). Whole-number ids stored in a signed or float type
+are read exactly, with a :class:`LabelNote` (recorded, not shown on the console).
 
 Each source is its own name space (``LabelLayer.namespace``): a TotalSegmentator task (its classes
 keep the task's ids, and tasks written to one folder are told apart by
