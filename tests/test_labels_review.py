@@ -271,3 +271,19 @@ def test_dicom_seg_segments_cut_by_the_field_of_view_get_fractions_and_one_warni
     assert len(_only(rec, "beyond the PET")) == 1
     notes = {n: v["outside_fov_fraction"] for la in layers for n, v in la.notes.items()}
     assert notes == {"cut": 0.5, "whole": 0.0}
+
+
+def test_a_batch_whose_only_note_is_int16_ids_reports_no_warnings_but_keeps_the_note(tmp_path):
+    """The SUV DRO with its own int16 mask as labels: nothing to warn of on the batch console, the note in run.json."""
+    (tmp_path / "m.csv").write_text(f"study_id,pet_path,labels\nS000000000001,{DRO / 'DRO_0_0' / 'PT'},"
+                                    f"{DRO / 'DRO_0_0' / 'mask' / 'DRO_mask.nii.gz'}\n")
+    (tmp_path / "regions.yaml").write_text("regions:\n  roi: [label_1]\n")
+    r = subprocess.run([sys.executable, "-m", "petfeat.cli", "extract", str(tmp_path / "m.csv"), "-o",
+                        str(tmp_path / "out"), "--workers", "1", "--backend", "cpu", "--no-peak", "--regions",
+                        str(tmp_path / "regions.yaml"), "--key-file", str(tmp_path / "k")], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "warning" not in r.stderr and "read as unsigned" not in r.stderr
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    (notes,) = run["warnings"].values()
+    assert len(notes) == 1 and notes[0].startswith("LabelNote: ") and "read as unsigned integers (exactly)" in notes[0]

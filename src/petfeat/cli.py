@@ -582,12 +582,14 @@ def cmd_batch(args) -> int:
     n_feat, n_les = rep.outputs.get("features", 0), rep.outputs.get("lesions", 0)
     print(f"{rep.done} done, {rep.skipped} already done, {rep.failed} failed; {n_feat} feature row{_s(n_feat)}, "
           f"{n_les} lesion row{_s(n_les)} in {out} ({time.perf_counter() - started:.1f} s)")
-    if rep.warnings:  # kept off the console while the studies ran: their count, and where they are
+    # notes (LabelNote: a lossless reading) are in run.json only; a study with nothing else has no warnings
+    warned = [ws for ws in rep.warnings.values() if any(not w.startswith("LabelNote: ") for w in ws)]
+    if warned:  # kept off the console while the studies ran: their count, and where they are
         from petfeat.extract import SUV_DECISION
 
-        decided = sum(any(w.startswith(SUV_DECISION) for w in ws) for ws in rep.warnings.values())
+        decided = sum(any(w.startswith(SUV_DECISION) for w in ws) for ws in warned)
         what = f", {decided} with SUV header decisions (also in the features' input_notes)" if decided else ""
-        n = len(rep.warnings)
+        n = len(warned)
         print(f"{n} stud{'y has' if n == 1 else 'ies have'} warnings{what}: listed per study under 'warnings' in "
               f"{out / 'run.json'}", file=sys.stderr)
     if rep.failed:
