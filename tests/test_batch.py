@@ -147,7 +147,9 @@ def test_what_a_task_cannot_record_the_client_records(archive, tmp_path):
     assert set(fails.index) == {kill, boom, ghost} and set(feats.study_id) == {healthy}
     assert fails.loc[kill, "error_class"] == "KilledWorker" and "died on every try" in fails.loc[kill, "message"]
     assert fails.loc[boom, "error_class"] == "OSError"
-    assert fails.loc[boom, "message"] == f"the study's task raised OSError: <{boom}>/pet/slice_0000.dcm: disk gone"
+    n = len(list((archive / "SYN0001" / "pet").glob("*.dcm")))  # slice_0000.dcm named by its place
+    assert fails.loc[boom, "message"] == (f"the study's task raised OSError: <{boom}>/<pet folder>/file 1 of {n} "
+                                          "(sorted by name): disk gone")
     assert fails.loc[ghost, "error_class"] == "PartMissing", fails.to_dict("records")
     assert fails.loc[ghost, "message"].startswith("part missing: the worker wrote to /elsewhere/parts/")
     assert all(fails.pet_path.str.startswith("<"))
@@ -173,7 +175,8 @@ def test_a_study_whose_labels_scan_could_not_attribute_fails_saying_so(archive, 
                               "studies; add the right ones to this row's labels/lesions")
     res = run_study(row, _settings(), str(tmp_path / "out"), KEY.hex())
     assert res["status"] == "failed" and res["error"]["error_class"] == "BatchError"
-    assert res["error"]["message"] == (f"<{row.study_id}>/pet: no label source for this study; {row.match_status}.")
+    assert res["error"]["message"] == (f"<{row.study_id}>/<pet folder>: no label source for this study; "
+                                       f"{row.match_status}.")
 
 
 def test_a_study_without_any_label_source_fails_saying_what_to_give(archive, tmp_path):
@@ -181,7 +184,7 @@ def test_a_study_without_any_label_source_fails_saying_what_to_give(archive, tmp
     res = run_study(row, _settings(), str(tmp_path / "out"), KEY.hex())  # was an IndexError from the code builder
     assert res["status"] == "failed" and res["error"]["error_class"] == "BatchError"
     msg = res["error"]["message"]
-    assert msg.startswith(f"<{row.study_id}>/pet: nothing to measure") and "match_status no_labels" in msg
+    assert msg.startswith(f"<{row.study_id}>/<pet folder>: nothing to measure") and "match_status no_labels" in msg
     assert "--threshold" in msg and str(archive) not in msg
     done = run_study(row, dataclasses.replace(_settings(), threshold={"method": "fixed", "threshold": 3.0}),
                      str(tmp_path / "out2"), KEY.hex())
@@ -245,8 +248,8 @@ def test_study_inputs_that_cannot_be_described_are_failures_not_crashes(archive,
     fails = pd.read_parquet(tmp_path / "out" / "failures.parquet").set_index("study_id")
     assert "pet_path is a char-device, not a folder or DICOM file" in fails.loc["S000000000000", "message"]
     assert "pet_path is a fifo" in fails.loc["S000000000001", "message"]
-    assert fails.loc["S000000000003", "message"] == ("<S000000000003>/many: pet_path holds more than 150 files; "
-                                                     "point to the study's PET folder.")
+    assert fails.loc["S000000000003", "message"] == ("<S000000000003>/<pet folder>: pet_path holds more than 150 "
+                                                     "files; point to the study's PET folder.")
 
 
 def test_an_unreachable_scheduler_is_one_line_and_exit_2(archive, tmp_path, capsys):
@@ -349,7 +352,8 @@ def test_bad_studies_are_recorded_and_the_rest_completes(archive, tmp_path):
     for sid, pet, msg in zip(fails.study_id, fails.pet_path, fails.message, strict=True):
         assert pet.startswith(f"<{sid}>") and f"<{sid}>" in msg
     syn1 = next(s for s in fails.study_id if folder_of[s] == "SYN0001")
-    assert f"<{syn1}>/pet/slice_" in by_folder["SYN0001"][1]
+    n = len(list((root / "SYN0001" / "pet").glob("*.dcm")))  # slice_0010.dcm, named by its place
+    assert f"<{syn1}>/<pet folder>/file 11 of {n} (sorted by name)" in by_folder["SYN0001"][1]
     f = pd.read_parquet(tmp_path / "out" / "features.parquet")
     assert f.study_id.nunique() == 1 and rep.failed == 4 and rep.done == 1
     # the CLI says so in its exit status, with the failures by class and no traceback

@@ -12,8 +12,11 @@ fixed row order (CSV copies and a wide feature table on request).
 Every study of the manifest ends in exactly one of the features or the failures: what a task cannot
 record itself (a worker killed past the retries, a lost scheduler, an unwritable output folder, a
 part the client cannot see) the client records. Paths are made absolute before they reach a worker;
-failure records and console lines name files relative to ``<study_id>``, never by archive folder.
-The local cluster listens on loopback only unless asked otherwise.
+failure records and console lines name no archive folder or file: a study's inputs are named by
+their manifest column (``<S...>/<pet folder>``, ``<S...>/<labels 1>``) and the files inside them by
+their place (``file 8 of 59 (sorted by name)``), see :func:`redact`. A study's SUV overrides come
+from the manifest's override columns and are part of its parts' names. The local cluster listens on
+loopback only unless asked otherwise.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ from petfeat.errors import PetfeatError
 from petfeat.io.archive import StudyRow
 from petfeat.io.atomic import atomic_write
 from petfeat.io.parquet import read_parquet
-from petfeat.pseudonyms import replace_paths
 
 FAILURE_COLUMNS = ("study_id", "pet_path", "error_class", "message")
 
@@ -167,12 +169,16 @@ def _stat_signature(path: Path, limit: int | None = None) -> list:
 
 
 def study_key(row: StudyRow, settings: BatchSettings) -> str:
-    """Key of a study's parts: its inputs (paths, sizes, times) and the settings.
+    """Key of a study's parts: its inputs (paths, sizes, times), its SUV overrides and the settings.
 
-    Raises :class:`BatchError` when an input folder is too large to describe (see :func:`_stat_signature`).
+    A row without overrides keeps the key it had before override columns existed. Raises
+    :class:`BatchError` when an input folder is too large to describe (see :func:`_stat_signature`).
     """
     sig = [settings.digest(), row.study_id, row.series_uid, _stat_signature(Path(row.pet_path)),
            [_stat_signature(Path(p)) for p in row.labels], _stat_signature(Path(row.lesions)) if row.lesions else None]
+    overrides = getattr(row, "suv_overrides", None)
+    if overrides:  # editing a manifest's weight_kg (etc.) makes the study new work
+        sig.append(sorted((k, str(v)) for k, v in overrides.items()))
     return hashlib.sha256(json.dumps(sig, default=str).encode()).hexdigest()[:20]
 
 
@@ -195,23 +201,170 @@ def _study_folder(row: StudyRow) -> str:
     return getattr(row, "study_path", "") or str(Path(row.pet_path).parent)
 
 
-def redact(text: str, row: StudyRow, out: str | Path | None = None) -> str:
-    """``text`` with the study's folder replaced by ``<study_id>`` (and the output folder by ``OUT``).
+#: Characters after which a path has ended (besides the end of the text).
+_PATH_END = frozenset("/\\'\":,;)]")
 
-    Archive folder names often carry patient names or record numbers; failure records and console
-    lines name files relative to the study instead (``<S1a2b3c4d5e6f>/pet/slice_0007.dcm``). The
-    study folder is ``row.study_path`` when the manifest has it, else the PET path's parent.
+
+def _input_names(row: StudyRow) -> dict[str, str]:
+    """The study's folder and inputs, each with the placeholder that names it in outputs and logs."""
+    sid = f"<{row.study_id}>"
+    names = {_study_folder(row): sid}
+    if row.pet_path:
+        names.setdefault(row.pet_path, f"{sid}/<pet {'file' if os.path.isfile(row.pet_path) else 'folder'}>")
+    for i, p in enumerate(row.labels, start=1):
+        names.setdefault(p, f"{sid}/<labels {i}>")
+    if row.lesions:
+        names.setdefault(row.lesions, f"{sid}/<lesions>")
+    return names
+
+
+def _listing(folder: str, cache: dict) -> list[tuple[str, bool]] | None:
+    """``(name, is_folder)`` of a folder's entries, sorted by name; None when it cannot be listed."""
+    if folder not in cache:
+        try:
+            with os.scandir(folder) as it:
+                cache[folder] = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in it)
+        except OSError:
+            cache[folder] = None
+    return cache[folder]
+
+
+def _ends(text: str, i: int) -> bool:
+    """Whether a path may end before ``text[i]``: the end, a separator, space, quote or punctuation, a full stop."""
+    return (i == len(text) or text[i] in _PATH_END or text[i].isspace()
+            or (text[i] == "." and (i + 1 == len(text) or text[i + 1].isspace())))
+
+
+def _class_file(name: str) -> bool:
+    """Whether ``name`` is ``<class>.nii.gz`` (or ``.nii``) of a TotalSegmentator class: the tool's name, no one's."""
+    from petfeat.io.totalsegmentator import TASK_CLASSES
+
+    stem = name[:-7] if name.endswith(".nii.gz") else name[:-4] if name.endswith(".nii") else None
+    return stem is not None and any(stem in names for names in TASK_CLASSES.values())
+
+
+def _place(text: str, i: int, folder: str, name: str, cache: dict, known: dict[str, str]) -> tuple[int, str]:
+    """``name`` (the placeholder of ``folder``) and the names after ``text[i]``, each as its place in its folder.
+
+    Returns the position after the last name matched and the replacement: ``<S...>/<pet folder>/file
+    8 of 59 (sorted by name)``, counting the folder's files (or folders) sorted by name as
+    ``LC_ALL=C ls`` does, without the hidden ones unless the name is hidden. A folder reached this
+    way that is one of the study's inputs (``known``: resolved path -> placeholder) takes its
+    placeholder. In a label folder a TotalSegmentator class file keeps its name. A name that is not
+    (or no longer) in its folder is withheld with the rest of the path, up to the next space, quote
+    or punctuation.
     """
-    names = {_study_folder(row): f"<{row.study_id}>"}
+    parts: list[str] = []
+    while i < len(text) and text[i] == "/":
+        entries = _listing(folder, cache)
+        match = None
+        for entry, is_dir in sorted(entries or (), key=lambda e: -len(e[0])):  # the longest name that fits
+            end = i + 1 + len(entry)
+            if text.startswith(entry, i + 1) and _ends(text, end):
+                match = (entry, is_dir, end)
+                break
+        if match is None:
+            j = i + 1
+            while j < len(text) and (text[j] == "/" or not _ends(text, j)):  # the rest of the path, all of it
+                j += 1
+            if j > i + 1:
+                return j, "/".join([name, *parts, "(a name not in the folder)"])
+            break
+        entry, is_dir, end = match
+        if not is_dir and "/<labels " in name and _class_file(entry):
+            parts.append(entry)
+            i = end
+            break
+        same = [n for n, d in entries if d == is_dir and (entry.startswith(".") or not n.startswith("."))]
+        parts.append(f"{'folder' if is_dir else 'file'} {same.index(entry) + 1} of {len(same)}")
+        folder, i = os.path.join(folder, entry), end
+        if os.path.realpath(folder) in known:  # one of the study's inputs, reached through another form of its path
+            name, parts = known[os.path.realpath(folder)], []
+        if not is_dir:
+            break
+    placed = any(" of " in p for p in parts)
+    return i, "/".join([name, *parts]) + (" (sorted by name)" if placed else "")
+
+
+def redact(text: str, row: StudyRow, out: str | Path | None = None) -> str:
+    """``text`` without any archive folder or file name of the study (the output folder becomes ``OUT``).
+
+    Archive folder and file names often carry patient names or record numbers (PACS exports name
+    files after the patient). Failure records, ``run.json`` warnings and console lines name the study
+    folder ``<S1a2b3c4d5e6f>``, its inputs by manifest column (``<S...>/<pet folder>``,
+    ``<S...>/<labels 2>`` for the second entry of ``labels``, ``<S...>/<lesions>``) and every name
+    below them by its place: ``<S1a2b3c4d5e6f>/<pet folder>/file 8 of 59 (sorted by name)``; only a
+    TotalSegmentator class file in a label folder keeps its name (``<S...>/<labels 1>/liver.nii.gz``).
+    With the manifest row (the user's own file) the file is found again: the 8th of the PET folder's 59
+    files as ``LC_ALL=C ls`` sorts them. The study folder is ``row.study_path`` when the manifest has
+    it, else the PET path's parent. Each path is recognised as given, absolute and resolved.
+    """
+    import re
+
+    anchors: dict[str, tuple[str, str]] = {}  # a written form of a path -> (placeholder, the path)
+    names = _input_names(row)
     if out is not None:
         names.setdefault(str(out), "OUT")
-    return replace_paths(text, names)
+    for path, name in names.items():
+        for form in (str(path), str(Path(path).absolute()), os.path.realpath(path)):
+            form = form.rstrip("/")
+            if form not in ("", "."):
+                anchors.setdefault(form, (name, path))
+    if not anchors:
+        return text
+    pattern = re.compile("(?:" + "|".join(re.escape(f) for f in sorted(anchors, key=len, reverse=True)) + ")"
+                         + r"(?=$|[/\\\s'\":,;)\]]|\.(?:$|\s))")
+    cache: dict = {}
+    known = {os.path.realpath(path): name for path, name in names.items() if name != "OUT"}
+    pieces, pos = [], 0
+    while (m := pattern.search(text, pos)) is not None:
+        name, path = anchors[m.group()]
+        end, replaced = (m.end(), name) if name == "OUT" else _place(text, m.end(), path, name, cache, known)
+        pieces += [text[pos:m.start()], replaced]
+        pos = end
+    pieces.append(text[pos:])
+    return "".join(pieces)
 
 
 def _failure(row: StudyRow, error_class: str, message: str, out: str | Path | None = None) -> dict:
-    """A failure record (the columns of ``failures.parquet``), with folder names redacted."""
+    """A failure record (the columns of ``failures.parquet``), with folder names redacted, advice for a batch."""
     return {"study_id": row.study_id, "pet_path": redact(row.pet_path, row, out), "error_class": error_class,
-            "message": redact(message, row, out)}
+            "message": redact(batch_advice(message, row), row, out)}
+
+
+#: The one-study command-line override options and the manifest column that does the same in a batch.
+_OPTION_COLUMNS = {"--weight": "weight_kg", "--height": "height_m", "--sex": "sex", "--dose": "dose_bq",
+                   "--half-life": "half_life_s", "--injection-time": "injection_time"}
+
+
+def batch_advice(message: str, row: StudyRow) -> str:
+    """``message`` with each command-line override it advises turned into the manifest column a batch reads.
+
+    The SUV code names its fixes as ``pass the override weight_kg= (CLI: --weight KG)``; a batch
+    refuses ``--weight`` (an option of one study), so the advice becomes "add weight_kg to this
+    study's row in the manifest, or run it alone with --pet ... --weight KG". Where the row already
+    sets that column, the message names the column whose value was refused.
+    """
+    import re
+
+    overrides = getattr(row, "suv_overrides", None) or {}
+    column_args = {"injection_time": "injection_datetime"}
+
+    def advice(col: str, option_text: str) -> str:
+        if column_args.get(col, col) in overrides:
+            return f"the {col} column of this study's row in the manifest"
+        return f"add {col} to this study's row in the manifest, or run it alone with --pet ... {option_text}"
+
+    def full(m: re.Match) -> str:  # "pass the override weight_kg= (CLI: --weight KG)"
+        col = _OPTION_COLUMNS.get(m.group(2))
+        return advice(col, m.group(2) + m.group(3)) if col else m.group(0)
+
+    def short(m: re.Match) -> str:  # "(CLI: --weight KG)" or "(override: --height M)" elsewhere
+        col = _OPTION_COLUMNS.get(m.group(1))
+        return f"({advice(col, m.group(1) + m.group(2))})" if col else m.group(0)
+
+    message = re.sub(r"(?i)pass the override (\w+)= \(CLI: (--[a-z-]+)([^)]*)\)", full, message)
+    return re.sub(r"\((?:CLI|override): (--[a-z-]+)([^)]*)\)", short, message)
 
 
 def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
@@ -384,7 +537,7 @@ def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, th
             series.notes["series_choice"] = {"chosen": series.series_uid, "reason": row.series_choice,
                                              "alternatives": [{"series_uid": u} for u in row.alternatives]}
         t["read_s"] = time.perf_counter() - t0
-        factors = compute_suv_factors(series.suv_header)
+        factors = compute_suv_factors(series.suv_header, **(getattr(row, "suv_overrides", None) or {}))
         t["suv_s"] = time.perf_counter() - t0 - sum(t.values())
         from petfeat.label_cache import from_env
 
@@ -418,8 +571,8 @@ def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, th
                "sul_factor": factors.sul_factor, "uptake_seconds": factors.uptake_seconds,
                "scan_time_source": factors.scan_time_source, "warnings": factors.warnings}
         # the SUV header decisions (a value reinterpreted or assumed) are the study's warnings too
-        notes = sorted({redact(f"{w.category.__name__}: {w.message}", row, out) for w in seen}
-                       | {redact(n, row, out) for n in suv_decision_notes(factors)})
+        notes = sorted({redact(batch_advice(f"{w.category.__name__}: {w.message}", row), row, out) for w in seen}
+                       | {redact(batch_advice(n, row), row, out) for n in suv_decision_notes(factors)})
         _atomic_json({"study_id": row.study_id, **t, "suv": suv, "warnings": notes}, parts / f"{key}.timing.json")
         _atomic_parquet(res.features, feat_path)  # last: its presence marks the study done
         return {"study_id": row.study_id, "key": key, "status": "done", "timings": t, "suv": suv,
@@ -638,6 +791,7 @@ def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, ke
                         dashboard_address=dashboard_address)
     else:
         bar.update(len(results), report, final=True)
+    _name_other_copies(rows, results)
     report.outputs = consolidate(out, results, csv=csv, wide=wide)
     report.warnings = {r["study_id"]: r["warnings"] for r in sorted(results, key=lambda r: r["study_id"])
                        if r.get("warnings")}
@@ -647,6 +801,25 @@ def run_batch(rows: list[StudyRow], out: str | Path, settings: BatchSettings, ke
                       "per_study_sum": stage.sum().to_dict() if len(stage) else {}}
     _write_run_json(out, settings, report, len(rows), scheduler)
     return report
+
+
+def _name_other_copies(rows: list[StudyRow], results: list[dict]) -> None:
+    """Add to a failed study's message the other copies of its series that scan marked ``duplicate of`` it."""
+    import re
+
+    copies: dict[str, list[str]] = {}
+    for r in rows:
+        m = re.match(r"duplicate of (\S+?):?(?:\s|$)", r.match_status)
+        if m:
+            copies.setdefault(m.group(1), []).append(r.study_id)
+    for res in results:
+        others = copies.get(res.get("study_id", ""))
+        if res.get("status") == "failed" and others and res.get("error"):
+            ids = ", ".join(others)
+            res["error"] = {**res["error"], "message": (
+                f"{res['error']['message']} Another copy of this series is in the manifest as {ids} (match_status "
+                f"duplicate of {res['study_id']}): to use it, copy that row's pet_path, labels and lesions into this "
+                "row, or remove the damaged copy and scan again.")}
 
 
 def refuse_gpu_without_device(backend: str, scheduler: str | None) -> None:
