@@ -329,3 +329,13 @@ def test_a_pacs_export_fails_privately_and_a_manifest_override_reruns_it(synth_a
                       KEY.hex())
     assert "the override weight_kg=70000.0 (the weight_kg column of this study's row in the manifest) is outside" in \
         grams["error"]["message"]
+
+
+def test_a_batch_refusing_weight_points_to_the_manifest_column(tmp_path, capsys):
+    from petfeat.cli import main
+    from petfeat.io.archive import StudyRow
+
+    write_manifest([StudyRow("S1", "", str(tmp_path), "1.2.3", [], "", "ok", 1)], tmp_path / "m.csv")
+    assert main(["extract", str(tmp_path / "m.csv"), "-o", str(tmp_path / "out"), "--weight", "70"]) == 2
+    err = capsys.readouterr().err
+    assert "--weight: options of one study (--pet)" in err and "weight_kg" in err

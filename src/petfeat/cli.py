@@ -558,8 +558,10 @@ def cmd_batch(args) -> int:
                                 ("--lbm", args.lbm if args.lbm != "janmahasatian" else None)) if v]
     if one_study:
         raise PetfeatError(f"{', '.join(one_study)}: options of one study (--pet); a batch takes each study's labels, "
-                           "lesions and series from the manifest (edit its labels, lesions and series_uid columns). "
-                           "Drop them, or run the study alone with --pet.")
+                           "lesions, series and SUV overrides from the manifest (edit its labels, lesions and "
+                           "series_uid columns; weight_kg, height_m, sex, dose_bq, injection_time, half_life_s for "
+                           "--weight, --height, --sex, --dose, --injection-time, --half-life). Drop them, or run the "
+                           "study alone with --pet.")
     if args.threshold and src.is_file() and any(r.lesions for r in read_manifest(src)):
         raise PetfeatError("--threshold: the manifest gives lesion masks, which a batch uses instead of a threshold; "
                            "clear the manifest's lesions column to segment by threshold.")
