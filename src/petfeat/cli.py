@@ -533,7 +533,8 @@ def cmd_scan(args) -> int:
           f"({', '.join(f'{k}: {v}' for k, v in sorted(by_status.items()))})")
     unreadable = sum({r.study_path: r.n_unreadable for r in rows}.values())
     if unreadable:
-        print(f"{unreadable} file(s) could not be read and were skipped (see the n_unreadable column)", file=sys.stderr)
+        print(f"{unreadable} file(s) could not be read or are truncated (see the manifest's n_unreadable and "
+              "scan_notes columns)", file=sys.stderr)
     return 0
 
 
