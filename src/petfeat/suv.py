@@ -102,6 +102,12 @@ class SuvHeader:
     #: Whether the RadiopharmaceuticalInformationSequence (0054,0016) is present; ``None``: not known (a header
     #: built by hand). Absent, half-life, dose and injection time are refused in one message.
     radiopharmaceutical_sequence: bool | None = None
+    #: Header values present but not readable as their type, by DICOM keyword (``{"SeriesDate": "2024-13-45"}``),
+    #: the first one of each field; the parsed field is ``None``, and messages say "malformed", not "missing".
+    malformed: dict[str, str] = field(default_factory=dict)
+    #: Fields that must be one value per series but differ between slices, by DICOM keyword, with a summary of the
+    #: values (``{"PatientWeight": "70 kg in 99 slice(s), 52 kg in 1 slice(s) (slice 30)"}``).
+    differing: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -376,6 +382,8 @@ def compute_suv_factors(
                    fix="convert the series to BQML")
     decay = (h.decay_correction or "").strip().upper()
     n_slices = len(h.acquisition_datetimes)
+    for keyword, value in h.malformed.items():
+        notes.append(f"{_field(h, keyword, value)}: not used")
 
     # --- overrides: the user's own values in the units they name (the header's are reinterpreted below) --------
     def wrong_override(name: str, value: float, problem: str) -> SuvError:
@@ -409,7 +417,13 @@ def compute_suv_factors(
     # --- weight -----------------------------------------------------------------------------
     weight = weight_kg if weight_kg is not None else h.weight_kg
     if not _positive(weight):
-        raise fail(f"PatientWeight (0010,1030) = {h.weight_kg!r}", "is missing or not positive",
+        raise fail(_field(h, "PatientWeight", h.weight_kg), _problem(h, "PatientWeight"),
+                   "weight_kg= (CLI: --weight KG)")
+    if weight_kg is None and "PatientWeight" in h.differing:
+        # one patient, one weight: slices that disagree come from different exports or patients, and the first
+        # slice's value would scale every SUV without anything saying which one is right
+        raise fail("PatientWeight (0010,1030)",
+                   f"differs between the slices of the series ({h.differing['PatientWeight']})",
                    "weight_kg= (CLI: --weight KG)")
     if not WEIGHT_KG[0] <= weight <= WEIGHT_KG[1]:
         raise fail(f"PatientWeight (0010,1030) = {weight!r} kg",
@@ -475,7 +489,7 @@ def compute_suv_factors(
     half = half_life_s if half_life_s is not None else h.half_life_s
     if not _positive(half):
         hint = f" ({nuc_key}: {nuc_half} s)" if nuc_half else ""
-        raise fail(f"RadionuclideHalfLife (0018,1075) = {h.half_life_s!r}", "is missing or not positive",
+        raise fail(_field(h, "RadionuclideHalfLife", h.half_life_s), _problem(h, "RadionuclideHalfLife"),
                    f"half_life_s={hint} (CLI: --half-life S)")
     if half_life_s is not None and nuc_half and abs(half * 60.0 / nuc_half - 1.0) <= HALF_LIFE_TOLERANCE:
         raise wrong_override("half_life_s", half_life_s, f"(CLI: --half-life S) is the half-life of the header's "
@@ -486,7 +500,7 @@ def compute_suv_factors(
                    f"half_life_s={nuc_half} (CLI: --half-life {nuc_half})")
     dose = dose_bq if dose_bq is not None else h.total_dose_bq
     if not _positive(dose):
-        raise fail(f"RadionuclideTotalDose (0018,1074) = {h.total_dose_bq!r}", "is missing or not positive",
+        raise fail(_field(h, "RadionuclideTotalDose", h.total_dose_bq), _problem(h, "RadionuclideTotalDose"),
                    "dose_bq= (CLI: --dose BQ)")
     if dose_bq is None and dose < DOSE_BQ[0]:
         # No PET injection is below 1 MBq. 1-1e4 is a dose written in MBq (a known vendor habit); 1e4-1e6 may be
@@ -509,9 +523,8 @@ def compute_suv_factors(
     inj = injection_datetime or h.injection_datetime
     if inj is None:
         if h.injection_time is None:
-            raise fail("RadiopharmaceuticalStartDateTime (0018,1078) and RadiopharmaceuticalStartTime "
-                       "(0018,1072)", "are both missing", "injection_datetime= (CLI: --injection-time "
-                       "YYYY-MM-DDTHH:MM:SS)")
+            keywords, problem = _injection_time_problem(h)
+            raise fail(keywords, problem, "injection_datetime= (CLI: --injection-time YYYY-MM-DDTHH:MM:SS)")
         inj = dt.datetime.combine(scan.date(), h.injection_time)
         if inj > scan:
             inj -= dt.timedelta(days=1)
@@ -595,17 +608,16 @@ def _refuse_missing_together(h: SuvHeader, src: str, *, weight_kg, dose_bq, inje
     """
     missing: dict[str, str] = {}
     if weight_kg is None and not _positive(h.weight_kg):
-        missing["weight"] = f"PatientWeight (0010,1030) = {h.weight_kg!r}"
+        missing["weight"] = _field(h, "PatientWeight", h.weight_kg)
     rp_absent = h.radiopharmaceutical_sequence is False
     if half_life_s is None and not _positive(h.half_life_s):
         _, nuc_half = _nuclide_half_life(h.nuclide)
         hint = f" (the nuclide's: {nuc_half} s)" if nuc_half else ""
-        missing["half_life"] = f"RadionuclideHalfLife (0018,1075) = {h.half_life_s!r}{hint}"
+        missing["half_life"] = f"{_field(h, 'RadionuclideHalfLife', h.half_life_s)}{hint}"
     if dose_bq is None and not _positive(h.total_dose_bq):
-        missing["dose"] = f"RadionuclideTotalDose (0018,1074) = {h.total_dose_bq!r}"
+        missing["dose"] = _field(h, "RadionuclideTotalDose", h.total_dose_bq)
     if injection_datetime is None and h.injection_datetime is None and h.injection_time is None:
-        missing["injection"] = "RadiopharmaceuticalStartDateTime (0018,1078) and RadiopharmaceuticalStartTime " \
-                               "(0018,1072)"
+        missing["injection"] = _injection_time_problem(h)[0]
     rp_missing = [k for k in ("half_life", "dose", "injection") if k in missing]
     if not (len(missing) > 1 or (rp_absent and rp_missing)):
         return
@@ -616,20 +628,55 @@ def _refuse_missing_together(h: SuvHeader, src: str, *, weight_kg, dose_bq, inje
                  for k in rp_missing]
         unknown = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
         what = (f"{_RP_SEQUENCE} is missing, so the {unknown} {'is' if len(names) == 1 else 'are'} unknown"
-                + (f"; PatientWeight (0010,1030) = {h.weight_kg!r} is missing or not positive too"
-                   if "weight" in missing else ""))
+                + (f"; {missing['weight']} {_problem(h, 'PatientWeight')} too" if "weight" in missing else ""))
     else:
-        what = (f"{len(missing)} fields the SUV needs are missing or not positive: "
+        malformed = ", malformed" if any(k in h.malformed for k in _SUV_FIELDS) else ""
+        what = (f"{len(missing)} fields the SUV needs are missing{malformed} or not positive: "
                 + "; ".join(missing.values()))
     plural = "s" if len(missing) > 1 else ""
     raise SuvError(f"{src}: {what}. Fix the header or pass the override{plural} {keywords} (CLI: {overrides}).")
 
 
+#: DICOM tags of the header fields whose malformed values messages name.
+_SUV_FIELDS = {
+    "PatientWeight": "(0010,1030)", "PatientSize": "(0010,1020)", "RadionuclideTotalDose": "(0018,1074)",
+    "RadionuclideHalfLife": "(0018,1075)", "RadiopharmaceuticalStartDateTime": "(0018,1078)",
+    "RadiopharmaceuticalStartTime": "(0018,1072)", "SeriesDate": "(0008,0021)", "SeriesTime": "(0008,0031)",
+    "AcquisitionDate": "(0008,0022)", "AcquisitionTime": "(0008,0032)", "AcquisitionDateTime": "(0008,002A)",
+}
+_SCAN_TIME_FIELDS = ("SeriesDate", "SeriesTime", "AcquisitionDate", "AcquisitionTime", "AcquisitionDateTime")
+
+
+def _field(h: SuvHeader, keyword: str, value) -> str:
+    """``PatientWeight (0010,1030) = 70.0``, or ``... = 'abc' (malformed)`` when the header value did not parse."""
+    bad = h.malformed.get(keyword)
+    shown = f"{bad!r} (malformed)" if bad is not None else repr(value)
+    tag = _SUV_FIELDS.get(keyword)
+    return f"{keyword}{f' {tag}' if tag else ''} = {shown}"
+
+
+def _problem(h: SuvHeader, keyword: str) -> str:
+    """What is wrong with a numeric field that gave no positive value."""
+    return "is not a number" if keyword in h.malformed else "is missing or not positive"
+
+
+def _injection_time_problem(h: SuvHeader) -> tuple[str, str]:
+    """The injection-time fields and why they give no injection time (missing, or malformed with their values)."""
+    fields = ("RadiopharmaceuticalStartDateTime", "RadiopharmaceuticalStartTime")
+    if not any(k in h.malformed for k in fields):
+        return ("RadiopharmaceuticalStartDateTime (0018,1078) and RadiopharmaceuticalStartTime (0018,1072)",
+                "are both missing")
+    shown = [_field(h, k, None) if k in h.malformed else f"{k} {_SUV_FIELDS[k]} absent" for k in fields]
+    return " and ".join(shown), "give no injection time (malformed: not a DICOM date-time DT or time TM)"
+
+
 def _scan_datetime(h: SuvHeader, earliest_acq: dt.datetime | None, half: float, src: str):
     series = h.series_datetime
     if series is None and earliest_acq is None:
+        bad = [f"{_field(h, k, None)}" for k in _SCAN_TIME_FIELDS if k in h.malformed]
+        problem = "are missing" if not bad else f"give no scan time: {', '.join(bad)}"
         raise SuvError(f"{src}: SeriesDate/SeriesTime (0008,0021/0008,0031) and AcquisitionDate/AcquisitionTime "
-                       "(0008,0022/0008,0032) are missing. Fix the header or pass injection_datetime= together "
+                       f"(0008,0022/0008,0032) {problem}. Fix the header or pass injection_datetime= together "
                        "with a header that has a scan time.")
     if earliest_acq is None:
         return series, "SeriesDate/SeriesTime"

@@ -630,16 +630,6 @@ _ACQ_DATE, _ACQ_TIME, _ACQ_DT = BaseTag(0x00080022), BaseTag(0x00080032), BaseTa
 _FRT, _AFD = BaseTag(0x00541300), BaseTag(0x00181242)
 
 
-def _float(ds, keyword: str, default: float | None = None) -> float | None:
-    v = ds.get(keyword, None)
-    if v is None or v == "":
-        return default
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return default
-
-
 def max_volume_bytes() -> int:
     """The allocation limit: ``PETFEAT_MAX_VOLUME_GB`` (GiB) when set, else :data:`MAX_VOLUME_BYTES`."""
     env = os.environ.get(MAX_VOLUME_ENV, "").strip()
@@ -700,9 +690,7 @@ def _without_copies(items: list[tuple[Path, pydicom.Dataset]], notes: dict) -> l
 def _layout_checked(uid, items, where, notes, at):
     items = _without_copies(items, notes)
     first_path, first = items[0]
-    if int(first.get("NumberOfFrames", 1) or 1) > 1:
-        raise DicomSeriesError(f"{first_path}: multi-frame PET (NumberOfFrames > 1) is not supported. Convert "
-                               "to single-frame slices (e.g. dcmtk's dcmsplit) or export per-slice images.")
+    _check_single_frame(items)
     # --- consistency of orientation and size (raw bytes equal to the first slice's: fast path) ---
     for kw, tag in (("ImageOrientationPatient", _IOP), ("ImagePositionPatient", _IPP), ("Rows", _ROWS),
                     ("Columns", _COLS), ("PixelSpacing", _PS)):
@@ -716,6 +704,10 @@ def _layout_checked(uid, items, where, notes, at):
     if iop0.size != 6 or ps0.size != 2 or not (np.all(np.isfinite(iop0)) and np.all(np.isfinite(ps0))):
         raise DicomSeriesError(f"{first_path}: ImageOrientationPatient needs 6 and PixelSpacing 2 finite numbers "
                                f"(found {iop0.size} and {ps0.size}). Re-export the series.")
+    same_iop = sum(_raw(ds, _IOP) == ref_iop for _, ds in items)
+    same_ps = sum(_raw(ds, _PS) == ref_ps for _, ds in items)
+    _check_orientation(iop0, first_path, same_iop, len(items))
+    _check_pixel_spacing(ps0, first_path, same_ps, len(items))
     ipps = []
     for path, ds in items:
         at[0] = path
@@ -728,13 +720,18 @@ def _layout_checked(uid, items, where, notes, at):
             raise DicomSeriesError(f"{path}: Rows x Columns {ds.Rows}x{ds.Columns} differs from "
                                    f"{first.Rows}x{first.Columns} in {first_path}; the folder mixes images. "
                                    "Separate the series.")
-        if _raw(ds, _PS) != ref_ps and not np.allclose(_numbers(ds, _PS, path, "PixelSpacing"), ps0, rtol=1e-4):
-            raise DicomSeriesError(f"{path}: PixelSpacing {list(ds.PixelSpacing)} differs from "
-                                   f"{list(first.PixelSpacing)} in {first_path}. Separate the series.")
-        if _raw(ds, _IOP) != ref_iop and np.abs(_numbers(ds, _IOP, path, "ImageOrientationPatient")
-                                                - iop0).max() > ORIENTATION_ATOL:
-            raise DicomSeriesError(f"{path}: ImageOrientationPatient differs from {first_path}; slices of one volume "
-                                   "must share their orientation (gantry tilt or mixed series).")
+        if _raw(ds, _PS) != ref_ps:
+            ps = _numbers(ds, _PS, path, "PixelSpacing")
+            _check_pixel_spacing(ps, path, 1, len(items))
+            if ps.shape != ps0.shape or not np.allclose(ps, ps0, rtol=1e-4):
+                raise DicomSeriesError(f"{path}: PixelSpacing {list(ds.PixelSpacing)} differs from "
+                                       f"{list(first.PixelSpacing)} in {first_path}. Separate the series.")
+        if _raw(ds, _IOP) != ref_iop:
+            iop = _numbers(ds, _IOP, path, "ImageOrientationPatient")
+            _check_orientation(iop, path, 1, len(items))
+            if np.abs(iop - iop0).max() > ORIENTATION_ATOL:
+                raise DicomSeriesError(f"{path}: ImageOrientationPatient differs from {first_path}; slices of one "
+                                       "volume must share their orientation (gantry tilt or mixed series).")
     at[0] = first_path
     row, col = iop0[:3], iop0[3:]
     normal = np.cross(row, col)
@@ -744,7 +741,7 @@ def _layout_checked(uid, items, where, notes, at):
     if len(order) > 1:
         dz = _slice_spacing(pos_sorted, [items[i][0] for i in order], where, notes)
     else:
-        dz = _float(first, "SliceThickness", 1.0) or 1.0
+        dz = _single_slice_thickness(first, first_path)
     sorted_items = [items[i] for i in order]
     _check_slice_count(sorted_items, notes)
     rows, cols = int(first.Rows), int(first.Columns)
@@ -779,6 +776,87 @@ def _layout_checked(uid, items, where, notes, at):
 
 #: Slices closer than this along the normal (mm) share one position.
 SAME_POSITION_MM = 1e-3
+#: ImageOrientationPatient's row and column directions must have length 1 within this and a dot product below it.
+ORIENTATION_UNIT_TOL = 1e-3
+_NUMBER_OF_FRAMES = BaseTag(0x00280008)
+
+
+def _shown(values: np.ndarray) -> str:
+    r"""Numbers as a DICOM multi-value (``1\0\0``) for messages."""
+    return "\\".join(f"{v:g}" for v in values)
+
+
+def _in_slices(count: int, n: int) -> str:
+    return f"in {count} of {n} slice(s)" if count > 1 else "in this slice"
+
+
+def _check_single_frame(items: list[tuple[Path, pydicom.Dataset]]) -> None:
+    """Refuse a slice whose NumberOfFrames (0028,0008) is not 1 (absent counts as 1)."""
+    for path, ds in items:
+        txt = _text(ds, _NUMBER_OF_FRAMES)
+        if txt is None:
+            continue
+        try:
+            frames = float(txt)
+        except ValueError:
+            frames = float("nan")
+        if frames == 1:
+            continue
+        if frames > 1:
+            raise DicomSeriesError(
+                f"{path}: NumberOfFrames (0028,0008) is {txt}: multi-frame PET is not supported. Convert to "
+                "single-frame slices (e.g. dcmtk's dcmsplit) or export per-slice images.")
+        raise DicomSeriesError(f"{path}: NumberOfFrames (0028,0008) is {txt!r}, not a whole number of frames; the "
+                               "header is damaged. Replace the file or re-export the series.")
+
+
+def _check_orientation(iop: np.ndarray, path: Path, count: int, n: int) -> None:
+    """Refuse an ImageOrientationPatient whose directions are not unit vectors at right angles.
+
+    ``count`` of the ``n`` slices share the value (for the message). Lengths within
+    :data:`ORIENTATION_UNIT_TOL` of 1 and ``|row . column|`` below it are accepted (values rounded
+    to a few decimals by the writer).
+    """
+    if iop.size != 6 or not np.all(np.isfinite(iop)):
+        raise DicomSeriesError(f"{path}: ImageOrientationPatient (0020,0037) needs 6 finite numbers, found "
+                               f"{iop.tolist()}. Re-export the series.")
+    row, col = iop[:3], iop[3:]
+    problems = []
+    for name, vector in (("row direction (values 1-3)", row), ("column direction (values 4-6)", col)):
+        length = float(np.linalg.norm(vector))
+        if abs(length - 1.0) > ORIENTATION_UNIT_TOL:
+            problems.append(f"the {name} has length {length:.4g}")
+    dot = float(row @ col)
+    if abs(dot) > ORIENTATION_UNIT_TOL:
+        problems.append(f"the two directions are not at right angles (dot product {dot:.4g})")
+    if problems:
+        raise DicomSeriesError(
+            f"{path}: ImageOrientationPatient (0020,0037) is {_shown(iop)} {_in_slices(count, n)}: "
+            + "; ".join(problems) + f". Both directions must be unit vectors (length 1 within "
+            f"{ORIENTATION_UNIT_TOL:g}) at right angles (|dot product| < {ORIENTATION_UNIT_TOL:g}); the slices cannot "
+            "be placed. The header is damaged: re-export the series.")
+
+
+def _check_pixel_spacing(ps: np.ndarray, path: Path, count: int, n: int) -> None:
+    """Refuse a PixelSpacing that is not two positive finite numbers (mm between rows, between columns)."""
+    if ps.size != 2 or not np.all(np.isfinite(ps)) or np.any(ps <= 0):
+        raise DicomSeriesError(
+            f"{path}: PixelSpacing (0028,0030) is {_shown(ps)} {_in_slices(count, n)}; it must be two positive "
+            "finite numbers (mm between rows and between columns), else the voxel size and every volume and "
+            "position are wrong. The header is damaged: re-export the series.")
+
+
+def _single_slice_thickness(ds, path: Path) -> float:
+    """The slice spacing of a one-slice volume: SliceThickness (0018,0050), 1 mm when absent; refused if not > 0."""
+    txt = _text(ds, BaseTag(0x00180050))
+    if txt is None:
+        return 1.0
+    thickness = _numbers(ds, BaseTag(0x00180050), path, "SliceThickness")
+    if thickness.size != 1 or not np.isfinite(thickness[0]) or thickness[0] <= 0:
+        raise DicomSeriesError(f"{path}: SliceThickness (0018,0050) is {txt!r}; a one-slice volume takes its "
+                               "slice spacing from it, and it must be one positive finite number (mm). Fix the "
+                               "header or re-export the series.")
+    return float(thickness[0])
 
 
 def _pixel_bytes(path: Path, ds) -> bytes:
@@ -951,7 +1029,59 @@ def _read_pixels(sorted_items: list[tuple[Path, pydicom.Dataset]]) -> tuple[np.n
     if not np.all(np.isfinite(slope)) or np.any(slope == 0):
         z = int(np.flatnonzero(~np.isfinite(slope) | (slope == 0))[0])
         raise DicomSeriesError(f"{sorted_items[z][0]}: RescaleSlope is {slope[z]}; it must be finite and non-zero.")
+    _check_rescale_values(sorted_items, slope, intercept, dtype)
     return stored, slope, intercept
+
+
+#: Largest ratio between one slice's RescaleSlope and the series' median slope. Scanners that scale each slice of
+#: 16-bit data to its own maximum give slopes that differ by a factor of about 100 within a series; a factor of a
+#: million is a corrupt value (1e300 in one slice), not a scaling.
+SLOPE_SPREAD = 1e6
+
+
+def _check_rescale_values(sorted_items: list[tuple[Path, pydicom.Dataset]], slope: np.ndarray,
+                          intercept: np.ndarray, dtype: np.dtype) -> None:
+    """Refuse rescale values that cannot be an activity scale (slopes are finite and non-zero already).
+
+    Refused, naming the first such slice and how many there are: a non-finite RescaleIntercept; a negative
+    RescaleSlope (every activity would change sign); a slope more than :data:`SLOPE_SPREAD` times above or below
+    the series' median; integer stored values whose rescaled range leaves float32 (the precision of the SUV
+    volume), which a slope or intercept of 1e300 in every slice gives.
+    """
+    n = len(slope)
+
+    def refuse(bad: np.ndarray, keyword: str, values: np.ndarray, problem: str) -> DicomSeriesError:
+        z = int(np.flatnonzero(bad)[0])
+        count = int(bad.sum())
+        others = f" (and in {count - 1} other of the {n} slices)" if count > 1 else ""
+        return DicomSeriesError(f"{sorted_items[z][0]}: {keyword} is {values[z]:g}{others}; {problem}. The header is "
+                                "damaged: re-export the series from the scanner or PACS.")
+
+    bad = ~np.isfinite(intercept)
+    if bad.any():
+        raise refuse(bad, "RescaleIntercept (0028,1052)", intercept, "it must be a finite number")
+    bad = slope < 0
+    if bad.any():
+        raise refuse(bad, "RescaleSlope (0028,1053)", slope, "a negative slope turns every activity negative, and "
+                     "no PET series is stored that way")
+    median = float(np.median(slope))
+    ratio = slope / median
+    bad = (ratio > SLOPE_SPREAD) | (ratio < 1.0 / SLOPE_SPREAD)
+    if bad.any():
+        z = int(np.flatnonzero(bad)[0])
+        raise refuse(bad, "RescaleSlope (0028,1053)", slope,
+                     f"{ratio[z]:.3g} times the series' median slope {median:g}; the slices of one series differ by "
+                     f"a factor of about 100 at most, more than {SLOPE_SPREAD:g} is no scaling")
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        reach = np.abs(slope) * float(max(-int(info.min), int(info.max))) + np.abs(intercept)
+        bad = ~(reach <= float(np.finfo(np.float32).max))
+        if bad.any():
+            z = int(np.flatnonzero(bad)[0])
+            keyword, values = (("RescaleSlope (0028,1053)", slope) if abs(slope[z]) * float(info.max) > abs(
+                intercept[z]) else ("RescaleIntercept (0028,1052)", intercept))
+            raise refuse(bad, keyword, values, f"rescaled {dtype.itemsize * 8}-bit values reach {reach[z]:.3g}, "
+                         "beyond the range of 32-bit floats (3.4e38) that SUVs are computed in")
 
 
 def _check_rescale_present(sorted_items: list[tuple[Path, pydicom.Dataset]]) -> None:
@@ -989,10 +1119,15 @@ def _stored_dtype(ds, path: Path) -> np.dtype:
     if "FloatPixelData" in ds:
         return np.dtype(np.float32)
     bits = int(ds.get("BitsAllocated", 0))
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    representation = int(ds.get("PixelRepresentation", 0))
     kinds = {8: (np.uint8, np.int8), 16: (np.uint16, np.int16), 32: (np.uint32, np.int32)}
     if bits not in kinds:
         raise DicomSeriesError(f"{path}: BitsAllocated = {bits} is not supported (8, 16, 32).")
+    if representation not in (0, 1):
+        raise DicomSeriesError(f"{path}: PixelRepresentation (0028,0103) is {representation}; it must be 0 "
+                               "(unsigned) or 1 (two's complement), so the stored values cannot be read. The header "
+                               "is damaged: replace the file or re-export the series.")
+    signed = representation == 1
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise DicomSeriesError(f"{path}: SamplesPerPixel = {ds.SamplesPerPixel}; a PET image has one sample.")
     return np.dtype(kinds[bits][int(signed)])
@@ -1010,10 +1145,21 @@ def _pixel_source(ds, path: Path, rows: int, cols: int, dtype: np.dtype):
     ts = meta.get("TransferSyntaxUID", ImplicitVRLittleEndian) if meta is not None else ImplicitVRLittleEndian
     if ts in _UNCOMPRESSED or ts == ExplicitVRBigEndian:
         need = rows * cols * dtype.itemsize
-        if len(raw) < need:
+        have = len(raw)
+        if have < need:
             raise DicomSeriesError(
-                f"{path}: PixelData holds {len(raw)} bytes but {rows}x{cols}x{dtype.itemsize} = "
+                f"{path}: PixelData holds {have} bytes but {rows}x{cols}x{dtype.itemsize} = "
                 f"{need} are needed (truncated file). Replace the file.")
+        if have != need + (need % 2):  # one pad byte makes an odd length even
+            per_pixel = have / (rows * cols)
+            fits = (f" (it holds {per_pixel:g} bytes per pixel: {int(per_pixel) * 8}-bit values)"
+                    if per_pixel in (1, 2, 4) else "")
+            element, fmt = (("FloatPixelData (7FE0,0008)", "32-bit floats") if dtype == np.float32 else
+                            ("PixelData (7FE0,0010)", f"BitsAllocated (0028,0100) = {dtype.itemsize * 8}"))
+            raise DicomSeriesError(
+                f"{path}: {element} holds {have} bytes, but {fmt} with Rows x Columns = {rows} x {cols} gives "
+                f"{need} bytes per frame{fits}. The pixel format in the header does not match the data, and reading "
+                "it would give wrong values. Replace the file or re-export the series.")
     return raw, ts
 
 
@@ -1059,7 +1205,8 @@ def suv_header_from_datasets(datasets: Sequence[pydicom.Dataset], source: str) -
         rp = seq[0]
 
     def rp_get(keyword):
-        return rp.get(keyword) if rp is not None else None
+        """A radiopharmaceutical field's text as stored (unconverted: a malformed value is named, not raised on)."""
+        return _text(rp, BaseTag(tag_for_keyword(keyword))) if rp is not None else None
 
     nuclide = None
     if rp is not None and rp.get("RadionuclideCodeSequence"):
@@ -1079,11 +1226,27 @@ def suv_header_from_datasets(datasets: Sequence[pydicom.Dataset], source: str) -
                 return None
         return None
 
+    malformed: dict[str, str] = {}
+
+    def parsed(fn, value, keyword: str):
+        """``fn(value)``; a value that does not parse is kept in ``malformed`` (the first one per field)."""
+        try:
+            return fn(value)
+        except (TypeError, ValueError):
+            malformed.setdefault(keyword, str(value).strip())
+            return None
+
+    def number(value, keyword: str) -> float | None:
+        if value is None or str(value).strip() == "":
+            return None
+        return parsed(float, value, keyword)
+
     acq = []
     for d in datasets:
-        t = combine(_safe(parse_da, _text(d, _ACQ_DATE)), _safe(parse_tm, _text(d, _ACQ_TIME)))
+        t = combine(parsed(parse_da, _text(d, _ACQ_DATE), "AcquisitionDate"),
+                    parsed(parse_tm, _text(d, _ACQ_TIME), "AcquisitionTime"))
         if t is None and _text(d, _ACQ_DT):
-            t = _safe(parse_dt, _text(d, _ACQ_DT))
+            t = parsed(parse_dt, _text(d, _ACQ_DT), "AcquisitionDateTime")
         acq.append(t)
     sex = str(ds.get("PatientSex", "") or "") or None
     return SuvHeader(
@@ -1091,25 +1254,58 @@ def suv_header_from_datasets(datasets: Sequence[pydicom.Dataset], source: str) -
         units=str(ds.get("Units", "") or "") or None,
         decay_correction=str(ds.get("DecayCorrection", "") or "") or None,
         corrected_image=tuple(str(v) for v in (ds.get("CorrectedImage") or [])),
-        series_datetime=combine(_safe(parse_da, ds.get("SeriesDate")), _safe(parse_tm, ds.get("SeriesTime"))),
+        series_datetime=combine(parsed(parse_da, _text(ds, _SERIES_DATE), "SeriesDate"),
+                                parsed(parse_tm, _text(ds, _SERIES_TIME), "SeriesTime")),
         acquisition_datetimes=acq,
         frame_reference_times_ms=np.array([_nan_if_none(_to_float(_text(d, _FRT))) for d in datasets]),
         actual_frame_durations_ms=np.array([_nan_if_none(_to_float(_text(d, _AFD))) for d in datasets]),
         ge_private_scan_datetime=private((0x0009, 0x100D), parse_dt),
-        injection_datetime=_safe(parse_dt, rp_get("RadiopharmaceuticalStartDateTime")),
-        injection_time=_safe(parse_tm, rp_get("RadiopharmaceuticalStartTime")),
-        total_dose_bq=_to_float(rp_get("RadionuclideTotalDose")),
-        half_life_s=_to_float(rp_get("RadionuclideHalfLife")),
+        injection_datetime=parsed(parse_dt, rp_get("RadiopharmaceuticalStartDateTime"),
+                                  "RadiopharmaceuticalStartDateTime"),
+        injection_time=parsed(parse_tm, rp_get("RadiopharmaceuticalStartTime"), "RadiopharmaceuticalStartTime"),
+        total_dose_bq=number(rp_get("RadionuclideTotalDose"), "RadionuclideTotalDose"),
+        half_life_s=number(rp_get("RadionuclideHalfLife"), "RadionuclideHalfLife"),
         nuclide=nuclide,
-        weight_kg=_float(ds, "PatientWeight"),
-        height_m=_float(ds, "PatientSize"),
+        weight_kg=number(_text(ds, _WEIGHT), "PatientWeight"),
+        height_m=number(_text(ds, _SIZE), "PatientSize"),
         sex=sex,
         suv_type=str(ds.get("SUVType", "") or "") or None,
         philips_suv_scale=private((0x7053, 0x1000), float),
         philips_activity_scale=private((0x7053, 0x1009), float),
         manufacturer=str(ds.get("Manufacturer", "") or "") or None,
         radiopharmaceutical_sequence=rp is not None,
+        malformed=malformed,
+        differing=_differing_weights(datasets),
     )
+
+
+_SERIES_DATE, _SERIES_TIME = BaseTag(0x00080021), BaseTag(0x00080031)
+_WEIGHT, _SIZE = BaseTag(0x00101030), BaseTag(0x00101020)
+
+
+def _differing_weights(datasets: Sequence[pydicom.Dataset]) -> dict[str, str]:
+    """``{"PatientWeight": "70 kg in 99 slices, 52 kg in 1 (slice 30)"}`` when the slices disagree, else ``{}``.
+
+    Values are compared as numbers (``70`` equals ``70.0``); a slice without PatientWeight is not counted.
+    """
+    seen: dict[object, list[int]] = {}
+    for z, d in enumerate(datasets):
+        txt = _text(d, _WEIGHT)
+        if txt is None:
+            continue
+        try:
+            value: object = float(txt)
+        except ValueError:
+            value = txt
+        seen.setdefault(value, []).append(z)
+    if len(seen) < 2:
+        return {}
+    parts = []
+    for value, slices in sorted(seen.items(), key=lambda kv: -len(kv[1])):
+        shown = f"{value:g} kg" if isinstance(value, float) else repr(value)
+        where = f" (slice {slices[0]}{', ...' if len(slices) > 1 else ''})" if len(slices) < len(datasets) / 2 else ""
+        parts.append(f"{shown} in {len(slices)} slice(s){where}")
+    return {"PatientWeight": ", ".join(parts)}
 
 
 def _nan_if_none(v: float | None) -> float:
