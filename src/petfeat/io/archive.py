@@ -26,10 +26,10 @@ and label maps. Inside it:
   of the ``S`` row names them.
 * **Unreadable files** are skipped and counted (``n_unreadable``), their kinds and names (relative to
   the study folder) in ``scan_notes``: empty files, files whose header is truncated or lacks
-  Modality, corrupt headers, slices whose pixel data is shorter than the header says, files named
-  ``.dcm`` that are not DICOM, broken or looping links, folders that cannot be listed. Other files
-  (non-DICOM files such as ``Thumbs.db`` or ``notes.txt``, and ``DICOMDIR``) are ignored and
-  counted as ``n_other``. FIFOs and devices are never opened; symbolic links to folders inside a
+  Modality, corrupt headers, PET slices whose pixel data is shorter than the header says or
+  missing, files named ``.dcm`` that are not DICOM, broken or looping links, folders that cannot be
+  listed. Other files (non-DICOM files such as ``Thumbs.db`` or ``notes.txt``, and ``DICOMDIR``)
+  are ignored and counted as ``n_other``. FIFOs and devices are never opened; symbolic links to folders inside a
   study are not followed.
 * **SUV overrides.** The optional columns ``weight_kg``, ``height_m``, ``sex``, ``dose_bq``,
   ``injection_time`` and ``half_life_s`` (written empty) replace header values for that study, as
@@ -165,13 +165,13 @@ _STUDY_DATE, _MODALITY, _PATIENT_ID, _STUDY_UID, _SERIES_UID, _FRAME_UID = (
 #: :func:`petfeat.io.dicom.summarize_series` needs to choose a series (SeriesDescription, SeriesNumber,
 #: ImagePositionPatient, ImageOrientationPatient, CorrectedImage).
 #: PixelData is read as its place in the file only (no bytes), to tell a slice whose pixel data is truncated.
-_PIXEL_DATA = BaseTag(0x7FE00010)
+_PIXEL_DATA, _FLOAT_PIXEL_DATA = BaseTag(0x7FE00010), BaseTag(0x7FE00008)
 _SCAN_TAGS = frozenset({0x00080005, _STUDY_DATE, _MODALITY, _PATIENT_ID, _STUDY_UID, _SERIES_UID, _FRAME_UID,
                         0x0008103E, 0x00200011, 0x00200032, 0x00200037, 0x00280051, _PIXEL_DATA})
 _DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage (DICOMDIR)
 #: Kinds of unreadable entries, in the order ``scan_notes`` lists them.
 _EMPTY, _HEADER_TRUNCATED, _HEADER_CORRUPT, _PIXELS_TRUNCATED, _NOT_DICOM_DCM, _BAD_LINK, _BAD_FOLDER = (
-    "empty (0 bytes)", "header truncated or without Modality", "header unreadable", "pixel data truncated",
+    "empty (0 bytes)", "header truncated or without Modality", "header unreadable", "pixel data truncated or missing",
     "named .dcm but not DICOM", "broken or looping link", "folder cannot be listed")
 _OTHER_DICOMDIR, _OTHER_FILE = "DICOMDIR", "not DICOM"
 _PYDICOM_TAGS = ["SpecificCharacterSet", "StudyDate", "Modality", "SeriesDescription", "PatientID",
@@ -397,14 +397,19 @@ def _read_header(path: Path) -> _Header:
 
     Raises :class:`_NotDicom` for a file that is not DICOM or is a DICOMDIR, :class:`_Unreadable`
     for a DICOM file whose header ends before its Modality, and any other exception for a corrupt one.
-    A slice whose pixel data is shorter than its header says is returned with ``truncated`` set.
+    A PET slice whose pixel data is shorter than its header says, or which ends before its pixel
+    data, is returned with ``truncated`` set.
     """
     ds = read_slice_header(path, _SCAN_TAGS)  # the header's first bytes only, for image slices
     truncated = False
-    if ds is not None and _PIXEL_DATA in ds:
-        pixels = ds.get_item(_PIXEL_DATA).value  # where the pixel data lies, and how much of it the file holds
-        truncated = hasattr(pixels, "available") and pixels.available < pixels.length
-        del ds[_PIXEL_DATA]
+    if ds is not None:
+        tag = next((t for t in (_PIXEL_DATA, _FLOAT_PIXEL_DATA) if t in ds), None)
+        if tag is not None:
+            pixels = ds.get_item(tag).value  # where the pixel data lies, and how much of it the file holds
+            truncated = hasattr(pixels, "available") and pixels.available < pixels.length
+            del ds[tag]
+        else:  # the file ends before its pixel data
+            truncated = _text(ds, _MODALITY) == "PT"
     if ds is None or _text(ds, _MODALITY) in ("SEG", "RTSTRUCT"):  # references need pydicom
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_PYDICOM_TAGS)
