@@ -584,7 +584,12 @@ def read_pet_series(source, *, series_uid: str | None = None, threads: int = 1) 
         parse failure names the file); inconsistent geometry; a gap beyond
         :data:`SPACING_JITTER_RTOL` (a missing slice: the first such gap is named); two different
         images at one position (dynamic or gated); a volume larger than :data:`MAX_VOLUME_BYTES`;
-        missing, truncated or undecodable pixel data; slices without RescaleSlope or RescaleIntercept.
+        missing, truncated or undecodable pixel data; uncompressed pixel data whose length is not
+        Rows x Columns x BitsAllocated/8; PixelRepresentation other than 0/1 or NumberOfFrames other than 1;
+        an ImageOrientationPatient that is not two orthogonal unit vectors, a PixelSpacing (or a one-slice
+        SliceThickness) that is not positive; slices without RescaleSlope or RescaleIntercept, and rescale
+        values :func:`_check_rescale_values` refuses (non-finite intercept, negative slope, a slope
+        :data:`SLOPE_SPREAD` off the median, rescaled values beyond float32).
     """
     uid, items, where, notes = _select(source, series_uid, threads)
     header, sorted_items = _layout(uid, items, where, notes)
@@ -988,7 +993,8 @@ def _read_pixels(sorted_items: list[tuple[Path, pydicom.Dataset]]) -> tuple[np.n
     """Stored pixels ``(Z, Y, X)`` and per-slice slope and intercept of sorted slices.
 
     The volume size is checked against :func:`max_volume_bytes` and every slice's uncompressed
-    PixelData length against Rows x Columns before anything is allocated. RescaleSlope and
+    PixelData length against Rows x Columns x BitsAllocated/8 (plus one pad byte for an odd length)
+    before anything is allocated. RescaleSlope and
     RescaleIntercept are Type 1 in the PET Image module (PS3.3 C.8.9.4): a slice without either is
     refused (no default of 1 and 0 is assumed: a missing slope scaled a series' SUVs by the wrong factor).
     """
@@ -1233,7 +1239,7 @@ def suv_header_from_datasets(datasets: Sequence[pydicom.Dataset], source: str) -
         try:
             return fn(value)
         except (TypeError, ValueError):
-            malformed.setdefault(keyword, str(value).strip())
+            malformed.setdefault(keyword, str(value).strip()[:32])  # a date or number field: no free text kept
             return None
 
     def number(value, keyword: str) -> float | None:
