@@ -90,7 +90,7 @@ COLUMN_DOCS: dict[str, tuple[str, str]] = {
     "source": ("", "the label source's own file or folder name"),
     "native_volume_ml": ("mL", "label volume on the grid it was drawn on"),
     "pet_grid_volume_ml": ("mL", "label volume on the PET grid"),
-    "outside_fov_fraction": ("1", "fraction of the label outside the PET field of view (RTSTRUCT ROIs)"),
+    "outside_fov_fraction": ("1", "fraction of the label's own-grid volume outside the PET field of view"),
     "pet_path": ("", "PET input of the study, relative to <study_id>"),
     "error_class": ("", "class of the error that stopped the study"),
     "message": ("", "what went wrong and how to fix it"),
