@@ -186,6 +186,9 @@ def test_advice_names_the_manifest_column_a_batch_reads():
     note = "PatientSize (0010,1020) = 178 is outside 0.3-2.6 m: read as centimetres (override: --height M)"
     assert batch_advice(note, row).endswith("(add height_m to this study's row in the manifest, or run it alone with "
                                             "--pet ... --height M)")
+    note = "injection taken on the day before (midnight crossing; override: --injection-time)"
+    assert batch_advice(note, row) == ("injection taken on the day before (midnight crossing; override: the "
+                                       "manifest's injection_time column)")
 
 
 # ----------------------------------------------------------------------------------------------------- redaction

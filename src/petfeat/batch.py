@@ -363,8 +363,13 @@ def batch_advice(message: str, row: StudyRow) -> str:
         col = _OPTION_COLUMNS.get(m.group(1))
         return f"({advice(col, m.group(1) + m.group(2))})" if col else m.group(0)
 
+    def inline(m: re.Match) -> str:  # "...; override: --injection-time)" inside a longer parenthesis
+        col = _OPTION_COLUMNS.get(m.group(1))
+        return f"override: the manifest's {col} column" if col else m.group(0)
+
     message = re.sub(r"(?i)pass the override (\w+)= \(CLI: (--[a-z-]+)([^)]*)\)", full, message)
-    return re.sub(r"\((?:CLI|override): (--[a-z-]+)([^)]*)\)", short, message)
+    message = re.sub(r"\((?:CLI|override): (--[a-z-]+)([^)]*)\)", short, message)
+    return re.sub(r"override: (--[a-z-]+)(?: [A-Z][A-Z:-]*)?", inline, message)
 
 
 def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
