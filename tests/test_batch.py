@@ -138,6 +138,10 @@ def test_what_a_task_cannot_record_the_client_records(archive, tmp_path):
         finally:
             (finished / row.study_id).touch()
 
+    # distributed's config defaults must exist before dask.config.set: set() records "distributed" as absent and
+    # would delete the whole section (defaults loaded inside the block included) on leaving, breaking later tests
+    import distributed  # noqa: F401
+
     # one task per worker at a time: the killer holds one worker, the others run on the other
     with dask.config.set({"distributed.scheduler.allowed-failures": 0, "distributed.scheduler.worker-saturation": 1.0}):
         rep = run_batch(rows, tmp_path / "out", _settings(), KEY, n_workers=2, progress=None, task=task)
