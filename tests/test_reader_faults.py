@@ -334,3 +334,15 @@ def test_the_same_weight_written_differently_is_one_weight(tmp_path):
     header = read_pet_header(folder)
     assert header.suv_header.differing == {}
     assert compute_suv_factors(header.suv_header).weight_kg == 70.0
+
+
+def test_bits_allocated_8_in_a_deflated_file_is_refused_too(tmp_path):
+    """Deflated files are inflated by pydicom and then checked like uncompressed ones."""
+    ds = pydicom.dcmread(sorted((DRO / "DRO_1_0" / "PT").glob("*.dcm"))[10])
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "deflated.dcm")
+    assert len((tmp_path / "deflated.dcm").read_bytes()) < 131072  # really deflated
+    with pytest.raises(DicomSeriesError, match=r"PixelData \(7FE0,0010\) holds 131072 bytes, but BitsAllocated "
+                                               r"\(0028,0100\) = 8 .* \(it holds 2 bytes per pixel: 16-bit values\)"):
+        read_pet_series([tmp_path / "deflated.dcm"])
