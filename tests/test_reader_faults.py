@@ -346,3 +346,19 @@ def test_bits_allocated_8_in_a_deflated_file_is_refused_too(tmp_path):
     with pytest.raises(DicomSeriesError, match=r"PixelData \(7FE0,0010\) holds 131072 bytes, but BitsAllocated "
                                                r"\(0028,0100\) = 8 .* \(it holds 2 bytes per pixel: 16-bit values\)"):
         read_pet_series([tmp_path / "deflated.dcm"])
+
+
+def test_a_malformed_acquisition_time_under_decay_correction_none_is_named(tmp_path):
+    """DecayCorrection NONE needs each slice's time: a malformed one is named with its value, not as missing."""
+    def edit(ds, k):
+        ds.DecayCorrection = "NONE"
+        if k == 5:
+            ds[0x00080032] = DataElement(0x00080032, "TM", "99:99", validation_mode=0)
+
+    folder, files = _dro(tmp_path, edit)
+    header = read_pet_header(folder)
+    z = header.files.index(files[5])
+    with pytest.raises(SuvError, match=rf"AcquisitionDate/AcquisitionTime \(0008,0022/0008,0032\) of slice {z} is "
+                                       r"missing or malformed \(AcquisitionTime \(0008,0032\) = '99:99' \(malformed\) "
+                                       r"in the series\) \(DecayCorrection NONE needs every slice's own time\)"):
+        compute_suv_factors(header.suv_header)

@@ -567,8 +567,10 @@ def compute_suv_factors(
         per_slice = np.empty(n_slices)
         for z, t in enumerate(h.acquisition_datetimes):
             if t is None:
+                bad = [_field(h, k, None) for k in _SCAN_TIME_FIELDS[2:] if k in h.malformed]
+                why = f"is missing or malformed ({', '.join(bad)} in the series)" if bad else "is missing"
                 raise fail(f"AcquisitionDate/AcquisitionTime (0008,0022/0008,0032) of slice {z}",
-                           "is missing (DecayCorrection NONE needs every slice's own time)",
+                           f"{why} (DecayCorrection NONE needs every slice's own time)",
                            fix="decay-correct the series on the scanner")
             dur = float(h.actual_frame_durations_ms[z]) / 1000.0
             if not np.isfinite(dur) or dur < 0:
