@@ -326,10 +326,15 @@ def redact(text: str, row: StudyRow, out: str | Path | None = None) -> str:
     return "".join(pieces)
 
 
+def _utf8(text: str) -> str:
+    """``text`` with each undecodable byte of a name (a surrogate escape) as ``?``: Parquet and JSON take UTF-8."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def _failure(row: StudyRow, error_class: str, message: str, out: str | Path | None = None) -> dict:
     """A failure record (the columns of ``failures.parquet``), with folder names redacted, advice for a batch."""
-    return {"study_id": row.study_id, "pet_path": redact(row.pet_path, row, out), "error_class": error_class,
-            "message": redact(batch_advice(message, row), row, out)}
+    return {"study_id": row.study_id, "pet_path": _utf8(redact(row.pet_path, row, out)), "error_class": error_class,
+            "message": _utf8(redact(batch_advice(message, row), row, out))}
 
 
 #: The one-study command-line override options and the manifest column that does the same in a batch.
@@ -455,8 +460,37 @@ def _peak_rss(start: float | None) -> tuple[float | None, float | None]:
     return hwm, None if start is None or hwm is None else max(0.0, hwm - start)
 
 
+def _not_utf8(name: str) -> bool:
+    """Whether a path holds a name that is not UTF-8 (Python keeps its bytes as surrogate escapes)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _refuse_non_utf8(row: StudyRow) -> None:
+    """Refuse a study whose input paths, or the label files in its label folders, are not UTF-8.
+
+    SimpleITK cannot take such a path: given one, its C++ code aborts the whole worker process
+    (``basic_string::_S_construct null not valid``), which Dask then reports as a killed worker.
+    """
+    columns = [("pet_path", row.pet_path)] + [("labels", p) for p in row.labels] + [("lesions", row.lesions)]
+    for column, path in columns:
+        bad = path if _not_utf8(path) else None
+        if bad is None and column == "labels" and os.path.isdir(path):
+            with contextlib.suppress(OSError):
+                bad = next((os.path.join(path, n) for n in sorted(os.listdir(path)) if _not_utf8(n)), None)
+        if bad is not None:
+            raise BatchError(f"{bad}: a folder or file name in this study's {column} is not UTF-8 (written in another "
+                             "encoding, such as Latin-1 by an old export), and the image readers cannot open such "
+                             "a path. Rename it to UTF-8 (for example 'convmv -f latin1 -t utf8 -r --notest FOLDER') "
+                             "and scan again.")
+
+
 def _check_inputs(row: StudyRow, settings: BatchSettings) -> None:
     """Refuse a study whose inputs cannot give features, before any reader opens them."""
+    _refuse_non_utf8(row)
     status = row.match_status
     measurable = row.labels or row.lesions or settings.threshold
     if status.startswith("unattributed_labels") and not measurable:
@@ -576,8 +610,8 @@ def run_study(row: StudyRow, settings: BatchSettings, out: str, key_hex: str, th
                "sul_factor": factors.sul_factor, "uptake_seconds": factors.uptake_seconds,
                "scan_time_source": factors.scan_time_source, "warnings": factors.warnings}
         # the SUV header decisions (a value reinterpreted or assumed) are the study's warnings too
-        notes = sorted({redact(batch_advice(f"{w.category.__name__}: {w.message}", row), row, out) for w in seen}
-                       | {redact(batch_advice(n, row), row, out) for n in suv_decision_notes(factors)})
+        notes = sorted({_utf8(redact(batch_advice(f"{w.category.__name__}: {w.message}", row), row, out)) for w in seen}
+                       | {_utf8(redact(batch_advice(n, row), row, out)) for n in suv_decision_notes(factors)})
         _atomic_json({"study_id": row.study_id, **t, "suv": suv, "warnings": notes}, parts / f"{key}.timing.json")
         _atomic_parquet(res.features, feat_path)  # last: its presence marks the study done
         return {"study_id": row.study_id, "key": key, "status": "done", "timings": t, "suv": suv,

@@ -26,10 +26,12 @@ and label maps. Inside it:
   of the ``S`` row names them.
 * **Unreadable files** are skipped and counted (``n_unreadable``), their kinds and names (relative to
   the study folder) in ``scan_notes``: empty files, files whose header is truncated or lacks
-  Modality, corrupt headers, PET slices whose pixel data is shorter than the header says or
+  Modality, PET slices whose StudyInstanceUID or SeriesInstanceUID cannot be read (never a study of
+  their own), corrupt headers, PET slices whose pixel data is shorter than the header says or
   missing, files named ``.dcm`` that are not DICOM, broken or looping links, folders that cannot be
   listed. Other files (non-DICOM files such as ``Thumbs.db`` or ``notes.txt``, and ``DICOMDIR``)
-  are ignored and counted as ``n_other``. FIFOs and devices are never opened; symbolic links to folders inside a
+  are ignored and counted as ``n_other``, as are symbolic links to files other than label maps: a linked
+  slice is never read as the study's. FIFOs and devices are never opened; symbolic links to folders inside a
   study are not followed.
 * **SUV overrides.** The optional columns ``weight_kg``, ``height_m``, ``sex``, ``dose_bq``,
   ``injection_time`` and ``half_life_s`` (written empty) replace header values for that study, as
@@ -173,7 +175,8 @@ _DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
 _EMPTY, _HEADER_TRUNCATED, _HEADER_CORRUPT, _PIXELS_TRUNCATED, _NOT_DICOM_DCM, _BAD_LINK, _BAD_FOLDER = (
     "empty (0 bytes)", "header truncated or without Modality", "header unreadable", "pixel data truncated or missing",
     "named .dcm but not DICOM", "broken or looping link", "folder cannot be listed")
-_OTHER_DICOMDIR, _OTHER_FILE = "DICOMDIR", "not DICOM"
+_NO_UIDS = "header without StudyInstanceUID or SeriesInstanceUID (cut short or corrupt)"
+_OTHER_DICOMDIR, _OTHER_FILE, _OTHER_LINK = "DICOMDIR", "not DICOM", "link to a file (not followed)"
 _PYDICOM_TAGS = ["SpecificCharacterSet", "StudyDate", "Modality", "SeriesDescription", "PatientID",
                  "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber", "ImagePositionPatient",
                  "ImageOrientationPatient", "FrameOfReferenceUID", "CorrectedImage", "ReferencedSeriesSequence",
@@ -229,7 +232,8 @@ class _Folder:
 
     def notes(self, study: Path) -> str:
         """``scan_notes``: unreadable entries by kind (names relative to ``study``), then the other files."""
-        order = (_EMPTY, _HEADER_TRUNCATED, _HEADER_CORRUPT, _PIXELS_TRUNCATED, _NOT_DICOM_DCM, _BAD_LINK, _BAD_FOLDER)
+        order = (_EMPTY, _HEADER_TRUNCATED, _NO_UIDS, _HEADER_CORRUPT, _PIXELS_TRUNCATED, _NOT_DICOM_DCM, _BAD_LINK,
+                 _BAD_FOLDER)
         parts = []
         for kind in sorted(self.unreadable, key=order.index):
             paths = self.unreadable[kind]
@@ -274,45 +278,83 @@ def scan_archive(root: str | Path, key: bytes, linkage: dict | None = None,
         raise ManifestError(f"{root}: not a folder. Point to the archive root (one folder per study).")
     root = root.resolve()
     folders = [p for p in sorted(root.iterdir()) if not p.name.startswith(".") and _study_folder(p, root)]
-    found: list[tuple[StudyRow, tuple[str, str] | None, str, int, str]] = []
+    scanned: list[list[_Scanned]] = []
     for i, folder in enumerate(folders, start=1):
-        rel = folder.relative_to(root).as_posix()
-        found += [(row, pair, pid, bad, rel) for row, pair, pid, bad in _scan_study(folder, root, key)]
+        scanned.append(_scan_study(folder, root, key))
         if progress is not None:
             progress(i, len(folders))
-    copies: dict[tuple[str, str], list[int]] = {}  # (study uid, series uid) -> the rows of its copies
-    for i, (_, pair, *_rest) in enumerate(found):
-        if pair is not None:
-            copies.setdefault(pair, []).append(i)
-    for idx in copies.values():
-        primary = min(idx, key=lambda i: (found[i][3], i))  # the fewest unreadable files, then the first folder
-        row, _, pid, bad, _ = found[primary]
+    copies = _copies(scanned)
+    # a fragment of a series (stray slices copied into another study's folder) must not count as a study of the
+    # folder it lies in: that folder's labels belong to its own study, so they are attributed again without it
+    fragments = {s.pair for copy in copies.values() for s in copy[1:] if s.n_good < copy[0].n_good}
+    for k, folder in enumerate(folders):
+        if len(scanned[k]) > 1 and any(s.pair in fragments for s in scanned[k]):
+            scanned[k] = _scan_study(folder, root, key, fragments)
+            copies = None
+    copies = copies or _copies(scanned)
+    taken: set[str] = set()
+    for primary, *others in copies.values():
+        row = primary.row
         if linkage is not None:
-            linkage[row.study_id] = (row.patient_id, pid)
-        for i in idx:
-            if i == primary:
-                continue
-            dup, _, _, dup_bad, rel = found[i]
-            dup.study_id = duplicate_pseudonym(rel, key)
-            if dup_bad > bad:
-                dup.match_status = (f"duplicate of {row.study_id}: the same series is also in another folder, whose "
-                                    f"copy was chosen as it is complete (this copy has {dup_bad} unreadable or "
-                                    "truncated file(s) of the series); remove one copy")
-                if i < primary:
-                    row.series_choice += (f"; the complete copy of the series, chosen over {dup.study_id} ({dup_bad} "
-                                          "unreadable or truncated file(s) there)")
-            else:
-                dup.match_status = (f"duplicate of {row.study_id}: the same series is also in another folder; "
-                                    "remove one copy")
-    rows = [r for r, *_ in found]
+            linkage[row.study_id] = (row.patient_id, primary.patient)
+        for dup in others:
+            _mark_copy(dup, primary, key, taken)
+    found = [s for ss in scanned for s in ss]
+    rows = [s.row for s in found]
     if _is_one_study(rows):
         # the root is one study's folder (pet/ beside seg/ and a lesion mask): scan it as that study
         rows = []
-        for row, pair, pid, _ in _scan_study(root, root.parent, key):
-            if pair is not None and linkage is not None:
-                linkage[row.study_id] = (row.patient_id, pid)
-            rows.append(row)
+        for s in _scan_study(root, root.parent, key):
+            if s.pair is not None and linkage is not None:
+                linkage[s.row.study_id] = (s.row.patient_id, s.patient)
+            rows.append(s.row)
     return rows
+
+
+def _copies(scanned: list[list[_Scanned]]) -> dict[tuple[str, str], list[_Scanned]]:
+    """Each series of the archive: its copies (one, or several in different folders), the one to use first.
+
+    The copy to use has the most readable slices of the series (a complete series over stray
+    slices copied into another folder, and over a copy with truncated slices), then the fewest
+    damaged files in its folders, then it lies in the first folder by name.
+    """
+    copies: dict[tuple[str, str], list[tuple[int, _Scanned]]] = {}
+    order = 0
+    for ss in scanned:
+        for s in ss:
+            if s.pair is not None:
+                copies.setdefault(s.pair, []).append((order, s))
+            order += 1
+    return {pair: [s for _, s in sorted(c, key=lambda c: (-c[1].n_good, c[1].bad, c[0]))]
+            for pair, c in copies.items()}
+
+
+def _mark_copy(dup: _Scanned, primary: _Scanned, key: bytes, taken: set[str]) -> None:
+    """Make ``dup`` a ``duplicate of S...`` row saying why the copy ``primary`` is the study."""
+    row = primary.row
+    sid = duplicate_pseudonym(dup.rel, key)
+    if sid in taken:  # a second copied series in the same folder
+        sid = duplicate_pseudonym(f"{dup.rel}\n{dup.pair[1]}", key)
+    taken.add(sid)
+    dup.row.study_id = sid
+    if dup.n_good < primary.n_good and dup.fragment_of:
+        dup.row.match_status = (
+            f"duplicate of {row.study_id}: {dup.row.n_files} stray slice(s) of that study's series lie in this "
+            f"folder (the PET folder of study {', '.join(dup.fragment_of)}); its complete series ({primary.n_good} "
+            f"slices) in its own folder is the study. The stray slices are not read with "
+            f"{', '.join(dup.fragment_of)}; delete them from this folder")
+        row.series_choice += f"; the complete series, chosen over {dup.n_good} stray slice(s) in another folder ({sid})"
+    elif dup.n_good < primary.n_good or dup.bad > primary.bad:
+        state = (f"{dup.bad} unreadable or truncated file(s) of the series" if dup.bad else
+                 f"{dup.n_good} of the series' {primary.n_good} slices")
+        dup.row.match_status = (f"duplicate of {row.study_id}: the same series is also in another folder, whose copy "
+                                f"was chosen as it is complete (this copy has {state}); remove one copy")
+        row.series_choice += (f"; the complete copy of the series, chosen over {sid} ("
+                              + (f"{dup.bad} unreadable or truncated file(s)" if dup.bad else
+                                 f"{dup.n_good} slice(s)") + " there)")
+    else:
+        dup.row.match_status = (f"duplicate of {row.study_id}: the same series is also in another folder; "
+                                "remove one copy")
 
 
 def _is_one_study(rows: list[StudyRow]) -> bool:
@@ -368,6 +410,9 @@ def _walk_quietly(study: Path) -> _Folder:
             if name.lower().endswith(_LABEL_SUFFIXES):
                 found.label_files.append(path)
                 continue
+            if os.path.islink(path):  # a link to a slice elsewhere (another patient's): never read as this study's
+                found.other[_OTHER_LINK] = found.other.get(_OTHER_LINK, 0) + 1
+                continue
             found.n_files += 1
             if st.st_size == 0:
                 found.bad(_EMPTY, path)
@@ -396,12 +441,16 @@ def _read_header(path: Path) -> _Header:
     """The scan fields of one file.
 
     Raises :class:`_NotDicom` for a file that is not DICOM or is a DICOMDIR, :class:`_Unreadable`
-    for a DICOM file whose header ends before its Modality, and any other exception for a corrupt one.
-    A PET slice whose pixel data is shorter than its header says, or which ends before its pixel
-    data, is returned with ``truncated`` set.
+    for a DICOM file whose header ends before its Modality and for a PET slice without
+    StudyInstanceUID or SeriesInstanceUID, and any other exception for a corrupt one. A slice whose
+    UIDs the fast header scan does not reach (a tag out of order, a header cut short) is read again
+    with pydicom first. A PET slice whose pixel data is shorter than its header says, or which ends
+    before its pixel data, is returned with ``truncated`` set.
     """
     ds = read_slice_header(path, _SCAN_TAGS)  # the header's first bytes only, for image slices
-    truncated = False
+    truncated, fallback = False, False
+    if ds is not None and _text(ds, _MODALITY) and not (_text(ds, _STUDY_UID) and _text(ds, _SERIES_UID)):
+        ds, fallback = None, True  # the fast scan stopped early (a tag out of order, a header cut short): pydicom
     if ds is not None:
         tag = next((t for t in (_PIXEL_DATA, _FLOAT_PIXEL_DATA) if t in ds), None)
         if tag is not None:
@@ -418,6 +467,8 @@ def _read_header(path: Path) -> _Header:
                 if f.read(132)[128:132] == b"DICM":
                     raise
             raise _NotDicom(_OTHER_FILE) from None
+        if fallback and _text(ds, _MODALITY) == "PT":
+            truncated = _pixels_short(path)
     modality = _text(ds, _MODALITY) or ""  # raw text: no pydicom value conversion per file
     if not modality:
         try:
@@ -427,12 +478,29 @@ def _read_header(path: Path) -> _Header:
         if sop_class == _DIRECTORY_SOP_CLASS:
             raise _NotDicom(_OTHER_DICOMDIR)
         raise _Unreadable(_HEADER_TRUNCATED)  # Modality is type 1 in every image IOD: the header ends early
+    if modality == "PT" and not (_text(ds, _STUDY_UID) and _text(ds, _SERIES_UID)):
+        raise _Unreadable(_NO_UIDS)  # it cannot be put in a study: never a study of its own
     h = _Header(path, modality, _text(ds, _STUDY_UID) or "", _text(ds, _SERIES_UID) or "",
                 _text(ds, _PATIENT_ID) or "", _text(ds, _STUDY_DATE) or "", _text(ds, _FRAME_UID) or "",
                 ds if modality == "PT" else None, truncated=truncated)
     if modality in ("SEG", "RTSTRUCT"):
         h.ref_series, h.ref_frames = _references(ds)
     return h
+
+
+def _pixels_short(path: Path) -> bool:
+    """Whether a slice read by pydicom ends before its pixel data does (or before its pixel data)."""
+    try:
+        ds = pydicom.dcmread(path, defer_size=64, specific_tags=["PixelData", "FloatPixelData"])
+    except Exception:  # noqa: BLE001 - a file that pydicom cannot read to its end
+        return True
+    tag = next((t for t in (_PIXEL_DATA, _FLOAT_PIXEL_DATA) if t in ds), None)
+    if tag is None:
+        return True
+    elem = ds.get_item(tag, keep_deferred=True)  # where the value lies, not the value
+    if elem.length == 0xFFFFFFFF:  # encapsulated (compressed) frames: the reader checks them
+        return False
+    return elem.value_tell + elem.length > os.path.getsize(path)
 
 
 def _references(ds) -> tuple[frozenset[str], frozenset[str]]:
@@ -469,14 +537,42 @@ def _choose_series(series: dict[str, list[_Header]]) -> tuple[str, str]:
                  f"{'volume' if c.is_volume else 'image'} of {c.n_files} files (others: {'; '.join(others)})")
 
 
-def _scan_study(study: Path, root: Path, key: bytes) -> list[tuple[StudyRow, tuple[str, str] | None, str, int]]:
+@dataclass
+class _Scanned:
+    """One row of a study folder, with what choosing among copies of its series needs."""
+
+    row: StudyRow
+    #: (StudyInstanceUID, SeriesInstanceUID) of the chosen series; None for a folder without PET
+    pair: tuple[str, str] | None
+    #: the raw PatientID (for the linkage file only)
+    patient: str
+    #: the chosen series' slices with truncated pixel data and the unreadable files in its folders
+    bad: int
+    #: the chosen series' slices that can be read
+    n_good: int
+    #: the study folder relative to the archive root
+    rel: str
+    #: the ids of the other studies of the folder, when this series is a fragment of one found elsewhere
+    fragment_of: list[str] = field(default_factory=list)
+
+
+def _name_text(rel: str) -> str:
+    """``rel`` as text: the bytes of a name that is not UTF-8 become backslash escapes (for hashing)."""
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _scan_study(study: Path, root: Path, key: bytes,
+                fragments: frozenset[tuple[str, str]] | set[tuple[str, str]] = frozenset()) -> list[_Scanned]:
     """Rows of one study folder, each with its (study uid, series uid), raw PatientID and damaged files.
 
     The damaged files of a row are its chosen series' slices with truncated pixel data and the
-    unreadable files in the folders of that series (which may be its slices).
+    unreadable files in the folders of that series (which may be its slices). ``fragments`` are
+    series whose complete copy lies in another folder: their rows take no part in attributing the
+    folder's label sources, and the folder's studies note them.
     """
     found = _walk(study)
     notes = found.notes(study)
+    rel = _name_text(study.relative_to(root).as_posix())
     bad_dirs: dict[Path, int] = {}
     for kind, paths in found.unreadable.items():
         for p in paths:
@@ -495,12 +591,11 @@ def _scan_study(study: Path, root: Path, key: bytes) -> list[tuple[StudyRow, tup
         elif h.modality in ("SEG", "RTSTRUCT"):
             refs.append(h)
     if not pets:
-        rel = study.relative_to(root).as_posix()
         row = StudyRow(folder_pseudonym(rel, key), "", str(study), "", labels, lesions, "no_pet_series",
                        found.n_files, study_path=str(study), n_unreadable=found.n_unreadable, n_other=found.n_other,
                        scan_notes=notes)
-        return [(row, None, "", found.n_unreadable)]
-    out = []
+        return [_Scanned(row, None, "", found.n_unreadable, 0, rel)]
+    out: list[_Scanned] = []
     for study_uid in sorted(pets, key=lambda u: (min(h.date for hs in pets[u].values() for h in hs), u)):
         series = pets[study_uid]
         uid, reason = _choose_series(series)
@@ -518,29 +613,41 @@ def _scan_study(study: Path, root: Path, key: bytes) -> list[tuple[StudyRow, tup
                        len(chosen), study_path=str(study), patient_id=pseudonym(first.patient_id, key, study_uid),
                        series_choice=reason, alternatives=sorted(u for u in series if u != uid),
                        n_unreadable=found.n_unreadable, n_other=found.n_other, scan_notes=notes)
-        bad = sum(h.truncated for h in chosen) + sum(bad_dirs.get(d, 0) for d in folders)
-        out.append((row, (study_uid, uid), first.patient_id, bad))
-    if len(out) == 1:
-        out[0][0].labels = labels + out[0][0].labels
-        out[0][0].lesions = lesions
+        n_truncated = sum(h.truncated for h in chosen)
+        bad = n_truncated + sum(bad_dirs.get(d, 0) for d in folders)
+        out.append(_Scanned(row, (study_uid, uid), first.patient_id, bad, len(chosen) - n_truncated, rel))
+    studies = [s for s in out if s.pair not in fragments] or out
+    strays = [s for s in out if s not in studies]
+    for s in strays:
+        s.row.labels = []
+        s.fragment_of = [t.row.study_id for t in studies]
+    if strays:
+        n_stray = sum(s.row.n_files for s in strays)
+        for s in studies:
+            s.row.scan_notes += (f"{'; ' if s.row.scan_notes else ''}not read: {n_stray} stray slice(s) of "
+                                 f"{len(strays)} other series whose complete copy lies in another folder")
+    if len(studies) == 1:
+        studies[0].row.labels = labels + studies[0].row.labels
+        studies[0].row.lesions = lesions
         unattributed = []
     else:  # several studies in one folder: each label source goes to the study whose PET files lie nearest it
-        pet_folders = [{h.path.parent for hs in pets[ids[0]].values() for h in hs} for _, ids, _, _ in out]
+        pet_folders = [{h.path.parent for hs in pets[s.pair[0]].values() for h in hs} for s in studies]
         unattributed = []
         for source in labels:
             k = _nearest_study(Path(source), pet_folders, study)
-            (out[k][0].labels.append(source) if k is not None else unattributed.append(source))
+            (studies[k].row.labels.append(source) if k is not None else unattributed.append(source))
         for source in lesion_files:
             k = _nearest_study(Path(source), pet_folders, study)
-            if k is not None and not out[k][0].lesions:
-                out[k][0].lesions = source
+            if k is not None and not studies[k].row.lesions:
+                studies[k].row.lesions = source
             else:
                 unattributed.append(source)
-    for row, *_ in out:
+    for s in studies:
+        row = s.row
         if unattributed:
             row.match_status = (f"unattributed_labels: {len(unattributed)} label file(s) or folder(s) lie in a folder "
-                                f"of {len(out)} studies, none inside one study's own subfolder; add the right ones to "
-                                "this row's labels/lesions")
+                                f"of {len(studies)} studies, none inside one study's own subfolder; add the right ones "
+                                "to this row's labels/lesions")
         elif not (row.labels or row.lesions):
             row.match_status = "no_labels"
     return out
@@ -592,10 +699,15 @@ def _label_sources(files: list[Path]) -> tuple[list[str], list[str]]:
 # ---------------------------------------------------------------------------------------------- manifest
 
 def write_manifest(rows: list[StudyRow], path: str | Path) -> None:
-    """Write the manifest CSV (UTF-8) atomically."""
+    """Write the manifest CSV (UTF-8) atomically.
+
+    A folder or file name that is not UTF-8 (a Latin-1 name from an old export, which Python holds
+    as surrogate escapes) is written as its own bytes, so the path still names that folder
+    when :func:`read_manifest` loads the file.
+    """
 
     def write(tmp: str) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
             w.writeheader()
             for r in rows:
@@ -604,15 +716,31 @@ def write_manifest(rows: list[StudyRow], path: str | Path) -> None:
     atomic_write(path, write)
 
 
-def _decode(path: Path) -> str:
-    """The manifest's text: UTF-8 (a BOM is dropped), else Windows-1252, else Latin-1 (spreadsheet exports)."""
+def _decode(path: Path) -> tuple[str, str]:
+    """The manifest's text and its encoding: UTF-8 (a BOM is dropped), else Windows-1252, else Latin-1."""
     raw = path.read_bytes()
     for encoding in ("utf-8-sig", "cp1252"):
         try:
-            return raw.decode(encoding)
+            return raw.decode(encoding), encoding
         except UnicodeDecodeError:
             continue
-    return raw.decode("latin-1")
+    return raw.decode("latin-1"), "latin-1"
+
+
+def _on_disk(p: str, encoding: str) -> str:
+    """``p`` as the file system names it: the manifest's bytes of a path that does not exist as decoded.
+
+    A manifest that is not UTF-8 is either a spreadsheet export (the whole file in Windows-1252) or
+    a UTF-8 manifest holding a name that is not UTF-8 (written by :func:`write_manifest`). The
+    path's bytes in the file, read back as the file system reads names, then find the folder.
+    """
+    if not p or encoding == "utf-8-sig" or _exists(p):
+        return p
+    try:
+        raw = os.fsdecode(p.encode(encoding))
+    except UnicodeEncodeError:
+        return p
+    return raw if _exists(raw) else p
 
 
 def _int_field(value: str | None, where: str, name: str) -> int:
@@ -685,7 +813,9 @@ def read_manifest(path: str | Path) -> list[StudyRow]:
 
     The file may be UTF-8 (with or without a byte-order mark), Windows-1252 or Latin-1; empty lines
     are skipped; relative paths are resolved against the manifest's folder, so the returned rows
-    hold absolute paths. Columns other than ``study_id`` and ``pet_path`` may be missing. The SUV
+    hold absolute paths; a path that does not exist as decoded is looked up by its bytes in the file
+    (a name that is not UTF-8, see :func:`write_manifest`). Columns other than ``study_id`` and
+    ``pet_path`` may be missing. The SUV
     override columns (``weight_kg``, ``height_m``, ``sex``, ``dose_bq``, ``injection_time``,
     ``half_life_s``) fill each row's ``suv_overrides``.
 
@@ -700,7 +830,8 @@ def read_manifest(path: str | Path) -> list[StudyRow]:
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest. Create one with 'petfeat scan ARCHIVE -o {path.name}'.")
     base = path.resolve().parent
-    reader = csv.DictReader(io.StringIO(_decode(path), newline=""))
+    text, encoding = _decode(path)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         fieldnames = [(c or "").strip() for c in (reader.fieldnames or [])]
     except csv.Error as exc:
@@ -733,16 +864,17 @@ def read_manifest(path: str | Path) -> list[StudyRow]:
             raise ManifestError(f"{where}: study_id {sid} appears twice (also on line {seen[sid]}); each study "
                                 "needs its own id.")
         seen[sid] = i
-        pet = _absolute(rec.get("pet_path", ""), base)
-        labels = [_absolute(p, base) for p in rec.get("labels", "").split(";") if p.strip()]
-        lesions = _absolute(rec.get("lesions", ""), base)
+        pet = _on_disk(_absolute(rec.get("pet_path", ""), base), encoding)
+        labels = [_on_disk(_absolute(p, base), encoding) for p in rec.get("labels", "").split(";") if p.strip()]
+        lesions = _on_disk(_absolute(rec.get("lesions", ""), base), encoding)
         for p in [pet, *labels, lesions]:
             if p and not _exists(p):
                 raise ManifestError(f"{where} (study {sid}): {p} does not exist. Fix the path or drop the row.")
         rows.append(StudyRow(
             sid, rec.get("study_date", ""), pet, rec.get("series_uid", ""), labels, lesions,
             rec.get("match_status", "") or "ok", _int_field(rec.get("n_files"), where, "n_files"),
-            study_path=_absolute(rec.get("study_path", ""), base) or pet, patient_id=rec.get("patient_id", ""),
+            study_path=_on_disk(_absolute(rec.get("study_path", ""), base), encoding) or pet,
+            patient_id=rec.get("patient_id", ""),
             series_choice=rec.get("series_choice", ""),
             alternatives=[u.strip() for u in rec.get("alternatives", "").split(";") if u.strip()],
             n_unreadable=_int_field(rec.get("n_unreadable"), where, "n_unreadable"),
