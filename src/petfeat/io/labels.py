@@ -15,18 +15,21 @@ keep the task's ids, and tasks written to one folder are told apart by
 :mod:`petfeat.io.totalsegmentator`), else the name the caller gives, else the file's stem. Labels of
 one source that overlap go to separate layers of that source; no source erases another. A label
 file is checked whole before its voxels are trusted (:func:`check_label_file`,
-:func:`read_checked`): its declared size against :func:`max_label_bytes`, a NIfTI's length and
-gzip CRC-32.
+:func:`read_checked`): its header, its declared size against :func:`max_label_bytes`, a NIfTI's
+length and gzip CRC-32 (petfeat inflates a NIfTI itself; SimpleITK reads its header). Symbolic links
+inside a TotalSegmentator folder are not followed.
 
 :func:`read_labels` takes any of these paths and returns label layers on the PET grid.
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import math
 import os
+import stat
 import struct
 import warnings
 import zlib
@@ -35,6 +38,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 from xml.etree import ElementTree
 
 import numpy as np
@@ -48,6 +52,10 @@ from petfeat.io.totalsegmentator import TASK_LABELS, UNKNOWN, identify_task, spl
 from petfeat.kernels.label_census import Census, label_census
 from petfeat.kernels.threads import limited_threads
 from petfeat.regions import LabelLayer
+
+# ITK's warnings go straight to the console and name the file (an archive folder); petfeat's own checks and
+# messages say what they would (an Analyze header under a .nii name is refused by :func:`nifti_layout`).
+sitk.ProcessObject.SetGlobalWarningDisplay(False)
 
 _UNSIGNED = {sitk.sitkUInt8, sitk.sitkUInt16, sitk.sitkUInt32, sitk.sitkUInt64}
 _MAX_ID = {sitk.sitkUInt8: 0xFF, sitk.sitkUInt16: 0xFFFF, sitk.sitkUInt32: 0xFFFFFFFF,
@@ -70,6 +78,9 @@ MAX_LABEL_GB = 4.0
 #: Bytes a NIfTI stream may hold after the voxel data its header declares (writers pad: TotalSegmentator's
 #: ``--ml`` file carries 48 zero bytes); more is refused as a stream that does not belong to its header.
 TRAILING_BYTES_ALLOWED = 1 << 20
+#: Bits per voxel of each NIfTI datatype code (the NIfTI-1 standard's table).
+NIFTI_BITPIX = {2: 8, 4: 16, 8: 32, 16: 32, 32: 64, 64: 64, 128: 24, 256: 8, 512: 16, 768: 32, 1024: 64, 1280: 64,
+                1536: 128, 1792: 128, 2048: 256, 2304: 32}
 _NIFTI_DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8",
                  1280: "u8"}
 _NRRD_BYTES = {**dict.fromkeys(("signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8", "uint8_t"), 1),
@@ -124,12 +135,16 @@ def _open_nifti(path: Path):
 
 
 def nifti_layout(path: str | Path) -> NiftiLayout | None:
-    """The voxel layout a single-file NIfTI-1 or NIfTI-2 header declares; None for anything else.
+    """The voxel layout a single-file NIfTI-1 or NIfTI-2 header declares; None for a file not named .nii/.nii.gz.
+
+    The header is checked before SimpleITK sees it (its NIfTI library prints ``** ERROR`` lines on the
+    console for a bad header, and reads an Analyze header under a .nii name with a warning naming the file).
 
     Raises
     ------
     LabelError
-        The header is cut short or declares impossible dimensions.
+        The header is cut short, is not a NIfTI-1/2 header (size field, magic), or declares impossible
+        dimensions, offset or pixel type.
     """
     path = Path(path)
     if not path.name.lower().endswith((".nii", ".nii.gz")):
@@ -144,15 +159,16 @@ def nifti_layout(path: str | Path) -> NiftiLayout | None:
     for order in "<>":
         if len(head) >= 348 and struct.unpack_from(order + "i", head, 0)[0] == 348:
             if head[344:348] != b"n+1\x00":
-                return None  # an .hdr/.img pair or an Analyze header: SimpleITK's own checks apply
+                raise _not_nifti(path, f"its magic (bytes 344-347) is {bytes(head[344:348])!r}, not b'n+1\\x00'")
             n = struct.unpack_from(order + "h", head, 40)[0]
             dim = struct.unpack_from(order + "8h", head, 40)
             datatype, bitpix = struct.unpack_from(order + "hh", head, 70)
-            offset = max(int(struct.unpack_from(order + "f", head, 108)[0]), 352)
+            vox = struct.unpack_from(order + "f", head, 108)[0]
+            offset = max(int(vox), 352) if math.isfinite(vox) and vox < 2**31 else -1
             break
         if len(head) >= 540 and struct.unpack_from(order + "i", head, 0)[0] == 540:
             if head[4:8] != b"n+2\x00":
-                return None
+                raise _not_nifti(path, f"its magic (bytes 4-7) is {bytes(head[4:8])!r}, not b'n+2\\x00'")
             n = struct.unpack_from(order + "q", head, 16)[0]
             dim = struct.unpack_from(order + "8q", head, 16)
             datatype, bitpix = struct.unpack_from(order + "hh", head, 12)
@@ -162,12 +178,22 @@ def nifti_layout(path: str | Path) -> NiftiLayout | None:
         if len(head) < 348:
             raise LabelError(f"{path}: the NIfTI header is cut short ({len(head)} of at least 348 bytes); the file "
                              "is truncated. Copy or export it again.")
-        return None
+        raise _not_nifti(path, f"it begins with sizeof_hdr {struct.unpack_from('<i', head, 0)[0]}, not 348 "
+                         "(NIfTI-1) or 540 (NIfTI-2)")
     dims = tuple(int(d) for d in dim[1:n + 1]) if 1 <= n <= 7 else ()
-    if not dims or min(dims) < 1 or bitpix < 1:
+    if not dims or min(dims) < 1 or bitpix < 1 or offset < 0:
         raise LabelError(f"{path}: the NIfTI header declares dim {list(dim)} and bitpix {bitpix}, not an image; the "
                          "file is corrupt. Export the label map again.")
+    if NIFTI_BITPIX.get(int(datatype)) != bitpix:
+        raise LabelError(f"{path}: the NIfTI header declares datatype {datatype} with bitpix {bitpix}, which is not "
+                         "a NIfTI pixel type; the file is corrupt. Export the label map again.")
     return NiftiLayout(dims, int(bitpix), int(datatype), int(offset), order == ">")
+
+
+def _not_nifti(path: Path, why: str) -> LabelError:
+    """The refusal of a ``.nii``/``.nii.gz`` file whose header is not a single-file NIfTI-1 or NIfTI-2 header."""
+    return LabelError(f"{path}: not a single-file NIfTI header ({why}); the file is corrupt, or an Analyze or "
+                      ".hdr/.img header under a .nii name. Export the label map again as NIfTI (.nii.gz).")
 
 
 def _check_size(path: Path, dims, voxel_bytes: float, declared: int) -> None:
@@ -212,8 +238,9 @@ def check_label_file(path: str | Path) -> NiftiLayout | None:
     must be as long as its header declares. A gzipped NIfTI's trailer must give the declared length
     (modulo 2**32, as gzip stores it, up to :data:`TRAILING_BYTES_ALLOWED` more); otherwise the stream
     is inflated (bounded by the declared length) to find where it ends: SimpleITK would fill a
-    stream cut short with zeros and report no error. The CRC of the voxels is checked after the read
-    (:func:`_verify_gzip_crc`). Returns the NIfTI layout, None for other formats.
+    stream cut short with zeros and report no error. The whole stream (CRC-32 and length) is checked
+    where the voxels are inflated (:func:`read_checked`, :func:`read_streamed`). Returns the NIfTI
+    layout, None for other formats.
 
     Raises
     ------
@@ -342,36 +369,6 @@ def crc32_zeros(crc: int, n: int) -> int:
     return _gf2_mult(p, crc ^ 0xFFFFFFFF) ^ 0xFFFFFFFF
 
 
-def _verify_gzip_crc(path: Path, layout: NiftiLayout, arr: np.ndarray, found: Census) -> None:
-    """Check a gzipped NIfTI's CRC-32 against the voxels SimpleITK read, without inflating it again.
-
-    The CRC is computed over the header bytes, the voxels as read (only the Z slabs the census found
-    labelled; the zero bytes around them by :func:`crc32_zeros`) and the trailing bytes (zeros). When
-    the voxels are not the file's bytes (byte order, a converted type) or the CRC differs, the stream
-    is inflated (:func:`inflate_check`): it raises for a corrupt stream and accepts a sound one.
-    """
-    with open(path, "rb") as f:
-        f.seek(-8, os.SEEK_END)
-        crc_want, isize = struct.unpack("<II", f.read(8))
-    same_bytes = (not layout.big_endian and arr.dtype.itemsize * 8 == layout.bitpix and arr.flags.c_contiguous
-                  and arr.nbytes == layout.data_bytes and arr.dtype.str.lstrip("<|=") == _NIFTI_DTYPES.get(
-                      layout.datatype, "?"))
-    if same_bytes:
-        with gzip.open(path, "rb") as g:
-            crc = zlib.crc32(g.read(layout.vox_offset))
-        flat = arr.reshape(-1).view(np.uint8)
-        slab = flat.size // arr.shape[0] if arr.ndim == 3 and arr.shape[0] else flat.size
-        if found.box is None:
-            crc = crc32_zeros(crc, flat.size)
-        else:
-            lo, hi = (found.box[0].start * slab, found.box[0].stop * slab) if arr.ndim == 3 else (0, flat.size)
-            crc = crc32_zeros(zlib.crc32(flat[lo:hi], crc32_zeros(crc, lo)), flat.size - hi)
-        crc = crc32_zeros(crc, (isize - layout.declared_bytes) % 2**32)
-        if crc == crc_want:
-            return
-    inflate_check(path, layout)
-
-
 class LabelNote(PetfeatWarning):
     """A label input read exactly although stored unusually (whole-number ids in a signed or float type).
 
@@ -395,7 +392,11 @@ def _as_unsigned(img: sitk.Image, path: Path) -> sitk.Image:
     lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
     bad = None
     if not (np.isfinite(lo) and np.isfinite(hi)):
-        bad = "non-finite values"
+        nan = int(np.count_nonzero(np.isnan(arr)))
+        inf = int(np.count_nonzero(np.isinf(arr)))
+        bad = " and ".join(([f"NaN in {nan} voxels"] if nan else []) + ([f"+-inf in {inf} voxels"] if inf else []))
+        bad = f"non-finite values ({bad})" + (
+            " (NaN is not read as background: if it stands for background, set those voxels to 0)" if nan else "")
     elif lo < 0:
         bad = f"negative values (min {lo:g})"
     elif arr.dtype.kind == "f" and not np.array_equal(arr, np.floor(arr)):
@@ -417,26 +418,112 @@ def read_label_image(path: str | Path) -> sitk.Image:
 
 
 def read_checked(path: str | Path) -> tuple[sitk.Image, Census]:
-    """A label image read by SimpleITK after :func:`check_label_file`, its :func:`census`, its gzip CRC checked.
+    """A label image after :func:`check_label_file`, its gzip stream checked whole, and its :func:`census`.
+
+    A 3-D NIfTI (gzipped or not, any byte order and pixel type, not scaled) is inflated by petfeat
+    itself, once, with the checks of :func:`inflate_check` (zlib's CRC-32 and length of the stream,
+    the declared length): SimpleITK reads only its header (the geometry), since it would read a
+    stream that ends early as zeros and keep no NaN (it reads NaN as 0). Other NIfTIs (4-D with one
+    volume, scaled) are inflated by :func:`inflate_check` before SimpleITK reads them; other formats
+    (NRRD, MHA) are read by SimpleITK, which checks their own compression.
 
     Raises
     ------
     LabelError
-        Naming the file: unreadable, too large, truncated or corrupt, or float or signed pixels.
+        Naming the file: unreadable, too large, truncated or corrupt, not 3-D, or float or signed
+        pixels that are not whole ids >= 0 (NaN included).
     """
     path = Path(path)
-    layout, inflated = _check_label_file(path)
     try:
-        img = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise LabelError(f"{path}: cannot be read as an image ({str(exc).strip().splitlines()[-1]}).") from exc
+        layout, inflated = _check_label_file(path)
+        img = _read_nifti_voxels(path, layout) if layout is not None else None
+        if img is None:
+            if layout is not None and not inflated and _is_gzip(path):
+                inflate_check(path, layout)
+            img = _sitk_read(path)
+    except OSError as exc:
+        raise _unopenable(path, exc) from exc
+    img = _three_d(img, path)
     if img.GetPixelID() not in _UNSIGNED:
         img = _as_unsigned(img, path)
-    arr = sitk.GetArrayViewFromImage(img)
-    found = label_census(arr)
-    if layout is not None and not inflated and _is_gzip(path):
-        _verify_gzip_crc(path, layout, arr, found)
-    return img, found
+    return img, label_census(sitk.GetArrayViewFromImage(img))
+
+
+def _sitk_read(path: Path) -> sitk.Image:
+    """``sitk.ReadImage``, its failure as a :class:`LabelError` naming the file."""
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise LabelError(f"{path}: cannot be read as an image ({str(exc).strip().splitlines()[-1]}).") from exc
+
+
+def _unopenable(path: Path, exc: OSError) -> LabelError:
+    """The refusal of a label file the operating system does not open (permissions, a link loop, a folder...)."""
+    fix = {errno.EACCES: "give the account that runs petfeat read access to it (chmod a+r)",
+           errno.EPERM: "give the account that runs petfeat read access to it (chmod a+r)",
+           errno.ELOOP: "it is a symbolic link loop; replace the link by the file it should be",
+           errno.ENOENT: "it is missing or a dangling symbolic link; put the file there",
+           errno.EISDIR: "it is a folder, not a file"}.get(exc.errno, "check the file and its folder")
+    return LabelError(f"{path}: cannot be opened ({exc.strerror or exc}); {fix}.")
+
+
+def _three_d(img: sitk.Image, path: Path) -> sitk.Image:
+    """``img`` if it is 3-D (a 4-D image of one volume as that volume); else a :class:`LabelError` naming the file."""
+    size = img.GetSize()
+    if len(size) == 3:
+        return img
+    if len(size) == 4 and size[3] == 1:
+        return img[:, :, :, 0]
+    shape = " x ".join(map(str, size))
+    raise LabelError(f"{path}: a label image must be 3-D; this one is {len(size)}-D ({shape} voxels). A 4-D file holds "
+                     "several volumes (a time series, or one mask per label): save one 3-D label map (one id per "
+                     "label) or one file per label.")
+
+
+def _read_nifti_voxels(path: Path, layout: NiftiLayout) -> sitk.Image | None:
+    """A 3-D NIfTI's voxels inflated (or read) by petfeat, with SimpleITK's geometry; None for other NIfTIs.
+
+    The voxel bytes come from :func:`_stream_chunks` (the gzip stream checked whole); the geometry
+    from SimpleITK's reading of the header alone, so it matches :func:`sitk.ReadImage` exactly.
+    Returns None (for SimpleITK to read) when the file is not 3-D (or 4-D with one volume), is
+    scaled by ``scl_slope``/``scl_inter``, or SimpleITK would read another pixel type.
+    """
+    dims = layout.dims[:3] if len(layout.dims) > 3 and set(layout.dims[3:]) == {1} else layout.dims
+    code = _NIFTI_DTYPES.get(layout.datatype)
+    if len(dims) != 3 or code is None:
+        if len(dims) > 3:
+            raise LabelError(f"{path}: a label image must be 3-D; the NIfTI header declares {len(dims)}-D "
+                             f"({' x '.join(map(str, layout.dims))} voxels). A 4-D file holds several volumes (a time "
+                             "series, or one mask per label): save one 3-D label map (one id per label) or one file "
+                             "per label.")
+        return None
+    slope, inter = _nifti_scaling(path, layout)
+    if not ((slope == 0 or slope == 1 or not math.isfinite(slope)) and (inter == 0 or not math.isfinite(inter))):
+        return None
+    dtype = np.dtype(code).newbyteorder(">" if layout.big_endian else "<")
+    out = np.empty(math.prod(dims), dtype)
+    raw = out.view(np.uint8)
+    at = 0
+    scratch = np.empty(max(1, min(STREAM_CHUNK_BYTES, raw.size)), np.uint8)
+    for piece in _stream_chunks(path, layout, scratch, zlib):  # the one inflate of this read
+        raw[at:at + len(piece)] = piece
+        at += len(piece)
+    reader = sitk.ImageFileReader()  # after the stream is checked: SimpleITK sees no corrupt header
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise LabelError(f"{path}: cannot be read as an image ({str(exc).strip().splitlines()[-1]}).") from exc
+    if (reader.GetSize() != dims or reader.GetNumberOfComponents() != 1
+            or reader.GetPixelID() != _NIFTI_PIXEL[layout.datatype]):
+        return None
+    if layout.big_endian:
+        out = out.astype(dtype.newbyteorder("="))
+    img = sitk.GetImageFromArray(out.reshape(dims[::-1]))
+    img.SetSpacing(reader.GetSpacing())
+    img.SetOrigin(reader.GetOrigin())
+    img.SetDirection(reader.GetDirection())
+    return img
 
 
 #: Bytes of whole z-slices inflated at a time by :func:`read_streamed` (each chunk is counted while in cache).
@@ -446,6 +533,8 @@ try:  # zlib-ng (a dependency) inflates these streams 4-5x faster than the syste
 except ImportError:  # pragma: no cover - depends on the installation
     _inflate_zlib = zlib
 _UNSIGNED_NIFTI = {2: sitk.sitkUInt8, 512: sitk.sitkUInt16, 768: sitk.sitkUInt32, 1280: sitk.sitkUInt64}
+_NIFTI_PIXEL = {**_UNSIGNED_NIFTI, 4: sitk.sitkInt16, 8: sitk.sitkInt32, 16: sitk.sitkFloat32, 64: sitk.sitkFloat64,
+                256: sitk.sitkInt8, 1024: sitk.sitkInt64}
 
 
 def _nifti_scaling(path: Path, layout: NiftiLayout) -> tuple[float, float]:
@@ -459,15 +548,17 @@ def _nifti_scaling(path: Path, layout: NiftiLayout) -> tuple[float, float]:
     return struct.unpack_from(order + "dd", head, 176)
 
 
-def _stream_chunks(path: Path, layout: NiftiLayout, buf: np.ndarray) -> Iterator[memoryview]:
+def _stream_chunks(path: Path, layout: NiftiLayout, buf: np.ndarray, inflater=None) -> Iterator[memoryview]:
     """The voxel bytes of a NIfTI, chunk after chunk of ``len(buf)`` bytes (the last may be shorter).
 
     A gzip stream is inflated with the checks of :func:`inflate_check` (declared length, CRC-32 and
     length of every member by zlib, nothing more than :data:`TRAILING_BYTES_ALLOWED` after the
-    voxels). A chunk is the inflater's own output when it gives a whole chunk at once, else its
-    pieces copied into ``buf``: no buffer of the whole image is allocated. Each chunk is valid until
-    the next is asked for.
+    voxels), by ``inflater`` (a module with zlib's ``decompressobj``; default zlib-ng when installed).
+    A chunk is the inflater's own output when it gives a whole chunk at once, else its pieces copied
+    into ``buf``: no buffer of the whole image is allocated. Each chunk is valid until the next is
+    asked for.
     """
+    inflater = inflater or _inflate_zlib
     want, limit = layout.declared_bytes, layout.declared_bytes + TRAILING_BYTES_ALLOWED
     view = memoryview(buf).cast("B")
     cap = len(view)
@@ -487,7 +578,7 @@ def _stream_chunks(path: Path, layout: NiftiLayout, buf: np.ndarray) -> Iterator
                 yield view[:n]
         return
     skip, got, fill, ended = layout.vox_offset, 0, 0, False
-    d = _inflate_zlib.decompressobj(31)
+    d = inflater.decompressobj(31)
     try:
         with open(path, "rb") as f:
             data, at_end = b"", False
@@ -524,13 +615,13 @@ def _stream_chunks(path: Path, layout: NiftiLayout, buf: np.ndarray) -> Iterator
                 if d.eof:
                     ended, data = True, d.unused_data
                     if data[:2] == b"\x1f\x8b":  # a further gzip member
-                        d, ended = _inflate_zlib.decompressobj(31), False
+                        d, ended = inflater.decompressobj(31), False
                     else:
                         data = b""  # bytes after the last member: ignored, as gzip does
                         at_end = True
                 elif not out and at_end and not data:
                     break  # the stream ends before its end-of-stream marker
-    except (zlib.error, _inflate_zlib.error) as exc:
+    except (zlib.error, inflater.error) as exc:
         raise _gzip_broken(path, want, got, exc) from exc
     if not ended or got < want:
         raise _gzip_broken(path, want, got)
@@ -595,7 +686,12 @@ def read_streamed(path: str | Path) -> tuple[sitk.Image, Census] | None:
     Returns None for what this path does not read (not a single-file NIfTI, not 3-D, big-endian,
     scaled by ``scl_slope``/``scl_inter``, signed or float pixels): :func:`read_checked` reads those.
     """
-    path = Path(path)
+    got = _read_streamed(Path(path))
+    return None if got is None else got[:2]
+
+
+def _read_streamed(path: Path) -> tuple[sitk.Image, Census, Grid] | None:
+    """:func:`read_streamed`, and the :class:`Grid` of the whole file."""
     layout = nifti_layout(path)
     if layout is None or len(layout.dims) != 3 or layout.big_endian or layout.datatype not in _UNSIGNED_NIFTI:
         return None
@@ -603,15 +699,7 @@ def read_streamed(path: str | Path) -> tuple[sitk.Image, Census] | None:
     if not ((slope == 0 or slope == 1 or not math.isfinite(slope)) and (inter == 0 or not math.isfinite(inter))):
         return None
     _check_size(path, layout.dims, layout.bitpix / 8, layout.declared_bytes)
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise LabelError(f"{path}: cannot be read as an image ({str(exc).strip().splitlines()[-1]}).") from exc
     nx, ny, nz = layout.dims
-    if reader.GetSize() != (nx, ny, nz) or reader.GetPixelID() != _UNSIGNED_NIFTI[layout.datatype]:
-        return None
     dtype = np.dtype(_NIFTI_DTYPES[layout.datatype])
     slice_bytes = nx * ny * dtype.itemsize
     per = max(1, STREAM_CHUNK_BYTES // slice_bytes)
@@ -623,6 +711,14 @@ def read_streamed(path: str | Path) -> tuple[sitk.Image, Census] | None:
             chunk.flags.writeable = False  # one compiled census for chunks of the buffer and of the inflater
             acc.add(chunk)
     del buf
+    reader = sitk.ImageFileReader()  # after the stream is checked: SimpleITK sees no corrupt header
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise LabelError(f"{path}: cannot be read as an image ({str(exc).strip().splitlines()[-1]}).") from exc
+    if reader.GetSize() != (nx, ny, nz) or reader.GetPixelID() != _UNSIGNED_NIFTI[layout.datatype]:
+        return None
     img, lo, found = acc.image(_UNSIGNED_NIFTI[layout.datatype])
     full = sitk.Image([1, 1, 1], sitk.sitkUInt8)
     full.SetSpacing(reader.GetSpacing())
@@ -631,7 +727,7 @@ def read_streamed(path: str | Path) -> tuple[sitk.Image, Census] | None:
     img.SetSpacing(reader.GetSpacing())
     img.SetDirection(reader.GetDirection())
     img.SetOrigin(full.TransformIndexToPhysicalPoint((lo[2], lo[1], lo[0])))
-    return img, found
+    return img, found, Grid(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
 
 
 def read_label_box(path: str | Path) -> tuple[sitk.Image, Census]:
@@ -640,8 +736,38 @@ def read_label_box(path: str | Path) -> tuple[sitk.Image, Census]:
     The image is the file's labelled box (streamed NIfTI) or the whole file (other formats); either
     resamples to the same PET-grid values (:func:`resample_box`), voxels outside it being 0.
     """
-    got = read_streamed(path)
-    return got if got is not None else read_checked(path)
+    return _read_box(Path(path))[:2]
+
+
+class Grid(NamedTuple):
+    """The voxel grid of a whole label file, as SimpleITK gives it (``(x, y, z)`` order)."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    def same(self, other: Grid) -> bool:
+        """Same size; spacing within 1e-4 mm, origin within 1e-3 mm, direction within 1e-5 (as :func:`to_pet_grid`)."""
+        return (self.size == other.size and np.allclose(self.spacing, other.spacing, atol=1e-4)
+                and np.allclose(self.origin, other.origin, atol=1e-3)
+                and np.allclose(self.direction, other.direction, atol=1e-5))
+
+    def __str__(self) -> str:
+        return (f"{' x '.join(map(str, self.size))} voxels of {' x '.join(f'{v:.4g}' for v in self.spacing)} mm, "
+                f"origin ({', '.join(f'{v:.4g}' for v in self.origin)}) mm")
+
+
+def _read_box(path: Path) -> tuple[sitk.Image, Census, Grid]:
+    """:func:`read_label_box`, and the :class:`Grid` of the whole file."""
+    try:
+        got = _read_streamed(path)
+    except OSError as exc:
+        raise _unopenable(path, exc) from exc
+    if got is not None:
+        return got
+    img, found = read_checked(path)
+    return img, found, Grid(img.GetSize(), img.GetSpacing(), img.GetOrigin(), img.GetDirection())
 
 
 def _is_gzip(path: Path) -> bool:
@@ -888,17 +1014,21 @@ def read_totalsegmentator(folder: str | Path, geometry: Geometry, namespace: str
     a task, a class whose PET-grid voxels meet a class already placed goes to a further layer of the
     task, so no class erases another (each placement tests only the class's own PET-grid box).
     Every class file is in a layer's names, so a class without voxels is a region that is ``empty``.
+    Class files that are symbolic links are not followed (a link may point to another study's class,
+    or anywhere): the folder is refused, naming them. The folder itself may be a link.
 
     Raises
     ------
     LabelError
-        No class files; a class file unreadable, truncated or corrupt; classes but none in the
-        PET field of view.
+        No class files; class files that are symbolic links; a class file unreadable, truncated or
+        corrupt, or on another grid (size, spacing, origin, direction) than the folder's other class
+        files; classes but none in the PET field of view.
     """
     folder = Path(folder)
     files = sorted(folder.glob("*.nii.gz")) + sorted(folder.glob("*.nii"))
     if not files:
         raise LabelError(f"{folder}: no <class>.nii.gz files; point to a TotalSegmentator output folder.")
+    _refuse_links(folder, files)
     names = [f.name.removesuffix(".gz").removesuffix(".nii") for f in files]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -928,7 +1058,9 @@ def read_totalsegmentator(folder: str | Path, geometry: Geometry, namespace: str
         return layer
 
     labelled = False
-    for name, (img, found) in zip(names, _read_ahead(files), strict=True):
+    grids: dict[Path, Grid] = {}
+    for f, name, (img, found, grid) in zip(files, names, _read_ahead(files), strict=True):
+        grids[f] = grid
         task, i = task_of[name], label_id[name]
         native = sum(native_volumes_ml(img, found.counts).values())
         labelled |= native > 0
@@ -942,12 +1074,55 @@ def read_totalsegmentator(folder: str | Path, geometry: Geometry, namespace: str
         if native > 0:
             outside = float(outside_fov_counts(img, found, geometry).sum()) * float(np.prod(img.GetSpacing())) / 1000
             layer.notes.update(_outside_fractions({name: native}, {name: outside}))
+    _refuse_odd_grids(folder, grids)
     out = [layer for task_layers in layers.values() for layer in task_layers]
     if labelled and not any(layer.array.any() for layer in out):
         raise LabelError(f"{folder}: none of the classes overlaps the PET field of view. Check that the "
                          "segmentation belongs to this study.")
     warn_outside_fov(folder, out)
     return out
+
+
+def _refuse_links(folder: Path, files: Sequence[Path]) -> None:
+    """Refuse a TotalSegmentator folder whose class files include symbolic links (links are not followed)."""
+    links = [f for f in files if f.is_symlink()]
+    if not links:
+        return
+
+    def what(f: Path) -> str:
+        try:
+            mode = os.stat(f).st_mode
+        except OSError as exc:
+            return "a link loop" if exc.errno == errno.ELOOP else "a dangling link"
+        return "a link to a folder" if stat.S_ISDIR(mode) else "a link to a file"
+
+    shown = ", ".join(f"{f.name} ({what(f)})" for f in links[:5]) + (
+        f" and {len(links) - 5} more" if len(links) > 5 else "")
+    raise LabelError(f"{folder}: class files that are symbolic links are not followed (a link inside a study may "
+                     f"point to another study's file, or anywhere): {shown}. Replace each link by the file it "
+                     "stands for (cp -L), or remove it.")
+
+
+def _refuse_odd_grids(folder: Path, grids: dict[Path, Grid]) -> None:
+    """Refuse a folder whose class files are not all on one grid, naming those off the grid most of them share."""
+    groups: list[list[Path]] = []
+    for f, grid in grids.items():
+        group = next((g for g in groups if grids[g[0]].same(grid)), None)
+        if group is None:
+            groups.append([f])
+        else:
+            group.append(f)
+    if len(groups) < 2:
+        return
+    groups.sort(key=len, reverse=True)
+    main, odd = groups[0], [f for g in groups[1:] for f in g]
+    shown = "; ".join(f"{f.name}: {grids[f]}" for f in odd[:5]) + (f"; and {len(odd) - 5} more" if len(odd) > 5
+                                                                   else "")
+    raise LabelError(f"{folder}: class files on another grid than the folder's other {len(main)} "
+                     f"({grids[main[0]]}): {shown}. The class files of one TotalSegmentator output share the grid "
+                     "of the CT they were segmented from; a file on another grid (other matrix with the same origin "
+                     "and spacing) would place its class wrongly. Run TotalSegmentator again on this study's CT, or "
+                     "remove the odd file.")
 
 
 def read_totalsegmentator_folder(folder: str | Path, geometry: Geometry) -> LabelLayer:
@@ -978,8 +1153,10 @@ def read_totalsegmentator_folder(folder: str | Path, geometry: Geometry) -> Labe
     return merged
 
 
-def _read_ahead(files: list[Path]) -> Iterator[tuple[sitk.Image, Census]]:
-    """``files`` read by :func:`read_label_box`, in order, by SimpleITK's thread budget of readers at a time.
+def _read_ahead(files: list[Path]) -> Iterator[tuple[sitk.Image, Census, Grid]]:
+    """``files`` read by :func:`read_label_box` with each one's :class:`Grid`, in order, several at a time.
+
+    SimpleITK's thread budget gives the number of readers at a time.
 
     Inflation and the census run without the GIL, so a whole-body folder's class files (one gzip
     stream each, most of a folder's time) are read in parallel. At most one more file than that is
@@ -988,12 +1165,12 @@ def _read_ahead(files: list[Path]) -> Iterator[tuple[sitk.Image, Census]]:
     """
     threads = max(1, sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())
     if threads == 1:
-        yield from map(read_label_box, files)
+        yield from map(_read_box, files)
         return
     with ThreadPoolExecutor(threads) as pool:
         pending = deque()
         for f in files:
-            pending.append(pool.submit(read_label_box, f))
+            pending.append(pool.submit(_read_box, f))
             if len(pending) > threads:
                 yield pending.popleft().result()
         while pending:
