@@ -244,3 +244,18 @@ def test_float_ids_read_by_petfeat_match_simpleitk(tmp_path):
         assert got.GetOrigin() == want.GetOrigin() and got.GetSpacing() == want.GetSpacing()
         assert got.GetDirection() == want.GetDirection()
         assert found.counts.tolist() == np.bincount(ids.ravel()).tolist()
+
+
+def test_label_cache_does_not_hide_links_added_after_a_read(tmp_path):
+    """A link loop added to a folder the cache holds left the key unchanged (only files were in it): the stored
+    layers came back and the refusal of links never ran."""
+    from petfeat.label_cache import LabelCache
+
+    seg = _study(tmp_path, "A")
+    cache = LabelCache(tmp_path / "cache")
+    assert [n for la in cache.read_labels(seg, GRID) for n in la.names.values()] == ["spleen"]
+    os.symlink("y.nii.gz", seg / "x.nii.gz")
+    os.symlink("x.nii.gz", seg / "y.nii.gz")
+    with pytest.raises(LabelError, match=r"A/seg: class files that are symbolic links are not followed"):
+        cache.read_labels(seg, GRID)
+    assert (cache.hits, cache.misses) == (0, 2)

@@ -9,9 +9,9 @@ thresholds or SUV type.
 Key
     A SHA-256 over: the cache format (:data:`CACHE_FORMAT`) and petfeat's version; the source's
     resolved path, and for the file or every file in the folder its name, size and modification
-    time (ns); the PET grid (shape, spacing, origin, direction); the resampling mode, the
-    name-space override and the label names given. Any change to one of them is a new key: the
-    old entry is not read again and goes when the cache is over its size.
+    time (ns), a symbolic link in the folder by its target; the PET grid (shape, spacing, origin,
+    direction); the resampling mode, the name-space override and the label names given. Any change
+    to one of them is a new key: the old entry is not read again and goes when the cache is over its size.
 Location
     ``petfeat extract`` (one study or a batch) uses it by default: ``--label-cache DIR``, else
     ``$PETFEAT_LABEL_CACHE``, else ``$XDG_CACHE_HOME/petfeat/labels`` or ``~/.cache/petfeat/labels``;
@@ -49,7 +49,7 @@ except ImportError:  # pragma: no cover - depends on the installation
     _zlib = zlib
 
 #: Bumped whenever the layers a reader gives for the same inputs could change; old entries are then ignored.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 #: Default size limit of a cache folder (bytes).
 DEFAULT_MAX_BYTES = 2 << 30
 _MAGIC = b"PETFEAT-LABELS\n"
@@ -90,10 +90,20 @@ def _max_bytes() -> int:
 
 
 def _inputs(path: Path) -> list:
-    """Name, size and mtime (ns) of the file, or of every file in the folder (sorted)."""
+    """Name, size and mtime (ns) of the file, or of every file in the folder (sorted); a link in it by its target.
+
+    A symbolic link in a folder is recorded whatever it points to (a loop too): the reader refuses a
+    TotalSegmentator folder with links, so a link added after an entry was stored must change the key.
+    """
     if path.is_dir():
-        return [[p.name, st.st_size, st.st_mtime_ns] for p in sorted(path.iterdir()) if p.is_file()
-                for st in (p.stat(),)]
+        out = []
+        for p in sorted(path.iterdir()):
+            if p.is_symlink():
+                out.append([p.name, "link", os.readlink(p)])
+            elif p.is_file():
+                st = p.stat()
+                out.append([p.name, st.st_size, st.st_mtime_ns])
+        return out
     st = path.stat()
     return [[path.name, st.st_size, st.st_mtime_ns]]
 
