@@ -259,3 +259,25 @@ def test_label_cache_does_not_hide_links_added_after_a_read(tmp_path):
     with pytest.raises(LabelError, match=r"A/seg: class files that are symbolic links are not followed"):
         cache.read_labels(seg, GRID)
     assert (cache.hits, cache.misses) == (0, 2)
+
+
+def test_unreadable_label_and_lesion_files_name_file_and_fix(tmp_path, monkeypatch):
+    """A file without read permission (mode 000; simulated, since root reads it anyway) gave a raw PermissionError
+    from the label and lesion readers; now the reason and the fix, naming the file."""
+    import builtins
+    import errno
+
+    import petfeat.io.labels as labels
+
+    path = _lesions(tmp_path / "lesions.nii.gz")
+
+    def denied(file, *args, **kwargs):
+        if str(file) == str(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return builtins.open(file, *args, **kwargs)
+
+    monkeypatch.setattr(labels, "open", denied, raising=False)
+    fix = r"lesions.nii.gz: cannot be opened \(Permission denied\); give the account that runs petfeat read access"
+    for read in (lambda: read_lesion_mask(path, GRID), lambda: read_labels(path, GRID), lambda: read_label_box(path)):
+        with pytest.raises(LabelError, match=fix):
+            read()

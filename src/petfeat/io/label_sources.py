@@ -42,8 +42,11 @@ def dicom_label_kind(path: Path) -> str | None:
     """``"SEG"`` or ``"RTSTRUCT"`` for a DICOM label object, else None (not DICOM, or another modality)."""
     if not path.is_file():
         return None
-    with open(path, "rb") as f:
-        head = f.read(132)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:  # the reader names the file and the fix
+        return None
     if head[128:132] != b"DICM" and path.suffix.lower() != ".dcm":
         return None
     try:

@@ -459,8 +459,8 @@ def _sitk_read(path: Path) -> sitk.Image:
 
 def _unopenable(path: Path, exc: OSError) -> LabelError:
     """The refusal of a label file the operating system does not open (permissions, a link loop, a folder...)."""
-    fix = {errno.EACCES: "give the account that runs petfeat read access to it (chmod a+r)",
-           errno.EPERM: "give the account that runs petfeat read access to it (chmod a+r)",
+    access = "give the account that runs petfeat read access to it (chmod a+r, and a+x for a folder)"
+    fix = {errno.EACCES: access, errno.EPERM: access,
            errno.ELOOP: "it is a symbolic link loop; replace the link by the file it should be",
            errno.ENOENT: "it is missing or a dangling symbolic link; put the file there",
            errno.EISDIR: "it is a folder, not a file"}.get(exc.errno, "check the file and its folder")
@@ -1025,6 +1025,10 @@ def read_totalsegmentator(folder: str | Path, geometry: Geometry, namespace: str
         files; classes but none in the PET field of view.
     """
     folder = Path(folder)
+    try:
+        os.scandir(folder).close()  # glob would give no files for a folder it cannot list
+    except OSError as exc:
+        raise _unopenable(folder, exc) from exc
     files = sorted(folder.glob("*.nii.gz")) + sorted(folder.glob("*.nii"))
     if not files:
         raise LabelError(f"{folder}: no <class>.nii.gz files; point to a TotalSegmentator output folder.")
@@ -1416,7 +1420,11 @@ def read_labels(path: str | Path, geometry: Geometry, names: dict[int, str] | No
         return read_totalsegmentator(path, geometry, namespace)
     if not path.exists():
         raise LabelError(f"{path}: no such file or folder.")
-    if path.suffix.lower() in (".dcm", "") or _is_dicom(path):
+    try:
+        dicom = path.suffix.lower() in (".dcm", "") or _is_dicom(path)
+    except OSError as exc:
+        raise _unopenable(path, exc) from exc
+    if dicom:
         modality = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality", ""))
         if modality == "SEG":
             layers = read_dicom_seg(path, geometry, mode)
