@@ -94,11 +94,15 @@ def test_stream_that_ends_early_over_zeros_is_refused(tmp_path):
     (0, struct.pack("<i", 349), r"not a single-file NIfTI header \(it begins with sizeof_hdr 349"),
     (70, struct.pack("<h", 3), r"declares datatype 3 with bitpix 16, which is not a NIfTI pixel type"),
     (40, struct.pack("<h", 9), r"declares dim \[9,"),
+    (80, struct.pack("<f", 0.0), r"gives pixdim\[1\] = 0: the voxel size is unknown \(SimpleITK would read 1 mm\)"),
+    (292, struct.pack("<f", float("inf")), r"sform \(srow_x/y/z, in use: sform_code 2\) holds values that are not "
+                                           r"finite"),
 ])
 def test_bad_headers_are_refused_before_simpleitk_prints(tmp_path, capfd, where, value, says):
-    """A header SimpleITK would read as Analyze (a warning naming the file's full path on the console) or refuse
-    with ``** ERROR: nifti_convert_nhdr2nim`` lines on the console is refused by petfeat's own message, and
-    nothing reaches the console."""
+    """A header SimpleITK would read as Analyze (a warning naming the file's full path on the console), refuse
+    with ``** ERROR: nifti_convert_nhdr2nim`` lines or a matrix dump on the console, or read with 1 mm voxels
+    (pixdim 0, with a warning naming the file) is refused by petfeat's own message, and nothing reaches the
+    console."""
     raw = _gunzipped(_lesions(tmp_path / "lesions.nii.gz"))
     raw[where:where + len(value)] = value
     (tmp_path / "hdr.nii.gz").write_bytes(gzip.compress(bytes(raw)))

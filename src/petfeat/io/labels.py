@@ -115,6 +115,8 @@ class NiftiLayout:
     datatype: int
     vox_offset: int  #: bytes before the voxel data
     big_endian: bool
+    pixdim: tuple[float, ...] = (1.0, 1.0, 1.0)  #: ``pixdim[1..3]``
+    sform: tuple[int, tuple[float, ...]] = (0, ())  #: ``sform_code`` and ``srow_x``, ``srow_y``, ``srow_z``
 
     @property
     def data_bytes(self) -> int:
@@ -165,6 +167,8 @@ def nifti_layout(path: str | Path) -> NiftiLayout | None:
             datatype, bitpix = struct.unpack_from(order + "hh", head, 70)
             vox = struct.unpack_from(order + "f", head, 108)[0]
             offset = max(int(vox), 352) if math.isfinite(vox) and vox < 2**31 else -1
+            pixdim = struct.unpack_from(order + "3f", head, 80)
+            sform = struct.unpack_from(order + "h", head, 254)[0], struct.unpack_from(order + "12f", head, 280)
             break
         if len(head) >= 540 and struct.unpack_from(order + "i", head, 0)[0] == 540:
             if head[4:8] != b"n+2\x00":
@@ -173,6 +177,8 @@ def nifti_layout(path: str | Path) -> NiftiLayout | None:
             dim = struct.unpack_from(order + "8q", head, 16)
             datatype, bitpix = struct.unpack_from(order + "hh", head, 12)
             offset = max(struct.unpack_from(order + "q", head, 168)[0], 544)
+            pixdim = struct.unpack_from(order + "3d", head, 112)
+            sform = struct.unpack_from(order + "i", head, 348)[0], struct.unpack_from(order + "12d", head, 400)
             break
     else:
         if len(head) < 348:
@@ -187,7 +193,26 @@ def nifti_layout(path: str | Path) -> NiftiLayout | None:
     if NIFTI_BITPIX.get(int(datatype)) != bitpix:
         raise LabelError(f"{path}: the NIfTI header declares datatype {datatype} with bitpix {bitpix}, which is not "
                          "a NIfTI pixel type; the file is corrupt. Export the label map again.")
-    return NiftiLayout(dims, int(bitpix), int(datatype), int(offset), order == ">")
+    return NiftiLayout(dims, int(bitpix), int(datatype), int(offset), order == ">", tuple(pixdim), sform)
+
+
+def _check_spacing(path: Path, layout: NiftiLayout) -> None:
+    """Refuse a header whose voxel size (pixdim of each axis) is 0 or not finite, or whose sform in use is not finite.
+
+    SimpleITK would read 1 mm for such a pixdim, silently, and print a numerical library's matrix
+    dump on the console for such an sform. (An sform that scales the axes otherwise than pixdim is
+    read as SimpleITK reads it, with pixdim's spacing: real datasets have such files.) Called
+    before SimpleITK reads the header.
+    """
+    bad = [f"pixdim[{k + 1}] = {v:g}" for k, v in enumerate(layout.pixdim[:len(layout.dims)])
+           if not (math.isfinite(v) and v)]
+    if bad:
+        raise LabelError(f"{path}: the NIfTI header gives {', '.join(bad)}: the voxel size is unknown (SimpleITK would "
+                         "read 1 mm). The file is corrupt; export the label map again.")
+    code, srow = layout.sform
+    if code > 0 and not all(map(math.isfinite, srow)):
+        raise LabelError(f"{path}: the NIfTI header's sform (srow_x/y/z, in use: sform_code {code}) holds "
+                         "values that are not finite; the file is corrupt. Export the label map again.")
 
 
 def _not_nifti(path: Path, why: str) -> LabelError:
@@ -440,6 +465,8 @@ def read_checked(path: str | Path) -> tuple[sitk.Image, Census]:
         if img is None:
             if layout is not None and not inflated and _is_gzip(path):
                 inflate_check(path, layout)
+            if layout is not None:
+                _check_spacing(path, layout)
             img = _sitk_read(path)
     except OSError as exc:
         raise _unopenable(path, exc) from exc
@@ -447,6 +474,15 @@ def read_checked(path: str | Path) -> tuple[sitk.Image, Census]:
     if img.GetPixelID() not in _UNSIGNED:
         img = _as_unsigned(img, path)
     return img, label_census(sitk.GetArrayViewFromImage(img))
+
+
+def _check_geometry(path: Path, reader: sitk.ImageFileReader) -> None:
+    """Refuse a header whose spacing is not positive and finite or whose origin or direction is not finite."""
+    spacing, origin, direction = reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()
+    if not (all(math.isfinite(v) and v > 0 for v in spacing) and all(map(math.isfinite, origin + direction))):
+        raise LabelError(f"{path}: the NIfTI header gives voxel spacing ({', '.join(f'{v:g}' for v in spacing)}) mm, "
+                         f"origin ({', '.join(f'{v:g}' for v in origin)}); spacings must be positive and every value "
+                         "finite (pixdim, qoffset/srow). The file is corrupt; export the label map again.")
 
 
 def _sitk_read(path: Path) -> sitk.Image:
@@ -508,12 +544,14 @@ def _read_nifti_voxels(path: Path, layout: NiftiLayout) -> sitk.Image | None:
     for piece in _stream_chunks(path, layout, scratch, zlib):  # the one inflate of this read
         raw[at:at + len(piece)] = piece
         at += len(piece)
+    _check_spacing(path, layout)
     reader = sitk.ImageFileReader()  # after the stream is checked: SimpleITK sees no corrupt header
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
         raise LabelError(f"{path}: cannot be read as an image ({str(exc).strip().splitlines()[-1]}).") from exc
+    _check_geometry(path, reader)
     if (reader.GetSize() != dims or reader.GetNumberOfComponents() != 1
             or reader.GetPixelID() != _NIFTI_PIXEL[layout.datatype]):
         return None
@@ -711,12 +749,14 @@ def _read_streamed(path: Path) -> tuple[sitk.Image, Census, Grid] | None:
             chunk.flags.writeable = False  # one compiled census for chunks of the buffer and of the inflater
             acc.add(chunk)
     del buf
+    _check_spacing(path, layout)
     reader = sitk.ImageFileReader()  # after the stream is checked: SimpleITK sees no corrupt header
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
         raise LabelError(f"{path}: cannot be read as an image ({str(exc).strip().splitlines()[-1]}).") from exc
+    _check_geometry(path, reader)
     if reader.GetSize() != (nx, ny, nz) or reader.GetPixelID() != _UNSIGNED_NIFTI[layout.datatype]:
         return None
     img, lo, found = acc.image(_UNSIGNED_NIFTI[layout.datatype])
