@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from petfeat.batch import BatchError, BatchSettings, _check_inputs, _failure, run_study
+from petfeat.errors import PetfeatError
 from petfeat.io.archive import read_manifest, scan_archive, write_manifest
 from petfeat.regions import BUILTIN_REGIONS
 
@@ -194,3 +195,45 @@ def test_label_and_lesion_paths_outside_the_study_folder_are_redacted_in_failure
     assert "Smith" not in next((tmp_path / "out" / "parts").glob("*.failure.json")).read_text()
     rec = _failure(edited, "X", f"{elsewhere / 'Smith_lesions.nii.gz'}: bad", tmp_path / "out")
     assert rec["message"] == f"<{row.study_id}>/<lesions>: bad"
+
+
+# ------------------------------------------------------------------ label folders by content, unreadable folders
+
+def test_a_totalsegmentator_folder_of_two_tasks_is_found_by_its_class_names_whatever_its_name(two, tmp_path):
+    from petfeat.io.totalsegmentator import identify_task, split_by_task
+
+    root = _archive(tmp_path, two)
+    seg = root / "SYN0001" / "seg"
+    classes = [f.name[:-7] for f in seg.glob("*.nii.gz")]
+    assert identify_task(classes) is None and len(split_by_task(classes)) == 2  # total + head_glands_cavities
+    seg.rename(seg.parent / "totalseg_out")
+    rows = scan_archive(root, KEY)
+    assert rows[0].labels == [str(seg.parent / "totalseg_out")] and rows[0].match_status == "ok"
+
+
+@pytest.mark.parametrize("closed, status", ids=["seg", "pet", "study"], argvalues=[
+    ("SYN0001/seg", "unreadable_folder: 1 folder(s) of the study (see scan_notes) cannot be listed; give the account "
+                    "that runs petfeat read access (chmod -R u+rX) and scan again, or set match_status to ok to "
+                    "extract the study without them"),
+    ("SYN0001/pet", "no_pet_series: 1 folder(s) of the study (see scan_notes) cannot be listed; give the account "
+                    "that runs petfeat read access (chmod -R u+rX) and scan again"),
+    ("SYN0001", "no_pet_series: the study folder itself cannot be listed; give the account that runs petfeat read "
+                "access (chmod -R u+rX) and scan again")])
+def test_a_folder_that_cannot_be_listed_is_named_with_the_fix(two, tmp_path, monkeypatch, closed, status):
+    root = _archive(tmp_path, two)
+    listed = os.scandir
+
+    def scandir(path="."):  # what a folder of mode 000 does for an account that is not root
+        if os.fspath(path) == str(root / closed):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return listed(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    rows = scan_archive(root, KEY)
+    monkeypatch.undo()
+    (row,) = [r for r in rows if r.study_path.endswith("SYN0001")]
+    assert row.match_status == status and row.n_unreadable == 1 and "1 folder cannot be listed" in row.scan_notes
+    if closed.endswith("seg"):  # scan found the lesion mask, so the study looked complete ("ok") and ran without organs
+        assert row.lesions and not row.labels
+    with pytest.raises(PetfeatError, match=r"cannot be listed; .*chmod -R u\+rX"):
+        _check_inputs(row, _settings())

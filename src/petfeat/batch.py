@@ -499,6 +499,8 @@ def _check_inputs(row: StudyRow, settings: BatchSettings) -> None:
         if status.strip() == "duplicate":
             status = "duplicate: the same PET series is also in another folder of the archive; remove one copy"
         raise BatchError(f"{row.pet_path}: {status}.")
+    if status.startswith("unreadable_folder"):  # scan could not list a folder that may hold its labels or slices
+        raise BatchError(f"{row.pet_path}: {status}.")
     if status.startswith(("no_pet_series", "several_pet_series")):
         from petfeat.errors import DicomSeriesError
 

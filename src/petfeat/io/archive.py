@@ -10,10 +10,11 @@ and label maps. Inside it:
   the row records the reason (``series_choice``) and the other PET series (``alternatives``). Edit
   ``series_uid`` to override.
 * **Label maps by content.** A folder of ``<class>.nii.gz`` files whose names a TotalSegmentator task
-  explains (:func:`petfeat.io.totalsegmentator.identify_task`), at any depth, is one label source per
-  folder; so is a folder named ``seg``, ``segmentations`` or ``totalsegmentator``. A NIfTI with a
-  label table in its header (TotalSegmentator ``--ml``) is a label source; other images named
-  ``*seg*``/``*label*`` (NIfTI/NRRD/MHA) are label sources, ``*lesion*`` the lesion mask. They are
+  explains (:func:`petfeat.io.totalsegmentator.identify_task`), or several tasks together
+  (:func:`~petfeat.io.totalsegmentator.split_by_task`), at any depth, is one label source per folder;
+  so is a folder named ``seg``, ``segmentations`` or ``totalsegmentator``. A NIfTI with a label table
+  in its header (TotalSegmentator ``--ml``) is a label source; other images named ``*seg*``/``*label*``
+  (NIfTI/NRRD/MHA) are label sources, ``*lesion*`` the lesion mask. They are
   matched to a study when they lie in its folder; a folder with several studies cannot attribute
   them, and its rows say so (``unattributed_labels``).
 * **DICOM SEG / RTSTRUCT** objects match a study when they reference its PET series, share a PET
@@ -105,7 +106,9 @@ class StudyRow:
     lesions : str
         Lesion mask file, or empty.
     match_status : str
-        ``ok``, ``no_labels``, ``unattributed_labels ...``, ``no_pet_series``, ``duplicate of S...``.
+        ``ok``, ``no_labels``, ``unattributed_labels ...``, ``no_pet_series`` (with the reason when a
+        folder cannot be listed), ``unreadable_folder ...`` (a folder of the study cannot be listed: it
+        may hold the study's labels or slices), ``duplicate of S...``.
     n_files : int
         Files of the chosen series (all files of the folder when there is no PET series).
     study_path : str
@@ -590,8 +593,15 @@ def _scan_study(study: Path, root: Path, key: bytes,
             pets.setdefault(h.study_uid, {}).setdefault(h.series_uid, []).append(h)
         elif h.modality in ("SEG", "RTSTRUCT"):
             refs.append(h)
+    shut = found.unreadable.get(_BAD_FOLDER, [])  # folders that cannot be listed: what they hold is unknown
+    closed = ""
+    if shut:
+        which = "the study folder itself" if study in shut else f"{len(shut)} folder(s) of the study (see scan_notes)"
+        closed = (f"{which} cannot be listed; give the account that runs petfeat read access (chmod -R u+rX) and "
+                  "scan again")
     if not pets:
-        row = StudyRow(folder_pseudonym(rel, key), "", str(study), "", labels, lesions, "no_pet_series",
+        status = f"no_pet_series: {closed}" if closed else "no_pet_series"
+        row = StudyRow(folder_pseudonym(rel, key), "", str(study), "", labels, lesions, status,
                        found.n_files, study_path=str(study), n_unreadable=found.n_unreadable, n_other=found.n_other,
                        scan_notes=notes)
         return [_Scanned(row, None, "", found.n_unreadable, 0, rel)]
@@ -644,7 +654,10 @@ def _scan_study(study: Path, root: Path, key: bytes,
                 unattributed.append(source)
     for s in studies:
         row = s.row
-        if unattributed:
+        if closed:  # its labels or slices may lie in the folder that cannot be read: never a study without them
+            row.match_status = (f"unreadable_folder: {closed}, or set match_status to ok to extract the study "
+                                "without them")
+        elif unattributed:
             row.match_status = (f"unattributed_labels: {len(unattributed)} label file(s) or folder(s) lie in a folder "
                                 f"of {len(studies)} studies, none inside one study's own subfolder; add the right ones "
                                 "to this row's labels/lesions")
@@ -673,7 +686,7 @@ def _nearest_study(source: Path, pet_folders: list[set[Path]], study: Path) -> i
 def _label_sources(files: list[Path]) -> tuple[list[str], list[str]]:
     """Label sources (folders and files) and the lesion masks among a study folder's image files."""
     from petfeat.io.labels import nifti_label_table
-    from petfeat.io.totalsegmentator import identify_task
+    from petfeat.io.totalsegmentator import UNKNOWN, identify_task, split_by_task
 
     by_dir: dict[Path, list[Path]] = {}
     for f in files:
@@ -686,8 +699,9 @@ def _label_sources(files: list[Path]) -> tuple[list[str], list[str]]:
         classes = [f.name[:-7] if f.name.endswith(".nii.gz") else f.name[:-4] for f in rest
                    if f.name.endswith((".nii.gz", ".nii"))]
         if classes and len(classes) == len(rest) and (
-                d.name.lower() in _TS_FOLDER_NAMES or identify_task(classes) is not None):
-            labels.append(str(d))  # one <class>.nii.gz per class: a TotalSegmentator output folder
+                d.name.lower() in _TS_FOLDER_NAMES or identify_task(classes) is not None
+                or UNKNOWN not in split_by_task(classes)):
+            labels.append(str(d))  # one <class>.nii.gz per class: a TotalSegmentator output folder (of 1+ tasks)
             continue
         for f in rest:
             low = f.name.lower()
