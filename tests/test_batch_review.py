@@ -57,9 +57,12 @@ def _dicomdir(study: Path, dst: Path) -> None:
     from pydicom.fileset import FileSet
 
     fs = FileSet()
-    for f in _slices(study)[:2]:
-        fs.add(pydicom.dcmread(f))
-    fs.write(dst.parent / "fileset")
+    try:
+        for f in _slices(study)[:2]:
+            fs.add(pydicom.dcmread(f))
+        fs.write(dst.parent / "fileset")
+    finally:  # the FileSet's staging folder, else removed (with a ResourceWarning) during some later test
+        fs._stage["t"].cleanup()
     shutil.copy(dst.parent / "fileset" / "DICOMDIR", dst)
     shutil.rmtree(dst.parent / "fileset")
 
