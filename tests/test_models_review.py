@@ -13,7 +13,7 @@ from petfeat.report import write_report
 from petfeat.report.build import methods_text
 from petfeat.report.tables import fmt_ci, table1, table2
 from petfeat.stats.analysis import load_study, read_clinical, run_analyses
-from petfeat.stats.models import P_FLOOR, fit_mixed
+from petfeat.stats.models import P_FLOOR, fit_mixed, format_hr
 from petfeat.stats.spec import StudySpecError, validate_study
 
 DATA = Path(__file__).parent / "data"
@@ -85,10 +85,11 @@ def test_singular_fit_is_flagged_in_its_row_and_in_table_2_never_an_empty_interv
          "score": "xerostomia", "transform": "sd", "random_slope": True, "df": "satterthwaite"}]}
     res, ctx = run_analyses(f, {"patients": patients, "labs": None, "scores": sc}, spec)
     assert (res.status == "ok").all() and res.p.notna().all() and res.ci_low.notna().all()
-    assert res.flag.str.startswith("singular fit: random slope variance/correlation at the boundary").all()
+    assert res.flag.str.startswith("singular fit: intercept-slope correlation at the boundary, -1.00").all()
+    assert res.flag.str.endswith("kept, tests use lmerTest's Satterthwaite df on the Cholesky scale").all()
     assert res.in_family.all() and (res.family_size == 2).all()
     html = write_report(res, ctx, spec, tmp_path / "rep")["html"].read_text()
-    assert "( to )" not in html and html.count("singular fit: random slope variance/correlation") >= 2
+    assert "( to )" not in html and html.count("singular fit: intercept-slope correlation at the boundary") >= 2
 
 
 def test_a_row_without_p_is_flagged_and_counted_out_of_the_family(xerostomia, tmp_path, monkeypatch):
@@ -272,3 +273,119 @@ def test_a_p_that_underflows_is_never_written_as_0(tmp_path):
     assert r["time_p_log10"] == pytest.approx((stats.norm.logsf(z) + np.log(2)) / np.log(10), rel=1e-9)
     pd.DataFrame([r]).to_csv(tmp_path / "r.csv", index=False)
     assert pd.read_csv(tmp_path / "r.csv").time_p.iloc[0] > 0
+
+
+def _death_window_cohort(window=None):
+    """12 patients, platelets before and after the first dose; 4 events (grade 3); P10 dies 29 days after its
+    last platelet count (inside the 30-day window: competing), P11 dies 34 days after it (censored by the window)
+    although its last xerostomia score, 9 days after that count, is 25 days before the death."""
+    ids = [f"P{i:02d}" for i in range(12)]
+    f = pd.DataFrame({"patient_id": ids, "study_date": "2023-01-01", "region": "whole_body_tumor",
+                      "suv_mean": [3.1, 4.0, 5.2, 2.2, 6.3, 3.8, 4.4, 5.9, 2.7, 4.9, 3.5, 4.1]})
+    death = [None] * 10 + ["2024-03-11", "2024-04-15"]
+    patients = pd.DataFrame({"patient_id": ids, "therapy_start": "2024-01-10", "death_date": death})
+    labs = [(p, "2024-01-08", "PLT", 220, "10^9/L") for p in ids]
+    labs += [(p, f"2024-0{2 + i % 2}-{1 + i:02d}", "PLT", 40 if i in (1, 4, 6, 8) else 180, "10^9/L")
+             for i, p in enumerate(ids)]
+    labs = pd.DataFrame(labs, columns=["patient_id", "date", "test", "value", "unit"])
+    sc = pd.DataFrame({"patient_id": ["P11"], "date": ["2024-03-21"], "instrument": ["xerostomia"], "score": [30.0],
+                       "cycle": [2]})
+    tox = {"type": "first_grade", "tests": ["platelets"]}
+    if window != "default":
+        tox["death_window_days"] = window
+    spec = {"name": "dw", "endpoints": {"tox": tox}, "analyses": [
+        {"name": "tox", "model": "cox", "region": "whole_body_tumor", "features": ["suv_mean"], "endpoint": "tox"}]}
+    return f, {"patients": patients, "labs": labs, "scores": sc}, spec
+
+
+def test_the_death_window_is_in_the_methods_the_table_notes_and_results_csv(tmp_path):
+    f, clinical, spec = _death_window_cohort("default")
+    res, ctx = run_analyses(f, clinical, spec)
+    ep = ctx["endpoints"]["tox"].set_index("patient_id")
+    # the window runs from the last platelet count (2024-03-12), not from the later score: P11 is censored there
+    assert ep.loc["P10", "status"] == "death" and ep.loc["P11", "status"] == "censored"
+    assert ep.loc["P11", "time_days"] == 62.0
+    row = res.iloc[0]
+    assert row.death_window_days == 30 and row.deaths_competing == 1 and row.deaths_censored_window == 1
+    assert row.deaths_as_event == 0 and row.deaths_censored_rule == 0
+    methods = " ".join(methods_text(spec, results=res))
+    assert ("death as a competing event when at most 30 days after the patient's last lab of platelets" in methods
+            and "a later death was censored at that lab, not counted as a competing event (death window)" in methods)
+    note = ("Deaths among the patients analysed: 1 death as a competing event; 1 death more than 30 days after the "
+            "last assessment of the endpoint, censored there (death window).")
+    assert note in table2(res)[0]["notes"]
+    paths = write_report(res, ctx, spec, tmp_path / "rep")
+    csv = pd.read_csv(paths["csv"]).iloc[0]
+    assert (csv.deaths_competing, csv.deaths_censored_window, csv.death_window_days) == (1, 1, 30)
+    assert "(death window)" in paths["md"].read_text() and "at most 30 days after" in paths["html"].read_text()
+
+
+def test_a_spec_death_window_is_the_one_reported_and_none_lets_every_death_compete():
+    f, clinical, spec = _death_window_cohort(60)
+    res, _ = run_analyses(f, clinical, spec)
+    assert (res.iloc[0].deaths_competing, res.iloc[0].deaths_censored_window) == (2, 0)
+    assert "at most 60 days after" in " ".join(methods_text(spec, results=res))
+    f, clinical, spec = _death_window_cohort(None)
+    res, _ = run_analyses(f, clinical, spec)
+    assert np.isnan(res.iloc[0].death_window_days) and res.iloc[0].deaths_competing == 2
+    assert "death as a competing event at any time (no death window)" in " ".join(methods_text(spec))
+    assert "death window" not in " ".join(table2(res)[0]["notes"])
+    spec["endpoints"]["tox"]["death"] = "censor"
+    res, _ = run_analyses(f, clinical, spec)
+    assert (res.iloc[0].deaths_censored_rule, res.iloc[0].deaths_competing) == (2, 0)
+    assert res.iloc[0].death == "censored at the last lab of the endpoint's tests"
+
+
+def test_the_singular_fit_warning_names_what_is_at_the_boundary(xerostomia):
+    from petfeat.stats.models import boundary_text
+
+    r = fit_mixed(xerostomia, "score", "volume_ml", "cycle", "patient", how="sd", random_slope=True)
+    corr = r["cov_intercept_slope"] / np.sqrt(r["var_intercept"] * r["var_slope"])
+    assert r["var_slope"] > 0.1 and corr == pytest.approx(-1, abs=1e-3)  # variances away from 0: the correlation
+    text = (f"boundary (singular) fit: intercept-slope correlation at the boundary, -1.00 (random-intercept variance "
+            f"{r['var_intercept']:.3g} at cycle 0, random-slope variance {r['var_slope']:.3g})")
+    assert text in r["warnings"] and not any("variance is estimated at or near 0" in w for w in r["warnings"])
+    s2 = 9.0
+    assert boundary_text(np.array([[4.0, 0.0], [0.0, 1e-9]]), s2) == "random-slope variance 1e-09 (at or near 0)"
+    assert boundary_text(np.array([[0.0]]), s2) == "random-intercept variance 0 (at or near 0)"
+    assert boundary_text(np.array([[4.0, 2.0], [2.0, 1.0]]), s2, "at cycle 3.5").startswith(
+        "intercept-slope correlation at the boundary, +1.00 (random-intercept variance 4 at cycle 3.5")
+
+
+def test_var_intercept_states_the_time_it_refers_to_in_main_and_interaction_rows(xerostomia, tmp_path):
+    f, patients, sc = _cohort(xerostomia)
+    spec = {"name": "x", "endpoints": {}, "analyses": [
+        {"name": "main", "model": "mixed", "region": "salivary_glands", "features": ["volume_ml"],
+         "score": "xerostomia", "transform": "sd", "random_slope": True},
+        {"name": "inter", "model": "mixed", "region": "salivary_glands", "features": ["volume_ml"],
+         "score": "xerostomia", "transform": "sd", "random_slope": True, "interaction": True}]}
+    res, ctx = run_analyses(f, {"patients": patients, "labs": None, "scores": sc}, spec)
+    main, inter = res.iloc[0], res.iloc[1]
+    centre = float(xerostomia.cycle.mean())
+    assert main.var_intercept_at == 0 and inter.var_intercept_at == pytest.approx(centre)
+    # the same covariance moved to the centred time: G00(c) = G00 + 2 c G01 + c^2 G11 (the fits differ by the term)
+    assert inter.var_intercept < main.var_intercept
+    assert f"random-intercept variance {main.var_intercept:.3g} at cycle 0" in main.flag
+    assert f"random-intercept variance {inter.var_intercept:.3g} at cycle {centre:.3g}" in inter.flag
+    csv = pd.read_csv(write_report(res, ctx, spec, tmp_path / "rep")["csv"])
+    assert list(csv.var_intercept_at) == [0, pytest.approx(centre)]
+
+
+def test_a_cox_p_that_underflows_is_floored_with_its_log10():
+    from scipy import stats
+
+    from petfeat.stats.models import fit_cox
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=2000)  # log-HR 3 per unit over 2000 events: z about 52, the normal tail underflows to 0
+    d = pd.DataFrame({"time_days": np.ceil(rng.exponential(1 / np.exp(3 * x)) * 1000), "event": 1, "f": x,
+                      "age": rng.normal(70, 8, 2000)})
+    r = fit_cox(d, "time_days", "event", "f", ["age"])
+    z = r["coef"] / r["se"]
+    assert r["converged"] and z > 40 and 2 * stats.norm.sf(z) == 0
+    assert r["p"] == P_FLOOR > 0 and r["p_log10"] < -300
+    assert r["p_log10"] == pytest.approx((stats.norm.logsf(z) + np.log(2)) / np.log(10), rel=1e-9)
+    assert format_hr(r).endswith("p < 0.001")
+    age = r["terms"][1]  # a covariate row: the same Wald p as lifelines' where it does not underflow
+    assert age["p"] == pytest.approx(2 * stats.norm.sf(abs(age["coef"] / age["se"])), rel=1e-9)
+    assert age["p_log10"] == pytest.approx(np.log10(age["p"]), rel=1e-9)

@@ -43,10 +43,27 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _endpoint_text(name: str, e: dict) -> str:
+def _death_text(e: dict) -> str:
+    """How a death without a prior event ends follow-up, with the death window and what it is counted from."""
+    from petfeat.stats.endpoints import DEATH_WINDOW_DAYS
+
     death = e.get("death", "competing" if e.get("type") == "first_grade" else "censor")
-    death_txt = {"competing": "death as a competing event", "event": "death counted as an event",
-                 "censor": "death censored"}.get(death, death)
+    last = (f"the patient's last lab of {', '.join(e.get('tests', []))}" if e.get("type") == "first_grade"
+            else f"the patient's last {e.get('score')} score")
+    if death == "censor":
+        return f"death censored at {last}"
+    what = "as a competing event" if death == "competing" else "counted as an event"
+    window = e.get("death_window_days", DEATH_WINDOW_DAYS)
+    if window is None:
+        return f"death {what} at any time (no death window)"
+    return (f"death {what} when at most {window:g} days after {last} (or the first dose, when later); a later "
+            "death was censored at that "
+            f"{'lab' if e.get('type') == 'first_grade' else 'score'}, not counted {what.removeprefix('counted ')}"
+            " (death window)")
+
+
+def _endpoint_text(name: str, e: dict) -> str:
+    death_txt = _death_text(e)
     if e.get("type") == "first_grade":
         return (f"{name.replace('_', ' ')}: time from the first dose to the first CTCAE v5 grade "
                 f"\u2265{e.get('min_grade', 3)} of {', '.join(e.get('tests', []))}"

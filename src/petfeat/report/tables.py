@@ -167,6 +167,29 @@ def _cohort_note(r: Mapping) -> str:
     return f"{int(n)} of {int(total)} patients analysed (complete case)" + (f"; left out: {why}" if why else "")
 
 
+def _death_note(r: Mapping) -> str:
+    """``2 deaths as competing events; 1 death more than 30 days after the last assessment censored there``."""
+    counts = {k: _num(r.get(k)) for k in ("deaths_competing", "deaths_as_event", "deaths_censored_window",
+                                          "deaths_censored_rule")}
+    if not any(np.isfinite(v) for v in counts.values()):
+        return ""
+    window = _num(r.get("death_window_days"))
+
+    def n(k, what, plural=None):
+        v = int(counts[k]) if np.isfinite(counts[k]) else 0
+        return f"{v} death{'s' if v != 1 else ''} {what if v == 1 else plural or what}"
+
+    rule = str(r.get("death") or "")
+    if rule.startswith("censored"):
+        return n("deaths_censored_rule", "censored at the last assessment (rule censor)")
+    parts = [n("deaths_competing", "as a competing event", "as competing events") if rule.startswith("competing")
+             else n("deaths_as_event", "counted as an event", "counted as events")]
+    if np.isfinite(window):
+        parts.append(n("deaths_censored_window", f"more than {window:g} days after the last assessment of the "
+                                                  "endpoint, censored there (death window)"))
+    return "; ".join(parts)
+
+
 def table2(results: pd.DataFrame) -> list[dict]:
     """One Table 2 block per analysis: a caption, rows shaped like a paper's results table, and notes.
 
@@ -176,8 +199,9 @@ def table2(results: pd.DataFrame) -> list[dict]:
     observations/patients and notes; with a feature x time interaction the estimate, p, q and Holm
     are the interaction's (the tested term) and a column gives the feature's main effect at the
     centred time, conditional on it. ``notes`` of a block: the patients included of the cohort and
-    why the others were left out (complete case), and the tested rows without a p, left out of the
-    multiplicity family.
+    why the others were left out (complete case), for Cox blocks the deaths among them (ending
+    follow-up as competing events or events, or censored by the death window or the rule), and the
+    tested rows without a p, left out of the multiplicity family.
     """
     blocks = []
     if not len(results):
@@ -187,7 +211,7 @@ def table2(results: pd.DataFrame) -> list[dict]:
         first = g.iloc[0]
         region = REGION_NAMES.get(str(first.get("region", "")), str(first.get("region", "")))
         endpoint = str(first.get("endpoint", ""))
-        rows, cohorts, outside = [], [], []
+        rows, cohorts, outside, deaths = [], [], [], []
         for _, r in g.iterrows():
             r = r.to_dict()
             cov = r.get("status") == "ok (covariate)"
@@ -197,6 +221,8 @@ def table2(results: pd.DataFrame) -> list[dict]:
                    "holm": "" if cov else fmt_p(r.get("p_holm")), "notes": _notes(r)}
             if not cov:
                 cohorts.append((feat, _cohort_note(r)))
+                if model == "cox":
+                    deaths.append((feat, _death_note(r)))
                 if "in_family" in r and not bool(r.get("in_family")):
                     outside.append(feat)
             if model == "cox":
@@ -226,6 +252,11 @@ def table2(results: pd.DataFrame) -> list[dict]:
             notes.append(f"{texts.pop()}.")
         else:
             notes += [f"{feat}: {t}." for feat, t in cohorts if t]
+        texts = {t for _, t in deaths}
+        if len(texts) == 1 and "" not in texts:
+            notes.append(f"Deaths among the patients analysed: {texts.pop()}.")
+        else:
+            notes += [f"{feat}, deaths among the patients analysed: {t}." for feat, t in deaths if t]
         if outside:
             notes.append("Without a p, left out of the multiplicity family (q, Holm p): " + ", ".join(outside) + ".")
         inter = any("conditional" in r for r in rows)

@@ -435,16 +435,32 @@ def _reasons(why: pd.Series) -> str:
     return "; ".join(f"{n} {r}" for r, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def _singular_flag(r: dict, random_slope: bool) -> str:
+def _singular_flag(r: dict) -> str:
+    """``singular fit: <what is at the boundary>; kept ...`` (:func:`petfeat.stats.models.boundary_text`)."""
     if not r.get("singular"):
         return ""
-    if random_slope:
-        v0, v1, c = r.get("var_intercept", np.nan), r.get("var_slope", np.nan), r.get("cov_intercept_slope", np.nan)
-        corr = c / np.sqrt(v0 * v1) if v0 > 0 and v1 > 0 else np.nan
-        what = f" (intercept-slope correlation {corr:.2f})" if np.isfinite(corr) else ""
-        return (f"singular fit: random slope variance/correlation at the boundary{what}; kept, tests use lmerTest's "
-                "Satterthwaite df on the Cholesky scale")
-    return "singular fit: random intercept variance at 0"
+    df = ("tests use lmerTest's Satterthwaite df on the Cholesky scale" if r.get("df_method") == "satterthwaite"
+          else "Wald z tests")
+    return f"singular fit: {r.get('boundary') or 'random-effect covariance at the boundary'}; kept, {df}"
+
+
+def _deaths_by_outcome(d: pd.DataFrame, rule: str) -> dict:
+    """Deaths among the analysed patients (rows of ``d``: endpoint table joined to ``patients``), by what they did.
+
+    ``deaths_competing`` / ``deaths_as_event``: deaths that ended follow-up (endpoint ``status`` "death");
+    ``deaths_censored_window``: deaths on record after the death window (no event, censored at the last
+    assessment although the rule would count them); ``deaths_censored_rule``: deaths censored by the rule
+    ``censor``. A death after the patient's event is not counted (follow-up had ended).
+    """
+    given = d["death_date"] if "death_date" in d.columns else pd.Series(np.nan, index=d.index)
+    died = (given.notna() & given.astype(str).str.strip().ne("")).to_numpy()  # dates checked by read_clinical
+    status = d["status"].astype(str).to_numpy() if "status" in d.columns else np.full(len(d), "")
+    ended = died & (status == "death")
+    censored = died & (status == "censored")
+    return {"deaths_competing": int(ended.sum()) if rule == "competing" else 0,
+            "deaths_as_event": int(ended.sum()) if rule == "event" else 0,
+            "deaths_censored_window": 0 if rule == "censor" else int(censored.sum()),
+            "deaths_censored_rule": int(censored.sum()) if rule == "censor" else 0}
 
 
 def _p_text(p: float) -> str:
@@ -478,6 +494,12 @@ def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict, progress=No
     centred at its mean over the model's observations and the feature's main effect, its effect at
     that time, is in ``main_*``. ``flag`` names what weakens a row (not converged, events per
     variable below 10, a singular fit); ``warnings`` holds the fitter's.
+
+    Deaths, per Cox row: ``death`` (the endpoint's rule), ``death_window_days`` (NaN: any time) and, over the
+    analysed patients, ``deaths_competing``, ``deaths_as_event``, ``deaths_censored_window`` (a death more than
+    the window after the patient's last assessment of the endpoint, censored there) and ``deaths_censored_rule``.
+    Mixed rows give ``var_intercept_at``: the time at which ``var_intercept`` (and ``cov_intercept_slope``) is
+    the random-intercept variance (the centred time with ``interaction``, else 0).
     """
     endpoints = derive_endpoints(spec, clinical)
     wide = feature_wide(features)
@@ -506,8 +528,11 @@ def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict, progress=No
             if a["model"] == "cox":
                 e = spec["endpoints"][a["endpoint"]]
                 rule = e.get("death", "competing" if e["type"] == "first_grade" else "censor")
+                last = "lab of the endpoint's tests" if e["type"] == "first_grade" else f"{e['score']} score"
                 rec["death"] = {"competing": "competing event (cause-specific Cox)", "event": "event (composite)",
-                                "censor": "censored at last assessment"}[rule]
+                                "censor": f"censored at the last {last}"}[rule]
+                window = e.get("death_window_days", DEATH_WINDOW_DAYS)
+                rec["death_window_days"] = np.nan if window is None else float(window)
             extra = []
             try:
                 if a["model"] == "cox":
@@ -523,6 +548,7 @@ def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict, progress=No
                     rec.update(n_included=int(why.eq("").sum()), n_excluded=int(why.ne("").sum()),
                                excluded_reasons=_reasons(why))
                     d = d[why.eq("")]
+                    rec.update(_deaths_by_outcome(d, rule))
                     r = fit_cox(d, "time_days", "event", col, covs, a.get("transform", "unit"),
                                 ph_transform=spec.get("ph_transform", "km"), ridge=a.get("ridge", spec.get("ridge")))
                     data[(a.get("name", ""), col)] = d
@@ -534,7 +560,8 @@ def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict, progress=No
                              "p": r["ridge_p"]})
                     if not r["converged"]:
                         # an estimate at the step where the fitter stopped is no result: no HR, no p, no FDR
-                        rec.update(hr=np.nan, ci_low=np.nan, ci_high=np.nan, p=np.nan, coef=np.nan, se=np.nan,
+                        rec.update(hr=np.nan, ci_low=np.nan, ci_high=np.nan, p=np.nan, p_log10=np.nan, coef=np.nan,
+                                   se=np.nan,
                                    result="not converged (monotone likelihood)", status="not converged")
                     else:
                         for t in terms[1:]:  # the covariates' own rows: reported, not tested
@@ -564,7 +591,7 @@ def run_analyses(features: pd.DataFrame, clinical: dict, spec: dict, progress=No
                     r = fit_mixed(d, "score", col, tcol, "patient_id", covs, a.get("transform", "unit"),
                                   random_slope=slope, interaction=inter, df_method=a.get("df", "normal"),
                                   centre_time=centre)
-                    flags = [f for f in ("" if r["converged"] else "not converged", _singular_flag(r, slope)) if f]
+                    flags = [f for f in ("" if r["converged"] else "not converged", _singular_flag(r)) if f]
                     rec.update(r, term=col, status="ok", flag="; ".join(flags), time=tcol)
                     if inter:
                         # the interaction is the tested term and the headline; the main effect is conditional

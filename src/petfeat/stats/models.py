@@ -197,11 +197,29 @@ def newton_settles(time, event, X, beta, max_steps: int = 30, tol: float = 1e-8)
     return False, b
 
 
+#: Smallest p written; a p below it (a z of 37 or more) is written as P_FLOOR, its true value in ``p_log10``.
+P_FLOOR = 1e-300
+
+
+def wald_p(coef: float, se: float) -> tuple[float, float]:
+    """Two-sided Wald p of ``coef / se`` floored at :data:`P_FLOOR`, and its log10 in full (from the log tail).
+
+    ``2 * norm.sf(|z|)`` underflows to 0 above z 38.5; the log10 holds the value at any z.
+    """
+    from scipy import stats
+
+    if not (np.isfinite(coef) and np.isfinite(se) and se > 0):
+        return float("nan"), float("nan")
+    log_sf = float(stats.norm.logsf(abs(coef / se)))
+    return max(2 * float(np.exp(log_sf)), P_FLOOR), (log_sf + float(np.log(2))) / float(np.log(10))
+
+
 def fit_cox(df: pd.DataFrame, duration: str, event: str, feature: str, covariates: Sequence[str] = (),
             how: str = "unit", ph_transform: str = "km", ridge: float | None = None) -> dict:
     """Multivariable Cox model of ``feature`` (transformed) adjusted for ``covariates``.
 
-    Returns a dict with ``hr, ci_low, ci_high, p, coef, se`` of the feature, ``loglik``,
+    Returns a dict with ``hr, ci_low, ci_high, p, p_log10, coef, se`` of the feature (``p``: the Wald
+    test's, floored at :data:`P_FLOOR` as the mixed models' are; ``p_log10`` in full), ``loglik``,
     ``concordance``, ``converged``, ``ph_test_chisq`` / ``ph_test_p`` (the feature's row of
     :func:`cox_zph`), ``ph_global_chisq`` / ``ph_global_p``, ``events_per_variable``, ``flag``
     (``not converged``, ``EPV < 10``), ``terms`` (one dict per coefficient: the covariates' HRs
@@ -247,7 +265,9 @@ def fit_cox(df: pd.DataFrame, duration: str, event: str, feature: str, covariate
     s = cph.summary
     terms = [{"term": nm, "hr": float(s.loc[nm, "exp(coef)"]), "ci_low": float(s.loc[nm, "exp(coef) lower 95%"]),
               "ci_high": float(s.loc[nm, "exp(coef) upper 95%"]), "coef": float(s.loc[nm, "coef"]),
-              "se": float(s.loc[nm, "se(coef)"]), "p": float(s.loc[nm, "p"]), "ph_test_p": float(ph.loc[nm, "p"])}
+              "se": float(s.loc[nm, "se(coef)"]), "ph_test_p": float(ph.loc[nm, "p"]),
+              **dict(zip(("p", "p_log10"), wald_p(float(s.loc[nm, "coef"]), float(s.loc[nm, "se(coef)"])),
+                         strict=True))}
              for nm in names]
     if ridge is not None:
         if not ridge > 0:
@@ -259,8 +279,8 @@ def fit_cox(df: pd.DataFrame, duration: str, event: str, feature: str, covariate
         r = pen.summary.loc[feature]
         out.update(ridge_penalizer=float(ridge), ridge_hr=float(r["exp(coef)"]),
                    ridge_ci_low=float(r["exp(coef) lower 95%"]), ridge_ci_high=float(r["exp(coef) upper 95%"]),
-                   ridge_p=float(r["p"]))
-    out.update({k: terms[0][k] for k in ("hr", "ci_low", "ci_high", "p", "coef", "se")},
+                   ridge_p=wald_p(float(r["coef"]), float(r["se(coef)"]))[0])
+    out.update({k: terms[0][k] for k in ("hr", "ci_low", "ci_high", "p", "p_log10", "coef", "se")},
                loglik=float(cph.log_likelihood_), concordance=float(cph.concordance_index_), converged=settled,
                ph_transform=ph_transform, ph_test_chisq=float(ph.loc[feature, "chisq"]),
                ph_test_p=float(ph.loc[feature, "p"]), ph_global_chisq=float(ph.loc["GLOBAL", "chisq"]),
@@ -270,8 +290,6 @@ def fit_cox(df: pd.DataFrame, duration: str, event: str, feature: str, covariate
 
 
 DF_METHODS = ("normal", "satterthwaite")
-#: Smallest p written; a p below it (a z of 37 or more) is written as P_FLOOR, its true value in ``p_log10``.
-P_FLOOR = 1e-300
 
 
 class _Lmm:
@@ -428,8 +446,28 @@ class _Lmm:
         return np.array(out)
 
 
+def boundary_text(G: np.ndarray, sigma2: float, at: str = "") -> str:
+    """What is at the boundary of a singular random-effect covariance ``G``, from ``G`` itself.
+
+    A variance at or near 0 (at most ``1e-6 * sigma2``, the singularity test's tolerance) is named with its
+    value; with two variances away from 0 the boundary is their correlation at +-1 (``G`` of rank 1):
+    ``intercept-slope correlation at the boundary, -1.00 (random-intercept variance 33.6 at cycle 0,
+    random-slope variance 0.0913)``. ``at`` says where the intercept variance refers to (``at cycle 0``):
+    with a random slope it depends on the time origin.
+    """
+    G = np.atleast_2d(np.asarray(G, dtype=np.float64))
+    tol = 1e-6 * max(float(sigma2), 1e-300)
+    names = ["random-intercept" + (f" ({at})" if at and G.shape[0] > 1 else ""), "random-slope"][:G.shape[0]]
+    zero = [f"{nm} variance {G[i, i]:.3g}" for i, nm in enumerate(names) if G[i, i] <= tol]
+    if zero:
+        return " and ".join(zero) + " (at or near 0)"
+    corr = float(G[1, 0] / np.sqrt(G[0, 0] * G[1, 1]))
+    return (f"intercept-slope correlation at the boundary, {corr:+.2f} (random-intercept variance "
+            f"{G[0, 0]:.3g}{' ' + at if at else ''}, random-slope variance {G[1, 1]:.3g})")
+
+
 def fit_lmm(data: pd.DataFrame, formula: str, group: str, slope: str | None = None,
-            df_method: str = "normal") -> tuple[pd.DataFrame, dict]:
+            df_method: str = "normal", at: str = "") -> tuple[pd.DataFrame, dict]:
     """Linear mixed model by REML (lme4's profiled criterion), reported as lme4 and lmerTest report it.
 
     statsmodels builds the design matrices; the variance components minimise lme4's REML criterion
@@ -448,6 +486,8 @@ def fit_lmm(data: pd.DataFrame, formula: str, group: str, slope: str | None = No
         A column with a random slope per group as well (``(slope | group)``), or None.
     df_method
         ``"normal"`` (Wald z) or ``"satterthwaite"`` (t with lmerTest's Satterthwaite df).
+    at
+        Where the random-intercept variance refers to, for the singular-fit text (``at cycle 0``).
 
     Returns
     -------
@@ -455,7 +495,8 @@ def fit_lmm(data: pd.DataFrame, formula: str, group: str, slope: str | None = No
         Fixed effects (``estimate, se, df, ci_low, ci_high, p`` per term; SEs from
         ``(X' V^-1 X)^-1`` at the REML variance components, as lme4), and ``var_intercept``,
         ``var_slope``, ``cov_intercept_slope``, ``var_residual``, ``reml_criterion`` (lme4's),
-        ``converged``, ``warnings``.
+        ``converged``, ``singular``, ``boundary`` (what is at the boundary of a singular fit,
+        :func:`boundary_text`; "" otherwise), ``warnings``.
     """
     import statsmodels.formula.api as smf
     from scipy import stats
@@ -477,8 +518,9 @@ def fit_lmm(data: pd.DataFrame, formula: str, group: str, slope: str | None = No
     G[lmm.tril] = theta[1:]
     G = G + np.tril(G, -1).T
     singular = bool(np.linalg.eigvalsh(G).min() <= 1e-6 * max(float(theta[0]), 1e-300))
+    boundary = boundary_text(G, float(theta[0]), at) if singular else ""
     if singular:
-        notes.append("boundary (singular) fit: a random-effect variance is estimated at or near 0")
+        notes.append(f"boundary (singular) fit: {boundary}")
     dev, cov, beta = lmm.pieces(theta)
     se = np.sqrt(np.diag(cov))
     dfs = lmm.satterthwaite(theta, lmm.par) if df_method == "satterthwaite" else np.full(len(beta), np.inf)
@@ -501,7 +543,8 @@ def fit_lmm(data: pd.DataFrame, formula: str, group: str, slope: str | None = No
                           "p_log10": p_log10}, index=names)
     extra = {"var_intercept": float(G[0, 0]), "var_slope": float(G[1, 1]) if slope else np.nan,
              "cov_intercept_slope": float(G[1, 0]) if slope else np.nan, "var_residual": float(theta[0]),
-             "reml_criterion": float(dev), "converged": converged, "singular": singular, "warnings": notes}
+             "reml_criterion": float(dev), "converged": converged, "singular": singular, "boundary": boundary,
+             "warnings": notes}
     return table, extra
 
 
@@ -529,7 +572,9 @@ def fit_mixed(df: pd.DataFrame, score: str, feature: str, time: str, group: str,
     dict
         The feature's ``estimate, se, df, ci_low, ci_high, p, p_log10``, the same for ``time``
         (``time_*``) and, with ``interaction``, for ``feature x time`` (``interaction_*``); the
-        variance components, ``singular`` (a random-effect covariance at the boundary),
+        variance components (``var_intercept`` and ``cov_intercept_slope`` at ``time = var_intercept_at``,
+        the time origin of the fit: ``centre_time``, else 0; with a random slope they depend on it),
+        ``singular`` (a random-effect covariance at the boundary; ``boundary`` says what is there),
         ``reml_criterion``, ``converged``, ``formula``, ``time_centre`` and the fitter's ``warnings``.
         A p below :data:`P_FLOOR` is written as ``P_FLOOR``; ``p_log10`` holds its log10 in full.
     """
@@ -543,10 +588,12 @@ def fit_mixed(df: pd.DataFrame, score: str, feature: str, time: str, group: str,
     sf, st = safe[feature], safe[time]
     formula = (f"{safe[score]} ~ {sf} + {st}" + (f" + {sf}:{st}" if interaction else "")
                + "".join(f" + {safe[c]}" for c in covariates))
-    table, extra = fit_lmm(data, formula, safe[group], st if random_slope else None, df_method)
+    origin = float(centre_time) if centre_time is not None else 0.0
+    table, extra = fit_lmm(data, formula, safe[group], st if random_slope else None, df_method,
+                           at=f"at {time} {origin:.3g}")
     out = {"feature": feature, "transform": scale, "n_obs": int(len(data)),
-           "n_groups": int(data[safe[group]].nunique()), "df_method": df_method,
-           "time_centre": float(centre_time) if centre_time is not None else 0.0}
+           "n_groups": int(data[safe[group]].nunique()), "df_method": df_method, "time_centre": origin,
+           "var_intercept_at": origin}
     for prefix, name in (("", sf), ("time_", st), ("interaction_", f"{sf}:{st}")):
         if name in table.index:
             out.update({f"{prefix}{k}": float(v) for k, v in table.loc[name].items()})
