@@ -41,7 +41,9 @@ def _folder(tmp_path, patients=None, labs=None, scores=None, items=None):
 
 
 def _tox_spec(**changes) -> dict:
-    e = dict(load_study()["endpoints"]["haematological_toxicity_g3"], **changes)
+    """The shipped toxicity endpoint over the tests of :func:`_normal_labs` (the shipped one adds white cells)."""
+    e = {**load_study()["endpoints"]["haematological_toxicity_g3"], "tests": ["haemoglobin", "neutrophils",
+                                                                              "platelets"], **changes}
     return {"endpoints": {"tox": e}, "analyses": []}
 
 
@@ -90,8 +92,8 @@ def test_baseline_grade_reaches_the_table_the_cox_model_gets(tmp_path):
      r"\(plausible 2-25 g/dL\); is the unit g/dL\?"),
     (("a", "2024-02-21", "haemoglobin", 135, "g/dL"), r"135 g/dL is impossible for haemoglobin .*; is the unit g/L\?"),
     (("b", "2024-02-21", "platelets", 231000, "10^9/L"), r"row 28 \(patient_id b.*231000 10\^9/L is impossible for "
-                                                         r"platelets \(plausible 1-2000 10\^9/L\); is the unit /uL\?"),
-    (("b", "2024-02-21", "platelets", 231, "/uL"), r"231 /uL is impossible for platelets .*is the unit 10\^9/L\?"),
+                                                         r"platelets \(plausible 0-2000 10\^9/L\); is the unit /uL\?"),
+    (("b", "2024-02-21", "platelets", 2310, "10^9/L"), r"2310 10\^9/L is impossible for platelets .*is the unit /uL\?"),
     (("c", "2024-02-21", "haemoglobin", -5, "g/dL"), r"row 28 \(patient_id c.*haemoglobin value -5 g/dL is negative"),
     (("c", "2024-02-21", "neutrophils", -0.1, "10^9/L"), r"neutrophils value -0.1 10\^9/L is negative"),
 ])
@@ -185,7 +187,7 @@ def test_lab_dated_after_death_is_refused(tmp_path):
 def test_tests_no_endpoint_uses_are_ignored_with_one_warning(tmp_path):
     labs = pd.DataFrame(_normal_labs("a") + _normal_labs("b") + _normal_labs("c") + [
         ("a", "2024-01-24", "creatinine", 80, "umol/L"), ("b", "2024-01-24", "creatinine", 90, "umol/L"),
-        ("a", "2024-01-24", "lymphocytes", 25, "%")], columns=LAB_COLS)
+        ("a", "2024-01-24", "lymphocytes", 1.2, "10^9/L")], columns=LAB_COLS)
     with pytest.warns(PetfeatWarning, match=r"labs\.csv: 12 row\(s\) of tests no endpoint uses are ignored: "
                                             r"neutrophils \(9\), creatinine \(2\), lymphocytes \(1\)\.$") as rec:
         t = _tox(_folder(tmp_path, labs=labs), tests=["haemoglobin", "platelets"])
@@ -194,8 +196,8 @@ def test_tests_no_endpoint_uses_are_ignored_with_one_warning(tmp_path):
 
 @pytest.mark.parametrize("unit, pattern", [
     ("mg/dL", r"labs\.csv, row 28 \(patient_id a, date 2024-02-21\): unit 'mg/dL' of haemoglobin is not known; "
-              r"use one of g/dl, g/l, mmol/l"),
-    (None, r"labs\.csv, row 28 \(patient_id a, date 2024-02-21\): the unit of haemoglobin is empty; .*g/dl, g/l"),
+              r"use one of g/dL, g/L, mmol/L, g/100mL\.$"),
+    (None, r"labs\.csv, row 28 \(patient_id a, date 2024-02-21\): the unit of haemoglobin is empty; .*g/dL, g/L"),
 ])
 def test_unknown_or_empty_unit_of_a_used_test_names_the_row(tmp_path, unit, pattern):
     labs = pd.DataFrame(_normal_labs("a") + _normal_labs("b") + _normal_labs("c") +
@@ -206,9 +208,10 @@ def test_unknown_or_empty_unit_of_a_used_test_names_the_row(tmp_path, unit, patt
 
 def test_conflicting_duplicate_labs_are_refused_and_identical_ones_dropped(tmp_path):
     base = _normal_labs("a") + _normal_labs("b") + _normal_labs("c")
-    conflict = pd.DataFrame(base + [("b", "2024-01-24", "PLT", 30.0, "10^9/L")], columns=LAB_COLS)
-    with pytest.raises(ClinicalDataError, match=r"labs\.csv, rows 14, 28: one lab test on one date given 2 times "
-                                                r"with different values \(patient_id b, date 2024-01-24, test "
+    timed = [(p, f"{d} 09:30" if (p, d) == ("b", "2024-01-24") else d, t, v, u) for p, d, t, v, u in base]
+    conflict = pd.DataFrame(timed + [("b", "2024-01-24 09:30", "PLT", 30.0, "10^9/L")], columns=LAB_COLS)
+    with pytest.raises(ClinicalDataError, match=r"labs\.csv, rows 14, 28: one lab test given 2 times at the same time "
+                                                r"with different values \(patient_id b, date 2024-01-24 09:30, test "
                                                 r"platelets: 230.0 10\^9/L; 30.0 10\^9/L\)"):
         read_clinical(_folder(tmp_path, labs=conflict))
     same = pd.DataFrame(base + base[:4], columns=LAB_COLS)
@@ -242,8 +245,8 @@ def test_questionnaire_item_answered_twice_is_refused(tmp_path):
 def test_questionnaire_item_the_instrument_does_not_have_names_the_closest(tmp_path):
     rows = [("a", "2024-01-08", "fact_p", i, 2, 0) for i in ITEMS["fact_p"] if i != "GP1"]
     items = pd.DataFrame(rows + [("a", "2024-01-08", "fact_p", "GPl", 2, 0)], columns=ITEM_COLS)
-    with pytest.raises(ClinicalDataError, match=r"questionnaires\.csv \(patient_id a, date 2024-01-08, fact_p\): "
-                                                r"item 'GPl' is not an item of fact_p; did you mean 'GP1'\?"):
+    with pytest.raises(ClinicalDataError, match=r"questionnaires\.csv, row 39 \(patient_id a, date 2024-01-08, "
+                                                r"fact_p\): item 'GPl' is not an item of fact_p; did you mean 'GP1'\?"):
         read_clinical(_folder(tmp_path, items=items))
 
 
@@ -283,3 +286,171 @@ def test_xerostomia_inventory_items_score_1_to_5():
     assert xerostomia_score(dict.fromkeys(ITEMS["xi11"], 5), "xi11") == 55.0
     with pytest.raises(Exception, match="responses must be 1-5"):
         xerostomia_score({**r, "3": 6}, "xi11")
+
+
+def _shipped_tox(folder) -> pd.DataFrame:
+    """The shipped toxicity endpoint as it is (haemoglobin, neutrophils, platelets, white cells)."""
+    spec = {"endpoints": {"tox": load_study()["endpoints"]["haematological_toxicity_g3"]}, "analyses": []}
+    return derive_endpoints(spec, read_clinical(folder))["tox"].set_index("patient_id")
+
+
+def _labs_with_wbc(platelets: str = "platelets") -> pd.DataFrame:
+    rows = [(p, d, platelets if t == "platelets" else t, v, u) for p, d, t, v, u in
+            _normal_labs("a") + _normal_labs("b") + _normal_labs("c")]
+    rows += [(p, d, "white_cells", 6.0, "10^9/L") for p in "abc" for d in ("2024-01-08", "2024-01-24", "2024-02-07")]
+    rows.append(("c", "2024-02-21", platelets, 40.0, "10^9/L"))  # grade 3 thrombocytopenia on day 42
+    return pd.DataFrame(rows, columns=LAB_COLS)
+
+
+@pytest.mark.parametrize("name", ["platelet_count", "Thrombocytes", "Platelet Count", "PLT"])
+def test_platelets_under_common_names_are_graded(tmp_path, name):
+    t = _shipped_tox(_folder(tmp_path, labs=_labs_with_wbc(name)))
+    assert (t.loc["c", "event"], t.loc["c", "time_days"]) == (1, 42.0) and t["event"].sum() == 1
+
+
+def test_endpoint_test_without_rows_is_refused_naming_the_test_and_the_fix(tmp_path):
+    # the shipped endpoint grades white cells: a table without them was graded silently without leukopenia
+    with pytest.raises(ClinicalDataError, match=r"labs\.csv: endpoint 'tox' grades white_cells, but the file has no "
+                                                r"white_cells rows; add the white_cells rows \(test names read as "
+                                                r"white_cells: white_cells, wbc, leukocytes.*\), or remove white_cells "
+                                                r"from the endpoint's tests in the study spec\.$"):
+        _shipped_tox(_folder(tmp_path))
+    # a misspelt platelet test: named in the error and, had it no endpoint, in the warning
+    with pytest.raises(ClinicalDataError, match=r"grades platelets, but the file has no platelets rows \(is 'platlets' "
+                                                r"platelets\?\)"), pytest.warns(PetfeatWarning, match=r"ignored: "
+                                                                                r"platlets \(10; did you mean "
+                                                                                r"platelets\?\)"):
+        _shipped_tox(_folder(tmp_path, labs=_labs_with_wbc("Platlets")))
+
+
+def _patients_dmy(start, death=None):
+    return pd.DataFrame({"patient_id": ["a", "b", "c"], "therapy_start": start,
+                         "death_date": death if death is not None else [None] * 3})
+
+
+def test_day_first_dates_are_read_by_one_rule_for_the_whole_file(tmp_path):
+    # 16.11.2023 fixes day-first for the file: 08.09.2024 (a death date) is 8 September, not 9 August
+    p = _patients_dmy(["16.11.2023", "10.01.2024", "10.01.2024"], [None, "08.09.2024", None])
+    clinical = read_clinical(_folder(tmp_path, patients=p))
+    assert clinical["patients"]["therapy_start"].tolist() == ["2023-11-16", "2024-01-10", "2024-01-10"]
+    assert clinical["patients"]["death_date"].iloc[1] == "2024-09-08"
+
+
+@pytest.mark.parametrize("start, death, pattern", [
+    (["08.09.2024"] * 3, None, r"patients\.csv, column 'therapy_start': '08\.09\.2024' does not parse as one date: it "
+                               r"may be day or month first.*; write every date as YYYY-MM-DD\.$"),
+    (["16.11.2023"] * 3, [None, "11/16/2024", None],
+     r"patients\.csv: dates are written day first \('therapy_start': '16\.11\.2023'\) and month first \('death_date': "
+     r"'11/16/2024'\)"),
+])
+def test_ambiguous_or_mixed_date_orders_are_refused(tmp_path, start, death, pattern):
+    with pytest.raises(ClinicalDataError, match=pattern):
+        read_clinical(_folder(tmp_path, patients=_patients_dmy(start, death)))
+
+
+def test_baseline_haemoglobin_in_g_per_l_is_refused_unless_its_unit_is_given(tmp_path):
+    p = pd.DataFrame({"patient_id": ["a", "b", "c"], "therapy_start": ["2024-01-10"] * 3,
+                      "baseline_haemoglobin": [13.1, 123.5, 11.0]})
+    with pytest.raises(ClinicalDataError, match=r"patients\.csv, row 2 \(patient_id b\), column "
+                                                r"'baseline_haemoglobin': 123\.5 g/dL is impossible for haemoglobin "
+                                                r"\(plausible 2-25 g/dL\); "
+                                                r"is the unit g/L\?; give baseline_haemoglobin in g/dL, or its unit in "
+                                                r"a column baseline_haemoglobin_unit\.$"):
+        read_clinical(_folder(tmp_path, patients=p))
+    p["baseline_haemoglobin_unit"] = ["g/dL", "g/L", "mmol/L"]
+    got = read_clinical(_folder(tmp_path, patients=p))["patients"]["baseline_haemoglobin"].to_numpy()
+    assert np.allclose(got, [13.1, 12.35, 11.0 * 1.611])
+
+
+def test_lab_duplicates_that_are_one_value_or_unused_pass(tmp_path):
+    base = _normal_labs("a") + _normal_labs("b") + _normal_labs("c")
+    extra = [("a", "2024-01-24", "CRP", 12.0, "mg/L"), ("a", "2024-01-24", "CRP", 15.0, "mg/L"),  # unused: no check
+             ("b", "2024-01-24", "Hb", 13.5, "g/dl"), ("b", "2024-01-24", "haemoglobin", 135, "g/L")]  # = 13.5 g/dL
+    with pytest.warns(PetfeatWarning, match=r"rows repeating another row exactly are dropped: 2 in .*labs\.csv\.$"):
+        labs = read_clinical(_folder(tmp_path, labs=pd.DataFrame(base + extra, columns=LAB_COLS)))["labs"]
+    assert len(labs) == len(base) + 2 and (labs["test"] == "CRP").sum() == 2
+
+
+def test_neutrophils_in_percent_are_ignored_with_a_warning(tmp_path):
+    base = _normal_labs("a") + _normal_labs("b") + _normal_labs("c")
+    pct = [(p, d, "neutrophils", 55.0, "%") for p, d, t, _, _ in base if t == "neutrophils"]
+    with pytest.warns(PetfeatWarning, match=r"labs\.csv: 9 row\(s\) of neutrophils in % are ignored: a percentage of "
+                                            r"the white cells cannot be graded"):
+        t = _tox(_folder(tmp_path, labs=pd.DataFrame(base + pct, columns=LAB_COLS)))
+    assert t["event"].sum() == 0 and t["n_assessments"].tolist() == [2, 2, 2]
+
+
+def test_same_day_repeats_without_a_time_grade_the_worst_value(tmp_path):
+    base = _normal_labs("a") + _normal_labs("b") + _normal_labs("c")
+    extra = [("b", "2024-01-24", "PLT", 30.0, "10^9/L"), ("c", "2024-02-07", "haemoglobin", 12.9, "g/dL")]
+    with pytest.warns(PetfeatWarning, match=r"labs\.csv: 2 day\(s\) with one lab test given more than once without a "
+                                            r"time of day and different values: the worst \(lowest\) value"):
+        t = _tox(_folder(tmp_path, labs=pd.DataFrame(base + extra, columns=LAB_COLS)))
+    assert (t.loc["b", "event"], t.loc["b", "time_days"]) == (1, 14.0) and t["event"].sum() == 1
+
+
+def test_unreadable_csv_exports_are_one_line_errors(tmp_path):
+    _folder(tmp_path)
+    (tmp_path / "labs.csv").write_bytes(b"")
+    with pytest.raises(ClinicalDataError, match=r"labs\.csv: the file is empty \(0 bytes\); export the table"):
+        read_clinical(tmp_path)
+    (tmp_path / "labs.csv").write_text("patient_id,date,test,value,unit\n")
+    with pytest.raises(ClinicalDataError, match=r"labs\.csv: the table has no rows \(columns: patient_id, date, test, "
+                                                r"value, unit\); add the rows, or remove the file"):
+        read_clinical(tmp_path)
+    (tmp_path / "labs.csv").write_bytes("patient_id,date,test,value,unit\na,2024-01-08,PLT,230,10^3/µL\n"
+                                        .encode("cp1252"))
+    with pytest.raises(ClinicalDataError, match=r"labs\.csv: byte 58 \(line 2, b'\\xb5'\) is not UTF-8 .*; save the "
+                                                r"file as UTF-8"):
+        read_clinical(tmp_path)
+
+
+def test_semicolon_separated_labs_are_read(tmp_path):
+    _folder(tmp_path)
+    pd.read_csv(tmp_path / "labs.csv").to_csv(tmp_path / "labs.csv", sep=";", index=False)
+    assert read_clinical(tmp_path)["labs"].shape == (27, 5)
+
+
+def test_questionnaire_response_out_of_range_names_the_row(tmp_path):
+    items = pd.DataFrame(_xq8("a", "2024-01-08") + _xq8("b", "2024-01-08"), columns=ITEM_COLS)
+    items.loc[11, "response"] = 99
+    with pytest.raises(ClinicalDataError, match=r"questionnaires\.csv, row 12 \(patient_id b, date 2024-01-08, xq8\): "
+                                                r"xq8 item 4 = 99"):
+        read_clinical(_folder(tmp_path, items=items))
+
+
+@pytest.mark.parametrize("unit", ["10*9/L", "10*3/uL", "K/uL", "Gpt/L", "10^3/mm3", "10^3/\u03bcL", "10^3/\u00b5L"])
+def test_count_units_of_real_exports_are_read(tmp_path, unit):
+    labs = pd.DataFrame(_normal_labs("a") + _normal_labs("b") + _normal_labs("c") +
+                        [("c", "2024-02-21", "platelets", 40.0, unit)], columns=LAB_COLS)
+    t = _tox(_folder(tmp_path, labs=labs))
+    assert (t.loc["c", "event"], t.loc["c", "time_days"]) == (1, 42.0)
+
+
+def test_unit_list_writes_giga_per_litre_as_G_per_L(tmp_path):
+    labs = pd.DataFrame(_normal_labs("a") + _normal_labs("b") + _normal_labs("c") +
+                        [("c", "2024-02-21", "platelets", 40.0, "Mrd/L")], columns=LAB_COLS)
+    with pytest.raises(ClinicalDataError, match=r"unit 'Mrd/L' of platelets is not known; use one of 10\^9/L, .*G/L, "
+                                                r"Gpt/L") as exc:
+        _tox(_folder(tmp_path, labs=labs))
+    assert "g/l" not in str(exc.value)
+
+
+def test_haemoglobin_in_g_per_100ml_is_read(tmp_path):
+    labs = pd.DataFrame(_normal_labs("a") + _normal_labs("b") + _normal_labs("c") +
+                        [("a", "2024-02-21", "haemoglobin", 7.5, "g/100mL")], columns=LAB_COLS)
+    assert _tox(_folder(tmp_path, labs=labs)).loc["a", "event"] == 1
+
+
+def test_platelets_below_1_are_graded_and_labs_long_before_the_dose_are_not_baseline(tmp_path):
+    labs = pd.DataFrame(_normal_labs("a") + _normal_labs("b") + _normal_labs("c") + [
+        ("a", "2024-02-21", "platelets", 0.5, "10^9/L"),  # severe thrombocytopenia: grade 4, not impossible
+        ("b", "1923-01-08", "platelets", 30.0, "10^9/L"), ("b", "1923-01-24", "platelets", 30.0, "10^9/L")],
+        columns=LAB_COLS)
+    # b's 1923 labs are ignored: b's baseline is 2024-01-08 (grade 0) whatever the rows' order
+    labs.loc[len(labs)] = ("b", "2024-02-21", "platelets", 30.0, "10^9/L")
+    with pytest.warns(PetfeatWarning, match=r"labs\.csv: 2 lab row\(s\) of 1 patient\(s\) dated more than 90 days "
+                                            r"before the first dose are not baseline and are ignored"):
+        t = _tox(_folder(tmp_path, labs=labs))
+    assert (t.loc["a", "event"], t.loc["a", "time_days"]) == (1, 42.0)
+    assert (t.loc["b", "event"], t.loc["b", "baseline_grade_ge"]) == (1, False)

@@ -20,6 +20,8 @@ gives the map).
 from __future__ import annotations
 
 import difflib
+import io
+import re
 import warnings
 from importlib.resources import files
 from pathlib import Path
@@ -29,11 +31,22 @@ import pandas as pd
 
 from petfeat.errors import PetfeatError, PetfeatWarning
 from petfeat.io.parquet import read_parquet
-from petfeat.stats.ctcae import canonical_test
+from petfeat.stats.ctcae import (
+    _ALIASES,
+    CANONICAL_UNIT,
+    TESTS,
+    _check_plausible,
+    _factor,
+    _unit_key,
+    canonical_test,
+    lab_test_key,
+    unit_factors,
+)
 from petfeat.stats.endpoints import (
     DEATH_WINDOW_DAYS,
     Worsening,
     _dates,
+    date_rule,
     time_to_first_grade,
     time_to_worsening,
 )
@@ -65,12 +78,41 @@ def _multiplicity(spec: dict) -> tuple[list[str], str]:
     return ([methods] if isinstance(methods, str) else list(methods)), m.get("family", "study")
 
 
+def _read_csv(p: Path) -> pd.DataFrame:
+    """A clinical CSV file: UTF-8 (a byte order mark is allowed), comma-, semicolon- or tab-separated."""
+    raw = p.read_bytes()
+    if not raw.strip():
+        raise ClinicalDataError(f"{p}: the file is empty ({len(raw)} bytes); export the table with its header row and "
+                                "its rows, or remove the file.")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ClinicalDataError(f"{p}: byte {exc.start} (line {line}, {raw[exc.start:exc.start + 1]!r}) is not UTF-8 "
+                                "(an export in cp1252 or Latin-1?); save the file as UTF-8 (CSV UTF-8).") from None
+    header = text.splitlines()[0]
+    # a semicolon- or tab-separated export read as commas is one column holding whole lines
+    sep = "," if "," in header else max((";", "\t"), key=header.count)
+    try:
+        return pd.read_csv(io.StringIO(text), sep=sep if sep in header else ",")
+    except pd.errors.ParserError as exc:
+        raise ClinicalDataError(f"{p}: not a table ({str(exc).strip().splitlines()[-1]}); export it as CSV with one "
+                                "header row, separated by commas.") from None
+
+
 def _read_table(folder: Path, name: str, required: bool = True) -> pd.DataFrame | None:
-    """The clinical table ``name`` (Parquet or CSV) with its path in ``attrs["source"]``; None when optional."""
-    for suffix, reader in ((".parquet", read_parquet), (".csv", pd.read_csv)):
+    """The clinical table ``name`` (Parquet or CSV) with its path in ``attrs["source"]``; None when optional.
+
+    An empty file, a file without rows below its header and a CSV file that is not UTF-8 are refused
+    naming the file and the fix; a semicolon- or tab-separated CSV is read by its separator.
+    """
+    for suffix, reader in ((".parquet", read_parquet), (".csv", _read_csv)):
         p = folder / f"{name}{suffix}"
         if p.exists():
             table = reader(p)
+            if not len(table):
+                raise ClinicalDataError(f"{p}: the table has no rows (columns: {', '.join(map(str, table.columns))}); "
+                                        "add the rows, or remove the file when there are none.")
             table.attrs["source"] = str(p)
             return table
     if required:
@@ -93,9 +135,9 @@ def _require_columns(table: pd.DataFrame, cols, src: str) -> None:
                                 f"{', '.join(map(str, table.columns))}); the table needs {', '.join(cols)}.")
 
 
-def _required_dates(table: pd.DataFrame, column: str, src: str, what: str) -> pd.Series:
-    """Parse a date column (one error naming the row for a value that is not a date, or an empty one)."""
-    parsed = _dates(table[column], src, column)
+def _required_dates(table: pd.DataFrame, column: str, src: str, what: str, day_first=None) -> pd.Series:
+    """Parse a date column by the file's rule (one error naming the row for a value that is not a date, or empty)."""
+    parsed = _dates(table[column], src, column, day_first)
     empty = parsed.isna().to_numpy()
     if empty.any():
         i = int(np.flatnonzero(empty)[0])
@@ -130,15 +172,52 @@ def _check_patients(patients: pd.DataFrame, src: str) -> tuple[pd.Series, pd.Ser
         names = sorted(map(str, set(dup)))
         raise ClinicalDataError(f"{src}: patient_id {', '.join(names[:5])}{' ...' if len(names) > 5 else ''} listed "
                                 f"more than once ({len(dup)} rows); keep one row per patient.")
-    start = _required_dates(patients, "therapy_start", src, "the date of the first dose")
-    death = _dates(patients["death_date"], src, "death_date") if "death_date" in patients.columns else \
+    rule = date_rule({c: patients[c] for c in ("therapy_start", "death_date") if c in patients.columns}, src)
+    start = _required_dates(patients, "therapy_start", src, "the date of the first dose", rule)
+    death = _dates(patients["death_date"], src, "death_date", rule) if "death_date" in patients.columns else \
         pd.Series(pd.NaT, index=patients.index)
     early = (death.dt.normalize() < start.dt.normalize()).to_numpy()
     if early.any():
         i = int(np.flatnonzero(early)[0])
         raise ClinicalDataError(f"{_row(patients, i, src, ('patient_id',))}: death_date {death.iloc[i]:%Y-%m-%d} is "
                                 f"before therapy_start {start.iloc[i]:%Y-%m-%d}; correct either date.")
+    _baseline_labs(patients, src)
     return start, death
+
+
+def _iso(dates: pd.Series) -> pd.Series:
+    """Parsed dates written back as ``YYYY-MM-DD`` (``YYYY-MM-DD HH:MM`` with a time of day; empty stays empty)."""
+    text = dates.dt.strftime("%Y-%m-%d %H:%M").str.removesuffix(" 00:00")
+    return text.where(dates.notna(), None)
+
+
+def _baseline_labs(patients: pd.DataFrame, src: str) -> None:
+    """Check (and convert in place) the ``baseline_<test>`` covariates of CTCAE lab tests (``baseline_haemoglobin``).
+
+    The value is taken in the test's canonical unit (g/dL, 10^9/L) unless a column ``baseline_<test>_unit`` gives
+    the unit of each row; a value outside the test's plausible range is refused naming the likely unit.
+    """
+    for test in TESTS:
+        col = f"baseline_{test}"
+        if col not in patients.columns:
+            continue
+        unit_col = f"{col}_unit"
+        fix = (f"give {col} in {CANONICAL_UNIT[test]}, or its unit in a column {unit_col}." if unit_col not in
+               patients.columns else f"correct the value or its unit in {unit_col}.")
+        _numeric_column(patients, col, src, f"enter the value in {CANONICAL_UNIT[test]}, or leave the cell empty.")
+        values = patients[col].to_numpy(dtype=np.float64)
+        out = values.copy()
+        for i, v in enumerate(values):
+            if np.isnan(v):
+                continue
+            where = f"{_row(patients, i, src, ('patient_id',))}, column {col!r}"
+            unit = patients[unit_col].iloc[i] if unit_col in patients.columns else CANONICAL_UNIT[test]
+            out[i] = v * _factor(test, unit, where)
+            try:
+                _check_plausible(test, v, unit, out[i], where)
+            except ClinicalDataError as exc:
+                raise ClinicalDataError(f"{str(exc).rstrip('.')}; {fix}") from None
+        patients[col] = out
 
 
 def _drop_orphans(table: pd.DataFrame, ids: set, src: str, notes: list[str]) -> pd.DataFrame:
@@ -180,6 +259,80 @@ def _duplicates(table: pd.DataFrame, key: list[str], values: list[str], src: str
     return table[~repeat]
 
 
+def _percent_rows(table: pd.DataFrame, src: str, notes: list[str]) -> pd.DataFrame:
+    """Drop rows of a graded count given in % (of the white cells): CTCAE grades absolute counts."""
+    keys = [lab_test_key(t) for t in table["test"]]
+    units = table["unit"].map(lambda u: "" if pd.isna(u) else _unit_key(u))
+    pct = []
+    for k, u in zip(keys, units, strict=True):
+        named = "%" in k or re.search(r"(^|_)(pct|percent|rel|relative)(_|$)", k) is not None
+        base = re.sub(r"(^|_)(%|pct|percent|rel|relative)(?=_|$)", "", k.replace("%", "_%_")).strip("_")
+        test = _ALIASES.get(base, base)
+        pct.append(test in TESTS and test != "haemoglobin" and (named or u.startswith("%") or u == "percent"))
+    pct = np.asarray(pct, dtype=bool)
+    if pct.any():
+        names = sorted({str(t).strip() for t in table.loc[pct, "test"]})
+        notes.append(f"{src}: {int(pct.sum())} row(s) of {', '.join(names)} in % are ignored: a percentage of the "
+                     "white cells cannot be graded (CTCAE grades absolute counts); give the absolute count in 10^9/L.")
+    return table.loc[~pct]
+
+
+def _canonical_values(keyed: pd.DataFrame) -> np.ndarray:
+    """Each row's value in its test's canonical unit; NaN where the test is not graded or the unit is unknown."""
+    out = np.full(len(keyed), np.nan)
+    values = pd.to_numeric(keyed["value"], errors="coerce").to_numpy(dtype=np.float64)
+    for i, (test, unit) in enumerate(zip(keyed["test"], keyed["unit"], strict=True)):
+        if test in TESTS and not pd.isna(unit):
+            f = unit_factors(test).get(_unit_key(unit))
+            out[i] = values[i] * f if f is not None else np.nan
+    return out
+
+
+def _lab_duplicates(table: pd.DataFrame, keyed: pd.DataFrame, src: str, dropped: list[str],
+                    notes: list[str]) -> pd.DataFrame:
+    """Lab rows of graded tests kept once per patient, time and test (``keyed``: canonical test names, ISO dates).
+
+    Rows of tests that are not graded pass unchecked (no endpoint reads them). Equal values in equivalent units
+    (13.5 g/dL, 13.5 g/dl, 135 g/L) are one value: the repeats are dropped. Different values on one date without a
+    time of day: the worst (lowest) value of the day is kept, as CTCAE grades the worst value of a period, with one
+    warning counting such days. Different values at the same time of day are refused.
+    """
+    graded = keyed["test"].isin(TESTS).to_numpy()
+    g = keyed[graded].assign(canon=_canonical_values(keyed[graded]))
+    g["same"] = [f"{c:.9g}" if np.isfinite(c) else f"{str(v).strip()} {str(u).strip()}"
+                 for c, v, u in zip(g["canon"], g["value"], g["unit"], strict=True)]
+    key = ["patient_id", "date", "test"]
+    repeat = g.astype({"patient_id": str}).duplicated(key + ["same"]).to_numpy()
+    if repeat.any():
+        dropped.append(f"{int(repeat.sum())} in {src}")
+    g = g[~repeat]
+    multi = g.astype({"patient_id": str}).duplicated(key, keep=False).to_numpy()
+    drop = []
+    days = 0
+    for _, grp in g[multi].groupby(key, sort=False):
+        timed = " " in str(grp["date"].iloc[0])
+        if timed or grp["canon"].isna().any():
+            lab = [table.index.get_loc(j) for j in grp.index[:4]]
+            rows = ", ".join(str(int(table.index[j]) + 1) if isinstance(table.index[j], (int, np.integer))
+                             else str(j + 1) for j in lab)
+            shown = "; ".join(f"{table['value'].iloc[j]} {table['unit'].iloc[j]}" for j in lab)
+            r0 = grp.iloc[0]
+            why = "at the same time" if timed else "in a unit petfeat cannot compare"
+            raise ClinicalDataError(f"{src}, rows {rows}: one lab test given {len(grp)} times {why} with different "
+                                    f"values (patient_id {r0['patient_id']}, date {r0['date']}, test {r0['test']}: "
+                                    f"{shown}); keep the right row and delete the others.")
+        days += 1
+        drop.extend(grp.index.drop(grp["canon"].idxmin()))
+    if days:
+        notes.append(f"{src}: {days} day(s) with one lab test given more than once without a time of day and "
+                     "different values: the worst (lowest) value of each day is graded (CTCAE grades the worst value "
+                     "of a period); give the time of day to keep them apart.")
+    keep = pd.Series(True, index=keyed.index)
+    keep[g.index[:0]] = True
+    keep[keyed.index[graded]] = keyed.index[graded].isin(g.index) & ~keyed.index[graded].isin(drop)
+    return keyed[keep.to_numpy()]
+
+
 def read_clinical(folder: str | Path) -> dict[str, pd.DataFrame]:
     """Read and check the clinical tables; item-level questionnaires are scored and appended to ``scores``.
 
@@ -200,9 +353,12 @@ def read_clinical(folder: str | Path) -> dict[str, pd.DataFrame]:
     patients = _read_table(folder, "patients")
     psrc = patients.attrs["source"]
     start, death = _check_patients(patients, psrc)
+    patients["therapy_start"] = _iso(start)
+    if "death_date" in patients.columns:
+        patients["death_date"] = _iso(death)
     ids = set(patients["patient_id"])
     deaths = dict(zip(patients["patient_id"], death, strict=True))
-    orphans, dropped = [], []
+    orphans, dropped, notes = [], [], []
     sources = {"patients": psrc}
 
     def common(table: pd.DataFrame | None, name: str, cols: tuple, key: list[str], values: list[str],
@@ -212,7 +368,10 @@ def read_clinical(folder: str | Path) -> dict[str, pd.DataFrame]:
         src = sources[name] = table.attrs["source"]
         _require_columns(table, cols, src)
         table = _drop_orphans(table, ids, src, orphans)
-        dates = _required_dates(table, "date", src, "the date of the assessment")
+        if name == "labs":
+            table = _percent_rows(table, src, notes)
+        dates = _required_dates(table, "date", src, "the date of the assessment", date_rule({"date": table["date"]},
+                                                                                            src))
         _after_death(table, dates, deaths, src, psrc)
         _numeric_column(table, "cycle", src, "write the treatment cycle as a number (0 = baseline, 1 = the first "
                         "cycle, ...), or leave the cell empty.")
@@ -223,7 +382,11 @@ def read_clinical(folder: str | Path) -> dict[str, pd.DataFrame]:
             keyed["item"] = table["item"].astype(str).str.strip().str.upper()
             keyed["instrument"] = table["instrument"].astype(str).str.strip().str.lower()
         present = keyed[values[0]].notna() & (keyed[values[0]].astype(str).str.strip() != "")
-        kept = _duplicates(keyed[present], key, values, src, what, dropped)
+        if name == "labs":
+            kept = _lab_duplicates(table[present.to_numpy()], keyed[present], src, dropped, notes)
+        else:
+            kept = _duplicates(keyed[present], key, values, src, what, dropped)
+        table = table.assign(date=_iso(dates))
         return table.loc[table.index.isin(kept.index) | ~present.to_numpy()]
 
     labs = common(_read_table(folder, "labs", required=False), "labs", ("patient_id", "date", "test", "value", "unit"),
@@ -247,6 +410,8 @@ def read_clinical(folder: str | Path) -> dict[str, pd.DataFrame]:
     if dropped:
         warnings.warn(f"rows repeating another row exactly are dropped: {', '.join(dropped)}.", PetfeatWarning,
                       stacklevel=2)
+    for note in notes:
+        warnings.warn(note, PetfeatWarning, stacklevel=2)
     frames = [scores] if scores is not None else []
     if items is not None:
         frames.append(score_items(items, sources["questionnaires"]))
@@ -261,6 +426,25 @@ def _lab_key(name) -> str:
         return canonical_test(name)
     except PetfeatError:
         return str(name).strip().lower()
+
+
+#: Blood count tests that are not graded, though spelled like a graded one.
+_OTHER_BLOOD_COUNT = {"erythrocytes", "erythrocyte", "erythrocyte_count", "plateletcrit", "rbc", "red_blood_cells",
+                      "monocytes", "eosinophils", "basophils", "hematocrit", "haematocrit", "mpv", "reticulocytes"}
+
+
+def _closest_test(name: str) -> str | None:
+    """The graded test a test name that is not graded was likely meant as (difflib over the names and aliases)."""
+    key = lab_test_key(name)
+    if key in TESTS or key in _OTHER_BLOOD_COUNT or "%" in key or re.search(r"(^|_)(pct|percent|rel)(_|$)", key):
+        return None
+    close = difflib.get_close_matches(key, list(TESTS) + list(_ALIASES), 1, 0.78)
+    return _ALIASES.get(close[0], close[0]) if close else None
+
+
+def _spellings(test: str) -> str:
+    """``platelets, plt, platelet_count, ...``: the names read as ``test``."""
+    return ", ".join([test] + [a for a, t in _ALIASES.items() if t == test])
 
 
 #: Characters read for one another in item names (GPl for GP1, GPO for GP0).
@@ -292,9 +476,15 @@ def score_items(items: pd.DataFrame, source: str = "the questionnaires table") -
             raise PetfeatError(f"{where}: questionnaire instrument {inst!r} is not scored item by item; give fact_p, "
                                "fact_g, bpi, xq8 or xi11 items, or already-scored values in scores.csv.")
         names = [str(i).strip().upper() for i in g["item"]]
-        for raw, name in zip(g["item"], names, strict=True):
+
+        def at(pos: int, g=g, rec=rec, inst=inst) -> str:  # the file's row of the item at ``pos``
+            lab = g.index[pos]
+            n = f", row {int(lab) + 1}" if isinstance(lab, (int, np.integer)) else ""
+            return f"{source}{n} (patient_id {rec['patient_id']}, date {rec['date']}, {inst})"
+
+        for pos, (raw, name) in enumerate(zip(g["item"], names, strict=True)):
             if name not in ITEMS[inst]:
-                raise ClinicalDataError(f"{where}: item {str(raw).strip()!r} is not an item of {inst}"
+                raise ClinicalDataError(f"{at(pos)}: item {str(raw).strip()!r} is not an item of {inst}"
                                         f"{_closest_item(name, ITEMS[inst])}")
         seen = pd.Series(names)
         if seen.duplicated().any():
@@ -314,7 +504,9 @@ def score_items(items: pd.DataFrame, source: str = "the questionnaires table") -
         except ClinicalDataError:
             raise
         except PetfeatError as exc:
-            raise ClinicalDataError(f"{where}: {exc}") from None
+            m = re.search(r"item (\S+) = ", str(exc))
+            pos = names.index(m.group(1).upper()) if m and m.group(1).upper() in names else None
+            raise ClinicalDataError(f"{where if pos is None else at(pos)}: {exc}") from None
     return pd.DataFrame(rows)
 
 
@@ -322,21 +514,29 @@ def derive_endpoints(spec: dict, clinical: dict) -> dict[str, pd.DataFrame]:
     """One time-to-event table per endpoint of the spec (one row per patient; ``excluded`` says why not used).
 
     Lab rows of tests no endpoint uses (another test of the export, such as creatinine) are ignored with one
-    warning listing them with their counts. A death more than the endpoint's ``death_window_days`` (default
+    warning listing them with their counts, and the graded test a name is close to (``platlets``: did you mean
+    platelets?). A test an endpoint grades without any row in the labs table is a :class:`ClinicalDataError`
+    naming the test, the file and the fix. A death more than the endpoint's ``death_window_days`` (default
     :data:`petfeat.stats.endpoints.DEATH_WINDOW_DAYS`) after the patient's last assessment is censored there.
     """
     sources = clinical.get("sources", {})
     endpoints = spec.get("endpoints", {})
     labs = clinical["labs"]
+    missing: list[tuple[str, str]] = []
     used = {t for e in endpoints.values() if e["type"] == "first_grade" for t in e.get("tests", ())}
     if used and labs is not None and "test" in labs.columns:
+        src = sources.get("labs", "the labs table")
         names = pd.Series([_lab_key(t) for t in labs["test"]], index=labs.index)
         unused = ~names.isin(used)
+        guess = {t: _closest_test(t) for t in names[unused].unique()}
+        missing = [(name, t) for name, e in endpoints.items() if e["type"] == "first_grade"
+                   for t in e.get("tests", ()) if not (names == t).any()]
         if unused.any():
             counts = names[unused].value_counts()
-            warnings.warn(f"{sources.get('labs', 'the labs table')}: {int(unused.sum())} row(s) of tests no endpoint "
-                          f"uses are ignored: {', '.join(f'{t} ({n})' for t, n in counts.items())}.", PetfeatWarning,
-                          stacklevel=2)
+            shown = ", ".join(f"{t} ({n}; did you mean {guess[t]}?)" if guess[t] else f"{t} ({n})"
+                              for t, n in counts.items())
+            warnings.warn(f"{src}: {int(unused.sum())} row(s) of tests no endpoint uses are ignored: {shown}.",
+                          PetfeatWarning, stacklevel=2)
             labs = labs[~unused]
     out = {}
     for name, e in endpoints.items():
@@ -357,6 +557,13 @@ def derive_endpoints(spec: dict, clinical: dict) -> dict[str, pd.DataFrame]:
                           bool(e.get("confirmed", False)), e.get("zero_baseline", "absolute"), e.get("death", "censor"),
                           window)
             out[name] = time_to_worsening(sc, clinical["patients"], w)
+    if missing:  # after the endpoints, so that a value that is wrong in a present test is named first
+        name, t = missing[0]
+        meant = [repr(str(k)) for k, v in guess.items() if v == t]
+        hint = f" (is {', '.join(meant)} {t}?)" if meant else ""
+        raise ClinicalDataError(f"{src}: endpoint {name!r} grades {t}, but the file has no {t} rows{hint}; add the {t} "
+                                f"rows (test names read as {t}: {_spellings(t)}), or remove {t} from the endpoint's "
+                                "tests in the study spec.")
     return out
 
 

@@ -28,6 +28,8 @@ g/dL labelled g/L, platelets per uL labelled 10^9/L) would otherwise be graded a
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -52,23 +54,38 @@ HB_GDL_PER_MMOLL = 1.611
 #: CTCAE v5.0 anaemia grade-2 and -3 bounds as printed in mmol/L.
 HB_BOUNDS_MMOLL = (6.2, 4.9, None)
 #: Plausible values in the canonical unit (physiological, generous); outside them the unit is likely wrong.
-PLAUSIBLE = {"haemoglobin": (2.0, 25.0), "neutrophils": (0.0, 100.0), "platelets": (1.0, 2000.0),
+PLAUSIBLE = {"haemoglobin": (2.0, 25.0), "neutrophils": (0.0, 100.0), "platelets": (0.0, 2000.0),
              "white_cells": (0.0, 500.0), "lymphocytes": (0.0, 500.0)}
-#: Known units (normalised spelling -> factor to the canonical unit), per kind of test.
-_HB_UNITS = {"g/dl": 1.0, "g/l": 0.1, "mmol/l": HB_GDL_PER_MMOLL}
-_COUNT_UNITS = {"10^9/l": 1.0, "x10^9/l": 1.0, "g/l": 1.0, "/nl": 1.0, "10^3/ul": 1.0, "x10^3/ul": 1.0,
-                "/mm3": 1e-3, "/ul": 1e-3, "cells/mm3": 1e-3, "cells/ul": 1e-3}
-#: How a unit is written in messages (the first of each factor is the one suggested).
-_UNIT_SPELLING = {"g/dl": "g/dL", "g/l": "g/L", "mmol/l": "mmol/L", "10^9/l": "10^9/L", "/ul": "/uL"}
-_ALIASES = {"hb": "haemoglobin", "hgb": "haemoglobin", "hemoglobin": "haemoglobin", "anc": "neutrophils",
-            "neutrophil": "neutrophils", "plt": "platelets", "platelet": "platelets", "wbc": "white_cells",
-            "leukocytes": "white_cells", "white_blood_cells": "white_cells", "lymphocyte": "lymphocytes",
-            "alc": "lymphocytes"}
+#: Known units as written in exports (UCUM ``10*9/L``, ``K/uL``, ``Gpt/L``, ...) and their factors to the canonical
+#: unit, per kind of test; the first spelling of each factor is the one suggested in messages.
+_HB_SPELLINGS = {"g/dL": 1.0, "g/L": 0.1, "mmol/L": HB_GDL_PER_MMOLL, "g/100mL": 1.0}
+_COUNT_SPELLINGS = {"10^9/L": 1.0, "x10^9/L": 1.0, "10*9/L": 1.0, "G/L": 1.0, "Gpt/L": 1.0, "/nL": 1.0,
+                    "10^3/uL": 1.0, "x10^3/uL": 1.0, "10*3/uL": 1.0, "K/uL": 1.0, "10^3/mm3": 1.0,
+                    "/uL": 1e-3, "/mm3": 1e-3, "cells/uL": 1e-3, "cells/mm3": 1e-3}
+#: Names of lab tests read as one of :data:`TESTS` (after lower case, and any run of characters other than
+#: letters, digits and ``%`` written as ``_``).
+_ALIAS_NAMES = {
+    "haemoglobin": ("hb", "hgb", "hemoglobin", "haemoglobin_hb"),
+    "neutrophils": ("anc", "neutrophil", "neutrophils_abs", "neutrophils_absolute", "neutrophil_count",
+                    "neutrophils_count", "absolute_neutrophil_count", "absolute_neutrophils", "neut_abs", "neut"),
+    "platelets": ("plt", "platelet", "platelet_count", "platelets_count", "plt_count", "thrombocytes", "thrombocyte",
+                  "thrombocyte_count", "thrombocytes_count"),
+    "white_cells": ("wbc", "leukocytes", "leucocytes", "leukocyte", "leukocyte_count", "white_blood_cells",
+                    "white_blood_cell_count", "white_cell_count", "wbc_count", "white_cell"),
+    "lymphocytes": ("lymphocyte", "alc", "lymphocytes_abs", "lymphocytes_absolute", "lymphocyte_count",
+                    "lymphocytes_count", "absolute_lymphocyte_count", "absolute_lymphocytes", "lymph_abs"),
+}
+_ALIASES = {a: t for t, names in _ALIAS_NAMES.items() for a in names}
+
+
+def lab_test_key(name) -> str:
+    """A lab test name as compared with :data:`TESTS` and their aliases (``"Platelet Count"``: ``platelet_count``)."""
+    return re.sub(r"[^a-z0-9%]+", "_", str(name).strip().lower()).strip("_")
 
 
 def canonical_test(name: str) -> str:
     """Map a lab test name to one of :data:`TESTS` (case-insensitive; common aliases)."""
-    key = str(name).strip().lower().replace(" ", "_")
+    key = lab_test_key(name)
     key = _ALIASES.get(key, key)
     if key not in TESTS:
         raise PetfeatError(f"lab test {name!r} is not graded; known tests: {', '.join(TESTS)} (aliases: "
@@ -77,7 +94,30 @@ def canonical_test(name: str) -> str:
 
 
 def _unit_key(unit) -> str:
-    return str(unit).strip().lower().replace(" ", "").replace("µ", "u").replace("**", "^").replace("e9", "^9")
+    u = str(unit).strip().lower().replace(" ", "").replace("\u00b5", "u").replace("\u03bc", "u")
+    return u.replace("**", "^").replace("*", "^").replace("e9", "^9").replace("e3", "^3")
+
+
+_HB_UNITS = {_unit_key(u): f for u, f in _HB_SPELLINGS.items()}
+_COUNT_UNITS = {_unit_key(u): f for u, f in _COUNT_SPELLINGS.items()}
+
+
+def _first_spellings(spellings: dict[str, float]) -> dict[str, str]:
+    out, seen = {}, set()
+    for u, f in spellings.items():
+        if f not in seen:
+            out[_unit_key(u)] = u
+            seen.add(f)
+    return out
+
+
+#: How a unit is suggested in messages, per kind of test (the first spelling of each factor).
+_HB_SUGGESTED, _COUNT_SUGGESTED = _first_spellings(_HB_SPELLINGS), _first_spellings(_COUNT_SPELLINGS)
+
+
+def known_units(test: str) -> str:
+    """The units of ``test`` as written in messages (``g/dL, g/L, ...``; ``G/L`` is giga per litre)."""
+    return ", ".join(_HB_SPELLINGS if test == "haemoglobin" else _COUNT_SPELLINGS)
 
 
 def unit_factors(test: str) -> dict[str, float]:
@@ -91,7 +131,7 @@ def to_canonical(test: str, value, unit: str) -> np.ndarray:
     v = np.asarray(value, dtype=np.float64)
     factors = unit_factors(test)
     if u not in factors:
-        raise PetfeatError(f"unit {unit!r} of {test} is not known; use one of {', '.join(sorted(factors))}.")
+        raise PetfeatError(f"unit {unit!r} of {test} is not known; use one of {known_units(test)}.")
     return v * factors[u]
 
 
@@ -100,7 +140,7 @@ def _likely_unit(test: str, value: float) -> str | None:
     lo, hi = PLAUSIBLE[test]
     best, best_d = None, np.inf
     for u, f in unit_factors(test).items():
-        spelled = _UNIT_SPELLING.get(u)
+        spelled = (_HB_SUGGESTED if test == "haemoglobin" else _COUNT_SUGGESTED).get(u)
         c = value * f
         if spelled is None or not lo < c <= hi:
             continue
@@ -157,7 +197,7 @@ def _is_empty(v) -> bool:
 def _factor(test: str, unit, where: str, what: str = "unit") -> float:
     """Factor of ``unit`` to the canonical unit of ``test``; an empty or unknown unit is refused naming the row."""
     factors = unit_factors(test)
-    known = ", ".join(sorted(factors))
+    known = known_units(test)
     if _is_empty(unit):
         raise ClinicalDataError(f"{where}: the {what} of {test} is empty; enter the unit the value was measured in "
                                 f"(one of {known}).")

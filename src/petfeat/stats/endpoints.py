@@ -24,47 +24,124 @@ the rule.
 A patient without a baseline (worsening) or without any assessment after the first dose, and without a
 death that ends follow-up, keeps a row with NaN time and the reason in ``excluded``.
 
-Dates: every value of a column in ISO 8601 (``YYYY-MM-DD`` or ``YYYY-MM-DD HH:MM``; date-only and
-timed values may be mixed) or every value in one other format; a column that mixes formats is
-refused with the first value that does not fit.
+Dates: ISO 8601 (``YYYY-MM-DD`` or ``YYYY-MM-DD HH:MM``; date-only and timed values may be mixed).
+Dates written day and month in either order (``16.11.2023``) are read by one rule per file
+(:func:`date_rule`): only when some date of the file has a number above 12 in the day or the month
+place, and then every date of the file is read in that order; otherwise they are refused.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from petfeat.errors import PetfeatError
+from petfeat.errors import PetfeatError, PetfeatWarning
 from petfeat.stats.ctcae import canonical_test, grade_labs
 from petfeat.stats.errors import ClinicalDataError
 
+_ISO = re.compile(r"^\d{4}-\d{1,2}-\d{1,2}(?:[ T]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?$")
+#: Day and month in either order, then the year, by ``.``, ``/`` or ``-`` (``16.11.2023``, ``11/16/2023 08:30``).
+_NUMERIC = re.compile(r"^(\d{1,2})([./-])(\d{1,2})\2(\d{4})(?:[ T](\d{1,2}:\d{2}(?::\d{2})?))?$")
 
-def _dates(s: pd.Series, table: str = "clinical", column: str = "date") -> pd.Series:
-    """Parse a date column: ISO 8601 (date-only and timed mixed) or one consistent format.
 
+def _text(v) -> str | None:
+    """A date cell as text (None when empty); Timestamps and dates of a Parquet file are written in ISO."""
+    if v is None or (not isinstance(v, str) and pd.isna(v)):
+        return None
+    t = str(v).strip()
+    return t or None
+
+
+def _where(table: str) -> str:
+    return table if any(ch in table for ch in " /.") else f"the {table} table"
+
+
+def _label(s: pd.Series, pos: int) -> int:
+    lab = s.index[pos]
+    return int(lab) + 1 if isinstance(lab, (int, np.integer)) else pos + 1
+
+
+def date_rule(columns: dict[str, pd.Series], table: str = "clinical") -> bool | None:
+    """The one way every date of a file is read: None (ISO only), True (day first) or False (month first).
+
+    ISO 8601 (``YYYY-MM-DD`` or ``YYYY-MM-DD HH:MM``) is always read. Dates written with the day and the
+    month in either order (``16.11.2023``, ``11/16/2023``) are read only when the file shows which order it
+    uses: a first number above 12 somewhere makes the whole file day-first, a second number above 12
+    month-first. Both, or neither (``08.09.2024`` alone is 8 September or 9 August), is refused, as is a value
+    that is not a date.
+
+    Raises
+    ------
+    ClinicalDataError
+        Naming the file, the column, a value and the fix (write ISO dates).
+    """
+    where = _where(table)
+    day_first, month_first, sample = None, None, None
+    for column, s in columns.items():
+        if pd.api.types.is_datetime64_any_dtype(s):
+            continue
+        for pos, v in enumerate(s):
+            t = _text(v)
+            if t is None or _ISO.match(t):
+                continue
+            m = _NUMERIC.match(t)
+            if m is None:
+                raise ClinicalDataError(f"{where}, column {column!r}: {t!r} does not parse as a date (row "
+                                        f"{_label(s, pos)}; not YYYY-MM-DD); write every date as YYYY-MM-DD or "
+                                        "'YYYY-MM-DD HH:MM'.")
+            sample = sample or (column, t)
+            if int(m.group(1)) > 12:
+                day_first = day_first or (column, t)
+            if int(m.group(3)) > 12:
+                month_first = month_first or (column, t)
+    if sample is None:
+        return None
+    if day_first and month_first:
+        raise ClinicalDataError(f"{where}: dates are written day first ({day_first[0]!r}: {day_first[1]!r}) and month "
+                                f"first ({month_first[0]!r}: {month_first[1]!r}); write every date as YYYY-MM-DD.")
+    if not (day_first or month_first):
+        raise ClinicalDataError(f"{where}, column {sample[0]!r}: {sample[1]!r} does not parse as one date: it may be "
+                                "day or month first, and no date of the file tells which (none has a number above 12 "
+                                "in the first or second place); write every date as YYYY-MM-DD.")
+    return bool(day_first)
+
+
+def _dates(s: pd.Series, table: str = "clinical", column: str = "date", day_first: bool | None | str = "column"
+           ) -> pd.Series:
+    """Parse a date column: ISO 8601 (date-only and timed mixed), or day/month dates by the file's rule.
+
+    ``day_first``: the rule of the file (:func:`date_rule`); ``"column"`` takes the rule of this column alone.
     ``table`` names the table in messages: a short name (``labs``: "the labs table") or a file path.
     """
+    if pd.api.types.is_datetime64_any_dtype(s):
+        return s
+    if day_first == "column":
+        day_first = date_rule({column: s}, table)
+    iso = []
+    for pos, v in enumerate(s):
+        t = _text(v)
+        m = None if t is None or _ISO.match(t) else _NUMERIC.match(t)
+        if m is not None:
+            if day_first is None:  # a rule for ISO only: refuse what it would not read
+                raise ClinicalDataError(f"{_where(table)}, column {column!r}: {t!r} is not YYYY-MM-DD (row "
+                                        f"{_label(s, pos)}); write every date as YYYY-MM-DD or 'YYYY-MM-DD HH:MM'.")
+            d, mo = (m.group(1), m.group(3)) if day_first else (m.group(3), m.group(1))
+            t = f"{m.group(4)}-{int(mo):02d}-{int(d):02d}" + (f" {m.group(5)}" if m.group(5) else "")
+        iso.append(t)
+    out = pd.Series(iso, index=s.index, dtype=object)
     try:
-        return pd.to_datetime(s, format="ISO8601")
+        return pd.to_datetime(out, format="ISO8601")
     except (ValueError, TypeError):
         pass
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # pandas' "could not infer format" notice
-            return pd.to_datetime(s, errors="raise")
-    except (ValueError, TypeError):
-        pass
-    given = [(i, v) for i, v in enumerate(s) if pd.notna(v)]
-    pos, bad = next(((i, v) for i, v in given if pd.isna(pd.to_datetime(v, format="ISO8601", errors="coerce"))),
-                    given[-1])
-    label = s.index[pos] + 1 if isinstance(s.index[pos], (int, np.integer)) else pos + 1
-    where = table if any(ch in table for ch in " /.") else f"the {table} table"
-    raise ClinicalDataError(f"{where}, column {column!r}: {bad!r} does not parse in the format of {given[0][1]!r} "
-                            f"(row {label}; the column mixes date formats, or a value is not a date); write every "
-                            "date as YYYY-MM-DD or 'YYYY-MM-DD HH:MM'.") from None
+    parsed = pd.to_datetime(out, format="ISO8601", errors="coerce")
+    pos = int(np.flatnonzero((parsed.isna() & out.notna()).to_numpy())[0])
+    raise ClinicalDataError(f"{_where(table)}, column {column!r}: {_text(s.iloc[pos])!r} does not parse as a date (row "
+                            f"{_label(s, pos)}; no such day); write every date as YYYY-MM-DD or "
+                            "'YYYY-MM-DD HH:MM'.") from None
 
 
 def _has_time(ts: pd.Series) -> np.ndarray:
@@ -134,10 +211,14 @@ def _known_test(name) -> str | None:
         return None
 
 
+#: Labs dated at most this many days before the first dose are baseline; older ones are ignored with a warning.
+BASELINE_WINDOW_DAYS = 90.0
+
+
 def time_to_first_grade(labs: pd.DataFrame, patients: pd.DataFrame, tests=("haemoglobin", "neutrophils", "platelets"),
                         min_grade: int = 3, treatment_emergent: bool = False, death: str = "competing",
-                        death_window_days: float | None = DEATH_WINDOW_DAYS, source: str = "the labs table"
-                        ) -> pd.DataFrame:
+                        death_window_days: float | None = DEATH_WINDOW_DAYS, source: str = "the labs table",
+                        baseline_window_days: float | None = BASELINE_WINDOW_DAYS) -> pd.DataFrame:
     """Time to the first lab of grade >= ``min_grade`` among ``tests`` after the first dose.
 
     ``tests`` may name any of :data:`petfeat.stats.ctcae.TESTS` (``white_cells``, ``lymphocytes``
@@ -147,6 +228,9 @@ def time_to_first_grade(labs: pd.DataFrame, patients: pd.DataFrame, tests=("haem
     ``death``: how a death without a prior event ends follow-up (module docstring). A death more than
     ``death_window_days`` after the patient's last lab (None: any time) is not seen by the lab follow-up: the
     patient is censored at the last lab instead.
+
+    Baseline labs are those dated at most ``baseline_window_days`` (:data:`BASELINE_WINDOW_DAYS`; None: any
+    time) before the day of the first dose; older labs (a date decades off) are ignored with one warning.
 
     Returns one row per patient: ``time_days``, ``event`` (0/1), ``competing`` (0/1: death first,
     with ``death="competing"``), ``status`` (``event``, ``death``, ``censored``, ``no_follow_up``),
@@ -163,10 +247,14 @@ def time_to_first_grade(labs: pd.DataFrame, patients: pd.DataFrame, tests=("haem
     g = g[g["grade"] >= 0].copy()  # a row without a value is no assessment
     g["date"] = _dates(g["date"], source, "date")
     _no_empty_dates(g, source)
-    rows = []
+    rows, old, old_patients = [], 0, 0
     for pid, start, died in zip(patients["patient_id"], _dates(patients["therapy_start"], "patients", "therapy_start"),
                                 _deaths(patients), strict=True):
         mine = g[g["patient_id"] == pid].sort_values("date", kind="stable")
+        if baseline_window_days is not None and pd.notna(start):
+            stale = ((start.normalize() - mine["date"].dt.normalize()).dt.days > baseline_window_days).to_numpy()
+            if stale.any():
+                old, old_patients, mine = old + int(stale.sum()), old_patients + 1, mine[~stale]
         later = after_first_dose(mine["date"], start)
         before, after = mine[~later], mine[later]
         base_grades = before.groupby("test")["grade"].last()
@@ -186,6 +274,10 @@ def time_to_first_grade(labs: pd.DataFrame, patients: pd.DataFrame, tests=("haem
         rows.append({"patient_id": pid, "time_days": float(t), "event": e, "competing": c, "status": status,
                      "baseline_grade_ge": baseline, "n_assessments": int(after["date"].nunique()),
                      "excluded": excluded})
+    if old:
+        warnings.warn(f"{source}: {old} lab row(s) of {old_patients} patient(s) dated more than "
+                      f"{baseline_window_days:g} days before the first dose are not baseline and are ignored; check "
+                      "their dates.", PetfeatWarning, stacklevel=2)
     return pd.DataFrame(rows)
 
 
