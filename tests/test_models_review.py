@@ -90,6 +90,11 @@ def test_singular_fit_is_flagged_in_its_row_and_in_table_2_never_an_empty_interv
     assert res.in_family.all() and (res.family_size == 2).all()
     html = write_report(res, ctx, spec, tmp_path / "rep")["html"].read_text()
     assert "( to )" not in html and html.count("singular fit: intercept-slope correlation at the boundary") >= 2
+    from petfeat.report.build import _warnings
+
+    lines = _warnings(res)  # once per model, from the flag: the fitter's note saying the same is not repeated
+    assert len(lines) == 2 and all(x.count("intercept-slope correlation at the boundary") == 1 for x in lines)
+    assert not any("boundary (singular) fit" in x for x in lines)
 
 
 def test_a_row_without_p_is_flagged_and_counted_out_of_the_family(xerostomia, tmp_path, monkeypatch):

@@ -176,7 +176,8 @@ def methods_text(spec: dict, features: pd.DataFrame | None = None, regions: dict
 def _warnings(results: pd.DataFrame) -> list[str]:
     """One line per model with a fitter warning, a flag or a failure.
 
-    A message shared by every model of an analysis is given once for the analysis.
+    A message shared by every model of an analysis is given once for the analysis; the fitter's
+    singular-fit note is left out where the row's flag names the singular fit.
     """
     per: dict[str, list[tuple[str, str]]] = {}
     sizes: dict[str, int] = {}
@@ -187,8 +188,11 @@ def _warnings(results: pd.DataFrame) -> list[str]:
         name = str(r.get("analysis", ""))
         sizes[name] = sizes.get(name, 0) + 1
         w = r.get("warnings", "")
-        w = " | ".join(" ".join(str(x).split()) for x in w) if isinstance(w, list) else str(w or "")
+        w = [" ".join(str(x).split()) for x in w] if isinstance(w, list) else str(w or "").split(" | ")
         flag = str(r.get("flag") or "")
+        if "singular fit: " in flag:  # the flag says what is at the boundary; the fitter's note repeats it
+            w = [x for x in w if not x.startswith("boundary (singular) fit: ")]
+        w = " | ".join(x for x in w if x)
         parts = [p for p in (w if w != "nan" else "", flag if flag != "nan" else "") if p]
         if not status.startswith("ok") and status != "not converged":
             parts.append(status)
