@@ -454,3 +454,16 @@ def test_platelets_below_1_are_graded_and_labs_long_before_the_dose_are_not_base
         t = _tox(_folder(tmp_path, labs=labs))
     assert (t.loc["a", "event"], t.loc["a", "time_days"]) == (1, 42.0)
     assert (t.loc["b", "event"], t.loc["b", "baseline_grade_ge"]) == (1, False)
+
+
+@pytest.mark.parametrize("value, pattern", [
+    ("<0.5", r"labs\.csv, patient_id b, date 2024-02-21, column 'value', row 28: '<0\.5' is not a number; enter the "
+             r"measured value"),
+    ("13,5", r"labs\.csv, patient_id b, date 2024-02-21, column 'value', row 28: '13,5' is not a number; write the "
+             r"decimal with a point"),
+])
+def test_lab_value_that_is_not_a_number_names_the_row_patient_and_date(tmp_path, value, pattern):
+    labs = pd.DataFrame(_normal_labs("a") + _normal_labs("b") + _normal_labs("c") +
+                        [("b", "2024-02-21", "haemoglobin", value, "g/dL")], columns=LAB_COLS)
+    with pytest.raises(ClinicalDataError, match=pattern):
+        _tox(_folder(tmp_path, labs=labs))

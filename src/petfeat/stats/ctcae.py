@@ -170,15 +170,23 @@ def grade(test: str, value, lln=None, mmol: bool = False) -> np.ndarray:
     return np.where(np.isnan(v), -1, g)
 
 
-def _numbers(col: pd.Series, name: str, source: str = "the labs table", rows=None) -> pd.Series:
-    """Numeric lab values; empty cells are NaN, anything else that is not a number is refused."""
+def _numbers(col: pd.Series, name: str, source: str = "the labs table", rows=None,
+             table: pd.DataFrame | None = None) -> pd.Series:
+    """Numeric lab values; empty cells are NaN, anything else that is not a number is refused.
+
+    ``table``: the rows of ``col``, whose ``patient_id`` and ``date`` the message names.
+    """
     num = pd.to_numeric(col, errors="coerce")
     bad = num.isna() & col.notna() & (col.astype(str).str.strip() != "")
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         n = _row_number(rows, row)
-        raise ClinicalDataError(f"{source}, column {name!r}, row {n}: {col.iloc[row]!r} is not a number; "
-                                f"enter the measured value ({bad.sum()} such row(s)), or leave the cell empty (a value "
+        who = "".join(f", {c} {table[c].iloc[row]}" for c in ("patient_id", "date")
+                      if table is not None and c in table.columns)
+        text = str(col.iloc[row]).strip()
+        fix = ("write the decimal with a point" if re.fullmatch(r"[-+]?\d+,\d+", text) else "enter the measured value")
+        raise ClinicalDataError(f"{source}{who}, column {name!r}, row {n}: {col.iloc[row]!r} is not a number; "
+                                f"{fix} ({bad.sum()} such row(s)), or leave the cell empty (a value "
                                 "reported only as below or above a limit cannot be graded).")
     return num.astype(np.float64)
 
@@ -250,9 +258,9 @@ def grade_labs(labs: pd.DataFrame, source: str = "the labs table") -> pd.DataFra
     rows = labs.index
     out = labs.reset_index(drop=True)  # row positions: a concatenated table may repeat index labels
     out["test"] = [canonical_test(t) for t in out["test"]]
-    out["value"] = _numbers(out["value"], "value", source, rows)
+    out["value"] = _numbers(out["value"], "value", source, rows, out)
     if "lln" in out.columns:
-        out["lln"] = _numbers(out["lln"], "lln", source, rows)
+        out["lln"] = _numbers(out["lln"], "lln", source, rows, out)
 
     def where(i: int) -> str:
         bits = [f"{c} {out[c].iloc[i]}" for c in ("patient_id", "date") if c in out.columns]
