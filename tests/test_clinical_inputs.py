@@ -467,3 +467,12 @@ def test_lab_value_that_is_not_a_number_names_the_row_patient_and_date(tmp_path,
                         [("b", "2024-02-21", "haemoglobin", value, "g/dL")], columns=LAB_COLS)
     with pytest.raises(ClinicalDataError, match=pattern):
         _tox(_folder(tmp_path, labs=labs))
+
+
+def test_year_first_dates_with_slashes_are_read_and_impossible_days_refused(tmp_path):
+    p = _patients_dmy(["2024/01/10", "2024.01.10", "2024-01-10 08:30"])
+    assert read_clinical(_folder(tmp_path, patients=p))["patients"]["therapy_start"].tolist() == [
+        "2024-01-10", "2024-01-10", "2024-01-10 08:30"]
+    with pytest.raises(ClinicalDataError, match=r"column 'therapy_start': '31\.02\.2024' does not parse as a date "
+                                                r"\(row 1; no such day\)"):
+        read_clinical(_folder(tmp_path, patients=_patients_dmy(["31.02.2024", "13.01.2024", "13.01.2024"])))

@@ -328,7 +328,6 @@ def _lab_duplicates(table: pd.DataFrame, keyed: pd.DataFrame, src: str, dropped:
                      "different values: the worst (lowest) value of each day is graded (CTCAE grades the worst value "
                      "of a period); give the time of day to keep them apart.")
     keep = pd.Series(True, index=keyed.index)
-    keep[g.index[:0]] = True
     keep[keyed.index[graded]] = keyed.index[graded].isin(g.index) & ~keyed.index[graded].isin(drop)
     return keyed[keep.to_numpy()]
 

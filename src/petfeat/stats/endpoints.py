@@ -45,6 +45,8 @@ from petfeat.stats.errors import ClinicalDataError
 
 _ISO = re.compile(r"^\d{4}-\d{1,2}-\d{1,2}(?:[ T]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?$")
 #: Day and month in either order, then the year, by ``.``, ``/`` or ``-`` (``16.11.2023``, ``11/16/2023 08:30``).
+#: Year first with ``/`` or ``.`` (``2024/03/01``): read as ISO.
+_YEAR_FIRST = re.compile(r"^(\d{4})([./])(\d{1,2})\2(\d{1,2})(?:[ T](\d{1,2}:\d{2}(?::\d{2})?))?$")
 _NUMERIC = re.compile(r"^(\d{1,2})([./-])(\d{1,2})\2(\d{4})(?:[ T](\d{1,2}:\d{2}(?::\d{2})?))?$")
 
 
@@ -53,6 +55,9 @@ def _text(v) -> str | None:
     if v is None or (not isinstance(v, str) and pd.isna(v)):
         return None
     t = str(v).strip()
+    m = _YEAR_FIRST.match(t)
+    if m:
+        t = f"{m.group(1)}-{m.group(3)}-{m.group(4)}" + (f" {m.group(5)}" if m.group(5) else "")
     return t or None
 
 
@@ -68,7 +73,8 @@ def _label(s: pd.Series, pos: int) -> int:
 def date_rule(columns: dict[str, pd.Series], table: str = "clinical") -> bool | None:
     """The one way every date of a file is read: None (ISO only), True (day first) or False (month first).
 
-    ISO 8601 (``YYYY-MM-DD`` or ``YYYY-MM-DD HH:MM``) is always read. Dates written with the day and the
+    ISO 8601 (``YYYY-MM-DD`` or ``YYYY-MM-DD HH:MM``) is always read, and so is year-month-day with ``/`` or
+    ``.`` (``2024/03/01``). Dates written with the day and the
     month in either order (``16.11.2023``, ``11/16/2023``) are read only when the file shows which order it
     uses: a first number above 12 somewhere makes the whole file day-first, a second number above 12
     month-first. Both, or neither (``08.09.2024`` alone is 8 September or 9 August), is refused, as is a value
@@ -139,7 +145,8 @@ def _dates(s: pd.Series, table: str = "clinical", column: str = "date", day_firs
         pass
     parsed = pd.to_datetime(out, format="ISO8601", errors="coerce")
     pos = int(np.flatnonzero((parsed.isna() & out.notna()).to_numpy())[0])
-    raise ClinicalDataError(f"{_where(table)}, column {column!r}: {_text(s.iloc[pos])!r} does not parse as a date (row "
+    raw = str(s.iloc[pos]).strip()
+    raise ClinicalDataError(f"{_where(table)}, column {column!r}: {raw!r} does not parse as a date (row "
                             f"{_label(s, pos)}; no such day); write every date as YYYY-MM-DD or "
                             "'YYYY-MM-DD HH:MM'.") from None
 
