@@ -476,3 +476,21 @@ def test_year_first_dates_with_slashes_are_read_and_impossible_days_refused(tmp_
     with pytest.raises(ClinicalDataError, match=r"column 'therapy_start': '31\.02\.2024' does not parse as a date "
                                                 r"\(row 1; no such day\)"):
         read_clinical(_folder(tmp_path, patients=_patients_dmy(["31.02.2024", "13.01.2024", "13.01.2024"])))
+
+
+def test_timed_conflicts_of_a_test_no_endpoint_grades_do_not_stop_the_run(tmp_path):
+    from petfeat.stats.analysis import endpoint_tests
+
+    labs = pd.DataFrame(_normal_labs("a") + _normal_labs("b") + _normal_labs("c") + [
+        ("a", "2024-01-24 08:00", "lymphocytes", 1.2, "10^9/L"), ("a", "2024-01-24 08:00", "ALC", 0.4, "10^9/L")],
+        columns=LAB_COLS)
+    _folder(tmp_path, labs=labs)
+    with pytest.raises(ClinicalDataError, match=r"one lab test given 2 times at the same time with different values "
+                                                r"\(patient_id a, date 2024-01-24 08:00, test lymphocytes"):
+        read_clinical(tmp_path)  # every graded test is checked by default
+    spec = _tox_spec()
+    assert endpoint_tests(spec) == {"haemoglobin", "neutrophils", "platelets"}
+    clinical = read_clinical(tmp_path, endpoint_tests(spec))
+    assert (clinical["labs"]["test"] == "ALC").sum() == 1
+    with pytest.warns(PetfeatWarning, match=r"ignored: lymphocytes \(2\)\.$"):
+        assert derive_endpoints(spec, clinical)["tox"]["event"].sum() == 0

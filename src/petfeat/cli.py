@@ -795,7 +795,7 @@ def _read_quantities(path: Path):
 def cmd_analyze(args) -> int:
     """``petfeat analyze``: endpoints, models, tables, figures and an HTML report."""
     _require("lifelines", "statsmodels", "matplotlib")
-    from petfeat.stats.analysis import load_study, read_clinical, run_analyses, write_report
+    from petfeat.stats.analysis import endpoint_tests, load_study, read_clinical, run_analyses, write_report
 
     t0 = time.perf_counter()
     spec = _load_study_spec(load_study, args.study)
@@ -807,7 +807,7 @@ def cmd_analyze(args) -> int:
     if not clinical.is_dir():
         raise PetfeatError(f"--clinical {clinical}: no such folder; give the folder of the patients, labs and "
                            "scores/questionnaires tables.")
-    data = read_clinical(clinical)
+    data = read_clinical(clinical, endpoint_tests(spec))  # repeats of labs no endpoint grades are not checked
     n_models = sum(len(a.get("features", ())) for a in spec.get("analyses", ()))
     progress = _Progress("analyze: fitted {i}/{n} models", delay=2.0)
     results, context = run_analyses(features, data, spec, progress=progress)

@@ -289,15 +289,16 @@ def _canonical_values(keyed: pd.DataFrame) -> np.ndarray:
 
 
 def _lab_duplicates(table: pd.DataFrame, keyed: pd.DataFrame, src: str, dropped: list[str],
-                    notes: list[str]) -> pd.DataFrame:
+                    notes: list[str], tests=TESTS) -> pd.DataFrame:
     """Lab rows of graded tests kept once per patient, time and test (``keyed``: canonical test names, ISO dates).
 
-    Rows of tests that are not graded pass unchecked (no endpoint reads them). Equal values in equivalent units
-    (13.5 g/dL, 13.5 g/dl, 135 g/L) are one value: the repeats are dropped. Different values on one date without a
-    time of day: the worst (lowest) value of the day is kept, as CTCAE grades the worst value of a period, with one
-    warning counting such days. Different values at the same time of day are refused.
+    Rows of tests that are not graded, or not among ``tests``, pass unchecked (no endpoint reads them). Equal
+    values in equivalent units (13.5 g/dL, 13.5 g/dl, 135 g/L) are one value: the repeats are dropped. Different
+    values on one date without a time of day: the worst (lowest) value of the day is kept, as CTCAE grades the
+    worst value of a period, with one warning counting such days. Different values at the same time of day are
+    refused.
     """
-    graded = keyed["test"].isin(TESTS).to_numpy()
+    graded = keyed["test"].isin([t for t in tests if t in TESTS]).to_numpy()
     g = keyed[graded].assign(canon=_canonical_values(keyed[graded]))
     g["same"] = [f"{c:.9g}" if np.isfinite(c) else f"{str(v).strip()} {str(u).strip()}"
                  for c, v, u in zip(g["canon"], g["value"], g["unit"], strict=True)]
@@ -332,8 +333,16 @@ def _lab_duplicates(table: pd.DataFrame, keyed: pd.DataFrame, src: str, dropped:
     return keyed[keep.to_numpy()]
 
 
-def read_clinical(folder: str | Path) -> dict[str, pd.DataFrame]:
+def endpoint_tests(spec: dict) -> set[str]:
+    """The lab tests the spec's toxicity (``first_grade``) endpoints grade."""
+    return {t for e in spec.get("endpoints", {}).values() if e.get("type") == "first_grade" for t in e.get("tests", ())}
+
+
+def read_clinical(folder: str | Path, tests=None) -> dict[str, pd.DataFrame]:
     """Read and check the clinical tables; item-level questionnaires are scored and appended to ``scores``.
+
+    ``tests``: the lab tests the endpoints grade (:func:`endpoint_tests`); repeated rows of other tests are not
+    checked, as no endpoint reads them (default: every graded CTCAE test is checked).
 
     Returns ``patients``, ``labs`` (None without the table), ``scores`` and ``sources`` (table name -> file).
 
@@ -382,7 +391,8 @@ def read_clinical(folder: str | Path) -> dict[str, pd.DataFrame]:
             keyed["instrument"] = table["instrument"].astype(str).str.strip().str.lower()
         present = keyed[values[0]].notna() & (keyed[values[0]].astype(str).str.strip() != "")
         if name == "labs":
-            kept = _lab_duplicates(table[present.to_numpy()], keyed[present], src, dropped, notes)
+            kept = _lab_duplicates(table[present.to_numpy()], keyed[present], src, dropped, notes,
+                                   TESTS if tests is None else tuple(tests))
         else:
             kept = _duplicates(keyed[present], key, values, src, what, dropped)
         table = table.assign(date=_iso(dates))
