@@ -362,3 +362,24 @@ def test_a_malformed_acquisition_time_under_decay_correction_none_is_named(tmp_p
                                        r"missing or malformed \(AcquisitionTime \(0008,0032\) = '99:99' \(malformed\) "
                                        r"in the series\) \(DecayCorrection NONE needs every slice's own time\)"):
         compute_suv_factors(header.suv_header)
+
+
+def test_a_value_run_on_by_a_damaged_length_quotes_no_text_of_the_elements_after_it(tmp_path):
+    """A damaged length ran PixelSpacing into the next elements, a patient's name included, and the refusal quoted
+    it all (14,037 characters in one fuzzed file); an intact malformed value is still quoted as it is."""
+    from petfeat.errors import quoted_value
+
+    run_on = "8.0000\\8.0000 (\x00Q\x00CS\x1c\x00NORM\\DTIM\\ATTN (\x00T\x02LO\x18\x00Doe^John MRN1234567 PET"
+
+    def spacing(ds, k):
+        ds[0x00280030] = RawDataElement(BaseTag(0x00280030), "DS", len(run_on), run_on.encode("latin-1"), 0,
+                                        False, True)
+
+    folder, _ = _dro(tmp_path, spacing, which={7})
+    with pytest.raises(DicomSeriesError) as info:
+        read_pet_series(folder)
+    msg = str(info.value)
+    assert "PixelSpacing is '8.0000\\\\8.0000 ????????????\\\\????\\\\...', not a number" in msg
+    assert "Doe" not in msg and "John" not in msg and "1234567" not in msg and len(msg) < 400
+    assert quoted_value("lots", "DS") == "'lots'" and quoted_value("2024XX18", "DA") == "'2024XX18'"
+    assert quoted_value("BQML" + "X" * 20, "CS") == "'BQMLXXXXXXXXXXXXXXXXXXXX'"  # letters a CS holds, capped

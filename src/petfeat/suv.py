@@ -31,7 +31,7 @@ from typing import Literal
 
 import numpy as np
 
-from petfeat.errors import SuvError
+from petfeat.errors import SuvError, quoted_value
 
 LN2 = math.log(2.0)
 
@@ -378,7 +378,7 @@ def compute_suv_factors(
         raise fail("Units (0054,1001)", "is missing", fix="the series cannot be quantified; re-export it from the "
                    "scanner with Units BQML")
     if units not in ("BQML", "CNTS", "GML", "CM2ML"):
-        raise fail(f"Units (0054,1001) = {units!r}", "is not supported (BQML, CNTS, GML, CM2ML)",
+        raise fail(f"Units (0054,1001) = {quoted_value(units, 'CS')}", "is not supported (BQML, CNTS, GML, CM2ML)",
                    fix="convert the series to BQML")
     decay = (h.decay_correction or "").strip().upper()
     n_slices = len(h.acquisition_datetimes)
@@ -588,7 +588,7 @@ def compute_suv_factors(
         decayed = dose * math.exp(-lam * uptake)
         notes.append("DecayCorrection NONE: each slice decay-corrected from its own acquisition time")
     else:
-        raise fail(f"DecayCorrection (0054,1102) = {decay!r}", "is not START, ADMIN or NONE",
+        raise fail(f"DecayCorrection (0054,1102) = {quoted_value(decay, 'CS')}", "is not START, ADMIN or NONE",
                    fix="the series cannot be quantified; re-export it decay-corrected to START or ADMIN")
     return _finish(per_slice, units, decay, scan, inj, uptake, half, dose, decayed, weight, height, sex_v,
                    lbm, lbm_formula, bsa, scan_source, notes, decided)
@@ -646,13 +646,16 @@ _SUV_FIELDS = {
     "RadiopharmaceuticalStartTime": "(0018,1072)", "SeriesDate": "(0008,0021)", "SeriesTime": "(0008,0031)",
     "AcquisitionDate": "(0008,0022)", "AcquisitionTime": "(0008,0032)", "AcquisitionDateTime": "(0008,002A)",
 }
+#: The value representation of each SUV field that can be malformed (what a message may quote of it).
+_FIELD_VR = {"RadiopharmaceuticalStartDateTime": "DT", "RadiopharmaceuticalStartTime": "TM", "SeriesDate": "DA",
+             "SeriesTime": "TM", "AcquisitionDate": "DA", "AcquisitionTime": "TM", "AcquisitionDateTime": "DT"}
 _SCAN_TIME_FIELDS = ("SeriesDate", "SeriesTime", "AcquisitionDate", "AcquisitionTime", "AcquisitionDateTime")
 
 
 def _field(h: SuvHeader, keyword: str, value) -> str:
     """``PatientWeight (0010,1030) = 70.0``, or ``... = 'abc' (malformed)`` when the header value did not parse."""
     bad = h.malformed.get(keyword)
-    shown = f"{bad!r} (malformed)" if bad is not None else repr(value)
+    shown = f"{quoted_value(bad, _FIELD_VR.get(keyword, 'DS'))} (malformed)" if bad is not None else repr(value)
     tag = _SUV_FIELDS.get(keyword)
     return f"{keyword}{f' {tag}' if tag else ''} = {shown}"
 
@@ -714,8 +717,8 @@ def _suvtype_to_bw(suv_type: str, weight: float, height: float | None, sex: str 
         return weight / lbm_janmahasatian(weight, height, sex)
     if suv_type == "IBW":
         return weight / ibw(height, sex)
-    raise SuvError(f"{src}: SUVType (0054,1006) = {suv_type!r} is not one of BW, BSA, LBM, LBMJAMES128, "
-                   "LBMJANMA, IBW. Convert the series to BQML or GML/BW.")
+    raise SuvError(f"{src}: SUVType (0054,1006) = {quoted_value(suv_type, 'CS')} is not one of BW, BSA, LBM, "
+                   "LBMJAMES128, LBMJANMA, IBW. Convert the series to BQML or GML/BW.")
 
 
 def _finish(per_slice, units, decay, scan, inj, uptake, half, dose, decayed, weight, height, sex, lbm,

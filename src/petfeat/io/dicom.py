@@ -44,7 +44,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from petfeat.errors import DicomSeriesError, PetfeatError, PetfeatWarning
+from petfeat.errors import DicomSeriesError, PetfeatError, PetfeatWarning, quoted_value
 from petfeat.io.dicom_fast import PixelDataAt, read_slice_header
 from petfeat.suv import SuvHeader, combine, parse_da, parse_dt, parse_tm
 
@@ -625,7 +625,8 @@ def _numbers(ds, tag, path: Path, keyword: str) -> np.ndarray:
     try:
         return np.array([float(x) for x in txt.split("\\")])
     except (AttributeError, ValueError) as exc:
-        raise DicomSeriesError(f"{path}: {keyword} is {txt!r}, not a number. Re-export the series.") from exc
+        raise DicomSeriesError(f"{path}: {keyword} is {quoted_value(txt, 'DS')}, not a number. Re-export the series."
+                               ) from exc
 
 
 _IPP, _IOP, _PS = BaseTag(0x00200032), BaseTag(0x00200037), BaseTag(0x00280030)
@@ -811,8 +812,8 @@ def _check_single_frame(items: list[tuple[Path, pydicom.Dataset]]) -> None:
             raise DicomSeriesError(
                 f"{path}: NumberOfFrames (0028,0008) is {txt}: multi-frame PET is not supported. Convert to "
                 "single-frame slices (e.g. dcmtk's dcmsplit) or export per-slice images.")
-        raise DicomSeriesError(f"{path}: NumberOfFrames (0028,0008) is {txt!r}, not a whole number of frames; the "
-                               "header is damaged. Replace the file or re-export the series.")
+        raise DicomSeriesError(f"{path}: NumberOfFrames (0028,0008) is {quoted_value(txt, 'IS')}, not a whole number "
+                               "of frames; the header is damaged. Replace the file or re-export the series.")
 
 
 def _check_orientation(iop: np.ndarray, path: Path, count: int, n: int) -> None:
@@ -858,9 +859,9 @@ def _single_slice_thickness(ds, path: Path) -> float:
         return 1.0
     thickness = _numbers(ds, BaseTag(0x00180050), path, "SliceThickness")
     if thickness.size != 1 or not np.isfinite(thickness[0]) or thickness[0] <= 0:
-        raise DicomSeriesError(f"{path}: SliceThickness (0018,0050) is {txt!r}; a one-slice volume takes its "
-                               "slice spacing from it, and it must be one positive finite number (mm). Fix the "
-                               "header or re-export the series.")
+        raise DicomSeriesError(f"{path}: SliceThickness (0018,0050) is {quoted_value(txt, 'DS')}; a one-slice volume "
+                               "takes its slice spacing from it, and it must be one positive finite number (mm). Fix "
+                               "the header or re-export the series.")
     return float(thickness[0])
 
 
