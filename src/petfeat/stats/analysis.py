@@ -351,11 +351,15 @@ def read_clinical(folder: str | Path, tests=None) -> dict[str, pd.DataFrame]:
     ClinicalDataError
         One line naming the file, the row and the fix: a patient listed twice, an empty or unparseable
         ``therapy_start``, a death before it, an assessment dated after the death, a date, score or ``cycle``
-        that is not one, an empty date, two rows of the same assessment with different values, a questionnaire
-        item the instrument does not have.
+        that is not one, an empty date, dates whose day/month order the file does not settle
+        (:func:`petfeat.stats.endpoints.date_rule`), two rows of the same assessment with different values
+        (labs: at the same time of day), a questionnaire item the instrument does not have, a ``baseline_<test>``
+        covariate implausible in its unit; an empty, header-only or non-UTF-8 file.
 
     Rows of a patient_id not in ``patients`` are dropped with one warning (their count); rows that repeat
-    another row exactly are dropped with one warning.
+    another row exactly (labs: the same value in equivalent units) are dropped with one warning; lab counts in %
+    are ignored with one warning; date-only lab rows of one test and day with different values keep the worst
+    (lowest) value, with one warning. Dates are returned as ``YYYY-MM-DD`` (``YYYY-MM-DD HH:MM`` with a time).
     """
     folder = Path(folder)
     patients = _read_table(folder, "patients")
