@@ -175,6 +175,25 @@ def test_a_slice_the_fast_scanner_cannot_parse_never_becomes_a_study(two, tmp_pa
         assert "pixel data truncated or missing: pet/slice_0004.dcm" in rows[0].scan_notes
 
 
+def test_one_slice_whose_study_uid_is_damaged_stays_in_its_study(two, tmp_path):
+    """One flipped byte in one slice's StudyInstanceUID made a 1-slice study beside its series, and both rows
+    failed as unattributed_labels; the slice is now counted as damaged and read with its series."""
+    from petfeat.io.dicom import read_pet_series
+
+    root = _archive(tmp_path, two)
+    slices = sorted((root / "SYN0001" / "pet").glob("*.dcm"))
+    data = bytearray(slices[3].read_bytes())
+    at = data.find(b"\x20\x00\x0d\x00UI")  # (0020,000D) StudyInstanceUID, explicit VR little endian
+    data[at + 8 + 10] = 0x92  # a byte no UID holds
+    slices[3].write_bytes(bytes(data))
+    rows = sorted(scan_archive(root, KEY), key=lambda r: r.study_path)
+    assert len(rows) == 2 and [r.match_status for r in rows] == ["ok", "ok"]
+    assert rows[0].labels and rows[0].n_unreadable == 1 and rows[0].n_files == len(slices) - 1
+    assert rows[0].scan_notes.startswith("unreadable: 1 StudyInstanceUID unlike the rest of its series (a damaged "
+                                         "header): pet/slice_0003.dcm")
+    assert read_pet_series(rows[0].pet_path, series_uid=rows[0].series_uid).stored.shape[0] == len(slices)
+
+
 # ----------------------------------------------------------------------------- label paths outside the study
 
 def test_label_and_lesion_paths_outside_the_study_folder_are_redacted_in_failures(two, tmp_path):

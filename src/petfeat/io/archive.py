@@ -50,6 +50,7 @@ import io
 import os
 import stat
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,6 +180,7 @@ _EMPTY, _HEADER_TRUNCATED, _HEADER_CORRUPT, _PIXELS_TRUNCATED, _NOT_DICOM_DCM, _
     "empty (0 bytes)", "header truncated or without Modality", "header unreadable", "pixel data truncated or missing",
     "named .dcm but not DICOM", "broken or looping link", "folder cannot be listed")
 _NO_UIDS = "header without StudyInstanceUID or SeriesInstanceUID (cut short or corrupt)"
+_ODD_STUDY_UID = "StudyInstanceUID unlike the rest of its series (a damaged header)"
 _OTHER_DICOMDIR, _OTHER_FILE, _OTHER_LINK = "DICOMDIR", "not DICOM", "link to a file (not followed)"
 _PYDICOM_TAGS = ["SpecificCharacterSet", "StudyDate", "Modality", "SeriesDescription", "PatientID",
                  "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber", "ImagePositionPatient",
@@ -235,8 +237,8 @@ class _Folder:
 
     def notes(self, study: Path) -> str:
         """``scan_notes``: unreadable entries by kind (names relative to ``study``), then the other files."""
-        order = (_EMPTY, _HEADER_TRUNCATED, _NO_UIDS, _HEADER_CORRUPT, _PIXELS_TRUNCATED, _NOT_DICOM_DCM, _BAD_LINK,
-                 _BAD_FOLDER)
+        order = (_EMPTY, _HEADER_TRUNCATED, _NO_UIDS, _ODD_STUDY_UID, _HEADER_CORRUPT, _PIXELS_TRUNCATED,
+                 _NOT_DICOM_DCM, _BAD_LINK, _BAD_FOLDER)
         parts = []
         for kind in sorted(self.unreadable, key=order.index):
             paths = self.unreadable[kind]
@@ -564,6 +566,33 @@ def _name_text(rel: str) -> str:
     return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def _set_aside_odd_study_uids(found: _Folder) -> None:
+    """Count as unreadable the PET slices whose StudyInstanceUID differs from most slices of their series.
+
+    A series belongs to one study (PS3.3 C.7.3.1); a slice that names another one has a damaged UID (one
+    flipped byte made a 1-slice "study" beside its 111-slice series, and the folder's labels unattributable).
+    The slice stays in its folder: the reader selects slices by SeriesInstanceUID and reads it with the rest.
+    """
+    votes: dict[str, Counter] = {}
+    for h in found.headers:
+        if h.modality == "PT" and h.series_uid:
+            votes.setdefault(h.series_uid, Counter())[h.study_uid] += 1
+    majority = {}
+    for series_uid, count in votes.items():
+        top, n_top = count.most_common(1)[0]
+        if len(count) > 1 and n_top > sum(count.values()) - n_top:
+            majority[series_uid] = top
+    if not majority:
+        return
+    kept = []
+    for h in found.headers:
+        if h.modality == "PT" and majority.get(h.series_uid, h.study_uid) != h.study_uid:
+            found.bad(_ODD_STUDY_UID, h.path)
+        else:
+            kept.append(h)
+    found.headers = kept
+
+
 def _scan_study(study: Path, root: Path, key: bytes,
                 fragments: frozenset[tuple[str, str]] | set[tuple[str, str]] = frozenset()) -> list[_Scanned]:
     """Rows of one study folder, each with its (study uid, series uid), raw PatientID and damaged files.
@@ -574,6 +603,7 @@ def _scan_study(study: Path, root: Path, key: bytes,
     folder's label sources, and the folder's studies note them.
     """
     found = _walk(study)
+    _set_aside_odd_study_uids(found)
     notes = found.notes(study)
     rel = _name_text(study.relative_to(root).as_posix())
     bad_dirs: dict[Path, int] = {}
