@@ -232,7 +232,8 @@ def test_overrides_win_over_header():
     (dict(units=None), r"Units \(0054,1001\) is missing"),
     (dict(units="PROPCNTS"), r"Units.*'PROPCNTS'.*not supported"),
     (dict(decay_correction="WEIRD"), r"DecayCorrection.*'WEIRD'"),
-    (dict(series_datetime=None, acquisition_datetimes=[None] * 3), r"SeriesDate/SeriesTime.*missing"),
+    (dict(series_datetime=None, acquisition_datetimes=[None] * 3),
+     r"SeriesDate/SeriesTime.*are missing\. No override replaces the scan time: fix the header or re-export"),
     (dict(units="GML", suv_type="LBMJAMES128", height_m=None), r"SUVType.*PatientSize.*height_m="),
 ])
 def test_refusals_name_the_tag_and_the_fix(kw, pattern):

@@ -681,8 +681,8 @@ def _scan_datetime(h: SuvHeader, earliest_acq: dt.datetime | None, half: float, 
         bad = [f"{_field(h, k, None)}" for k in _SCAN_TIME_FIELDS if k in h.malformed]
         problem = "are missing" if not bad else f"give no scan time: {', '.join(bad)}"
         raise SuvError(f"{src}: SeriesDate/SeriesTime (0008,0021/0008,0031) and AcquisitionDate/AcquisitionTime "
-                       f"(0008,0022/0008,0032) {problem}. Fix the header or pass injection_datetime= together "
-                       "with a header that has a scan time.")
+                       f"(0008,0022/0008,0032) {problem}. No override replaces the scan time: fix the header or "
+                       "re-export the series.")
     if earliest_acq is None:
         return series, "SeriesDate/SeriesTime"
     if series is not None and series <= earliest_acq:
