@@ -194,6 +194,26 @@ def test_one_slice_whose_study_uid_is_damaged_stays_in_its_study(two, tmp_path):
     assert read_pet_series(rows[0].pet_path, series_uid=rows[0].series_uid).stored.shape[0] == len(slices)
 
 
+@pytest.mark.parametrize("how", ["pet folder linked", "slices linked"])
+def test_a_study_whose_slices_are_behind_links_says_so_with_the_fix(two, tmp_path, how):
+    """A pet/ folder that is a link, or holds only linked slices, gave a bare "no pet series"."""
+    root = _archive(tmp_path, two)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(root / "SYN0001" / "pet", elsewhere)
+    if how == "pet folder linked":
+        (root / "SYN0001" / "pet").symlink_to(elsewhere, target_is_directory=True)
+    else:
+        (root / "SYN0001" / "pet").mkdir()
+        for f in sorted(elsewhere.glob("*.dcm")):
+            (root / "SYN0001" / "pet" / f.name).symlink_to(f)
+    (row,) = [r for r in scan_archive(root, KEY) if r.study_path.endswith("SYN0001")]
+    n = 1 if how == "pet folder linked" else len(list(elsewhere.glob("*.dcm")))
+    assert row.match_status == (f"no_pet_series: {n} symbolic link(s) inside the study are not followed (see "
+                                "scan_notes; a link may point to another patient's files); replace each by what it "
+                                "points to (cp -rL) and scan again")
+    assert f"link to a {'folder' if n == 1 else 'file'} (not followed)" in row.scan_notes
+
+
 # ----------------------------------------------------------------------------- label paths outside the study
 
 def test_label_and_lesion_paths_outside_the_study_folder_are_redacted_in_failures(two, tmp_path):

@@ -182,6 +182,7 @@ _EMPTY, _HEADER_TRUNCATED, _HEADER_CORRUPT, _PIXELS_TRUNCATED, _NOT_DICOM_DCM, _
 _NO_UIDS = "header without StudyInstanceUID or SeriesInstanceUID (cut short or corrupt)"
 _ODD_STUDY_UID = "StudyInstanceUID unlike the rest of its series (a damaged header)"
 _OTHER_DICOMDIR, _OTHER_FILE, _OTHER_LINK = "DICOMDIR", "not DICOM", "link to a file (not followed)"
+_OTHER_DIR_LINK = "link to a folder (not followed)"
 _PYDICOM_TAGS = ["SpecificCharacterSet", "StudyDate", "Modality", "SeriesDescription", "PatientID",
                  "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber", "ImagePositionPatient",
                  "ImageOrientationPatient", "FrameOfReferenceUID", "CorrectedImage", "ReferencedSeriesSequence",
@@ -401,6 +402,9 @@ def _walk_quietly(study: Path) -> _Folder:
 
     for dirpath, dirnames, filenames in os.walk(study, onerror=unreadable_folder, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for d in dirnames:  # os.walk lists a link to a folder but does not enter it
+            if os.path.islink(os.path.join(dirpath, d)):
+                found.other[_OTHER_DIR_LINK] = found.other.get(_OTHER_DIR_LINK, 0) + 1
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
@@ -630,7 +634,11 @@ def _scan_study(study: Path, root: Path, key: bytes,
         closed = (f"{which} cannot be listed; give the account that runs petfeat read access (chmod -R u+rX) and "
                   "scan again")
     if not pets:
-        status = f"no_pet_series: {closed}" if closed else "no_pet_series"
+        links = found.other.get(_OTHER_LINK, 0) + found.other.get(_OTHER_DIR_LINK, 0)
+        linked = (f"{links} symbolic link(s) inside the study are not followed (see scan_notes; a link may point to "
+                  "another patient's files); replace each by what it points to (cp -rL) and scan again")
+        status = (f"no_pet_series: {closed}" if closed else f"no_pet_series: {linked}" if links
+                  else "no_pet_series")
         row = StudyRow(folder_pseudonym(rel, key), "", str(study), "", labels, lesions, status,
                        found.n_files, study_path=str(study), n_unreadable=found.n_unreadable, n_other=found.n_other,
                        scan_notes=notes)
