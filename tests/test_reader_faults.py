@@ -382,4 +382,5 @@ def test_a_value_run_on_by_a_damaged_length_quotes_no_text_of_the_elements_after
     assert "PixelSpacing is '8.0000\\\\8.0000 ????????????\\\\????\\\\...', not a number" in msg
     assert "Doe" not in msg and "John" not in msg and "1234567" not in msg and len(msg) < 400
     assert quoted_value("lots", "DS") == "'lots'" and quoted_value("2024XX18", "DA") == "'2024XX18'"
+    assert quoted_value("1.2.840.10008.1.2.1\x00\x02Doe^John", "UI") == "'1.2.840.10008.1.2.1??????????'"
     assert quoted_value("BQML" + "X" * 20, "CS") == "'BQMLXXXXXXXXXXXXXXXXXXXX'"  # letters a CS holds, capped

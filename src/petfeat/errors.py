@@ -37,10 +37,10 @@ class PetfeatWarning(UserWarning):
 #: The characters a value of each DICOM value representation can hold (PS3.5 6.2), and its longest length.
 _VR_CHARACTERS = {
     "DS": ("0123456789+-.eE\\ ", 16), "IS": ("0123456789+-\\ ", 12), "DA": ("0123456789.-/ ", 10),
-    "TM": ("0123456789.: ", 16), "DT": ("0123456789.+-: ", 26),
+    "TM": ("0123456789.: ", 16), "DT": ("0123456789.+-: ", 26), "UI": ("0123456789.", 64),
     "CS": ("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 _\\^|/-", 16),
 }
-#: The longest value a message quotes.
+#: The longest value a message quotes (a UI of 64 characters is quoted whole when intact).
 QUOTED_MAX = 32
 
 

@@ -1194,8 +1194,8 @@ def _pixels(ds, path: Path, rows: int, cols: int, dtype: np.dtype, out: np.ndarr
         from pydicom._uid_dict import UID_dictionary
 
         if UID_dictionary.get(str(ts), ("", ""))[1] != "Transfer Syntax":  # a damaged header names none
-            raise DicomSeriesError(f"{path}: TransferSyntaxUID {str(ts)!r} is not a DICOM transfer syntax; the "
-                                   "file's header is damaged. Replace the file.") from exc
+            raise DicomSeriesError(f"{path}: TransferSyntaxUID {quoted_value(ts, 'UI')} is not a DICOM transfer "
+                                   "syntax; the file's header is damaged. Replace the file.") from exc
         raise DicomSeriesError(f"{path}: pixel data cannot be decoded ({type(exc).__name__}: {exc}). "
                                "Replace the file or install the decoder pydicom names.") from exc
 
