@@ -279,3 +279,13 @@ def test_cumulative_incidence_figure_when_death_competes(tmp_path):
     label, counts = fig.at_risk["groups"][0]
     assert label.startswith("high") and counts == [int((high.time_days >= t).sum()) for t in fig.at_risk["days"]]
     assert {p.name for p in fig.files} == {"km_01.png", "km_01.svg"}
+
+
+@pytest.mark.parametrize("name, shown", [
+    ("fact_p_worsening", "FACT-P worsening"), ("haematological_toxicity_g3", "haematological toxicity grade \u22653"),
+    ("bpi_severity_worsening", "BPI severity worsening"), ("fact_pain", "fact pain"), ("xq8", "XQ-8"),
+])
+def test_endpoint_and_score_names_are_written_as_the_instruments_are(name, shown):
+    from petfeat.report.tables import endpoint_label
+
+    assert endpoint_label(name) == shown

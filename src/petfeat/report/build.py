@@ -15,6 +15,7 @@ import pandas as pd
 from petfeat.report import figures as figs
 from petfeat.report.tables import (
     REGION_NAMES,
+    endpoint_label,
     feature_label,
     planted_table,
     planted_verdict,
@@ -49,7 +50,7 @@ def _death_text(e: dict) -> str:
 
     death = e.get("death", "competing" if e.get("type") == "first_grade" else "censor")
     last = (f"the patient's last lab of {', '.join(e.get('tests', []))}" if e.get("type") == "first_grade"
-            else f"the patient's last {e.get('score')} score")
+            else f"the patient's last {endpoint_label(str(e.get('score')))} score")
     if death == "censor":
         return f"death censored at {last}"
     what = "as a competing event" if death == "competing" else "counted as an event"
@@ -65,7 +66,7 @@ def _death_text(e: dict) -> str:
 def _endpoint_text(name: str, e: dict) -> str:
     death_txt = _death_text(e)
     if e.get("type") == "first_grade":
-        return (f"{name.replace('_', ' ')}: time from the first dose to the first CTCAE v5 grade "
+        return (f"{endpoint_label(name)}: time from the first dose to the first CTCAE v5 grade "
                 f"\u2265{e.get('min_grade', 3)} of {', '.join(e.get('tests', []))}"
                 f"{' (treatment-emergent only)' if e.get('treatment_emergent') else ''}; {death_txt}")
     thr = []
@@ -75,8 +76,8 @@ def _endpoint_text(name: str, e: dict) -> str:
         thr.append(f"{100 * e['relative']:.0f}%")
     change = "decrease" if e.get("direction") == "decrease" else "increase"
     strict = "strictly more" if e.get("strict", True) else "at least"
-    return (f"{name.replace('_', ' ')}: time to the first {change} of {e.get('score')} from baseline by "
-            f"{' or '.join(thr)} ({strict}{', confirmed' if e.get('confirmed') else ''}); {death_txt}")
+    return (f"{endpoint_label(name)}: time to the first {change} of {endpoint_label(str(e.get('score')))} from "
+            f"baseline by {' or '.join(thr)} ({strict}{', confirmed' if e.get('confirmed') else ''}); {death_txt}")
 
 
 def _region_text(name: str, r: dict) -> str:
@@ -271,7 +272,7 @@ def write_report(results: pd.DataFrame, context: dict, spec: dict, out: str | Pa
                 col = _km_feature(g)
                 d = context.get("data", {}).get((name, col))
                 if d is not None and "time_days" in d.columns:
-                    ep = str(g["endpoint"].iloc[0]).replace("_", " ")
+                    ep = endpoint_label(str(g["endpoint"].iloc[0]))
                     curves.append(figs.km(d, col, ep, figdir, f"km_{i:02d}", endpoint=ep,
                                           adjusted_for=list(a.get("covariates", [])),
                                           note="Drawn for the analysis' feature with the smallest p."))

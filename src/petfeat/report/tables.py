@@ -6,6 +6,7 @@ Every function here formats what the statistics layer computed; none fits a mode
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -65,6 +66,19 @@ def fmt_median_iqr(x: pd.Series, digits: int = 1) -> str:
         return "n/a"
     q1, med, q3 = np.percentile(x, [25, 50, 75])
     return f"{fmt_num(med, digits)} [{fmt_num(q1, digits)}-{fmt_num(q3, digits)}]"
+
+
+#: How the instruments and grades in endpoint and score names are written in the report.
+_NAME_WORDS = {"bpi": "BPI", "xq8": "XQ-8", "xi11": "XI", "g3": "grade \u22653", "g4": "grade 4",
+               "toi": "TOI", "pcs": "PCS", "fact_p": "FACT-P", "fact_g": "FACT-G"}
+
+
+def endpoint_label(name: str) -> str:
+    """An endpoint or score name as the report writes it (``fact_p_worsening`` -> ``FACT-P worsening``)."""
+    text = str(name)
+    for key in ("fact_p", "fact_g"):
+        text = re.sub(rf"(?<![a-z0-9]){key}(?![a-z0-9])", _NAME_WORDS[key], text)
+    return " ".join(_NAME_WORDS.get(w, w) for w in text.split("_"))
 
 
 def feature_label(column: str, with_region: bool = False, units: bool = True) -> str:
@@ -210,7 +224,7 @@ def table2(results: pd.DataFrame) -> list[dict]:
         model = str(g["model"].iloc[0])
         first = g.iloc[0]
         region = REGION_NAMES.get(str(first.get("region", "")), str(first.get("region", "")))
-        endpoint = str(first.get("endpoint", ""))
+        endpoint = endpoint_label(str(first.get("endpoint", "")))
         rows, cohorts, outside, deaths = [], [], [], []
         for _, r in g.iterrows():
             r = r.to_dict()
@@ -246,6 +260,8 @@ def table2(results: pd.DataFrame) -> list[dict]:
         transforms = sorted({row["transform"].split(" (")[0] for row in rows if row["transform"]
                              and not row["covariate"]})
         death = str(first.get("death", "")) if model == "cox" and pd.notna(first.get("death", np.nan)) else ""
+        # "censored at the last fact_p score": the instrument as the report writes it
+        death = re.sub(r"last (\w+) score", lambda m: f"last {endpoint_label(m.group(1))} score", death)
         notes = []
         texts = {t for _, t in cohorts}
         if len(texts) == 1 and "" not in texts:
@@ -332,7 +348,7 @@ def planted_table(pv: pd.DataFrame, results: pd.DataFrame | None = None) -> pd.D
         null = 0.0
         f = math.exp if cox else (lambda v: v)
         found = bool(np.isfinite(lo) and (lo > null or hi < null))
-        rows.append({"endpoint": str(r["endpoint"]).replace("_", " "),
+        rows.append({"endpoint": endpoint_label(str(r["endpoint"])),
                      "feature": f"{feature_label(str(r['feature']), with_region=True)}, "
                                 f"{transform_label('per doubling' if r['transform'] == 'log2' else 'per SD')}",
                      "scale": "HR" if cox else "slope",
