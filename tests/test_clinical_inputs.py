@@ -315,12 +315,43 @@ def test_endpoint_test_without_rows_is_refused_naming_the_test_and_the_fix(tmp_p
                                                 r"white_cells: white_cells, wbc, leukocytes.*\), or remove white_cells "
                                                 r"from the endpoint's tests in the study spec\.$"):
         _shipped_tox(_folder(tmp_path))
-    # a misspelt platelet test: named in the error and, had it no endpoint, in the warning
-    with pytest.raises(ClinicalDataError, match=r"grades platelets, but the file has no platelets rows \(is 'platlets' "
-                                                r"platelets\?\)"), pytest.warns(PetfeatWarning, match=r"ignored: "
-                                                                                r"platlets \(10; did you mean "
-                                                                                r"platelets\?\)"):
+    # a misspelt platelet test: refused, naming the rows and the test they look like
+    with pytest.raises(ClinicalDataError, match=r"labs\.csv: lab test name\(s\) not read as a graded test, but close "
+                                                r"to one an endpoint grades: 'platlets' \(10 rows; is it platelets\?\)"
+                                                r"\. Rename the rows"):
         _shipped_tox(_folder(tmp_path, labs=_labs_with_wbc("Platlets")))
+
+
+@pytest.mark.parametrize("name", ["Thrombozyten", "PLT-F", "Hämoglobin"])
+def test_german_and_analyser_names_are_read_as_their_test(name):
+    from petfeat.stats.ctcae import canonical_test
+
+    assert canonical_test(name) == ("haemoglobin" if name.startswith("H") else "platelets")
+
+
+def test_half_the_platelets_under_a_look_alike_name_are_refused_not_ignored(tmp_path):
+    """Platelet rows under a typo (or a local name) were ignored with a warning: their events were lost."""
+    labs = _labs_with_wbc("platelets")
+    low = labs["test"].eq("platelets") & labs["value"].lt(100)
+    labs.loc[low, "test"] = "Platelts"
+    with pytest.raises(ClinicalDataError, match=r"'platelts' \(1 rows; is it platelets\?\)"):
+        _shipped_tox(_folder(tmp_path, labs=labs))
+
+
+def test_every_lab_name_unread_gives_the_missing_test_error_not_a_missing_column(tmp_path):
+    labs = _labs_with_wbc("platelets")
+    labs["test"] = "CRP"  # an export of other tests only: there was 'labs.csv needs a test column'
+    with pytest.warns(PetfeatWarning, match=r"ignored: crp"), \
+            pytest.raises(ClinicalDataError, match=r"endpoint 'tox' grades \w+, but the file has no \w+ rows"):
+        _shipped_tox(_folder(tmp_path, labs=labs))
+
+
+@pytest.mark.parametrize("name", ["HbA1c", "Hemoglobin A1c", "Free hemoglobin", "CD4 lymphocytes", "Band neutrophils",
+                                  "Neutrophil/lymphocyte ratio"])
+def test_other_quantities_that_share_a_word_are_not_taken_for_a_graded_test(name):
+    from petfeat.stats.analysis import _closest_test
+
+    assert _closest_test(name) is None
 
 
 def _patients_dmy(start, death=None):

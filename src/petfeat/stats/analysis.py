@@ -449,8 +449,9 @@ _OTHER_BLOOD_COUNT = {"erythrocytes", "erythrocyte", "erythrocyte_count", "plate
 def _closest_test(name: str) -> str | None:
     """The graded test a test name that is not graded was likely meant as (difflib over the names and aliases)."""
     key = lab_test_key(name)
-    if key in TESTS or key in _OTHER_BLOOD_COUNT or "%" in key or re.search(r"(^|_)(pct|percent|rel)(_|$)", key):
-        return None
+    if key in TESTS or key in _OTHER_BLOOD_COUNT or "%" in key or re.search(
+            r"(^|_)(pct|percent|rel|ratio|index|a1c|hba1c|free|cd\d+|bands?|stab|immature)(_|$)", key):
+        return None  # another quantity that only shares a word with a graded test (HbA1c, CD4 lymphocytes...)
     close = difflib.get_close_matches(key, list(TESTS) + list(_ALIASES), 1, 0.78)
     return _ALIASES.get(close[0], close[0]) if close else None
 
@@ -546,11 +547,21 @@ def derive_endpoints(spec: dict, clinical: dict) -> dict[str, pd.DataFrame]:
                    for t in e.get("tests", ()) if not (names == t).any()]
         if unused.any():
             counts = names[unused].value_counts()
-            shown = ", ".join(f"{t} ({n}; did you mean {guess[t]}?)" if guess[t] else f"{t} ({n})"
-                              for t, n in counts.items())
+            # rows whose name looks like a test an endpoint grades (a typo, a local name): ignoring them would
+            # lose that test's events without a word ('Platlets' rows below 50 are the grade-3 events)
+            meant = {t: n for t, n in counts.items() if guess[t] in used}
+            if meant:
+                listed = ", ".join(f"{t!r} ({n} rows; is it {guess[t]}?)" for t, n in meant.items())
+                raise ClinicalDataError(
+                    f"{src}: lab test name(s) not read as a graded test, but close to one an endpoint grades: "
+                    f"{listed}. Rename the rows to the test they are (names read as each: see docs/analysis.md), "
+                    "or, if they are another test, give them a name that does not look like one.")
+            shown = ", ".join(f"{t} ({n})" for t, n in counts.items())
             warnings.warn(f"{src}: {int(unused.sum())} row(s) of tests no endpoint uses are ignored: {shown}.",
                           PetfeatWarning, stacklevel=2)
             labs = labs[~unused]
+    if missing and labs is not None and not len(labs):  # no row of any graded test: nothing to grade first
+        _refuse_missing(missing, guess, src)
     out = {}
     for name, e in endpoints.items():
         window = e.get("death_window_days", DEATH_WINDOW_DAYS)
@@ -571,13 +582,18 @@ def derive_endpoints(spec: dict, clinical: dict) -> dict[str, pd.DataFrame]:
                           window)
             out[name] = time_to_worsening(sc, clinical["patients"], w)
     if missing:  # after the endpoints, so that a value that is wrong in a present test is named first
-        name, t = missing[0]
-        meant = [repr(str(k)) for k, v in guess.items() if v == t]
-        hint = f" (is {', '.join(meant)} {t}?)" if meant else ""
-        raise ClinicalDataError(f"{src}: endpoint {name!r} grades {t}, but the file has no {t} rows{hint}; add the {t} "
-                                f"rows (test names read as {t}: {_spellings(t)}), or remove {t} from the endpoint's "
-                                "tests in the study spec.")
+        _refuse_missing(missing, guess, src)
     return out
+
+
+def _refuse_missing(missing: list[tuple[str, str]], guess: dict, src: str) -> None:
+    """Refuse an endpoint test without any row in the labs table, naming the names close to it."""
+    name, t = missing[0]
+    meant = [repr(str(k)) for k, v in guess.items() if v == t]
+    hint = f" (is {', '.join(meant)} {t}?)" if meant else ""
+    raise ClinicalDataError(f"{src}: endpoint {name!r} grades {t}, but the file has no {t} rows{hint}; add the {t} "
+                            f"rows (test names read as {t}: {_spellings(t)}), or remove {t} from the endpoint's "
+                            "tests in the study spec.")
 
 
 def feature_wide(features: pd.DataFrame) -> pd.DataFrame:

@@ -67,20 +67,31 @@ _COUNT_SPELLINGS = {"10^9/L": 1.0, "x10^9/L": 1.0, "10*9/L": 1.0, "G/L": 1.0, "G
 _ALIAS_NAMES = {
     "haemoglobin": ("hb", "hgb", "hemoglobin", "haemoglobin_hb"),
     "neutrophils": ("anc", "neutrophil", "neutrophils_abs", "neutrophils_absolute", "neutrophil_count",
-                    "neutrophils_count", "absolute_neutrophil_count", "absolute_neutrophils", "neut_abs", "neut"),
+                    "neutrophils_count", "absolute_neutrophil_count", "absolute_neutrophils", "neut_abs", "neut",
+                    # German exports
+                    "neutrophile", "neutrophile_abs", "neutrophile_granulozyten", "neutrophile_granulozyten_abs"),
     "platelets": ("plt", "platelet", "platelet_count", "platelets_count", "plt_count", "thrombocytes", "thrombocyte",
-                  "thrombocyte_count", "thrombocytes_count"),
+                  "thrombocyte_count", "thrombocytes_count",
+                  # Sysmex's fluorescent and impedance counts: the platelet count, reported in its place when low
+                  "plt_f", "plt_i", "pltf", "plt_o",
+                  "thrombozyten"),
     "white_cells": ("wbc", "leukocytes", "leucocytes", "leukocyte", "leukocyte_count", "white_blood_cells",
-                    "white_blood_cell_count", "white_cell_count", "wbc_count", "white_cell"),
+                    "white_blood_cell_count", "white_cell_count", "wbc_count", "white_cell",
+                    "leukozyten", "leukozyten_wbc"),
     "lymphocytes": ("lymphocyte", "alc", "lymphocytes_abs", "lymphocytes_absolute", "lymphocyte_count",
-                    "lymphocytes_count", "absolute_lymphocyte_count", "absolute_lymphocytes", "lymph_abs"),
+                    "lymphocytes_count", "absolute_lymphocyte_count", "absolute_lymphocytes", "lymph_abs", "lymph",
+                    "lymphozyten", "lymphozyten_abs"),
 }
 _ALIASES = {a: t for t, names in _ALIAS_NAMES.items() for a in names}
 
 
 def lab_test_key(name) -> str:
     """A lab test name as compared with :data:`TESTS` and their aliases (``"Platelet Count"``: ``platelet_count``)."""
-    return re.sub(r"[^a-z0-9%]+", "_", str(name).strip().lower()).strip("_")
+    text = str(name).strip().lower().translate(_UMLAUTS)  # Hämoglobin: haemoglobin
+    return re.sub(r"[^a-z0-9%]+", "_", text).strip("_")
+
+
+_UMLAUTS = str.maketrans({"\u00e4": "ae", "\u00f6": "oe", "\u00fc": "ue", "\u00df": "ss"})
 
 
 def canonical_test(name: str) -> str:
