@@ -525,3 +525,13 @@ def test_timed_conflicts_of_a_test_no_endpoint_grades_do_not_stop_the_run(tmp_pa
     assert (clinical["labs"]["test"] == "ALC").sum() == 1
     with pytest.warns(PetfeatWarning, match=r"ignored: lymphocytes \(2\)\.$"):
         assert derive_endpoints(spec, clinical)["tox"]["event"].sum() == 0
+
+
+def test_day_month_dates_with_two_separators_are_refused():
+    """'16.03.2024' beside '04/05/2024' made the file day-first and read 04/05 as 4 May, silently."""
+    from petfeat.stats.endpoints import date_rule
+
+    with pytest.raises(ClinicalDataError, match=r"different separators \('date': '16\.03\.2024' and 'date': "
+                                                r"'04/05/2024'\).*YYYY-MM-DD"):
+        date_rule({"date": pd.Series(["16.03.2024", "04/05/2024"])}, "labs")
+    assert date_rule({"date": pd.Series(["16.03.2024", "04.05.2024", "2024-01-02"])}, "labs") is True

@@ -289,3 +289,14 @@ def test_endpoint_and_score_names_are_written_as_the_instruments_are(name, shown
     from petfeat.report.tables import endpoint_label
 
     assert endpoint_label(name) == shown
+
+
+def test_methods_state_the_lab_rules_and_the_p_floor():
+    """The 90-day baseline window, the worst value of a day and the 1e-300 p floor were applied but not stated."""
+    from petfeat.report.build import methods_text
+    from petfeat.stats.analysis import load_study
+
+    text = " ".join(methods_text(load_study()))
+    assert "the last value within 90 days before the first dose" in text
+    assert "the worst (lowest) counts" in text and "percent of the white cells are not graded" in text
+    assert "a p below 1e-300 is written as 1e-300" in text

@@ -121,6 +121,12 @@ def methods_text(spec: dict, features: pd.DataFrame | None = None, regions: dict
         "Regions: " + "; ".join(_region_text(r, regions[r]) for r in used if r in regions) + ".",
         "Endpoints: " + "; ".join(_endpoint_text(n, e) for n, e in (spec.get("endpoints") or {}).items()) + ".",
     ]
+    if any(e.get("type") == "first_grade" for e in (spec.get("endpoints") or {}).values()):
+        from petfeat.stats.endpoints import BASELINE_WINDOW_DAYS
+
+        paras.append(f"Laboratory values: the baseline grade is that of the last value within {BASELINE_WINDOW_DAYS:g} "
+                     "days before the first dose; of repeated values on one day without a time of day the worst "
+                     "(lowest) counts; counts given in percent of the white cells are not graded.")
     cox = [a for a in spec.get("analyses", []) if a.get("model") == "cox"]
     mixed = [a for a in spec.get("analyses", []) if a.get("model") == "mixed"]
     tr = {"unit": "per unit", "sd": "per standard deviation", "log2": "per doubling (log2)"}
@@ -166,7 +172,8 @@ def methods_text(spec: dict, features: pd.DataFrame | None = None, regions: dict
     if methods:
         paras.append("P values were adjusted for multiple testing by " + " and ".join(mt.get(x, x) for x in methods)
                      + (" over all tests of the study" if fam == "study" else " within each analysis") + count
-                     + "; covariate rows are not tested" + left + ". Two-sided p < 0.05 is called significant.")
+                     + "; covariate rows are not tested" + left + ". Two-sided p < 0.05 is called significant; a p "
+                     "below 1e-300 is written as 1e-300 (its log10 in results.csv).")
     paras.append("All analyses are complete-case: a patient without features, without the endpoint (for example no "
                  "baseline score or no assessment after the first dose), or without a covariate is left out of that "
                  "analysis only; the notes under each table give the patients analysed and why the others were left "

@@ -78,7 +78,8 @@ def date_rule(columns: dict[str, pd.Series], table: str = "clinical") -> bool | 
     month in either order (``16.11.2023``, ``11/16/2023``) are read only when the file shows which order it
     uses: a first number above 12 somewhere makes the whole file day-first, a second number above 12
     month-first. Both, or neither (``08.09.2024`` alone is 8 September or 9 August), is refused, as is a value
-    that is not a date.
+    that is not a date, and day/month dates with different separators (``16.03.2024`` beside ``04/05/2024``:
+    two exports merged, each with its own order).
 
     Raises
     ------
@@ -87,6 +88,7 @@ def date_rule(columns: dict[str, pd.Series], table: str = "clinical") -> bool | 
     """
     where = _where(table)
     day_first, month_first, sample = None, None, None
+    separators: dict[str, tuple[str, str]] = {}
     for column, s in columns.items():
         if pd.api.types.is_datetime64_any_dtype(s):
             continue
@@ -100,6 +102,7 @@ def date_rule(columns: dict[str, pd.Series], table: str = "clinical") -> bool | 
                                         f"{_label(s, pos)}; not YYYY-MM-DD); write every date as YYYY-MM-DD or "
                                         "'YYYY-MM-DD HH:MM'.")
             sample = sample or (column, t)
+            separators.setdefault(m.group(2), (column, t))
             if int(m.group(1)) > 12:
                 day_first = day_first or (column, t)
             if int(m.group(3)) > 12:
@@ -109,6 +112,10 @@ def date_rule(columns: dict[str, pd.Series], table: str = "clinical") -> bool | 
     if day_first and month_first:
         raise ClinicalDataError(f"{where}: dates are written day first ({day_first[0]!r}: {day_first[1]!r}) and month "
                                 f"first ({month_first[0]!r}: {month_first[1]!r}); write every date as YYYY-MM-DD.")
+    if len(separators) > 1:  # '16.03.2024' beside '04/05/2024': two exports' conventions merged, each may differ
+        shown = " and ".join(f"{c!r}: {t!r}" for c, t in separators.values())
+        raise ClinicalDataError(f"{where}: day/month dates are written with different separators ({shown}), as when "
+                                "two exports with their own date order are merged; write every date as YYYY-MM-DD.")
     if not (day_first or month_first):
         raise ClinicalDataError(f"{where}, column {sample[0]!r}: {sample[1]!r} does not parse as one date: it may be "
                                 "day or month first, and no date of the file tells which (none has a number above 12 "
