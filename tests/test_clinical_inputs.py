@@ -415,7 +415,8 @@ def test_same_day_repeats_without_a_time_grade_the_worst_value(tmp_path):
     base = _normal_labs("a") + _normal_labs("b") + _normal_labs("c")
     extra = [("b", "2024-01-24", "PLT", 30.0, "10^9/L"), ("c", "2024-02-07", "haemoglobin", 12.9, "g/dL")]
     with pytest.warns(PetfeatWarning, match=r"labs\.csv: 2 day\(s\) with one lab test given more than once without a "
-                                            r"time of day and different values: the worst \(lowest\) value"):
+                                            r"time of day and different values: the worst value of each day \(highest "
+                                            r"grade, then lowest value\)"):
         t = _tox(_folder(tmp_path, labs=pd.DataFrame(base + extra, columns=LAB_COLS)))
     assert (t.loc["b", "event"], t.loc["b", "time_days"]) == (1, 14.0) and t["event"].sum() == 1
 
@@ -535,3 +536,13 @@ def test_day_month_dates_with_two_separators_are_refused():
                                                 r"'04/05/2024'\).*YYYY-MM-DD"):
         date_rule({"date": pd.Series(["16.03.2024", "04/05/2024"])}, "labs")
     assert date_rule({"date": pd.Series(["16.03.2024", "04.05.2024", "2024-01-02"])}, "labs") is True
+
+
+def test_the_worst_of_a_day_in_mixed_haemoglobin_units_is_the_highest_grade(tmp_path):
+    """4.95 mmol/L (7.97 g/dL, grade 2 by CTCAE's mmol/L bounds) beside 7.98 g/dL (grade 3) on one untimed day:
+    the lowest converted value was kept, and the grade-3 value with its event was dropped."""
+    base = _normal_labs("a") + _normal_labs("b") + _normal_labs("c")
+    extra = [("b", "2024-01-24", "haemoglobin", 4.95, "mmol/L"), ("b", "2024-01-24", "haemoglobin", 7.98, "g/dL")]
+    with pytest.warns(PetfeatWarning, match=r"1 day\(s\) with one lab test given more than once"):
+        t = _tox(_folder(tmp_path, labs=pd.DataFrame(base + extra, columns=LAB_COLS)))
+    assert (t.loc["b", "event"], t.loc["b", "time_days"]) == (1, 14.0) and t["event"].sum() == 1

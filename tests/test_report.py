@@ -298,5 +298,5 @@ def test_methods_state_the_lab_rules_and_the_p_floor():
 
     text = " ".join(methods_text(load_study()))
     assert "the last value within 90 days before the first dose" in text
-    assert "the worst (lowest) counts" in text and "percent of the white cells are not graded" in text
+    assert "the worst (highest grade) counts" in text and "percent of the white cells are not graded" in text
     assert "a p below 1e-300 is written as 1e-300" in text

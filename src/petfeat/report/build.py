@@ -126,7 +126,7 @@ def methods_text(spec: dict, features: pd.DataFrame | None = None, regions: dict
 
         paras.append(f"Laboratory values: the baseline grade is that of the last value within {BASELINE_WINDOW_DAYS:g} "
                      "days before the first dose; of repeated values on one day without a time of day the worst "
-                     "(lowest) counts; counts given in percent of the white cells are not graded.")
+                     "(highest grade) counts; counts given in percent of the white cells are not graded.")
     cox = [a for a in spec.get("analyses", []) if a.get("model") == "cox"]
     mixed = [a for a in spec.get("analyses", []) if a.get("model") == "mixed"]
     tr = {"unit": "per unit", "sd": "per standard deviation", "log2": "per doubling (log2)"}

@@ -39,6 +39,7 @@ from petfeat.stats.ctcae import (
     _factor,
     _unit_key,
     canonical_test,
+    grade,
     lab_test_key,
     unit_factors,
 )
@@ -288,15 +289,30 @@ def _canonical_values(keyed: pd.DataFrame) -> np.ndarray:
     return out
 
 
+def _worst_of_day(grp: pd.DataFrame):
+    """The index of the row of highest CTCAE grade (then lowest value) among one day's values of one test.
+
+    Haemoglobin in mmol/L is graded by CTCAE's printed mmol/L bounds, so 4.95 mmol/L (7.97 g/dL) is grade 2
+    while 7.98 g/dL is grade 3: the lowest converted value is not always the worst grade.
+    """
+    raw = pd.to_numeric(grp["value"], errors="coerce").to_numpy(dtype=np.float64)
+    ranks = []
+    for (i, r), v in zip(grp.iterrows(), raw, strict=True):
+        mmol = r["test"] == "haemoglobin" and _unit_key(r["unit"]) == "mmol/l"
+        g = int(grade(r["test"], v if mmol else r["canon"], mmol=mmol))
+        ranks.append((-g, r["canon"], i))
+    return min(ranks)[2]
+
+
 def _lab_duplicates(table: pd.DataFrame, keyed: pd.DataFrame, src: str, dropped: list[str],
                     notes: list[str], tests=TESTS) -> pd.DataFrame:
     """Lab rows of graded tests kept once per patient, time and test (``keyed``: canonical test names, ISO dates).
 
     Rows of tests that are not graded, or not among ``tests``, pass unchecked (no endpoint reads them). Equal
     values in equivalent units (13.5 g/dL, 13.5 g/dl, 135 g/L) are one value: the repeats are dropped. Different
-    values on one date without a time of day: the worst (lowest) value of the day is kept, as CTCAE grades the
-    worst value of a period, with one warning counting such days. Different values at the same time of day are
-    refused.
+    values on one date without a time of day: the worst value of the day (highest grade, then lowest value) is
+    kept, as CTCAE grades the worst value of a period, with one warning counting such days. Different values at
+    the same time of day are refused.
     """
     graded = keyed["test"].isin([t for t in tests if t in TESTS]).to_numpy()
     g = keyed[graded].assign(canon=_canonical_values(keyed[graded]))
@@ -323,11 +339,11 @@ def _lab_duplicates(table: pd.DataFrame, keyed: pd.DataFrame, src: str, dropped:
                                     f"values (patient_id {r0['patient_id']}, date {r0['date']}, test {r0['test']}: "
                                     f"{shown}); keep the right row and delete the others.")
         days += 1
-        drop.extend(grp.index.drop(grp["canon"].idxmin()))
+        drop.extend(grp.index.drop(_worst_of_day(grp)))
     if days:
         notes.append(f"{src}: {days} day(s) with one lab test given more than once without a time of day and "
-                     "different values: the worst (lowest) value of each day is graded (CTCAE grades the worst value "
-                     "of a period); give the time of day to keep them apart.")
+                     "different values: the worst value of each day (highest grade, then lowest value) is graded "
+                     "(CTCAE grades the worst value of a period); give the time of day to keep them apart.")
     keep = pd.Series(True, index=keyed.index)
     keep[keyed.index[graded]] = keyed.index[graded].isin(g.index) & ~keyed.index[graded].isin(drop)
     return keyed[keep.to_numpy()]
