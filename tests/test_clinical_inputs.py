@@ -546,3 +546,14 @@ def test_the_worst_of_a_day_in_mixed_haemoglobin_units_is_the_highest_grade(tmp_
     with pytest.warns(PetfeatWarning, match=r"1 day\(s\) with one lab test given more than once"):
         t = _tox(_folder(tmp_path, labs=pd.DataFrame(base + extra, columns=LAB_COLS)))
     assert (t.loc["b", "event"], t.loc["b", "time_days"]) == (1, 14.0) and t["event"].sum() == 1
+
+
+def test_lab_times_keep_their_seconds(tmp_path):
+    """08:00:10 and 08:00:50 with different values were refused as 'at the same time' (the seconds were dropped)."""
+    base = _normal_labs("a") + _normal_labs("b") + _normal_labs("c")
+    extra = [("b", "2024-01-24 08:00:10", "PLT", 30.0, "10^9/L"), ("b", "2024-01-24 08:00:50", "PLT", 120.0, "10^9/L")]
+    folder = _folder(tmp_path, labs=pd.DataFrame(base + extra, columns=LAB_COLS))
+    clinical = read_clinical(folder)
+    times = clinical["labs"].loc[clinical["labs"]["patient_id"].eq("b"), "date"]
+    assert {"2024-01-24 08:00:10", "2024-01-24 08:00:50"} <= set(times)
+    assert _tox(folder).loc["b", "event"] == 1  # the grade-4 count at 08:00:10 is an event

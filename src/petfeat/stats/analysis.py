@@ -187,8 +187,12 @@ def _check_patients(patients: pd.DataFrame, src: str) -> tuple[pd.Series, pd.Ser
 
 
 def _iso(dates: pd.Series) -> pd.Series:
-    """Parsed dates written back as ``YYYY-MM-DD`` (``YYYY-MM-DD HH:MM`` with a time of day; empty stays empty)."""
-    text = dates.dt.strftime("%Y-%m-%d %H:%M").str.removesuffix(" 00:00")
+    """Parsed dates written back as ``YYYY-MM-DD`` (``YYYY-MM-DD HH:MM[:SS]`` with a time of day; empty stays empty).
+
+    Seconds are kept where given (08:00:10 and 08:00:50 are two times, not one).
+    """
+    text = dates.dt.strftime("%Y-%m-%d %H:%M:%S").str.removesuffix(" 00:00:00").str.replace(
+        r"( \d\d:\d\d):00$", r"\1", regex=True)
     return text.where(dates.notna(), None)
 
 
@@ -403,7 +407,7 @@ def read_clinical(folder: str | Path, tests=None) -> dict[str, pd.DataFrame]:
         _after_death(table, dates, deaths, src, psrc)
         _numeric_column(table, "cycle", src, "write the treatment cycle as a number (0 = baseline, 1 = the first "
                         "cycle, ...), or leave the cell empty.")
-        keyed = table.assign(date=dates.dt.strftime("%Y-%m-%d %H:%M").str.removesuffix(" 00:00"))
+        keyed = table.assign(date=_iso(dates))
         if name == "labs":
             keyed["test"] = [_lab_key(t) for t in table["test"]]
         if name == "questionnaires":
