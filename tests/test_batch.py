@@ -637,7 +637,8 @@ def test_a_batch_says_which_studies_had_suv_header_decisions(archive, tmp_path):
 
 
 @pytest.mark.parametrize("status, answers", [(200, True), (404, False)])
-def test_a_dashboard_link_counts_only_when_it_answers(status, answers):
+def test_a_dashboard_link_counts_only_when_it_answers(status, answers, monkeypatch):
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # a site proxy must not stand between us and the scheduler
     """`dask scheduler --no-dashboard` still lists the dashboard's port; the page there answers 404."""
     import http.server
 

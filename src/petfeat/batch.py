@@ -888,8 +888,9 @@ def _answers(url: str | None, timeout: float = 2.0) -> bool:
 
     if not url:
         return False
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the scheduler's host, not via a proxy
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - the scheduler's own link
+        with opener.open(url, timeout=timeout) as resp:
             return resp.status < 400
     except (urllib.error.URLError, OSError, ValueError):
         return False
