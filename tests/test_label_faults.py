@@ -285,3 +285,19 @@ def test_unreadable_label_and_lesion_files_name_file_and_fix(tmp_path, monkeypat
     for read in (lambda: read_lesion_mask(path, GRID), lambda: read_labels(path, GRID), lambda: read_label_box(path)):
         with pytest.raises(LabelError, match=fix):
             read()
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_a_nifti2_file_is_refused_with_the_conversion_to_do(tmp_path, suffix):
+    """SimpleITK reads no NIfTI-2: the refusal was its own 'Unable to determine ImageIO reader', without a fix."""
+    import nibabel as nib
+
+    from petfeat.io.labels import read_checked
+
+    a = np.zeros((6, 7, 8), np.uint8)
+    a[2:4, 2:4, 2:4] = 1
+    path = tmp_path / f"mask{suffix}"
+    nib.save(nib.Nifti2Image(a, np.eye(4)), str(path))
+    with pytest.raises(LabelError, match=r"mask\.nii(\.gz)?: a NIfTI-2 file, which SimpleITK .* does not read\. "
+                                         r"Save it as NIfTI-1 \(nibabel: nib\.save\(nib\.Nifti1Image"):
+        read_checked(path)

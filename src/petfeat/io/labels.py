@@ -485,12 +485,34 @@ def _check_geometry(path: Path, reader: sitk.ImageFileReader) -> None:
                          "finite (pixdim, qoffset/srow). The file is corrupt; export the label map again.")
 
 
+def _unreadable_image(path: Path, exc: RuntimeError) -> LabelError:
+    """SimpleITK's failure to read ``path`` as a :class:`LabelError`; a NIfTI-2 file gets the conversion to do."""
+    why = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    if _is_nifti2(path):
+        return LabelError(f"{path}: a NIfTI-2 file, which SimpleITK (petfeat's image reader) does not read. Save it "
+                          "as NIfTI-1 (nibabel: nib.save(nib.Nifti1Image(img.dataobj, img.affine), 'mask.nii.gz')) "
+                          "and pass that.")
+    return LabelError(f"{path}: cannot be read as an image ({why}).")
+
+
+def _is_nifti2(path: Path) -> bool:
+    """Whether ``path`` (gzipped or not) starts with a NIfTI-2 header (sizeof_hdr 540, magic n+2 or ni2)."""
+    try:
+        opener = gzip.open if _is_gzip(path) else open
+        with opener(path, "rb") as f:
+            head = f.read(8)
+    except (OSError, EOFError, zlib.error):
+        return False
+    return len(head) == 8 and head[4:7] in (b"n+2", b"ni2") and head[:4] in (b"\x1c\x02\x00\x00",
+                                                                          b"\x00\x00\x02\x1c")
+
+
 def _sitk_read(path: Path) -> sitk.Image:
     """``sitk.ReadImage``, its failure as a :class:`LabelError` naming the file."""
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise LabelError(f"{path}: cannot be read as an image ({str(exc).strip().splitlines()[-1]}).") from exc
+        raise _unreadable_image(path, exc) from exc
 
 
 def _unopenable(path: Path, exc: OSError) -> LabelError:
@@ -550,7 +572,7 @@ def _read_nifti_voxels(path: Path, layout: NiftiLayout) -> sitk.Image | None:
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise LabelError(f"{path}: cannot be read as an image ({str(exc).strip().splitlines()[-1]}).") from exc
+        raise _unreadable_image(path, exc) from exc
     _check_geometry(path, reader)
     if (reader.GetSize() != dims or reader.GetNumberOfComponents() != 1
             or reader.GetPixelID() != _NIFTI_PIXEL[layout.datatype]):
@@ -755,7 +777,7 @@ def _read_streamed(path: Path) -> tuple[sitk.Image, Census, Grid] | None:
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise LabelError(f"{path}: cannot be read as an image ({str(exc).strip().splitlines()[-1]}).") from exc
+        raise _unreadable_image(path, exc) from exc
     _check_geometry(path, reader)
     if reader.GetSize() != (nx, ny, nz) or reader.GetPixelID() != _UNSIGNED_NIFTI[layout.datatype]:
         return None
