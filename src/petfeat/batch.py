@@ -43,6 +43,7 @@ from petfeat.errors import PetfeatError
 from petfeat.io.archive import StudyRow
 from petfeat.io.atomic import atomic_write
 from petfeat.io.parquet import read_parquet
+from petfeat.pseudonyms import path_forms, path_pattern
 
 FAILURE_COLUMNS = ("study_id", "pet_path", "error_class", "message")
 
@@ -299,21 +300,13 @@ def redact(text: str, row: StudyRow, out: str | Path | None = None) -> str:
     files as ``LC_ALL=C ls`` sorts them. The study folder is ``row.study_path`` when the manifest has
     it, else the PET path's parent. Each path is recognised as given, absolute and resolved.
     """
-    import re
-
-    anchors: dict[str, tuple[str, str]] = {}  # a written form of a path -> (placeholder, the path)
     names = _input_names(row)
     if out is not None:
         names.setdefault(str(out), "OUT")
-    for path, name in names.items():
-        for form in (str(path), str(Path(path).absolute()), os.path.realpath(path)):
-            form = form.rstrip("/")
-            if form not in ("", "."):
-                anchors.setdefault(form, (name, path))
+    anchors = path_forms(names)  # a written form of a path -> (placeholder, the path)
     if not anchors:
         return text
-    pattern = re.compile("(?:" + "|".join(re.escape(f) for f in sorted(anchors, key=len, reverse=True)) + ")"
-                         + r"(?=$|[/\\\s'\":,;)\]]|\.(?:$|\s))")
+    pattern = path_pattern(anchors)
     cache: dict = {}
     known = {os.path.realpath(path): name for path, name in names.items() if name != "OUT"}
     pieces, pos = [], 0

@@ -146,22 +146,35 @@ def duplicate_pseudonym(relative_folder: str, key: bytes) -> str:
     return keyed_id("D", f"duplicate|{relative_folder}", key)
 
 
-def replace_paths(text: str, names: dict[str, str]) -> str:
-    """``text`` with each path of ``names`` (as given, absolute and resolved) replaced by its name.
+#: Where a path quoted in a message ends: the end, a separator, whitespace, a quote or punctuation, or a full
+#: stop that ends the text or a sentence (never inside a longer name: ``Doe`` is not the start of ``Doe_John``).
+PATH_END = r"(?=$|[/\\\s'\":,;)\]]|\.(?:$|\s))"
 
-    Archive folder and file names often carry patient names or record numbers: messages that go into
-    outputs name files relative to a placeholder instead (``<S1a2b3c4d5e6f>/pet/slice_0007.dcm``,
-    ``<labels 1>/spleen.nii.gz``). A path is replaced only where it ends at a separator, a quote,
-    whitespace or punctuation, never inside a longer name; longer paths are replaced first.
-    """
-    import re
 
-    forms: dict[str, str] = {}
+def path_forms(names: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """Each way a path of ``names`` is written (as given, absolute, resolved; no trailing ``/``) -> (name, path)."""
+    forms: dict[str, tuple[str, str]] = {}
     for path, name in names.items():
         for form in (str(path), str(Path(path).absolute()), os.path.realpath(path)):
             form = form.rstrip("/")
             if form not in ("", "."):
-                forms.setdefault(form, name)
-    for form in sorted(forms, key=len, reverse=True):
-        text = re.sub(re.escape(form) + r"(?=$|[/\\\s'\":,;)\]])", lambda _m, r=forms[form]: r, text)
-    return text
+                forms.setdefault(form, (name, path))
+    return forms
+
+
+def path_pattern(forms: dict[str, tuple[str, str]]):
+    """One regular expression for the written forms of :func:`path_forms`, the longest tried first."""
+    import re
+
+    return re.compile("(?:" + "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)) + ")" + PATH_END)
+
+
+def replace_paths(text: str, names: dict[str, str]) -> str:
+    """``text`` with each path of ``names`` (as given, absolute and resolved) replaced by its name.
+
+    Archive folder and file names often carry patient names or record numbers: messages that go into
+    outputs name files relative to a placeholder instead (``<labels 1>/spleen.nii.gz``). A path is
+    replaced only where it ends (:data:`PATH_END`), never inside a longer name; longer paths first.
+    """
+    forms = path_forms(names)
+    return path_pattern(forms).sub(lambda m: forms[m.group()][0], text) if forms else text
