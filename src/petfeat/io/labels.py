@@ -555,8 +555,7 @@ def _read_nifti_voxels(path: Path, layout: NiftiLayout) -> sitk.Image | None:
                              "series, or one mask per label): save one 3-D label map (one id per label) or one file "
                              "per label.")
         return None
-    slope, inter = _nifti_scaling(path, layout)
-    if not ((slope == 0 or slope == 1 or not math.isfinite(slope)) and (inter == 0 or not math.isfinite(inter))):
+    if _scaled(path, layout):
         return None
     dtype = np.dtype(code).newbyteorder(">" if layout.big_endian else "<")
     out = np.empty(math.prod(dims), dtype)
@@ -566,14 +565,7 @@ def _read_nifti_voxels(path: Path, layout: NiftiLayout) -> sitk.Image | None:
     for piece in _stream_chunks(path, layout, scratch, zlib):  # the one inflate of this read
         raw[at:at + len(piece)] = piece
         at += len(piece)
-    _check_spacing(path, layout)
-    reader = sitk.ImageFileReader()  # after the stream is checked: SimpleITK sees no corrupt header
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise _unreadable_image(path, exc) from exc
-    _check_geometry(path, reader)
+    reader = _checked_header(path, layout)  # after the stream is checked: SimpleITK sees no corrupt header
     if (reader.GetSize() != dims or reader.GetNumberOfComponents() != 1
             or reader.GetPixelID() != _NIFTI_PIXEL[layout.datatype]):
         return None
@@ -595,6 +587,25 @@ except ImportError:  # pragma: no cover - depends on the installation
 _UNSIGNED_NIFTI = {2: sitk.sitkUInt8, 512: sitk.sitkUInt16, 768: sitk.sitkUInt32, 1280: sitk.sitkUInt64}
 _NIFTI_PIXEL = {**_UNSIGNED_NIFTI, 4: sitk.sitkInt16, 8: sitk.sitkInt32, 16: sitk.sitkFloat32, 64: sitk.sitkFloat64,
                 256: sitk.sitkInt8, 1024: sitk.sitkInt64}
+
+
+def _scaled(path: Path, layout: NiftiLayout) -> bool:
+    """Whether ``scl_slope``/``scl_inter`` change the NIfTI's stored values (0, NaN and inf leave them as stored)."""
+    slope, inter = _nifti_scaling(path, layout)
+    return not ((slope == 0 or slope == 1 or not math.isfinite(slope)) and (inter == 0 or not math.isfinite(inter)))
+
+
+def _checked_header(path: Path, layout: NiftiLayout) -> sitk.ImageFileReader:
+    """SimpleITK's reading of a NIfTI header (geometry, size, pixel type), its spacing and geometry checked."""
+    _check_spacing(path, layout)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise _unreadable_image(path, exc) from exc
+    _check_geometry(path, reader)
+    return reader
 
 
 def _nifti_scaling(path: Path, layout: NiftiLayout) -> tuple[float, float]:
@@ -755,8 +766,7 @@ def _read_streamed(path: Path) -> tuple[sitk.Image, Census, Grid] | None:
     layout = nifti_layout(path)
     if layout is None or len(layout.dims) != 3 or layout.big_endian or layout.datatype not in _UNSIGNED_NIFTI:
         return None
-    slope, inter = _nifti_scaling(path, layout)
-    if not ((slope == 0 or slope == 1 or not math.isfinite(slope)) and (inter == 0 or not math.isfinite(inter))):
+    if _scaled(path, layout):
         return None
     _check_size(path, layout.dims, layout.bitpix / 8, layout.declared_bytes)
     nx, ny, nz = layout.dims
@@ -771,14 +781,7 @@ def _read_streamed(path: Path) -> tuple[sitk.Image, Census, Grid] | None:
             chunk.flags.writeable = False  # one compiled census for chunks of the buffer and of the inflater
             acc.add(chunk)
     del buf
-    _check_spacing(path, layout)
-    reader = sitk.ImageFileReader()  # after the stream is checked: SimpleITK sees no corrupt header
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise _unreadable_image(path, exc) from exc
-    _check_geometry(path, reader)
+    reader = _checked_header(path, layout)  # after the stream is checked: SimpleITK sees no corrupt header
     if reader.GetSize() != (nx, ny, nz) or reader.GetPixelID() != _UNSIGNED_NIFTI[layout.datatype]:
         return None
     img, lo, found = acc.image(_UNSIGNED_NIFTI[layout.datatype])
