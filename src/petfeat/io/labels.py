@@ -562,7 +562,7 @@ def _read_nifti_voxels(path: Path, layout: NiftiLayout) -> sitk.Image | None:
     raw = out.view(np.uint8)
     at = 0
     scratch = np.empty(max(1, min(STREAM_CHUNK_BYTES, raw.size)), np.uint8)
-    for piece in _stream_chunks(path, layout, scratch, zlib):  # the one inflate of this read
+    for piece in _stream_chunks(path, layout, scratch):  # the one inflate of this read
         raw[at:at + len(piece)] = piece
         at += len(piece)
     reader = _checked_header(path, layout)  # after the stream is checked: SimpleITK sees no corrupt header
@@ -619,17 +619,15 @@ def _nifti_scaling(path: Path, layout: NiftiLayout) -> tuple[float, float]:
     return struct.unpack_from(order + "dd", head, 176)
 
 
-def _stream_chunks(path: Path, layout: NiftiLayout, buf: np.ndarray, inflater=None) -> Iterator[memoryview]:
+def _stream_chunks(path: Path, layout: NiftiLayout, buf: np.ndarray) -> Iterator[memoryview]:
     """The voxel bytes of a NIfTI, chunk after chunk of ``len(buf)`` bytes (the last may be shorter).
 
     A gzip stream is inflated with the checks of :func:`inflate_check` (declared length, CRC-32 and
     length of every member by zlib, nothing more than :data:`TRAILING_BYTES_ALLOWED` after the
-    voxels), by ``inflater`` (a module with zlib's ``decompressobj``; default zlib-ng when installed).
-    A chunk is the inflater's own output when it gives a whole chunk at once, else its pieces copied
-    into ``buf``: no buffer of the whole image is allocated. Each chunk is valid until the next is
-    asked for.
+    voxels), by zlib-ng when installed. A chunk is the inflater's own output when it gives a whole
+    chunk at once, else its pieces copied into ``buf``: no buffer of the whole image is allocated. Each
+    chunk is valid until the next is asked for.
     """
-    inflater = inflater or _inflate_zlib
     want, limit = layout.declared_bytes, layout.declared_bytes + TRAILING_BYTES_ALLOWED
     view = memoryview(buf).cast("B")
     cap = len(view)
@@ -649,7 +647,7 @@ def _stream_chunks(path: Path, layout: NiftiLayout, buf: np.ndarray, inflater=No
                 yield view[:n]
         return
     skip, got, fill, ended = layout.vox_offset, 0, 0, False
-    d = inflater.decompressobj(31)
+    d = _inflate_zlib.decompressobj(31)
     try:
         with open(path, "rb") as f:
             data, at_end = b"", False
@@ -686,13 +684,13 @@ def _stream_chunks(path: Path, layout: NiftiLayout, buf: np.ndarray, inflater=No
                 if d.eof:
                     ended, data = True, d.unused_data
                     if data[:2] == b"\x1f\x8b":  # a further gzip member
-                        d, ended = inflater.decompressobj(31), False
+                        d, ended = _inflate_zlib.decompressobj(31), False
                     else:
                         data = b""  # bytes after the last member: ignored, as gzip does
                         at_end = True
                 elif not out and at_end and not data:
                     break  # the stream ends before its end-of-stream marker
-    except (zlib.error, inflater.error) as exc:
+    except (zlib.error, _inflate_zlib.error) as exc:
         raise _gzip_broken(path, want, got, exc) from exc
     if not ended or got < want:
         raise _gzip_broken(path, want, got)
